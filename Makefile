@@ -1,0 +1,46 @@
+# Every target that needs Python creates .venv first; a fresh clone needs
+# nothing but `make demo` or `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: venv demo test lint fmt bench board e2e clean fashion-mnist
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[cpu,dev]'
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/pipeline-train --flagfile=flags/demo.cfg --model=logreg --run_name=demo-logreg-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/pipeline-train --flagfile=flags/demo.cfg --model=mlp --run_name=demo-mlp-$$(date +%Y%m%d-%H%M%S)
+	$(BIN)/pipeline-train --flagfile=flags/demo.cfg --model=cnn --run_name=demo-cnn-$$(date +%Y%m%d-%H%M%S)
+	@echo
+	@echo "Open the runs in TensorBoard:  $(BIN)/tensorboard --logdir logs --host 127.0.0.1"
+
+test: venv
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+fmt: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+# Full-size Fashion-MNIST is a Debian package; benchmarks need it.
+fashion-mnist:
+	test -f $(FASHION) || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
+
+board: venv
+	$(BIN)/tensorboard --logdir logs --host 127.0.0.1
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

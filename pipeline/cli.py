@@ -1,0 +1,33 @@
+"""Shared plumbing for the absl entry points: one-line user errors, quiet TF logs."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+
+def quiet_tensorflow() -> None:
+    """Hides TensorFlow's C++ info/warning logs unless the user asked for them."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """Exceptions that are the user's to fix: shown as one line, no traceback."""
+    from pipeline.config import ConfigError  # noqa: PLC0415
+    from pipeline.data import DataError  # noqa: PLC0415
+    from pipeline.rundir import RunDirError  # noqa: PLC0415
+
+    types: list[type[BaseException]] = [ConfigError, DataError, RunDirError]
+    if "pipeline.train" in sys.modules:
+        types.append(sys.modules["pipeline.train"].TrainingError)
+    return tuple(types)
+
+
+def run_reporting_errors(prog: str, body: Callable[[], int | None]) -> int:
+    """Runs `body`; a user error becomes `prog: error: ...` on stderr and exit 1."""
+    try:
+        return body() or 0
+    except user_error_types() as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 1

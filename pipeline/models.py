@@ -1,0 +1,134 @@
+"""Keras model builders: logistic/softmax regression, MLP, CNN. All output logits.
+
+A binary task ("is it a K?") has one logit (sigmoid); a 10-class task has ten
+(softmax). Probabilities are computed only where a caller asks for them
+(`probabilities`), so losses stay numerically stable with `from_logits=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+from keras import layers
+
+from pipeline.config import TrainConfig
+
+INPUT_SHAPE = (28, 28, 1)
+
+
+def build_logreg(num_classes: int = 10) -> keras.Model:
+    """Logistic regression (1 output) or multinomial softmax regression (10)."""
+    return keras.Sequential(
+        [
+            keras.Input(INPUT_SHAPE, name="image"),
+            layers.Flatten(name="flatten"),
+            layers.Dense(num_classes, name="logits"),
+        ],
+        name="logreg" if num_classes == 1 else "softmax_regression",
+    )
+
+
+def build_mlp(
+    num_classes: int = 10,
+    hidden_layers: int = 2,
+    hidden_units: int = 30,
+    activation: str = "relu",
+    dropout: float = 0.0,
+) -> keras.Model:
+    """A multi-layer perceptron on the flat 784 pixels."""
+    model_layers: list[layers.Layer] = [
+        keras.Input(INPUT_SHAPE, name="image"),
+        layers.Flatten(name="flatten"),
+    ]
+    for i in range(hidden_layers):
+        model_layers.append(
+            layers.Dense(hidden_units, activation=activation, name=f"hidden_{i + 1}")
+        )
+        if dropout > 0:
+            model_layers.append(layers.Dropout(dropout, name=f"dropout_{i + 1}"))
+    model_layers.append(layers.Dense(num_classes, name="logits"))
+    return keras.Sequential(model_layers, name="mlp")
+
+
+def build_cnn(
+    num_classes: int = 10,
+    conv_filters: Sequence[int] = (32, 64),
+    kernel_size: int = 3,
+    conv_padding: Sequence[str] = ("same",),
+    pool_size: int = 2,
+    conv_dropout: float = 0.0,
+    dense_units: Sequence[int] = (128,),
+    dense_dropout: float = 0.0,
+    activation: str = "relu",
+) -> keras.Model:
+    """conv-pool blocks, optional dropout, dense layers with dropout, logits.
+
+    Expresses the three tutorial CNNs (see flags/cnn_*.cfg): e.g. the course
+    network is conv_filters=64,128, conv_padding=same,valid, conv_dropout=0.5,
+    dense_units=128, dense_dropout=0.25 (665,738 parameters).
+    """
+    paddings = list(conv_padding)
+    if len(paddings) == 1:
+        paddings *= len(conv_filters)
+    model_layers: list[layers.Layer] = [keras.Input(INPUT_SHAPE, name="image")]
+    for i, (filters, padding) in enumerate(zip(conv_filters, paddings, strict=True)):
+        model_layers += [
+            layers.Conv2D(
+                filters, kernel_size, padding=padding, activation=activation,
+                name=f"conv_{i + 1}",
+            ),
+            layers.MaxPooling2D(pool_size, name=f"pool_{i + 1}"),
+        ]
+    if conv_dropout > 0:
+        model_layers.append(layers.Dropout(conv_dropout, name="conv_dropout"))
+    model_layers.append(layers.Flatten(name="flatten"))
+    for i, units in enumerate(dense_units):
+        model_layers.append(layers.Dense(units, activation=activation, name=f"dense_{i + 1}"))
+        if dense_dropout > 0:
+            model_layers.append(layers.Dropout(dense_dropout, name=f"dense_dropout_{i + 1}"))
+    model_layers.append(layers.Dense(num_classes, name="logits"))
+    return keras.Sequential(model_layers, name="cnn")
+
+
+def build_model(config: TrainConfig) -> keras.Model:
+    """Builds the model that `config` names."""
+    if config.model == "logreg":
+        return build_logreg(config.num_classes)
+    if config.model == "mlp":
+        return build_mlp(
+            config.num_classes,
+            config.hidden_layers,
+            config.hidden_units,
+            config.activation,
+            config.dropout,
+        )
+    if config.model == "cnn":
+        return build_cnn(
+            config.num_classes,
+            config.conv_filters,
+            config.kernel_size,
+            config.conv_padding,
+            config.pool_size,
+            config.conv_dropout,
+            config.dense_units,
+            config.dense_dropout,
+            config.activation,
+        )
+    raise ValueError(f"unknown model {config.model!r}")
+
+
+def probabilities(logits):
+    """Class probabilities from logits: sigmoid for one logit, else softmax."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    if logits.shape[-1] == 1:
+        return tf.sigmoid(logits)[:, 0]
+    return tf.nn.softmax(logits, axis=-1)
+
+
+def summary_text(model: keras.Model) -> str:
+    """The Keras model summary as plain text (layers, shapes, parameter counts)."""
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+    return "\n".join(lines)

@@ -1,0 +1,136 @@
+"""Pure compiled math: optimizers, losses, train/eval steps. No logging here.
+
+The loop (`pipeline.train`) decides when to log; these functions only compute
+and return measurements, so logging can never slow down or change the math.
+`make_train_loop` runs several steps per compiled call (Orbit's
+`steps_per_loop`) and still returns every step's loss and accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+import tensorflow as tf
+
+
+def make_optimizer(
+    name: str, learning_rate: float, momentum: float = 0.9
+) -> keras.optimizers.Optimizer:
+    """Builds the Keras optimizer a config names."""
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate)
+    if name == "momentum":
+        return keras.optimizers.SGD(learning_rate, momentum=momentum)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if name == "adadelta":
+        return keras.optimizers.Adadelta(learning_rate)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def per_example_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """Cross-entropy per example: sigmoid for one logit, softmax otherwise."""
+    if logits.shape[-1] == 1:
+        return tf.nn.sigmoid_cross_entropy_with_logits(
+            labels=tf.cast(labels, tf.float32), logits=logits[:, 0]
+        )
+    return tf.nn.sparse_softmax_cross_entropy_with_logits(
+        labels=tf.cast(labels, tf.int32), logits=logits
+    )
+
+
+def predicted_class(logits: tf.Tensor) -> tf.Tensor:
+    """Class index per example (threshold 0 on a single logit = p > 0.5)."""
+    if logits.shape[-1] == 1:
+        return tf.cast(logits[:, 0] > 0, tf.int32)
+    return tf.argmax(logits, axis=-1, output_type=tf.int32)
+
+
+def correct(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
+    """1.0 where the prediction is right, else 0.0."""
+    return tf.cast(tf.equal(predicted_class(logits), tf.cast(labels, tf.int32)), tf.float32)
+
+
+def make_train_step(
+    model: keras.Model, optimizer: keras.optimizers.Optimizer
+) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
+    """Returns a step that updates `model` in place and reports loss/accuracy."""
+
+    def train_step(images: tf.Tensor, labels: tf.Tensor) -> dict[str, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = tf.reduce_mean(per_example_loss(labels, logits))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return {"loss": loss, "accuracy": tf.reduce_mean(correct(labels, logits))}
+
+    return train_step
+
+
+def make_train_loop(
+    train_step: Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]],
+    jit_compile: bool = False,
+) -> Callable:
+    """Compiles `train_loop(iterator, num_steps) -> {metric: [num_steps]}`.
+
+    `num_steps` is a tensor, so chunks of any length share one trace.
+    """
+
+    @tf.function(jit_compile=jit_compile)
+    def train_loop(iterator, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
+        losses = tf.TensorArray(tf.float32, size=num_steps)
+        accuracies = tf.TensorArray(tf.float32, size=num_steps)
+        for i in tf.range(num_steps):
+            images, labels = next(iterator)
+            metrics = train_step(images, labels)
+            losses = losses.write(i, metrics["loss"])
+            accuracies = accuracies.write(i, metrics["accuracy"])
+        return {"loss": losses.stack(), "accuracy": accuracies.stack()}
+
+    return train_loop
+
+
+def make_eval_fn(model: keras.Model) -> Callable[[tf.data.Dataset], dict[str, tf.Tensor]]:
+    """Compiles `evaluate(dataset) -> {loss, accuracy, count}` over a whole split.
+
+    Sums per-example loss and correctness over every batch (the last, partial
+    one included), so the result is the exact mean over the split.
+    """
+
+    @tf.function
+    def evaluate(dataset: tf.data.Dataset) -> dict[str, tf.Tensor]:
+        total_loss = tf.constant(0.0, tf.float64)
+        total_correct = tf.constant(0.0, tf.float64)
+        count = tf.constant(0.0, tf.float64)
+        for images, labels in dataset:
+            logits = model(images, training=False)
+            total_loss += tf.reduce_sum(tf.cast(per_example_loss(labels, logits), tf.float64))
+            total_correct += tf.reduce_sum(tf.cast(correct(labels, logits), tf.float64))
+            count += tf.cast(tf.shape(labels)[0], tf.float64)
+        return {
+            "loss": total_loss / count,
+            "accuracy": total_correct / count,
+            "count": count,
+        }
+
+    return evaluate
+
+
+def make_gradient_fn(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], list[tf.Tensor]]:
+    """Compiles a function returning the gradients of one batch (for histograms).
+
+    Kept out of the train step: histograms run every N steps through this
+    function, never through a per-step conditional in the hot loop.
+    """
+
+    @tf.function
+    def gradients(images: tf.Tensor, labels: tf.Tensor) -> list[tf.Tensor]:
+        with tf.GradientTape() as tape:
+            logits = model(images, training=False)
+            loss = tf.reduce_mean(per_example_loss(labels, logits))
+        return tape.gradient(loss, model.trainable_variables)
+
+    return gradients

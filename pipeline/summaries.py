@@ -1,0 +1,150 @@
+"""SummaryLogger: one TensorBoard writer per split, same tags across splits.
+
+Train and test scalars share tag names (`loss`, `accuracy`) in sibling
+directories (`train/`, `test/`), so TensorBoard overlays the two curves.
+Writers flush at boundaries the loop chooses (checkpoints, the end), not on
+every scalar.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Iterable, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorboard.compat.proto import summary_pb2
+
+KERAS_MODEL_PLUGIN = "graph_keras_model"
+
+
+class SummaryLogger:
+    """Writes scalars, histograms, graphs, images and text for one run.
+
+    Writers are created lazily per split (`train`, `test`, `validation`, ...)
+    under `run_dir/<split>/`.
+    """
+
+    def __init__(self, run_dir: pathlib.Path | str, enabled: bool = True):
+        self._run_dir = pathlib.Path(run_dir)
+        self._enabled = enabled
+        self._writers: dict[str, tf.summary.SummaryWriter] = {}
+
+    def writer(self, split: str) -> tf.summary.SummaryWriter:
+        """The writer for `split`, created on first use."""
+        if split not in self._writers:
+            if self._enabled:
+                self._writers[split] = tf.summary.create_file_writer(
+                    str(self._run_dir / split), max_queue=1000, flush_millis=60_000
+                )
+            else:
+                self._writers[split] = tf.summary.create_noop_writer()
+        return self._writers[split]
+
+    def scalars(self, split: str, step: int, values: Mapping[str, float]) -> None:
+        """One scalar per (tag, value) at `step`."""
+        with self.writer(split).as_default():
+            for tag, value in values.items():
+                tf.summary.scalar(tag, value, step=step)
+
+    def scalar_series(
+        self, split: str, first_step: int, values: Mapping[str, np.ndarray], every: int = 1
+    ) -> None:
+        """Writes per-step arrays (from a multi-step call) at their own steps.
+
+        `values[tag][i]` belongs to step `first_step + i`; only steps that are
+        multiples of `every` are written.
+        """
+        if every <= 0:
+            return
+        with self.writer(split).as_default():
+            length = len(next(iter(values.values())))
+            for i in range(length):
+                step = first_step + i
+                if step % every:
+                    continue
+                for tag, series in values.items():
+                    tf.summary.scalar(tag, series[i], step=step)
+
+    def histograms(
+        self, split: str, step: int, named_tensors: Iterable[tuple[str, tf.Tensor]]
+    ) -> None:
+        """One histogram per named tensor (weights, gradients) at `step`."""
+        with self.writer(split).as_default():
+            for name, tensor in named_tensors:
+                tf.summary.histogram(name, tensor, step=step)
+
+    def trace_graph(self, split: str, fn: Callable, *args) -> object:
+        """Calls `fn(*args)` once with graph tracing on and writes its op graph.
+
+        TensorBoard stores it under the plugin `graph_run_metadata_graph`
+        (Graphs tab, "op graph"). Returns `fn`'s result.
+        """
+        if not self._enabled:
+            return fn(*args)
+        tf.summary.trace_on(graph=True, profiler=False)
+        try:
+            result = fn(*args)
+        finally:
+            with self.writer(split).as_default():
+                tf.summary.trace_export(name=getattr(fn, "__name__", "step"), step=0)
+        return result
+
+    def keras_model(self, split: str, model: keras.Model) -> None:
+        """Writes the Keras conceptual graph (Graphs tab, "Keras" tag)."""
+        metadata = summary_pb2.SummaryMetadata()
+        metadata.plugin_data.plugin_name = KERAS_MODEL_PLUGIN
+        metadata.plugin_data.content = b"1"
+        with self.writer(split).as_default():
+            tf.summary.write(
+                tag="keras", tensor=tf.constant(model.to_json()), step=0, metadata=metadata
+            )
+
+    def image_grid(self, split: str, step: int, tag: str, images: np.ndarray) -> None:
+        """Tiles [N, 28, 28] uint8 images into one grid image."""
+        with self.writer(split).as_default():
+            tf.summary.image(tag, tile_images(images)[np.newaxis, ..., np.newaxis], step=step)
+
+    def text(self, split: str, step: int, tag: str, markdown: str) -> None:
+        """Text for TensorBoard's Text tab (rendered as markdown)."""
+        with self.writer(split).as_default():
+            tf.summary.text(tag, markdown, step=step)
+
+    def flush(self) -> None:
+        """Flushes every open writer to disk."""
+        for w in self._writers.values():
+            w.flush()
+
+    def close(self) -> None:
+        """Flushes and closes every writer."""
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
+
+    def __enter__(self) -> SummaryLogger:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def tile_images(images: np.ndarray, columns: int = 8) -> np.ndarray:
+    """Arranges [N, H, W] images in a grid with 1-pixel gray borders."""
+    images = np.asarray(images)
+    if images.ndim == 4:
+        images = images[..., 0]
+    n, h, w = images.shape
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1), 128, images.dtype)
+    for i, image in enumerate(images):
+        r, c = divmod(i, columns)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = image
+    return grid
+
+
+def variable_name(variable: tf.Variable) -> str:
+    """A stable, readable tag for a Keras variable, e.g. `conv_1/kernel`."""
+    path = getattr(variable, "path", None) or variable.name
+    return path.split(":")[0]

@@ -1,0 +1,256 @@
+"""The training loop: stitches data, model, compiled steps, summaries, checkpoints.
+
+`train_and_evaluate` owns *when* things happen (logging, evaluation,
+histograms, checkpoints, progress lines); `pipeline.steps` owns the math. Steps
+run in chunks of up to `steps_per_loop` per compiled call; chunks end exactly at
+every evaluation, histogram, checkpoint and progress boundary, and each step's
+train scalars are written at their own step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline import data as data_lib
+from pipeline import models, steps
+from pipeline.config import TrainConfig
+from pipeline.rundir import RunDir
+from pipeline.summaries import SummaryLogger, variable_name
+
+EVAL_BATCH_SIZE = 1000
+STEPS_PER_LOOP = 100
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (bad combination of data and flags, divergence)."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or Inf; names the step and the last good checkpoint."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    """What a finished run reports."""
+
+    step: int
+    test: dict[str, float]
+    train: dict[str, float]
+    wall_time_s: float
+    examples_per_sec: float
+    checkpoint: str | None
+
+
+def is_due(step: int, every: int) -> bool:
+    """True when a periodic action (every N steps; 0 = never) falls on `step`."""
+    return every > 0 and step % every == 0
+
+
+def next_boundary(step: int, total: int, intervals: list[int], steps_per_loop: int) -> int:
+    """The step the next chunk ends at: no interval boundary is skipped over."""
+    end = min(total, step + steps_per_loop)
+    for every in intervals:
+        if every > 0:
+            end = min(end, (step // every + 1) * every)
+    return end
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seeds Python, NumPy, TensorFlow and Keras; optionally forces op determinism."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def _format_metrics(values: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in values.items())
+
+
+def train_and_evaluate(
+    config: TrainConfig,
+    run_dir: RunDir,
+    dataset: data_lib.Dataset,
+    print_fn: Callable[[str], None] = print,
+) -> TrainResult:
+    """Trains `config`'s model on `dataset`, logging into `run_dir`.
+
+    The run record says `running` from before the first step, then
+    `completed` with final metrics, or `failed` with the error if anything
+    raises (the exception is re-raised for the caller to report).
+    """
+    if config.batch_size > len(dataset.train):
+        raise TrainingError(
+            f"--batch_size={config.batch_size} is larger than the train split "
+            f"({len(dataset.train)} examples)"
+        )
+    seed_everything(config.seed, config.deterministic)
+    model = models.build_model(config)
+    summary = models.summary_text(model)
+    print_fn(summary)
+    optimizer = steps.make_optimizer(config.optimizer, config.learning_rate, config.momentum)
+    optimizer.build(model.trainable_variables)
+
+    train_ds = data_lib.make_dataset(
+        dataset.train,
+        batch_size=config.batch_size,
+        shuffle_buffer=config.shuffle_buffer,
+        seed=config.seed,
+    )
+    eval_sets = {"test": dataset.test}
+    if dataset.validation is not None:
+        eval_sets["validation"] = dataset.validation
+    eval_ds = {
+        name: data_lib.make_dataset(
+            split,
+            batch_size=EVAL_BATCH_SIZE,
+            repeat=False,
+            drop_remainder=False,
+        )
+        for name, split in eval_sets.items()
+    }
+    iterator = iter(train_ds)
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    checkpoint = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, step=step_var, iterator=iterator
+    )
+    manager = tf.train.CheckpointManager(
+        checkpoint,
+        str(run_dir.checkpoint_dir),
+        max_to_keep=config.max_checkpoints,
+        step_counter=step_var,
+    )
+    run_dir.start(
+        config,
+        {
+            "name": dataset.name,
+            "source": dataset.source,
+            "fingerprint": dataset.fingerprint(),
+            "sizes": dataset.sizes(),
+        },
+    )
+
+    train_loop = steps.make_train_loop(steps.make_train_step(model, optimizer))
+    evaluate = steps.make_eval_fn(model)
+    gradients = steps.make_gradient_fn(model)
+    # A fixed batch for gradient histograms, so they never consume the
+    # training iterator (which would change the run they observe).
+    probe_images = tf.constant(dataset.train.images[: config.batch_size, ..., None] / 255.0, tf.float32)
+    probe_labels = tf.constant(dataset.train.labels[: config.batch_size])
+
+    logger = SummaryLogger(run_dir.path)
+    start = time.perf_counter()
+    last_test: dict[str, float] = {}
+    last_train: dict[str, float] = {}
+    trained_examples = 0
+    step = 0
+    try:
+        logger.keras_model("train", model)
+        logger.text("train", 0, "model_summary", f"```\n{summary}\n```")
+        if config.image_count:
+            logger.image_grid("train", 0, "inputs", dataset.train.images[: config.image_count])
+
+        def run_evaluation() -> None:
+            nonlocal last_test
+            for name, ds in eval_ds.items():
+                values = {k: float(v) for k, v in evaluate(ds).items() if k != "count"}
+                logger.scalars(name, step, values)
+                if name == "test":
+                    last_test = values
+
+        intervals = [
+            config.eval_every,
+            config.histogram_every,
+            config.checkpoint_every,
+            config.print_every,
+        ]
+        while step < config.steps:
+            end = next_boundary(step, config.steps, intervals, STEPS_PER_LOOP)
+            chunk = tf.constant(end - step, tf.int32)
+            chunk_start = time.perf_counter()
+            if step == 0:
+                outputs = logger.trace_graph("train", train_loop, iterator, chunk)
+            else:
+                outputs = train_loop(iterator, chunk)
+            series = {k: v.numpy() for k, v in outputs.items()}
+            elapsed = time.perf_counter() - chunk_start
+            first_step = step + 1
+            bad = np.flatnonzero(~np.isfinite(series["loss"]))
+            if bad.size:
+                bad_step = first_step + int(bad[0])
+                raise NonFiniteLossError(
+                    f"loss is {series['loss'][bad[0]]} at step {bad_step}; "
+                    f"last good checkpoint: {manager.latest_checkpoint or 'none'}"
+                )
+            step = end
+            step_var.assign(step)
+            trained_examples += (end - first_step + 1) * config.batch_size
+            examples_per_sec = (end - first_step + 1) * config.batch_size / elapsed
+            n = len(series["loss"])
+            series["learning_rate"] = np.full(n, float(optimizer.learning_rate.numpy()))
+            series["examples_per_sec"] = np.full(n, examples_per_sec)
+            logger.scalar_series("train", first_step, series, config.log_every)
+            last_train = {"loss": float(series["loss"][-1]), "accuracy": float(series["accuracy"][-1])}
+
+            if is_due(step, config.histogram_every):
+                grads = gradients(probe_images, probe_labels)
+                named = [(variable_name(v), v) for v in model.trainable_variables]
+                named += [
+                    (f"gradients/{variable_name(v)}", g)
+                    for v, g in zip(model.trainable_variables, grads, strict=True)
+                ]
+                logger.histograms("train", step, named)
+            if is_due(step, config.eval_every) or step == config.steps:
+                run_evaluation()
+            if is_due(step, config.checkpoint_every) or step == config.steps:
+                manager.save(checkpoint_number=step)
+                logger.scalars("train", step, {"events/checkpoint_saved": float(step)})
+                logger.flush()
+            if is_due(step, config.print_every) or step == config.steps:
+                test_acc = last_test.get("accuracy", math.nan)
+                print_fn(
+                    f"step {step:>6}/{config.steps}  train {_format_metrics(last_train)}"
+                    f"  test_accuracy={test_acc:.4f}  {examples_per_sec:,.0f} examples/s"
+                )
+        wall = time.perf_counter() - start
+        result = TrainResult(
+            step=step,
+            test=last_test,
+            train=last_train,
+            wall_time_s=wall,
+            examples_per_sec=trained_examples / wall,
+            checkpoint=manager.latest_checkpoint,
+        )
+        run_dir.finish(
+            "completed",
+            step=step,
+            final_metrics={"test": last_test, "train": last_train},
+            wall_time_s=round(wall, 3),
+            examples_per_sec=round(result.examples_per_sec, 1),
+        )
+        return result
+    except BaseException as err:
+        run_dir.finish("failed", step=step, error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        logger.close()
+
+
+def restore_model(config: TrainConfig, checkpoint_path: str) -> keras.Model:
+    """Builds `config`'s model and restores its weights from a checkpoint."""
+    model = models.build_model(config)
+    checkpoint = tf.train.Checkpoint(model=model)
+    checkpoint.restore(checkpoint_path).expect_partial()
+    return model
+
+
+if __name__ == "__main__":  # `python -m pipeline.train` is `pipeline-train`.
+    from pipeline.train_main import run
+
+    run()
