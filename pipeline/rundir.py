@@ -107,7 +107,10 @@ class RunDir:
         """Merges `fields` into the record and rewrites it atomically."""
         record = self.read_record() if self.record_path.exists() else {}
         record.update(fields)
-        write_json_atomic(self.record_path, record)
+        try:
+            write_json_atomic(self.record_path, record)
+        except OSError as err:
+            raise RunDirError(f"{self.record_path}: cannot write ({err.strerror})") from None
         return record
 
     @property
@@ -145,6 +148,36 @@ class RunDir:
             pid=os.getpid(),
         )
 
+    def resume(self, config: TrainConfig, from_step: int) -> None:
+        """Marks the run `running` again, keeping its history of starts.
+
+        The flagfile and the recorded config are rewritten because a resume
+        may extend `--steps`; `resumes` lists every restart and its step.
+        """
+        (self.path / FLAGFILE_NAME).write_text(
+            "# Resolved flags of this run: pipeline-train --flagfile=THIS_FILE "
+            "--run_name=NEW re-runs it.\n" + config_to_flagfile(config)
+        )
+        record = self.read_record()
+        resumes = list(record.get("resumes", []))
+        resumes.append(
+            {
+                "time": utc_now(),
+                "from_step": from_step,
+                "previous_status": record.get("status"),
+                "pid": os.getpid(),
+            }
+        )
+        self.update_record(
+            status="running",
+            end_time=None,
+            error=None,
+            config=config_to_dict(config),
+            resumes=resumes,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+
     def finish(self, status: str, **fields: Any) -> None:
         """Records the final status (`completed`, `failed`, ...) and end time."""
         self.update_record(status=status, end_time=utc_now(), **fields)
@@ -155,8 +188,14 @@ def create_run_dir(logdir: str | os.PathLike, run_name: str) -> RunDir:
     logdir = pathlib.Path(logdir)
     path = logdir / run_name
     if path.exists():
+        try:
+            status = RunDir(path).status
+        except RunDirError:
+            status = None
         raise RunDirError(
-            f"{path}: run already exists; choose another --run_name "
+            f"{path}: run already exists"
+            + (f" (status {status})" if status else "")
+            + "; choose another --run_name, or pass --resume to continue it "
             "(runs are never overwritten)"
         )
     try:

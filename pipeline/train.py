@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
-from pipeline import models, steps
+from pipeline import models, recovery, steps, stopping
 from pipeline.config import TrainConfig
 from pipeline.rundir import RunDir
 from pipeline.summaries import SummaryLogger, variable_name
@@ -34,6 +34,14 @@ class TrainingError(RuntimeError):
 
 class NonFiniteLossError(TrainingError):
     """The loss became NaN or Inf; names the step and the last good checkpoint."""
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGINT/SIGTERM stopped the run after a checkpoint; exits 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,18 +86,27 @@ def train_and_evaluate(
     run_dir: RunDir,
     dataset: data_lib.Dataset,
     print_fn: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> TrainResult:
     """Trains `config`'s model on `dataset`, logging into `run_dir`.
 
     The run record says `running` from before the first step, then
-    `completed` with final metrics, or `failed` with the error if anything
-    raises (the exception is re-raised for the caller to report).
+    `completed` with final metrics, `interrupted` after SIGINT/SIGTERM (a
+    checkpoint saved first), or `failed` with the error if anything raises
+    (the exception is re-raised for the caller to report). With `resume`,
+    training continues from the run's latest checkpoint (model, optimizer,
+    step, data iterator, dropout RNG and early-stopping state).
     """
     if config.batch_size > len(dataset.train):
         raise TrainingError(
             f"--batch_size={config.batch_size} is larger than the train split "
             f"({len(dataset.train)} examples)"
         )
+    restored_step = recovery.latest_checkpoint_step(run_dir.checkpoint_dir) if resume else 0
+    splits = ["train", "test"] + (["validation"] if dataset.validation is not None else [])
+    writers_not_before = recovery.write_session_start(
+        run_dir.path, splits, recovery.session_start_step(restored_step)
+    )
     seed_everything(config.seed, config.deterministic)
     model = models.build_model(config)
     summary = models.summary_text(model)
@@ -117,8 +134,16 @@ def train_and_evaluate(
     }
     iterator = iter(train_ds)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    early_stopping = stopping.EarlyStopping(
+        config.early_stopping_patience, config.early_stopping_min_delta
+    )
     checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, step=step_var, iterator=iterator
+        model=model,
+        optimizer=optimizer,
+        step=step_var,
+        iterator=iterator,
+        rng=recovery.rng_state_variables(model),
+        early_stopping=early_stopping,
     )
     manager = tf.train.CheckpointManager(
         checkpoint,
@@ -126,15 +151,33 @@ def train_and_evaluate(
         max_to_keep=config.max_checkpoints,
         step_counter=step_var,
     )
-    run_dir.start(
-        config,
-        {
-            "name": dataset.name,
-            "source": dataset.source,
-            "fingerprint": dataset.fingerprint(),
-            "sizes": dataset.sizes(),
-        },
+    # The best model (by validation loss) has its own manager, so the
+    # rotation of the regular checkpoints can never delete it.
+    best_manager = (
+        tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=model),
+            str(run_dir.checkpoint_dir / "best"),
+            max_to_keep=1,
+        )
+        if early_stopping.enabled
+        else None
     )
+    if restored_step:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        restored_step = int(step_var.numpy())
+    if resume:
+        run_dir.resume(config, from_step=restored_step)
+        print_fn(f"resuming {run_dir.name} from step {restored_step}")
+    else:
+        run_dir.start(
+            config,
+            {
+                "name": dataset.name,
+                "source": dataset.source,
+                "fingerprint": dataset.fingerprint(),
+                "sizes": dataset.sizes(),
+            },
+        )
 
     train_loop = steps.make_train_loop(steps.make_train_step(model, optimizer))
     evaluate = steps.make_eval_fn(model)
@@ -144,25 +187,54 @@ def train_and_evaluate(
     probe_images = tf.constant(dataset.train.images[: config.batch_size, ..., None] / 255.0, tf.float32)
     probe_labels = tf.constant(dataset.train.labels[: config.batch_size])
 
+    recovery.wait_until(writers_not_before)
     logger = SummaryLogger(run_dir.path)
     start = time.perf_counter()
     last_test: dict[str, float] = {}
+    last_validation: dict[str, float] = {}
     last_train: dict[str, float] = {}
     trained_examples = 0
-    step = 0
+    step = restored_step
+    last_saved = restored_step
+    stopped_early = ""
+    stop = stopping.GracefulStop().install()
     try:
-        logger.keras_model("train", model)
-        logger.text("train", 0, "model_summary", f"```\n{summary}\n```")
-        if config.image_count:
-            logger.image_grid("train", 0, "inputs", dataset.train.images[: config.image_count])
+        if step == 0:
+            logger.keras_model("train", model)
+            logger.text("train", 0, "model_summary", f"```\n{summary}\n```")
+            if config.image_count:
+                logger.image_grid(
+                    "train", 0, "inputs", dataset.train.images[: config.image_count]
+                )
+        if resume:
+            logger.scalars(
+                "train", restored_step + 1, {"events/resumed_from": float(restored_step)}
+            )
 
-        def run_evaluation() -> None:
-            nonlocal last_test
+        def run_evaluation(log: bool = True) -> None:
+            nonlocal last_test, last_validation
             for name, ds in eval_ds.items():
                 values = {k: float(v) for k, v in evaluate(ds).items() if k != "count"}
-                logger.scalars(name, step, values)
+                if log:
+                    logger.scalars(name, step, values)
                 if name == "test":
                     last_test = values
+                else:
+                    last_validation = values
+
+        def save_checkpoint() -> None:
+            nonlocal last_saved
+            if not recovery.all_finite(model.variables + optimizer.variables):
+                raise NonFiniteLossError(
+                    f"weights are NaN/Inf at step {step}; not saved; last good "
+                    f"checkpoint: {manager.latest_checkpoint or 'none'}"
+                )
+            # Flush first: what the checkpoint covers is then on disk too.
+            logger.flush()
+            manager.save(checkpoint_number=step)
+            last_saved = step
+            logger.scalars("train", step, {"events/checkpoint_saved": float(step)})
+            logger.flush()
 
         intervals = [
             config.eval_every,
@@ -170,7 +242,9 @@ def train_and_evaluate(
             config.checkpoint_every,
             config.print_every,
         ]
-        while step < config.steps:
+        while step < config.steps and not stopped_early:
+            if stop.requested:
+                break
             end = next_boundary(step, config.steps, intervals, STEPS_PER_LOOP)
             chunk = tf.constant(end - step, tf.int32)
             chunk_start = time.perf_counter()
@@ -208,16 +282,56 @@ def train_and_evaluate(
                 logger.histograms("train", step, named)
             if is_due(step, config.eval_every) or step == config.steps:
                 run_evaluation()
-            if is_due(step, config.checkpoint_every) or step == config.steps:
-                manager.save(checkpoint_number=step)
-                logger.scalars("train", step, {"events/checkpoint_saved": float(step)})
-                logger.flush()
+                if early_stopping.enabled:
+                    if early_stopping.update(step, last_validation["loss"]):
+                        best_manager.save(checkpoint_number=step)
+                    if early_stopping.should_stop:
+                        stopped_early = early_stopping.reason(step)
+                        logger.text("train", step, "early_stopping", stopped_early)
+                        logger.scalars(
+                            "train",
+                            step,
+                            {"events/early_stopped": float(early_stopping.best_step.numpy())},
+                        )
+                        print_fn(stopped_early)
+            if (
+                is_due(step, config.checkpoint_every)
+                or step == config.steps
+                or stopped_early
+            ):
+                save_checkpoint()
             if is_due(step, config.print_every) or step == config.steps:
                 test_acc = last_test.get("accuracy", math.nan)
                 print_fn(
                     f"step {step:>6}/{config.steps}  train {_format_metrics(last_train)}"
                     f"  test_accuracy={test_acc:.4f}  {examples_per_sec:,.0f} examples/s"
                 )
+        if stop.requested and step < config.steps and not stopped_early:
+            if step > last_saved:
+                save_checkpoint()
+            logger.flush()
+            raise TrainingInterrupted(
+                f"interrupted by {stop.signal_name} at step {step}; checkpoint "
+                f"{manager.latest_checkpoint or 'none'} saved; continue with: "
+                f"pipeline-train --resume --run={run_dir.path}",
+                stop.signum,
+            )
+        stop.uninstall()
+        extra: dict[str, object] = {}
+        if best_manager is not None and best_manager.latest_checkpoint:
+            # Final metrics are the best model's, as Keras' EarlyStopping
+            # (restore_best_weights=True) reports them.
+            tf.train.Checkpoint(model=model).restore(
+                best_manager.latest_checkpoint
+            ).assert_existing_objects_matched()
+            run_evaluation(log=False)
+            extra = {
+                "stopped_early": bool(stopped_early),
+                "stop_reason": stopped_early or f"reached --steps={config.steps}",
+                "best_step": int(early_stopping.best_step.numpy()),
+                "best_validation_loss": float(early_stopping.best_loss.numpy()),
+                "best_checkpoint": best_manager.latest_checkpoint,
+            }
         wall = time.perf_counter() - start
         result = TrainResult(
             step=step,
@@ -225,7 +339,7 @@ def train_and_evaluate(
             train=last_train,
             wall_time_s=wall,
             examples_per_sec=trained_examples / wall,
-            checkpoint=manager.latest_checkpoint,
+            checkpoint=extra.get("best_checkpoint", manager.latest_checkpoint),
         )
         run_dir.finish(
             "completed",
@@ -233,12 +347,17 @@ def train_and_evaluate(
             final_metrics={"test": last_test, "train": last_train},
             wall_time_s=round(wall, 3),
             examples_per_sec=round(result.examples_per_sec, 1),
+            **extra,
         )
         return result
+    except (TrainingInterrupted, KeyboardInterrupt) as err:
+        run_dir.finish("interrupted", step=last_saved, error=f"{type(err).__name__}: {err}")
+        raise
     except BaseException as err:
         run_dir.finish("failed", step=step, error=f"{type(err).__name__}: {err}")
         raise
     finally:
+        stop.uninstall()
         logger.close()
 
 

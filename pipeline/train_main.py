@@ -1,4 +1,8 @@
-"""`pipeline-train`: train one model from absl flags (`--flagfile`, `--helpfull`)."""
+"""`pipeline-train`: train one model from absl flags (`--flagfile`, `--helpfull`).
+
+Also continues a run (`--resume`) and replays one (`--replay`); see
+WORKSPACE.md, "Resume, interruption and failures".
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pipeline import cli
 from pipeline import config as config_lib
 
 FLAGS = flags.FLAGS
+PROG = "pipeline-train"
 
 
 def main(argv: list[str]) -> None:
@@ -18,19 +23,33 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        config = config_lib.config_from_flags(FLAGS)
-        from pipeline import data as data_lib  # noqa: PLC0415 (TensorFlow import)
-        from pipeline import rundir  # noqa: PLC0415
+        launch = config_lib.launch_from_flags(FLAGS)
+        if launch.mode == "replay":
+            from pipeline import replay  # noqa: PLC0415 (TensorFlow import)
 
+            replay.replay_run(launch)
+            return
+        from pipeline import data as data_lib  # noqa: PLC0415
+        from pipeline import recovery, rundir  # noqa: PLC0415
+
+        run_dir = None
+        config = launch.config
+        if launch.mode == "resume":
+            run_dir, config = recovery.prepare_resume(launch)
         dataset = data_lib.load_dataset(
             config.dataset, config.data_dir, config.validation_split, config.binary_class
         )
+        if run_dir is None:
+            run_name = config.run_name or rundir.default_run_name(config)
+            run_dir = rundir.create_run_dir(config.logdir, run_name)
+        else:
+            recovery.check_same_data(run_dir, dataset)
         from pipeline import train  # noqa: PLC0415
 
-        run_name = config.run_name or rundir.default_run_name(config)
-        run_dir = rundir.create_run_dir(config.logdir, run_name)
-        print(f"run directory: {run_dir.path}")
-        result = train.train_and_evaluate(config, run_dir, dataset)
+        print(f"run directory: {run_dir.path}", flush=True)
+        result = train.train_and_evaluate(
+            config, run_dir, dataset, resume=launch.mode == "resume"
+        )
         test = result.test
         print(
             f"done: {run_dir.name}  step {result.step}  "
@@ -39,14 +58,14 @@ def main(argv: list[str]) -> None:
             f"wall {result.wall_time_s:.1f}s  {result.examples_per_sec:,.0f} examples/s"
         )
 
-    sys.exit(cli.run_reporting_errors("pipeline-train", body))
+    sys.exit(cli.run_reporting_errors(PROG, body))
 
 
 def run() -> None:
     """Console-script entry point."""
     cli.quiet_tensorflow()
     config_lib.define_flags(FLAGS)
-    app.run(main)
+    app.run(main, flags_parser=cli.one_line_flags_parser(PROG))
 
 
 if __name__ == "__main__":
