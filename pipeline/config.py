@@ -425,7 +425,10 @@ def _define_recovery_flags(flag_values: flags.FlagValues) -> None:
         **fv,
     )
     flags.DEFINE_string(
-        "run", None, "With --resume: the run directory to continue, e.g. logs/NAME.", **fv
+        "run",
+        None,
+        "With --resume: the run directory to continue, e.g. logs/NAME.",
+        **fv,
     )
     flags.DEFINE_string(
         "replay",
@@ -481,7 +484,9 @@ def launch_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Launch:
         )
     if f.resume:
         if f.run is None and f.run_name is None:
-            raise ConfigError("--resume needs the run: --run=LOGDIR/NAME or --run_name=NAME")
+            raise ConfigError(
+                "--resume needs the run: --run=LOGDIR/NAME or --run_name=NAME"
+            )
         if f.run is not None and f.run_name is not None:
             raise ConfigError("--resume takes --run=DIR or --run_name=NAME, not both")
     config = config_from_flags(f)

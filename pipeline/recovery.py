@@ -47,7 +47,9 @@ def saved_config(run_dir: RunDir) -> TrainConfig:
     try:
         return config_lib.validate(config_lib.config_from_dict(record["config"]))
     except (TypeError, ValueError) as err:
-        raise RunDirError(f"{run_dir.record_path}: saved config unusable ({err})") from None
+        raise RunDirError(
+            f"{run_dir.record_path}: saved config unusable ({err})"
+        ) from None
 
 
 def _flag_text(value: object) -> str:
@@ -193,7 +195,9 @@ def session_start_step(restored_step: int) -> int:
     return restored_step + 1 if restored_step > 0 else 0
 
 
-def write_session_start(run_path: pathlib.Path, splits: Sequence[str], step: int) -> float:
+def write_session_start(
+    run_path: pathlib.Path, splits: Sequence[str], step: int
+) -> float:
     """Writes a `SessionLog.START` event at `step` into each split's directory.
 
     TF2 summary writers never write this marker; TensorBoard's loaders use it

@@ -79,8 +79,8 @@ def replay_run(launch: Launch, print_fn: Callable[[str], None] = print) -> None:
     }
     if not reference:
         raise ConfigError(
-            f"{original.path / 'train'}: no train loss logged in steps 1..{config.steps} "
-            "to compare with (was --log_every=0?)"
+            f"{original.path / 'train'}: no train loss logged in steps "
+            f"1..{config.steps} to compare with (was --log_every=0?)"
         )
     dataset = data_lib.load_dataset(
         config.dataset, config.data_dir, config.validation_split, config.binary_class
@@ -90,7 +90,9 @@ def replay_run(launch: Launch, print_fn: Callable[[str], None] = print) -> None:
         replay_config = dataclasses.replace(config, logdir=tmp, run_name="replay")
         replay_dir = rundir.create_run_dir(tmp, "replay")
         print_fn(f"replaying {original.path} for {config.steps} steps in {tmp}")
-        train.train_and_evaluate(replay_config, replay_dir, dataset, print_fn=lambda _: None)
+        train.train_and_evaluate(
+            replay_config, replay_dir, dataset, print_fn=lambda _: None
+        )
         replayed = read_scalar_series(replay_dir.path / "train", "loss")
     step = first_difference(reference, replayed, launch.replay_rtol)
     if step is not None:
@@ -102,5 +104,9 @@ def replay_run(launch: Launch, print_fn: Callable[[str], None] = print) -> None:
     print_fn(
         f"replay matches {original.path}: {len(steps)} logged train losses "
         f"(steps {steps[0]}..{steps[-1]}) "
-        + ("bit-identical" if launch.replay_rtol == 0 else f"within rtol={launch.replay_rtol}")
+        + (
+            "bit-identical"
+            if launch.replay_rtol == 0
+            else f"within rtol={launch.replay_rtol}"
+        )
     )

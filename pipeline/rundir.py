@@ -110,7 +110,9 @@ class RunDir:
         try:
             write_json_atomic(self.record_path, record)
         except OSError as err:
-            raise RunDirError(f"{self.record_path}: cannot write ({err.strerror})") from None
+            raise RunDirError(
+                f"{self.record_path}: cannot write ({err.strerror})"
+            ) from None
         return record
 
     @property

@@ -36,7 +36,7 @@ class NonFiniteLossError(TrainingError):
     """The loss became NaN or Inf; names the step and the last good checkpoint."""
 
 
-class TrainingInterrupted(TrainingError):
+class TrainingInterruptedError(TrainingError):
     """SIGINT/SIGTERM stopped the run after a checkpoint; exits 128 + signal."""
 
     def __init__(self, message: str, signum: int):
@@ -102,8 +102,12 @@ def train_and_evaluate(
             f"--batch_size={config.batch_size} is larger than the train split "
             f"({len(dataset.train)} examples)"
         )
-    restored_step = recovery.latest_checkpoint_step(run_dir.checkpoint_dir) if resume else 0
-    splits = ["train", "test"] + (["validation"] if dataset.validation is not None else [])
+    restored_step = 0
+    if resume:
+        restored_step = recovery.latest_checkpoint_step(run_dir.checkpoint_dir)
+    splits = ["train", "test"]
+    if dataset.validation is not None:
+        splits.append("validation")
     writers_not_before = recovery.write_session_start(
         run_dir.path, splits, recovery.session_start_step(restored_step)
     )
@@ -288,10 +292,9 @@ def train_and_evaluate(
                     if early_stopping.should_stop:
                         stopped_early = early_stopping.reason(step)
                         logger.text("train", step, "early_stopping", stopped_early)
+                        best_step = float(early_stopping.best_step.numpy())
                         logger.scalars(
-                            "train",
-                            step,
-                            {"events/early_stopped": float(early_stopping.best_step.numpy())},
+                            "train", step, {"events/early_stopped": best_step}
                         )
                         print_fn(stopped_early)
             if (
@@ -301,6 +304,8 @@ def train_and_evaluate(
             ):
                 save_checkpoint()
             if is_due(step, config.print_every) or step == config.steps:
+                # What the progress line reports is on the charts too.
+                logger.flush()
                 test_acc = last_test.get("accuracy", math.nan)
                 print_fn(
                     f"step {step:>6}/{config.steps}  train {_format_metrics(last_train)}"
@@ -310,7 +315,7 @@ def train_and_evaluate(
             if step > last_saved:
                 save_checkpoint()
             logger.flush()
-            raise TrainingInterrupted(
+            raise TrainingInterruptedError(
                 f"interrupted by {stop.signal_name} at step {step}; checkpoint "
                 f"{manager.latest_checkpoint or 'none'} saved; continue with: "
                 f"pipeline-train --resume --run={run_dir.path}",
@@ -350,8 +355,9 @@ def train_and_evaluate(
             **extra,
         )
         return result
-    except (TrainingInterrupted, KeyboardInterrupt) as err:
-        run_dir.finish("interrupted", step=last_saved, error=f"{type(err).__name__}: {err}")
+    except (TrainingInterruptedError, KeyboardInterrupt) as err:
+        error = f"{type(err).__name__}: {err}"
+        run_dir.finish("interrupted", step=last_saved, error=error)
         raise
     except BaseException as err:
         run_dir.finish("failed", step=step, error=f"{type(err).__name__}: {err}")

@@ -37,7 +37,10 @@ def main(argv: list[str]) -> None:
         if launch.mode == "resume":
             run_dir, config = recovery.prepare_resume(launch)
         dataset = data_lib.load_dataset(
-            config.dataset, config.data_dir, config.validation_split, config.binary_class
+            config.dataset,
+            config.data_dir,
+            config.validation_split,
+            config.binary_class,
         )
         if run_dir is None:
             run_name = config.run_name or rundir.default_run_name(config)
