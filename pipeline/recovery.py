@@ -183,6 +183,23 @@ def prepare_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
     return run_dir, config
 
 
+def prepare_replay(launch: Launch) -> tuple[RunDir, TrainConfig]:
+    """The run to replay and the config to replay it with (`--steps` may shrink).
+
+    Raises:
+      RunDirError: no such run or no saved config.
+      ConfigError: a flag that would change the run, or more steps than it had.
+    """
+    original = open_run_dir(launch.run_path)
+    saved = saved_config(original)
+    config = merge_overrides(saved, launch.config, launch.explicit, "replay")
+    if config.steps > saved.steps:
+        raise ConfigError(
+            f"--steps={config.steps}: {original.path} trained only {saved.steps} steps"
+        )
+    return original, config
+
+
 def session_start_step(restored_step: int) -> int:
     """Step of the `SessionLog.START` marker for a start at `restored_step`.
 

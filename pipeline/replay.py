@@ -19,7 +19,7 @@ from tensorboard.util import tensor_util
 
 from pipeline import data as data_lib
 from pipeline import recovery, rundir, train
-from pipeline.config import ConfigError, Launch
+from pipeline.config import ConfigError, TrainConfig
 
 
 class ReplayMismatchError(train.TrainingError):
@@ -58,20 +58,18 @@ def first_difference(
     return None
 
 
-def replay_run(launch: Launch, print_fn: Callable[[str], None] = print) -> None:
-    """Replays `launch.run_path` for `--steps` (default: all) and compares.
+def replay_run(
+    original: rundir.RunDir,
+    config: TrainConfig,
+    rtol: float = 0.0,
+    print_fn: Callable[[str], None] = print,
+) -> None:
+    """Replays `original` with `config` (from `recovery.prepare_replay`), compares.
 
     Raises:
       ReplayMismatchError: naming the first differing step and both values.
-      ConfigError, RunDirError, DataError: bad flags, run or data.
+      ConfigError, DataError: nothing to compare with, or different data.
     """
-    original = rundir.open_run_dir(launch.run_path)
-    saved = recovery.saved_config(original)
-    config = recovery.merge_overrides(saved, launch.config, launch.explicit, "replay")
-    if config.steps > saved.steps:
-        raise ConfigError(
-            f"--steps={config.steps}: {original.path} trained only {saved.steps} steps"
-        )
     reference = {
         step: loss
         for step, loss in read_scalar_series(original.path / "train", "loss").items()
@@ -94,7 +92,7 @@ def replay_run(launch: Launch, print_fn: Callable[[str], None] = print) -> None:
             replay_config, replay_dir, dataset, print_fn=lambda _: None
         )
         replayed = read_scalar_series(replay_dir.path / "train", "loss")
-    step = first_difference(reference, replayed, launch.replay_rtol)
+    step = first_difference(reference, replayed, rtol)
     if step is not None:
         raise ReplayMismatchError(
             f"replay differs from {original.path} at step {step}: train loss "
@@ -104,9 +102,5 @@ def replay_run(launch: Launch, print_fn: Callable[[str], None] = print) -> None:
     print_fn(
         f"replay matches {original.path}: {len(steps)} logged train losses "
         f"(steps {steps[0]}..{steps[-1]}) "
-        + (
-            "bit-identical"
-            if launch.replay_rtol == 0
-            else f"within rtol={launch.replay_rtol}"
-        )
+        + ("bit-identical" if rtol == 0 else f"within rtol={rtol}")
     )

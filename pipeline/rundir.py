@@ -28,6 +28,7 @@ from pipeline.config import TrainConfig, config_to_dict
 RECORD_NAME = "run.json"
 FLAGFILE_NAME = "flags.cfg"
 CHECKPOINT_DIR = "checkpoints"
+PROBE_BYTES = 64 * 1024
 
 
 class RunDirError(RuntimeError):
@@ -128,10 +129,7 @@ class RunDir:
         import keras  # noqa: PLC0415
         import numpy as np  # noqa: PLC0415
 
-        (self.path / FLAGFILE_NAME).write_text(
-            "# Resolved flags of this run: pipeline-train --flagfile=THIS_FILE "
-            "--run_name=NEW re-runs it.\n" + config_to_flagfile(config)
-        )
+        self._write_flagfile(config)
         self.update_record(
             run_name=self.name,
             status="running",
@@ -150,16 +148,23 @@ class RunDir:
             pid=os.getpid(),
         )
 
+    def _write_flagfile(self, config: TrainConfig) -> None:
+        path = self.path / FLAGFILE_NAME
+        try:
+            path.write_text(
+                "# Resolved flags of this run: pipeline-train --flagfile=THIS_FILE "
+                "--run_name=NEW re-runs it.\n" + config_to_flagfile(config)
+            )
+        except OSError as err:
+            raise RunDirError(f"{path}: cannot write ({err.strerror})") from None
+
     def resume(self, config: TrainConfig, from_step: int) -> None:
         """Marks the run `running` again, keeping its history of starts.
 
         The flagfile and the recorded config are rewritten because a resume
         may extend `--steps`; `resumes` lists every restart and its step.
         """
-        (self.path / FLAGFILE_NAME).write_text(
-            "# Resolved flags of this run: pipeline-train --flagfile=THIS_FILE "
-            "--run_name=NEW re-runs it.\n" + config_to_flagfile(config)
-        )
+        self._write_flagfile(config)
         record = self.read_record()
         resumes = list(record.get("resumes", []))
         resumes.append(
@@ -208,8 +213,26 @@ def create_run_dir(logdir: str | os.PathLike, run_name: str) -> RunDir:
     except OSError as err:
         raise RunDirError(f"--logdir={logdir}: cannot create run directory ({err.strerror})") from None
     if not os.access(path, os.W_OK):
+        path.rmdir()
         raise RunDirError(f"--logdir={logdir}: not writable")
+    _probe_writable(path, logdir)
     return RunDir(path)
+
+
+def _probe_writable(path: pathlib.Path, logdir: pathlib.Path) -> None:
+    """Fails now, not after minutes of setup, on a full or read-only --logdir.
+
+    Writes (and removes) a small file; on failure the new, empty run
+    directory is removed again.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"\0" * PROBE_BYTES)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        path.rmdir()
+        raise RunDirError(f"--logdir={logdir}: cannot write ({err.strerror})") from None
 
 
 def open_run_dir(path: str | os.PathLike) -> RunDir:

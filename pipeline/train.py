@@ -9,6 +9,7 @@ train scalars are written at their own step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -21,7 +22,7 @@ import tensorflow as tf
 from pipeline import data as data_lib
 from pipeline import models, recovery, steps, stopping
 from pipeline.config import TrainConfig
-from pipeline.rundir import RunDir
+from pipeline.rundir import RunDir, RunDirError
 from pipeline.summaries import SummaryLogger, variable_name
 
 EVAL_BATCH_SIZE = 1000
@@ -105,6 +106,18 @@ def train_and_evaluate(
     restored_step = 0
     if resume:
         restored_step = recovery.latest_checkpoint_step(run_dir.checkpoint_dir)
+        run_dir.resume(config, from_step=restored_step)
+        print_fn(f"resuming {run_dir.name} from step {restored_step}")
+    else:
+        run_dir.start(
+            config,
+            {
+                "name": dataset.name,
+                "source": dataset.source,
+                "fingerprint": dataset.fingerprint(),
+                "sizes": dataset.sizes(),
+            },
+        )
     splits = ["train", "test"]
     if dataset.validation is not None:
         splits.append("validation")
@@ -168,20 +181,6 @@ def train_and_evaluate(
     )
     if restored_step:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        restored_step = int(step_var.numpy())
-    if resume:
-        run_dir.resume(config, from_step=restored_step)
-        print_fn(f"resuming {run_dir.name} from step {restored_step}")
-    else:
-        run_dir.start(
-            config,
-            {
-                "name": dataset.name,
-                "source": dataset.source,
-                "fingerprint": dataset.fingerprint(),
-                "sizes": dataset.sizes(),
-            },
-        )
 
     train_loop = steps.make_train_loop(steps.make_train_step(model, optimizer))
     evaluate = steps.make_eval_fn(model)
@@ -235,7 +234,15 @@ def train_and_evaluate(
                 )
             # Flush first: what the checkpoint covers is then on disk too.
             logger.flush()
-            manager.save(checkpoint_number=step)
+            try:
+                manager.save(checkpoint_number=step)
+            except (OSError, tf.errors.OpError) as err:
+                reason = getattr(err, "message", None) or str(err)
+                raise RunDirError(
+                    f"{run_dir.checkpoint_dir}: cannot save the step-{step} "
+                    f"checkpoint ({reason.splitlines()[0]}); last good checkpoint: "
+                    f"{manager.latest_checkpoint or 'none'}"
+                ) from None
             last_saved = step
             logger.scalars("train", step, {"events/checkpoint_saved": float(step)})
             logger.flush()
@@ -356,15 +363,21 @@ def train_and_evaluate(
         )
         return result
     except (TrainingInterruptedError, KeyboardInterrupt) as err:
-        error = f"{type(err).__name__}: {err}"
-        run_dir.finish("interrupted", step=last_saved, error=error)
+        _record_end(run_dir, "interrupted", last_saved, err)
         raise
     except BaseException as err:
-        run_dir.finish("failed", step=step, error=f"{type(err).__name__}: {err}")
+        _record_end(run_dir, "failed", step, err)
         raise
     finally:
         stop.uninstall()
         logger.close()
+
+
+def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> None:
+    """Records how a run ended; if even that fails (a full disk), the record
+    stays `running` with a dead pid, which `--resume` accepts."""
+    with contextlib.suppress(RunDirError):
+        run_dir.finish(status, step=step, error=f"{type(err).__name__}: {err}")
 
 
 def restore_model(config: TrainConfig, checkpoint_path: str) -> keras.Model:

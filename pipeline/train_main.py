@@ -24,13 +24,15 @@ def main(argv: list[str]) -> None:
 
     def body() -> None:
         launch = config_lib.launch_from_flags(FLAGS)
-        if launch.mode == "replay":
-            from pipeline import replay  # noqa: PLC0415 (TensorFlow import)
-
-            replay.replay_run(launch)
-            return
         from pipeline import data as data_lib  # noqa: PLC0415
         from pipeline import recovery, rundir  # noqa: PLC0415
+
+        if launch.mode == "replay":
+            original, config = recovery.prepare_replay(launch)
+            from pipeline import replay  # noqa: PLC0415 (TensorFlow import)
+
+            replay.replay_run(original, config, launch.replay_rtol)
+            return
 
         run_dir = None
         config = launch.config
