@@ -114,13 +114,17 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    # A zombie (killed, not yet reaped) has an empty command line; an
-    # unrelated process that reused the pid does not mention the pipeline.
+    # A zombie (killed, not yet reaped) is dead; an unrelated process that
+    # reused the pid does not mention the pipeline on its command line.
+    proc = pathlib.Path(f"/proc/{pid}")
     try:
-        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
         return True
-    return b"pipeline" in cmdline
+    if state == "Z":
+        return False
+    return not cmdline or b"pipeline" in cmdline
 
 
 def check_not_running(run_dir: RunDir) -> None:
