@@ -53,7 +53,7 @@ def one_line_flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
         try:
             return flags.FLAGS(argv)
         except flags.Error as err:
-            message = " ".join(str(err).split())
+            message = " ".join(str(err).split()).removeprefix("ERROR:: ")
             print(f"{prog}: error: {message} (see --helpfull)", file=sys.stderr)
             sys.exit(1)
 

@@ -75,13 +75,13 @@ def merge_overrides(
     """
     explicit = set(explicit)
     mutable = config_lib.RESUME_MUTABLE_FLAGS
+    may_change = [f"--{f}" for f in sorted(mutable - {"logdir", "run_name"})]
     for name in sorted(explicit - mutable):
         if getattr(given, name) != getattr(saved, name):
             raise ConfigError(
                 f"--{name}={_flag_text(getattr(given, name))} differs from the run's "
                 f"saved --{name}={_flag_text(getattr(saved, name))}; --{action} keeps "
-                f"the run's config (only {', '.join('--' + f for f in sorted(mutable))}"
-                " may change)"
+                f"the run's config (only {', '.join(may_change)} may change)"
             )
     updates = {
         name: getattr(given, name)
@@ -179,7 +179,7 @@ def prepare_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
     if config.steps <= step:
         status = run_dir.status
         raise ConfigError(
-            f"{run_dir.path}: {status} with its latest checkpoint at step {step}; "
+            f"{run_dir.path}: status {status}, latest checkpoint at step {step}; "
             f"--steps={config.steps} leaves nothing to train (pass --steps > {step} "
             "to train further)"
         )

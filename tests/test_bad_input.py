@@ -172,7 +172,12 @@ CASES = [
         ["--run_name=existing"],
         "{logdir}/existing: run already exists (status completed)",
     ),
-    ("flagfile_missing", ["--flagfile={root}/missing.cfg"], "missing.cfg"),
+    (
+        "flagfile_missing",
+        ["--flagfile={root}/missing.cfg"],
+        "error: Unable to open flagfile: [Errno 2] No such file or directory: "
+        "'{root}/missing.cfg'",
+    ),
     ("flagfile_unknown_flag", ["--flagfile={root}/unknown.cfg"], "no_such_flag"),
     (
         "resume_missing_run",
@@ -187,7 +192,7 @@ CASES = [
     (
         "resume_completed_run",
         ["--resume", "--run_name=existing"],
-        "completed with its latest checkpoint at step 10; --steps=10 leaves nothing",
+        "existing: status completed, latest checkpoint at step 10; --steps=10 leaves",
     ),
     (
         "replay_more_steps",
