@@ -37,7 +37,7 @@ from .recovery_fixtures import (
 
 pytestmark = pytest.mark.slow
 
-STEPS = 600
+STEPS = 800
 CHECKPOINT_EVERY = 100
 FLAGS = [
     "--model=mlp",
@@ -77,7 +77,7 @@ class Life:
             self.lines.put(line.rstrip("\n"))
         self.lines.put(None)
 
-    def wait_for(self, predicate, timeout: float = 60.0) -> str:
+    def wait_for(self, predicate, timeout: float = 120.0) -> str:
         deadline = time.monotonic() + timeout
         while True:
             line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
@@ -88,14 +88,26 @@ class Life:
                 return line
 
     def kill(self) -> None:
+        assert self.proc.poll() is None, "finished before the kill:\n" + "\n".join(
+            self.output
+        )
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=30)
 
 
 def _progress_at_least(step: int):
+    """A progress line at or after `step`, well before the next checkpoint.
+
+    Writers flush before each progress line, so the points after the last
+    checkpoint are on disk when the kill comes: the kill leaves orphans.
+    """
+
     def check(line: str) -> bool:
         match = PROGRESS.match(line)
-        return bool(match) and int(match.group(1)) >= step
+        if not match:
+            return False
+        at = int(match.group(1))
+        return at >= step and 0 < at % CHECKPOINT_EVERY <= 60
 
     return check
 
@@ -137,11 +149,11 @@ def killed_run(tmp_path_factory):
         restored = int(life.wait_for(lambda x: x.startswith("resuming")).split()[-1])
         if i == 0:
             # Anywhere from before the first compiled chunk to mid-training.
-            delay = rng.uniform(0.0, 1.5)
+            delay = rng.uniform(0.0, 0.8)
             time.sleep(delay)
             moments.append(f"{delay:.2f}s after resuming from {restored}")
         else:
-            target = restored + rng.randrange(20, 150)
+            target = min(restored + rng.randrange(20, 150), STEPS - 150)
             life.wait_for(_progress_at_least(target))
             time.sleep(rng.uniform(0.0, 0.05))
             moments.append(f"after progress step {target} (resumed from {restored})")
@@ -149,7 +161,7 @@ def killed_run(tmp_path_factory):
         assert record(run_path)["status"] == "running", moments
 
     life = Life(f"--run={run_path}", "--resume")
-    life.wait_for(lambda x: x.startswith("done:"), timeout=120)
+    life.wait_for(lambda x: x.startswith("done:"), timeout=180)
     assert life.proc.wait(timeout=30) == 0
     print("SIGKILL moments:", moments)
     return run_path
