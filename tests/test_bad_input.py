@@ -17,8 +17,7 @@ import subprocess
 
 import numpy as np
 import pytest
-
-from .recovery_fixtures import record, run_cli, tree_digest
+from recovery_fixtures import record, run_cli, tree_digest
 
 EXISTING = "existing"
 

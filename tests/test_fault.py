@@ -21,12 +21,7 @@ import time
 import urllib.request
 
 import pytest
-
-from pipeline import config as config_lib
-from pipeline import data as data_lib
-from pipeline import rundir
-
-from .recovery_fixtures import (
+from recovery_fixtures import (
     PROG,
     REPO,
     cli_env,
@@ -34,6 +29,10 @@ from .recovery_fixtures import (
     record,
     tensor_series,
 )
+
+from pipeline import config as config_lib
+from pipeline import data as data_lib
+from pipeline import rundir
 
 pytestmark = pytest.mark.slow
 

@@ -11,14 +11,13 @@ import sys
 
 import numpy as np
 import pytest
+from recovery_fixtures import raw_step_counts, record, run_cli, tensor_series
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline import recovery, rundir
 from pipeline.config import ConfigError, TrainConfig
 from pipeline.rundir import RunDirError
-
-from .recovery_fixtures import raw_step_counts, record, run_cli, tensor_series
 
 TINY = TrainConfig(
     model="mlp",

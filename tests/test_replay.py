@@ -6,13 +6,12 @@ import json
 import shutil
 
 import pytest
+from recovery_fixtures import run_cli
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline import recovery, rundir
 from pipeline.config import TrainConfig
-
-from .recovery_fixtures import run_cli
 
 ORIGINAL = TrainConfig(
     model="mlp",

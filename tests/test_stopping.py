@@ -6,12 +6,11 @@ import os
 import signal
 
 import pytest
+from recovery_fixtures import record, tensor_series
 
 from pipeline import data as data_lib
 from pipeline import rundir
 from pipeline.config import TrainConfig
-
-from .recovery_fixtures import record, tensor_series
 
 EARLY = TrainConfig(
     model="mlp",
