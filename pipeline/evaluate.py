@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint on a full split: metrics, confusion matrix, PR curves, mistakes.
+"""Evaluate a checkpoint on a full split: metrics, confusion matrix, PR curves.
 
 `evaluate_run` restores a run's checkpoint, predicts every example of a split
 through the same tf.data pipeline training evaluated with, and returns an
@@ -25,9 +25,7 @@ import tensorflow as tf
 
 from pipeline import data as data_lib
 from pipeline import models, steps
-from pipeline.config import ConfigError
 from pipeline.restore import RestoredRun
-from pipeline.run_flags import SPLITS
 from pipeline.summaries import SummaryLogger
 from pipeline.train import EVAL_BATCH_SIZE
 
@@ -131,37 +129,6 @@ def class_names(binary_class: int | None) -> list[str]:
     return [str(k) for k in range(data_lib.NUM_CLASSES)]
 
 
-def load_split(
-    restored: RestoredRun,
-    split: str = "test",
-    dataset: str | None = None,
-    data_dir: str | None = None,
-) -> tuple[str, data_lib.Split]:
-    """The split to evaluate: the run's own dataset unless `dataset` says otherwise.
-
-    The run's validation fraction and binary class apply, so `test` is exactly
-    the split training evaluated on.
-    """
-    config = restored.config
-    name = dataset or config.dataset
-    if data_dir is None and name == config.dataset:
-        data_dir = config.data_dir
-    if name == "mnist_sample" and data_dir:
-        raise ConfigError("--data_dir is not used with --dataset=mnist_sample")
-    if split not in SPLITS:
-        raise ConfigError(f"--split={split}: must be one of {', '.join(SPLITS)}")
-    loaded = data_lib.load_dataset(
-        name, data_dir, config.validation_split, config.binary_class
-    )
-    chosen = getattr(loaded, split)
-    if chosen is None:
-        raise ConfigError(
-            f"--split={split}: run {restored.run_dir.name} was trained without "
-            "--validation_split, so it has no validation split"
-        )
-    return name, chosen
-
-
 def predict_outputs(
     model: keras.Model, split: data_lib.Split, batch_size: int = EVAL_BATCH_SIZE
 ) -> Outputs:
@@ -259,11 +226,17 @@ def pr_curve_data(
     }
 
 
-def pr_curves(outputs: Outputs, binary_class: int | None) -> dict[str, dict[str, np.ndarray]]:
+def pr_curves(
+    outputs: Outputs, binary_class: int | None
+) -> dict[str, dict[str, np.ndarray]]:
     """One curve per class (one against the rest); one curve for a binary run."""
     probs = outputs.probabilities
     if binary_class is not None:
-        return {f"pr_curve/is_{binary_class}": pr_curve_data(outputs.labels == 1, probs[:, 1])}
+        return {
+            f"pr_curve/is_{binary_class}": pr_curve_data(
+                outputs.labels == 1, probs[:, 1]
+            )
+        }
     return {
         f"pr_curve/class_{k}": pr_curve_data(outputs.labels == k, probs[:, k])
         for k in range(probs.shape[1])
@@ -331,7 +304,12 @@ def confusion_matrix_image(confusion: np.ndarray, names: list[str]) -> np.ndarra
     for (i, j), count in np.ndenumerate(confusion):
         share = count / row_totals[i, 0]
         axes.text(
-            j, i, str(count), ha="center", va="center", fontsize=8,
+            j,
+            i,
+            str(count),
+            ha="center",
+            va="center",
+            fontsize=8,
             color="white" if share > 0.5 else "black",
         )
     figure.tight_layout()
@@ -360,7 +338,9 @@ def mistakes_grid(
     n = max(len(images), 1)
     columns = min(columns, n)
     rows = -(-n // columns)
-    grid = Image.new("RGB", (columns * (tile_w + 2) + 2, rows * (tile_h + 2) + 2), (96, 96, 96))
+    grid = Image.new(
+        "RGB", (columns * (tile_w + 2) + 2, rows * (tile_h + 2) + 2), (96, 96, 96)
+    )
     draw = ImageDraw.Draw(grid)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
@@ -369,8 +349,15 @@ def mistakes_grid(
             (tile_w, tile_w), Image.Resampling.NEAREST
         )
         grid.paste(digit.convert("RGB"), (x, y))
-        draw.rectangle((x, y + tile_w, x + tile_w - 1, y + tile_h - 1), fill=(255, 255, 255))
-        draw.text((x + 3, y + tile_w + 1), f"true {true_names[i]}", fill=(0, 110, 0), font=font)
+        draw.rectangle(
+            (x, y + tile_w, x + tile_w - 1, y + tile_h - 1), fill=(255, 255, 255)
+        )
+        draw.text(
+            (x + 3, y + tile_w + 1),
+            f"true {true_names[i]}",
+            fill=(0, 110, 0),
+            font=font,
+        )
         draw.text(
             (x + 3, y + tile_w + 16),
             f"pred {predicted_names[i]} {confidences[i]:.2f}",
@@ -420,7 +407,7 @@ def evaluate_run(
     batch_size: int = EVAL_BATCH_SIZE,
 ) -> tuple[EvalReport, Outputs, data_lib.Split]:
     """Restores the checkpoint and evaluates a whole split. Writes nothing."""
-    dataset_name, chosen = load_split(restored, split, dataset, data_dir)
+    dataset_name, chosen = restored.load_split(split, dataset, data_dir)
     model = restored.load_model()
     outputs = predict_outputs(model, chosen, batch_size)
     return build_report(restored, dataset_name, split, outputs), outputs, chosen
@@ -441,7 +428,9 @@ def format_report(report: EvalReport) -> str:
         k = binary["positive_class"]
         lines += [
             f"positive class: {k} (TP: a {k} called {k}; FP: another digit called {k})",
-            f"TP {binary['tp']}  FP {binary['fp']}  TN {binary['tn']}  FN {binary['fn']}",
+            "  ".join(
+                f"{key.upper()} {binary[key]}" for key in ("tp", "fp", "tn", "fn")
+            ),
             f"precision  TP/(TP+FP)         {binary['precision']:.4f}",
             f"recall     TP/(TP+FN)         {binary['recall']:.4f}",
             f"f1         2PR/(P+R)          {binary['f1']:.4f}",
@@ -465,7 +454,9 @@ def format_report(report: EvalReport) -> str:
     header = " " * width + "".join(f"  {name:>{cell}}" for name in report.class_names)
     lines.append(header)
     for name, row in zip(report.class_names, report.confusion, strict=True):
-        lines.append(f"{name:<{width}}" + "".join(f"  {count:>{cell}d}" for count in row))
+        lines.append(
+            f"{name:<{width}}" + "".join(f"  {count:>{cell}d}" for count in row)
+        )
     return "\n".join(lines)
 
 

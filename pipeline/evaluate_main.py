@@ -1,4 +1,4 @@
-"""`pipeline-eval`: evaluate a run's checkpoint on a full split; log it to TensorBoard."""
+"""`pipeline-eval`: evaluate a checkpoint on a full split and log it to TensorBoard."""
 
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def main(argv: list[str]) -> None:
     def body() -> None:
         from pipeline import restore  # noqa: PLC0415
 
-        restored = restore.open_run(FLAGS.run, run_flags.checkpoint_value(FLAGS.checkpoint))
+        restored = restore.open_run(
+            FLAGS.run, run_flags.checkpoint_value(FLAGS.checkpoint)
+        )
         from pipeline import evaluate  # noqa: PLC0415 (TensorFlow import)
 
         report, outputs, split = evaluate.evaluate_run(

@@ -12,13 +12,15 @@ import pathlib
 import re
 from typing import TYPE_CHECKING, Any
 
+from pipeline import data as data_lib
 from pipeline import rundir
-from pipeline.config import TrainConfig
+from pipeline.config import ConfigError, TrainConfig
 
 if TYPE_CHECKING:
     import keras
 
 LATEST = "latest"
+SPLITS = ("train", "validation", "test")
 _CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 
 
@@ -77,6 +79,42 @@ class RestoredRun:
         status = checkpoint.restore(self.checkpoint_prefix).expect_partial()
         status.assert_existing_objects_matched()
         return model
+
+    def load_split(
+        self,
+        split: str = "test",
+        dataset: str | None = None,
+        data_dir: str | None = None,
+    ) -> tuple[str, data_lib.Split]:
+        """(dataset name, split): the run's own dataset unless `dataset` differs.
+
+        The split is cut the way training cut it (the run's validation
+        fraction and binary class apply), so `test` is exactly the split
+        training evaluated on.
+
+        Raises:
+          ConfigError: `--data_dir` with the bundled sample, an unknown split,
+            or `validation` for a run that held none out.
+          DataError: the dataset's files are missing or corrupt.
+        """
+        config = self.config
+        name = dataset or config.dataset
+        if data_dir is None and name == config.dataset:
+            data_dir = config.data_dir
+        if name == "mnist_sample" and data_dir:
+            raise ConfigError("--data_dir is not used with --dataset=mnist_sample")
+        if split not in SPLITS:
+            raise ConfigError(f"--split={split}: must be one of {', '.join(SPLITS)}")
+        loaded = data_lib.load_dataset(
+            name, data_dir, config.validation_split, config.binary_class
+        )
+        chosen = getattr(loaded, split)
+        if chosen is None:
+            raise ConfigError(
+                f"--split={split}: run {self.run_dir.name} was trained without "
+                "--validation_split, so it has no validation split"
+            )
+        return name, chosen
 
 
 def open_run(path: str | pathlib.Path, checkpoint: str | int = LATEST) -> RestoredRun:

@@ -10,9 +10,9 @@ from __future__ import annotations
 from absl import flags
 
 from pipeline.config import DATASETS
+from pipeline.restore import SPLITS
 
 FORMATS = ("text", "json")
-SPLITS = ("train", "validation", "test")
 
 
 def _is_checkpoint(value: str) -> bool:
@@ -23,7 +23,10 @@ def define_run_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """--run (required) and --checkpoint."""
     fv = {"flag_values": flag_values}
     flags.DEFINE_string(
-        "run", None, "Run directory written by pipeline-train, e.g. logs/cnn-20250101-120000.", **fv
+        "run",
+        None,
+        "Run directory written by pipeline-train, e.g. logs/cnn-20250101-120000.",
+        **fv,
     )
     flags.DEFINE_string(
         "checkpoint",
