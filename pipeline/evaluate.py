@@ -137,13 +137,9 @@ def predict_outputs(
         split, batch_size=batch_size, repeat=False, drop_remainder=False
     )
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.float32)])
-    def logits_of(images: tf.Tensor) -> tf.Tensor:
-        return model(images, training=False)
-
     logits, labels = [], []
     for images, batch_labels in dataset:
-        logits.append(logits_of(images).numpy())
+        logits.append(model(images, training=False).numpy())
         labels.append(batch_labels.numpy())
     return Outputs(np.concatenate(logits), np.concatenate(labels).astype(np.int32))
 
@@ -399,6 +395,19 @@ def write_summaries(
             logger.image(writer, step, "most_confident_mistakes", grid)
 
 
+def evaluate_split(
+    restored: RestoredRun,
+    dataset: str,
+    split_name: str,
+    split: data_lib.Split,
+    batch_size: int = EVAL_BATCH_SIZE,
+) -> tuple[EvalReport, Outputs]:
+    """Restores the checkpoint and evaluates `split` in full. Writes nothing."""
+    model = restored.load_model()
+    outputs = predict_outputs(model, split, batch_size)
+    return build_report(restored, dataset, split_name, outputs), outputs
+
+
 def evaluate_run(
     restored: RestoredRun,
     split: str = "test",
@@ -406,11 +415,10 @@ def evaluate_run(
     data_dir: str | None = None,
     batch_size: int = EVAL_BATCH_SIZE,
 ) -> tuple[EvalReport, Outputs, data_lib.Split]:
-    """Restores the checkpoint and evaluates a whole split. Writes nothing."""
+    """Loads the split the way training cut it, then `evaluate_split`."""
     dataset_name, chosen = restored.load_split(split, dataset, data_dir)
-    model = restored.load_model()
-    outputs = predict_outputs(model, chosen, batch_size)
-    return build_report(restored, dataset_name, split, outputs), outputs, chosen
+    report, outputs = evaluate_split(restored, dataset_name, split, chosen, batch_size)
+    return report, outputs, chosen
 
 
 def format_report(report: EvalReport) -> str:

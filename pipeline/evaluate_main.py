@@ -45,13 +45,13 @@ def main(argv: list[str]) -> None:
     def body() -> None:
         from pipeline import restore  # noqa: PLC0415
 
-        restored = restore.open_run(
-            FLAGS.run, run_flags.checkpoint_value(FLAGS.checkpoint)
-        )
+        checkpoint = run_flags.checkpoint_value(FLAGS.checkpoint)
+        restored = restore.open_run(FLAGS.run, checkpoint)
+        dataset, split = restored.load_split(FLAGS.split, FLAGS.dataset, FLAGS.data_dir)
         from pipeline import evaluate  # noqa: PLC0415 (TensorFlow import)
 
-        report, outputs, split = evaluate.evaluate_run(
-            restored, FLAGS.split, FLAGS.dataset, FLAGS.data_dir, FLAGS.batch_size
+        report, outputs = evaluate.evaluate_split(
+            restored, dataset, FLAGS.split, split, FLAGS.batch_size
         )
         summaries = None
         if FLAGS.write_summaries:

@@ -21,7 +21,7 @@ import tensorflow as tf
 from pipeline import data as data_lib
 from pipeline import models, steps
 from pipeline.config import TrainConfig
-from pipeline.rundir import RunDir
+from pipeline.rundir import MODEL_SUMMARY_NAME, RunDir
 from pipeline.summaries import SummaryLogger, variable_name
 
 EVAL_BATCH_SIZE = 1000
@@ -135,6 +135,7 @@ def train_and_evaluate(
             "sizes": dataset.sizes(),
         },
     )
+    (run_dir.path / MODEL_SUMMARY_NAME).write_text(summary + "\n")
 
     train_loop = steps.make_train_loop(steps.make_train_step(model, optimizer))
     evaluate = steps.make_eval_fn(model)
