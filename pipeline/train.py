@@ -135,7 +135,7 @@ def train_and_evaluate(
             "sizes": dataset.sizes(),
         },
     )
-    (run_dir.path / MODEL_SUMMARY_NAME).write_text(summary + "\n")
+    (run_dir.path / MODEL_SUMMARY_NAME).write_text(summary.rstrip("\n") + "\n")
 
     train_loop = steps.make_train_loop(steps.make_train_step(model, optimizer))
     evaluate = steps.make_eval_fn(model)
