@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
 
 
 def quiet_tensorflow() -> None:
-    """Hides TensorFlow's C++ info/warning logs unless the user asked for them."""
+    """Hides TensorFlow's info logs (C++ and Python) unless the user asked for them."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+
+
+def default_to_warnings(flag_values) -> None:
+    """Call after parsing: absl's app.run logs INFO; keep WARNING unless --verbosity."""
+    from absl import logging as absl_logging  # noqa: PLC0415
+
+    if not flag_values["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

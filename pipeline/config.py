@@ -140,13 +140,20 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_integer(
-        "hidden_units", d.hidden_units, "mlp: units per hidden layer.", lower_bound=1, **fv
+        "hidden_units",
+        d.hidden_units,
+        "mlp: units per hidden layer.",
+        lower_bound=1,
+        **fv,
     )
     flags.DEFINE_enum(
         "activation", d.activation, ACTIVATIONS, "Hidden-layer activation.", **fv
     )
     flags.DEFINE_float(
-        "dropout", d.dropout, "mlp: dropout rate after each hidden layer, in [0, 1).", **fv
+        "dropout",
+        d.dropout,
+        "mlp: dropout rate after each hidden layer, in [0, 1).",
+        **fv,
     )
     flags.DEFINE_list(
         "conv_filters",
@@ -155,7 +162,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_integer(
-        "kernel_size", d.kernel_size, "cnn: conv kernel size.", lower_bound=1, upper_bound=28, **fv
+        "kernel_size",
+        d.kernel_size,
+        "cnn: conv kernel size.",
+        lower_bound=1,
+        upper_bound=28,
+        **fv,
     )
     flags.DEFINE_list(
         "conv_padding",
@@ -164,7 +176,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_integer(
-        "pool_size", d.pool_size, "cnn: max-pool size.", lower_bound=1, upper_bound=14, **fv
+        "pool_size",
+        d.pool_size,
+        "cnn: max-pool size.",
+        lower_bound=1,
+        upper_bound=14,
+        **fv,
     )
     flags.DEFINE_float(
         "conv_dropout",
@@ -185,7 +202,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_string(
-        "logdir", d.logdir, "TensorBoard log directory; runs go in LOGDIR/RUN_NAME.", **fv
+        "logdir",
+        d.logdir,
+        "TensorBoard log directory; runs go in LOGDIR/RUN_NAME.",
+        **fv,
     )
     flags.DEFINE_string(
         "run_name",
@@ -194,7 +214,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "Letters, digits and . _ = , + - only.",
         **fv,
     )
-    flags.DEFINE_integer("seed", d.seed, "Seed for shuffling, initialisers, dropout.", **fv)
+    flags.DEFINE_integer(
+        "seed", d.seed, "Seed for shuffling, initialisers, dropout.", **fv
+    )
     flags.DEFINE_boolean(
         "deterministic",
         d.deterministic,
@@ -218,7 +240,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer(
         "eval_every",
         d.eval_every,
-        "Evaluate the full test split every N steps and at the end (0: only at the end).",
+        "Evaluate the full test split every N steps and at the end "
+        "(0: only at the end).",
         lower_bound=0,
         **fv,
     )
@@ -232,7 +255,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer(
         "checkpoint_every",
         d.checkpoint_every,
-        "Save a checkpoint every N steps; one is always saved at the end (0: only then).",
+        "Save a checkpoint every N steps; one is always saved at the end "
+        "(0: only then).",
         lower_bound=0,
         **fv,
     )

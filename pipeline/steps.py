@@ -51,7 +51,9 @@ def predicted_class(logits: tf.Tensor) -> tf.Tensor:
 
 def correct(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """1.0 where the prediction is right, else 0.0."""
-    return tf.cast(tf.equal(predicted_class(logits), tf.cast(labels, tf.int32)), tf.float32)
+    return tf.cast(
+        tf.equal(predicted_class(logits), tf.cast(labels, tf.int32)), tf.float32
+    )
 
 
 def make_train_step(
@@ -93,7 +95,9 @@ def make_train_loop(
     return train_loop
 
 
-def make_eval_fn(model: keras.Model) -> Callable[[tf.data.Dataset], dict[str, tf.Tensor]]:
+def make_eval_fn(
+    model: keras.Model,
+) -> Callable[[tf.data.Dataset], dict[str, tf.Tensor]]:
     """Compiles `evaluate(dataset) -> {loss, accuracy, count}` over a whole split.
 
     Sums per-example loss and correctness over every batch (the last, partial
@@ -107,7 +111,9 @@ def make_eval_fn(model: keras.Model) -> Callable[[tf.data.Dataset], dict[str, tf
         count = tf.constant(0.0, tf.float64)
         for images, labels in dataset:
             logits = model(images, training=False)
-            total_loss += tf.reduce_sum(tf.cast(per_example_loss(labels, logits), tf.float64))
+            total_loss += tf.reduce_sum(
+                tf.cast(per_example_loss(labels, logits), tf.float64)
+            )
             total_correct += tf.reduce_sum(tf.cast(correct(labels, logits), tf.float64))
             count += tf.cast(tf.shape(labels)[0], tf.float64)
         return {
@@ -119,7 +125,9 @@ def make_eval_fn(model: keras.Model) -> Callable[[tf.data.Dataset], dict[str, tf
     return evaluate
 
 
-def make_gradient_fn(model: keras.Model) -> Callable[[tf.Tensor, tf.Tensor], list[tf.Tensor]]:
+def make_gradient_fn(
+    model: keras.Model,
+) -> Callable[[tf.Tensor, tf.Tensor], list[tf.Tensor]]:
     """Compiles a function returning the gradients of one batch (for histograms).
 
     Kept out of the train step: histograms run every N steps through this

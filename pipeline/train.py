@@ -10,7 +10,6 @@ train scalars are written at their own step.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 
@@ -53,7 +52,9 @@ def is_due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def next_boundary(step: int, total: int, intervals: list[int], steps_per_loop: int) -> int:
+def next_boundary(
+    step: int, total: int, intervals: list[int], steps_per_loop: int
+) -> int:
     """The step the next chunk ends at: no interval boundary is skipped over."""
     end = min(total, step + steps_per_loop)
     for every in intervals:
@@ -73,6 +74,16 @@ def _format_metrics(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in values.items())
 
 
+def check_data_fits(config: TrainConfig, dataset: data_lib.Dataset) -> None:
+    """Raises TrainingError if `config` cannot train on `dataset` (call before
+    creating the run directory, so a refused job leaves nothing behind)."""
+    if config.batch_size > len(dataset.train):
+        raise TrainingError(
+            f"--batch_size={config.batch_size} is larger than the train split "
+            f"({len(dataset.train)} examples)"
+        )
+
+
 def train_and_evaluate(
     config: TrainConfig,
     run_dir: RunDir,
@@ -85,16 +96,14 @@ def train_and_evaluate(
     `completed` with final metrics, or `failed` with the error if anything
     raises (the exception is re-raised for the caller to report).
     """
-    if config.batch_size > len(dataset.train):
-        raise TrainingError(
-            f"--batch_size={config.batch_size} is larger than the train split "
-            f"({len(dataset.train)} examples)"
-        )
+    check_data_fits(config, dataset)
     seed_everything(config.seed, config.deterministic)
     model = models.build_model(config)
     summary = models.summary_text(model)
     print_fn(summary)
-    optimizer = steps.make_optimizer(config.optimizer, config.learning_rate, config.momentum)
+    optimizer = steps.make_optimizer(
+        config.optimizer, config.learning_rate, config.momentum
+    )
     optimizer.build(model.trainable_variables)
 
     train_ds = data_lib.make_dataset(
@@ -141,7 +150,9 @@ def train_and_evaluate(
     gradients = steps.make_gradient_fn(model)
     # A fixed batch for gradient histograms, so they never consume the
     # training iterator (which would change the run they observe).
-    probe_images = tf.constant(dataset.train.images[: config.batch_size, ..., None] / 255.0, tf.float32)
+    probe_images = tf.constant(
+        dataset.train.images[: config.batch_size, ..., None] / 255.0, tf.float32
+    )
     probe_labels = tf.constant(dataset.train.labels[: config.batch_size])
 
     logger = SummaryLogger(run_dir.path)
@@ -154,7 +165,9 @@ def train_and_evaluate(
         logger.keras_model("train", model)
         logger.text("train", 0, "model_summary", f"```\n{summary}\n```")
         if config.image_count:
-            logger.image_grid("train", 0, "inputs", dataset.train.images[: config.image_count])
+            logger.image_grid(
+                "train", 0, "inputs", dataset.train.images[: config.image_count]
+            )
 
         def run_evaluation() -> None:
             nonlocal last_test
@@ -196,7 +209,10 @@ def train_and_evaluate(
             series["learning_rate"] = np.full(n, float(optimizer.learning_rate.numpy()))
             series["examples_per_sec"] = np.full(n, examples_per_sec)
             logger.scalar_series("train", first_step, series, config.log_every)
-            last_train = {"loss": float(series["loss"][-1]), "accuracy": float(series["accuracy"][-1])}
+            last_train = {
+                "loss": float(series["loss"][-1]),
+                "accuracy": float(series["accuracy"][-1]),
+            }
 
             if is_due(step, config.histogram_every):
                 grads = gradients(probe_images, probe_labels)
@@ -213,10 +229,12 @@ def train_and_evaluate(
                 logger.scalars("train", step, {"events/checkpoint_saved": float(step)})
                 logger.flush()
             if is_due(step, config.print_every) or step == config.steps:
-                test_acc = last_test.get("accuracy", math.nan)
+                test_acc = last_test.get("accuracy")
+                test_text = "-" if test_acc is None else f"{test_acc:.4f}"
                 print_fn(
-                    f"step {step:>6}/{config.steps}  train {_format_metrics(last_train)}"
-                    f"  test_accuracy={test_acc:.4f}  {examples_per_sec:,.0f} examples/s"
+                    f"step {step:>6}/{config.steps}  "
+                    f"train {_format_metrics(last_train)}"
+                    f"  test_accuracy={test_text}  {examples_per_sec:,.0f} examples/s"
                 )
         wall = time.perf_counter() - start
         result = TrainResult(

@@ -16,6 +16,7 @@ def main(argv: list[str]) -> None:
     """Parses nothing itself: absl has parsed argv into FLAGS already."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.default_to_warnings(FLAGS)
 
     def body() -> None:
         config = config_lib.config_from_flags(FLAGS)
@@ -23,10 +24,14 @@ def main(argv: list[str]) -> None:
         from pipeline import rundir  # noqa: PLC0415
 
         dataset = data_lib.load_dataset(
-            config.dataset, config.data_dir, config.validation_split, config.binary_class
+            config.dataset,
+            config.data_dir,
+            config.validation_split,
+            config.binary_class,
         )
         from pipeline import train  # noqa: PLC0415
 
+        train.check_data_fits(config, dataset)
         run_name = config.run_name or rundir.default_run_name(config)
         run_dir = rundir.create_run_dir(config.logdir, run_name)
         print(f"run directory: {run_dir.path}")
