@@ -26,9 +26,15 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: shown as one line, no traceback."""
     from pipeline.config import ConfigError  # noqa: PLC0415
     from pipeline.data import DataError  # noqa: PLC0415
+    from pipeline.distribute import DistributeError  # noqa: PLC0415
     from pipeline.rundir import RunDirError  # noqa: PLC0415
 
-    types: list[type[BaseException]] = [ConfigError, DataError, RunDirError]
+    types: list[type[BaseException]] = [
+        ConfigError,
+        DataError,
+        RunDirError,
+        DistributeError,
+    ]
     if "pipeline.train" in sys.modules:
         types.append(sys.modules["pipeline.train"].TrainingError)
     return tuple(types)

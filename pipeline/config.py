@@ -19,6 +19,7 @@ DATASETS = ("mnist_sample", "mnist", "fashion_mnist")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adadelta", "rmsprop")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "swish", "linear")
 PADDINGS = ("same", "valid")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
 
@@ -59,6 +60,8 @@ class TrainConfig:
     checkpoint_every: int = 1000
     image_count: int = 32
     max_checkpoints: int = 3
+    strategy: str = "default"
+    cpu_devices: int = 0
 
     @property
     def num_classes(self) -> int:
@@ -276,6 +279,30 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
 
+    flags.DEFINE_enum(
+        "strategy",
+        d.strategy,
+        STRATEGIES,
+        "tf.distribute strategy. default: one device. mirrored: all local GPUs, "
+        "or --cpu_devices logical CPUs. multi_worker: MultiWorkerMirroredStrategy "
+        "over the cluster in the TF_CONFIG environment variable (needs "
+        "--run_name); its gRPC servers listen on ALL interfaces whatever "
+        "TF_CONFIG says: run it only on a trusted network. tpu: TPUStrategy. "
+        "--batch_size is the global batch, split evenly over replicas; the loss "
+        "is averaged over the global batch, so --learning_rate means the same "
+        "as on one device with that batch.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "cpu_devices",
+        d.cpu_devices,
+        "Split the CPU into N logical devices (mirrored/multi_worker replicas on "
+        "a machine without GPUs; 0: no split).",
+        lower_bound=0,
+        upper_bound=64,
+        **fv,
+    )
+
     for rate_flag in ("dropout", "conv_dropout", "dense_dropout"):
         flags.register_validator(
             rate_flag,
@@ -343,6 +370,21 @@ def validate(config: TrainConfig) -> TrainConfig:
                     "image to nothing; use fewer conv layers, 'same' padding or "
                     "a smaller pool"
                 )
+    if config.strategy == "multi_worker" and not config.run_name:
+        raise ConfigError(
+            "--strategy=multi_worker needs --run_name: every worker must agree on "
+            "the run directory"
+        )
+    if config.cpu_devices and config.strategy not in ("mirrored", "multi_worker"):
+        raise ConfigError(
+            "--cpu_devices applies only to --strategy=mirrored/multi_worker"
+        )
+    replicas = config.cpu_devices or 1
+    if config.batch_size % replicas:
+        raise ConfigError(
+            f"--batch_size={config.batch_size} must be divisible by "
+            f"--cpu_devices={replicas} (the global batch is split evenly)"
+        )
     if config.dataset == "mnist_sample" and config.data_dir:
         raise ConfigError(
             "--data_dir is not used with --dataset=mnist_sample (the data ships "
@@ -390,6 +432,8 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfi
             checkpoint_every=f.checkpoint_every,
             image_count=f.image_count,
             max_checkpoints=f.max_checkpoints,
+            strategy=f.strategy,
+            cpu_devices=f.cpu_devices,
         )
     )
 

@@ -319,7 +319,13 @@ def make_dataset(
         # spurious NodeDef error for a parallel map there, and a per-batch
         # cast gains nothing from parallelism.
         ds = ds.map(_normalise)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    # In-memory arrays have no files to shard: each worker takes its share of
+    # every global batch.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def _normalise(images, labels):
