@@ -70,7 +70,7 @@ def test_mirrored_on_two_cpu_devices_matches_the_default_strategy(tmp_path):
         "--strategy=mirrored",
         "--cpu_devices=2",
     )
-    (rc_d, out_d, err_d), (rc_m, out_m, err_m) = finish(default), finish(mirrored)
+    (rc_d, _, err_d), (rc_m, _, err_m) = finish(default), finish(mirrored)
     assert rc_d == 0, err_d
     assert rc_m == 0, err_m
     loss_d = [v for _, v in scalar_series(tmp_path / "default" / "train", "loss")]
