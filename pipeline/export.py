@@ -64,7 +64,7 @@ class ServingModule(tf.Module):
 
 
 def check_destination(out: str | os.PathLike) -> pathlib.Path:
-    """`out` must not exist yet, or be an empty directory; its parent must exist.
+    """Checks that `out` is new or an empty directory; missing parents are fine.
 
     Raises:
       ExportError: naming `--out` and what is wrong with it.
@@ -74,10 +74,11 @@ def check_destination(out: str | os.PathLike) -> pathlib.Path:
         raise ExportError(
             f"--out={out}: already exists and is not empty (not overwritten)"
         )
-    if not out.parent.is_dir():
-        raise ExportError(f"--out={out}: parent directory {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise ExportError(f"--out={out}: {out.parent} is not writable")
+    ancestor = next(p for p in out.parents if p.exists())
+    if not ancestor.is_dir():
+        raise ExportError(f"--out={out}: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK):
+        raise ExportError(f"--out={out}: {ancestor} is not writable")
     return out
 
 
@@ -104,6 +105,10 @@ def export_run(restored: RestoredRun, out: str | os.PathLike) -> pathlib.Path:
             "classes": "int32 [N]",
         },
     }
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ExportError(f"--out={out}: cannot create {out.parent} ({err})") from None
     staging = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     staging.chmod(0o755)  # mkdtemp's 0700 would hide the model from a server user
     try:

@@ -103,6 +103,12 @@ def test_binary_export_returns_one_probability(tmp_path_factory, test_images, tm
     assert served["classes"].numpy().tolist() == (expected > 0.5).astype(int).tolist()
 
 
+def test_export_creates_missing_parents(mlp_run, tmp_path):
+    out = export.export_run(restore.open_run(mlp_run), tmp_path / "a" / "b" / "model")
+    assert (out / "saved_model.pb").is_file()
+    assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == ["model"]
+
+
 def test_export_into_empty_directory(mlp_run, tmp_path):
     out = tmp_path / "empty"
     out.mkdir()
