@@ -16,6 +16,7 @@ Undefined ratios (no predicted or no actual positives) count as 0.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
@@ -41,12 +42,12 @@ class Outputs:
     logits: np.ndarray  # float32 [N, C] (C = 1 for a binary run)
     labels: np.ndarray  # int32 [N]
 
-    @property
+    @functools.cached_property
     def predicted(self) -> np.ndarray:
         """Predicted class per example (threshold 0 on a single logit)."""
         return steps.predicted_class(tf.constant(self.logits)).numpy()
 
-    @property
+    @functools.cached_property
     def probabilities(self) -> np.ndarray:
         """[N, 10] softmax, or [N, 2] = [1 - p, p] for a binary run."""
         probs = models.probabilities(tf.constant(self.logits)).numpy()
@@ -92,8 +93,11 @@ class EvalReport:
         }
 
     def scalars(self) -> dict[str, float]:
-        """The values written as TensorBoard scalars (same `loss`/`accuracy`
-        tags as train/ and test/, so the eval point overlays their curves)."""
+        """The values written as TensorBoard scalars.
+
+        `loss` and `accuracy` share their tags with train/ and test/, so the
+        eval point lands on the same charts as training's curves.
+        """
         values = {"loss": self.loss, "accuracy": self.accuracy}
         if self.binary is not None:
             for key in ("precision", "recall", "f1"):
