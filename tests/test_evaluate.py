@@ -285,3 +285,16 @@ def test_cli_run_without_checkpoint(mlp_run, tmp_path):
         "(nothing to restore)"
     )
     assert sorted(p.name for p in run.iterdir()) == ["run.json"]
+
+
+def test_other_splits_get_their_own_writer(mlp_run):
+    restored = restore.open_run(mlp_run)
+    assert evaluate.writer_name(restored, "mnist_sample", "test") == "eval"
+    assert (
+        evaluate.writer_name(restored, "mnist_sample", "train")
+        == "eval_mnist_sample_train"
+    )
+    assert (
+        evaluate.writer_name(restored, "fashion_mnist", "test")
+        == "eval_fashion_mnist_test"
+    )
