@@ -165,6 +165,16 @@ def clean_temp_checkpoints(checkpoint_dir: pathlib.Path) -> list[pathlib.Path]:
     return removed
 
 
+def _refuse_multi_worker(config: TrainConfig, action: str) -> None:
+    # Every worker would have to restore the chief's checkpoint; workers keep
+    # theirs in temporary directories, so this is not supported yet.
+    if config.strategy == "multi_worker":
+        raise ConfigError(
+            f"{action} of a --strategy=multi_worker run is not supported "
+            "(non-chief workers keep no checkpoints to restore)"
+        )
+
+
 def prepare_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
     """Finds, checks and cleans the run to resume; returns it and its config.
 
@@ -175,6 +185,7 @@ def prepare_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
     run_dir = resolve_run(launch)
     check_not_running(run_dir)
     config = merge_overrides(saved_config(run_dir), launch.config, launch.explicit)
+    _refuse_multi_worker(config, "--resume")
     step = latest_checkpoint_step(run_dir.checkpoint_dir)
     if config.steps <= step:
         status = run_dir.status
@@ -197,6 +208,7 @@ def prepare_replay(launch: Launch) -> tuple[RunDir, TrainConfig]:
     original = open_run_dir(launch.run_path)
     saved = saved_config(original)
     config = merge_overrides(saved, launch.config, launch.explicit, "replay")
+    _refuse_multi_worker(config, "--replay")
     if config.steps > saved.steps:
         raise ConfigError(
             f"--steps={config.steps}: {original.path} trained only {saved.steps} steps"

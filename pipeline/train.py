@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -20,9 +20,9 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
-from pipeline import models, recovery, steps, stopping
+from pipeline import distribute, models, recovery, steps, stopping
 from pipeline.config import TrainConfig
-from pipeline.rundir import RunDir, RunDirError
+from pipeline.rundir import MODEL_SUMMARY_NAME, RunDir, RunDirError
 from pipeline.summaries import SummaryLogger, variable_name
 
 EVAL_BATCH_SIZE = 1000
@@ -55,6 +55,21 @@ class TrainResult:
     wall_time_s: float
     examples_per_sec: float
     checkpoint: str | None
+    weights_digest: str = ""
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 (first 16 hex digits) of every weight's bytes, in layer order.
+
+    Equal digests mean bit-identical models: how replicas and workers of one
+    distributed run are checked to agree.
+    """
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(
+            np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes()
+        )
+    return digest.hexdigest()[:16]
 
 
 def is_due(step: int, every: int) -> bool:
@@ -62,7 +77,9 @@ def is_due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def next_boundary(step: int, total: int, intervals: list[int], steps_per_loop: int) -> int:
+def next_boundary(
+    step: int, total: int, intervals: list[int], steps_per_loop: int
+) -> int:
     """The step the next chunk ends at: no interval boundary is skipped over."""
     end = min(total, step + steps_per_loop)
     for every in intervals:
@@ -82,27 +99,47 @@ def _format_metrics(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in values.items())
 
 
+def check_data_fits(config: TrainConfig, dataset: data_lib.Dataset) -> None:
+    """Raises TrainingError if `config` cannot train on `dataset` (call before
+    creating the run directory, so a refused job leaves nothing behind)."""
+    if config.batch_size > len(dataset.train):
+        raise TrainingError(
+            f"--batch_size={config.batch_size} is larger than the train split "
+            f"({len(dataset.train)} examples)"
+        )
+
+
 def train_and_evaluate(
     config: TrainConfig,
     run_dir: RunDir,
     dataset: data_lib.Dataset,
     print_fn: Callable[[str], None] = print,
+    strategy: tf.distribute.Strategy | None = None,
     resume: bool = False,
 ) -> TrainResult:
     """Trains `config`'s model on `dataset`, logging into `run_dir`.
+
+    Under a multi-worker `strategy` every worker calls this with the same
+    config; only the chief writes summaries, and each non-chief worker must be
+    given a temporary `run_dir` (its checkpoints are written there, because
+    every worker has to take part in a save).
 
     The run record says `running` from before the first step, then
     `completed` with final metrics, `interrupted` after SIGINT/SIGTERM (a
     checkpoint saved first), or `failed` with the error if anything raises
     (the exception is re-raised for the caller to report). With `resume`,
     training continues from the run's latest checkpoint (model, optimizer,
-    step, data iterator, dropout RNG and early-stopping state).
+    step, data position, dropout RNG and early-stopping state).
     """
-    if config.batch_size > len(dataset.train):
+    check_data_fits(config, dataset)
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
         raise TrainingError(
-            f"--batch_size={config.batch_size} is larger than the train split "
-            f"({len(dataset.train)} examples)"
+            f"--batch_size={config.batch_size} must be divisible by the "
+            f"{replicas} replicas"
         )
+    is_chief = distribute.is_chief(strategy)
     restored_step = 0
     if resume:
         restored_step = recovery.latest_checkpoint_step(run_dir.checkpoint_dir)
@@ -121,15 +158,20 @@ def train_and_evaluate(
     splits = ["train", "test"]
     if dataset.validation is not None:
         splits.append("validation")
-    writers_not_before = recovery.write_session_start(
-        run_dir.path, splits, recovery.session_start_step(restored_step)
-    )
+    writers_not_before = 0.0
+    if is_chief:
+        writers_not_before = recovery.write_session_start(
+            run_dir.path, splits, recovery.session_start_step(restored_step)
+        )
     seed_everything(config.seed, config.deterministic)
-    model = models.build_model(config)
+    with strategy.scope():
+        model = models.build_model(config)
+        optimizer = steps.make_optimizer(
+            config.optimizer, config.learning_rate, config.momentum
+        )
+        optimizer.build(model.trainable_variables)
     summary = models.summary_text(model)
     print_fn(summary)
-    optimizer = steps.make_optimizer(config.optimizer, config.learning_rate, config.momentum)
-    optimizer.build(model.trainable_variables)
 
     train_ds = data_lib.make_dataset(
         dataset.train,
@@ -149,19 +191,27 @@ def train_and_evaluate(
         )
         for name, split in eval_sets.items()
     }
-    iterator = iter(train_ds)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     early_stopping = stopping.EarlyStopping(
         config.early_stopping_patience, config.early_stopping_min_delta
     )
-    checkpoint = tf.train.Checkpoint(
-        model=model,
-        optimizer=optimizer,
-        step=step_var,
-        iterator=iterator,
-        rng=recovery.rng_state_variables(model),
-        early_stopping=early_stopping,
-    )
+    trackables = {
+        "model": model,
+        "optimizer": optimizer,
+        "step": step_var,
+        "rng": recovery.rng_state_variables(model),
+        "early_stopping": early_stopping,
+    }
+    if distribute.iterator_is_checkpointable(strategy):
+        iterator = iter(train_ds)
+        trackables["iterator"] = iterator
+    else:
+        # A distributed iterator cannot be checkpointed: skip the seeded
+        # pipeline to the restored step instead (bit-identical, TF-FACTS.md).
+        iterator = iter(
+            strategy.experimental_distribute_dataset(train_ds.skip(restored_step))
+        )
+    checkpoint = tf.train.Checkpoint(**trackables)
     manager = tf.train.CheckpointManager(
         checkpoint,
         str(run_dir.checkpoint_dir),
@@ -181,17 +231,22 @@ def train_and_evaluate(
     )
     if restored_step:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+    (run_dir.path / MODEL_SUMMARY_NAME).write_text(summary.rstrip("\n") + "\n")
 
-    train_loop = steps.make_train_loop(steps.make_train_step(model, optimizer))
+    train_loop = steps.make_train_loop(
+        steps.make_train_step(model, optimizer, config.batch_size), strategy
+    )
     evaluate = steps.make_eval_fn(model)
     gradients = steps.make_gradient_fn(model)
     # A fixed batch for gradient histograms, so they never consume the
     # training iterator (which would change the run they observe).
-    probe_images = tf.constant(dataset.train.images[: config.batch_size, ..., None] / 255.0, tf.float32)
+    probe_images = tf.constant(
+        dataset.train.images[: config.batch_size, ..., None] / 255.0, tf.float32
+    )
     probe_labels = tf.constant(dataset.train.labels[: config.batch_size])
 
     recovery.wait_until(writers_not_before)
-    logger = SummaryLogger(run_dir.path)
+    logger = SummaryLogger(run_dir.path, enabled=is_chief)
     start = time.perf_counter()
     last_test: dict[str, float] = {}
     last_validation: dict[str, float] = {}
@@ -211,7 +266,9 @@ def train_and_evaluate(
                 )
         if resume:
             logger.scalars(
-                "train", restored_step + 1, {"events/resumed_from": float(restored_step)}
+                "train",
+                restored_step + 1,
+                {"events/resumed_from": float(restored_step)},
             )
 
         def run_evaluation(log: bool = True) -> None:
@@ -281,9 +338,12 @@ def train_and_evaluate(
             series["learning_rate"] = np.full(n, float(optimizer.learning_rate.numpy()))
             series["examples_per_sec"] = np.full(n, examples_per_sec)
             logger.scalar_series("train", first_step, series, config.log_every)
-            last_train = {"loss": float(series["loss"][-1]), "accuracy": float(series["accuracy"][-1])}
+            last_train = {
+                "loss": float(series["loss"][-1]),
+                "accuracy": float(series["accuracy"][-1]),
+            }
 
-            if is_due(step, config.histogram_every):
+            if is_chief and is_due(step, config.histogram_every):
                 grads = gradients(probe_images, probe_labels)
                 named = [(variable_name(v), v) for v in model.trainable_variables]
                 named += [
@@ -313,10 +373,12 @@ def train_and_evaluate(
             if is_due(step, config.print_every) or step == config.steps:
                 # What the progress line reports is on the charts too.
                 logger.flush()
-                test_acc = last_test.get("accuracy", math.nan)
+                test_acc = last_test.get("accuracy")
+                test_text = "-" if test_acc is None else f"{test_acc:.4f}"
                 print_fn(
-                    f"step {step:>6}/{config.steps}  train {_format_metrics(last_train)}"
-                    f"  test_accuracy={test_acc:.4f}  {examples_per_sec:,.0f} examples/s"
+                    f"step {step:>6}/{config.steps}  "
+                    f"train {_format_metrics(last_train)}"
+                    f"  test_accuracy={test_text}  {examples_per_sec:,.0f} examples/s"
                 )
         if stop.requested and step < config.steps and not stopped_early:
             if step > last_saved:
@@ -352,6 +414,7 @@ def train_and_evaluate(
             wall_time_s=wall,
             examples_per_sec=trained_examples / wall,
             checkpoint=extra.get("best_checkpoint", manager.latest_checkpoint),
+            weights_digest=weights_digest(model),
         )
         run_dir.finish(
             "completed",
@@ -359,6 +422,7 @@ def train_and_evaluate(
             final_metrics={"test": last_test, "train": last_train},
             wall_time_s=round(wall, 3),
             examples_per_sec=round(result.examples_per_sec, 1),
+            weights_digest=result.weights_digest,
             **extra,
         )
         return result

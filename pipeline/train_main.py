@@ -6,7 +6,9 @@ WORKSPACE.md, "Resume, interruption and failures".
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 
 from absl import app, flags
 
@@ -24,8 +26,10 @@ def main(argv: list[str]) -> None:
 
     def body() -> None:
         launch = config_lib.launch_from_flags(FLAGS)
+        # Everything up to the strategy is TensorFlow-free: bad flags, runs and
+        # data files are reported in well under a second.
         from pipeline import data as data_lib  # noqa: PLC0415
-        from pipeline import recovery, rundir  # noqa: PLC0415
+        from pipeline import distribute, recovery, rundir  # noqa: PLC0415
 
         if launch.mode == "replay":
             original, config = recovery.prepare_replay(launch)
@@ -33,7 +37,6 @@ def main(argv: list[str]) -> None:
 
             replay.replay_run(original, config, launch.replay_rtol)
             return
-
         run_dir = None
         config = launch.config
         if launch.mode == "resume":
@@ -44,23 +47,43 @@ def main(argv: list[str]) -> None:
             config.validation_split,
             config.binary_class,
         )
-        if run_dir is None:
-            run_name = config.run_name or rundir.default_run_name(config)
-            run_dir = rundir.create_run_dir(config.logdir, run_name)
-        else:
+        if run_dir is not None:
             recovery.check_same_data(run_dir, dataset)
+        # Strategies configure devices and collectives: before any other TF work.
+        strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
         from pipeline import train  # noqa: PLC0415
 
+        train.check_data_fits(config, dataset)
+        scratch = None
+        if run_dir is None:
+            run_name = config.run_name or rundir.default_run_name(config)
+            if distribute.is_chief(strategy):
+                run_dir = rundir.create_run_dir(config.logdir, run_name)
+            else:
+                scratch = tempfile.mkdtemp(
+                    prefix=f"pipeline-{distribute.worker_label(strategy)}-"
+                )
+                run_dir = rundir.create_run_dir(scratch, run_name)
         print(f"run directory: {run_dir.path}", flush=True)
-        result = train.train_and_evaluate(
-            config, run_dir, dataset, resume=launch.mode == "resume"
-        )
+        try:
+            result = train.train_and_evaluate(
+                config,
+                run_dir,
+                dataset,
+                strategy=strategy,
+                resume=launch.mode == "resume",
+            )
+        finally:
+            if scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
         test = result.test
         print(
             f"done: {run_dir.name}  step {result.step}  "
             f"test_accuracy={test.get('accuracy', float('nan')):.4f}  "
             f"test_loss={test.get('loss', float('nan')):.4f}  "
-            f"wall {result.wall_time_s:.1f}s  {result.examples_per_sec:,.0f} examples/s"
+            f"wall {result.wall_time_s:.1f}s  "
+            f"{result.examples_per_sec:,.0f} examples/s  "
+            f"weights {result.weights_digest}"
         )
 
     sys.exit(cli.run_reporting_errors(PROG, body))

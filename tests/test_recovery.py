@@ -145,7 +145,7 @@ def test_session_start_marker_drops_orphaned_points(tmp_path):
     import tensorflow as tf
 
     split = tmp_path / "train"
-    recovery.write_session_start(tmp_path, ["train"], 0)
+    recovery.wait_until(recovery.write_session_start(tmp_path, ["train"], 0))
     with tf.summary.create_file_writer(str(split)).as_default():
         for step in range(1, 9):  # checkpoint at 5, then killed after 8
             tf.summary.scalar("loss", 1.0, step=step)
