@@ -18,7 +18,7 @@ from tensorboard.backend.event_processing import plugin_event_accumulator as ea
 from tensorboard.util import tensor_util
 
 from pipeline import data as data_lib
-from pipeline import recovery, rundir, train
+from pipeline import distribute, recovery, rundir, train
 from pipeline.config import ConfigError, TrainConfig
 
 
@@ -70,6 +70,8 @@ def replay_run(
       ReplayMismatchError: naming the first differing step and both values.
       ConfigError, DataError: nothing to compare with, or different data.
     """
+    # Strategies configure devices: before any other TensorFlow work.
+    strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
     reference = {
         step: loss
         for step, loss in read_scalar_series(original.path / "train", "loss").items()
@@ -89,7 +91,11 @@ def replay_run(
         replay_dir = rundir.create_run_dir(tmp, "replay")
         print_fn(f"replaying {original.path} for {config.steps} steps in {tmp}")
         train.train_and_evaluate(
-            replay_config, replay_dir, dataset, print_fn=lambda _: None
+            replay_config,
+            replay_dir,
+            dataset,
+            print_fn=lambda _: None,
+            strategy=strategy,
         )
         replayed = read_scalar_series(replay_dir.path / "train", "loss")
     step = first_difference(reference, replayed, rtol)
