@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
+from pipeline import hparams as hparams_lib
 from pipeline import models, steps
 from pipeline.config import TrainConfig
 from pipeline.rundir import RunDir
@@ -135,6 +136,7 @@ def train_and_evaluate(
             "sizes": dataset.sizes(),
         },
     )
+    best = hparams_lib.BestMetrics()
 
     train_loop = steps.make_train_loop(steps.make_train_step(model, optimizer))
     evaluate = steps.make_eval_fn(model)
@@ -151,6 +153,7 @@ def train_and_evaluate(
     trained_examples = 0
     step = 0
     try:
+        hparams_lib.start_run(run_dir.path, config)
         logger.keras_model("train", model)
         logger.text("train", 0, "model_summary", f"```\n{summary}\n```")
         if config.image_count:
@@ -163,6 +166,7 @@ def train_and_evaluate(
                 logger.scalars(name, step, values)
                 if name == "test":
                     last_test = values
+                    logger.scalars(name, step, best.update(step, values))
 
         intervals = [
             config.eval_every,
@@ -234,9 +238,11 @@ def train_and_evaluate(
             wall_time_s=round(wall, 3),
             examples_per_sec=round(result.examples_per_sec, 1),
         )
+        hparams_lib.write_session_end(run_dir.path, "completed")
         return result
     except BaseException as err:
         run_dir.finish("failed", step=step, error=f"{type(err).__name__}: {err}")
+        hparams_lib.write_session_end(run_dir.path, "failed", f"{type(err).__name__}: {err}")
         raise
     finally:
         logger.close()
