@@ -99,7 +99,9 @@ class TensorBoardServer:
                 )
             time.sleep(0.1)
         self.stop()
-        raise BoardError(f"TensorBoard on {self.logdir} printed no address in {timeout_s:.0f}s")
+        raise BoardError(
+            f"TensorBoard on {self.logdir} printed no address in {timeout_s:.0f}s"
+        )
 
     def _read_output(self) -> None:
         assert self._process is not None and self._process.stderr is not None
@@ -208,7 +210,9 @@ def _snapshot(server: TensorBoardServer) -> dict[str, Any]:
     }
 
 
-def _judge(snapshot: dict[str, Any], run: str, expect: dict[str, Any]) -> list[TabCheck]:
+def _judge(
+    snapshot: dict[str, Any], run: str, expect: dict[str, Any]
+) -> list[TabCheck]:
     checks = []
 
     def add(tab: str, ok: bool, found: str, missing: str) -> None:
@@ -226,14 +230,30 @@ def _judge(snapshot: dict[str, Any], run: str, expect: dict[str, Any]) -> list[T
             f"{len(tags)} tags in {run}/{split}",
             f"no {'/'.join(sorted(wanted - tags))} in {run}/{split}",
         )
-    for tab, needed in (("histograms", expect["histograms"]), ("images", expect["images"])):
+    for tab, needed in (
+        ("histograms", expect["histograms"]),
+        ("images", expect["images"]),
+    ):
         if needed:
             tags = snapshot[tab].get(f"{run}/train", {})
-            add(tab, bool(tags), f"{len(tags)} tags in {run}/train", f"no tags in {run}/train")
+            add(
+                tab,
+                bool(tags),
+                f"{len(tags)} tags in {run}/train",
+                f"no tags in {run}/train",
+            )
     graph_tags = snapshot["graphs"].get(f"{run}/train", {}).get("tags", {}).values()
-    for kind, key in (("op graph", "op_graph"), ("conceptual graph", "conceptual_graph")):
+    for kind, key in (
+        ("op graph", "op_graph"),
+        ("conceptual graph", "conceptual_graph"),
+    ):
         names = [t["tag"] for t in graph_tags if t.get(key)]
-        add(f"graphs ({kind})", bool(names), f"tag {names[0]}" if names else "", f"no {kind} in {run}/train")
+        add(
+            f"graphs ({kind})",
+            bool(names),
+            f"tag {names[0]}" if names else "",
+            f"no {kind} in {run}/train",
+        )
     text = snapshot["text"].get(f"{run}/train", [])
     add("text", bool(text), f"tags {', '.join(text)}", f"no text tags in {run}/train")
     sessions = [
@@ -258,12 +278,19 @@ def _judge(snapshot: dict[str, Any], run: str, expect: dict[str, Any]) -> list[T
         )
     if expect["pr_curves"]:
         pr_runs = [r for r in snapshot["pr_curves"] if r.startswith(f"{run}/")]
-        add("pr_curves", bool(pr_runs), f"runs {', '.join(pr_runs)}", f"no PR curves under {run}/")
+        add(
+            "pr_curves",
+            bool(pr_runs),
+            f"runs {', '.join(pr_runs)}",
+            f"no PR curves under {run}/",
+        )
     listing = snapshot["plugins"]
     for i, check in enumerate(checks):
         plugin = check.tab.split(" ")[0]
         if not check.ok and not listing.get(plugin, {}).get("enabled", True):
-            checks[i] = dataclasses.replace(check, detail=check.detail + " (tab disabled)")
+            checks[i] = dataclasses.replace(
+                check, detail=check.detail + " (tab disabled)"
+            )
     return checks
 
 
@@ -290,7 +317,9 @@ def check_run(
         # An unchanged answer after the run's splits are all listed means the
         # loader has finished: an empty tab is then really empty.
         runs = set(server.get("/data/runs"))
-        subdirs = {f"{run}/{p.name}" for p in run_path.iterdir() if any(p.glob("*tfevents*"))}
+        subdirs = {
+            f"{run}/{p.name}" for p in run_path.iterdir() if any(p.glob("*tfevents*"))
+        }
         if any(run_path.glob("*tfevents*")):
             subdirs.add(run)
         loaded = subdirs <= runs and snapshot == previous

@@ -26,7 +26,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "port", 0, "Port (0: a free one).", lower_bound=0, upper_bound=65535, **fv
     )
     flags.DEFINE_enum(
-        "load_fast", "auto", ["false", "true", "auto"], "TensorBoard's --load_fast.", **fv
+        "load_fast",
+        "auto",
+        ["false", "true", "auto"],
+        "TensorBoard's --load_fast.",
+        **fv,
     )
 
 
@@ -42,8 +46,10 @@ def main(argv: list[str]) -> None:
             FLAGS.logdir, host=FLAGS.host, port=FLAGS.port, load_fast=FLAGS.load_fast
         )
         server.start()
-        print(f"TensorBoard: {server.url}/  (logdir {FLAGS.logdir}; Ctrl-C stops it)",
-              flush=True)
+        print(
+            f"TensorBoard: {server.url}/  (logdir {FLAGS.logdir}; Ctrl-C stops it)",
+            flush=True,
+        )
         try:
             return server.wait()
         except KeyboardInterrupt:

@@ -29,8 +29,12 @@ from collections.abc import Mapping
 from absl import flags
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2, summary_pb2
-from tensorboard.plugins.hparams import api as hp
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+# `tensorboard.plugins.hparams.api` re-exports these names from summary_v2, but
+# it also imports the Keras callback and with it TensorFlow (5 s) -- which the
+# sweep driver and the tests of this module do not need.
+from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.plugins.text import summary_v2 as text_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
@@ -196,7 +200,9 @@ def write_experiment_config(experiment_dir: str | os.PathLike) -> bool:
     return True
 
 
-def write_session_start(run_dir: str | os.PathLike, config: config_lib.TrainConfig) -> None:
+def write_session_start(
+    run_dir: str | os.PathLike, config: config_lib.TrainConfig
+) -> None:
     """Records the run's hparams in the run's own directory (its session)."""
     summary = hp.hparams_pb(session_hparams(config), start_time_secs=time.time())
     _write(pathlib.Path(run_dir), summary, ".session_start")

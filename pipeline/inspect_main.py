@@ -25,7 +25,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "check", False, "Exit 1 with one line naming the empty tabs, if any.", **fv
     )
     flags.DEFINE_float(
-        "timeout", 60.0, "Seconds to wait for TensorBoard to load the run.", lower_bound=1, **fv
+        "timeout",
+        60.0,
+        "Seconds to wait for TensorBoard to load the run.",
+        lower_bound=1,
+        **fv,
     )
     flags.DEFINE_enum(
         "load_fast",
@@ -56,8 +60,10 @@ def main(argv: list[str]) -> None:
             print(f"{'ok   ' if check.ok else 'EMPTY'}  {check.tab:<26} {check.detail}")
         empty = [f"{c.tab}: {c.detail}" for c in checks if not c.ok]
         if empty and FLAGS.check:
-            print(f"pipeline-inspect: error: {argv[1]}: empty tabs: {'; '.join(empty)}",
-                  file=sys.stderr)
+            print(
+                f"pipeline-inspect: error: {argv[1]}: empty tabs: {'; '.join(empty)}",
+                file=sys.stderr,
+            )
             return 1
         return 0
 
