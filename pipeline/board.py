@@ -104,7 +104,8 @@ class TensorBoardServer:
         )
 
     def _read_output(self) -> None:
-        assert self._process is not None and self._process.stderr is not None
+        assert self._process is not None
+        assert self._process.stderr is not None
         for line in self._process.stderr:
             self._lines.append(line)
 
@@ -297,7 +298,7 @@ def _judge(
 def check_run(
     server: TensorBoardServer, run: str, run_path: pathlib.Path, timeout_s: float = 60.0
 ) -> list[TabCheck]:
-    """Polls `server` until every tab `run` should fill is filled, or data stops changing.
+    """Polls `server` until every tab `run` should fill is filled or data settles.
 
     Args:
       server: A started server whose logdir holds `run_path`.

@@ -1,4 +1,4 @@
-"""`pipeline-inspect --check RUN_DIR`: does the real TensorBoard show this run in every tab?
+"""`pipeline-inspect --check RUN_DIR`: does the real TensorBoard fill every tab?
 
 Starts TensorBoard on the run's parent directory (the experiment root, where
 the HParams config lives) on a free loopback port, asks its data API what

@@ -231,7 +231,8 @@ def triage(
             continue
         if record.get("status") == "running" and _alive(record):
             raise SweepError(
-                f"{run.path}: still running (pid {record['pid']}); wait for it or stop it"
+                f"{run.path}: still running (pid {record['pid']}); "
+                "wait for it or stop it"
             )
         target = move_aside(run.path, record)
         notes.append(f"moved half-done {run.path} aside to {target.name}")
@@ -291,7 +292,7 @@ def execute(
     done_before: Sequence[PlannedRun] = (),
     print_fn: Callable[[str], None] = print,
 ) -> list[Outcome]:
-    """Trains `runs`, `parallel` processes at a time, printing progress and the best so far.
+    """Trains `runs`, `parallel` at a time, printing progress and the best so far.
 
     A KeyboardInterrupt (or SIGTERM, turned into one by the entry point)
     interrupts every child with SIGINT, so each records `failed` before
@@ -338,9 +339,12 @@ def execute(
                 )
                 outcomes.append(outcome)
                 finished += 1
-                if outcome.accuracy is not None and outcome.status == "completed":
-                    if best is None or outcome.accuracy > best[0]:
-                        best = (outcome.accuracy, run.name)
+                if (
+                    outcome.accuracy is not None
+                    and outcome.status == "completed"
+                    and (best is None or outcome.accuracy > best[0])
+                ):
+                    best = (outcome.accuracy, run.name)
                 result = (
                     f"test_accuracy={outcome.accuracy:.4f}"
                     if outcome.status == "completed" and outcome.accuracy is not None
@@ -350,8 +354,8 @@ def execute(
                     f"best {best[0]:.4f} {best[1]}" if best else "best: none yet"
                 )
                 print_fn(
-                    f"[{finished:>3}/{total}] {outcome.status:<9} {run.name}  {result}  "
-                    f"({outcome.seconds:.0f}s)  {best_text}"
+                    f"[{finished:>3}/{total}] {outcome.status:<9} {run.name}  "
+                    f"{result}  ({outcome.seconds:.0f}s)  {best_text}"
                 )
     except KeyboardInterrupt:
         for process in active:

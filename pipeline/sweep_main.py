@@ -97,7 +97,8 @@ def main(argv: list[str]) -> None:
         for note in notes:
             print(note)
         print(
-            f"{len(done)} already completed, {len(todo)} to run, {FLAGS.parallel} at a time"
+            f"{len(done)} already completed, {len(todo)} to run, "
+            f"{FLAGS.parallel} at a time"
         )
         hparams_lib.write_experiment_config(experiment)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -111,7 +112,8 @@ def main(argv: list[str]) -> None:
             return 130
         failed = [o for o in outcomes if o.status != "completed"]
         print(
-            f"sweep {FLAGS.sweep_name}: {len(runs) - len(failed)}/{len(runs)} completed. "
+            f"sweep {FLAGS.sweep_name}: "
+            f"{len(runs) - len(failed)}/{len(runs)} completed. "
             f"Compare: pipeline-compare {experiment}"
         )
         if failed:
