@@ -29,7 +29,10 @@ def _accumulator(path: pathlib.Path) -> pea.EventAccumulator:
 
 
 def _values(acc: pea.EventAccumulator, tag: str) -> list[tuple[int, float]]:
-    return [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in acc.Tensors(tag)]
+    return [
+        (e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+        for e in acc.Tensors(tag)
+    ]
 
 
 def test_config_domains_come_from_flag_definitions():
@@ -81,7 +84,9 @@ def test_experiment_config_is_written_once_and_replaced_only_when_stale(tmp_path
 
 
 def test_session_values_are_the_defining_flags():
-    config = config_lib.TrainConfig(model="mlp", conv_filters=(16, 32), learning_rate=0.01)
+    config = config_lib.TrainConfig(
+        model="mlp", conv_filters=(16, 32), learning_rate=0.01
+    )
     values = hparams.session_hparams(config)
     assert values["model"] == "mlp"
     assert values["learning_rate"] == 0.01
@@ -96,14 +101,19 @@ def test_run_writes_config_at_experiment_root_and_session_in_run_root(runs):
     assert (logdir / hparams.CONFIG_FILENAME).is_file()
     acc = _accumulator(ok)
     content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
-    assert set(content) == {metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG}
+    assert set(content) == {
+        metadata.SESSION_START_INFO_TAG,
+        metadata.SESSION_END_INFO_TAG,
+    }
     start = metadata.parse_session_start_info_plugin_data(
         content[metadata.SESSION_START_INFO_TAG]
     )
     assert start.hparams["model"].string_value == "logreg"
     assert start.hparams["learning_rate"].number_value == pytest.approx(0.1)
     assert start.hparams["steps"].number_value == 20
-    end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+    end = metadata.parse_session_end_info_plugin_data(
+        content[metadata.SESSION_END_INFO_TAG]
+    )
     assert end.status == api_pb2.STATUS_SUCCESS
 
 
@@ -125,7 +135,9 @@ def test_failed_run_shows_as_failed_with_the_reason(runs):
     _, _, failed = runs
     acc = _accumulator(failed)
     content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
-    end = metadata.parse_session_end_info_plugin_data(content[metadata.SESSION_END_INFO_TAG])
+    end = metadata.parse_session_end_info_plugin_data(
+        content[metadata.SESSION_END_INFO_TAG]
+    )
     assert end.status == api_pb2.STATUS_FAILURE
     (event,) = acc.Tensors(hparams.STATUS_TAG)
     text = tensor_util.make_ndarray(event.tensor_proto).item().decode()

@@ -67,7 +67,9 @@ def test_plan_rejects_values_the_flag_rejects():
 def _sweep(logdir, *args, **kwargs):
     command = [sys.executable, "-m", "pipeline.sweep_main", *TINY_FLAGS]
     command += [f"--logdir={logdir}", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, **kwargs)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, **kwargs
+    )
 
 
 def _record(path):
@@ -113,7 +115,10 @@ def test_killed_sweep_resumes_and_moves_the_half_done_run_aside(tmp_path):
     command = [sys.executable, "-m", "pipeline.sweep_main", *TINY_FLAGS]
     command += [f"--logdir={tmp_path}", *args, "--steps=1000000", "--eval_every=0"]
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 120

@@ -1,4 +1,4 @@
-"""Helpers for the hparams/sweep/compare/board tests: real tiny runs on the bundled digits."""
+"""Real tiny runs on the bundled digits, for the hparams/sweep/compare/board tests."""
 
 from __future__ import annotations
 
@@ -48,13 +48,15 @@ def _dataset(binary_class: int | None):
 
 
 def train_tiny(logdir: pathlib.Path, run_name: str, **overrides) -> pathlib.Path:
-    """Trains TINY (with `overrides`) in-process into `logdir/run_name`; returns the path.
+    """Trains TINY with `overrides` in-process into `logdir/run_name`; returns it.
 
     Raises whatever training raises (the run directory is kept).
     """
     from pipeline import rundir, train  # noqa: PLC0415
 
-    config = dataclasses.replace(TINY, logdir=str(logdir), run_name=run_name, **overrides)
+    config = dataclasses.replace(
+        TINY, logdir=str(logdir), run_name=run_name, **overrides
+    )
     run_dir = rundir.create_run_dir(logdir, run_name)
     train.train_and_evaluate(
         config, run_dir, _dataset(config.binary_class), print_fn=lambda line: None
