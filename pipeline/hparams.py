@@ -19,12 +19,13 @@ without importing TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import pathlib
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from absl import flags
 from tensorboard.backend.event_processing import event_file_loader
@@ -127,12 +128,36 @@ def hparam_flags() -> list[hp.HParam]:
     return params
 
 
-def experiment_pb() -> api_pb2.Experiment:
-    """The experiment proto every run of this pipeline writes (minus its time)."""
+def experiment_pb(differing: Iterable[str] = ()) -> api_pb2.Experiment:
+    """The experiment proto this pipeline writes (time left unset).
+
+    Args:
+      differing: Flags whose values differ between the experiment's runs. They
+        are marked `differs`, which the dashboard lists first (it sorts by
+        `differs`, then by name, and shows only the first few columns).
+    """
+    differing = set(differing)
     summary = hp.hparams_config_pb(hparam_flags(), list(METRICS), time_created_secs=0)
-    return metadata.parse_experiment_plugin_data(
+    experiment = metadata.parse_experiment_plugin_data(
         summary.value[0].metadata.plugin_data.content
     )
+    for info in experiment.hparam_infos:
+        info.differs = info.name in differing
+    return experiment
+
+
+def differing_flags(experiment_dir: str | os.PathLike) -> set[str]:
+    """Hparam flags whose values differ between the runs (`*/run.json`) in a dir."""
+    names = {p.name for p in hparam_flags()}
+    values: dict[str, set[str]] = {name: set() for name in names}
+    for record_path in pathlib.Path(experiment_dir).glob("*/run.json"):
+        try:
+            config = json.loads(record_path.read_text()).get("config", {})
+        except (OSError, json.JSONDecodeError):
+            continue
+        for name in names:
+            values[name].add(json.dumps(config.get(name), sort_keys=True))
+    return {name for name, seen in values.items() if len(seen) > 1}
 
 
 def session_hparams(config: config_lib.TrainConfig) -> dict[str, bool | float | str]:
@@ -146,6 +171,18 @@ def session_hparams(config: config_lib.TrainConfig) -> dict[str, bool | float | 
             value = ",".join(str(v) for v in value)
         values[key] = value
     return values
+
+
+def _summary(
+    tag: str, plugin_data: plugin_data_pb2.HParamsPluginData
+) -> summary_pb2.Summary:
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=tag,
+        metadata=metadata.create_summary_metadata(plugin_data),
+        tensor=metadata.NULL_TENSOR,
+    )
+    return summary
 
 
 def _write(directory: pathlib.Path, summary: summary_pb2.Summary, suffix: str) -> None:
@@ -168,26 +205,38 @@ def read_experiment(experiment_dir: str | os.PathLike) -> api_pb2.Experiment | N
     return None
 
 
-def write_experiment_config(experiment_dir: str | os.PathLike) -> bool:
+def write_experiment_config(
+    experiment_dir: str | os.PathLike, differing: Iterable[str] = ()
+) -> bool:
     """Writes the experiment config at `experiment_dir` unless an equal one is there.
 
     The config lives in one file with a fixed name, replaced atomically when
-    the flag definitions changed (TensorBoard keeps the *first* metadata it
-    reads for a tag, so appending a second config would be ignored). Runs
-    started in parallel race harmlessly: they write the same bytes.
+    the flag definitions changed or more flags differ between runs
+    (TensorBoard keeps the *first* metadata it reads for a tag, so appending a
+    second config would be ignored). The set of differing flags only grows.
+
+    Args:
+      experiment_dir: The experiment root; runs are its subdirectories.
+      differing: Flags known to differ (a sweep's grid axes), on top of those
+        found in the runs' `run.json` and in the existing config.
 
     Returns:
       True if the file was (re)written.
     """
     experiment_dir = pathlib.Path(experiment_dir)
-    wanted = experiment_pb()
+    differing = set(differing) | differing_flags(experiment_dir)
     existing = read_experiment(experiment_dir)
     if existing is not None:
+        differing |= {info.name for info in existing.hparam_infos if info.differs}
         existing.ClearField("time_created_secs")
-        if existing == wanted:
-            return False
+    wanted = experiment_pb(differing)
+    if existing == wanted:
+        return False
+    wanted.time_created_secs = time.time()
     experiment_dir.mkdir(parents=True, exist_ok=True)
-    summary = hp.hparams_config_pb(hparam_flags(), list(METRICS))
+    summary = _summary(
+        metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=wanted)
+    )
     staging = pathlib.Path(tempfile.mkdtemp(dir=experiment_dir, prefix=".hparams-"))
     try:
         _write(staging, summary, "")
@@ -224,13 +273,9 @@ def write_session_end(
     end_info = plugin_data_pb2.SessionEndInfo(
         status=statuses[status], end_time_secs=time.time()
     )
-    summary = summary_pb2.Summary()
-    summary.value.add(
-        tag=metadata.SESSION_END_INFO_TAG,
-        metadata=metadata.create_summary_metadata(
-            plugin_data_pb2.HParamsPluginData(session_end_info=end_info)
-        ),
-        tensor=metadata.NULL_TENSOR,
+    summary = _summary(
+        metadata.SESSION_END_INFO_TAG,
+        plugin_data_pb2.HParamsPluginData(session_end_info=end_info),
     )
     if reason:
         text = text_summary.text_pb(STATUS_TAG, f"**{status}**: {reason}")

@@ -100,7 +100,10 @@ def main(argv: list[str]) -> None:
             f"{len(done)} already completed, {len(todo)} to run, "
             f"{FLAGS.parallel} at a time"
         )
-        hparams_lib.write_experiment_config(experiment)
+        grid_flags = {axis.flag for axis in axes} | (
+            {"seed"} if FLAGS.repeats > 1 else set()
+        )
+        hparams_lib.write_experiment_config(experiment, grid_flags)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
             outcomes = sweep.execute(todo, FLAGS.parallel, len(runs), done)

@@ -71,6 +71,8 @@ def test_hparams_dashboard_lists_both_runs_with_status_and_metrics(server, logdi
     board.check_run(server, "good", logdir / "good", timeout_s=60)
     experiment = server.get("/data/plugin/hparams/experiment", {"experimentName": ""})
     infos = {i["name"]: i for i in experiment["hparamInfos"]}
+    # Listed first, so the dashboard's default columns include it.
+    assert experiment["hparamInfos"][0]["name"] == "learning_rate"
     assert sorted(infos["model"]["domainDiscrete"]) == ["cnn", "logreg", "mlp"]
     sessions = {
         s["name"]: s for group in server.session_groups() for s in group["sessions"]

@@ -83,6 +83,17 @@ def test_experiment_config_is_written_once_and_replaced_only_when_stale(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == [hparams.CONFIG_FILENAME]
 
 
+def test_flags_that_differ_between_runs_are_marked_and_never_unmarked(runs):
+    logdir, _, _ = runs
+    infos = hparams.read_experiment(logdir).hparam_infos
+    assert [i.name for i in infos if i.differs] == ["learning_rate"]
+    assert hparams.write_experiment_config(logdir) is False
+    assert hparams.write_experiment_config(logdir, {"seed"}) is True
+    infos = hparams.read_experiment(logdir).hparam_infos
+    assert sorted(i.name for i in infos if i.differs) == ["learning_rate", "seed"]
+    assert hparams.write_experiment_config(logdir) is False
+
+
 def test_session_values_are_the_defining_flags():
     config = config_lib.TrainConfig(
         model="mlp", conv_filters=(16, 32), learning_rate=0.01
