@@ -38,6 +38,7 @@ def main(argv: list[str]) -> None:
     """Starts TensorBoard, prints its address, serves until Ctrl-C."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.default_to_warnings(FLAGS)
 
     def body() -> int:
         from pipeline import board  # noqa: PLC0415

@@ -54,13 +54,10 @@ def main(argv: list[str]) -> None:
     """Loads the runs named by the positional arguments and prints the comparison."""
     if len(argv) < 2:
         raise app.UsageError("usage: pipeline-compare [flags] RUN_OR_DIR_OR_GLOB ...")
+    cli.default_to_warnings(FLAGS)
 
     def body() -> int:
-        from absl import logging  # noqa: PLC0415
-
         from pipeline import compare  # noqa: PLC0415
-
-        logging.set_verbosity(logging.WARNING)  # TensorBoard's loader logs each file
 
         predicate = compare.parse_filter(FLAGS.filter) if FLAGS.filter else None
         runs = [compare.load_run(path) for path in compare.find_runs(argv[1:])]

@@ -54,6 +54,9 @@ NOT_HPARAMS = frozenset(
         "checkpoint_every",
         "image_count",
         "max_checkpoints",
+        # How the job is spread over devices: the same math (tf.distribute).
+        "strategy",
+        "cpu_devices",
     }
 )
 # The experiment config's file name; "tfevents" makes it an event file to TensorBoard.

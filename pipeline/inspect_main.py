@@ -45,6 +45,7 @@ def main(argv: list[str]) -> None:
     """Checks the run directory given as the one positional argument."""
     if len(argv) != 2:
         raise app.UsageError("usage: pipeline-inspect [--check] RUN_DIR")
+    cli.default_to_warnings(FLAGS)
 
     def body() -> int:
         from pipeline import board  # noqa: PLC0415

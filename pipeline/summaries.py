@@ -49,7 +49,11 @@ class SummaryLogger:
                 tf.summary.scalar(tag, value, step=step)
 
     def scalar_series(
-        self, split: str, first_step: int, values: Mapping[str, np.ndarray], every: int = 1
+        self,
+        split: str,
+        first_step: int,
+        values: Mapping[str, np.ndarray],
+        every: int = 1,
     ) -> None:
         """Writes per-step arrays (from a multi-step call) at their own steps.
 
@@ -98,13 +102,18 @@ class SummaryLogger:
         metadata.plugin_data.content = b"1"
         with self.writer(split).as_default():
             tf.summary.write(
-                tag="keras", tensor=tf.constant(model.to_json()), step=0, metadata=metadata
+                tag="keras",
+                tensor=tf.constant(model.to_json()),
+                step=0,
+                metadata=metadata,
             )
 
     def image_grid(self, split: str, step: int, tag: str, images: np.ndarray) -> None:
         """Tiles [N, 28, 28] uint8 images into one grid image."""
         with self.writer(split).as_default():
-            tf.summary.image(tag, tile_images(images)[np.newaxis, ..., np.newaxis], step=step)
+            tf.summary.image(
+                tag, tile_images(images)[np.newaxis, ..., np.newaxis], step=step
+            )
 
     def text(self, split: str, step: int, tag: str, markdown: str) -> None:
         """Text for TensorBoard's Text tab (rendered as markdown)."""
@@ -140,7 +149,9 @@ def tile_images(images: np.ndarray, columns: int = 8) -> np.ndarray:
     grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1), 128, images.dtype)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = image
+        grid[
+            1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w
+        ] = image
     return grid
 
 

@@ -73,6 +73,7 @@ def main(argv: list[str]) -> None:
     """Plans the grid, skips completed runs, trains the rest."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.default_to_warnings(FLAGS)
 
     def body() -> int:
         from pipeline import hparams as hparams_lib  # noqa: PLC0415
