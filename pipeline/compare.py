@@ -505,7 +505,7 @@ def plot_curves(
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt  # noqa: PLC0415
 
-    figure, axes = plt.subplots(figsize=(8, 5), dpi=100)
+    figure, axes = plt.subplots(figsize=(11, 5), dpi=100)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, variant in enumerate(variants):
         label = (
@@ -530,7 +530,7 @@ def plot_curves(
     axes.set_ylabel("test accuracy")
     axes.set_title("Test accuracy")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small", loc="lower right")
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)

@@ -170,7 +170,7 @@ def test_plot_draws_a_png(runs, tmp_path):
     compare.plot_curves(variants, tmp_path / "curves.png", differing)
     with Image.open(tmp_path / "curves.png") as image:
         assert image.format == "PNG"
-        assert image.size == (800, 500)
+        assert image.size == (1100, 500)
 
 
 def test_cli_prints_the_table_and_reports_skipped_runs(logdir, tmp_path):
