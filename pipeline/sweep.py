@@ -169,7 +169,12 @@ def _alive(record: dict) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed process nobody has reaped yet (a zombie) still answers kill(0).
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def move_aside(path: pathlib.Path, record: dict) -> pathlib.Path:

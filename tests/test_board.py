@@ -1,9 +1,12 @@
 """The real TensorBoard: its data API fills every tab, and inspect --check says so."""
 
+import json
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
@@ -141,3 +144,25 @@ def test_inspect_rejects_a_directory_that_is_not_a_run(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         f"pipeline-inspect: error: {tmp_path}: not a run directory (no run.json)"
     )
+
+
+def test_pipeline_board_prints_a_loopback_address_and_stops_on_ctrl_c(logdir):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.board_main", f"--logdir={logdir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("TensorBoard: http://127.0.0.1:"), line
+        url = line.split()[1].rstrip("/")
+        with urllib.request.urlopen(
+            f"{url}/data/plugins_listing", timeout=30
+        ) as answer:
+            assert {"scalars", "hparams"} <= set(json.load(answer))
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        process.wait()
