@@ -32,7 +32,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--hide-scrollbars",
-    "--window-size=1400,900",
+    "--window-size=1800,900",
 ]
 TRAIN_FLAGS = [
     "--model=mlp",
