@@ -41,7 +41,14 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 
 def run_reporting_errors(prog: str, body: Callable[[], int | None]) -> int:
-    """Runs `body`; a user error becomes `prog: error: ...` on stderr and exit 1."""
+    """Runs `body`; a user error becomes `prog: error: ...` on stderr and exit 1.
+
+    Call from an absl `main` (flags parsed): it also keeps absl's Python log
+    at WARNING unless the user passed --verbosity.
+    """
+    from absl import flags  # noqa: PLC0415
+
+    default_to_warnings(flags.FLAGS)
     try:
         return body() or 0
     except user_error_types() as err:

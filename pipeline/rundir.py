@@ -4,6 +4,7 @@ Layout of `LOGDIR/RUN_NAME/`:
   train/ test/ [validation/]   TensorBoard event files, one writer per split
   checkpoints/                 tf.train.CheckpointManager, named by step
   flags.cfg                    the resolved flags: `--flagfile=` re-runs the job
+  model_summary.txt            layers, output shapes, parameter counts
   run.json                     versions, dataset + fingerprint, times, status,
                                final metrics
 
@@ -28,6 +29,7 @@ from pipeline.config import TrainConfig, config_to_dict
 RECORD_NAME = "run.json"
 FLAGFILE_NAME = "flags.cfg"
 CHECKPOINT_DIR = "checkpoints"
+MODEL_SUMMARY_NAME = "model_summary.txt"
 
 
 class RunDirError(RuntimeError):

@@ -120,6 +120,44 @@ class SummaryLogger:
         with self.writer(split).as_default():
             tf.summary.text(tag, markdown, step=step)
 
+    def image(self, split: str, step: int, tag: str, image: np.ndarray) -> None:
+        """One [H, W] or [H, W, 3] uint8 image (a rendered plot, a labelled grid)."""
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[..., np.newaxis]
+        with self.writer(split).as_default():
+            tf.summary.image(tag, image[np.newaxis], step=step)
+
+    def pr_curve(
+        self, split: str, step: int, tag: str, curve: Mapping[str, np.ndarray]
+    ) -> None:
+        """A PR curve for TensorBoard's PR Curves tab, from precomputed counts.
+
+        The pr_curve plugin has no TF2 summary op: `raw_data_pb` builds its
+        tensor and metadata, `tf.summary.write` stores them. `curve` holds
+        `tp`, `fp`, `tn`, `fn`, `precision` and `recall`, one value per
+        threshold, thresholds evenly spaced over [0, 1].
+        """
+        from tensorboard.plugins.pr_curve import summary as pr_summary  # noqa: PLC0415
+
+        proto = pr_summary.raw_data_pb(
+            tag,
+            true_positive_counts=curve["tp"],
+            false_positive_counts=curve["fp"],
+            true_negative_counts=curve["tn"],
+            false_negative_counts=curve["fn"],
+            precision=curve["precision"],
+            recall=curve["recall"],
+            num_thresholds=len(curve["tp"]),
+        ).value[0]
+        with self.writer(split).as_default():
+            tf.summary.write(
+                tag,
+                tf.make_ndarray(proto.tensor),
+                step=step,
+                metadata=proto.metadata.SerializeToString(),
+            )
+
     def flush(self) -> None:
         """Flushes every open writer to disk."""
         for w in self._writers.values():

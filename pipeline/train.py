@@ -22,7 +22,7 @@ from pipeline import data as data_lib
 from pipeline import distribute, models, steps
 from pipeline import hparams as hparams_lib
 from pipeline.config import TrainConfig
-from pipeline.rundir import RunDir
+from pipeline.rundir import MODEL_SUMMARY_NAME, RunDir
 from pipeline.summaries import SummaryLogger, variable_name
 
 EVAL_BATCH_SIZE = 1000
@@ -179,6 +179,7 @@ def train_and_evaluate(
             "sizes": dataset.sizes(),
         },
     )
+    (run_dir.path / MODEL_SUMMARY_NAME).write_text(summary.rstrip("\n") + "\n")
     best = hparams_lib.BestMetrics()
 
     train_loop = steps.make_train_loop(

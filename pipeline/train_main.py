@@ -18,7 +18,6 @@ def main(argv: list[str]) -> None:
     """Parses nothing itself: absl has parsed argv into FLAGS already."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.default_to_warnings(FLAGS)
 
     def body() -> None:
         config = config_lib.config_from_flags(FLAGS)
