@@ -194,7 +194,10 @@ def _expectations(run_path: pathlib.Path) -> dict[str, Any]:
         "histograms": 0 < histogram_every <= steps,
         "images": int(config.get("image_count", 0)) > 0,
         "validation": (run_path / "validation").is_dir(),
-        "pr_curves": (run_path / "eval").is_dir(),
+        # pipeline-eval writes `eval/` (or `eval_<dataset>_<split>/`).
+        "pr_curves": any(
+            p.is_dir() and p.name.startswith("eval") for p in run_path.iterdir()
+        ),
     }
 
 

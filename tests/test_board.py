@@ -13,13 +13,17 @@ from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 from tensorboard.util import tensor_util
 from tiny_runs import train_tiny
 
-from pipeline import board
+from pipeline import board, evaluate, restore
 
 
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("board_logs")
-    train_tiny(root, "good")
+    good = train_tiny(root, "good")
+    # What `pipeline-eval --run=good` does: PR curves and more into good/eval/.
+    restored = restore.open_run(good)
+    report, outputs, split = evaluate.evaluate_run(restored)
+    evaluate.write_summaries(restored, report, outputs, split)
     with pytest.raises(Exception, match="loss is nan"):
         train_tiny(root, "diverged", learning_rate=1e38)
     return root
@@ -53,6 +57,7 @@ def test_check_run_finds_every_tab_filled(server, logdir):
         "graphs (conceptual graph)",
         "text",
         "hparams",
+        "pr_curves",
     ]
     assert all(c.ok for c in checks), checks
 
@@ -68,6 +73,7 @@ def test_endpoints_serve_the_run(server, logdir):
     assert graphs["keras"]["conceptual_graph"] is True
     assert server.get("/data/plugin/text/tags")["good/train"] == ["model_summary"]
     assert "good/train" in server.get("/data/plugin/images/tags")
+    assert "pr_curve/class_0" in server.get("/data/plugin/pr_curves/tags")["good/eval"]
 
 
 def test_hparams_dashboard_lists_both_runs_with_status_and_metrics(server, logdir):
