@@ -255,9 +255,18 @@ def write_experiment_config(
 def write_session_start(
     run_dir: str | os.PathLike, config: config_lib.TrainConfig
 ) -> None:
-    """Records the run's hparams in the run's own directory (its session)."""
-    summary = hp.hparams_pb(session_hparams(config), start_time_secs=time.time())
-    _write(pathlib.Path(run_dir), summary, ".session_start")
+    """Records the run's hparams in the run's own directory (its session).
+
+    The trial id (the dashboard's "Trial ID" column) is `EXPERIMENT/RUN`:
+    readable, and distinct for runs of the same name in two sweeps shown side
+    by side (the default is a hash of the values, opaque to a reader).
+    """
+    run_dir = pathlib.Path(run_dir)
+    trial_id = f"{pathlib.Path(config.logdir).resolve().name}/{run_dir.name}"
+    summary = hp.hparams_pb(
+        session_hparams(config), trial_id=trial_id, start_time_secs=time.time()
+    )
+    _write(run_dir, summary, ".session_start")
 
 
 def write_session_end(

@@ -83,9 +83,12 @@ def test_hparams_dashboard_lists_both_runs_with_status_and_metrics(server, logdi
     # Listed first, so the dashboard's default columns include it.
     assert experiment["hparamInfos"][0]["name"] == "learning_rate"
     assert sorted(infos["model"]["domainDiscrete"]) == ["cnn", "logreg", "mlp"]
-    sessions = {
-        s["name"]: s for group in server.session_groups() for s in group["sessions"]
-    }
+    groups = server.session_groups()
+    assert sorted(g["name"] for g in groups) == [
+        f"{logdir.name}/diverged",
+        f"{logdir.name}/good",
+    ]
+    sessions = {s["name"]: s for group in groups for s in group["sessions"]}
     assert set(sessions) == {"good", "diverged"}
     assert sessions["good"]["status"] == "STATUS_SUCCESS"
     assert sessions["diverged"]["status"] == "STATUS_FAILURE"

@@ -122,6 +122,7 @@ def test_run_writes_config_at_experiment_root_and_session_in_run_root(runs):
     assert start.hparams["model"].string_value == "logreg"
     assert start.hparams["learning_rate"].number_value == pytest.approx(0.1)
     assert start.hparams["steps"].number_value == 20
+    assert start.group_name == f"{logdir.name}/ok"
     end = metadata.parse_session_end_info_plugin_data(
         content[metadata.SESSION_END_INFO_TAG]
     )
