@@ -302,3 +302,40 @@ def check_same_data(run_dir: RunDir, dataset) -> None:
             f"trained on (fingerprint {dataset.fingerprint()[:12]}..., recorded "
             f"{recorded[:12]}...)"
         )
+
+
+def read_scalar_series(split_dir: pathlib.Path, tag: str) -> dict[int, float]:
+    """`tag`'s scalars under `split_dir` by step, as TensorBoard shows them.
+
+    The accumulator applies `SessionLog.START` purging, so a resumed run
+    yields one value per step.
+    """
+    from tensorboard.backend.event_processing import (  # noqa: PLC0415
+        plugin_event_accumulator as ea,
+    )
+    from tensorboard.util import tensor_util  # noqa: PLC0415
+
+    if not split_dir.is_dir():
+        return {}
+    acc = ea.EventAccumulator(str(split_dir), size_guidance={ea.TENSORS: 0})
+    acc.Reload()
+    if tag not in acc.Tags().get(ea.TENSORS, []):
+        return {}
+    return {
+        event.step: float(tensor_util.make_ndarray(event.tensor_proto))
+        for event in acc.Tensors(tag)
+    }
+
+
+def logged_evaluations(
+    split_dir: pathlib.Path, up_to_step: int
+) -> list[tuple[int, dict[str, float]]]:
+    """(step, {"loss", "accuracy"}) of each evaluation logged at or before a step."""
+    if up_to_step <= 0:
+        return []
+    series = {tag: read_scalar_series(split_dir, tag) for tag in ("loss", "accuracy")}
+    steps = sorted({s for values in series.values() for s in values if s <= up_to_step})
+    return [
+        (step, {tag: values[step] for tag, values in series.items() if step in values})
+        for step in steps
+    ]

@@ -9,13 +9,10 @@ TensorBoard's loader and fails at the first logged step that differs.
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 import tempfile
 from collections.abc import Callable
 
 import numpy as np
-from tensorboard.backend.event_processing import plugin_event_accumulator as ea
-from tensorboard.util import tensor_util
 
 from pipeline import data as data_lib
 from pipeline import distribute, recovery, rundir, train
@@ -24,22 +21,6 @@ from pipeline.config import ConfigError, TrainConfig
 
 class ReplayMismatchError(train.TrainingError):
     """The replay's loss differs from the original's at some step."""
-
-
-def read_scalar_series(split_dir: pathlib.Path, tag: str) -> dict[int, float]:
-    """`tag`'s scalars under `split_dir` by step, as TensorBoard shows them.
-
-    The accumulator applies `SessionLog.START` purging, so a resumed run
-    yields one value per step.
-    """
-    acc = ea.EventAccumulator(str(split_dir), size_guidance={ea.TENSORS: 0})
-    acc.Reload()
-    if tag not in acc.Tags().get(ea.TENSORS, []):
-        return {}
-    return {
-        event.step: float(tensor_util.make_ndarray(event.tensor_proto))
-        for event in acc.Tensors(tag)
-    }
 
 
 def first_difference(
@@ -74,7 +55,9 @@ def replay_run(
     strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
     reference = {
         step: loss
-        for step, loss in read_scalar_series(original.path / "train", "loss").items()
+        for step, loss in recovery.read_scalar_series(
+            original.path / "train", "loss"
+        ).items()
         if step <= config.steps
     }
     if not reference:
@@ -97,7 +80,7 @@ def replay_run(
             print_fn=lambda _: None,
             strategy=strategy,
         )
-        replayed = read_scalar_series(replay_dir.path / "train", "loss")
+        replayed = recovery.read_scalar_series(replay_dir.path / "train", "loss")
     step = first_difference(reference, replayed, rtol)
     if step is not None:
         raise ReplayMismatchError(

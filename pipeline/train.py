@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from pipeline import data as data_lib
 from pipeline import distribute, models, recovery, steps, stopping
+from pipeline import hparams as hparams_lib
 from pipeline.config import TrainConfig
 from pipeline.rundir import MODEL_SUMMARY_NAME, RunDir, RunDirError
 from pipeline.summaries import SummaryLogger, variable_name
@@ -232,6 +233,12 @@ def train_and_evaluate(
     if restored_step:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     (run_dir.path / MODEL_SUMMARY_NAME).write_text(summary.rstrip("\n") + "\n")
+    best = hparams_lib.BestMetrics()
+    # A resumed run's running best starts from what its earlier lives logged.
+    for logged_step, values in recovery.logged_evaluations(
+        run_dir.path / "test", restored_step
+    ):
+        best.update(logged_step, values)
 
     train_loop = steps.make_train_loop(
         steps.make_train_step(model, optimizer, config.batch_size), strategy
@@ -258,6 +265,8 @@ def train_and_evaluate(
     stop = stopping.GracefulStop().install()
     try:
         if step == 0:
+            if is_chief:
+                hparams_lib.start_run(run_dir.path, config)
             logger.keras_model("train", model)
             logger.text("train", 0, "model_summary", f"```\n{summary}\n```")
             if config.image_count:
@@ -279,6 +288,8 @@ def train_and_evaluate(
                     logger.scalars(name, step, values)
                 if name == "test":
                     last_test = values
+                    if log:
+                        logger.scalars(name, step, best.update(step, values))
                 else:
                     last_validation = values
 
@@ -425,12 +436,17 @@ def train_and_evaluate(
             weights_digest=result.weights_digest,
             **extra,
         )
+        if is_chief:
+            hparams_lib.write_session_end(run_dir.path, "completed")
         return result
     except (TrainingInterruptedError, KeyboardInterrupt) as err:
         _record_end(run_dir, "interrupted", last_saved, err)
         raise
     except BaseException as err:
         _record_end(run_dir, "failed", step, err)
+        if is_chief:
+            reason = f"{type(err).__name__}: {err}"
+            hparams_lib.write_session_end(run_dir.path, "failed", reason)
         raise
     finally:
         stop.uninstall()

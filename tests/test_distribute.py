@@ -103,7 +103,11 @@ def test_two_workers_on_loopback_agree_and_write_one_run(tmp_path):
     for rc, _, err in results:
         assert rc == 0, err
     assert digest(results[0][1]) == digest(results[1][1])
-    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["mw"]
+    # One run, and the HParams experiment config the chief wrote beside it.
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [
+        "events.out.tfevents.hparams_config",
+        "mw",
+    ]
     run = tmp_path / "logs" / "mw"
     assert [s for s, _ in scalar_series(run / "train", "loss")] == list(range(1, 31))
     assert [s for s, _ in scalar_series(run / "test", "accuracy")] == [15, 30]

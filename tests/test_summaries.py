@@ -31,7 +31,15 @@ def test_plugins_and_tags_per_split(trained_runs, model):
         "examples_per_sec",
         "events/checkpoint_saved",
     }
-    assert set(test.PluginTagToContent("scalars")) == {"loss", "accuracy"}
+    assert set(test.PluginTagToContent("scalars")) == {
+        "loss",
+        "accuracy",
+        # Running bests, for the HParams dashboard (it shows last values).
+        "best/accuracy",
+        "best/accuracy_step",
+        "best/loss",
+        "best/loss_step",
+    }
     assert set(test.ActivePlugins()) == {"scalars"}
     assert {"graph_run_metadata_graph", "graph_keras_model", "images", "text"} <= set(
         train.ActivePlugins()
