@@ -248,6 +248,10 @@ def write_session_start(
         EventFileWriter,
     )
 
+    # The marker must also sort after every file already there (a previous
+    # life of the run may have opened its writers within this second).
+    # Capped: a file stamped in the future (clock skew) must not stall a start.
+    wait_until(min(_newest_event_second(run_path, splits) + 1.0, time.time() + 2.0))
     for split in splits:
         writer = EventFileWriter(str(run_path / split))
         event = event_pb2.Event(wall_time=time.time(), step=step)
@@ -255,6 +259,16 @@ def write_session_start(
         writer.add_event(event)
         writer.close()
     return math.floor(time.time()) + 1.0
+
+
+def _newest_event_second(run_path: pathlib.Path, splits: Sequence[str]) -> float:
+    newest = 0.0
+    for split in splits:
+        for path in (run_path / split).glob("events.out.tfevents.*"):
+            stamp = path.name.split(".")[3]
+            if stamp.isdigit():
+                newest = max(newest, float(stamp))
+    return newest
 
 
 def wait_until(deadline: float) -> None:

@@ -156,6 +156,8 @@ def train_and_evaluate(
                 "sizes": dataset.sizes(),
             },
         )
+    if is_chief and restored_step == 0:
+        hparams_lib.start_run(run_dir.path, config)
     splits = ["train", "test"]
     if dataset.validation is not None:
         splits.append("validation")
@@ -265,8 +267,6 @@ def train_and_evaluate(
     stop = stopping.GracefulStop().install()
     try:
         if step == 0:
-            if is_chief:
-                hparams_lib.start_run(run_dir.path, config)
             logger.keras_model("train", model)
             logger.text("train", 0, "model_summary", f"```\n{summary}\n```")
             if config.image_count:
