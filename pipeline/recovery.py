@@ -166,12 +166,11 @@ def clean_temp_checkpoints(checkpoint_dir: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _refuse_multi_worker(config: TrainConfig, action: str) -> None:
-    # Every worker would have to restore the chief's checkpoint; workers keep
-    # theirs in temporary directories, so this is not supported yet.
+    # A replay runs as one process; a multi-worker job needs its cluster.
     if config.strategy == "multi_worker":
         raise ConfigError(
             f"{action} of a --strategy=multi_worker run is not supported "
-            "(non-chief workers keep no checkpoints to restore)"
+            "(it runs as a single process)"
         )
 
 
@@ -185,7 +184,6 @@ def prepare_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
     run_dir = resolve_run(launch)
     check_not_running(run_dir)
     config = merge_overrides(saved_config(run_dir), launch.config, launch.explicit)
-    _refuse_multi_worker(config, "--resume")
     step = latest_checkpoint_step(run_dir.checkpoint_dir)
     if config.steps <= step:
         status = run_dir.status
@@ -195,6 +193,17 @@ def prepare_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
             "to train further)"
         )
     clean_temp_checkpoints(run_dir.checkpoint_dir)
+    return run_dir, config
+
+
+def prepare_worker_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
+    """For a non-chief worker: the chief's run (read only) and its config.
+
+    Unlike `prepare_resume`, this neither checks who owns the run (the chief
+    is resuming it right now) nor cleans anything: the chief does that.
+    """
+    run_dir = resolve_run(launch)
+    config = merge_overrides(saved_config(run_dir), launch.config, launch.explicit)
     return run_dir, config
 
 

@@ -27,8 +27,9 @@ class GracefulStop:
     handlers) it does nothing.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS) -> None:
         self.signum: int | None = None
+        self._signals = signals
         self._previous: dict[int, object] = {}
 
     @property
@@ -46,7 +47,7 @@ class GracefulStop:
     def install(self) -> GracefulStop:
         """Installs the handlers (main thread only); returns self."""
         if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
+            for signum in self._signals:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import pathlib
+import shutil
+import signal
 import time
 from collections.abc import Callable
 
@@ -44,6 +47,14 @@ class TrainingInterruptedError(TrainingError):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class WorkerPreemptedError(TrainingInterruptedError):
+    """A worker of a multi-worker job got SIGTERM: all saved; exits 42."""
+
+    def __init__(self, message: str):
+        super().__init__(message, signum=0)
+        self.exit_code = 42  # TensorFlow's restart code for preempted workers.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +121,19 @@ def check_data_fits(config: TrainConfig, dataset: data_lib.Dataset) -> None:
         )
 
 
+def copy_latest_checkpoint(source: pathlib.Path, target: pathlib.Path) -> None:
+    """Copies `source`'s latest checkpoint into `target` and points its state at it."""
+    latest = tf.train.latest_checkpoint(str(source))
+    if latest is None:
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for path in pathlib.Path(latest).parent.glob(pathlib.Path(latest).name + ".*"):
+        shutil.copy2(path, target / path.name)
+    tf.compat.v1.train.update_checkpoint_state(
+        str(target), str(target / pathlib.Path(latest).name)
+    )
+
+
 def train_and_evaluate(
     config: TrainConfig,
     run_dir: RunDir,
@@ -117,6 +141,7 @@ def train_and_evaluate(
     print_fn: Callable[[str], None] = print,
     strategy: tf.distribute.Strategy | None = None,
     resume: bool = False,
+    restore_dir: pathlib.Path | None = None,
 ) -> TrainResult:
     """Trains `config`'s model on `dataset`, logging into `run_dir`.
 
@@ -130,7 +155,9 @@ def train_and_evaluate(
     checkpoint saved first), or `failed` with the error if anything raises
     (the exception is re-raised for the caller to report). With `resume`,
     training continues from the run's latest checkpoint (model, optimizer,
-    step, data position, dropout RNG and early-stopping state).
+    step, data position, dropout RNG and early-stopping state); a non-chief
+    worker passes the chief's checkpoint directory as `restore_dir` and its
+    scratch `run_dir`.
     """
     check_data_fits(config, dataset)
     strategy = strategy or tf.distribute.get_strategy()
@@ -142,10 +169,16 @@ def train_and_evaluate(
         )
     is_chief = distribute.is_chief(strategy)
     restored_step = 0
+    if resume and restore_dir is not None and restore_dir != run_dir.checkpoint_dir:
+        # The preemption handler restores its step counter from the worker's
+        # own checkpoint directory, so a non-chief worker restores from a copy
+        # of the chief's latest checkpoint: every worker then agrees.
+        copy_latest_checkpoint(restore_dir, run_dir.checkpoint_dir)
     if resume:
         restored_step = recovery.latest_checkpoint_step(run_dir.checkpoint_dir)
-        run_dir.resume(config, from_step=restored_step)
         print_fn(f"resuming {run_dir.name} from step {restored_step}")
+    if resume and is_chief:
+        run_dir.resume(config, from_step=restored_step)
     else:
         run_dir.start(
             config,
@@ -232,6 +265,16 @@ def train_and_evaluate(
         if early_stopping.enabled
         else None
     )
+
+    def on_preempted() -> None:
+        nonlocal last_saved
+        last_saved = int(step_var.numpy())
+        raise WorkerPreemptedError(
+            f"preempted: a worker got SIGTERM; every worker saved step "
+            f"{int(step_var.numpy())}; restart each one with --resume"
+        )
+
+    preemption = distribute.make_preemption_handler(strategy, manager, on_preempted)
     if restored_step:
         checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     (run_dir.path / MODEL_SUMMARY_NAME).write_text(summary.rstrip("\n") + "\n")
@@ -264,7 +307,10 @@ def train_and_evaluate(
     step = restored_step
     last_saved = restored_step
     stopped_early = ""
-    stop = stopping.GracefulStop().install()
+    # Under multi_worker, SIGTERM belongs to the preemption handler, which
+    # stops every worker at the same step.
+    stop_signals = (signal.SIGINT,) if preemption else stopping.STOP_SIGNALS
+    stop = stopping.GracefulStop(stop_signals).install()
     try:
         if step == 0:
             logger.keras_model("train", model)
@@ -391,6 +437,11 @@ def train_and_evaluate(
                     f"train {_format_metrics(last_train)}"
                     f"  test_accuracy={test_text}  {examples_per_sec:,.0f} examples/s"
                 )
+            if preemption is not None:
+                # Every worker calls this after every chunk; after a SIGTERM
+                # anywhere, all save this step and `on_preempted` raises.
+                logger.flush()
+                preemption.save_checkpoint_if_preempted(checkpoint_number=step)
         if stop.requested and step < config.steps and not stopped_early:
             if step > last_saved:
                 save_checkpoint()

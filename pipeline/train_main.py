@@ -38,9 +38,16 @@ def main(argv: list[str]) -> None:
             replay.replay_run(original, config, launch.replay_rtol)
             return
         run_dir = None
+        restore_dir = None
         config = launch.config
-        if launch.mode == "resume":
+        chief = distribute.chief_from_tf_config(config.strategy)
+        if launch.mode == "resume" and chief:
             run_dir, config = recovery.prepare_resume(launch)
+        elif launch.mode == "resume":
+            # A non-chief worker restores the chief's checkpoints and writes
+            # only into its own scratch directory.
+            chief_run, config = recovery.prepare_worker_resume(launch)
+            restore_dir = chief_run.checkpoint_dir
         dataset = data_lib.load_dataset(
             config.dataset,
             config.data_dir,
@@ -57,7 +64,7 @@ def main(argv: list[str]) -> None:
         scratch = None
         if run_dir is None:
             run_name = config.run_name or rundir.default_run_name(config)
-            if distribute.is_chief(strategy):
+            if chief:
                 run_dir = rundir.create_run_dir(config.logdir, run_name)
             else:
                 scratch = tempfile.mkdtemp(
@@ -72,6 +79,7 @@ def main(argv: list[str]) -> None:
                 dataset,
                 strategy=strategy,
                 resume=launch.mode == "resume",
+                restore_dir=restore_dir,
             )
         finally:
             if scratch:
