@@ -19,6 +19,10 @@ DATASETS = ("mnist_sample", "mnist", "fashion_mnist")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adadelta", "rmsprop")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "swish", "linear")
 PADDINGS = ("same", "valid")
+JIT_COMPILE = ("auto", "true", "false")
+# Families whose train step XLA made faster on this 2-core CPU (benchmarks/
+# throughput.py --jit): tiny dense models gain; the CNN ran 4.4x slower.
+JIT_AUTO_MODELS = ("logreg", "mlp")
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
 
@@ -59,6 +63,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     image_count: int = 32
     max_checkpoints: int = 3
+    steps_per_loop: int = 100
+    jit_compile: str = "auto"
+    summary_budget_mb: float = 100.0
 
     @property
     def num_classes(self) -> int:
@@ -252,6 +259,38 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
 
+    flags.DEFINE_integer(
+        "steps_per_loop",
+        d.steps_per_loop,
+        "Training steps per compiled call (Orbit's steps_per_loop, Keras' "
+        "steps_per_execution). Every step's scalars are still written at their own "
+        "step; a call also ends at each eval/histogram/checkpoint/print boundary. "
+        "Larger values cut per-step Python overhead (what makes small models "
+        "faster than Keras fit); 1 is a plain per-step loop.",
+        lower_bound=1,
+        upper_bound=100_000,
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "jit_compile",
+        d.jit_compile,
+        JIT_COMPILE,
+        "XLA-compile the train step. auto (measured on the 2-core benchmark CPU): "
+        f"on for {', '.join(JIT_AUTO_MODELS)} (XLA made them faster), off for cnn "
+        "(XLA made the CNN 4.4x slower on CPU). true/false force it.",
+        **fv,
+    )
+    flags.DEFINE_float(
+        "summary_budget_mb",
+        d.summary_budget_mb,
+        "Event-file budget for the run, in MB (0: unlimited). When the projected "
+        "size would exceed it, the histogram interval doubles (histograms are "
+        "still written at the first and last step); per-step scalars are never "
+        "thinned. The bytes written per plugin are printed at exit.",
+        lower_bound=0.0,
+        **fv,
+    )
+
     for rate_flag in ("dropout", "conv_dropout", "dense_dropout"):
         flags.register_validator(
             rate_flag,
@@ -324,6 +363,14 @@ def validate(config: TrainConfig) -> TrainConfig:
             "--data_dir is not used with --dataset=mnist_sample (the data ships "
             "with the package); drop it or pick --dataset=mnist/fashion_mnist"
         )
+    if config.steps_per_loop < 1:
+        raise ConfigError(f"--steps_per_loop={config.steps_per_loop} must be >= 1")
+    if config.jit_compile not in JIT_COMPILE:
+        raise ConfigError(
+            f"--jit_compile={config.jit_compile} must be one of {', '.join(JIT_COMPILE)}"
+        )
+    if config.summary_budget_mb < 0:
+        raise ConfigError(f"--summary_budget_mb={config.summary_budget_mb} must be >= 0")
     return config
 
 
@@ -366,8 +413,18 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfi
             checkpoint_every=f.checkpoint_every,
             image_count=f.image_count,
             max_checkpoints=f.max_checkpoints,
+            steps_per_loop=f.steps_per_loop,
+            jit_compile=f.jit_compile,
+            summary_budget_mb=f.summary_budget_mb,
         )
     )
+
+
+def use_jit_compile(config: TrainConfig) -> bool:
+    """Resolves `--jit_compile`: `auto` follows the measurements per model family."""
+    if config.jit_compile == "auto":
+        return config.model in JIT_AUTO_MODELS
+    return config.jit_compile == "true"
 
 
 def config_to_dict(config: TrainConfig) -> dict:

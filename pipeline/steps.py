@@ -76,20 +76,27 @@ def make_train_loop(
 ) -> Callable:
     """Compiles `train_loop(iterator, num_steps) -> {metric: [num_steps]}`.
 
-    `num_steps` is a tensor, so chunks of any length share one trace.
+    `num_steps` is a tensor, so chunks of any length share one trace. The step
+    is its own `tf.function` called from the loop, as Keras does for
+    `steps_per_execution`: that keeps the step's graph optimisable on its own
+    (measured 1.3x faster on logreg than inlining it into the while loop) and
+    lets XLA compile the step, which it cannot do for a loop that reads a
+    `tf.data` iterator (`IteratorGetNext` has no XLA kernel).
     """
+    step_fn = tf.function(train_step, jit_compile=jit_compile)
 
-    @tf.function(jit_compile=jit_compile)
+    @tf.function
     def train_loop(iterator, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
         losses = tf.TensorArray(tf.float32, size=num_steps)
         accuracies = tf.TensorArray(tf.float32, size=num_steps)
         for i in tf.range(num_steps):
             images, labels = next(iterator)
-            metrics = train_step(images, labels)
+            metrics = step_fn(images, labels)
             losses = losses.write(i, metrics["loss"])
             accuracies = accuracies.write(i, metrics["accuracy"])
         return {"loss": losses.stack(), "accuracy": accuracies.stack()}
 
+    train_loop.step_fn = step_fn  # for trace counts
     return train_loop
 
 

@@ -19,13 +19,12 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
-from pipeline import models, steps
-from pipeline.config import TrainConfig
+from pipeline import budget, models, steps
+from pipeline.config import TrainConfig, use_jit_compile
 from pipeline.rundir import RunDir
 from pipeline.summaries import SummaryLogger, variable_name
 
 EVAL_BATCH_SIZE = 1000
-STEPS_PER_LOOP = 100
 
 
 class TrainingError(RuntimeError):
@@ -46,6 +45,9 @@ class TrainResult:
     wall_time_s: float
     examples_per_sec: float
     checkpoint: str | None
+    # How often each compiled function traced: 1 each means no retracing.
+    trace_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    event_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def is_due(step: int, every: int) -> bool:
@@ -53,12 +55,21 @@ def is_due(step: int, every: int) -> bool:
     return every > 0 and step % every == 0
 
 
-def next_boundary(step: int, total: int, intervals: list[int], steps_per_loop: int) -> int:
-    """The step the next chunk ends at: no interval boundary is skipped over."""
+def next_boundary(
+    step: int,
+    total: int,
+    intervals: list[int],
+    steps_per_loop: int,
+    stops: tuple[int | None, ...] = (),
+) -> int:
+    """The step the next chunk ends at: no interval boundary or stop is skipped."""
     end = min(total, step + steps_per_loop)
     for every in intervals:
         if every > 0:
             end = min(end, (step // every + 1) * every)
+    for stop in stops:
+        if stop is not None and stop > step:
+            end = min(end, stop)
     return end
 
 
@@ -112,6 +123,7 @@ def train_and_evaluate(
             batch_size=EVAL_BATCH_SIZE,
             repeat=False,
             drop_remainder=False,
+            cache=True,
         )
         for name, split in eval_sets.items()
     }
@@ -136,7 +148,9 @@ def train_and_evaluate(
         },
     )
 
-    train_loop = steps.make_train_loop(steps.make_train_step(model, optimizer))
+    train_loop = steps.make_train_loop(
+        steps.make_train_step(model, optimizer), jit_compile=use_jit_compile(config)
+    )
     evaluate = steps.make_eval_fn(model)
     gradients = steps.make_gradient_fn(model)
     # A fixed batch for gradient histograms, so they never consume the
@@ -145,6 +159,9 @@ def train_and_evaluate(
     probe_labels = tf.constant(dataset.train.labels[: config.batch_size])
 
     logger = SummaryLogger(run_dir.path)
+    histogram_schedule = budget.ThinningSchedule(
+        config.histogram_every, config.steps, round(config.summary_budget_mb * 1e6)
+    )
     start = time.perf_counter()
     last_test: dict[str, float] = {}
     last_train: dict[str, float] = {}
@@ -164,14 +181,31 @@ def train_and_evaluate(
                 if name == "test":
                     last_test = values
 
-        intervals = [
-            config.eval_every,
-            config.histogram_every,
-            config.checkpoint_every,
-            config.print_every,
-        ]
+        def write_histograms() -> None:
+            logger.flush()
+            before = budget.event_bytes(run_dir.path)
+            grads = gradients(probe_images, probe_labels)
+            named = [(variable_name(v), v) for v in model.trainable_variables]
+            named += [
+                (f"gradients/{variable_name(v)}", g)
+                for v, g in zip(model.trainable_variables, grads, strict=True)
+            ]
+            logger.histograms("train", step, named)
+            logger.flush()
+            after = budget.event_bytes(run_dir.path)
+            histogram_schedule.record(step, after, after - before)
+
+        if histogram_schedule.due(step):
+            write_histograms()
+        intervals = [config.eval_every, config.checkpoint_every, config.print_every]
         while step < config.steps:
-            end = next_boundary(step, config.steps, intervals, STEPS_PER_LOOP)
+            end = next_boundary(
+                step,
+                config.steps,
+                intervals,
+                config.steps_per_loop,
+                (histogram_schedule.next_stop(step),),
+            )
             chunk = tf.constant(end - step, tf.int32)
             chunk_start = time.perf_counter()
             if step == 0:
@@ -192,20 +226,21 @@ def train_and_evaluate(
             step_var.assign(step)
             trained_examples += (end - first_step + 1) * config.batch_size
             examples_per_sec = (end - first_step + 1) * config.batch_size / elapsed
-            n = len(series["loss"])
-            series["learning_rate"] = np.full(n, float(optimizer.learning_rate.numpy()))
-            series["examples_per_sec"] = np.full(n, examples_per_sec)
             logger.scalar_series("train", first_step, series, config.log_every)
+            if config.log_every > 0:
+                # Constant within a chunk: once per chunk, at its last step.
+                logger.scalar_series(
+                    "train",
+                    step,
+                    {
+                        "learning_rate": np.array([optimizer.learning_rate.numpy()]),
+                        "examples_per_sec": np.array([examples_per_sec]),
+                    },
+                )
             last_train = {"loss": float(series["loss"][-1]), "accuracy": float(series["accuracy"][-1])}
 
-            if is_due(step, config.histogram_every):
-                grads = gradients(probe_images, probe_labels)
-                named = [(variable_name(v), v) for v in model.trainable_variables]
-                named += [
-                    (f"gradients/{variable_name(v)}", g)
-                    for v, g in zip(model.trainable_variables, grads, strict=True)
-                ]
-                logger.histograms("train", step, named)
+            if histogram_schedule.due(step):
+                write_histograms()
             if is_due(step, config.eval_every) or step == config.steps:
                 run_evaluation()
             if is_due(step, config.checkpoint_every) or step == config.steps:
@@ -219,6 +254,13 @@ def train_and_evaluate(
                     f"  test_accuracy={test_acc:.4f}  {examples_per_sec:,.0f} examples/s"
                 )
         wall = time.perf_counter() - start
+        logger.close()
+        plugin_bytes = budget.bytes_per_plugin(run_dir.path)
+        print_fn(
+            f"event files: {budget.format_bytes(sum(plugin_bytes.values()))} ("
+            + ", ".join(f"{k} {budget.format_bytes(v)}" for k, v in plugin_bytes.items())
+            + ")"
+        )
         result = TrainResult(
             step=step,
             test=last_test,
@@ -226,6 +268,8 @@ def train_and_evaluate(
             wall_time_s=wall,
             examples_per_sec=trained_examples / wall,
             checkpoint=manager.latest_checkpoint,
+            trace_counts=trace_counts(train_loop, evaluate, gradients, logger),
+            event_bytes=plugin_bytes,
         )
         run_dir.finish(
             "completed",
@@ -233,6 +277,7 @@ def train_and_evaluate(
             final_metrics={"test": last_test, "train": last_train},
             wall_time_s=round(wall, 3),
             examples_per_sec=round(result.examples_per_sec, 1),
+            event_bytes=plugin_bytes,
         )
         return result
     except BaseException as err:
@@ -240,6 +285,23 @@ def train_and_evaluate(
         raise
     finally:
         logger.close()
+
+
+def trace_counts(
+    train_loop: Callable, evaluate: Callable, gradients: Callable, logger: SummaryLogger
+) -> dict[str, int]:
+    """Traces per compiled function (`experimental_get_tracing_count`).
+
+    1 each means nothing retraced (a retrace costs a recompile mid-run).
+    """
+    counts = {
+        "train_loop": train_loop.experimental_get_tracing_count(),
+        "train_step": train_loop.step_fn.experimental_get_tracing_count(),
+        "evaluate": evaluate.experimental_get_tracing_count(),
+        "gradients": gradients.experimental_get_tracing_count(),
+    }
+    counts.update(logger.tracing_counts())
+    return counts
 
 
 def restore_model(config: TrainConfig, checkpoint_path: str) -> keras.Model:
