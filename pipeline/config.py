@@ -20,9 +20,10 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adadelta", "rmsprop")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "swish", "linear")
 PADDINGS = ("same", "valid")
 JIT_COMPILE = ("auto", "true", "false")
-# Families whose train step XLA made faster on this 2-core CPU (benchmarks/
-# throughput.py --jit): tiny dense models gain; the CNN ran 4.4x slower.
-JIT_AUTO_MODELS = ("logreg", "mlp")
+# Families whose train step XLA made faster on the 2-core benchmark CPU
+# (python -m benchmarks.throughput --compare_xla): none. XLA ran the CNN 8x
+# slower, and logreg and the MLP 0.7-0.8x as fast as without it.
+JIT_AUTO_MODELS: tuple[str, ...] = ()
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
 
@@ -275,9 +276,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "jit_compile",
         d.jit_compile,
         JIT_COMPILE,
-        "XLA-compile the train step. auto (measured on the 2-core benchmark CPU): "
-        f"on for {', '.join(JIT_AUTO_MODELS)} (XLA made them faster), off for cnn "
-        "(XLA made the CNN 4.4x slower on CPU). true/false force it.",
+        "XLA-compile the train step (the step only: the loop reads a tf.data "
+        "iterator, which XLA cannot compile). auto: on only for model families "
+        "that XLA made faster in benchmarks/throughput.py --compare_xla; on the "
+        "2-core benchmark CPU none did (cnn 8x slower, logreg and mlp 0.7-0.8x "
+        "as fast), so auto is off. true/false force it.",
         **fv,
     )
     flags.DEFINE_float(

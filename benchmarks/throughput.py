@@ -1,0 +1,291 @@
+"""Steady-state training examples/s: Keras `fit` variants vs this pipeline.
+
+    python -m benchmarks.throughput [--families=logreg,mlp,cnn] [--rounds=N]
+
+For each family (benchmarks/common.py: the flagfiles users run, on full-size
+Fashion-MNIST), five variants train the same model with the same batch size,
+optimizer and tf.data pipeline:
+
+  fit          model.fit, no callbacks (compiled with loss + accuracy metric)
+  fit_spe      fit compiled with steps_per_execution=K (K = --steps_per_loop)
+  fit_tb       fit + keras.callbacks.TensorBoard(update_freq=1, histogram_freq=1)
+  pipe_off     pipeline.train.train_and_evaluate, logging off
+  pipe_default train_and_evaluate with the default logging: scalars every
+               step, test eval every 500 steps, histograms every 100 steps
+
+Steady state excludes compile warm-up: a `fit` variant is timed from
+`on_epoch_begin` to `on_epoch_end` of a one-epoch call after a warm-up call
+(the timer is the last callback, so TensorBoard's epoch-end histograms are
+inside); a pipeline variant is timed between its own progress lines at the
+first and last chunk boundary of the window (the first chunk, which traces and
+compiles, and the final step's end-of-run work are outside). The pipeline runs
+the real loop into a temporary run directory: what is measured is what users
+get. Variants are interleaved and repeated in one process, so load from other
+processes hits them alike; the table shows median, min-max and the ratio of
+medians to plain `fit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+from benchmarks import common, flops
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("families", list(common.FAMILIES), "Model families to measure.")
+flags.DEFINE_integer("rounds", 0, "Interleaved rounds (0: per-family default).")
+flags.DEFINE_integer("steps_per_loop", 100, "K for fit_spe and the pipeline.")
+flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
+flags.DEFINE_boolean(
+    "compare_xla",
+    False,
+    "Add pipe_off with --jit_compile flipped from its auto value (XLA check).",
+)
+
+# Steady-state window in steps (a multiple of eval_every=500 keeps one test
+# evaluation per 500 steps inside it) and rounds per family.
+WINDOW = {"logreg": 3000, "mlp": 2000, "cnn": 500}
+ROUNDS = {"logreg": 3, "mlp": 3, "cnn": 2}
+WARMUP_STEPS = 100  # the first chunk: tracing + compilation
+LOGGING_OFF = (
+    "--log_every=0",
+    "--histogram_every=0",
+    "--eval_every=0",
+    "--image_count=0",
+)
+
+
+class EpochTimer:
+    """Keras callback timing each epoch (add it last)."""
+
+    def __new__(cls):
+        import keras  # noqa: PLC0415
+
+        class _Timer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seconds = time.perf_counter() - self.start
+
+        return _Timer()
+
+
+def fit_variant(config, dataset, window: int, spe: int = 1, tensorboard_dir=None):
+    """A callable that trains `window` steps with Keras fit and returns examples/s."""
+    import keras  # noqa: PLC0415
+
+    from pipeline import data as data_lib  # noqa: PLC0415
+    from pipeline import models, steps  # noqa: PLC0415
+
+    keras.utils.set_random_seed(config.seed)
+    model = models.build_model(config)
+    model.compile(
+        optimizer=steps.make_optimizer(
+            config.optimizer, config.learning_rate, config.momentum
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+        steps_per_execution=spe,
+    )
+    train_ds = data_lib.make_dataset(
+        dataset.train,
+        batch_size=config.batch_size,
+        shuffle_buffer=config.shuffle_buffer,
+        seed=config.seed,
+    )
+
+    def callbacks():
+        out = []
+        if tensorboard_dir is not None:
+            out.append(
+                keras.callbacks.TensorBoard(
+                    log_dir=str(tensorboard_dir), update_freq=1, histogram_freq=1
+                )
+            )
+        return [*out, EpochTimer()]
+
+    model.fit(train_ds, steps_per_epoch=2 * spe, epochs=1, verbose=0)  # compile
+
+    def run() -> float:
+        cbs = callbacks()
+        model.fit(train_ds, steps_per_epoch=window, epochs=1, verbose=0, callbacks=cbs)
+        return window * config.batch_size / cbs[-1].seconds
+
+    return run
+
+
+def pipeline_variant(config, dataset, window: int, workdir: pathlib.Path):
+    """A callable that runs the real training loop and returns steady examples/s."""
+    from pipeline import rundir, train  # noqa: PLC0415
+
+    config = dataclasses.replace(
+        config,
+        steps=WARMUP_STEPS + window + 1,
+        print_every=WARMUP_STEPS,
+        logdir=str(workdir),
+    )
+    runs = []
+
+    def run() -> float:
+        run_dir = rundir.create_run_dir(workdir, f"run{len(runs)}")
+        stamps: dict[int, float] = {}
+
+        def record(line: str) -> None:
+            if line.startswith("step "):
+                stamps[int(line.split()[1].split("/")[0])] = time.perf_counter()
+
+        result = train.train_and_evaluate(config, run_dir, dataset, print_fn=record)
+        runs.append(result)
+        first, last = WARMUP_STEPS, WARMUP_STEPS + window
+        return window * config.batch_size / (stamps[last] - stamps[first])
+
+    run.results = runs
+    return run
+
+
+@dataclasses.dataclass
+class FamilyResult:
+    family: str
+    batch_size: int
+    window: int
+    rates: dict[str, list[float]]
+    train_flops: float
+    event_bytes_per_1000: dict[str, float]
+    trace_counts: dict[str, int]
+
+
+def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
+    """Builds every variant once, then interleaves them for several rounds."""
+    from pipeline import data as data_lib  # noqa: PLC0415
+    from pipeline import models  # noqa: PLC0415
+    from pipeline.config import use_jit_compile  # noqa: PLC0415
+
+    config = common.family_config(family, f"--steps_per_loop={FLAGS.steps_per_loop}")
+    dataset = data_lib.load_dataset(config.dataset)
+    window = WINDOW[family]
+    off = common.family_config(
+        family, f"--steps_per_loop={FLAGS.steps_per_loop}", *LOGGING_OFF
+    )
+    variants = {
+        "fit": fit_variant(config, dataset, window),
+        "fit_spe": fit_variant(config, dataset, window, spe=FLAGS.steps_per_loop),
+        "fit_tb": fit_variant(config, dataset, window, tensorboard_dir=workdir / "tb"),
+        "pipe_off": pipeline_variant(off, dataset, window, workdir / "off"),
+        "pipe_default": pipeline_variant(config, dataset, window, workdir / "default"),
+    }
+    if FLAGS.compare_xla:
+        flipped = "false" if use_jit_compile(off) else "true"
+        variants[f"pipe_off_xla_{flipped}"] = pipeline_variant(
+            dataclasses.replace(off, jit_compile=flipped),
+            dataset,
+            window,
+            workdir / "xla",
+        )
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    for round_index in range(FLAGS.rounds or ROUNDS[family]):
+        for name, run in variants.items():
+            rates[name].append(run())
+            rate = rates[name][-1]
+            print(f"  {family} round {round_index + 1} {name:14s} {rate:>10,.0f}")
+    default_runs = variants["pipe_default"].results
+    last = default_runs[-1]
+    steps_run = WARMUP_STEPS + window + 1
+    one_time = {"graph_run_metadata_graph", "graph_keras_model", "text", "images"}
+    per_1000 = {
+        plugin: size * 1000 / steps_run
+        for plugin, size in last.event_bytes.items()
+        if plugin not in one_time
+    }
+    per_1000["one-time (graph, model, text, images)"] = sum(
+        size for plugin, size in last.event_bytes.items() if plugin in one_time
+    )
+    _, train_flops = common.train_flops_per_example(models.build_model(config))
+    return FamilyResult(
+        family,
+        config.batch_size,
+        window,
+        rates,
+        train_flops,
+        per_1000,
+        last.trace_counts,
+    )
+
+
+def print_table(results: list[FamilyResult], ceiling_gflops: float) -> None:
+    print()
+    print(f"matmul ceiling (best tf.matmul float32): {ceiling_gflops:.0f} GFLOP/s")
+    header = (
+        f"{'family':7s} {'variant':14s} {'median ex/s':>12s} {'min-max':>21s} "
+        f"{'vs fit':>7s} {'% ceiling':>9s}"
+    )
+    print(header)
+    print("-" * len(header))
+    for res in results:
+        fit_median = common.summarize(res.rates["fit"])[0]
+        for name, values in res.rates.items():
+            median, lo, hi = common.summarize(values)
+            share = median * res.train_flops / (ceiling_gflops * 1e9) * 100
+            print(
+                f"{res.family:7s} {name:14s} {median:>12,.0f} "
+                f"{f'{lo:,.0f}-{hi:,.0f}':>21s} {median / fit_median:>6.2f}x "
+                f"{share:>8.1f}%"
+            )
+        off = common.summarize(res.rates["pipe_off"])[0]
+        default = common.summarize(res.rates["pipe_default"])[0]
+        cost = (1 - default / off) * 100
+        print(
+            f"{res.family:7s} default logging cost vs off: {cost:+.1f}%"
+            f"   (batch {res.batch_size}, window {res.window} steps, "
+            f"{len(res.rates['fit'])} rounds)"
+        )
+        print(
+            f"{res.family:7s} event bytes per 1,000 steps at default logging: "
+            + ", ".join(
+                f"{k} {v / 1000:,.1f} kB"
+                for k, v in res.event_bytes_per_1000.items()
+                if not k.startswith("one-time")
+            )
+        )
+        print(f"{res.family:7s} trace counts: {res.trace_counts}")
+        print()
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    sys.stdout.reconfigure(line_buffering=True)
+    from pipeline import train  # noqa: PLC0415
+
+    # The pipeline enables op determinism (its default --deterministic) and the
+    # switch is process-wide: turn it on first so every variant runs under it.
+    train.seed_everything(0, deterministic=True)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+        for family in FLAGS.families:
+            print(f"{family}: measuring", flush=True)
+            results.append(measure_family(family, pathlib.Path(tmp) / family))
+    ceiling = max(flops.matmul_gflops().values())
+    print_table(results, ceiling)
+    if FLAGS.json_out:
+        path = pathlib.Path(FLAGS.json_out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {
+                    "ceiling_gflops": ceiling,
+                    "families": [dataclasses.asdict(r) for r in results],
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    app.run(main)
