@@ -51,3 +51,24 @@ def test_disabled_logger_writes_nothing(tmp_path):
         logger.scalar_series("train", 1, {"loss": np.ones(4, np.float32)})
         logger.histograms("train", 1, [("w", np.ones(3))])
     assert not list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+def test_histogram_buckets_match_tf_summary_histogram(tmp_path):
+    from pipeline.summaries import histogram_buckets
+
+    rng = np.random.default_rng(0)
+    cases = {
+        "normal": rng.normal(size=1000),
+        "matrix": rng.uniform(size=(30, 7)).astype(np.float32),
+        "constant": np.full([5], 2.0),
+        "ramp": np.arange(31.0),
+    }
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default():
+        for tag, data in cases.items():
+            tf.summary.histogram(tag, data, step=0)
+    writer.close()
+    acc = _read(tmp_path)
+    for tag, data in cases.items():
+        reference = tf.make_ndarray(acc.Tensors(tag)[0].tensor_proto)
+        np.testing.assert_allclose(histogram_buckets(tf.constant(data)), reference)
