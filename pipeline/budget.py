@@ -164,10 +164,16 @@ def bytes_per_plugin(run_dir: str | os.PathLike) -> dict[str, int]:
     return dict(totals.most_common())
 
 
+def describe(plugin_bytes: dict[str, int]) -> str:
+    """'1.2 MB (scalars 1.0 MB, histograms 0.2 MB)'."""
+    parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in plugin_bytes.items())
+    return f"{format_bytes(sum(plugin_bytes.values()))} ({parts})"
+
+
 def format_bytes(n: float) -> str:
     """1234567 -> '1.2 MB' (decimal units, as `ls -h --si` and the budget flag)."""
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
-    return f"{n:.1f} GB"
+    raise AssertionError("unreachable")

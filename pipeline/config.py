@@ -370,10 +370,13 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError(f"--steps_per_loop={config.steps_per_loop} must be >= 1")
     if config.jit_compile not in JIT_COMPILE:
         raise ConfigError(
-            f"--jit_compile={config.jit_compile} must be one of {', '.join(JIT_COMPILE)}"
+            f"--jit_compile={config.jit_compile} must be one of "
+            + ", ".join(JIT_COMPILE)
         )
     if config.summary_budget_mb < 0:
-        raise ConfigError(f"--summary_budget_mb={config.summary_budget_mb} must be >= 0")
+        raise ConfigError(
+            f"--summary_budget_mb={config.summary_budget_mb} must be >= 0"
+        )
     return config
 
 

@@ -315,7 +315,9 @@ def make_dataset(
 
     shuffle = bool(shuffle_buffer and shuffle_buffer > 1)
     if repeat and drop_remainder and (not shuffle or shuffle_buffer >= len(split)):
-        return gathered_batches(split, batch_size=batch_size, shuffle=shuffle, seed=seed)
+        return gathered_batches(
+            split, batch_size=batch_size, shuffle=shuffle, seed=seed
+        )
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
@@ -345,7 +347,9 @@ def gathered_batches(
     n = len(split)
     batches_per_epoch = n // batch_size
     if batches_per_epoch < 1:
-        raise DataError(f"batch size {batch_size} is larger than the split ({n} examples)")
+        raise DataError(
+            f"batch size {batch_size} is larger than the split ({n} examples)"
+        )
     images = tf.constant(split.images)
     labels = tf.constant(split.labels)
     seed_value = tf.constant(0 if seed is None else seed, tf.int64)

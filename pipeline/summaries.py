@@ -224,7 +224,9 @@ def variable_name(variable: tf.Variable) -> str:
     return path.split(":")[0]
 
 
-def histogram_buckets(data: tf.Tensor, bucket_count: int = HISTOGRAM_BUCKETS) -> tf.Tensor:
+def histogram_buckets(
+    data: tf.Tensor, bucket_count: int = HISTOGRAM_BUCKETS
+) -> tf.Tensor:
     """TensorBoard's histogram tensor, `[bucket_count, 3]` (left, right, count).
 
     Same buckets as `tf.summary.histogram` (equal widths from min to max, the
@@ -240,7 +242,8 @@ def histogram_buckets(data: tf.Tensor, bucket_count: int = HISTOGRAM_BUCKETS) ->
     high = tf.reduce_max(data)
     span = high - low
     width = tf.where(span > 0, span / bucket_count, 1.0)
-    index = tf.minimum(tf.cast(tf.floor((data - low) / width), tf.int32), bucket_count - 1)
+    index = tf.cast(tf.floor((data - low) / width), tf.int32)
+    index = tf.minimum(index, bucket_count - 1)
     counts = tf.math.bincount(
         index, minlength=bucket_count, maxlength=bucket_count, dtype=tf.float64
     )

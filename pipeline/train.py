@@ -256,11 +256,7 @@ def train_and_evaluate(
         wall = time.perf_counter() - start
         logger.close()
         plugin_bytes = budget.bytes_per_plugin(run_dir.path)
-        print_fn(
-            f"event files: {budget.format_bytes(sum(plugin_bytes.values()))} ("
-            + ", ".join(f"{k} {budget.format_bytes(v)}" for k, v in plugin_bytes.items())
-            + ")"
-        )
+        print_fn("event files: " + budget.describe(plugin_bytes))
         result = TrainResult(
             step=step,
             test=last_test,
