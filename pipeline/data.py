@@ -295,15 +295,13 @@ def make_dataset(
     seed: int | None = None,
     repeat: bool = True,
     drop_remainder: bool = True,
-    cache: bool = False,
 ):
     """Returns the tf.data pipeline for `split`.
 
     from_tensor_slices -> shuffle(buffer, seed) -> batch -> normalise -> repeat
     -> prefetch. Training pipelines drop the last partial batch so every step
     has the same shape (no retracing); evaluation pipelines
-    (`repeat=False, drop_remainder=False`) cover the split in full; `cache`
-    keeps the normalised batches in memory for splits read many times.
+    (`repeat=False, drop_remainder=False`) cover the split in full.
 
     When the shuffle buffer holds the whole split (or there is no shuffling
     and the pipeline repeats), batches are gathered from the resident array by
@@ -323,8 +321,6 @@ def make_dataset(
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     ds = ds.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if cache:
-        ds = ds.cache()
     if repeat:
         ds = ds.repeat()
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -117,14 +117,8 @@ def train_and_evaluate(
     eval_sets = {"test": dataset.test}
     if dataset.validation is not None:
         eval_sets["validation"] = dataset.validation
-    eval_ds = {
-        name: data_lib.make_dataset(
-            split,
-            batch_size=EVAL_BATCH_SIZE,
-            repeat=False,
-            drop_remainder=False,
-            cache=True,
-        )
+    eval_arrays = {
+        name: (tf.constant(split.images), tf.constant(split.labels, tf.int32))
         for name, split in eval_sets.items()
     }
     iterator = iter(train_ds)
@@ -151,7 +145,7 @@ def train_and_evaluate(
     train_loop = steps.make_train_loop(
         steps.make_train_step(model, optimizer), jit_compile=use_jit_compile(config)
     )
-    evaluate = steps.make_eval_fn(model)
+    evaluate = steps.make_array_eval_fn(model, EVAL_BATCH_SIZE)
     gradients = steps.make_gradient_fn(model)
     # A fixed batch for gradient histograms, so they never consume the
     # training iterator (which would change the run they observe).
@@ -175,8 +169,9 @@ def train_and_evaluate(
 
         def run_evaluation() -> None:
             nonlocal last_test
-            for name, ds in eval_ds.items():
-                values = {k: float(v) for k, v in evaluate(ds).items() if k != "count"}
+            for name, (images, labels) in eval_arrays.items():
+                metrics = evaluate(images, labels)
+                values = {k: float(v) for k, v in metrics.items() if k != "count"}
                 logger.scalars(name, step, values)
                 if name == "test":
                     last_test = values
