@@ -54,6 +54,9 @@ flags.DEFINE_boolean(
 WINDOW = {"logreg": 3000, "mlp": 2000, "cnn": 500}
 ROUNDS = {"logreg": 3, "mlp": 3, "cnn": 2}
 WARMUP_STEPS = 100  # the first chunk: tracing + compilation
+# Checkpoints are not logging and fit does not save any: only the final one,
+# outside the window, in both pipeline variants.
+NO_CHECKPOINTS = "--checkpoint_every=0"
 LOGGING_OFF = (
     "--log_every=0",
     "--histogram_every=0",
@@ -168,11 +171,13 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
     from pipeline import models  # noqa: PLC0415
     from pipeline.config import use_jit_compile  # noqa: PLC0415
 
-    config = common.family_config(family, f"--steps_per_loop={FLAGS.steps_per_loop}")
+    config = common.family_config(
+        family, f"--steps_per_loop={FLAGS.steps_per_loop}", NO_CHECKPOINTS
+    )
     dataset = data_lib.load_dataset(config.dataset)
     window = WINDOW[family]
     off = common.family_config(
-        family, f"--steps_per_loop={FLAGS.steps_per_loop}", *LOGGING_OFF
+        family, f"--steps_per_loop={FLAGS.steps_per_loop}", NO_CHECKPOINTS, *LOGGING_OFF
     )
     variants = {
         "fit": fit_variant(config, dataset, window),

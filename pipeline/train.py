@@ -190,6 +190,10 @@ def train_and_evaluate(
             after = budget.event_bytes(run_dir.path)
             histogram_schedule.record(step, after, after - before)
 
+        # Compile the evaluation now (on zero examples), with the train loop,
+        # rather than inside the first evaluation interval.
+        images, labels = next(iter(eval_arrays.values()))
+        evaluate(images[:0], labels[:0])
         if histogram_schedule.due(step):
             write_histograms()
         intervals = [config.eval_every, config.checkpoint_every, config.print_every]
