@@ -177,8 +177,6 @@ def train_and_evaluate(
                     last_test = values
 
         def write_histograms() -> None:
-            logger.flush()
-            before = budget.event_bytes(run_dir.path)
             grads = gradients(probe_images, probe_labels)
             named = [(variable_name(v), v) for v in model.trainable_variables]
             named += [
@@ -186,9 +184,12 @@ def train_and_evaluate(
                 for v, g in zip(model.trainable_variables, grads, strict=True)
             ]
             logger.histograms("train", step, named)
-            logger.flush()
-            after = budget.event_bytes(run_dir.path)
-            histogram_schedule.record(step, after, after - before)
+            # No flush: the files may lag by one writer queue (~100 kB), which
+            # is noise against a budget in MB, and flushing cost more than the
+            # histograms themselves on small models.
+            write_bytes = sum(budget.histogram_event_bytes(name) for name, _ in named)
+            spent = budget.event_bytes(run_dir.path) + write_bytes
+            histogram_schedule.record(step, spent, write_bytes)
 
         # Compile the evaluation now (on zero examples), with the train loop,
         # rather than inside the first evaluation interval.

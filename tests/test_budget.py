@@ -95,3 +95,17 @@ def test_run_prints_bytes_per_plugin(tiny_run):  # noqa: F811
     line = next(x for x in tiny_run.lines if x.startswith("event files: "))
     assert "scalars " in line
     assert "histograms " in line
+
+
+def test_histogram_event_bytes_estimate_matches_disk(tmp_path):
+    import numpy as np
+
+    from pipeline.summaries import SummaryLogger
+
+    tags = [f"mlp/hidden_{i}/kernel" for i in range(5)] + ["gradients/mlp/logits/bias"]
+    with SummaryLogger(tmp_path) as logger:
+        for step in range(4):
+            logger.histograms("train", step, [(t, np.arange(50.0)) for t in tags])
+    on_disk = budget.bytes_per_plugin(tmp_path)["histograms"]
+    estimate = 4 * sum(budget.histogram_event_bytes(t) for t in tags)
+    assert abs(estimate - on_disk) <= 0.03 * on_disk
