@@ -1,6 +1,6 @@
 """Startup time, peak memory, memory over a long run, event files vs budget.
 
-    python -m benchmarks.footprint [--long_steps=20000] [--budget_mb=5]
+    python -m benchmarks.footprint [--long_steps=10000] [--budget_mb=4]
 
 Runs the real `pipeline-train` console script in subprocesses on full-size
 Fashion-MNIST:
@@ -30,8 +30,8 @@ from absl import app, flags
 from benchmarks import common
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("long_steps", 20_000, "Steps of the long MLP run.")
-flags.DEFINE_float("budget_mb", 5.0, "--summary_budget_mb of the long run.")
+flags.DEFINE_integer("long_steps", 10_000, "Steps of the long MLP run.")
+flags.DEFINE_float("budget_mb", 4.0, "--summary_budget_mb of the long run.")
 flags.DEFINE_list("families", list(common.FAMILIES), "Families for the startup runs.")
 
 TRAIN = pathlib.Path(sys.executable).parent / "pipeline-train"
