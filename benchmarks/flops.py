@@ -19,7 +19,9 @@ from benchmarks import common
 MATMUL_SIZES = (512, 1024, 2048)
 
 
-def matmul_gflops(trials: int = 3, seconds: float = 0.5) -> dict[int, float]:
+def matmul_gflops(
+    trials: int = 3, seconds: float = 0.5, sizes: tuple[int, ...] = MATMUL_SIZES
+) -> dict[int, float]:
     """Best GFLOP/s of float32 `tf.matmul` per square size."""
     import tensorflow as tf  # noqa: PLC0415
 
@@ -31,7 +33,7 @@ def matmul_gflops(trials: int = 3, seconds: float = 0.5) -> dict[int, float]:
         return acc[0, 0]
 
     best = {}
-    for size in MATMUL_SIZES:
+    for size in sizes:
         a = tf.random.uniform([size, size])
         b = tf.random.uniform([size, size])
         flops_per = 2.0 * size**3

@@ -1,6 +1,6 @@
 """Startup time, peak memory, memory over a long run, event files vs budget.
 
-    python -m benchmarks.footprint [--long_steps=10000] [--budget_mb=4]
+    python -m benchmarks.footprint [--long_steps=10000] [--budget_mb=6]
 
 Runs the real `pipeline-train` console script in subprocesses on full-size
 Fashion-MNIST:
@@ -31,7 +31,7 @@ from benchmarks import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("long_steps", 10_000, "Steps of the long MLP run.")
-flags.DEFINE_float("budget_mb", 4.0, "--summary_budget_mb of the long run.")
+flags.DEFINE_float("budget_mb", 6.0, "--summary_budget_mb of the long run.")
 flags.DEFINE_list("families", list(common.FAMILIES), "Families for the startup runs.")
 
 TRAIN = pathlib.Path(sys.executable).parent / "pipeline-train"

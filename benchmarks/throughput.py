@@ -28,10 +28,12 @@ medians to plain `fit`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import sys
 import tempfile
+import threading
 import time
 
 from absl import app, flags
@@ -54,9 +56,9 @@ flags.DEFINE_boolean(
 # periodic work (fit, fit_spe, pipe_off) may use a shorter window (the CNN
 # needs ~25 s per 500 steps here); fit_tb's epoch, and so its histogram
 # write, is then that window. Rounds per family.
-WINDOW = {"logreg": 3000, "mlp": 2000, "cnn": 500}
-SHORT_WINDOW = {"cnn": 200}
-ROUNDS = {"logreg": 3, "mlp": 3, "cnn": 2}
+WINDOW = {"logreg": 1000, "mlp": 1000, "cnn": 500}
+SHORT_WINDOW = {"cnn": 100}
+ROUNDS = {"logreg": 8, "mlp": 6, "cnn": 2}
 WARMUP_STEPS = 100  # the first chunk: tracing + compilation
 # Checkpoints are not logging and fit does not save any: only the final one,
 # outside the window, in both pipeline variants.
@@ -85,77 +87,134 @@ class EpochTimer:
         return _Timer()
 
 
-def fit_variant(config, dataset, window: int, spe: int = 1, tensorboard_dir=None):
-    """A callable that trains `window` steps with Keras fit and returns examples/s."""
+class Baton:
+    """Lets one variant run at a time, in a fixed rotation, so they interleave.
+
+    Each variant runs in its own thread and holds the baton for one
+    measurement window at a time; the pipeline variants keep one training run
+    (one compile) across all their windows and wait for their turn inside the
+    loop's progress callback, so paused time is never counted.
+    """
+
+    def __init__(self, names: list[str]):
+        self._active = list(names)
+        self._index = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, name: str) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._active[self._index] == name)
+
+    def release(self, name: str, done: bool = False) -> None:
+        with self._cond:
+            index = self._active.index(name)
+            if done:
+                self._active.remove(name)
+                self._index = index
+            else:
+                self._index = index + 1
+            if self._active:
+                self._index %= len(self._active)
+            self._cond.notify_all()
+
+
+def fit_worker(config, dataset, window: int, spe: int = 1, tensorboard_dir=None):
+    """A worker that trains `window` steps per turn with Keras fit."""
     import keras  # noqa: PLC0415
 
     from pipeline import data as data_lib  # noqa: PLC0415
     from pipeline import models, steps  # noqa: PLC0415
 
-    keras.utils.set_random_seed(config.seed)
-    model = models.build_model(config)
-    model.compile(
-        optimizer=steps.make_optimizer(
-            config.optimizer, config.learning_rate, config.momentum
-        ),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        steps_per_execution=spe,
-    )
-    train_ds = data_lib.make_dataset(
-        dataset.train,
-        batch_size=config.batch_size,
-        shuffle_buffer=config.shuffle_buffer,
-        seed=config.seed,
-    )
-
-    def callbacks():
-        out = []
-        if tensorboard_dir is not None:
-            out.append(
-                keras.callbacks.TensorBoard(
-                    log_dir=str(tensorboard_dir), update_freq=1, histogram_freq=1
+    def work(name: str, baton: Baton, rounds: int, rates: list[float]) -> None:
+        baton.acquire(name)
+        keras.utils.set_random_seed(config.seed)
+        model = models.build_model(config)
+        model.compile(
+            optimizer=steps.make_optimizer(
+                config.optimizer, config.learning_rate, config.momentum
+            ),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+            steps_per_execution=spe,
+        )
+        train_ds = data_lib.make_dataset(
+            dataset.train,
+            batch_size=config.batch_size,
+            shuffle_buffer=config.shuffle_buffer,
+            seed=config.seed,
+        )
+        model.fit(train_ds, steps_per_epoch=2 * spe, epochs=1, verbose=0)  # compile
+        for round_index in range(rounds):
+            if round_index:
+                baton.acquire(name)
+            callbacks = [EpochTimer()]
+            if tensorboard_dir is not None:
+                callbacks.insert(
+                    0,
+                    keras.callbacks.TensorBoard(
+                        log_dir=str(tensorboard_dir), update_freq=1, histogram_freq=1
+                    ),
                 )
+            model.fit(
+                train_ds,
+                steps_per_epoch=window,
+                epochs=1,
+                verbose=0,
+                callbacks=callbacks,
             )
-        return [*out, EpochTimer()]
+            rates.append(window * config.batch_size / callbacks[-1].seconds)
+            report(name, round_index, rates[-1])
+            baton.release(name, done=round_index == rounds - 1)
 
-    model.fit(train_ds, steps_per_epoch=2 * spe, epochs=1, verbose=0)  # compile
-
-    def run() -> float:
-        cbs = callbacks()
-        model.fit(train_ds, steps_per_epoch=window, epochs=1, verbose=0, callbacks=cbs)
-        return window * config.batch_size / cbs[-1].seconds
-
-    return run
+    return work
 
 
-def pipeline_variant(config, dataset, window: int, workdir: pathlib.Path):
-    """A callable that runs the real training loop and returns steady examples/s."""
+def pipeline_worker(config, dataset, window: int, workdir: pathlib.Path, results):
+    """A worker running one real training run, one window per turn."""
     from pipeline import rundir, train  # noqa: PLC0415
 
-    config = dataclasses.replace(
-        config,
-        steps=WARMUP_STEPS + window + 1,
-        print_every=WARMUP_STEPS,
-        logdir=str(workdir),
-    )
-    runs = []
+    def work(name: str, baton: Baton, rounds: int, rates: list[float]) -> None:
+        run_config = dataclasses.replace(
+            config,
+            steps=WARMUP_STEPS + rounds * window + 1,
+            print_every=WARMUP_STEPS,
+            logdir=str(workdir),
+        )
+        baton.acquire(name)
+        run_dir = rundir.create_run_dir(workdir, name)
+        window_start = [0.0]
 
-    def run() -> float:
-        run_dir = rundir.create_run_dir(workdir, f"run{len(runs)}")
-        stamps: dict[int, float] = {}
+        def on_progress(line: str) -> None:
+            if not line.startswith("step "):
+                return
+            now = time.perf_counter()
+            step = int(line.split()[1].split("/")[0])
+            done = (step - WARMUP_STEPS) // window
+            if step < WARMUP_STEPS or (step - WARMUP_STEPS) % window or done > rounds:
+                return
+            if done > 0:
+                rates.append(window * config.batch_size / (now - window_start[0]))
+                report(name, done - 1, rates[-1])
+                if done == rounds:
+                    return  # keep the baton through the run's end-of-run work
+                baton.release(name)
+                baton.acquire(name)
+            window_start[0] = time.perf_counter()
 
-        def record(line: str) -> None:
-            if line.startswith("step "):
-                stamps[int(line.split()[1].split("/")[0])] = time.perf_counter()
+        try:
+            results.append(
+                train.train_and_evaluate(
+                    run_config, run_dir, dataset, print_fn=on_progress
+                )
+            )
+        finally:
+            baton.release(name, done=True)
 
-        result = train.train_and_evaluate(config, run_dir, dataset, print_fn=record)
-        runs.append(result)
-        first, last = WARMUP_STEPS, WARMUP_STEPS + window
-        return window * config.batch_size / (stamps[last] - stamps[first])
+    return work
 
-    run.results = runs
-    return run
+
+def report(name: str, round_index: int, rate: float) -> None:
+    print(f"  round {round_index + 1} {name:18s} {rate:>10,.0f}")
 
 
 @dataclasses.dataclass
@@ -168,6 +227,7 @@ class FamilyResult:
     train_flops: float
     event_bytes_per_1000: dict[str, float]
     trace_counts: dict[str, int]
+    ceiling_gflops: list[float]
 
 
 def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
@@ -185,30 +245,64 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
     off = common.family_config(
         family, f"--steps_per_loop={FLAGS.steps_per_loop}", NO_CHECKPOINTS, *LOGGING_OFF
     )
-    variants = {
-        "fit": fit_variant(config, dataset, short),
-        "fit_spe": fit_variant(config, dataset, short, spe=FLAGS.steps_per_loop),
-        "fit_tb": fit_variant(config, dataset, short, tensorboard_dir=workdir / "tb"),
-        "pipe_off": pipeline_variant(off, dataset, short, workdir / "off"),
-        "pipe_default": pipeline_variant(config, dataset, window, workdir / "default"),
+    default_runs: list = []
+    workers = {
+        "fit": fit_worker(config, dataset, short),
+        "fit_spe": fit_worker(config, dataset, short, spe=FLAGS.steps_per_loop),
+        "fit_tb": fit_worker(config, dataset, short, tensorboard_dir=workdir / "tb"),
+        "pipe_off": pipeline_worker(off, dataset, short, workdir / "off", []),
+        "pipe_default": pipeline_worker(
+            config, dataset, window, workdir / "default", default_runs
+        ),
     }
     if FLAGS.compare_xla:
         flipped = "false" if use_jit_compile(off) else "true"
-        variants[f"pipe_off_xla_{flipped}"] = pipeline_variant(
+        workers[f"pipe_off_xla_{flipped}"] = pipeline_worker(
             dataclasses.replace(off, jit_compile=flipped),
             dataset,
             short,
             workdir / "xla",
+            [],
         )
-    rates: dict[str, list[float]] = {name: [] for name in variants}
-    for round_index in range(FLAGS.rounds or ROUNDS[family]):
-        for name, run in variants.items():
-            rates[name].append(run())
-            rate = rates[name][-1]
-            print(f"  {family} round {round_index + 1} {name:14s} {rate:>10,.0f}")
-    default_runs = variants["pipe_default"].results
+    rounds = FLAGS.rounds or ROUNDS[family]
+    rates: dict[str, list[float]] = {name: [] for name in workers}
+    ceiling: list[float] = []
+    baton = Baton([*workers, "matmul"])
+    errors: list[BaseException] = []
+
+    def matmul_work() -> None:
+        # The ceiling is measured in every round too: load moves it as much as
+        # it moves the training rates.
+        for round_index in range(rounds):
+            baton.acquire("matmul")
+            sizes = (512, 1024)
+            ceiling.append(max(flops.matmul_gflops(2, 0.3, sizes).values()))
+            report("matmul GFLOP/s", round_index, ceiling[-1])
+            baton.release("matmul", done=round_index == rounds - 1)
+
+    def guarded(name, work) -> None:
+        try:
+            work()
+        except BaseException as err:  # surfaced in the main thread below
+            errors.append(err)
+            baton.release(name, done=True)
+
+    threads = [
+        threading.Thread(
+            target=guarded,
+            args=(name, functools.partial(work, name, baton, rounds, rates[name])),
+        )
+        for name, work in workers.items()
+    ]
+    threads.append(threading.Thread(target=guarded, args=("matmul", matmul_work)))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
     last = default_runs[-1]
-    steps_run = WARMUP_STEPS + window + 1
+    steps_run = WARMUP_STEPS + rounds * window + 1
     one_time = {"graph_run_metadata_graph", "graph_keras_model", "text", "images"}
     per_1000 = {
         plugin: size * 1000 / steps_run
@@ -228,12 +322,16 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
         train_flops,
         per_1000,
         last.trace_counts,
+        ceiling,
     )
 
 
-def print_table(results: list[FamilyResult], ceiling_gflops: float) -> None:
+def print_table(results: list[FamilyResult]) -> None:
     print()
-    print(f"matmul ceiling (best tf.matmul float32): {ceiling_gflops:.0f} GFLOP/s")
+    print(
+        "% ceiling: training FLOP/s (3x forward, from layer shapes) over the best "
+        "float32 tf.matmul GFLOP/s, median of the same rounds"
+    )
     header = (
         f"{'family':7s} {'variant':14s} {'median ex/s':>12s} {'min-max':>21s} "
         f"{'vs fit':>7s} {'% ceiling':>9s}"
@@ -242,6 +340,7 @@ def print_table(results: list[FamilyResult], ceiling_gflops: float) -> None:
     print("-" * len(header))
     for res in results:
         fit_median = common.summarize(res.rates["fit"])[0]
+        ceiling_gflops = common.summarize(res.ceiling_gflops)[0]
         for name, values in res.rates.items():
             median, lo, hi = common.summarize(values)
             share = median * res.train_flops / (ceiling_gflops * 1e9) * 100
@@ -267,6 +366,11 @@ def print_table(results: list[FamilyResult], ceiling_gflops: float) -> None:
                 if not k.startswith("one-time")
             )
         )
+        print(
+            f"{res.family:7s} matmul ceiling {ceiling_gflops:.0f} GFLOP/s "
+            f"(min-max {min(res.ceiling_gflops):.0f}-{max(res.ceiling_gflops):.0f}); "
+            f"training {res.train_flops / 1e6:.2f} MFLOP/example"
+        )
         print(f"{res.family:7s} trace counts: {res.trace_counts}")
         print()
 
@@ -284,15 +388,13 @@ def main(argv: list[str]) -> None:
         for family in FLAGS.families:
             print(f"{family}: measuring", flush=True)
             results.append(measure_family(family, pathlib.Path(tmp) / family))
-    ceiling = max(flops.matmul_gflops().values())
-    print_table(results, ceiling)
+    print_table(results)
     if FLAGS.json_out:
         path = pathlib.Path(FLAGS.json_out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
             json.dumps(
                 {
-                    "ceiling_gflops": ceiling,
                     "families": [dataclasses.asdict(r) for r in results],
                 },
                 indent=2,

@@ -88,9 +88,10 @@ class ThinningSchedule:
         self.interval = every
         self.total_steps = total_steps
         self.budget_bytes = budget_bytes
-        self._start_bytes: int | None = None
+        self._start: tuple[int, int] | None = None  # (step, bytes) of the baseline
         self._write_bytes_total = 0
         self._writes = 0
+        self._writes_since_start = 0
         self._next = 0 if every > 0 else None
 
     @property
@@ -111,14 +112,24 @@ class ThinningSchedule:
         return self.total_steps if self.total_steps > step else None
 
     def record(self, step: int, spent_bytes: int, write_bytes: int) -> None:
-        """Notes a write at `step`; re-plans the interval from the sizes seen."""
-        if self._start_bytes is None:
-            self._start_bytes = spent_bytes - write_bytes
+        """Notes a write at `step`; re-plans the interval from the sizes seen.
+
+        The per-step rate of everything else is measured from the first write
+        after step 0, so one-time events of the first chunk (the op graph can
+        be megabytes) are not mistaken for a per-step cost.
+        """
         self._writes += 1
         self._write_bytes_total += write_bytes
         per_write = self._write_bytes_total / self._writes
-        other = spent_bytes - self._start_bytes - self._write_bytes_total
-        per_step = max(other, 0) / step if step > 0 else 0.0
+        if self._start is None:
+            if step > 0:
+                self._start = (step, spent_bytes)
+            per_step = 0.0
+        else:
+            self._writes_since_start += 1
+            start_step, start_bytes = self._start
+            other = spent_bytes - start_bytes - self._writes_since_start * per_write
+            per_step = max(other, 0.0) / (step - start_step)
         self.interval = max(
             self.interval,
             thinned_interval(

@@ -184,12 +184,11 @@ def train_and_evaluate(
                 for v, g in zip(model.trainable_variables, grads, strict=True)
             ]
             logger.histograms("train", step, named)
-            # No flush: the files may lag by one writer queue (~100 kB), which
-            # is noise against a budget in MB, and flushing cost more than the
-            # histograms themselves on small models.
-            write_bytes = sum(budget.histogram_event_bytes(name) for name, _ in named)
-            spent = budget.event_bytes(run_dir.path) + write_bytes
-            histogram_schedule.record(step, spent, write_bytes)
+            if histogram_schedule.budget_bytes > 0:
+                logger.flush()
+                write_bytes = sum(budget.histogram_event_bytes(n) for n, _ in named)
+                spent = budget.event_bytes(run_dir.path)
+                histogram_schedule.record(step, spent, write_bytes)
 
         # Compile the evaluation now (on zero examples), with the train loop,
         # rather than inside the first evaluation interval.

@@ -109,3 +109,18 @@ def test_histogram_event_bytes_estimate_matches_disk(tmp_path):
     on_disk = budget.bytes_per_plugin(tmp_path)["histograms"]
     estimate = 4 * sum(budget.histogram_event_bytes(t) for t in tags)
     assert abs(estimate - on_disk) <= 0.03 * on_disk
+
+
+def test_schedule_ignores_one_time_bytes_of_the_first_chunk():
+    # 3 MB of op graph lands on disk between step 0 and step 100; scalars then
+    # add 100 B/step. 10 kB histograms every 100 steps over 6,000 steps fit in
+    # 10 MB (3 + 0.6 + 0.6 MB): the interval must stay 100.
+    schedule = budget.ThinningSchedule(
+        every=100, total_steps=6000, budget_bytes=10 * MB
+    )
+    spent = 10_000
+    schedule.record(0, spent, 10_000)
+    for step in range(100, 6001, 100):
+        spent += 100 * 100 + 10_000 + (3 * MB if step == 100 else 0)
+        schedule.record(step, spent, 10_000)
+    assert schedule.interval == 100
