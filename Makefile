@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint fmt bench board e2e clean fashion-mnist
+.PHONY: venv demo test lint fmt bench board e2e clean fashion-mnist mlp-tuning
 
 venv: $(STAMP)
 
@@ -50,7 +50,17 @@ bench: venv fashion-mnist
 	$(BIN)/python -m benchmarks.footprint
 
 board: venv
-	$(BIN)/tensorboard --logdir logs --host 127.0.0.1
+	$(BIN)/pipeline-board --logdir logs
+
+# Headless Chromium screenshots of the real TensorBoard (docs/*.png); CI runs it.
+e2e: venv
+	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+	$(BIN)/python scripts/e2e.py
+
+# The MLP tuning table: 8 variants x 3 seeds, then the comparison.
+mlp-tuning: venv
+	$(BIN)/pipeline-sweep --flagfile=flags/sweeps/mlp_tuning.cfg
+	$(BIN)/pipeline-compare logs/mlp_tuning --plot=logs/mlp_tuning/curves.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -2,30 +2,53 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
 
 
 def quiet_tensorflow() -> None:
-    """Hides TensorFlow's C++ info/warning logs unless the user asked for them."""
+    """Hides TensorFlow's info logs (C++ and Python) unless the user asked for them."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
+
+
+def default_to_warnings(flag_values) -> None:
+    """Call after parsing: absl's app.run logs INFO; keep WARNING unless --verbosity."""
+    from absl import logging as absl_logging  # noqa: PLC0415
+
+    if not flag_values["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: shown as one line, no traceback."""
     from pipeline.config import ConfigError  # noqa: PLC0415
     from pipeline.data import DataError  # noqa: PLC0415
+    from pipeline.distribute import DistributeError  # noqa: PLC0415
     from pipeline.rundir import RunDirError  # noqa: PLC0415
 
-    types: list[type[BaseException]] = [ConfigError, DataError, RunDirError]
+    types: list[type[BaseException]] = [
+        ConfigError,
+        DataError,
+        RunDirError,
+        DistributeError,
+    ]
     if "pipeline.train" in sys.modules:
         types.append(sys.modules["pipeline.train"].TrainingError)
     return tuple(types)
 
 
 def run_reporting_errors(prog: str, body: Callable[[], int | None]) -> int:
-    """Runs `body`; a user error becomes `prog: error: ...` on stderr and exit 1."""
+    """Runs `body`; a user error becomes `prog: error: ...` on stderr and exit 1.
+
+    Call from an absl `main` (flags parsed): it also keeps absl's Python log
+    at WARNING unless the user passed --verbosity.
+    """
+    from absl import flags  # noqa: PLC0415
+
+    default_to_warnings(flags.FLAGS)
     try:
         return body() or 0
     except user_error_types() as err:

@@ -19,6 +19,7 @@ DATASETS = ("mnist_sample", "mnist", "fashion_mnist")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adadelta", "rmsprop")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "swish", "linear")
 PADDINGS = ("same", "valid")
+STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 JIT_COMPILE = ("auto", "true", "false")
 # Families whose train step XLA made faster on the 2-core benchmark CPU
 # (python -m benchmarks.throughput --compare_xla): none. XLA ran the CNN 8x
@@ -64,6 +65,8 @@ class TrainConfig:
     checkpoint_every: int = 1000
     image_count: int = 32
     max_checkpoints: int = 3
+    strategy: str = "default"
+    cpu_devices: int = 0
     steps_per_loop: int = 100
     jit_compile: str = "auto"
     summary_budget_mb: float = 100.0
@@ -148,13 +151,20 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_integer(
-        "hidden_units", d.hidden_units, "mlp: units per hidden layer.", lower_bound=1, **fv
+        "hidden_units",
+        d.hidden_units,
+        "mlp: units per hidden layer.",
+        lower_bound=1,
+        **fv,
     )
     flags.DEFINE_enum(
         "activation", d.activation, ACTIVATIONS, "Hidden-layer activation.", **fv
     )
     flags.DEFINE_float(
-        "dropout", d.dropout, "mlp: dropout rate after each hidden layer, in [0, 1).", **fv
+        "dropout",
+        d.dropout,
+        "mlp: dropout rate after each hidden layer, in [0, 1).",
+        **fv,
     )
     flags.DEFINE_list(
         "conv_filters",
@@ -163,7 +173,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_integer(
-        "kernel_size", d.kernel_size, "cnn: conv kernel size.", lower_bound=1, upper_bound=28, **fv
+        "kernel_size",
+        d.kernel_size,
+        "cnn: conv kernel size.",
+        lower_bound=1,
+        upper_bound=28,
+        **fv,
     )
     flags.DEFINE_list(
         "conv_padding",
@@ -172,7 +187,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_integer(
-        "pool_size", d.pool_size, "cnn: max-pool size.", lower_bound=1, upper_bound=14, **fv
+        "pool_size",
+        d.pool_size,
+        "cnn: max-pool size.",
+        lower_bound=1,
+        upper_bound=14,
+        **fv,
     )
     flags.DEFINE_float(
         "conv_dropout",
@@ -193,7 +213,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_string(
-        "logdir", d.logdir, "TensorBoard log directory; runs go in LOGDIR/RUN_NAME.", **fv
+        "logdir",
+        d.logdir,
+        "TensorBoard log directory; runs go in LOGDIR/RUN_NAME.",
+        **fv,
     )
     flags.DEFINE_string(
         "run_name",
@@ -202,7 +225,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "Letters, digits and . _ = , + - only.",
         **fv,
     )
-    flags.DEFINE_integer("seed", d.seed, "Seed for shuffling, initialisers, dropout.", **fv)
+    flags.DEFINE_integer(
+        "seed", d.seed, "Seed for shuffling, initialisers, dropout.", **fv
+    )
     flags.DEFINE_boolean(
         "deterministic",
         d.deterministic,
@@ -226,7 +251,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer(
         "eval_every",
         d.eval_every,
-        "Evaluate the full test split every N steps and at the end (0: only at the end).",
+        "Evaluate the full test split every N steps and at the end "
+        "(0: only at the end).",
         lower_bound=0,
         **fv,
     )
@@ -240,7 +266,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     flags.DEFINE_integer(
         "checkpoint_every",
         d.checkpoint_every,
-        "Save a checkpoint every N steps; one is always saved at the end (0: only then).",
+        "Save a checkpoint every N steps; one is always saved at the end "
+        "(0: only then).",
         lower_bound=0,
         **fv,
     )
@@ -260,6 +287,29 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         **fv,
     )
 
+    flags.DEFINE_enum(
+        "strategy",
+        d.strategy,
+        STRATEGIES,
+        "tf.distribute strategy. default: one device. mirrored: all local GPUs, "
+        "or --cpu_devices logical CPUs. multi_worker: MultiWorkerMirroredStrategy "
+        "over the cluster in the TF_CONFIG environment variable (needs "
+        "--run_name); its gRPC servers listen on ALL interfaces whatever "
+        "TF_CONFIG says: run it only on a trusted network. tpu: TPUStrategy. "
+        "--batch_size is the global batch, split evenly over replicas; the loss "
+        "is averaged over the global batch, so --learning_rate means the same "
+        "as on one device with that batch.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "cpu_devices",
+        d.cpu_devices,
+        "Split the CPU into N logical devices (mirrored/multi_worker replicas on "
+        "a machine without GPUs; 0: no split).",
+        lower_bound=0,
+        upper_bound=64,
+        **fv,
+    )
     flags.DEFINE_integer(
         "steps_per_loop",
         d.steps_per_loop,
@@ -361,6 +411,21 @@ def validate(config: TrainConfig) -> TrainConfig:
                     "image to nothing; use fewer conv layers, 'same' padding or "
                     "a smaller pool"
                 )
+    if config.strategy == "multi_worker" and not config.run_name:
+        raise ConfigError(
+            "--strategy=multi_worker needs --run_name: every worker must agree on "
+            "the run directory"
+        )
+    if config.cpu_devices and config.strategy not in ("mirrored", "multi_worker"):
+        raise ConfigError(
+            "--cpu_devices applies only to --strategy=mirrored/multi_worker"
+        )
+    replicas = config.cpu_devices or 1
+    if config.batch_size % replicas:
+        raise ConfigError(
+            f"--batch_size={config.batch_size} must be divisible by "
+            f"--cpu_devices={replicas} (the global batch is split evenly)"
+        )
     if config.dataset == "mnist_sample" and config.data_dir:
         raise ConfigError(
             "--data_dir is not used with --dataset=mnist_sample (the data ships "
@@ -419,6 +484,8 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfi
             checkpoint_every=f.checkpoint_every,
             image_count=f.image_count,
             max_checkpoints=f.max_checkpoints,
+            strategy=f.strategy,
+            cpu_devices=f.cpu_devices,
             steps_per_loop=f.steps_per_loop,
             jit_compile=f.jit_compile,
             summary_budget_mb=f.summary_budget_mb,

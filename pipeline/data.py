@@ -124,13 +124,13 @@ def read_idx(path: pathlib.Path | str, expected_magic: int | None = None) -> np.
 
 def _check_split(images: np.ndarray, labels: np.ndarray, where: str) -> Split:
     if images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise DataError(f"{where}: images have shape {images.shape}, expected [N, 28, 28]")
+        raise DataError(
+            f"{where}: images have shape {images.shape}, expected [N, 28, 28]"
+        )
     if labels.ndim != 1:
         raise DataError(f"{where}: labels have shape {labels.shape}, expected [N]")
     if len(images) != len(labels):
-        raise DataError(
-            f"{where}: {len(images)} images but {len(labels)} labels"
-        )
+        raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
     if len(labels) == 0:
         raise DataError(f"{where}: no examples")
     if labels.min() < 0 or labels.max() >= NUM_CLASSES:
@@ -212,7 +212,9 @@ def _load_directory(directory: pathlib.Path) -> tuple[Split, Split]:
     return read_idx_split(directory, "train"), read_idx_split(directory, "test")
 
 
-def load_splits(name: str, data_dir: str | None = None) -> tuple[tuple[Split, Split], str]:
+def load_splits(
+    name: str, data_dir: str | None = None
+) -> tuple[tuple[Split, Split], str]:
     """Returns ((train, test), source description) for a dataset name."""
     if name == "mnist_sample":
         return load_mnist_sample(), str(SAMPLE_DIR)
@@ -320,10 +322,21 @@ def make_dataset(
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if repeat:
+        ds = ds.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.repeat()
-    return ds.prefetch(tf.data.AUTOTUNE)
+    else:
+        # Evaluation datasets are passed into a tf.function; TF 2.21 logs a
+        # spurious NodeDef error for a parallel map there, and a per-batch
+        # cast gains nothing from parallelism.
+        ds = ds.map(_normalise)
+    options = tf.data.Options()
+    # In-memory arrays have no files to shard: each worker takes its share of
+    # every global batch.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    return ds.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
 def gathered_batches(

@@ -75,7 +75,10 @@ def build_cnn(
     for i, (filters, padding) in enumerate(zip(conv_filters, paddings, strict=True)):
         model_layers += [
             layers.Conv2D(
-                filters, kernel_size, padding=padding, activation=activation,
+                filters,
+                kernel_size,
+                padding=padding,
+                activation=activation,
                 name=f"conv_{i + 1}",
             ),
             layers.MaxPooling2D(pool_size, name=f"pool_{i + 1}"),
@@ -84,9 +87,13 @@ def build_cnn(
         model_layers.append(layers.Dropout(conv_dropout, name="conv_dropout"))
     model_layers.append(layers.Flatten(name="flatten"))
     for i, units in enumerate(dense_units):
-        model_layers.append(layers.Dense(units, activation=activation, name=f"dense_{i + 1}"))
+        model_layers.append(
+            layers.Dense(units, activation=activation, name=f"dense_{i + 1}")
+        )
         if dense_dropout > 0:
-            model_layers.append(layers.Dropout(dense_dropout, name=f"dense_dropout_{i + 1}"))
+            model_layers.append(
+                layers.Dropout(dense_dropout, name=f"dense_dropout_{i + 1}")
+            )
     model_layers.append(layers.Dense(num_classes, name="logits"))
     return keras.Sequential(model_layers, name="cnn")
 

@@ -4,6 +4,7 @@ Layout of `LOGDIR/RUN_NAME/`:
   train/ test/ [validation/]   TensorBoard event files, one writer per split
   checkpoints/                 tf.train.CheckpointManager, named by step
   flags.cfg                    the resolved flags: `--flagfile=` re-runs the job
+  model_summary.txt            layers, output shapes, parameter counts
   run.json                     versions, dataset + fingerprint, times, status,
                                final metrics
 
@@ -28,6 +29,7 @@ from pipeline.config import TrainConfig, config_to_dict
 RECORD_NAME = "run.json"
 FLAGFILE_NAME = "flags.cfg"
 CHECKPOINT_DIR = "checkpoints"
+MODEL_SUMMARY_NAME = "model_summary.txt"
 
 
 class RunDirError(RuntimeError):
@@ -99,7 +101,9 @@ class RunDir:
         try:
             return json.loads(self.record_path.read_text())
         except FileNotFoundError:
-            raise RunDirError(f"{self.record_path}: not found (not a run directory?)") from None
+            raise RunDirError(
+                f"{self.record_path}: not found (not a run directory?)"
+            ) from None
         except (OSError, json.JSONDecodeError) as err:
             raise RunDirError(f"{self.record_path}: unreadable ({err})") from None
 
@@ -118,10 +122,10 @@ class RunDir:
 
     def start(self, config: TrainConfig, dataset_info: dict[str, Any]) -> None:
         """Writes the flagfile and a `running` record before the first step."""
-        import tensorflow as tf  # noqa: PLC0415
-        import tensorboard  # noqa: PLC0415
         import keras  # noqa: PLC0415
         import numpy as np  # noqa: PLC0415
+        import tensorboard  # noqa: PLC0415
+        import tensorflow as tf  # noqa: PLC0415
 
         (self.path / FLAGFILE_NAME).write_text(
             "# Resolved flags of this run: pipeline-train --flagfile=THIS_FILE "
@@ -163,9 +167,13 @@ def create_run_dir(logdir: str | os.PathLike, run_name: str) -> RunDir:
         logdir.mkdir(parents=True, exist_ok=True)
         path.mkdir()
     except FileExistsError:
-        raise RunDirError(f"{path}: run already exists; choose another --run_name") from None
+        raise RunDirError(
+            f"{path}: run already exists; choose another --run_name"
+        ) from None
     except OSError as err:
-        raise RunDirError(f"--logdir={logdir}: cannot create run directory ({err.strerror})") from None
+        raise RunDirError(
+            f"--logdir={logdir}: cannot create run directory ({err.strerror})"
+        ) from None
     if not os.access(path, os.W_OK):
         raise RunDirError(f"--logdir={logdir}: not writable")
     return RunDir(path)

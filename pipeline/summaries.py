@@ -60,7 +60,11 @@ class SummaryLogger:
                 tf.summary.scalar(tag, value, step=step)
 
     def scalar_series(
-        self, split: str, first_step: int, values: Mapping[str, np.ndarray], every: int = 1
+        self,
+        split: str,
+        first_step: int,
+        values: Mapping[str, np.ndarray],
+        every: int = 1,
     ) -> None:
         """Writes per-step arrays (from a multi-step call) at their own steps.
 
@@ -172,18 +176,61 @@ class SummaryLogger:
         metadata.plugin_data.content = b"1"
         with self.writer(split).as_default():
             tf.summary.write(
-                tag="keras", tensor=tf.constant(model.to_json()), step=0, metadata=metadata
+                tag="keras",
+                tensor=tf.constant(model.to_json()),
+                step=0,
+                metadata=metadata,
             )
 
     def image_grid(self, split: str, step: int, tag: str, images: np.ndarray) -> None:
         """Tiles [N, 28, 28] uint8 images into one grid image."""
         with self.writer(split).as_default():
-            tf.summary.image(tag, tile_images(images)[np.newaxis, ..., np.newaxis], step=step)
+            tf.summary.image(
+                tag, tile_images(images)[np.newaxis, ..., np.newaxis], step=step
+            )
 
     def text(self, split: str, step: int, tag: str, markdown: str) -> None:
         """Text for TensorBoard's Text tab (rendered as markdown)."""
         with self.writer(split).as_default():
             tf.summary.text(tag, markdown, step=step)
+
+    def image(self, split: str, step: int, tag: str, image: np.ndarray) -> None:
+        """One [H, W] or [H, W, 3] uint8 image (a rendered plot, a labelled grid)."""
+        image = np.asarray(image)
+        if image.ndim == 2:
+            image = image[..., np.newaxis]
+        with self.writer(split).as_default():
+            tf.summary.image(tag, image[np.newaxis], step=step)
+
+    def pr_curve(
+        self, split: str, step: int, tag: str, curve: Mapping[str, np.ndarray]
+    ) -> None:
+        """A PR curve for TensorBoard's PR Curves tab, from precomputed counts.
+
+        The pr_curve plugin has no TF2 summary op: `raw_data_pb` builds its
+        tensor and metadata, `tf.summary.write` stores them. `curve` holds
+        `tp`, `fp`, `tn`, `fn`, `precision` and `recall`, one value per
+        threshold, thresholds evenly spaced over [0, 1].
+        """
+        from tensorboard.plugins.pr_curve import summary as pr_summary  # noqa: PLC0415
+
+        proto = pr_summary.raw_data_pb(
+            tag,
+            true_positive_counts=curve["tp"],
+            false_positive_counts=curve["fp"],
+            true_negative_counts=curve["tn"],
+            false_negative_counts=curve["fn"],
+            precision=curve["precision"],
+            recall=curve["recall"],
+            num_thresholds=len(curve["tp"]),
+        ).value[0]
+        with self.writer(split).as_default():
+            tf.summary.write(
+                tag,
+                tf.make_ndarray(proto.tensor),
+                step=step,
+                metadata=proto.metadata.SerializeToString(),
+            )
 
     def flush(self) -> None:
         """Flushes every open writer to disk."""
@@ -214,7 +261,9 @@ def tile_images(images: np.ndarray, columns: int = 8) -> np.ndarray:
     grid = np.full((rows * (h + 1) + 1, columns * (w + 1) + 1), 128, images.dtype)
     for i, image in enumerate(images):
         r, c = divmod(i, columns)
-        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w] = image
+        grid[
+            1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + c * (w + 1) : 1 + c * (w + 1) + w
+        ] = image
     return grid
 
 

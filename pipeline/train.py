@@ -10,7 +10,7 @@ train scalars are written at their own step.
 from __future__ import annotations
 
 import dataclasses
-import math
+import hashlib
 import time
 from collections.abc import Callable
 
@@ -18,10 +18,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline import budget, distribute, models, steps
 from pipeline import data as data_lib
-from pipeline import budget, models, steps
+from pipeline import hparams as hparams_lib
 from pipeline.config import TrainConfig, use_jit_compile
-from pipeline.rundir import RunDir
+from pipeline.rundir import MODEL_SUMMARY_NAME, RunDir
 from pipeline.summaries import SummaryLogger, variable_name
 
 EVAL_BATCH_SIZE = 1000
@@ -45,9 +46,24 @@ class TrainResult:
     wall_time_s: float
     examples_per_sec: float
     checkpoint: str | None
+    weights_digest: str = ""
     # How often each compiled function traced: 1 each means no retracing.
     trace_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     event_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+def weights_digest(model: keras.Model) -> str:
+    """sha256 (first 16 hex digits) of every weight's bytes, in layer order.
+
+    Equal digests mean bit-identical models: how replicas and workers of one
+    distributed run are checked to agree.
+    """
+    digest = hashlib.sha256()
+    for weight in model.weights:
+        digest.update(
+            np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes()
+        )
+    return digest.hexdigest()[:16]
 
 
 def is_due(step: int, every: int) -> bool:
@@ -56,20 +72,13 @@ def is_due(step: int, every: int) -> bool:
 
 
 def next_boundary(
-    step: int,
-    total: int,
-    intervals: list[int],
-    steps_per_loop: int,
-    stops: tuple[int | None, ...] = (),
+    step: int, total: int, intervals: list[int], steps_per_loop: int
 ) -> int:
-    """The step the next chunk ends at: no interval boundary or stop is skipped."""
+    """The step the next chunk ends at: no interval boundary is skipped over."""
     end = min(total, step + steps_per_loop)
     for every in intervals:
         if every > 0:
             end = min(end, (step // every + 1) * every)
-    for stop in stops:
-        if stop is not None and stop > step:
-            end = min(end, stop)
     return end
 
 
@@ -84,29 +93,52 @@ def _format_metrics(values: dict[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in values.items())
 
 
-def train_and_evaluate(
-    config: TrainConfig,
-    run_dir: RunDir,
-    dataset: data_lib.Dataset,
-    print_fn: Callable[[str], None] = print,
-) -> TrainResult:
-    """Trains `config`'s model on `dataset`, logging into `run_dir`.
-
-    The run record says `running` from before the first step, then
-    `completed` with final metrics, or `failed` with the error if anything
-    raises (the exception is re-raised for the caller to report).
-    """
+def check_data_fits(config: TrainConfig, dataset: data_lib.Dataset) -> None:
+    """Raises TrainingError if `config` cannot train on `dataset` (call before
+    creating the run directory, so a refused job leaves nothing behind)."""
     if config.batch_size > len(dataset.train):
         raise TrainingError(
             f"--batch_size={config.batch_size} is larger than the train split "
             f"({len(dataset.train)} examples)"
         )
+
+
+def train_and_evaluate(
+    config: TrainConfig,
+    run_dir: RunDir,
+    dataset: data_lib.Dataset,
+    print_fn: Callable[[str], None] = print,
+    strategy: tf.distribute.Strategy | None = None,
+) -> TrainResult:
+    """Trains `config`'s model on `dataset`, logging into `run_dir`.
+
+    Under a multi-worker `strategy` every worker calls this with the same
+    config; only the chief writes summaries, and each non-chief worker must be
+    given a temporary `run_dir` (its checkpoints are written there, because
+    every worker has to take part in a save).
+
+    The run record says `running` from before the first step, then
+    `completed` with final metrics, or `failed` with the error if anything
+    raises (the exception is re-raised for the caller to report).
+    """
+    check_data_fits(config, dataset)
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise TrainingError(
+            f"--batch_size={config.batch_size} must be divisible by the "
+            f"{replicas} replicas"
+        )
+    is_chief = distribute.is_chief(strategy)
     seed_everything(config.seed, config.deterministic)
-    model = models.build_model(config)
+    with strategy.scope():
+        model = models.build_model(config)
+        optimizer = steps.make_optimizer(
+            config.optimizer, config.learning_rate, config.momentum
+        )
+        optimizer.build(model.trainable_variables)
     summary = models.summary_text(model)
     print_fn(summary)
-    optimizer = steps.make_optimizer(config.optimizer, config.learning_rate, config.momentum)
-    optimizer.build(model.trainable_variables)
 
     train_ds = data_lib.make_dataset(
         dataset.train,
@@ -121,11 +153,14 @@ def train_and_evaluate(
         name: (tf.constant(split.images), tf.constant(split.labels, tf.int32))
         for name, split in eval_sets.items()
     }
-    iterator = iter(train_ds)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    checkpoint = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, step=step_var, iterator=iterator
-    )
+    trackables = {"model": model, "optimizer": optimizer, "step": step_var}
+    if distribute.iterator_is_checkpointable(strategy):
+        iterator = iter(train_ds)
+        trackables["iterator"] = iterator
+    else:
+        iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+    checkpoint = tf.train.Checkpoint(**trackables)
     manager = tf.train.CheckpointManager(
         checkpoint,
         str(run_dir.checkpoint_dir),
@@ -141,18 +176,24 @@ def train_and_evaluate(
             "sizes": dataset.sizes(),
         },
     )
+    (run_dir.path / MODEL_SUMMARY_NAME).write_text(summary.rstrip("\n") + "\n")
+    best = hparams_lib.BestMetrics()
 
     train_loop = steps.make_train_loop(
-        steps.make_train_step(model, optimizer), jit_compile=use_jit_compile(config)
+        steps.make_train_step(model, optimizer, config.batch_size),
+        strategy,
+        jit_compile=use_jit_compile(config),
     )
     evaluate = steps.make_array_eval_fn(model, EVAL_BATCH_SIZE)
     gradients = steps.make_gradient_fn(model)
     # A fixed batch for gradient histograms, so they never consume the
     # training iterator (which would change the run they observe).
-    probe_images = tf.constant(dataset.train.images[: config.batch_size, ..., None] / 255.0, tf.float32)
+    probe_images = tf.constant(
+        dataset.train.images[: config.batch_size, ..., None] / 255.0, tf.float32
+    )
     probe_labels = tf.constant(dataset.train.labels[: config.batch_size])
 
-    logger = SummaryLogger(run_dir.path)
+    logger = SummaryLogger(run_dir.path, enabled=is_chief)
     histogram_schedule = budget.ThinningSchedule(
         config.histogram_every, config.steps, round(config.summary_budget_mb * 1e6)
     )
@@ -162,10 +203,14 @@ def train_and_evaluate(
     trained_examples = 0
     step = 0
     try:
+        if is_chief:
+            hparams_lib.start_run(run_dir.path, config)
         logger.keras_model("train", model)
         logger.text("train", 0, "model_summary", f"```\n{summary}\n```")
         if config.image_count:
-            logger.image_grid("train", 0, "inputs", dataset.train.images[: config.image_count])
+            logger.image_grid(
+                "train", 0, "inputs", dataset.train.images[: config.image_count]
+            )
 
         def run_evaluation() -> None:
             nonlocal last_test
@@ -175,6 +220,7 @@ def train_and_evaluate(
                 logger.scalars(name, step, values)
                 if name == "test":
                     last_test = values
+                    logger.scalars(name, step, best.update(step, values))
 
         def write_histograms() -> None:
             grads = gradients(probe_images, probe_labels)
@@ -194,17 +240,19 @@ def train_and_evaluate(
         # rather than inside the first evaluation interval.
         images, labels = next(iter(eval_arrays.values()))
         evaluate(images[:0], labels[:0])
-        if histogram_schedule.due(step):
+        if is_chief and histogram_schedule.due(step):
             write_histograms()
-        intervals = [config.eval_every, config.checkpoint_every, config.print_every]
+        # Chunks end on every multiple of --histogram_every, on every worker
+        # alike (collectives need equal chunks); the budget only decides
+        # whether a histogram is written there (thinned steps are multiples).
+        intervals = [
+            config.eval_every,
+            config.histogram_every,
+            config.checkpoint_every,
+            config.print_every,
+        ]
         while step < config.steps:
-            end = next_boundary(
-                step,
-                config.steps,
-                intervals,
-                config.steps_per_loop,
-                (histogram_schedule.next_stop(step),),
-            )
+            end = next_boundary(step, config.steps, intervals, config.steps_per_loop)
             chunk = tf.constant(end - step, tf.int32)
             chunk_start = time.perf_counter()
             if step == 0:
@@ -236,9 +284,12 @@ def train_and_evaluate(
                         "examples_per_sec": np.array([examples_per_sec]),
                     },
                 )
-            last_train = {"loss": float(series["loss"][-1]), "accuracy": float(series["accuracy"][-1])}
+            last_train = {
+                "loss": float(series["loss"][-1]),
+                "accuracy": float(series["accuracy"][-1]),
+            }
 
-            if histogram_schedule.due(step):
+            if is_chief and histogram_schedule.due(step):
                 write_histograms()
             if is_due(step, config.eval_every) or step == config.steps:
                 run_evaluation()
@@ -247,10 +298,12 @@ def train_and_evaluate(
                 logger.scalars("train", step, {"events/checkpoint_saved": float(step)})
                 logger.flush()
             if is_due(step, config.print_every) or step == config.steps:
-                test_acc = last_test.get("accuracy", math.nan)
+                test_acc = last_test.get("accuracy")
+                test_text = "-" if test_acc is None else f"{test_acc:.4f}"
                 print_fn(
-                    f"step {step:>6}/{config.steps}  train {_format_metrics(last_train)}"
-                    f"  test_accuracy={test_acc:.4f}  {examples_per_sec:,.0f} examples/s"
+                    f"step {step:>6}/{config.steps}  "
+                    f"train {_format_metrics(last_train)}"
+                    f"  test_accuracy={test_text}  {examples_per_sec:,.0f} examples/s"
                 )
         wall = time.perf_counter() - start
         logger.close()
@@ -263,6 +316,7 @@ def train_and_evaluate(
             wall_time_s=wall,
             examples_per_sec=trained_examples / wall,
             checkpoint=manager.latest_checkpoint,
+            weights_digest=weights_digest(model),
             trace_counts=trace_counts(train_loop, evaluate, gradients, logger),
             event_bytes=plugin_bytes,
         )
@@ -272,11 +326,17 @@ def train_and_evaluate(
             final_metrics={"test": last_test, "train": last_train},
             wall_time_s=round(wall, 3),
             examples_per_sec=round(result.examples_per_sec, 1),
+            weights_digest=result.weights_digest,
             event_bytes=plugin_bytes,
         )
+        if is_chief:
+            hparams_lib.write_session_end(run_dir.path, "completed")
         return result
     except BaseException as err:
         run_dir.finish("failed", step=step, error=f"{type(err).__name__}: {err}")
+        if is_chief:
+            reason = f"{type(err).__name__}: {err}"
+            hparams_lib.write_session_end(run_dir.path, "failed", reason)
         raise
     finally:
         logger.close()

@@ -1,0 +1,335 @@
+"""The real TensorBoard server as a child process, and checks through its data API.
+
+`TensorBoardServer` runs `python -m tensorboard.main` on a free port (the OS
+picks one: `--port=0`), reads the address TensorBoard prints, and stops it with
+SIGTERM (then SIGKILL) so no server outlives its caller. `check_run` asks the
+server's HTTP data API -- the same endpoints the dashboard's tabs call --
+whether every tab a run should fill is filled, which is how "empty tab" bugs
+show up for users.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from pipeline.rundir import RECORD_NAME, RunDirError
+
+URL_PATTERN = re.compile(r"TensorBoard \S+ at (http://\S+?)/? ")
+ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+
+
+class BoardError(RunDirError):
+    """TensorBoard cannot serve the log directory (did not start, died, timed out)."""
+
+
+class TensorBoardServer:
+    """TensorBoard on `logdir` in a child process; use as a context manager.
+
+    Args:
+      logdir: Directory TensorBoard serves (runs are its subdirectories).
+      host: Interface to bind; loopback unless the caller opens it up.
+      port: Port to bind; 0 lets the OS pick a free one.
+      load_fast: TensorBoard's `--load_fast` (`false`: the Python loaders).
+      extra_args: More `tensorboard` command-line arguments.
+    """
+
+    def __init__(
+        self,
+        logdir: str | os.PathLike,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        load_fast: str = "false",
+        extra_args: tuple[str, ...] = (),
+    ):
+        self.logdir = pathlib.Path(logdir)
+        self.command = [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            f"--logdir={self.logdir}",
+            f"--host={host}",
+            f"--port={port}",
+            f"--load_fast={load_fast}",
+            *extra_args,
+        ]
+        self.url: str | None = None
+        self._process: subprocess.Popen | None = None
+        self._lines: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    def start(self, timeout_s: float = 90.0) -> str:
+        """Starts the server and returns its base URL, e.g. `http://127.0.0.1:4567`."""
+        if not self.logdir.is_dir():
+            raise BoardError(f"{self.logdir}: log directory not found")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        self._process = subprocess.Popen(
+            self.command,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for line in list(self._lines):
+                match = URL_PATTERN.search(line)
+                if match:
+                    self.url = match.group(1).rstrip("/")
+                    return self.url
+            if self._process.poll() is not None:
+                self._reader.join(timeout=2)
+                tail = " | ".join(line.strip() for line in self._lines[-3:])
+                raise BoardError(
+                    f"TensorBoard on {self.logdir} exited with status "
+                    f"{self._process.returncode}: {tail}"
+                )
+            time.sleep(0.1)
+        self.stop()
+        raise BoardError(
+            f"TensorBoard on {self.logdir} printed no address in {timeout_s:.0f}s"
+        )
+
+    def _read_output(self) -> None:
+        assert self._process is not None
+        assert self._process.stderr is not None
+        for line in self._process.stderr:
+            self._lines.append(line)
+
+    def wait(self) -> int:
+        """Blocks until the server exits; returns its exit status."""
+        assert self._process is not None
+        return self._process.wait()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout_s`; waits for the process to go."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if self._reader is not None:
+            self._reader.join(timeout=2)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def get(self, path: str, body: Any = None, timeout_s: float = 30.0) -> Any:
+        """GETs (or POSTs `body` as JSON to) `path` and decodes the JSON answer."""
+        if self.url is None:
+            raise BoardError("TensorBoard is not started")
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            headers={"Content-Type": "application/json"} if data else {},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return json.loads(response.read().decode())
+        except (urllib.error.URLError, OSError) as err:
+            raise BoardError(f"{self.url}{path}: {err}") from None
+
+    def session_groups(self) -> list[dict[str, Any]]:
+        """The HParams dashboard's rows (every status, up to 10,000 runs)."""
+        answer = self.get(
+            "/data/plugin/hparams/session_groups",
+            {
+                "experimentName": "",
+                "allowedStatuses": ALL_STATUSES,
+                "startIndex": 0,
+                "sliceSize": 10_000,
+            },
+        )
+        return answer.get("sessionGroups", [])
+
+    def __enter__(self) -> TensorBoardServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+@dataclasses.dataclass(frozen=True)
+class TabCheck:
+    """One tab's verdict for one run: `detail` says what was found or is missing."""
+
+    tab: str
+    ok: bool
+    detail: str
+
+
+def _expectations(run_path: pathlib.Path) -> dict[str, Any]:
+    record_path = run_path / RECORD_NAME
+    try:
+        record = json.loads(record_path.read_text())
+    except FileNotFoundError:
+        raise RunDirError(f"{record_path}: not found (not a run directory?)") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunDirError(f"{record_path}: unreadable ({err})") from None
+    config = record.get("config", {})
+    steps = int(config.get("steps", 0))
+    histogram_every = int(config.get("histogram_every", 0))
+    return {
+        "train_scalars": int(config.get("log_every", 1)) > 0,
+        "histograms": 0 < histogram_every <= steps,
+        "images": int(config.get("image_count", 0)) > 0,
+        "validation": (run_path / "validation").is_dir(),
+        # pipeline-eval writes `eval/` (or `eval_<dataset>_<split>/`).
+        "pr_curves": any(
+            p.is_dir() and p.name.startswith("eval") for p in run_path.iterdir()
+        ),
+    }
+
+
+def _snapshot(server: TensorBoardServer) -> dict[str, Any]:
+    return {
+        "plugins": server.get("/data/plugins_listing"),
+        "scalars": server.get("/data/plugin/scalars/tags"),
+        "histograms": server.get("/data/plugin/histograms/tags"),
+        "images": server.get("/data/plugin/images/tags"),
+        "graphs": server.get("/data/plugin/graphs/info"),
+        "text": server.get("/data/plugin/text/tags"),
+        "pr_curves": server.get("/data/plugin/pr_curves/tags"),
+        "hparams": server.session_groups(),
+    }
+
+
+def _judge(
+    snapshot: dict[str, Any], run: str, expect: dict[str, Any]
+) -> list[TabCheck]:
+    checks = []
+
+    def add(tab: str, ok: bool, found: str, missing: str) -> None:
+        checks.append(TabCheck(tab, ok, found if ok else missing))
+
+    scalars = snapshot["scalars"]
+    wanted = {"loss", "accuracy"}
+    splits = ["test"] + (["train"] if expect["train_scalars"] else [])
+    splits += ["validation"] if expect["validation"] else []
+    for split in splits:
+        tags = set(scalars.get(f"{run}/{split}", {}))
+        add(
+            f"scalars ({split})",
+            wanted <= tags,
+            f"{len(tags)} tags in {run}/{split}",
+            f"no {'/'.join(sorted(wanted - tags))} in {run}/{split}",
+        )
+    for tab, needed in (
+        ("histograms", expect["histograms"]),
+        ("images", expect["images"]),
+    ):
+        if needed:
+            tags = snapshot[tab].get(f"{run}/train", {})
+            add(
+                tab,
+                bool(tags),
+                f"{len(tags)} tags in {run}/train",
+                f"no tags in {run}/train",
+            )
+    graph_tags = snapshot["graphs"].get(f"{run}/train", {}).get("tags", {}).values()
+    for kind, key in (
+        ("op graph", "op_graph"),
+        ("conceptual graph", "conceptual_graph"),
+    ):
+        names = [t["tag"] for t in graph_tags if t.get(key)]
+        add(
+            f"graphs ({kind})",
+            bool(names),
+            f"tag {names[0]}" if names else "",
+            f"no {kind} in {run}/train",
+        )
+    text = snapshot["text"].get(f"{run}/train", [])
+    add("text", bool(text), f"tags {', '.join(text)}", f"no text tags in {run}/train")
+    sessions = [
+        session
+        for group in snapshot["hparams"]
+        for session in group.get("sessions", [])
+        if session.get("name") == run
+    ]
+    metrics = {
+        f"{m['name'].get('group', '')}/{m['name']['tag']}"
+        for s in sessions
+        for m in s.get("metricValues", [])
+    }
+    if not sessions:
+        add("hparams", False, "", f"no session for {run}")
+    else:
+        add(
+            "hparams",
+            "test/accuracy" in metrics,
+            f"session {run}: {sessions[0].get('status')}, {len(metrics)} metric values",
+            f"session {run} has no test/accuracy metric value",
+        )
+    if expect["pr_curves"]:
+        pr_runs = [r for r in snapshot["pr_curves"] if r.startswith(f"{run}/")]
+        add(
+            "pr_curves",
+            bool(pr_runs),
+            f"runs {', '.join(pr_runs)}",
+            f"no PR curves under {run}/",
+        )
+    listing = snapshot["plugins"]
+    for i, check in enumerate(checks):
+        plugin = check.tab.split(" ")[0]
+        if not check.ok and not listing.get(plugin, {}).get("enabled", True):
+            checks[i] = dataclasses.replace(
+                check, detail=check.detail + " (tab disabled)"
+            )
+    return checks
+
+
+def check_run(
+    server: TensorBoardServer, run: str, run_path: pathlib.Path, timeout_s: float = 60.0
+) -> list[TabCheck]:
+    """Polls `server` until every tab `run` should fill is filled or data settles.
+
+    Args:
+      server: A started server whose logdir holds `run_path`.
+      run: The run's name relative to the server's logdir.
+      run_path: The run directory (its `run.json` says which tabs to expect).
+      timeout_s: Give up waiting for data after this long.
+
+    Returns:
+      One `TabCheck` per expected tab.
+    """
+    expect = _expectations(run_path)
+    deadline = time.monotonic() + timeout_s
+    previous = None
+    while True:
+        snapshot = _snapshot(server)
+        checks = _judge(snapshot, run, expect)
+        # An unchanged answer after the run's splits are all listed means the
+        # loader has finished: an empty tab is then really empty.
+        runs = set(server.get("/data/runs"))
+        subdirs = {
+            f"{run}/{p.name}" for p in run_path.iterdir() if any(p.glob("*tfevents*"))
+        }
+        if any(run_path.glob("*tfevents*")):
+            subdirs.add(run)
+        loaded = subdirs <= runs and snapshot == previous
+        if all(c.ok for c in checks) or loaded or time.monotonic() > deadline:
+            return checks
+        if not server.running:
+            raise BoardError("TensorBoard exited while being checked")
+        previous = snapshot
+        time.sleep(1.0)

@@ -1,0 +1,72 @@
+"""`pipeline-board`: TensorBoard on the log directory, on localhost, on a free port."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from pipeline import cli
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Flags of pipeline-board."""
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string("logdir", "logs", "Directory of runs to serve.", **fv)
+    flags.DEFINE_string(
+        "host",
+        "127.0.0.1",
+        "Interface to bind. The default keeps the board on this machine; "
+        "0.0.0.0 exposes it to the network.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "port", 0, "Port (0: a free one).", lower_bound=0, upper_bound=65535, **fv
+    )
+    flags.DEFINE_enum(
+        "load_fast",
+        "auto",
+        ["false", "true", "auto"],
+        "TensorBoard's --load_fast.",
+        **fv,
+    )
+
+
+def main(argv: list[str]) -> None:
+    """Starts TensorBoard, prints its address, serves until Ctrl-C."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.default_to_warnings(FLAGS)
+
+    def body() -> int:
+        from pipeline import board  # noqa: PLC0415
+
+        server = board.TensorBoardServer(
+            FLAGS.logdir, host=FLAGS.host, port=FLAGS.port, load_fast=FLAGS.load_fast
+        )
+        server.start()
+        print(
+            f"TensorBoard: {server.url}/  (logdir {FLAGS.logdir}; Ctrl-C stops it)",
+            flush=True,
+        )
+        try:
+            return server.wait()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            server.stop()
+
+    sys.exit(cli.run_reporting_errors("pipeline-board", body))
+
+
+def run() -> None:
+    """Console-script entry point."""
+    cli.quiet_tensorflow()
+    define_flags(FLAGS)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,536 @@
+"""Compare runs: one row per variant, repeats folded into mean +/- std.
+
+Runs are read with TensorBoard's own loader (`plugin_event_accumulator` with
+`size_guidance={TENSORS: 0}`, so no point is sampled away) plus their
+`run.json`. A *variant* is a set of runs whose defining flags are equal except
+the seed: its repeats. Rows show only the flags that differ between variants.
+Runs trained or evaluated on different data (their `run.json` dataset
+fingerprint or split sizes differ) are never ranked together: each data set
+gets its own table, marked not comparable, unless the user allows it.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import io
+import json
+import math
+import os
+import pathlib
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+from tensorboard.util import tensor_util
+
+from pipeline import config as config_lib
+from pipeline.hparams import NOT_HPARAMS
+from pipeline.rundir import RECORD_NAME
+
+METRICS = (
+    "final/accuracy",
+    "best/accuracy",
+    "final/loss",
+    "best/loss",
+    "steps",
+    "wall_time",
+    "examples_per_sec",
+)
+# Metrics where smaller is better; everything else sorts largest first.
+SMALLER_IS_BETTER = ("final/loss", "best/loss", "wall_time")
+FORMATS = ("table", "csv", "json", "markdown")
+
+
+class CompareError(config_lib.ConfigError):
+    """The runs cannot be found, read or compared as asked."""
+
+
+@dataclasses.dataclass
+class RunSummary:
+    """One run: its record and its test curves, as read back from disk."""
+
+    path: pathlib.Path
+    status: str
+    config: dict[str, Any]
+    data: str
+    metrics: dict[str, float]
+    accuracy_curve: list[tuple[int, float]]
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclasses.dataclass
+class Variant:
+    """Runs that differ only in seed, with their metrics aggregated."""
+
+    flags: dict[str, Any]
+    runs: list[RunSummary]
+
+    @property
+    def data(self) -> str:
+        return self.runs[0].data
+
+    def stat(self, metric: str) -> tuple[float, float]:
+        """(mean, sample std) of `metric` over the repeats; std 0 for one run."""
+        values = [r.metrics[metric] for r in self.runs if metric in r.metrics]
+        values = [v for v in values if not math.isnan(v)]
+        if not values:
+            return math.nan, math.nan
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return statistics.fmean(values), std
+
+    def fields(self) -> dict[str, Any]:
+        """What `--filter` and `--sort` see: the flags, `repeats` and metric means."""
+        out = {k: v for k, v in self.runs[0].config.items() if k != "seed"}
+        out["repeats"] = len(self.runs)
+        out.update({m: self.stat(m)[0] for m in METRICS})
+        return out
+
+
+def find_runs(patterns: Sequence[str]) -> list[pathlib.Path]:
+    """Run directories (holding `run.json`) matched by paths or globs, recursively."""
+    found: dict[pathlib.Path, None] = {}
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) or []
+        if not matches:
+            raise CompareError(f"{pattern}: no such file or directory")
+        for match in matches:
+            path = pathlib.Path(match)
+            if (path / RECORD_NAME).is_file():
+                found[path] = None
+            elif path.is_dir():
+                for record in sorted(path.rglob(RECORD_NAME)):
+                    found[record.parent] = None
+    if not found:
+        raise CompareError(f"{' '.join(patterns)}: no runs (no {RECORD_NAME} found)")
+    return list(found)
+
+
+def _series(accumulator: pea.EventAccumulator, tag: str) -> list[tuple[int, float]]:
+    if tag not in accumulator.Tags().get("tensors", []):
+        return []
+    return [
+        (event.step, float(tensor_util.make_ndarray(event.tensor_proto)))
+        for event in accumulator.Tensors(tag)
+    ]
+
+
+def _data_id(dataset: dict[str, Any]) -> str:
+    if not dataset.get("fingerprint"):
+        return f"{dataset.get('name', 'unknown')} (no fingerprint)"
+    sizes = " ".join(f"{k}={v}" for k, v in sorted(dataset.get("sizes", {}).items()))
+    return f"{dataset.get('name')} {dataset['fingerprint'][:12]} {sizes}".strip()
+
+
+def load_run(path: pathlib.Path) -> RunSummary:
+    """Reads `path/run.json` and the `test/` event files of one run."""
+    try:
+        record = json.loads((path / RECORD_NAME).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CompareError(f"{path / RECORD_NAME}: unreadable ({err})") from None
+    accuracy: list[tuple[int, float]] = []
+    loss: list[tuple[int, float]] = []
+    if (path / "test").is_dir():
+        accumulator = pea.EventAccumulator(
+            str(path / "test"), size_guidance={pea.TENSORS: 0}
+        )
+        accumulator.Reload()
+        accuracy = _series(accumulator, "accuracy")
+        loss = _series(accumulator, "loss")
+    metrics: dict[str, float] = {}
+    if accuracy:
+        metrics["final/accuracy"] = accuracy[-1][1]
+        metrics["best/accuracy"] = max(v for _, v in accuracy)
+    if loss:
+        metrics["final/loss"] = loss[-1][1]
+        metrics["best/loss"] = min(v for _, v in loss)
+    config = record.get("config", {})
+    metrics["steps"] = float(record.get("step", config.get("steps", math.nan)))
+    if record.get("wall_time_s") is not None:
+        metrics["wall_time"] = float(record["wall_time_s"])
+    if record.get("examples_per_sec") is not None:
+        metrics["examples_per_sec"] = float(record["examples_per_sec"])
+    return RunSummary(
+        path=path,
+        status=record.get("status", "unknown"),
+        config=config,
+        data=_data_id(record.get("dataset", {})),
+        metrics=metrics,
+        accuracy_curve=accuracy,
+        error=record.get("error"),
+    )
+
+
+def _defining(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in NOT_HPARAMS and k != "seed"}
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def group_variants(runs: Sequence[RunSummary]) -> tuple[list[Variant], list[str]]:
+    """Groups runs into variants; returns them and the flags that tell them apart."""
+    configs = [_defining(r.config) for r in runs]
+    keys = sorted(set().union(*configs)) if configs else []
+    differing = [
+        k for k in keys if len({repr(_hashable(c.get(k))) for c in configs}) > 1
+    ]
+    groups: dict[tuple, Variant] = {}
+    for run, config in zip(runs, configs, strict=True):
+        key = (run.data, *(repr(_hashable(config.get(k))) for k in differing))
+        if key not in groups:
+            groups[key] = Variant({k: config.get(k) for k in differing}, [])
+        groups[key].runs.append(run)
+    return list(groups.values()), differing
+
+
+# --- --filter: a tiny expression language, parsed without eval() -------------
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<paren>[()])|(?P<op>==|!=|<=|>=|<|>)"
+    r"|(?P<quoted>\"[^\"]*\"|'[^']*')|(?P<word>[^\s()<>=!'\"]+))"
+)
+_OPS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+Predicate = Callable[[dict[str, Any]], bool]
+
+
+def _tokenize(text: str) -> list[tuple[str, str]]:
+    tokens, pos = [], 0
+    text = text.rstrip()
+    while pos < len(text):
+        match = _TOKEN.match(text, pos)
+        if not match or match.end() == pos:
+            raise CompareError(f"--filter: cannot read {text[pos:].strip()!r}")
+        kind = match.lastgroup
+        value = match.group(kind)
+        if kind == "quoted":
+            kind, value = "value", value[1:-1]
+        elif kind == "word" and value in ("and", "or", "not"):
+            kind = value
+        tokens.append((kind, value))
+        pos = match.end()
+    return tokens
+
+
+def _coerce(value: Any) -> Any:
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, str):
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            return 1.0 if lowered == "true" else 0.0
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_filter(text: str) -> Predicate:
+    """Parses e.g. `model==cnn and (best/accuracy>0.98 or not steps<1000)`.
+
+    Grammar: `expr := term ("or" term)*`, `term := factor ("and" factor)*`,
+    `factor := "not" factor | "(" expr ")" | FIELD OP VALUE` with OP one of
+    `== != < <= > >=`. Numbers compare as numbers, everything else as text.
+
+    Raises:
+      CompareError: naming what could not be parsed.
+    """
+    tokens = _tokenize(text)
+    pos = 0
+
+    def peek() -> str | None:
+        return tokens[pos][0] if pos < len(tokens) else None
+
+    def take(kind: str) -> str:
+        nonlocal pos
+        if peek() != kind:
+            found = tokens[pos][1] if pos < len(tokens) else "end of filter"
+            raise CompareError(f"--filter={text}: expected {kind}, found {found!r}")
+        pos += 1
+        return tokens[pos - 1][1]
+
+    def expr() -> Predicate:
+        parts = [term()]
+        while peek() == "or":
+            take("or")
+            parts.append(term())
+        return lambda row: any(p(row) for p in parts)
+
+    def term() -> Predicate:
+        parts = [factor()]
+        while peek() == "and":
+            take("and")
+            parts.append(factor())
+        return lambda row: all(p(row) for p in parts)
+
+    def factor() -> Predicate:
+        if peek() == "not":
+            take("not")
+            inner = factor()
+            return lambda row: not inner(row)
+        if peek() == "paren" and tokens[pos][1] == "(":
+            take("paren")
+            inner = expr()
+            if peek() != "paren" or tokens[pos][1] != ")":
+                raise CompareError(f"--filter={text}: missing ')'")
+            take("paren")
+            return inner
+        field = take("word")
+        op = take("op")
+        value = _coerce(take("value") if peek() == "value" else take("word"))
+
+        def compare(row: dict[str, Any]) -> bool:
+            if field not in row:
+                known = ", ".join(sorted(row))
+                raise CompareError(
+                    f"--filter: unknown field {field!r} (known: {known})"
+                )
+            left = _coerce(row[field])
+            if isinstance(left, float) != isinstance(value, float):
+                left, right = str(row[field]), str(value)
+                if op not in ("==", "!="):
+                    return False
+                return _OPS[op](left, right)
+            if isinstance(left, float) and math.isnan(left):
+                return False
+            return _OPS[op](left, value)
+
+        return compare
+
+    predicate = expr()
+    if pos != len(tokens):
+        raise CompareError(f"--filter={text}: unexpected {tokens[pos][1]!r}")
+    return predicate
+
+
+# --- ranking and output ---------------------------------------------------------
+
+
+def sort_key(metric: str) -> tuple[str, bool]:
+    """`(metric, descending)` from `--sort`: `-x` descending, `+x` ascending."""
+    if metric.startswith(("-", "+")):
+        return metric[1:], metric.startswith("-")
+    return metric, metric not in SMALLER_IS_BETTER
+
+
+def rank(
+    variants: Sequence[Variant],
+    sort: str = "best/accuracy",
+    top: int | None = None,
+    predicate: Predicate | None = None,
+    allow_mismatch: bool = False,
+) -> list[list[Variant]]:
+    """Filters and sorts variants; one ranked list per data set (just one if allowed).
+
+    Variants missing the sort metric go last.
+    """
+    metric, descending = sort_key(sort)
+    if variants and metric not in variants[0].fields():
+        raise CompareError(
+            f"--sort={sort}: unknown field (try one of {', '.join(METRICS)})"
+        )
+    kept = [v for v in variants if predicate is None or predicate(v.fields())]
+    groups: dict[str, list[Variant]] = {}
+    for variant in kept:
+        groups.setdefault("all" if allow_mismatch else variant.data, []).append(variant)
+
+    def key(variant: Variant) -> tuple:
+        value = _coerce(variant.fields()[metric])
+        if isinstance(value, float):
+            missing = math.isnan(value)
+            return (missing, 0.0 if missing else (-value if descending else value))
+        return (False, str(value))
+
+    ranked = []
+    for group in groups.values():
+        group = sorted(group, key=key)
+        if not isinstance(_coerce(group[0].fields()[metric]), float) and descending:
+            group.reverse()
+        ranked.append(group[:top] if top else group)
+    return ranked
+
+
+_HEADERS = {
+    "final/accuracy": "final acc",
+    "best/accuracy": "best acc",
+    "final/loss": "final loss",
+    "best/loss": "best loss",
+    "steps": "last step",
+    "wall_time": "wall s",
+    "examples_per_sec": "examples/s",
+}
+_DIGITS = {
+    "steps": 0,
+    "wall_time": 1,
+    "examples_per_sec": 0,
+}
+
+
+def _cell(variant: Variant, metric: str) -> str:
+    mean, std = variant.stat(metric)
+    if math.isnan(mean):
+        return "-"
+    digits = _DIGITS.get(metric, 4)
+    text = f"{mean:,.{digits}f}" if digits == 0 else f"{mean:.{digits}f}"
+    if len(variant.runs) > 1 and metric not in ("steps",):
+        text += f" ± {std:,.{digits}f}" if digits == 0 else f" ± {std:.{digits}f}"
+    return text
+
+
+def _flag_text(value: Any) -> str:
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return "-" if value is None else str(value)
+
+
+def _rows(
+    group: Sequence[Variant], differing: Sequence[str], with_data: bool
+) -> list[list[str]]:
+    rows = []
+    for variant in group:
+        row = [_flag_text(variant.flags.get(k)) for k in differing]
+        row.append(str(len(variant.runs)))
+        row += [_cell(variant, m) for m in METRICS]
+        if with_data:
+            row.append(variant.data)
+        rows.append(row)
+    return rows
+
+
+def _text_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    numeric = [
+        all(re.match(r"^[-\d.,± ]+$", r[i]) for r in rows) for i in range(len(headers))
+    ]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if num else c.ljust(w)
+            for c, w, num in zip(cells, widths, numeric, strict=True)
+        ).rstrip()
+
+    return "\n".join(
+        [line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    )
+
+
+def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+    out = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" for _ in headers) + "|",
+    ]
+    out += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _record(
+    variant: Variant, differing: Sequence[str], comparable_group: int
+) -> dict[str, Any]:
+    out: dict[str, Any] = {k: variant.flags.get(k) for k in differing}
+    out["repeats"] = len(variant.runs)
+    for metric in METRICS:
+        mean, std = variant.stat(metric)
+        out[f"{metric}_mean"] = None if math.isnan(mean) else mean
+        out[f"{metric}_std"] = None if math.isnan(std) else std
+    out["data"] = variant.data
+    out["comparable_group"] = comparable_group
+    out["runs"] = [str(r.path) for r in variant.runs]
+    return out
+
+
+def format_ranked(
+    ranked: Sequence[Sequence[Variant]],
+    differing: Sequence[str],
+    fmt: str = "table",
+    allow_mismatch: bool = False,
+) -> str:
+    """Renders ranked variant groups as `table`, `markdown`, `csv` or `json`."""
+    if fmt in ("csv", "json"):
+        records = [
+            _record(v, differing, i) for i, group in enumerate(ranked) for v in group
+        ]
+        if fmt == "json":
+            return json.dumps(records, indent=2)
+        buffer = io.StringIO()
+        fieldnames = list(records[0]) if records else ["repeats"]
+        writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
+        writer.writeheader()
+        for record in records:
+            record["runs"] = " ".join(record["runs"])
+            writer.writerow(record)
+        return buffer.getvalue().rstrip("\n")
+    with_data = allow_mismatch and len({v.data for g in ranked for v in g}) > 1
+    headers = [*differing, "runs", *(_HEADERS[m] for m in METRICS)]
+    if with_data:
+        headers.append("data")
+    render = _markdown_table if fmt == "markdown" else _text_table
+    blocks = []
+    for i, group in enumerate(ranked):
+        title = ""
+        if len(ranked) > 1:
+            title = f"data: {group[0].data}"
+            if i > 0:
+                title += "  -- NOT COMPARABLE with the table above (different data)"
+            title = f"**{title}**\n\n" if fmt == "markdown" else title + "\n"
+        blocks.append(title + render(headers, _rows(group, differing, with_data)))
+    return "\n\n".join(blocks)
+
+
+def plot_curves(
+    variants: Sequence[Variant], path: str | os.PathLike, differing: Sequence[str]
+) -> None:
+    """Test-accuracy curves of every run, one colour per variant (repeats share it)."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt  # noqa: PLC0415
+
+    figure, axes = plt.subplots(figsize=(11, 5), dpi=100)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, variant in enumerate(variants):
+        label = (
+            ", ".join(f"{k}={_flag_text(variant.flags[k])}" for k in differing)
+            or "all runs"
+        )
+        if len(variant.runs) > 1:
+            label += f" (x{len(variant.runs)})"
+        for j, run in enumerate(variant.runs):
+            if not run.accuracy_curve:
+                continue
+            steps, values = zip(*run.accuracy_curve, strict=True)
+            axes.plot(
+                steps,
+                values,
+                color=colours[i % len(colours)],
+                linestyle=("-", "--", ":", "-.")[(i // len(colours)) % 4],
+                alpha=0.8,
+                label=label if j == 0 else None,
+            )
+    axes.set_xlabel("step")
+    axes.set_ylabel("test accuracy")
+    axes.set_title("Test accuracy")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)

@@ -1,0 +1,107 @@
+"""`pipeline-compare LOGDIR_OR_GLOB ...`: one row per variant, repeats as mean +/- std.
+
+pipeline-compare logs/mlp_tuning
+pipeline-compare 'logs/*' --filter 'model==cnn and best/accuracy>0.98' --top 5
+pipeline-compare logs/mlp_tuning --format=markdown --plot=curves.png
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from pipeline import cli
+
+FLAGS = flags.FLAGS
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Flags of pipeline-compare."""
+    from pipeline.compare import FORMATS, METRICS  # noqa: PLC0415
+
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_string(
+        "sort",
+        "best/accuracy",
+        f"Rank by this field ({', '.join(METRICS)}, or a flag); best first. "
+        "Prefix '-' for descending, '+' for ascending.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "top", None, "Show only the first N rows.", lower_bound=1, **fv
+    )
+    flags.DEFINE_string(
+        "filter",
+        None,
+        "Keep rows matching e.g. 'model==cnn and best/accuracy>0.98' "
+        "(and/or/not, parentheses, == != < <= > >=).",
+        **fv,
+    )
+    flags.DEFINE_enum("format", "table", FORMATS, "Output format.", **fv)
+    flags.DEFINE_string(
+        "plot", None, "Also save the test-accuracy curves to this PNG.", **fv
+    )
+    flags.DEFINE_boolean(
+        "allow_mismatch",
+        False,
+        "Rank runs trained or evaluated on different data in one table.",
+        **fv,
+    )
+
+
+def main(argv: list[str]) -> None:
+    """Loads the runs named by the positional arguments and prints the comparison."""
+    if len(argv) < 2:
+        raise app.UsageError("usage: pipeline-compare [flags] RUN_OR_DIR_OR_GLOB ...")
+    cli.default_to_warnings(FLAGS)
+
+    def body() -> int:
+        from pipeline import compare  # noqa: PLC0415
+
+        predicate = compare.parse_filter(FLAGS.filter) if FLAGS.filter else None
+        runs = [compare.load_run(path) for path in compare.find_runs(argv[1:])]
+        completed = [r for r in runs if r.status == "completed"]
+        skipped = [r for r in runs if r.status != "completed"]
+        if not completed:
+            raise compare.CompareError(
+                f"{' '.join(argv[1:])}: no completed runs "
+                f"({len(skipped)} not completed)"
+            )
+        variants, differing = compare.group_variants(completed)
+        ranked = compare.rank(
+            variants, FLAGS.sort, FLAGS.top, predicate, FLAGS.allow_mismatch
+        )
+        print(
+            compare.format_ranked(ranked, differing, FLAGS.format, FLAGS.allow_mismatch)
+        )
+        notes = []
+        if len(ranked) > 1:
+            notes.append(
+                f"{len(ranked)} data sets: tables are not comparable with each other "
+                "(--allow_mismatch ranks them together)"
+            )
+        for run in skipped:
+            reason = f": {run.error}" if run.error else ""
+            notes.append(f"skipped {run.path} ({run.status}{reason})")
+        if FLAGS.plot:
+            compare.plot_curves(
+                [v for group in ranked for v in group], FLAGS.plot, differing
+            )
+            notes.append(f"curves: {FLAGS.plot}")
+        for note in notes:
+            print(note, file=sys.stderr)
+        return 0
+
+    sys.exit(cli.run_reporting_errors("pipeline-compare", body))
+
+
+def run() -> None:
+    """Console-script entry point."""
+    cli.quiet_tensorflow()
+    define_flags(FLAGS)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,81 @@
+"""`pipeline-eval`: evaluate a checkpoint on a full split and log it to TensorBoard."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from pipeline import cli, run_flags
+
+FLAGS = flags.FLAGS
+
+
+def define_eval_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Flags of `pipeline-eval` (run, checkpoint, data, format and its own)."""
+    run_flags.define_run_flags(flag_values)
+    run_flags.define_data_flags(flag_values)
+    run_flags.define_format_flag(flag_values)
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_integer(
+        "batch_size", 1000, "Examples per evaluation batch.", lower_bound=1, **fv
+    )
+    flags.DEFINE_integer(
+        "mistakes",
+        24,
+        "Most confident mistakes shown in TensorBoard's Images tab (0: none).",
+        lower_bound=0,
+        upper_bound=256,
+        **fv,
+    )
+    flags.DEFINE_boolean(
+        "write_summaries",
+        True,
+        "Write the results into the run (eval/ for its own test split, "
+        "eval_<dataset>_<split>/ otherwise) at the checkpoint's step.",
+        **fv,
+    )
+
+
+def main(argv: list[str]) -> None:
+    """Reads FLAGS once, evaluates, writes summaries, prints the report."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+    def body() -> None:
+        from pipeline import restore  # noqa: PLC0415
+
+        checkpoint = run_flags.checkpoint_value(FLAGS.checkpoint)
+        restored = restore.open_run(FLAGS.run, checkpoint)
+        dataset, split = restored.load_split(FLAGS.split, FLAGS.dataset, FLAGS.data_dir)
+        from pipeline import evaluate  # noqa: PLC0415 (TensorFlow import)
+
+        report, outputs = evaluate.evaluate_split(
+            restored, dataset, FLAGS.split, split, FLAGS.batch_size
+        )
+        summaries = None
+        if FLAGS.write_summaries:
+            writer = evaluate.writer_name(restored, report.dataset, report.split)
+            evaluate.write_summaries(
+                restored, report, outputs, split, writer=writer, mistakes=FLAGS.mistakes
+            )
+            summaries = str(restored.run_dir.path / writer)
+        if FLAGS.format == "json":
+            print(evaluate.report_json_text(report, summaries))
+        else:
+            print(evaluate.format_report(report))
+            if summaries:
+                print(f"\nTensorBoard summaries: {summaries} (step {report.step})")
+
+    sys.exit(cli.run_reporting_errors("pipeline-eval", body))
+
+
+def run() -> None:
+    """Console-script entry point."""
+    cli.quiet_tensorflow()
+    define_eval_flags(FLAGS)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,56 @@
+"""`pipeline-export`: write a run's checkpoint as a SavedModel serving uint8 digits."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from pipeline import cli, run_flags
+
+FLAGS = flags.FLAGS
+
+
+def define_export_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Flags of `pipeline-export`."""
+    run_flags.define_run_flags(flag_values)
+    flags.DEFINE_string(
+        "out",
+        None,
+        "Directory for the SavedModel; must not exist yet (or be empty).",
+        flag_values=flag_values,
+    )
+    flags.mark_flag_as_required("out", flag_values=flag_values)
+
+
+def main(argv: list[str]) -> None:
+    """Reads FLAGS once, checks the run and destination, exports."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+    def body() -> None:
+        from pipeline import restore  # noqa: PLC0415
+
+        checkpoint = run_flags.checkpoint_value(FLAGS.checkpoint)
+        restored = restore.open_run(FLAGS.run, checkpoint)
+        from pipeline import export  # noqa: PLC0415 (TensorFlow import)
+
+        out = export.export_run(restored, FLAGS.out)
+        print(
+            f"exported {restored.run_dir.path} step {restored.step} -> {out}\n"
+            "signatures: serving_default (uint8 [N, 28, 28]), "
+            "serving_channels (uint8 [N, 28, 28, 1]) -> probabilities, classes"
+        )
+
+    sys.exit(cli.run_reporting_errors("pipeline-export", body))
+
+
+def run() -> None:
+    """Console-script entry point."""
+    cli.quiet_tensorflow()
+    define_export_flags(FLAGS)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

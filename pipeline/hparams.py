@@ -1,0 +1,326 @@
+"""HParams dashboard records: the experiment config, each run's session, best metrics.
+
+TensorBoard's HParams plugin shows a run (a "session") with its metric values
+only when an experiment config (`hparams_config`) sits at the experiment root
+and each run has its own directory under it. Its metric values are the *last*
+value of a scalar tag in `<run>/<group>`, so the loop also logs running bests
+(`best/accuracy`, `best/loss` and their steps) into the test writer.
+
+The config is built from the training flag *definitions* (enums -> discrete
+domains, flags with both bounds -> intervals), not from the values seen so far:
+every run writes exactly the same config, so runs from different days, sweeps
+and branches of the experiment directory line up in one table.
+
+Everything here writes raw `Event` protos with TensorBoard's own
+`EventFileWriter`, so the sweep driver can mark an interrupted run as failed
+without importing TensorFlow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+
+from absl import flags
+from tensorboard.backend.event_processing import event_file_loader
+from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+# `tensorboard.plugins.hparams.api` re-exports these names from summary_v2, but
+# it also imports the Keras callback and with it TensorFlow (5 s) -- which the
+# sweep driver and the tests of this module do not need.
+from tensorboard.plugins.hparams import summary_v2 as hp
+from tensorboard.plugins.text import summary_v2 as text_summary
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from pipeline import config as config_lib
+
+# TrainConfig fields that say where and how often to write, not what is trained.
+NOT_HPARAMS = frozenset(
+    {
+        "data_dir",
+        "logdir",
+        "run_name",
+        "log_every",
+        "print_every",
+        "eval_every",
+        "histogram_every",
+        "checkpoint_every",
+        "image_count",
+        "max_checkpoints",
+        # How the job is spread over devices: the same math (tf.distribute).
+        "strategy",
+        "cpu_devices",
+    }
+)
+# The experiment config's file name; "tfevents" makes it an event file to TensorBoard.
+CONFIG_FILENAME = "events.out.tfevents.hparams_config"
+STATUS_TAG = "run_status"
+METRICS = (
+    hp.Metric("accuracy", group="test", display_name="test accuracy"),
+    hp.Metric("loss", group="test", display_name="test loss"),
+    hp.Metric("best/accuracy", group="test", display_name="best test accuracy"),
+    hp.Metric("best/accuracy_step", group="test", display_name="step of best accuracy"),
+    hp.Metric("best/loss", group="test", display_name="best test loss"),
+    hp.Metric("best/loss_step", group="test", display_name="step of best loss"),
+    hp.Metric("accuracy", group="train", display_name="train accuracy"),
+    hp.Metric("loss", group="train", display_name="train loss"),
+    hp.Metric("accuracy", group="validation", display_name="validation accuracy"),
+    hp.Metric("loss", group="validation", display_name="validation loss"),
+)
+
+
+class _Typed(hp.Domain):
+    """A type without a domain: an unbounded number or a free-form string.
+
+    `hp.HParam` without a domain leaves the type unset, and the dashboard then
+    cannot offer a numeric range filter for e.g. `learning_rate`.
+    """
+
+    def __init__(self, dtype: type):
+        self._dtype = dtype
+
+    @property
+    def dtype(self) -> type:
+        return self._dtype
+
+    def sample_uniform(self, rng=None):
+        raise NotImplementedError("an unbounded domain cannot be sampled")
+
+    def update_hparam_info(self, hparam_info: api_pb2.HParamInfo) -> None:
+        hparam_info.type = {
+            float: api_pb2.DATA_TYPE_FLOAT64,
+            bool: api_pb2.DATA_TYPE_BOOL,
+            str: api_pb2.DATA_TYPE_STRING,
+        }[self._dtype]
+
+
+def _domain(flag: flags.Flag) -> hp.Domain:
+    parser = flag.parser
+    if isinstance(parser, flags.EnumParser):
+        return hp.Discrete(list(parser.enum_values))
+    if isinstance(parser, flags.BooleanParser):
+        return hp.Discrete([False, True])
+    if isinstance(parser, (flags.IntegerParser, flags.FloatParser)):
+        low, high = parser.lower_bound, parser.upper_bound
+        if low is not None and high is not None:
+            if isinstance(parser, flags.IntegerParser):
+                return hp.IntInterval(int(low), int(high))
+            return hp.RealInterval(float(low), float(high))
+        return _Typed(float)
+    return _Typed(str)
+
+
+def hparam_flags() -> list[hp.HParam]:
+    """One `hp.HParam` per training flag that defines a run, domains from the flags."""
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    fields = [f.name for f in dataclasses.fields(config_lib.TrainConfig)]
+    params = []
+    for name in fields:
+        if name in NOT_HPARAMS or name not in flag_values:
+            continue
+        flag = flag_values[name]
+        params.append(hp.HParam(name, _domain(flag), description=flag.help))
+    return params
+
+
+def experiment_pb(differing: Iterable[str] = ()) -> api_pb2.Experiment:
+    """The experiment proto this pipeline writes (time left unset).
+
+    Args:
+      differing: Flags whose values differ between the experiment's runs. They
+        are marked `differs`, which the dashboard lists first (it sorts by
+        `differs`, then by name, and shows only the first few columns).
+    """
+    differing = set(differing)
+    summary = hp.hparams_config_pb(hparam_flags(), list(METRICS), time_created_secs=0)
+    experiment = metadata.parse_experiment_plugin_data(
+        summary.value[0].metadata.plugin_data.content
+    )
+    for info in experiment.hparam_infos:
+        info.differs = info.name in differing
+    return experiment
+
+
+def differing_flags(experiment_dir: str | os.PathLike) -> set[str]:
+    """Hparam flags whose values differ between the runs (`*/run.json`) in a dir."""
+    names = {p.name for p in hparam_flags()}
+    values: dict[str, set[str]] = {name: set() for name in names}
+    for record_path in pathlib.Path(experiment_dir).glob("*/run.json"):
+        try:
+            config = json.loads(record_path.read_text()).get("config", {})
+        except (OSError, json.JSONDecodeError):
+            continue
+        for name in names:
+            values[name].add(json.dumps(config.get(name), sort_keys=True))
+    return {name for name, seen in values.items() if len(seen) > 1}
+
+
+def session_hparams(config: config_lib.TrainConfig) -> dict[str, bool | float | str]:
+    """The run's hparam values: numbers, bools, strings (lists as `32,64`)."""
+    names = {p.name for p in hparam_flags()}
+    values: dict[str, bool | float | str] = {}
+    for key, value in config_lib.config_to_dict(config).items():
+        if key not in names or value is None:
+            continue
+        if isinstance(value, list):
+            value = ",".join(str(v) for v in value)
+        values[key] = value
+    return values
+
+
+def _summary(
+    tag: str, plugin_data: plugin_data_pb2.HParamsPluginData
+) -> summary_pb2.Summary:
+    summary = summary_pb2.Summary()
+    summary.value.add(
+        tag=tag,
+        metadata=metadata.create_summary_metadata(plugin_data),
+        tensor=metadata.NULL_TENSOR,
+    )
+    return summary
+
+
+def _write(directory: pathlib.Path, summary: summary_pb2.Summary, suffix: str) -> None:
+    writer = EventFileWriter(str(directory), filename_suffix=suffix)
+    writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
+    writer.close()
+
+
+def read_experiment(experiment_dir: str | os.PathLike) -> api_pb2.Experiment | None:
+    """The experiment config stored in `experiment_dir`, or None."""
+    path = pathlib.Path(experiment_dir) / CONFIG_FILENAME
+    if not path.is_file():
+        return None
+    for event in event_file_loader.EventFileLoader(str(path)).Load():
+        for value in event.summary.value:
+            if value.tag == metadata.EXPERIMENT_TAG:
+                return metadata.parse_experiment_plugin_data(
+                    value.metadata.plugin_data.content
+                )
+    return None
+
+
+def write_experiment_config(
+    experiment_dir: str | os.PathLike, differing: Iterable[str] = ()
+) -> bool:
+    """Writes the experiment config at `experiment_dir` unless an equal one is there.
+
+    The config lives in one file with a fixed name, replaced atomically when
+    the flag definitions changed or more flags differ between runs
+    (TensorBoard keeps the *first* metadata it reads for a tag, so appending a
+    second config would be ignored). The set of differing flags only grows.
+
+    Args:
+      experiment_dir: The experiment root; runs are its subdirectories.
+      differing: Flags known to differ (a sweep's grid axes), on top of those
+        found in the runs' `run.json` and in the existing config.
+
+    Returns:
+      True if the file was (re)written.
+    """
+    experiment_dir = pathlib.Path(experiment_dir)
+    differing = set(differing) | differing_flags(experiment_dir)
+    existing = read_experiment(experiment_dir)
+    if existing is not None:
+        differing |= {info.name for info in existing.hparam_infos if info.differs}
+        existing.ClearField("time_created_secs")
+    wanted = experiment_pb(differing)
+    if existing == wanted:
+        return False
+    wanted.time_created_secs = time.time()
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    summary = _summary(
+        metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=wanted)
+    )
+    staging = pathlib.Path(tempfile.mkdtemp(dir=experiment_dir, prefix=".hparams-"))
+    try:
+        _write(staging, summary, "")
+        (written,) = staging.iterdir()
+        os.replace(written, experiment_dir / CONFIG_FILENAME)
+    finally:
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
+    return True
+
+
+def write_session_start(
+    run_dir: str | os.PathLike, config: config_lib.TrainConfig
+) -> None:
+    """Records the run's hparams in the run's own directory (its session).
+
+    The trial id (the dashboard's "Trial ID" column) is `EXPERIMENT/RUN`:
+    readable, and distinct for runs of the same name in two sweeps shown side
+    by side (the default is a hash of the values, opaque to a reader).
+    """
+    run_dir = pathlib.Path(run_dir)
+    trial_id = f"{pathlib.Path(config.logdir).resolve().name}/{run_dir.name}"
+    summary = hp.hparams_pb(
+        session_hparams(config), trial_id=trial_id, start_time_secs=time.time()
+    )
+    _write(run_dir, summary, ".session_start")
+
+
+def write_session_end(
+    run_dir: str | os.PathLike, status: str, reason: str | None = None
+) -> None:
+    """Marks the session finished: `status` is `completed`, `failed` or `running`.
+
+    SessionEndInfo has no message field, so a failure's reason goes into the
+    run's Text tab (tag `run_status`) as well as `run.json`.
+    """
+    statuses = {
+        "completed": api_pb2.STATUS_SUCCESS,
+        "failed": api_pb2.STATUS_FAILURE,
+        "running": api_pb2.STATUS_RUNNING,
+    }
+    end_info = plugin_data_pb2.SessionEndInfo(
+        status=statuses[status], end_time_secs=time.time()
+    )
+    summary = _summary(
+        metadata.SESSION_END_INFO_TAG,
+        plugin_data_pb2.HParamsPluginData(session_end_info=end_info),
+    )
+    if reason:
+        text = text_summary.text_pb(STATUS_TAG, f"**{status}**: {reason}")
+        summary.value.extend(text.value)
+    _write(pathlib.Path(run_dir), summary, ".session_end")
+
+
+def start_run(run_dir: str | os.PathLike, config: config_lib.TrainConfig) -> None:
+    """Makes the run visible in the HParams dashboard before its first step."""
+    write_experiment_config(config.logdir)
+    write_session_start(run_dir, config)
+
+
+@dataclasses.dataclass
+class BestMetrics:
+    """Running best test accuracy (max) and loss (min), with their steps."""
+
+    accuracy: float = -math.inf
+    accuracy_step: int = 0
+    loss: float = math.inf
+    loss_step: int = 0
+
+    def update(self, step: int, values: Mapping[str, float]) -> dict[str, float]:
+        """Folds in one evaluation; returns the `best/...` scalars to log at `step`."""
+        out = {}
+        if "accuracy" in values:
+            if values["accuracy"] > self.accuracy:
+                self.accuracy, self.accuracy_step = values["accuracy"], step
+            out["best/accuracy"] = self.accuracy
+            out["best/accuracy_step"] = float(self.accuracy_step)
+        if "loss" in values:
+            if values["loss"] < self.loss:
+                self.loss, self.loss_step = values["loss"], step
+            out["best/loss"] = self.loss
+            out["best/loss_step"] = float(self.loss_step)
+        return out

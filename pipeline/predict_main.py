@@ -1,0 +1,85 @@
+"""`pipeline-predict`: class probabilities for images, .npy arrays or dataset rows."""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+
+from pipeline import cli, run_flags
+
+FLAGS = flags.FLAGS
+
+
+def define_predict_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+    """Flags of `pipeline-predict`."""
+    run_flags.define_run_flags(flag_values)
+    run_flags.define_data_flags(flag_values)
+    run_flags.define_format_flag(flag_values)
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_multi_string(
+        "image",
+        None,
+        "PNG/JPEG/... of any size and colour, a .npy array ([28,28] or [N,28,28]) "
+        "or a folder of them; repeat the flag for several.",
+        **fv,
+    )
+    flags.DEFINE_multi_integer(
+        "index",
+        None,
+        "Example N of --split of the run's dataset (or --dataset); repeatable.",
+        lower_bound=0,
+        **fv,
+    )
+    flags.register_multi_flags_validator(
+        ["image", "index"],
+        lambda v: bool(v["image"] or v["index"]),
+        message="give at least one --image or --index",
+        flag_values=flag_values,
+    )
+
+
+def main(argv: list[str]) -> None:
+    """Reads FLAGS once, loads the inputs, restores the model, prints one row each."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+
+    def body() -> None:
+        from pipeline import predict, restore  # noqa: PLC0415
+
+        checkpoint = run_flags.checkpoint_value(FLAGS.checkpoint)
+        restored = restore.open_run(FLAGS.run, checkpoint)
+        examples = predict.load_inputs(FLAGS.image or [])
+        if FLAGS.index:
+            name, split = restored.load_split(
+                FLAGS.split, FLAGS.dataset, FLAGS.data_dir
+            )
+            examples += predict.dataset_examples(split, FLAGS.index, name, FLAGS.split)
+        model = restored.load_model()
+        images = [example.image for example in examples]
+        probabilities = predict.predict_probabilities(model, images)
+        binary_class = restored.config.binary_class
+        rows = predict.prediction_rows(examples, probabilities, binary_class)
+        if FLAGS.format == "json":
+            header = {
+                "run": str(restored.run_dir.path),
+                "step": restored.step,
+                "checkpoint": restored.checkpoint_prefix,
+            }
+            print(predict.rows_json_text(header, rows))
+        else:
+            print(f"{restored.run_dir.path} at step {restored.step}")
+            print(predict.format_rows(rows, binary_class))
+
+    sys.exit(cli.run_reporting_errors("pipeline-predict", body))
+
+
+def run() -> None:
+    """Console-script entry point."""
+    cli.quiet_tensorflow()
+    define_predict_flags(FLAGS)
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

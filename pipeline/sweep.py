@@ -1,0 +1,379 @@
+"""Grid sweeps: every combination x repeat is a normal `pipeline-train` run.
+
+Runs are named from their grid values and seed (`learning_rate=0.1,seed=1`),
+so the same sweep always plans the same names under `LOGDIR/SWEEP_NAME/`.
+Re-running a sweep therefore skips runs whose `run.json` says `completed`
+(after checking they were trained with the same flags), moves a half-done run
+left by a killed sweep aside (`NAME.incomplete-1`, marked failed for the
+HParams dashboard) and trains the rest. Each run is its own process, so a
+crash or NaN in one never takes the others down.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import json
+import os
+import pathlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+
+from absl import flags
+
+from pipeline import config as config_lib
+from pipeline import hparams as hparams_lib
+from pipeline.rundir import RECORD_NAME, config_to_flagfile
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
+
+
+class SweepError(config_lib.ConfigError):
+    """The sweep cannot be planned or resumed as asked."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GridAxis:
+    """One `--grid=FLAG=V1,V2` argument: a training flag and its values (as typed)."""
+
+    flag: str
+    values: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    """One combination x repeat, with its resolved config."""
+
+    name: str
+    config: config_lib.TrainConfig
+    overrides: tuple[tuple[str, str], ...]
+    repeat: int
+
+    @property
+    def path(self) -> pathlib.Path:
+        return pathlib.Path(self.config.logdir) / self.name
+
+
+def parse_grid(specs: Sequence[str]) -> list[GridAxis]:
+    """Parses `FLAG=V1,V2,...` (or `FLAG=A,B|C,D` for list-valued flags).
+
+    Raises:
+      SweepError: naming the spec if it is malformed, the flag is not a
+        training flag, or a flag appears twice.
+    """
+    known = flags.FlagValues()
+    config_lib.define_flags(known)
+    axes: list[GridAxis] = []
+    for spec in specs:
+        flag, sep, values_text = spec.partition("=")
+        flag = flag.strip().lstrip("-")
+        if not sep or not flag or not values_text.strip():
+            raise SweepError(f"--grid={spec}: expected FLAG=VALUE1,VALUE2,...")
+        if flag not in known or flag in ("logdir", "run_name"):
+            raise SweepError(f"--grid={spec}: {flag!r} is not a training flag")
+        if any(axis.flag == flag for axis in axes):
+            raise SweepError(f"--grid={spec}: {flag} is already a grid axis")
+        separator = "|" if "|" in values_text else ","
+        values = tuple(v.strip() for v in values_text.split(separator))
+        if any(not v for v in values):
+            raise SweepError(f"--grid={spec}: empty value")
+        if len(set(values)) != len(values):
+            raise SweepError(f"--grid={spec}: repeated value")
+        axes.append(GridAxis(flag, values))
+    return axes
+
+
+def run_name(overrides: Sequence[tuple[str, str]], seed: int) -> str:
+    """`flag=value,...,seed=N`: readable, and the same every time the sweep runs."""
+    parts = [f"{flag}={_UNSAFE.sub('+', value)}" for flag, value in overrides]
+    if not any(flag == "seed" for flag, _ in overrides):
+        parts.append(f"seed={seed}")
+    return ",".join(parts)
+
+
+def resolve(
+    base: config_lib.TrainConfig, overrides: Sequence[tuple[str, str]], seed: int
+) -> config_lib.TrainConfig:
+    """The base config with `overrides` applied, parsed and validated like flags."""
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    argv = ["pipeline-sweep", *config_to_flagfile(base).splitlines(), f"--seed={seed}"]
+    argv += [f"--{flag}={value}" for flag, value in overrides]
+    where = ", ".join(f"{f}={v}" for f, v in overrides) or "base flags"
+    try:
+        flag_values(argv)
+        return config_lib.config_from_flags(flag_values)
+    except flags.Error as err:
+        raise SweepError(f"--grid ({where}): {err}") from None
+    except config_lib.ConfigError as err:
+        raise SweepError(f"--grid ({where}): {err}") from None
+
+
+def plan(
+    base: config_lib.TrainConfig,
+    axes: Sequence[GridAxis],
+    repeats: int,
+    sweep_name: str,
+) -> list[PlannedRun]:
+    """Every combination x repeat, in grid order; repeat r uses seed `base.seed + r`.
+
+    Raises:
+      SweepError: if a value is invalid for its flag, `seed` is both a grid
+        axis and repeated, or two runs would get the same name.
+    """
+    if repeats > 1 and any(axis.flag == "seed" for axis in axes):
+        raise SweepError("--grid=seed=... and --repeats>1 both set the seed; use one")
+    experiment = pathlib.Path(base.logdir) / sweep_name
+    runs = []
+    for combination in itertools.product(*(axis.values for axis in axes)):
+        overrides = tuple(zip((axis.flag for axis in axes), combination, strict=True))
+        for repeat in range(repeats):
+            seed = base.seed + repeat
+            name = run_name(overrides, seed)
+            config = resolve(base, overrides, seed)
+            config = dataclasses.replace(config, logdir=str(experiment), run_name=name)
+            runs.append(PlannedRun(name, config, overrides, repeat))
+    counts = collections.Counter(run.name for run in runs)
+    clashes = [name for name, n in counts.items() if n > 1]
+    if clashes:
+        raise SweepError(f"grid values give the same run name twice: {clashes[0]}")
+    return runs
+
+
+def read_record(path: pathlib.Path) -> dict:
+    """The run's `run.json`, or {} if it has none (yet) or it is unreadable."""
+    try:
+        return json.loads((path / RECORD_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _defining(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k not in hparams_lib.NOT_HPARAMS}
+
+
+def _alive(record: dict) -> bool:
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A killed process nobody has reaped yet (a zombie) still answers kill(0).
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def move_aside(path: pathlib.Path, record: dict) -> pathlib.Path:
+    """Renames a half-done run to `NAME.incomplete-N` and marks it failed.
+
+    The run stays visible (TensorBoard shows it as failed, compare lists it
+    as not completed) and its name is free for a fresh run.
+    """
+    n = 1
+    while path.with_name(f"{path.name}.incomplete-{n}").exists():
+        n += 1
+    target = path.with_name(f"{path.name}.incomplete-{n}")
+    os.replace(path, target)
+    reason = record.get("error") or (
+        "interrupted: the process ended without recording a status "
+        "(found by pipeline-sweep)"
+    )
+    if record:
+        record.update(status="failed", error=reason)
+        (target / RECORD_NAME).write_text(
+            json.dumps(record, indent=2, sort_keys=True) + "\n"
+        )
+    if any(target.glob("*.session_start")) and not any(target.glob("*.session_end")):
+        hparams_lib.write_session_end(target, "failed", reason)
+    return target
+
+
+def triage(
+    runs: Sequence[PlannedRun],
+) -> tuple[list[PlannedRun], list[PlannedRun], list[str]]:
+    """Splits planned runs into (already completed, to run); moves half-done ones aside.
+
+    Returns:
+      (done, todo, notes): `notes` says what was moved aside.
+
+    Raises:
+      SweepError: if a completed run was trained with other flags, or a
+        half-done run's process is still alive.
+    """
+    done, todo, notes = [], [], []
+    for run in runs:
+        if not run.path.exists():
+            todo.append(run)
+            continue
+        record = read_record(run.path)
+        if record.get("status") == "completed":
+            theirs = _defining(record.get("config", {}))
+            ours = _defining(config_lib.config_to_dict(run.config))
+            diff = sorted(
+                k for k in ours.keys() & theirs.keys() if ours[k] != theirs[k]
+            )
+            if diff:
+                k = diff[0]
+                raise SweepError(
+                    f"{run.path}: completed with other flags ({k}={theirs[k]} there, "
+                    f"{ours[k]} now); use another --sweep_name"
+                )
+            done.append(run)
+            continue
+        if record.get("status") == "running" and _alive(record):
+            raise SweepError(
+                f"{run.path}: still running (pid {record['pid']}); "
+                "wait for it or stop it"
+            )
+        target = move_aside(run.path, record)
+        notes.append(f"moved half-done {run.path} aside to {target.name}")
+        todo.append(run)
+    return done, todo, notes
+
+
+def train_command(run: PlannedRun) -> list[str]:
+    """The `pipeline-train` command line of `run` (its full resolved flags)."""
+    lines = config_to_flagfile(run.config).splitlines()
+    return [
+        sys.executable,
+        "-m",
+        "pipeline.train_main",
+        *lines,
+        f"--run_name={run.name}",
+    ]
+
+
+@dataclasses.dataclass
+class Outcome:
+    """How one run of this sweep ended."""
+
+    run: PlannedRun
+    status: str
+    accuracy: float | None
+    message: str
+    seconds: float
+
+
+def _outcome(
+    run: PlannedRun, returncode: int, log: pathlib.Path, seconds: float
+) -> Outcome:
+    record = read_record(run.path)
+    status = record.get("status") or ("completed" if returncode == 0 else "failed")
+    accuracy = record.get("final_metrics", {}).get("test", {}).get("accuracy")
+    message = ""
+    if returncode != 0 or status != "completed":
+        status = "failed"
+        lines = [
+            line
+            for line in log.read_text(errors="replace").splitlines()
+            if line.strip()
+        ]
+        message = lines[-1] if lines else f"exit status {returncode}"
+    if run.path.is_dir():
+        os.replace(log, run.path / "train.log")
+    else:
+        log.unlink(missing_ok=True)
+    return Outcome(run, status, accuracy, message, seconds)
+
+
+def execute(
+    runs: Sequence[PlannedRun],
+    parallel: int,
+    total: int,
+    done_before: Sequence[PlannedRun] = (),
+    print_fn: Callable[[str], None] = print,
+) -> list[Outcome]:
+    """Trains `runs`, `parallel` at a time, printing progress and the best so far.
+
+    A KeyboardInterrupt (or SIGTERM, turned into one by the entry point)
+    interrupts every child with SIGINT, so each records `failed` before
+    exiting; the interrupt is then re-raised.
+    """
+    best: tuple[float, str] | None = None
+    for run in done_before:
+        accuracy = (
+            read_record(run.path)
+            .get("final_metrics", {})
+            .get("test", {})
+            .get("accuracy")
+        )
+        if accuracy is not None and (best is None or accuracy > best[0]):
+            best = (accuracy, run.name)
+    finished = len(done_before)
+    queue = collections.deque(runs)
+    active: dict[subprocess.Popen, tuple[PlannedRun, pathlib.Path, float]] = {}
+    outcomes = []
+    env = dict(
+        os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
+    )
+    try:
+        while queue or active:
+            while queue and len(active) < parallel:
+                run = queue.popleft()
+                fd, log_name = tempfile.mkstemp(
+                    prefix=f".{run.name}.", suffix=".log", dir=run.path.parent
+                )
+                with os.fdopen(fd, "w") as log:
+                    process = subprocess.Popen(
+                        train_command(run),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=env,
+                    )
+                active[process] = (run, pathlib.Path(log_name), time.monotonic())
+                print_fn(f"[{finished:>3}/{total}] started   {run.name}")
+            time.sleep(0.2)
+            for process in [p for p in active if p.poll() is not None]:
+                run, log, started = active.pop(process)
+                outcome = _outcome(
+                    run, process.returncode, log, time.monotonic() - started
+                )
+                outcomes.append(outcome)
+                finished += 1
+                if (
+                    outcome.accuracy is not None
+                    and outcome.status == "completed"
+                    and (best is None or outcome.accuracy > best[0])
+                ):
+                    best = (outcome.accuracy, run.name)
+                result = (
+                    f"test_accuracy={outcome.accuracy:.4f}"
+                    if outcome.status == "completed" and outcome.accuracy is not None
+                    else f"FAILED: {outcome.message}"
+                )
+                best_text = (
+                    f"best {best[0]:.4f} {best[1]}" if best else "best: none yet"
+                )
+                print_fn(
+                    f"[{finished:>3}/{total}] {outcome.status:<9} {run.name}  "
+                    f"{result}  ({outcome.seconds:.0f}s)  {best_text}"
+                )
+    except KeyboardInterrupt:
+        for process in active:
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+        for process, (run, log, started) in active.items():
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            outcomes.append(
+                _outcome(run, process.returncode, log, time.monotonic() - started)
+            )
+        raise
+    return outcomes

@@ -1,0 +1,177 @@
+"""The real TensorBoard: its data API fills every tab, and inspect --check says so."""
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+from tensorboard.util import tensor_util
+from tiny_runs import train_tiny
+
+from pipeline import board, evaluate, restore
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("board_logs")
+    good = train_tiny(root, "good")
+    # What `pipeline-eval --run=good` does: PR curves and more into good/eval/.
+    restored = restore.open_run(good)
+    report, outputs, split = evaluate.evaluate_run(restored)
+    evaluate.write_summaries(restored, report, outputs, split)
+    with pytest.raises(Exception, match="loss is nan"):
+        train_tiny(root, "diverged", learning_rate=1e38)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(logdir):
+    with board.TensorBoardServer(logdir) as tensorboard:
+        yield tensorboard
+
+
+def _last_test_accuracy(run_path):
+    acc = pea.EventAccumulator(str(run_path / "test"), size_guidance={pea.TENSORS: 0})
+    acc.Reload()
+    return float(tensor_util.make_ndarray(acc.Tensors("accuracy")[-1].tensor_proto))
+
+
+def test_server_binds_loopback_on_a_free_port(server):
+    assert server.url.startswith("http://127.0.0.1:")
+    assert server.running
+
+
+def test_check_run_finds_every_tab_filled(server, logdir):
+    checks = board.check_run(server, "good", logdir / "good", timeout_s=60)
+    assert [c.tab for c in checks] == [
+        "scalars (test)",
+        "scalars (train)",
+        "histograms",
+        "images",
+        "graphs (op graph)",
+        "graphs (conceptual graph)",
+        "text",
+        "hparams",
+        "pr_curves",
+    ]
+    assert all(c.ok for c in checks), checks
+
+
+def test_endpoints_serve_the_run(server, logdir):
+    board.check_run(server, "good", logdir / "good", timeout_s=60)  # waits for loading
+    scalars = server.get("/data/plugin/scalars/tags")
+    assert {"loss", "accuracy", "best/accuracy", "best/loss"} <= set(
+        scalars["good/test"]
+    )
+    assert {"loss", "accuracy", "learning_rate"} <= set(scalars["good/train"])
+    graphs = server.get("/data/plugin/graphs/info")["good/train"]["tags"]
+    assert graphs["keras"]["conceptual_graph"] is True
+    assert server.get("/data/plugin/text/tags")["good/train"] == ["model_summary"]
+    assert "good/train" in server.get("/data/plugin/images/tags")
+    assert "pr_curve/class_0" in server.get("/data/plugin/pr_curves/tags")["good/eval"]
+
+
+def test_hparams_dashboard_lists_both_runs_with_status_and_metrics(server, logdir):
+    board.check_run(server, "good", logdir / "good", timeout_s=60)
+    experiment = server.get("/data/plugin/hparams/experiment", {"experimentName": ""})
+    infos = {i["name"]: i for i in experiment["hparamInfos"]}
+    # Listed first, so the dashboard's default columns include it.
+    assert experiment["hparamInfos"][0]["name"] == "learning_rate"
+    assert sorted(infos["model"]["domainDiscrete"]) == ["cnn", "logreg", "mlp"]
+    groups = server.session_groups()
+    assert sorted(g["name"] for g in groups) == [
+        f"{logdir.name}/diverged",
+        f"{logdir.name}/good",
+    ]
+    sessions = {s["name"]: s for group in groups for s in group["sessions"]}
+    assert set(sessions) == {"good", "diverged"}
+    assert sessions["good"]["status"] == "STATUS_SUCCESS"
+    assert sessions["diverged"]["status"] == "STATUS_FAILURE"
+    values = {
+        (m["name"]["group"], m["name"]["tag"]): m["value"]
+        for m in sessions["good"]["metricValues"]
+    }
+    assert values[("test", "accuracy")] == pytest.approx(
+        _last_test_accuracy(logdir / "good")
+    )
+    assert ("test", "best/accuracy") in values
+    reason = server.get("/data/plugin/text/tags")
+    assert "run_status" in reason["diverged"]
+
+
+def test_stop_ends_the_process_and_frees_the_port(logdir):
+    tensorboard = board.TensorBoardServer(logdir)
+    url = tensorboard.start()
+    port = int(url.rsplit(":", 1)[1])
+    tensorboard.stop()
+    assert not tensorboard.running
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", port))  # would raise if still held
+
+
+def _inspect(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.inspect_main", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_inspect_check_passes_on_a_complete_run(logdir):
+    result = _inspect("--check", str(logdir / "good"))
+    assert result.returncode == 0, result.stderr
+    assert "ok     hparams" in result.stdout
+    assert "EMPTY" not in result.stdout
+
+
+def test_inspect_check_names_the_empty_tab(logdir, tmp_path):
+    broken = tmp_path / "nohparams"
+    shutil.copytree(logdir / "good", broken)
+    for path in broken.glob("*.session_*"):
+        path.unlink()
+    shutil.copy(next(logdir.glob("*hparams_config")), tmp_path)
+    result = _inspect("--check", "--timeout=30", str(broken))
+    assert result.returncode == 1
+    (line,) = [
+        line for line in result.stderr.splitlines() if "pipeline-inspect" in line
+    ]
+    assert line == (
+        f"pipeline-inspect: error: {broken}: empty tabs: "
+        "hparams: no session for nohparams"
+    )
+
+
+def test_inspect_rejects_a_directory_that_is_not_a_run(tmp_path):
+    result = _inspect("--check", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"pipeline-inspect: error: {tmp_path}: not a run directory (no run.json)"
+    )
+
+
+def test_pipeline_board_prints_a_loopback_address_and_stops_on_ctrl_c(logdir):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.board_main", f"--logdir={logdir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("TensorBoard: http://127.0.0.1:"), line
+        url = line.split()[1].rstrip("/")
+        with urllib.request.urlopen(
+            f"{url}/data/plugins_listing", timeout=30
+        ) as answer:
+            assert {"scalars", "hparams"} <= set(json.load(answer))
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        process.wait()

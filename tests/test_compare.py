@@ -1,0 +1,210 @@
+"""pipeline-compare: variants, repeats, the data guard, filters and formats."""
+
+import json
+import statistics
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+from tiny_runs import train_tiny
+
+from pipeline import compare
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    """lr 0.1 twice (seeds 0, 1), lr 0.5 once, and a binary run (other data)."""
+    root = tmp_path_factory.mktemp("compare_logs")
+    train_tiny(root, "lr0.1-s0", learning_rate=0.1, seed=0)
+    train_tiny(root, "lr0.1-s1", learning_rate=0.1, seed=1)
+    train_tiny(root, "lr0.5-s0", learning_rate=0.5, seed=0)
+    train_tiny(root / "binary", "ones", binary_class=1)
+    return root
+
+
+@pytest.fixture(scope="module")
+def runs(logdir):
+    return [compare.load_run(path) for path in compare.find_runs([str(logdir)])]
+
+
+def _record(path):
+    return json.loads((path / "run.json").read_text())
+
+
+def test_find_runs_recurses_and_globs(logdir):
+    assert {p.name for p in compare.find_runs([str(logdir)])} == {
+        "lr0.1-s0",
+        "lr0.1-s1",
+        "lr0.5-s0",
+        "ones",
+    }
+    assert [p.name for p in compare.find_runs([str(logdir / "lr0.1-*")])] == [
+        "lr0.1-s0",
+        "lr0.1-s1",
+    ]
+    with pytest.raises(compare.CompareError, match="no such file or directory"):
+        compare.find_runs([str(logdir / "nope*")])
+
+
+def test_load_run_reads_the_test_curve_with_tensorboards_loader(runs):
+    run = next(r for r in runs if r.name == "lr0.1-s0")
+    assert [s for s, _ in run.accuracy_curve] == [10, 20]
+    record = _record(run.path)
+    assert run.metrics["final/accuracy"] == pytest.approx(
+        record["final_metrics"]["test"]["accuracy"]
+    )
+    assert run.metrics["best/accuracy"] == max(v for _, v in run.accuracy_curve)
+    assert run.metrics["steps"] == 20
+    assert run.metrics["wall_time"] == record["wall_time_s"]
+
+
+def test_seeds_are_repeats_of_one_variant(runs):
+    same_data = [r for r in runs if r.name != "ones"]
+    variants, differing = compare.group_variants(same_data)
+    assert differing == ["learning_rate"]
+    by_lr = {v.flags["learning_rate"]: v for v in variants}
+    assert sorted(r.name for r in by_lr[0.1].runs) == ["lr0.1-s0", "lr0.1-s1"]
+    finals = [r.metrics["final/accuracy"] for r in by_lr[0.1].runs]
+    mean, std = by_lr[0.1].stat("final/accuracy")
+    assert mean == pytest.approx(statistics.fmean(finals))
+    assert std == pytest.approx(statistics.stdev(finals))
+    assert by_lr[0.5].stat("final/accuracy")[1] == 0.0
+
+
+def test_runs_on_other_data_are_never_ranked_together(runs):
+    variants, differing = compare.group_variants(runs)
+    assert set(differing) == {"binary_class", "learning_rate"}
+    ranked = compare.rank(variants)
+    assert sorted(len(group) for group in ranked) == [1, 2]
+    table = compare.format_ranked(ranked, differing)
+    assert "NOT COMPARABLE with the table above (different data)" in table
+    assert table.count("data: mnist_sample ") == 2
+    together = compare.rank(variants, allow_mismatch=True)
+    assert [len(g) for g in together] == [3]
+    wide = compare.format_ranked(together, differing, allow_mismatch=True)
+    assert wide.splitlines()[0].split()[-1] == "data"
+
+
+def test_sort_top_and_filter(runs):
+    variants, _ = compare.group_variants([r for r in runs if r.name != "ones"])
+    (ranked,) = compare.rank(variants, sort="best/loss")
+    losses = [v.stat("best/loss")[0] for v in ranked]
+    assert losses == sorted(losses)
+    (ranked,) = compare.rank(variants, sort="-best/loss", top=1)
+    assert [v.stat("best/loss")[0] for v in ranked] == [max(losses)]
+    (ranked,) = compare.rank(
+        variants, predicate=compare.parse_filter("learning_rate<0.3")
+    )
+    assert [v.flags["learning_rate"] for v in ranked] == [0.1]
+    with pytest.raises(compare.CompareError, match="--sort=bogus: unknown field"):
+        compare.rank(variants, sort="bogus")
+
+
+ROW = {"model": "cnn", "best/accuracy": 0.985, "steps": 2000.0, "deterministic": True}
+
+
+@pytest.mark.parametrize(
+    ("expression", "expected"),
+    [
+        ("model==cnn", True),
+        ("model!=cnn", False),
+        ("model==cnn and best/accuracy>0.98", True),
+        ("model==mlp and best/accuracy>0.98", False),
+        ("model==mlp or best/accuracy>0.98", True),
+        ("not model==mlp", True),
+        ("model==mlp or steps>=2000 and best/accuracy<0.9", False),  # and binds tighter
+        ("(model==mlp or steps>=2000) and best/accuracy>0.9", True),
+        ("model=='cnn'", True),
+        ('model=="mlp"', False),
+        ("steps==2e3", True),
+        ("deterministic==true", True),
+        ("model>0.5", False),  # text vs number: never ordered
+    ],
+)
+def test_filter_expressions(expression, expected):
+    assert compare.parse_filter(expression)(ROW) is expected
+
+
+@pytest.mark.parametrize(
+    ("expression", "message"),
+    [
+        ("model==", "expected word, found 'end of filter'"),
+        ("model cnn", "expected op, found 'cnn'"),
+        ("(model==cnn", "missing '\\)'"),
+        ("model==cnn)", "unexpected '\\)'"),
+        ("model!cnn", "cannot read '!cnn'"),
+        ("model==cnn __import__('os')", "unexpected '__import__'"),
+    ],
+)
+def test_filter_syntax_errors(expression, message):
+    with pytest.raises(compare.CompareError, match=message):
+        compare.parse_filter(expression)
+
+
+def test_filter_names_unknown_fields():
+    with pytest.raises(compare.CompareError, match="unknown field 'modle'"):
+        compare.parse_filter("modle==cnn")(ROW)
+
+
+def test_formats(runs):
+    variants, differing = compare.group_variants([r for r in runs if r.name != "ones"])
+    ranked = compare.rank(variants)
+    table = compare.format_ranked(ranked, differing).splitlines()
+    assert table[0].split()[:4] == ["learning_rate", "runs", "final", "acc"]
+    assert len(table) == 4
+    assert " ± " in next(line for line in table[2:] if line.split()[0] == "0.1")
+    markdown = compare.format_ranked(ranked, differing, "markdown").splitlines()
+    assert markdown[0].startswith("| learning_rate | runs | final acc |")
+    assert markdown[1].startswith("|---|")
+    records = json.loads(compare.format_ranked(ranked, differing, "json"))
+    assert {r["learning_rate"]: r["repeats"] for r in records} == {0.1: 2, 0.5: 1}
+    assert records[0]["comparable_group"] == 0
+    csv_lines = compare.format_ranked(ranked, differing, "csv").splitlines()
+    assert csv_lines[0].startswith("learning_rate,repeats,final/accuracy_mean,")
+    assert len(csv_lines) == 3
+
+
+def test_plot_draws_a_png(runs, tmp_path):
+    variants, differing = compare.group_variants([r for r in runs if r.name != "ones"])
+    compare.plot_curves(variants, tmp_path / "curves.png", differing)
+    with Image.open(tmp_path / "curves.png") as image:
+        assert image.format == "PNG"
+        assert image.size == (1100, 500)
+
+
+def test_cli_prints_the_table_and_reports_skipped_runs(logdir, tmp_path):
+    broken = logdir / "binary" / "broken"
+    broken.mkdir(exist_ok=True)
+    record = _record(logdir / "lr0.5-s0")
+    record.update(status="failed", error="KeyboardInterrupt: ")
+    (broken / "run.json").write_text(json.dumps(record))
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.compare_main",
+            str(logdir),
+            "--top=1",
+            "--format=markdown",
+            f"--plot={tmp_path / 'c.png'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("| binary_class | learning_rate | runs |") == 2
+    assert "2 data sets: tables are not comparable" in result.stderr
+    assert f"skipped {broken} (failed: KeyboardInterrupt: )" in result.stderr
+    assert (tmp_path / "c.png").is_file()
+    missing = subprocess.run(
+        [sys.executable, "-m", "pipeline.compare_main", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.strip().splitlines()[-1] == (
+        f"pipeline-compare: error: {tmp_path / 'none'}: no such file or directory"
+    )

@@ -1,0 +1,110 @@
+"""Flags -> frozen config: definitions, validators, flagfiles, overrides."""
+
+import dataclasses
+
+import pytest
+from absl import flags
+from conftest import REPO
+
+from pipeline import config as config_lib
+
+
+def parse(*argv: str) -> flags.FlagValues:
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    flag_values(["pipeline-train", *argv])
+    return flag_values
+
+
+def test_defaults_match_the_dataclass():
+    assert config_lib.config_from_flags(parse()) == config_lib.TrainConfig()
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config_lib.TrainConfig().steps = 5
+
+
+def test_every_flag_has_help_text():
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    for name, flag in flag_values._flags().items():
+        assert len(flag.help or "") > 5, name
+
+
+def test_command_line_overrides_flagfile():
+    cfg = config_lib.config_from_flags(
+        parse(f"--flagfile={REPO / 'flags/cnn_course.cfg'}", "--learning_rate=0.05")
+    )
+    assert cfg.learning_rate == 0.05
+    assert cfg.conv_filters == (64, 128)
+    assert cfg.conv_padding == ("same", "valid")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--batch_size=0"], "batch_size"),
+        (["--steps=-1"], "steps"),
+        (["--learning_rate=0"], "--learning_rate must be > 0"),
+        (["--dropout=1.0"], "--dropout must be in [0, 1)"),
+        (["--shuffle_buffer=0"], "shuffle_buffer"),
+        (["--model=resnet"], "model"),
+        (["--optimizer=lbfgs"], "optimizer"),
+        (["--binary_class=10"], "binary_class"),
+        (["--conv_filters=32,x"], "--conv_filters must be"),
+        (["--conv_padding=full"], "--conv_padding values"),
+        (
+            ["--conv_filters=8,8,8", "--conv_padding=same,valid"],
+            "one per --conv_filters",
+        ),
+        (["--run_name=../escape"], "--run_name may hold only"),
+        (["--run_name=a/b"], "--run_name may hold only"),
+    ],
+)
+def test_bad_values_name_the_flag(argv, message):
+    with pytest.raises(
+        flags.IllegalFlagValueError,
+        match=message.replace("[", r"\[").replace("(", r"\(").replace(")", r"\)"),
+    ):
+        parse(*argv)
+
+
+def test_conv_stack_that_shrinks_the_image_to_nothing_is_refused():
+    with pytest.raises(config_lib.ConfigError, match="shrink the 28x28"):
+        config_lib.config_from_flags(
+            parse("--conv_filters=8,8,8,8,8", "--conv_padding=same")
+        )
+
+
+def test_data_dir_with_the_bundled_sample_is_contradictory():
+    with pytest.raises(config_lib.ConfigError, match="--data_dir is not used"):
+        config_lib.config_from_flags(parse("--data_dir=/tmp"))
+
+
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "flags").glob("*.cfg")), ids=lambda p: p.name
+)
+def test_every_flagfile_parses_and_names_its_experiment(path):
+    text = path.read_text()
+    assert text.startswith("#"), "each flagfile opens with what it reproduces"
+    cfg = config_lib.config_from_flags(parse(f"--flagfile={path}"))
+    assert cfg.dataset == "mnist_sample"
+    if path.name != "demo.cfg":
+        for flag in (
+            "--model=",
+            "--optimizer=",
+            "--learning_rate=",
+            "--batch_size=",
+            "--steps=",
+        ):
+            assert flag in text, f"{path.name} lacks {flag}"
+
+
+def test_course_cnn_flagfile_builds_665738_parameters():
+    from pipeline.models import build_model
+
+    cfg = config_lib.config_from_flags(
+        parse(f"--flagfile={REPO / 'flags/cnn_course.cfg'}")
+    )
+    assert build_model(cfg).count_params() == 665_738

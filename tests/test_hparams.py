@@ -1,0 +1,170 @@
+"""HParams records: the config's domains come from the flags; runs log sessions."""
+
+import pathlib
+
+import pytest
+from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+from tensorboard.plugins.hparams import api_pb2, metadata
+from tensorboard.util import tensor_util
+from tiny_runs import train_tiny
+
+from pipeline import config as config_lib
+from pipeline import hparams
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One completed and one diverged (NaN) tiny run in one experiment directory."""
+    logdir = tmp_path_factory.mktemp("hparams_logs")
+    ok = train_tiny(logdir, "ok")
+    with pytest.raises(Exception, match="loss is nan"):
+        train_tiny(logdir, "nan", learning_rate=1e38)
+    return logdir, ok, logdir / "nan"
+
+
+def _accumulator(path: pathlib.Path) -> pea.EventAccumulator:
+    acc = pea.EventAccumulator(str(path), size_guidance={pea.TENSORS: 0})
+    acc.Reload()
+    return acc
+
+
+def _values(acc: pea.EventAccumulator, tag: str) -> list[tuple[int, float]]:
+    return [
+        (e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
+        for e in acc.Tensors(tag)
+    ]
+
+
+def test_config_domains_come_from_flag_definitions():
+    infos = {info.name: info for info in hparams.experiment_pb().hparam_infos}
+    assert list(infos["model"].domain_discrete) == sorted(config_lib.MODELS)
+    assert list(infos["optimizer"].domain_discrete) == sorted(config_lib.OPTIMIZERS)
+    assert list(infos["deterministic"].domain_discrete) == [False, True]
+    assert infos["hidden_layers"].domain_interval == api_pb2.Interval(
+        min_value=0, max_value=100
+    )
+    assert infos["validation_split"].domain_interval.max_value == pytest.approx(0.9)
+    # Unbounded numbers keep their type (the dashboard's range filter needs it).
+    assert infos["learning_rate"].type == api_pb2.DATA_TYPE_FLOAT64
+    assert not infos["learning_rate"].HasField("domain_interval")
+    assert infos["conv_filters"].type == api_pb2.DATA_TYPE_STRING
+    assert "seed" in infos
+    for bookkeeping in ("logdir", "run_name", "print_every", "checkpoint_every"):
+        assert bookkeeping not in infos
+
+
+def test_config_metrics_read_the_test_writer():
+    names = {(m.name.group, m.name.tag) for m in hparams.experiment_pb().metric_infos}
+    assert {
+        ("test", "accuracy"),
+        ("test", "loss"),
+        ("test", "best/accuracy"),
+        ("test", "best/accuracy_step"),
+        ("test", "best/loss"),
+        ("train", "accuracy"),
+    } <= names
+
+
+def test_experiment_config_is_written_once_and_replaced_only_when_stale(tmp_path):
+    assert hparams.write_experiment_config(tmp_path) is True
+    path = tmp_path / hparams.CONFIG_FILENAME
+    first = path.read_bytes()
+    assert hparams.write_experiment_config(tmp_path) is False
+    assert path.read_bytes() == first
+    # A config from an older version of the flags is replaced, not appended to.
+    stale = hparams.hp.hparams_config_pb([hparams.hp.HParam("model")], [])
+    path.unlink()
+    hparams._write(tmp_path, stale, "")
+    next(tmp_path.glob("events.out.tfevents.*")).rename(path)
+    assert len(hparams.read_experiment(tmp_path).hparam_infos) == 1
+    assert hparams.write_experiment_config(tmp_path) is True
+    assert hparams.read_experiment(tmp_path) is not None
+    assert len(hparams.read_experiment(tmp_path).hparam_infos) > 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == [hparams.CONFIG_FILENAME]
+
+
+def test_flags_that_differ_between_runs_are_marked_and_never_unmarked(runs):
+    logdir, _, _ = runs
+    infos = hparams.read_experiment(logdir).hparam_infos
+    assert [i.name for i in infos if i.differs] == ["learning_rate"]
+    assert hparams.write_experiment_config(logdir) is False
+    assert hparams.write_experiment_config(logdir, {"seed"}) is True
+    infos = hparams.read_experiment(logdir).hparam_infos
+    assert sorted(i.name for i in infos if i.differs) == ["learning_rate", "seed"]
+    assert hparams.write_experiment_config(logdir) is False
+
+
+def test_session_values_are_the_defining_flags():
+    config = config_lib.TrainConfig(
+        model="mlp", conv_filters=(16, 32), learning_rate=0.01
+    )
+    values = hparams.session_hparams(config)
+    assert values["model"] == "mlp"
+    assert values["learning_rate"] == 0.01
+    assert values["conv_filters"] == "16,32"
+    assert values["deterministic"] is True
+    assert "binary_class" not in values  # None: not set for this run
+    assert "logdir" not in values
+
+
+def test_run_writes_config_at_experiment_root_and_session_in_run_root(runs):
+    logdir, ok, _ = runs
+    assert (logdir / hparams.CONFIG_FILENAME).is_file()
+    acc = _accumulator(ok)
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    assert set(content) == {
+        metadata.SESSION_START_INFO_TAG,
+        metadata.SESSION_END_INFO_TAG,
+    }
+    start = metadata.parse_session_start_info_plugin_data(
+        content[metadata.SESSION_START_INFO_TAG]
+    )
+    assert start.hparams["model"].string_value == "logreg"
+    assert start.hparams["learning_rate"].number_value == pytest.approx(0.1)
+    assert start.hparams["steps"].number_value == 20
+    assert start.group_name == f"{logdir.name}/ok"
+    end = metadata.parse_session_end_info_plugin_data(
+        content[metadata.SESSION_END_INFO_TAG]
+    )
+    assert end.status == api_pb2.STATUS_SUCCESS
+
+
+def test_best_metrics_are_the_running_best_of_the_test_curve(runs):
+    _, ok, _ = runs
+    acc = _accumulator(ok / "test")
+    accuracy = _values(acc, "accuracy")
+    loss = _values(acc, "loss")
+    assert [s for s, _ in accuracy] == [10, 20]
+    best = _values(acc, "best/accuracy")
+    assert [s for s, _ in best] == [10, 20]
+    assert best[-1][1] == pytest.approx(max(v for _, v in accuracy))
+    best_step = _values(acc, "best/accuracy_step")[-1][1]
+    assert dict(accuracy)[int(best_step)] == pytest.approx(best[-1][1])
+    assert _values(acc, "best/loss")[-1][1] == pytest.approx(min(v for _, v in loss))
+
+
+def test_failed_run_shows_as_failed_with_the_reason(runs):
+    _, _, failed = runs
+    acc = _accumulator(failed)
+    content = acc.PluginTagToContent(metadata.PLUGIN_NAME)
+    end = metadata.parse_session_end_info_plugin_data(
+        content[metadata.SESSION_END_INFO_TAG]
+    )
+    assert end.status == api_pb2.STATUS_FAILURE
+    (event,) = acc.Tensors(hparams.STATUS_TAG)
+    text = tensor_util.make_ndarray(event.tensor_proto).item().decode()
+    assert text.startswith("**failed**: NonFiniteLossError: loss is nan at step")
+
+
+def test_best_metrics_tracker_keeps_step_of_best():
+    best = hparams.BestMetrics()
+    assert best.update(10, {"accuracy": 0.5, "loss": 2.0}) == {
+        "best/accuracy": 0.5,
+        "best/accuracy_step": 10.0,
+        "best/loss": 2.0,
+        "best/loss_step": 10.0,
+    }
+    out = best.update(20, {"accuracy": 0.4, "loss": 1.0})
+    assert out["best/accuracy"] == 0.5
+    assert out["best/accuracy_step"] == 10.0
+    assert out["best/loss_step"] == 20.0

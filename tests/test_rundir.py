@@ -1,0 +1,58 @@
+"""Run directories: never overwritten, a record that tells the truth."""
+
+import json
+
+import pytest
+from absl import flags
+from conftest import TINY
+
+from pipeline import config as config_lib
+from pipeline import rundir
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    rundir.create_run_dir(tmp_path, "r")
+    (tmp_path / "r" / "keep").write_text("x")
+    with pytest.raises(rundir.RunDirError, match="run already exists"):
+        rundir.create_run_dir(tmp_path, "r")
+    assert (tmp_path / "r" / "keep").read_text() == "x"
+
+
+def test_unwritable_logdir_names_the_flag(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(rundir.RunDirError, match=r"--logdir=.*file/sub: cannot create"):
+        rundir.create_run_dir(blocker / "sub", "r")
+
+
+def test_saved_flagfile_reruns_the_same_config(tmp_path):
+    config = config_lib.TrainConfig(
+        model="cnn", conv_filters=(8, 16), binary_class=3, run_name="x"
+    )
+    run = rundir.create_run_dir(tmp_path, "r")
+    (run.path / rundir.FLAGFILE_NAME).write_text(rundir.config_to_flagfile(config))
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    flag_values(["prog", f"--flagfile={run.path / rundir.FLAGFILE_NAME}"])
+    assert config_lib.config_from_flags(flag_values) == config_lib.TrainConfig(
+        model="cnn", conv_filters=(8, 16), binary_class=3
+    )
+
+
+def test_record_status_moves_from_running_to_completed(tmp_path):
+    run = rundir.create_run_dir(tmp_path, "r")
+    run.start(TINY, {"name": "mnist_sample"})
+    assert run.status == "running"
+    run.finish("completed", step=3)
+    record = json.loads(run.record_path.read_text())
+    assert record["status"] == "completed"
+    assert record["step"] == 3
+    assert record["end_time"] >= record["start_time"]
+    assert not list(tmp_path.glob("r/.run.json.*"))
+
+
+def test_default_run_name_is_model_and_timestamp():
+    import datetime
+
+    name = rundir.default_run_name(TINY, datetime.datetime(2026, 1, 2, 3, 4, 5))
+    assert name == "cnn-20260102-030405"

@@ -1,0 +1,95 @@
+"""What a training run shows in TensorBoard, read back with TensorBoard's loader."""
+
+import numpy as np
+import pytest
+from conftest import read_events, scalar_series
+
+from pipeline.summaries import tile_images
+
+FAMILIES = ("logreg", "mlp", "cnn")
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_train_scalars_every_step_and_test_scalars_at_evals(trained_runs, model):
+    run = trained_runs[model].path
+    assert [s for s, _ in scalar_series(run / "train", "loss")] == list(range(1, 21))
+    assert [s for s, _ in scalar_series(run / "train", "accuracy")] == list(
+        range(1, 21)
+    )
+    assert [s for s, _ in scalar_series(run / "test", "loss")] == [10, 20]
+    assert [s for s, _ in scalar_series(run / "test", "accuracy")] == [10, 20]
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_plugins_and_tags_per_split(trained_runs, model):
+    train = read_events(trained_runs[model].path / "train")
+    test = read_events(trained_runs[model].path / "test")
+    assert set(train.PluginTagToContent("scalars")) == {
+        "loss",
+        "accuracy",
+        "learning_rate",
+        "examples_per_sec",
+        "events/checkpoint_saved",
+    }
+    assert set(test.PluginTagToContent("scalars")) == {
+        "loss",
+        "accuracy",
+        # Running bests, for the HParams dashboard (it shows last values).
+        "best/accuracy",
+        "best/accuracy_step",
+        "best/loss",
+        "best/loss_step",
+    }
+    assert set(test.ActivePlugins()) == {"scalars"}
+    assert {"graph_run_metadata_graph", "graph_keras_model", "images", "text"} <= set(
+        train.ActivePlugins()
+    )
+    assert list(train.PluginTagToContent("graph_run_metadata_graph")) == ["train_loop"]
+    assert list(train.PluginTagToContent("images")) == ["inputs"]
+    assert list(train.PluginTagToContent("text")) == ["model_summary"]
+
+
+@pytest.mark.parametrize("model", FAMILIES)
+def test_histograms_of_every_weight_and_gradient(trained_runs, model):
+    import keras
+
+    run = trained_runs[model]
+    train = read_events(run.path / "train")
+    tags = set(train.PluginTagToContent("histograms"))
+    from pipeline.models import build_model
+
+    keras.utils.set_random_seed(0)
+    names = {v.path for v in build_model(run.config).trainable_variables}
+    assert tags == names | {f"gradients/{n}" for n in names}
+    for tag in tags:
+        # Step 0 (initial weights) and the last step always, --histogram_every between.
+        assert [e.step for e in train.Tensors(tag)] == [0, 10, 20]
+
+
+def test_checkpoint_marker_at_each_save(trained_runs):
+    run = trained_runs["mlp"].path
+    assert scalar_series(run / "train", "events/checkpoint_saved") == [
+        (10, 10.0),
+        (20, 20.0),
+    ]
+
+
+def test_learning_rate_scalar_is_the_configured_rate(trained_runs):
+    # Constant within a compiled chunk: written once per chunk, at its last step.
+    series = scalar_series(trained_runs["logreg"].path / "train", "learning_rate")
+    assert [s for s, _ in series] == [10, 20]
+    assert [v for _, v in series] == pytest.approx([0.01] * 2)
+
+
+def test_no_validation_writer_without_validation_split(trained_runs):
+    assert not (trained_runs["cnn"].path / "validation").exists()
+
+
+def test_tile_images_lays_out_a_grid_with_borders():
+    images = np.stack([np.full((28, 28), i, np.uint8) for i in range(10)])
+    grid = tile_images(images, columns=4)
+    assert grid.shape == (3 * 29 + 1, 4 * 29 + 1)
+    assert grid[1, 1] == 0
+    assert grid[1, 30] == 1
+    assert grid[30, 1] == 4
+    assert grid[0, 0] == 128

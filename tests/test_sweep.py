@@ -1,0 +1,155 @@
+"""pipeline-sweep: grid planning, and resume that skips completed runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from tiny_runs import TINY, TINY_FLAGS
+
+from pipeline import hparams, sweep
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("learning_rate", "expected FLAG=VALUE1,VALUE2"),
+        ("learning_rate=", "expected FLAG=VALUE1,VALUE2"),
+        ("no_such_flag=1,2", "'no_such_flag' is not a training flag"),
+        ("logdir=a,b", "'logdir' is not a training flag"),
+        ("learning_rate=0.1,,0.2", "empty value"),
+        ("learning_rate=0.1,0.1", "repeated value"),
+    ],
+)
+def test_parse_grid_rejects_bad_specs(spec, message):
+    with pytest.raises(sweep.SweepError, match=message):
+        sweep.parse_grid([spec])
+
+
+def test_parse_grid_axes_and_list_values():
+    axes = sweep.parse_grid(["learning_rate=0.1,0.01", "conv_filters=16,32|32,64"])
+    assert axes == [
+        sweep.GridAxis("learning_rate", ("0.1", "0.01")),
+        sweep.GridAxis("conv_filters", ("16,32", "32,64")),
+    ]
+    with pytest.raises(sweep.SweepError, match="already a grid axis"):
+        sweep.parse_grid(["seed=1,2", "seed=3"])
+
+
+def test_plan_names_seeds_and_configs():
+    axes = sweep.parse_grid(["learning_rate=0.1,0.01", "activation=sigmoid,relu"])
+    runs = sweep.plan(TINY, axes, repeats=2, sweep_name="s")
+    assert len(runs) == 8
+    assert runs[0].name == "learning_rate=0.1,activation=sigmoid,seed=0"
+    assert runs[1].name == "learning_rate=0.1,activation=sigmoid,seed=1"
+    assert runs[-1].name == "learning_rate=0.01,activation=relu,seed=1"
+    assert [r.config.seed for r in runs[:2]] == [0, 1]
+    assert runs[-1].config.learning_rate == 0.01
+    assert runs[-1].config.activation == "relu"
+    assert runs[-1].config.logdir == os.path.join("logs", "s")
+    assert runs[-1].config.steps == TINY.steps
+    # Planning is deterministic: the same sweep always names the same runs.
+    assert [r.name for r in sweep.plan(TINY, axes, 2, "s")] == [r.name for r in runs]
+
+
+def test_plan_rejects_values_the_flag_rejects():
+    with pytest.raises(sweep.SweepError, match="activation"):
+        sweep.plan(TINY, sweep.parse_grid(["activation=relu,swiggle"]), 1, "s")
+    with pytest.raises(sweep.SweepError, match="learning_rate must be > 0"):
+        sweep.plan(TINY, sweep.parse_grid(["learning_rate=0.1,-1"]), 1, "s")
+    with pytest.raises(sweep.SweepError, match="--repeats"):
+        sweep.plan(TINY, sweep.parse_grid(["seed=1,2"]), 2, "s")
+
+
+def _sweep(logdir, *args, **kwargs):
+    command = [sys.executable, "-m", "pipeline.sweep_main", *TINY_FLAGS]
+    command += [f"--logdir={logdir}", *args]
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, **kwargs
+    )
+
+
+def _record(path):
+    return json.loads((path / "run.json").read_text())
+
+
+def test_sweep_runs_the_grid_then_skips_completed_runs(tmp_path):
+    args = ["--grid=learning_rate=0.1,0.5", "--sweep_name=grid", "--parallel=2"]
+    first = _sweep(tmp_path, *args)
+    assert first.returncode == 0, first.stderr
+    experiment = tmp_path / "grid"
+    names = ["learning_rate=0.1,seed=0", "learning_rate=0.5,seed=0"]
+    assert sorted(p.name for p in experiment.iterdir() if p.is_dir()) == names
+    assert (experiment / hparams.CONFIG_FILENAME).is_file()
+    for name in names:
+        record = _record(experiment / name)
+        assert record["status"] == "completed"
+        assert (experiment / name / "train.log").is_file()
+    assert "0 already completed, 2 to run, 2 at a time" in first.stdout
+    assert "[  2/2] completed" in first.stdout
+    assert "best 0." in first.stdout
+    starts = {n: _record(experiment / n)["start_time"] for n in names}
+
+    again = _sweep(tmp_path, *args)
+    assert again.returncode == 0, again.stderr
+    assert "2 already completed, 0 to run" in again.stdout
+    assert "started" not in again.stdout
+    assert {n: _record(experiment / n)["start_time"] for n in names} == starts
+
+    # Same sweep name, other base flags: refuse rather than mix two experiments.
+    changed = _sweep(tmp_path, *args, "--steps=30")
+    assert changed.returncode == 1
+    assert changed.stderr.strip().splitlines()[-1] == (
+        f"pipeline-sweep: error: {experiment / names[0]}: completed with other flags "
+        "(steps=20 there, 30 now); use another --sweep_name"
+    )
+
+
+def test_killed_sweep_resumes_and_moves_the_half_done_run_aside(tmp_path):
+    experiment = tmp_path / "killed"
+    first_run = experiment / "learning_rate=0.1,seed=0"
+    args = ["--grid=learning_rate=0.1", "--sweep_name=killed"]
+    command = [sys.executable, "-m", "pipeline.sweep_main", *TINY_FLAGS]
+    command += [f"--logdir={tmp_path}", *args, "--steps=1000000", "--eval_every=0"]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (first_run / "run.json").is_file() and (first_run / "train").is_dir():
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the first run never started")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the sweep and its training child
+        process.wait()
+    assert _record(first_run)["status"] == "running"
+
+    resumed = _sweep(tmp_path, *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"moved half-done {first_run} aside to {first_run.name}.incomplete-1" in (
+        resumed.stdout
+    )
+    assert "0 already completed, 1 to run" in resumed.stdout
+    aside = experiment / f"{first_run.name}.incomplete-1"
+    assert _record(aside)["status"] == "failed"
+    assert _record(aside)["error"].startswith("interrupted")
+    assert list(aside.glob("*.session_end"))  # the HParams dashboard shows it failed
+    assert _record(first_run)["status"] == "completed"
+
+
+def test_sweep_flag_errors_are_one_line(tmp_path):
+    result = _sweep(tmp_path, "--grid=activation=relu,nope", "--sweep_name=bad")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("pipeline-sweep: error: --grid (activation=nope):")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "bad").exists()
