@@ -39,6 +39,16 @@ fmt: venv
 fashion-mnist:
 	test -f $(FASHION) || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
 
+# Speed, memory and event-size figures (not part of `make test`): ~8-10 min on
+# 2 cores. The table in WORKSPACE.md ("Performance") comes from this target.
+BENCH_OUT := build/bench
+bench: venv fashion-mnist
+	mkdir -p $(BENCH_OUT)
+	$(BIN)/python -m benchmarks.flops
+	$(BIN)/python -m benchmarks.throughput --json_out=$(BENCH_OUT)/throughput.json
+	$(BIN)/python -m benchmarks.input_pipeline --throughput_json=$(BENCH_OUT)/throughput.json
+	$(BIN)/python -m benchmarks.footprint
+
 board: venv
 	$(BIN)/pipeline-board --logdir logs
 

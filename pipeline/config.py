@@ -20,6 +20,11 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adadelta", "rmsprop")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "swish", "linear")
 PADDINGS = ("same", "valid")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
+JIT_COMPILE = ("auto", "true", "false")
+# Families whose train step XLA made faster on the 2-core benchmark CPU
+# (python -m benchmarks.throughput --compare_xla): none. XLA ran the CNN 8x
+# slower, and logreg and the MLP 0.7-0.8x as fast as without it.
+JIT_AUTO_MODELS: tuple[str, ...] = ()
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
 
@@ -64,6 +69,9 @@ class TrainConfig:
     cpu_devices: int = 0
     early_stopping_patience: int = 0
     early_stopping_min_delta: float = 0.0
+    steps_per_loop: int = 100
+    jit_compile: str = "auto"
+    summary_budget_mb: float = 100.0
 
     @property
     def num_classes(self) -> int:
@@ -304,6 +312,39 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         upper_bound=64,
         **fv,
     )
+    flags.DEFINE_integer(
+        "steps_per_loop",
+        d.steps_per_loop,
+        "Training steps per compiled call (Orbit's steps_per_loop, Keras' "
+        "steps_per_execution). Every step's scalars are still written at their own "
+        "step; a call also ends at each eval/histogram/checkpoint/print boundary. "
+        "Larger values cut per-step Python overhead (what makes small models "
+        "faster than Keras fit); 1 is a plain per-step loop.",
+        lower_bound=1,
+        upper_bound=100_000,
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "jit_compile",
+        d.jit_compile,
+        JIT_COMPILE,
+        "XLA-compile the train step (the step only: the loop reads a tf.data "
+        "iterator, which XLA cannot compile). auto: on only for model families "
+        "that XLA made faster in benchmarks/throughput.py --compare_xla; on the "
+        "2-core benchmark CPU none did (cnn 8x slower, logreg and mlp 0.7-0.8x "
+        "as fast), so auto is off. true/false force it.",
+        **fv,
+    )
+    flags.DEFINE_float(
+        "summary_budget_mb",
+        d.summary_budget_mb,
+        "Event-file budget for the run, in MB (0: unlimited). When the projected "
+        "size would exceed it, the histogram interval doubles (histograms are "
+        "still written at the first and last step); per-step scalars are never "
+        "thinned. The bytes written per plugin are printed at exit.",
+        lower_bound=0.0,
+        **fv,
+    )
 
     for rate_flag in ("dropout", "conv_dropout", "dense_dropout"):
         flags.register_validator(
@@ -398,6 +439,17 @@ def validate(config: TrainConfig) -> TrainConfig:
             "--data_dir is not used with --dataset=mnist_sample (the data ships "
             "with the package); drop it or pick --dataset=mnist/fashion_mnist"
         )
+    if config.steps_per_loop < 1:
+        raise ConfigError(f"--steps_per_loop={config.steps_per_loop} must be >= 1")
+    if config.jit_compile not in JIT_COMPILE:
+        raise ConfigError(
+            f"--jit_compile={config.jit_compile} must be one of "
+            + ", ".join(JIT_COMPILE)
+        )
+    if config.summary_budget_mb < 0:
+        raise ConfigError(
+            f"--summary_budget_mb={config.summary_budget_mb} must be >= 0"
+        )
     return config
 
 
@@ -444,8 +496,18 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfi
             cpu_devices=f.cpu_devices,
             early_stopping_patience=f.early_stopping_patience,
             early_stopping_min_delta=f.early_stopping_min_delta,
+            steps_per_loop=f.steps_per_loop,
+            jit_compile=f.jit_compile,
+            summary_budget_mb=f.summary_budget_mb,
         )
     )
+
+
+def use_jit_compile(config: TrainConfig) -> bool:
+    """Resolves `--jit_compile`: `auto` follows the measurements per model family."""
+    if config.jit_compile == "auto":
+        return config.model in JIT_AUTO_MODELS
+    return config.jit_compile == "true"
 
 
 def config_to_dict(config: TrainConfig) -> dict:

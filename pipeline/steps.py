@@ -93,16 +93,21 @@ def make_train_loop(
     Each step runs `train_step` on every replica (`strategy.run`) and sums the
     per-replica metrics (`strategy.reduce`); under the default strategy both
     are no-ops. `num_steps` is a tensor, so chunks of any length share one
-    trace.
+    trace. The step is its own `tf.function` called from the loop, as Keras
+    does for `steps_per_execution`: that keeps the step's graph optimisable on
+    its own (measured 1.3x faster on logreg than inlining it into the while
+    loop) and lets XLA compile the step, which it cannot do for a loop that
+    reads a `tf.data` iterator (`IteratorGetNext` has no XLA kernel).
     """
     strategy = strategy or tf.distribute.get_strategy()
+    step_fn = tf.function(train_step, jit_compile=jit_compile)
 
-    @tf.function(jit_compile=jit_compile)
+    @tf.function
     def train_loop(iterator, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
         losses = tf.TensorArray(tf.float32, size=num_steps)
         accuracies = tf.TensorArray(tf.float32, size=num_steps)
         for i in tf.range(num_steps):
-            per_replica = strategy.run(train_step, args=next(iterator))
+            per_replica = strategy.run(step_fn, args=next(iterator))
             metrics = {
                 k: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)
                 for k, v in per_replica.items()
@@ -111,6 +116,7 @@ def make_train_loop(
             accuracies = accuracies.write(i, metrics["accuracy"])
         return {"loss": losses.stack(), "accuracy": accuracies.stack()}
 
+    train_loop.step_fn = step_fn  # for trace counts
     return train_loop
 
 
@@ -140,6 +146,44 @@ def make_eval_fn(
             "accuracy": total_correct / count,
             "count": count,
         }
+
+    return evaluate
+
+
+def make_array_eval_fn(
+    model: keras.Model, batch_size: int = 1000
+) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
+    """Compiles `evaluate(images, labels) -> {loss, accuracy, count}` over arrays.
+
+    Same sums as `make_eval_fn`, but slices uint8 `[N, 28, 28]` images that
+    stay in memory and normalises each batch in the graph: no tf.data
+    iterator, prefetch threads or per-call pipeline start-up, which made a
+    periodic test evaluation cost 3-10x more than its arithmetic for small
+    models. One trace serves every split (`[None, 28, 28]` signature).
+    """
+
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, 28, 28], tf.uint8),
+            tf.TensorSpec([None], tf.int32),
+        ]
+    )
+    def evaluate(images: tf.Tensor, labels: tf.Tensor) -> dict[str, tf.Tensor]:
+        total_loss = tf.constant(0.0, tf.float64)
+        total_correct = tf.constant(0.0, tf.float64)
+        count = tf.shape(labels)[0]
+        for start in tf.range(0, count, batch_size):
+            batch = tf.cast(images[start : start + batch_size], tf.float32) / 255.0
+            batch_labels = labels[start : start + batch_size]
+            logits = model(batch[..., tf.newaxis], training=False)
+            total_loss += tf.reduce_sum(
+                tf.cast(per_example_loss(batch_labels, logits), tf.float64)
+            )
+            total_correct += tf.reduce_sum(
+                tf.cast(correct(batch_labels, logits), tf.float64)
+            )
+        n = tf.cast(count, tf.float64)
+        return {"loss": total_loss / n, "accuracy": total_correct / n, "count": n}
 
     return evaluate
 

@@ -22,15 +22,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline import budget, distribute, models, steps
 from pipeline import data as data_lib
 from pipeline import distribute, models, recovery, steps, stopping
 from pipeline import hparams as hparams_lib
-from pipeline.config import TrainConfig
+from pipeline.config import TrainConfig, use_jit_compile
 from pipeline.rundir import MODEL_SUMMARY_NAME, RunDir, RunDirError
 from pipeline.summaries import SummaryLogger, variable_name
 
 EVAL_BATCH_SIZE = 1000
-STEPS_PER_LOOP = 100
 
 
 class TrainingError(RuntimeError):
@@ -68,6 +68,9 @@ class TrainResult:
     examples_per_sec: float
     checkpoint: str | None
     weights_digest: str = ""
+    # How often each compiled function traced: 1 each means no retracing.
+    trace_counts: dict[str, int] = dataclasses.field(default_factory=dict)
+    event_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def weights_digest(model: keras.Model) -> str:
@@ -218,13 +221,8 @@ def train_and_evaluate(
     eval_sets = {"test": dataset.test}
     if dataset.validation is not None:
         eval_sets["validation"] = dataset.validation
-    eval_ds = {
-        name: data_lib.make_dataset(
-            split,
-            batch_size=EVAL_BATCH_SIZE,
-            repeat=False,
-            drop_remainder=False,
-        )
+    eval_arrays = {
+        name: (tf.constant(split.images), tf.constant(split.labels, tf.int32))
         for name, split in eval_sets.items()
     }
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
@@ -286,9 +284,11 @@ def train_and_evaluate(
         best.update(logged_step, values)
 
     train_loop = steps.make_train_loop(
-        steps.make_train_step(model, optimizer, config.batch_size), strategy
+        steps.make_train_step(model, optimizer, config.batch_size),
+        strategy,
+        jit_compile=use_jit_compile(config),
     )
-    evaluate = steps.make_eval_fn(model)
+    evaluate = steps.make_array_eval_fn(model, EVAL_BATCH_SIZE)
     gradients = steps.make_gradient_fn(model)
     # A fixed batch for gradient histograms, so they never consume the
     # training iterator (which would change the run they observe).
@@ -299,6 +299,9 @@ def train_and_evaluate(
 
     recovery.wait_until(writers_not_before)
     logger = SummaryLogger(run_dir.path, enabled=is_chief)
+    histogram_schedule = budget.ThinningSchedule(
+        config.histogram_every, config.steps, round(config.summary_budget_mb * 1e6)
+    )
     start = time.perf_counter()
     last_test: dict[str, float] = {}
     last_validation: dict[str, float] = {}
@@ -328,8 +331,9 @@ def train_and_evaluate(
 
         def run_evaluation(log: bool = True) -> None:
             nonlocal last_test, last_validation
-            for name, ds in eval_ds.items():
-                values = {k: float(v) for k, v in evaluate(ds).items() if k != "count"}
+            for name, (images, labels) in eval_arrays.items():
+                metrics = evaluate(images, labels)
+                values = {k: float(v) for k, v in metrics.items() if k != "count"}
                 if log:
                     logger.scalars(name, step, values)
                 if name == "test":
@@ -361,6 +365,29 @@ def train_and_evaluate(
             logger.scalars("train", step, {"events/checkpoint_saved": float(step)})
             logger.flush()
 
+        def write_histograms() -> None:
+            grads = gradients(probe_images, probe_labels)
+            named = [(variable_name(v), v) for v in model.trainable_variables]
+            named += [
+                (f"gradients/{variable_name(v)}", g)
+                for v, g in zip(model.trainable_variables, grads, strict=True)
+            ]
+            logger.histograms("train", step, named)
+            if histogram_schedule.budget_bytes > 0:
+                logger.flush()
+                write_bytes = sum(budget.histogram_event_bytes(n) for n, _ in named)
+                spent = budget.event_bytes(run_dir.path)
+                histogram_schedule.record(step, spent, write_bytes)
+
+        # Compile the evaluation now (on zero examples), with the train loop,
+        # rather than inside the first evaluation interval.
+        images, labels = next(iter(eval_arrays.values()))
+        evaluate(images[:0], labels[:0])
+        if is_chief and histogram_schedule.due(step):
+            write_histograms()
+        # Chunks end on every multiple of --histogram_every, on every worker
+        # alike (collectives need equal chunks); the budget only decides
+        # whether a histogram is written there (thinned steps are multiples).
         intervals = [
             config.eval_every,
             config.histogram_every,
@@ -370,7 +397,7 @@ def train_and_evaluate(
         while step < config.steps and not stopped_early:
             if stop.requested:
                 break
-            end = next_boundary(step, config.steps, intervals, STEPS_PER_LOOP)
+            end = next_boundary(step, config.steps, intervals, config.steps_per_loop)
             chunk = tf.constant(end - step, tf.int32)
             chunk_start = time.perf_counter()
             if step == 0:
@@ -391,23 +418,24 @@ def train_and_evaluate(
             step_var.assign(step)
             trained_examples += (end - first_step + 1) * config.batch_size
             examples_per_sec = (end - first_step + 1) * config.batch_size / elapsed
-            n = len(series["loss"])
-            series["learning_rate"] = np.full(n, float(optimizer.learning_rate.numpy()))
-            series["examples_per_sec"] = np.full(n, examples_per_sec)
             logger.scalar_series("train", first_step, series, config.log_every)
+            if config.log_every > 0:
+                # Constant within a chunk: once per chunk, at its last step.
+                logger.scalar_series(
+                    "train",
+                    step,
+                    {
+                        "learning_rate": np.array([optimizer.learning_rate.numpy()]),
+                        "examples_per_sec": np.array([examples_per_sec]),
+                    },
+                )
             last_train = {
                 "loss": float(series["loss"][-1]),
                 "accuracy": float(series["accuracy"][-1]),
             }
 
-            if is_chief and is_due(step, config.histogram_every):
-                grads = gradients(probe_images, probe_labels)
-                named = [(variable_name(v), v) for v in model.trainable_variables]
-                named += [
-                    (f"gradients/{variable_name(v)}", g)
-                    for v, g in zip(model.trainable_variables, grads, strict=True)
-                ]
-                logger.histograms("train", step, named)
+            if is_chief and histogram_schedule.due(step):
+                write_histograms()
             if is_due(step, config.eval_every) or step == config.steps:
                 run_evaluation()
                 if early_stopping.enabled:
@@ -469,6 +497,9 @@ def train_and_evaluate(
                 "best_checkpoint": best_manager.latest_checkpoint,
             }
         wall = time.perf_counter() - start
+        logger.close()
+        plugin_bytes = budget.bytes_per_plugin(run_dir.path)
+        print_fn("event files: " + budget.describe(plugin_bytes))
         result = TrainResult(
             step=step,
             test=last_test,
@@ -477,6 +508,8 @@ def train_and_evaluate(
             examples_per_sec=trained_examples / wall,
             checkpoint=extra.get("best_checkpoint", manager.latest_checkpoint),
             weights_digest=weights_digest(model),
+            trace_counts=trace_counts(train_loop, evaluate, gradients, logger),
+            event_bytes=plugin_bytes,
         )
         run_dir.finish(
             "completed",
@@ -485,6 +518,7 @@ def train_and_evaluate(
             wall_time_s=round(wall, 3),
             examples_per_sec=round(result.examples_per_sec, 1),
             weights_digest=result.weights_digest,
+            event_bytes=plugin_bytes,
             **extra,
         )
         if is_chief:
@@ -509,6 +543,23 @@ def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> 
     stays `running` with a dead pid, which `--resume` accepts."""
     with contextlib.suppress(RunDirError):
         run_dir.finish(status, step=step, error=f"{type(err).__name__}: {err}")
+
+
+def trace_counts(
+    train_loop: Callable, evaluate: Callable, gradients: Callable, logger: SummaryLogger
+) -> dict[str, int]:
+    """Traces per compiled function (`experimental_get_tracing_count`).
+
+    1 each means nothing retraced (a retrace costs a recompile mid-run).
+    """
+    counts = {
+        "train_loop": train_loop.experimental_get_tracing_count(),
+        "train_step": train_loop.step_fn.experimental_get_tracing_count(),
+        "evaluate": evaluate.experimental_get_tracing_count(),
+        "gradients": gradients.experimental_get_tracing_count(),
+    }
+    counts.update(logger.tracing_counts())
+    return counts
 
 
 def restore_model(config: TrainConfig, checkpoint_path: str) -> keras.Model:

@@ -1,0 +1,66 @@
+"""Shared benchmark setup: the three model families as users configure them.
+
+Each family is its flagfile under flags/ (the same values a user runs), on
+full-size Fashion-MNIST with a full-size shuffle buffer, so Keras `fit` and
+the pipeline see the same model, batch size, optimizer and input pipeline.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import statistics
+
+from absl import flags
+
+from pipeline import config as config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FAMILIES = {
+    "logreg": "softmax.cfg",  # 10-class softmax regression, SGD 0.5, batch 100
+    "mlp": "mlp_relu_10x30.cfg",  # 10 ReLU layers of 30, Adam 0.01, batch 100
+    "cnn": "cnn_course.cfg",  # conv64-conv128-dense128, Adam 0.001, batch 128
+}
+FASHION_TRAIN_SIZE = 60_000
+
+
+def family_config(family: str, *overrides: str) -> config_lib.TrainConfig:
+    """The family's flagfile on Fashion-MNIST, parsed by the real flag definitions."""
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    flag_values(
+        [
+            "benchmark",
+            f"--flagfile={ROOT / 'flags' / FAMILIES[family]}",
+            "--dataset=fashion_mnist",
+            f"--shuffle_buffer={FASHION_TRAIN_SIZE}",
+            *overrides,
+        ]
+    )
+    return config_lib.config_from_flags(flag_values)
+
+
+def summarize(values: list[float]) -> tuple[float, float, float]:
+    """(median, min, max)."""
+    return statistics.median(values), min(values), max(values)
+
+
+def train_flops_per_example(model) -> tuple[float, float]:
+    """(forward, training) FLOPs per example, counted from the layer shapes.
+
+    Conv2D: 2 * out_h * out_w * filters * k_h * k_w * in_channels; Dense:
+    2 * in * out (multiply-adds count 2). Training is ~3x forward (forward,
+    gradient w.r.t. inputs, gradient w.r.t. weights); pooling, activations,
+    dropout and the optimizer update are ignored (a few percent).
+    """
+    import keras  # noqa: PLC0415
+
+    forward = 0.0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, out_h, out_w, filters = layer.output.shape
+            k_h, k_w = layer.kernel_size
+            in_ch = layer.input.shape[-1]
+            forward += 2.0 * out_h * out_w * filters * k_h * k_w * in_ch
+        elif isinstance(layer, keras.layers.Dense):
+            forward += 2.0 * layer.input.shape[-1] * layer.units
+    return forward, 3.0 * forward

@@ -1,0 +1,74 @@
+"""SummaryLogger's compiled writers: verbatim tags, own steps, one trace."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+
+from pipeline.summaries import SummaryLogger
+
+
+def _read(path):
+    acc = pea.EventAccumulator(str(path), size_guidance={pea.TENSORS: 0})
+    acc.Reload()
+    return acc
+
+
+def test_scalar_series_writes_due_steps_with_plain_tags(tmp_path):
+    with SummaryLogger(tmp_path) as logger:
+        for first in (1, 8, 13):  # chunks of 7, 5 and 4 steps
+            n = {1: 7, 8: 5, 13: 4}[first]
+            values = np.arange(first, first + n, dtype=np.float32)
+            logger.scalar_series(
+                "train", first, {"loss": values, "accuracy": values / 100}, every=3
+            )
+        counts = logger.tracing_counts()
+    acc = _read(tmp_path / "train")
+    assert sorted(acc.Tags()["tensors"]) == ["accuracy", "loss"]
+    events = acc.Tensors("loss")
+    assert [e.step for e in events] == [3, 6, 9, 12, 15]
+    assert [float(tf.make_ndarray(e.tensor_proto)) for e in events] == [3, 6, 9, 12, 15]
+    assert acc.SummaryMetadata("loss").plugin_data.plugin_name == "scalars"
+    assert counts == {"scalars:train:loss": 1}
+
+
+def test_histograms_compiled_once(tmp_path):
+    with SummaryLogger(tmp_path) as logger:
+        for step in (0, 5, 9):
+            logger.histograms(
+                "train", step, [("w", np.ones([3, 4]) * step), ("b", np.zeros([4]))]
+            )
+        counts = logger.tracing_counts()
+    acc = _read(tmp_path / "train")
+    assert [e.step for e in acc.Tensors("w")] == [0, 5, 9]
+    assert acc.SummaryMetadata("b").plugin_data.plugin_name == "histograms"
+    assert counts == {"histograms:train:w": 1}
+
+
+def test_disabled_logger_writes_nothing(tmp_path):
+    with SummaryLogger(tmp_path, enabled=False) as logger:
+        logger.scalar_series("train", 1, {"loss": np.ones(4, np.float32)})
+        logger.histograms("train", 1, [("w", np.ones(3))])
+    assert not list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+def test_histogram_buckets_match_tf_summary_histogram(tmp_path):
+    from pipeline.summaries import histogram_buckets
+
+    rng = np.random.default_rng(0)
+    cases = {
+        "normal": rng.normal(size=1000),
+        "matrix": rng.uniform(size=(30, 7)).astype(np.float32),
+        "constant": np.full([5], 2.0),
+        "ramp": np.arange(31.0),
+    }
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    with writer.as_default():
+        for tag, data in cases.items():
+            tf.summary.histogram(tag, data, step=0)
+    writer.close()
+    acc = _read(tmp_path)
+    for tag, data in cases.items():
+        reference = tf.make_ndarray(acc.Tensors(tag)[0].tensor_proto)
+        np.testing.assert_allclose(histogram_buckets(tf.constant(data)), reference)
