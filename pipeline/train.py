@@ -22,9 +22,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import budget, distribute, models, steps
+from pipeline import budget, distribute, models, recovery, steps, stopping
 from pipeline import data as data_lib
-from pipeline import distribute, models, recovery, steps, stopping
 from pipeline import hparams as hparams_lib
 from pipeline.config import TrainConfig, use_jit_compile
 from pipeline.rundir import MODEL_SUMMARY_NAME, RunDir, RunDirError
