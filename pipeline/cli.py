@@ -44,7 +44,9 @@ def run_reporting_errors(prog: str, body: Callable[[], int | None]) -> int:
     """Runs `body`; a user error becomes `prog: error: ...` on stderr and exit 1.
 
     Call from an absl `main` (flags parsed): it also keeps absl's Python log
-    at WARNING unless the user passed --verbosity.
+    at WARNING unless the user passed --verbosity. An error with an
+    `exit_code` attribute (an interrupted run: 128 + signal) exits with that
+    code instead; Ctrl-C before training starts exits 130.
     """
     from absl import flags  # noqa: PLC0415
 
@@ -53,4 +55,27 @@ def run_reporting_errors(prog: str, body: Callable[[], int | None]) -> int:
         return body() or 0
     except user_error_types() as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
-        return 1
+        return getattr(err, "exit_code", 1)
+    except KeyboardInterrupt:
+        print(f"{prog}: error: interrupted (SIGINT)", file=sys.stderr)
+        return 130
+
+
+def one_line_flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
+    """An `app.run(flags_parser=...)` that reports a bad flag in one line.
+
+    absl's default parser prints `FATAL Flags parsing error: ...` plus a hint
+    line (and indents multi-line messages); this keeps the message, names the
+    flag, and matches the `prog: error: ...` form of every other user error.
+    """
+    from absl import flags  # noqa: PLC0415
+
+    def parse(argv: list[str]) -> list[str]:
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as err:
+            message = " ".join(str(err).split()).removeprefix("ERROR:: ")
+            print(f"{prog}: error: {message} (see --helpfull)", file=sys.stderr)
+            sys.exit(1)
+
+    return parse

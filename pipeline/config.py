@@ -67,6 +67,8 @@ class TrainConfig:
     max_checkpoints: int = 3
     strategy: str = "default"
     cpu_devices: int = 0
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
     steps_per_loop: int = 100
     jit_compile: str = "auto"
     summary_budget_mb: float = 100.0
@@ -388,6 +390,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         message="--conv_padding must have one value or one per --conv_filters entry",
         flag_values=flag_values,
     )
+    _define_recovery_flags(flag_values)
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -411,6 +414,11 @@ def validate(config: TrainConfig) -> TrainConfig:
                     "image to nothing; use fewer conv layers, 'same' padding or "
                     "a smaller pool"
                 )
+    if config.early_stopping_patience > 0 and config.validation_split <= 0:
+        raise ConfigError(
+            f"--early_stopping_patience={config.early_stopping_patience} needs "
+            "--validation_split > 0 (it watches the validation loss)"
+        )
     if config.strategy == "multi_worker" and not config.run_name:
         raise ConfigError(
             "--strategy=multi_worker needs --run_name: every worker must agree on "
@@ -486,6 +494,8 @@ def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfi
             max_checkpoints=f.max_checkpoints,
             strategy=f.strategy,
             cpu_devices=f.cpu_devices,
+            early_stopping_patience=f.early_stopping_patience,
+            early_stopping_min_delta=f.early_stopping_min_delta,
             steps_per_loop=f.steps_per_loop,
             jit_compile=f.jit_compile,
             summary_budget_mb=f.summary_budget_mb,
@@ -506,3 +516,126 @@ def config_to_dict(config: TrainConfig) -> dict:
         k: list(v) if isinstance(v, tuple) else v
         for k, v in dataclasses.asdict(config).items()
     }
+
+
+# Flags that may differ from a run's saved config when it is resumed: they
+# locate the run, extend it or change only what is printed and kept on disk.
+# Everything else would change the math, so a resumed run refuses it.
+RESUME_MUTABLE_FLAGS = frozenset(
+    {"steps", "print_every", "max_checkpoints", "logdir", "run_name"}
+)
+
+
+def _define_recovery_flags(flag_values: flags.FlagValues) -> None:
+    """Flags of issue 6: early stopping, resume, replay."""
+    d = TrainConfig()
+    fv = {"flag_values": flag_values}
+    flags.DEFINE_integer(
+        "early_stopping_patience",
+        d.early_stopping_patience,
+        "Stop when the validation loss has not improved for N evaluations "
+        "(every --eval_every steps) and restore the best checkpoint; needs "
+        "--validation_split > 0 (0: off).",
+        lower_bound=0,
+        **fv,
+    )
+    flags.DEFINE_float(
+        "early_stopping_min_delta",
+        d.early_stopping_min_delta,
+        "Smallest decrease of the validation loss that counts as an improvement.",
+        lower_bound=0.0,
+        **fv,
+    )
+    flags.DEFINE_boolean(
+        "resume",
+        False,
+        "Continue an existing run (--run_name=NAME under --logdir, or --run=DIR) "
+        "from its latest checkpoint, with its saved config; only --steps, "
+        "--print_every and --max_checkpoints may change.",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "run",
+        None,
+        "With --resume: the run directory to continue, e.g. logs/NAME.",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "replay",
+        None,
+        "Re-run the run in this directory from its saved config (into a "
+        "temporary directory, for --steps steps, default all) and compare its "
+        "train losses with the original's event file; exit 1 at the first "
+        "step that differs.",
+        **fv,
+    )
+    flags.DEFINE_float(
+        "replay_rtol",
+        0.0,
+        "--replay: relative tolerance when comparing losses (0: bit-identical "
+        "float32, which op determinism gives on the same machine).",
+        lower_bound=0.0,
+        **fv,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Launch:
+    """What `pipeline-train` was asked to do: a new run, a resume or a replay.
+
+    `config` is built from the flags as given (defaults included); `explicit`
+    names the flags set on the command line or in a flagfile, so a resume or
+    replay can tell a deliberate override from a default.
+    """
+
+    mode: str  # "new", "resume" or "replay"
+    config: TrainConfig
+    explicit: frozenset[str]
+    run_path: str | None = None
+    replay_rtol: float = 0.0
+
+
+def launch_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Launch:
+    """Reads the mode flags (--resume, --run, --replay) and the config.
+
+    Raises:
+      ConfigError: contradictory mode flags.
+    """
+    f = flag_values
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    explicit = frozenset(name for name in fields if f[name].present)
+    if f.run is not None and not f.resume:
+        raise ConfigError("--run is only used with --resume (or use --replay=DIR)")
+    if f.resume and f.replay is not None:
+        raise ConfigError("--resume and --replay contradict each other; pick one")
+    if f.replay is not None and "run_name" in explicit:
+        raise ConfigError(
+            "--replay runs in a temporary directory and keeps nothing; drop --run_name"
+        )
+    if f.resume:
+        if f.run is None and f.run_name is None:
+            raise ConfigError(
+                "--resume needs the run: --run=LOGDIR/NAME or --run_name=NAME"
+            )
+        if f.run is not None and f.run_name is not None:
+            raise ConfigError("--resume takes --run=DIR or --run_name=NAME, not both")
+    config = config_from_flags(f)
+    if f.resume:
+        return Launch("resume", config, explicit, f.run, f.replay_rtol)
+    if f.replay is not None:
+        return Launch("replay", config, explicit, f.replay, f.replay_rtol)
+    return Launch("new", config, explicit)
+
+
+def config_from_dict(values: dict) -> TrainConfig:
+    """Inverse of `config_to_dict`: a run's saved config back as a TrainConfig.
+
+    Keys this version does not know are ignored and missing ones take their
+    defaults, so runs recorded by older or newer versions still load.
+    """
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    kwargs = {}
+    for key, value in values.items():
+        if key in fields:
+            kwargs[key] = tuple(value) if isinstance(value, list) else value
+    return TrainConfig(**kwargs)

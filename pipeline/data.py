@@ -164,6 +164,9 @@ def read_npz(path: pathlib.Path | str) -> tuple[Split, Split]:
     path = pathlib.Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    # np.load takes any non-zip file for a pickle and would report that.
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path}: not a valid .npz file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as npz:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(npz.files)
@@ -173,7 +176,10 @@ def read_npz(path: pathlib.Path | str) -> tuple[Split, Split]:
     except ValueError as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"{path}: refused to load ({err})") from None
+        raise DataError(
+            f"{path}: refused to load: it holds pickled object arrays, which "
+            "can run arbitrary code (allow_pickle stays off)"
+        ) from None
     except (OSError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{path}: not a valid .npz file ({err})") from None
     return (

@@ -91,6 +91,44 @@ def _split_cpu(tf, count: int) -> None:
         ) from None
 
 
+def chief_from_tf_config(strategy_name: str) -> bool:
+    """Whether this process will be the chief, read from TF_CONFIG alone.
+
+    Lets entry points decide, before TensorFlow starts, whether this worker
+    owns the run directory (the same rule as `is_chief`).
+    """
+    if strategy_name != "multi_worker":
+        return True
+    tf_config = _check_tf_config()
+    task = tf_config["task"]
+    if task["type"] == "chief":
+        return True
+    return int(task.get("index", 0)) == 0 and "chief" not in tf_config["cluster"]
+
+
+def make_preemption_handler(strategy, manager, on_preempted):
+    """A PreemptionCheckpointHandler for multi-worker runs, else None.
+
+    SIGTERM to any worker makes every worker save a checkpoint through
+    `manager` at the same step; then `on_preempted()` runs on each of them (it
+    should raise to end training; the process exits 42, TensorFlow's
+    restart code). Create it before restoring a checkpoint: it adds its own
+    counter to the checkpoint, which the restore must then bring back on
+    every worker.
+    """
+    if not is_multi_worker(strategy):
+        return None
+    import tensorflow as tf  # noqa: PLC0415
+
+    return tf.distribute.experimental.PreemptionCheckpointHandler(
+        strategy.cluster_resolver,
+        manager,
+        termination_config=tf.distribute.experimental.TerminationConfig(
+            exit_fn=on_preempted
+        ),
+    )
+
+
 def is_multi_worker(strategy) -> bool:
     """True when the strategy spans several worker processes."""
     extended = strategy.extended

@@ -30,6 +30,7 @@ RECORD_NAME = "run.json"
 FLAGFILE_NAME = "flags.cfg"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_SUMMARY_NAME = "model_summary.txt"
+PROBE_BYTES = 64 * 1024
 
 
 class RunDirError(RuntimeError):
@@ -111,7 +112,12 @@ class RunDir:
         """Merges `fields` into the record and rewrites it atomically."""
         record = self.read_record() if self.record_path.exists() else {}
         record.update(fields)
-        write_json_atomic(self.record_path, record)
+        try:
+            write_json_atomic(self.record_path, record)
+        except OSError as err:
+            raise RunDirError(
+                f"{self.record_path}: cannot write ({err.strerror})"
+            ) from None
         return record
 
     @property
@@ -127,10 +133,7 @@ class RunDir:
         import tensorboard  # noqa: PLC0415
         import tensorflow as tf  # noqa: PLC0415
 
-        (self.path / FLAGFILE_NAME).write_text(
-            "# Resolved flags of this run: pipeline-train --flagfile=THIS_FILE "
-            "--run_name=NEW re-runs it.\n" + config_to_flagfile(config)
-        )
+        self._write_flagfile(config)
         self.update_record(
             run_name=self.name,
             status="running",
@@ -149,6 +152,43 @@ class RunDir:
             pid=os.getpid(),
         )
 
+    def _write_flagfile(self, config: TrainConfig) -> None:
+        path = self.path / FLAGFILE_NAME
+        try:
+            path.write_text(
+                "# Resolved flags of this run: pipeline-train --flagfile=THIS_FILE "
+                "--run_name=NEW re-runs it.\n" + config_to_flagfile(config)
+            )
+        except OSError as err:
+            raise RunDirError(f"{path}: cannot write ({err.strerror})") from None
+
+    def resume(self, config: TrainConfig, from_step: int) -> None:
+        """Marks the run `running` again, keeping its history of starts.
+
+        The flagfile and the recorded config are rewritten because a resume
+        may extend `--steps`; `resumes` lists every restart and its step.
+        """
+        self._write_flagfile(config)
+        record = self.read_record()
+        resumes = list(record.get("resumes", []))
+        resumes.append(
+            {
+                "time": utc_now(),
+                "from_step": from_step,
+                "previous_status": record.get("status"),
+                "pid": os.getpid(),
+            }
+        )
+        self.update_record(
+            status="running",
+            end_time=None,
+            error=None,
+            config=config_to_dict(config),
+            resumes=resumes,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+        )
+
     def finish(self, status: str, **fields: Any) -> None:
         """Records the final status (`completed`, `failed`, ...) and end time."""
         self.update_record(status=status, end_time=utc_now(), **fields)
@@ -159,8 +199,14 @@ def create_run_dir(logdir: str | os.PathLike, run_name: str) -> RunDir:
     logdir = pathlib.Path(logdir)
     path = logdir / run_name
     if path.exists():
+        try:
+            status = RunDir(path).status
+        except RunDirError:
+            status = None
         raise RunDirError(
-            f"{path}: run already exists; choose another --run_name "
+            f"{path}: run already exists"
+            + (f" (status {status})" if status else "")
+            + "; choose another --run_name, or pass --resume to continue it "
             "(runs are never overwritten)"
         )
     try:
@@ -175,8 +221,26 @@ def create_run_dir(logdir: str | os.PathLike, run_name: str) -> RunDir:
             f"--logdir={logdir}: cannot create run directory ({err.strerror})"
         ) from None
     if not os.access(path, os.W_OK):
+        path.rmdir()
         raise RunDirError(f"--logdir={logdir}: not writable")
+    _probe_writable(path, logdir)
     return RunDir(path)
+
+
+def _probe_writable(path: pathlib.Path, logdir: pathlib.Path) -> None:
+    """Fails now, not after minutes of setup, on a full or read-only --logdir.
+
+    Writes (and removes) a small file; on failure the new, empty run
+    directory is removed again.
+    """
+    try:
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"\0" * PROBE_BYTES)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as err:
+        path.rmdir()
+        raise RunDirError(f"--logdir={logdir}: cannot write ({err.strerror})") from None
 
 
 def open_run_dir(path: str | os.PathLike) -> RunDir:

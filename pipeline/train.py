@@ -9,8 +9,12 @@ train scalars are written at their own step.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
+import pathlib
+import shutil
+import signal
 import time
 from collections.abc import Callable
 
@@ -18,11 +22,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import budget, distribute, models, steps
+from pipeline import budget, distribute, models, recovery, steps, stopping
 from pipeline import data as data_lib
 from pipeline import hparams as hparams_lib
 from pipeline.config import TrainConfig, use_jit_compile
-from pipeline.rundir import MODEL_SUMMARY_NAME, RunDir
+from pipeline.rundir import MODEL_SUMMARY_NAME, RunDir, RunDirError
 from pipeline.summaries import SummaryLogger, variable_name
 
 EVAL_BATCH_SIZE = 1000
@@ -34,6 +38,22 @@ class TrainingError(RuntimeError):
 
 class NonFiniteLossError(TrainingError):
     """The loss became NaN or Inf; names the step and the last good checkpoint."""
+
+
+class TrainingInterruptedError(TrainingError):
+    """SIGINT/SIGTERM stopped the run after a checkpoint; exits 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class WorkerPreemptedError(TrainingInterruptedError):
+    """A worker of a multi-worker job got SIGTERM: all saved; exits 42."""
+
+    def __init__(self, message: str):
+        super().__init__(message, signum=0)
+        self.exit_code = 42  # TensorFlow's restart code for preempted workers.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,12 +123,27 @@ def check_data_fits(config: TrainConfig, dataset: data_lib.Dataset) -> None:
         )
 
 
+def copy_latest_checkpoint(source: pathlib.Path, target: pathlib.Path) -> None:
+    """Copies `source`'s latest checkpoint into `target` and points its state at it."""
+    latest = tf.train.latest_checkpoint(str(source))
+    if latest is None:
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for path in pathlib.Path(latest).parent.glob(pathlib.Path(latest).name + ".*"):
+        shutil.copy2(path, target / path.name)
+    tf.compat.v1.train.update_checkpoint_state(
+        str(target), str(target / pathlib.Path(latest).name)
+    )
+
+
 def train_and_evaluate(
     config: TrainConfig,
     run_dir: RunDir,
     dataset: data_lib.Dataset,
     print_fn: Callable[[str], None] = print,
     strategy: tf.distribute.Strategy | None = None,
+    resume: bool = False,
+    restore_dir: pathlib.Path | None = None,
 ) -> TrainResult:
     """Trains `config`'s model on `dataset`, logging into `run_dir`.
 
@@ -118,8 +153,13 @@ def train_and_evaluate(
     every worker has to take part in a save).
 
     The run record says `running` from before the first step, then
-    `completed` with final metrics, or `failed` with the error if anything
-    raises (the exception is re-raised for the caller to report).
+    `completed` with final metrics, `interrupted` after SIGINT/SIGTERM (a
+    checkpoint saved first), or `failed` with the error if anything raises
+    (the exception is re-raised for the caller to report). With `resume`,
+    training continues from the run's latest checkpoint (model, optimizer,
+    step, data position, dropout RNG and early-stopping state); a non-chief
+    worker passes the chief's checkpoint directory as `restore_dir` and its
+    scratch `run_dir`.
     """
     check_data_fits(config, dataset)
     strategy = strategy or tf.distribute.get_strategy()
@@ -130,6 +170,37 @@ def train_and_evaluate(
             f"{replicas} replicas"
         )
     is_chief = distribute.is_chief(strategy)
+    restored_step = 0
+    if resume and restore_dir is not None and restore_dir != run_dir.checkpoint_dir:
+        # The preemption handler restores its step counter from the worker's
+        # own checkpoint directory, so a non-chief worker restores from a copy
+        # of the chief's latest checkpoint: every worker then agrees.
+        copy_latest_checkpoint(restore_dir, run_dir.checkpoint_dir)
+    if resume:
+        restored_step = recovery.latest_checkpoint_step(run_dir.checkpoint_dir)
+        print_fn(f"resuming {run_dir.name} from step {restored_step}")
+    if resume and is_chief:
+        run_dir.resume(config, from_step=restored_step)
+    else:
+        run_dir.start(
+            config,
+            {
+                "name": dataset.name,
+                "source": dataset.source,
+                "fingerprint": dataset.fingerprint(),
+                "sizes": dataset.sizes(),
+            },
+        )
+    if is_chief and restored_step == 0:
+        hparams_lib.start_run(run_dir.path, config)
+    splits = ["train", "test"]
+    if dataset.validation is not None:
+        splits.append("validation")
+    writers_not_before = 0.0
+    if is_chief:
+        writers_not_before = recovery.write_session_start(
+            run_dir.path, splits, recovery.session_start_step(restored_step)
+        )
     seed_everything(config.seed, config.deterministic)
     with strategy.scope():
         model = models.build_model(config)
@@ -154,12 +225,25 @@ def train_and_evaluate(
         for name, split in eval_sets.items()
     }
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    trackables = {"model": model, "optimizer": optimizer, "step": step_var}
+    early_stopping = stopping.EarlyStopping(
+        config.early_stopping_patience, config.early_stopping_min_delta
+    )
+    trackables = {
+        "model": model,
+        "optimizer": optimizer,
+        "step": step_var,
+        "rng": recovery.rng_state_variables(model),
+        "early_stopping": early_stopping,
+    }
     if distribute.iterator_is_checkpointable(strategy):
         iterator = iter(train_ds)
         trackables["iterator"] = iterator
     else:
-        iterator = iter(strategy.experimental_distribute_dataset(train_ds))
+        # A distributed iterator cannot be checkpointed: skip the seeded
+        # pipeline to the restored step instead (bit-identical, TF-FACTS.md).
+        iterator = iter(
+            strategy.experimental_distribute_dataset(train_ds.skip(restored_step))
+        )
     checkpoint = tf.train.Checkpoint(**trackables)
     manager = tf.train.CheckpointManager(
         checkpoint,
@@ -167,17 +251,36 @@ def train_and_evaluate(
         max_to_keep=config.max_checkpoints,
         step_counter=step_var,
     )
-    run_dir.start(
-        config,
-        {
-            "name": dataset.name,
-            "source": dataset.source,
-            "fingerprint": dataset.fingerprint(),
-            "sizes": dataset.sizes(),
-        },
+    # The best model (by validation loss) has its own manager, so the
+    # rotation of the regular checkpoints can never delete it.
+    best_manager = (
+        tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=model),
+            str(run_dir.checkpoint_dir / "best"),
+            max_to_keep=1,
+        )
+        if early_stopping.enabled
+        else None
     )
+
+    def on_preempted() -> None:
+        nonlocal last_saved
+        last_saved = int(step_var.numpy())
+        raise WorkerPreemptedError(
+            f"preempted: a worker got SIGTERM; every worker saved step "
+            f"{int(step_var.numpy())}; restart each one with --resume"
+        )
+
+    preemption = distribute.make_preemption_handler(strategy, manager, on_preempted)
+    if restored_step:
+        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
     (run_dir.path / MODEL_SUMMARY_NAME).write_text(summary.rstrip("\n") + "\n")
     best = hparams_lib.BestMetrics()
+    # A resumed run's running best starts from what its earlier lives logged.
+    for logged_step, values in recovery.logged_evaluations(
+        run_dir.path / "test", restored_step
+    ):
+        best.update(logged_step, values)
 
     train_loop = steps.make_train_loop(
         steps.make_train_step(model, optimizer, config.batch_size),
@@ -193,34 +296,73 @@ def train_and_evaluate(
     )
     probe_labels = tf.constant(dataset.train.labels[: config.batch_size])
 
+    recovery.wait_until(writers_not_before)
     logger = SummaryLogger(run_dir.path, enabled=is_chief)
     histogram_schedule = budget.ThinningSchedule(
         config.histogram_every, config.steps, round(config.summary_budget_mb * 1e6)
     )
     start = time.perf_counter()
     last_test: dict[str, float] = {}
+    last_validation: dict[str, float] = {}
     last_train: dict[str, float] = {}
     trained_examples = 0
-    step = 0
+    step = restored_step
+    last_saved = restored_step
+    stopped_early = ""
+    # Under multi_worker, SIGTERM belongs to the preemption handler, which
+    # stops every worker at the same step.
+    stop_signals = (signal.SIGINT,) if preemption else stopping.STOP_SIGNALS
+    stop = stopping.GracefulStop(stop_signals).install()
     try:
-        if is_chief:
-            hparams_lib.start_run(run_dir.path, config)
-        logger.keras_model("train", model)
-        logger.text("train", 0, "model_summary", f"```\n{summary}\n```")
-        if config.image_count:
-            logger.image_grid(
-                "train", 0, "inputs", dataset.train.images[: config.image_count]
+        if step == 0:
+            logger.keras_model("train", model)
+            logger.text("train", 0, "model_summary", f"```\n{summary}\n```")
+            if config.image_count:
+                logger.image_grid(
+                    "train", 0, "inputs", dataset.train.images[: config.image_count]
+                )
+        if resume:
+            logger.scalars(
+                "train",
+                restored_step + 1,
+                {"events/resumed_from": float(restored_step)},
             )
 
-        def run_evaluation() -> None:
-            nonlocal last_test
+        def run_evaluation(log: bool = True) -> None:
+            nonlocal last_test, last_validation
             for name, (images, labels) in eval_arrays.items():
                 metrics = evaluate(images, labels)
                 values = {k: float(v) for k, v in metrics.items() if k != "count"}
-                logger.scalars(name, step, values)
+                if log:
+                    logger.scalars(name, step, values)
                 if name == "test":
                     last_test = values
-                    logger.scalars(name, step, best.update(step, values))
+                    if log:
+                        logger.scalars(name, step, best.update(step, values))
+                else:
+                    last_validation = values
+
+        def save_checkpoint() -> None:
+            nonlocal last_saved
+            if not recovery.all_finite(model.variables + optimizer.variables):
+                raise NonFiniteLossError(
+                    f"weights are NaN/Inf at step {step}; not saved; last good "
+                    f"checkpoint: {manager.latest_checkpoint or 'none'}"
+                )
+            # Flush first: what the checkpoint covers is then on disk too.
+            logger.flush()
+            try:
+                manager.save(checkpoint_number=step)
+            except (OSError, tf.errors.OpError) as err:
+                reason = getattr(err, "message", None) or str(err)
+                raise RunDirError(
+                    f"{run_dir.checkpoint_dir}: cannot save the step-{step} "
+                    f"checkpoint ({reason.splitlines()[0]}); last good checkpoint: "
+                    f"{manager.latest_checkpoint or 'none'}"
+                ) from None
+            last_saved = step
+            logger.scalars("train", step, {"events/checkpoint_saved": float(step)})
+            logger.flush()
 
         def write_histograms() -> None:
             grads = gradients(probe_images, probe_labels)
@@ -240,8 +382,8 @@ def train_and_evaluate(
         # rather than inside the first evaluation interval.
         images, labels = next(iter(eval_arrays.values()))
         evaluate(images[:0], labels[:0])
-        if is_chief and histogram_schedule.due(step):
-            write_histograms()
+        if is_chief and step == 0 and histogram_schedule.due(step):
+            write_histograms()  # the initial weights (a resumed run has them)
         # Chunks end on every multiple of --histogram_every, on every worker
         # alike (collectives need equal chunks); the budget only decides
         # whether a histogram is written there (thinned steps are multiples).
@@ -251,7 +393,9 @@ def train_and_evaluate(
             config.checkpoint_every,
             config.print_every,
         ]
-        while step < config.steps:
+        while step < config.steps and not stopped_early:
+            if stop.requested:
+                break
             end = next_boundary(step, config.steps, intervals, config.steps_per_loop)
             chunk = tf.constant(end - step, tf.int32)
             chunk_start = time.perf_counter()
@@ -293,11 +437,26 @@ def train_and_evaluate(
                 write_histograms()
             if is_due(step, config.eval_every) or step == config.steps:
                 run_evaluation()
-            if is_due(step, config.checkpoint_every) or step == config.steps:
-                manager.save(checkpoint_number=step)
-                logger.scalars("train", step, {"events/checkpoint_saved": float(step)})
-                logger.flush()
+                if early_stopping.enabled:
+                    if early_stopping.update(step, last_validation["loss"]):
+                        best_manager.save(checkpoint_number=step)
+                    if early_stopping.should_stop:
+                        stopped_early = early_stopping.reason(step)
+                        logger.text("train", step, "early_stopping", stopped_early)
+                        best_step = float(early_stopping.best_step.numpy())
+                        logger.scalars(
+                            "train", step, {"events/early_stopped": best_step}
+                        )
+                        print_fn(stopped_early)
+            if (
+                is_due(step, config.checkpoint_every)
+                or step == config.steps
+                or stopped_early
+            ):
+                save_checkpoint()
             if is_due(step, config.print_every) or step == config.steps:
+                # What the progress line reports is on the charts too.
+                logger.flush()
                 test_acc = last_test.get("accuracy")
                 test_text = "-" if test_acc is None else f"{test_acc:.4f}"
                 print_fn(
@@ -305,6 +464,37 @@ def train_and_evaluate(
                     f"train {_format_metrics(last_train)}"
                     f"  test_accuracy={test_text}  {examples_per_sec:,.0f} examples/s"
                 )
+            if preemption is not None:
+                # Every worker calls this after every chunk; after a SIGTERM
+                # anywhere, all save this step and `on_preempted` raises.
+                logger.flush()
+                preemption.save_checkpoint_if_preempted(checkpoint_number=step)
+        if stop.requested and step < config.steps and not stopped_early:
+            if step > last_saved:
+                save_checkpoint()
+            logger.flush()
+            raise TrainingInterruptedError(
+                f"interrupted by {stop.signal_name} at step {step}; checkpoint "
+                f"{manager.latest_checkpoint or 'none'} saved; continue with: "
+                f"pipeline-train --resume --run={run_dir.path}",
+                stop.signum,
+            )
+        stop.uninstall()
+        extra: dict[str, object] = {}
+        if best_manager is not None and best_manager.latest_checkpoint:
+            # Final metrics are the best model's, as Keras' EarlyStopping
+            # (restore_best_weights=True) reports them.
+            tf.train.Checkpoint(model=model).restore(
+                best_manager.latest_checkpoint
+            ).assert_existing_objects_matched()
+            run_evaluation(log=False)
+            extra = {
+                "stopped_early": bool(stopped_early),
+                "stop_reason": stopped_early or f"reached --steps={config.steps}",
+                "best_step": int(early_stopping.best_step.numpy()),
+                "best_validation_loss": float(early_stopping.best_loss.numpy()),
+                "best_checkpoint": best_manager.latest_checkpoint,
+            }
         wall = time.perf_counter() - start
         logger.close()
         plugin_bytes = budget.bytes_per_plugin(run_dir.path)
@@ -315,7 +505,7 @@ def train_and_evaluate(
             train=last_train,
             wall_time_s=wall,
             examples_per_sec=trained_examples / wall,
-            checkpoint=manager.latest_checkpoint,
+            checkpoint=extra.get("best_checkpoint", manager.latest_checkpoint),
             weights_digest=weights_digest(model),
             trace_counts=trace_counts(train_loop, evaluate, gradients, logger),
             event_bytes=plugin_bytes,
@@ -328,17 +518,22 @@ def train_and_evaluate(
             examples_per_sec=round(result.examples_per_sec, 1),
             weights_digest=result.weights_digest,
             event_bytes=plugin_bytes,
+            **extra,
         )
         if is_chief:
             hparams_lib.write_session_end(run_dir.path, "completed")
         return result
+    except (TrainingInterruptedError, KeyboardInterrupt) as err:
+        _record_end(run_dir, "interrupted", last_saved, err)
+        raise
     except BaseException as err:
-        run_dir.finish("failed", step=step, error=f"{type(err).__name__}: {err}")
+        _record_end(run_dir, "failed", step, err)
         if is_chief:
             reason = f"{type(err).__name__}: {err}"
             hparams_lib.write_session_end(run_dir.path, "failed", reason)
         raise
     finally:
+        stop.uninstall()
         logger.close()
 
 
@@ -357,6 +552,13 @@ def trace_counts(
     }
     counts.update(logger.tracing_counts())
     return counts
+
+
+def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> None:
+    """Records how a run ended; if even that fails (a full disk), the record
+    stays `running` with a dead pid, which `--resume` accepts."""
+    with contextlib.suppress(RunDirError):
+        run_dir.finish(status, step=step, error=f"{type(err).__name__}: {err}")
 
 
 def restore_model(config: TrainConfig, checkpoint_path: str) -> keras.Model:

@@ -1,4 +1,8 @@
-"""`pipeline-train`: train one model from absl flags (`--flagfile`, `--helpfull`)."""
+"""`pipeline-train`: train one model from absl flags (`--flagfile`, `--helpfull`).
+
+Also continues a run (`--resume`) and replays one (`--replay`); see
+WORKSPACE.md, "Resume, interruption and failures".
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pipeline import cli
 from pipeline import config as config_lib
 
 FLAGS = flags.FLAGS
+PROG = "pipeline-train"
 
 
 def main(argv: list[str]) -> None:
@@ -20,32 +25,61 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        config = config_lib.config_from_flags(FLAGS)
-        from pipeline import data as data_lib  # noqa: PLC0415 (TensorFlow import)
-        from pipeline import distribute, rundir, train  # noqa: PLC0415
+        launch = config_lib.launch_from_flags(FLAGS)
+        # Everything up to the strategy is TensorFlow-free: bad flags, runs and
+        # data files are reported in well under a second.
+        from pipeline import data as data_lib  # noqa: PLC0415
+        from pipeline import distribute, recovery, rundir  # noqa: PLC0415
 
-        # Strategies configure devices and collectives: before any other TF work.
-        strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
+        if launch.mode == "replay":
+            original, config = recovery.prepare_replay(launch)
+            from pipeline import replay  # noqa: PLC0415 (TensorFlow import)
+
+            replay.replay_run(original, config, launch.replay_rtol)
+            return
+        run_dir = None
+        restore_dir = None
+        config = launch.config
+        chief = distribute.chief_from_tf_config(config.strategy)
+        if launch.mode == "resume" and chief:
+            run_dir, config = recovery.prepare_resume(launch)
+        elif launch.mode == "resume":
+            # A non-chief worker restores the chief's checkpoints and writes
+            # only into its own scratch directory.
+            chief_run, config = recovery.prepare_worker_resume(launch)
+            restore_dir = chief_run.checkpoint_dir
         dataset = data_lib.load_dataset(
             config.dataset,
             config.data_dir,
             config.validation_split,
             config.binary_class,
         )
+        if run_dir is not None:
+            recovery.check_same_data(run_dir, dataset)
+        # Strategies configure devices and collectives: before any other TF work.
+        strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
+        from pipeline import train  # noqa: PLC0415
+
         train.check_data_fits(config, dataset)
-        run_name = config.run_name or rundir.default_run_name(config)
-        if distribute.is_chief(strategy):
-            run_dir = rundir.create_run_dir(config.logdir, run_name)
-            scratch = None
-        else:
-            scratch = tempfile.mkdtemp(
-                prefix=f"pipeline-{distribute.worker_label(strategy)}-"
-            )
-            run_dir = rundir.create_run_dir(scratch, run_name)
-        print(f"run directory: {run_dir.path}")
+        scratch = None
+        if run_dir is None:
+            run_name = config.run_name or rundir.default_run_name(config)
+            if chief:
+                run_dir = rundir.create_run_dir(config.logdir, run_name)
+            else:
+                scratch = tempfile.mkdtemp(
+                    prefix=f"pipeline-{distribute.worker_label(strategy)}-"
+                )
+                run_dir = rundir.create_run_dir(scratch, run_name)
+        print(f"run directory: {run_dir.path}", flush=True)
         try:
             result = train.train_and_evaluate(
-                config, run_dir, dataset, strategy=strategy
+                config,
+                run_dir,
+                dataset,
+                strategy=strategy,
+                resume=launch.mode == "resume",
+                restore_dir=restore_dir,
             )
         finally:
             if scratch:
@@ -60,14 +94,14 @@ def main(argv: list[str]) -> None:
             f"weights {result.weights_digest}"
         )
 
-    sys.exit(cli.run_reporting_errors("pipeline-train", body))
+    sys.exit(cli.run_reporting_errors(PROG, body))
 
 
 def run() -> None:
     """Console-script entry point."""
     cli.quiet_tensorflow()
     config_lib.define_flags(FLAGS)
-    app.run(main)
+    app.run(main, flags_parser=cli.one_line_flags_parser(PROG))
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 
 import json
 import os
+import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import REPO, scalar_series
@@ -129,3 +132,94 @@ def test_bad_tf_config_is_named(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(distribute.DistributeError, match="TF_CONFIG is not valid"):
         distribute.make_strategy("multi_worker")
+
+
+def start_workers(logdir, *args, stdout_dir):
+    ports = free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    workers, logs = [], []
+    for i in range(2):
+        log = open(stdout_dir / f"worker{i}-{ports[0]}.log", "w+")  # noqa: SIM115
+        env = dict(
+            os.environ,
+            TF_CPP_MIN_LOG_LEVEL="2",
+            TF_CONFIG=json.dumps(
+                {"cluster": cluster, "task": {"type": "worker", "index": i}}
+            ),
+        )
+        workers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline.train",
+                    *JOB,
+                    f"--logdir={logdir}",
+                    "--run_name=pre",
+                    "--strategy=multi_worker",
+                    *args,
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
+        logs.append(log)
+    return workers, logs
+
+
+def wait_all(workers, timeout=300):
+    deadline = time.monotonic() + timeout
+    codes = []
+    for w in workers:
+        try:
+            codes.append(w.wait(timeout=max(1, deadline - time.monotonic())))
+        except subprocess.TimeoutExpired:
+            for other in workers:
+                other.kill()
+            pytest.fail("workers did not stop in time")
+    return codes
+
+
+def test_sigterm_to_one_worker_saves_everywhere_and_resume_finishes(tmp_path):
+    logdir = tmp_path / "logs"
+    steps = [
+        "--steps=300",
+        "--print_every=10",
+        "--checkpoint_every=1000",
+        "--eval_every=100",
+    ]
+    workers, logs = start_workers(logdir, *steps, stdout_dir=tmp_path)
+    deadline = time.monotonic() + 240
+    while "step     20/300" not in pathlib.Path(logs[1].name).read_text():
+        assert time.monotonic() < deadline, pathlib.Path(logs[1].name).read_text()
+        assert workers[1].poll() is None, pathlib.Path(logs[1].name).read_text()
+        time.sleep(0.2)
+    workers[1].send_signal(signal.SIGTERM)
+    assert wait_all(workers) == [42, 42], [
+        pathlib.Path(f.name).read_text() for f in logs
+    ]
+    chief_log = pathlib.Path(logs[0].name).read_text()
+    assert (
+        "pipeline-train: error: preempted: a worker got SIGTERM; every worker "
+        "saved step" in chief_log
+    )
+    run = logdir / "pre"
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "interrupted"
+    saved = int(record["step"])
+    assert 20 <= saved < 300
+    assert (run / "checkpoints" / f"ckpt-{saved}.index").exists()
+
+    workers, logs = start_workers(logdir, *steps, "--resume", stdout_dir=tmp_path)
+    assert wait_all(workers) == [0, 0], [pathlib.Path(f.name).read_text() for f in logs]
+    outs = [pathlib.Path(f.name).read_text() for f in logs]
+    assert f"resuming pre from step {saved}" in outs[0]
+    assert digest(outs[0]) == digest(outs[1])
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "completed"
+    assert [r["from_step"] for r in record["resumes"]] == [saved]
+    assert [s for s, _ in scalar_series(run / "train", "loss")] == list(range(1, 301))
+    assert sorted(p.name for p in logdir.iterdir() if p.is_dir()) == ["pre"]

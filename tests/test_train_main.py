@@ -56,8 +56,9 @@ def test_existing_run_is_refused_and_left_untouched(tmp_path):
     proc = pipeline_train(f"--logdir={tmp_path}", "--run_name=taken", "--steps=1")
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
-        f"pipeline-train: error: {tmp_path / 'taken'}: run already exists; "
-        "choose another --run_name (runs are never overwritten)"
+        f"pipeline-train: error: {tmp_path / 'taken'}: run already exists (status "
+        "completed); choose another --run_name, or pass --resume to continue it "
+        "(runs are never overwritten)"
     )
     assert (tmp_path / "taken" / "run.json").read_text() == '{"status": "completed"}'
     assert sorted(p.name for p in (tmp_path / "taken").iterdir()) == ["run.json"]

@@ -1,0 +1,364 @@
+"""Surviving kills: which run to resume, restart markers, checkpoint hygiene.
+
+A resumed run continues from its latest checkpoint under its *saved* config:
+flags that would change the math are refused, so a resumed run computes what
+the uninterrupted run would have. Everything here that runs before training
+(finding the run, checking it, cleaning it) avoids importing TensorFlow, so
+bad input fails in well under a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pathlib
+import re
+import shutil
+import socket
+import time
+from collections.abc import Iterable, Sequence
+
+from pipeline import config as config_lib
+from pipeline.config import ConfigError, Launch, TrainConfig
+from pipeline.rundir import RunDir, RunDirError, open_run_dir
+
+# tf.train.CheckpointManager writes `ckpt-N_temp/` and renames it when the save
+# is complete; a kill mid-save leaves the directory behind and nothing else
+# removes it.
+TEMP_CHECKPOINT_PATTERN = "*_temp*"
+_STATE_LINE = re.compile(r'^model_checkpoint_path:\s*"(.*)"\s*$', re.MULTILINE)
+
+
+def resolve_run(launch: Launch) -> RunDir:
+    """The run directory that `--run` or `--logdir/--run_name` names."""
+    if launch.run_path is not None:
+        path = pathlib.Path(launch.run_path)
+    else:
+        path = pathlib.Path(launch.config.logdir) / str(launch.config.run_name)
+    return open_run_dir(path)
+
+
+def saved_config(run_dir: RunDir) -> TrainConfig:
+    """The config a run was started with, as recorded in its run.json."""
+    record = run_dir.read_record()
+    if not isinstance(record.get("config"), dict):
+        raise RunDirError(f"{run_dir.record_path}: has no saved config")
+    try:
+        return config_lib.validate(config_lib.config_from_dict(record["config"]))
+    except (TypeError, ValueError) as err:
+        raise RunDirError(
+            f"{run_dir.record_path}: saved config unusable ({err})"
+        ) from None
+
+
+def _flag_text(value: object) -> str:
+    if isinstance(value, tuple | list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def merge_overrides(
+    saved: TrainConfig,
+    given: TrainConfig,
+    explicit: Iterable[str],
+    action: str = "resume",
+) -> TrainConfig:
+    """The saved config with the allowed command-line overrides applied.
+
+    A flag given explicitly with the saved value is accepted (re-running the
+    original command line plus `--resume` works); a different value is refused
+    unless it is in `config.RESUME_MUTABLE_FLAGS`.
+
+    Raises:
+      ConfigError: naming the first flag whose value differs from the run's.
+    """
+    explicit = set(explicit)
+    mutable = config_lib.RESUME_MUTABLE_FLAGS
+    may_change = [f"--{f}" for f in sorted(mutable - {"logdir", "run_name"})]
+    for name in sorted(explicit - mutable):
+        if getattr(given, name) != getattr(saved, name):
+            raise ConfigError(
+                f"--{name}={_flag_text(getattr(given, name))} differs from the run's "
+                f"saved --{name}={_flag_text(getattr(saved, name))}; --{action} keeps "
+                f"the run's config (only {', '.join(may_change)} may change)"
+            )
+    updates = {
+        name: getattr(given, name)
+        for name in explicit & mutable
+        if name not in ("logdir", "run_name")
+    }
+    return dataclasses.replace(saved, **updates)
+
+
+def latest_checkpoint_step(checkpoint_dir: pathlib.Path) -> int:
+    """Step of the latest complete checkpoint (0 if none), without TensorFlow.
+
+    Reads the `checkpoint` state file that CheckpointManager replaces
+    atomically; checkpoints are named `ckpt-STEP`.
+    """
+    state = checkpoint_dir / "checkpoint"
+    if not state.is_file():
+        return 0
+    match = _STATE_LINE.search(state.read_text())
+    if not match:
+        return 0
+    number = re.search(r"-(\d+)$", match.group(1))
+    return int(number.group(1)) if number else 0
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (killed, not yet reaped) is dead; an unrelated process that
+    # reused the pid does not mention the pipeline on its command line.
+    proc = pathlib.Path(f"/proc/{pid}")
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        cmdline = (proc / "cmdline").read_bytes()
+    except (OSError, IndexError):
+        return True
+    if state == "Z":
+        return False
+    return not cmdline or b"pipeline" in cmdline
+
+
+def check_not_running(run_dir: RunDir) -> None:
+    """Refuses to resume a run whose recorded process is still alive.
+
+    A run left `running` by a process that died (`kill -9`, a crash, a
+    reboot) is resumable; only a live process on this host blocks it.
+    """
+    record = run_dir.read_record()
+    if record.get("status") != "running":
+        return
+    pid, host = record.get("pid"), record.get("host")
+    if (
+        isinstance(pid, int)
+        and pid != os.getpid()
+        and host == socket.gethostname()
+        and _process_alive(pid)
+    ):
+        raise RunDirError(
+            f"{run_dir.path}: still being trained by pid {pid}; stop it first "
+            "(SIGINT/SIGTERM saves a checkpoint) or wait for it"
+        )
+
+
+def clean_temp_checkpoints(checkpoint_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Removes half-written checkpoint saves left by a killed process."""
+    removed = []
+    if not checkpoint_dir.is_dir():
+        return removed
+    for path in sorted(checkpoint_dir.rglob(TEMP_CHECKPOINT_PATTERN)):
+        if not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path)
+    return removed
+
+
+def _refuse_multi_worker(config: TrainConfig, action: str) -> None:
+    # A replay runs as one process; a multi-worker job needs its cluster.
+    if config.strategy == "multi_worker":
+        raise ConfigError(
+            f"{action} of a --strategy=multi_worker run is not supported "
+            "(it runs as a single process)"
+        )
+
+
+def prepare_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
+    """Finds, checks and cleans the run to resume; returns it and its config.
+
+    Raises:
+      RunDirError: no such run, unreadable record, or a live process owns it.
+      ConfigError: a flag that would change the run, or nothing left to train.
+    """
+    run_dir = resolve_run(launch)
+    check_not_running(run_dir)
+    config = merge_overrides(saved_config(run_dir), launch.config, launch.explicit)
+    step = latest_checkpoint_step(run_dir.checkpoint_dir)
+    if config.steps <= step:
+        status = run_dir.status
+        raise ConfigError(
+            f"{run_dir.path}: status {status}, latest checkpoint at step {step}; "
+            f"--steps={config.steps} leaves nothing to train (pass --steps > {step} "
+            "to train further)"
+        )
+    clean_temp_checkpoints(run_dir.checkpoint_dir)
+    return run_dir, config
+
+
+def prepare_worker_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
+    """For a non-chief worker: the chief's run (read only) and its config.
+
+    Unlike `prepare_resume`, this neither checks who owns the run (the chief
+    is resuming it right now) nor cleans anything: the chief does that.
+    """
+    run_dir = resolve_run(launch)
+    config = merge_overrides(saved_config(run_dir), launch.config, launch.explicit)
+    return run_dir, config
+
+
+def prepare_replay(launch: Launch) -> tuple[RunDir, TrainConfig]:
+    """The run to replay and the config to replay it with (`--steps` may shrink).
+
+    Raises:
+      RunDirError: no such run or no saved config.
+      ConfigError: a flag that would change the run, or more steps than it had.
+    """
+    original = open_run_dir(launch.run_path)
+    saved = saved_config(original)
+    config = merge_overrides(saved, launch.config, launch.explicit, "replay")
+    _refuse_multi_worker(config, "--replay")
+    if config.steps > saved.steps:
+        raise ConfigError(
+            f"--steps={config.steps}: {original.path} trained only {saved.steps} steps"
+        )
+    return original, config
+
+
+def session_start_step(restored_step: int) -> int:
+    """Step of the `SessionLog.START` marker for a start at `restored_step`.
+
+    A checkpoint at step S covers everything logged up to and including S
+    (writers flush before each save), so the first step a killed process can
+    have orphaned is S + 1. A start from scratch marks step 0: it purges all
+    earlier output, the step-0 graph, text and images included, which the new
+    process writes again.
+    """
+    return restored_step + 1 if restored_step > 0 else 0
+
+
+def write_session_start(
+    run_path: pathlib.Path, splits: Sequence[str], step: int
+) -> float:
+    """Writes a `SessionLog.START` event at `step` into each split's directory.
+
+    TF2 summary writers never write this marker; TensorBoard's loaders use it
+    to drop points at steps >= `step` logged earlier (by a killed process), so
+    a resumed run shows no duplicated or backward steps. The first marker of
+    a run purges nothing, which is why every start writes one.
+
+    Returns:
+      The time after which a new event file sorts after these markers:
+      loaders read a directory's files in name order and the name starts with
+      the creation second, so summary writers must not open before it.
+    """
+    from tensorboard.compat.proto import event_pb2  # noqa: PLC0415
+    from tensorboard.summary.writer.event_file_writer import (  # noqa: PLC0415
+        EventFileWriter,
+    )
+
+    # The marker must also sort after every file already there (a previous
+    # life of the run may have opened its writers within this second).
+    # Capped: a file stamped in the future (clock skew) must not stall a start.
+    wait_until(min(_newest_event_second(run_path, splits) + 1.0, time.time() + 2.0))
+    for split in splits:
+        writer = EventFileWriter(str(run_path / split))
+        event = event_pb2.Event(wall_time=time.time(), step=step)
+        event.session_log.status = event_pb2.SessionLog.START
+        writer.add_event(event)
+        writer.close()
+    return math.floor(time.time()) + 1.0
+
+
+def _newest_event_second(run_path: pathlib.Path, splits: Sequence[str]) -> float:
+    newest = 0.0
+    for split in splits:
+        for path in (run_path / split).glob("events.out.tfevents.*"):
+            stamp = path.name.split(".")[3]
+            if stamp.isdigit():
+                newest = max(newest, float(stamp))
+    return newest
+
+
+def wait_until(deadline: float) -> None:
+    """Sleeps until `deadline` (a `time.time()` value), if it is in the future."""
+    remaining = deadline - time.time()
+    if remaining > 0:
+        time.sleep(remaining)
+
+
+def rng_state_variables(model) -> list:
+    """The model's random-number state: Keras `SeedGenerator` state variables.
+
+    Keras 3 dropout draws from per-layer seed generators whose state lives in
+    variables that `model.variables` lists but `tf.train.Checkpoint(model=...)`
+    does not save; checkpointing them makes a resumed run draw the same
+    dropout masks as an uninterrupted one.
+    """
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def all_finite(variables: Iterable) -> bool:
+    """True when no floating-point variable holds NaN or Inf."""
+    import numpy as np  # noqa: PLC0415
+
+    for variable in variables:
+        value = np.asarray(variable.numpy())
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            return False
+    return True
+
+
+def check_same_data(run_dir: RunDir, dataset) -> None:
+    """Refuses to continue or replay a run on data that differ from its own.
+
+    Raises:
+      DataError: the dataset's fingerprint is not the one in run.json.
+    """
+    from pipeline.data import DataError  # noqa: PLC0415
+
+    recorded = (run_dir.read_record().get("dataset") or {}).get("fingerprint")
+    if recorded and recorded != dataset.fingerprint():
+        raise DataError(
+            f"{dataset.source}: data differ from the data {run_dir.path} was "
+            f"trained on (fingerprint {dataset.fingerprint()[:12]}..., recorded "
+            f"{recorded[:12]}...)"
+        )
+
+
+def read_scalar_series(split_dir: pathlib.Path, tag: str) -> dict[int, float]:
+    """`tag`'s scalars under `split_dir` by step, as TensorBoard shows them.
+
+    The accumulator applies `SessionLog.START` purging, so a resumed run
+    yields one value per step.
+    """
+    from tensorboard.backend.event_processing import (  # noqa: PLC0415
+        plugin_event_accumulator as ea,
+    )
+    from tensorboard.util import tensor_util  # noqa: PLC0415
+
+    if not split_dir.is_dir():
+        return {}
+    acc = ea.EventAccumulator(str(split_dir), size_guidance={ea.TENSORS: 0})
+    acc.Reload()
+    if tag not in acc.Tags().get(ea.TENSORS, []):
+        return {}
+    return {
+        event.step: float(tensor_util.make_ndarray(event.tensor_proto))
+        for event in acc.Tensors(tag)
+    }
+
+
+def logged_evaluations(
+    split_dir: pathlib.Path, up_to_step: int
+) -> list[tuple[int, dict[str, float]]]:
+    """(step, {"loss", "accuracy"}) of each evaluation logged at or before a step."""
+    if up_to_step <= 0:
+        return []
+    series = {tag: read_scalar_series(split_dir, tag) for tag in ("loss", "accuracy")}
+    steps = sorted({s for values in series.values() for s in values if s <= up_to_step})
+    return [
+        (step, {tag: values[step] for tag, values in series.items() if step in values})
+        for step in steps
+    ]

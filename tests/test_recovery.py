@@ -1,0 +1,316 @@
+"""Resume: same result as an uninterrupted run; restart markers; run checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from recovery_fixtures import raw_step_counts, record, run_cli, tensor_series
+
+from pipeline import config as config_lib
+from pipeline import data as data_lib
+from pipeline import recovery, rundir
+from pipeline.config import ConfigError, TrainConfig
+from pipeline.rundir import RunDirError
+
+TINY = TrainConfig(
+    model="mlp",
+    hidden_units=32,
+    dropout=0.3,
+    steps=40,
+    batch_size=16,
+    checkpoint_every=10,
+    eval_every=20,
+    print_every=10,
+    histogram_every=0,
+    image_count=0,
+    seed=1,
+)
+
+
+def _train(config, run_dir, **kwargs):
+    from pipeline import train
+
+    dataset = data_lib.load_dataset(config.dataset)
+    return train.train_and_evaluate(
+        config, run_dir, dataset, print_fn=lambda _: None, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """An uninterrupted run, and the same run stopped by SIGTERM at 20 and resumed."""
+    from pipeline import train
+
+    logdir = tmp_path_factory.mktemp("resume")
+    whole = rundir.create_run_dir(logdir, "whole")
+    _train(TINY, whole)
+
+    split = rundir.create_run_dir(logdir, "split")
+
+    def terminate_at_20(line: str) -> None:
+        if line.startswith("step     20/"):
+            signal.raise_signal(signal.SIGTERM)
+
+    dataset = data_lib.load_dataset(TINY.dataset)
+    with pytest.raises(train.TrainingInterruptedError) as interrupted:
+        train.train_and_evaluate(TINY, split, dataset, print_fn=terminate_at_20)
+    after_signal = record(split.path)
+    _train(TINY, split, resume=True)
+    return {
+        "whole": whole.path,
+        "split": split.path,
+        "interrupted": interrupted.value,
+        "after_signal": after_signal,
+    }
+
+
+def test_sigterm_saves_records_interrupted_and_exits_143(runs):
+    assert runs["interrupted"].exit_code == 128 + signal.SIGTERM
+    assert "interrupted by SIGTERM at step 20" in str(runs["interrupted"])
+    assert runs["after_signal"]["status"] == "interrupted"
+    assert runs["after_signal"]["step"] == 20
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_resumed_run_has_the_uninterrupted_weights(runs):
+    from pipeline import train
+
+    def weights(path):
+        latest = recovery.latest_checkpoint_step(path / "checkpoints")
+        model = train.restore_model(TINY, str(path / "checkpoints" / f"ckpt-{latest}"))
+        return [v.numpy() for v in model.weights]
+
+    for a, b in zip(weights(runs["whole"]), weights(runs["split"]), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert (
+        record(runs["split"])["final_metrics"] == record(runs["whole"])["final_metrics"]
+    )
+
+
+def test_resumed_series_continue_without_duplicates(runs):
+    whole, split = (
+        tensor_series(runs["whole"] / "train"),
+        tensor_series(runs["split"] / "train"),
+    )
+    assert split["loss"] == whole["loss"]
+    assert [s for s, _ in split["loss"]] == list(range(1, 41))
+    assert split["events/resumed_from"] == [(21, 20.0)]
+    assert "events/resumed_from" not in whole
+    assert (
+        tensor_series(runs["split"] / "test")["loss"]
+        == tensor_series(runs["whole"] / "test")["loss"]
+    )
+
+
+def test_dropout_rng_state_is_checkpointed_and_advances(runs):
+    import tensorflow as tf
+
+    names = [
+        name
+        for name, _ in tf.train.list_variables(
+            str(runs["split"] / "checkpoints" / "ckpt-20")
+        )
+    ]
+    rng = [n for n in names if n.startswith("rng/")]
+    assert len(rng) == 2  # one SeedGenerator per Dropout layer
+    state = tf.train.load_variable(
+        str(runs["split"] / "checkpoints" / "ckpt-20"), rng[0]
+    )
+    later = tf.train.load_variable(
+        str(runs["split"] / "checkpoints" / "ckpt-40"), rng[0]
+    )
+    assert not np.array_equal(state, later)
+
+
+def test_every_start_writes_a_session_start_marker(runs):
+    from tensorboard.backend.event_processing import event_file_loader
+
+    steps = []
+    for path in sorted((runs["split"] / "train").glob("events.out.tfevents.*")):
+        for event in event_file_loader.EventFileLoader(str(path)).Load():
+            if event.HasField("session_log"):
+                steps.append(event.step)
+    assert steps == [0, 21]
+
+
+def test_session_start_marker_drops_orphaned_points(tmp_path):
+    """What a killed process logged after its checkpoint disappears from the loader."""
+    import tensorflow as tf
+
+    split = tmp_path / "train"
+    recovery.wait_until(recovery.write_session_start(tmp_path, ["train"], 0))
+    with tf.summary.create_file_writer(str(split)).as_default():
+        for step in range(1, 9):  # checkpoint at 5, then killed after 8
+            tf.summary.scalar("loss", 1.0, step=step)
+    recovery.wait_until(
+        recovery.write_session_start(
+            tmp_path, ["train"], recovery.session_start_step(5)
+        )
+    )
+    with tf.summary.create_file_writer(str(split)).as_default():
+        for step in range(6, 11):
+            tf.summary.scalar("loss", 2.0, step=step)
+    assert raw_step_counts(split)[("loss", 7)] == 2
+    assert tensor_series(split)["loss"] == [(s, 1.0) for s in range(1, 6)] + [
+        (s, 2.0) for s in range(6, 11)
+    ]
+
+
+@pytest.mark.parametrize(("restored", "marker"), [(0, 0), (20, 21), (1, 2)])
+def test_session_start_step(restored, marker):
+    assert recovery.session_start_step(restored) == marker
+
+
+def test_latest_checkpoint_step_reads_the_state_file(tmp_path):
+    assert recovery.latest_checkpoint_step(tmp_path) == 0
+    (tmp_path / "checkpoint").write_text(
+        'model_checkpoint_path: "ckpt-300"\nall_model_checkpoint_paths: "ckpt-200"\n'
+        'all_model_checkpoint_paths: "ckpt-300"\n'
+    )
+    assert recovery.latest_checkpoint_step(tmp_path) == 300
+
+
+def test_clean_temp_checkpoints_removes_only_unfinished_saves(tmp_path):
+    (tmp_path / "ckpt-20_temp" / "part-00000-of-00001").mkdir(parents=True)
+    (tmp_path / "best" / "ckpt-10_temp").mkdir(parents=True)
+    (tmp_path / "ckpt-10.index").write_text("x")
+    removed = recovery.clean_temp_checkpoints(tmp_path)
+    assert sorted(p.name for p in removed) == ["ckpt-10_temp", "ckpt-20_temp"]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["best", "ckpt-10.index"]
+
+
+def test_merge_overrides_allows_steps_and_same_values_only():
+    saved = TINY
+    given = dataclasses.replace(TINY, steps=80, learning_rate=TINY.learning_rate)
+    merged = recovery.merge_overrides(saved, given, {"steps", "learning_rate"})
+    assert merged.steps == 80
+    changed = dataclasses.replace(TINY, dropout=0.5)
+    with pytest.raises(
+        ConfigError, match=r"--dropout=0.5 differs from the run's saved --dropout=0.3"
+    ):
+        recovery.merge_overrides(saved, changed, {"dropout"})
+    # A default that differs from the saved value is not an override.
+    assert recovery.merge_overrides(saved, TrainConfig(), set()) == saved
+
+
+def test_resume_refuses_a_run_whose_process_is_alive(tmp_path):
+    run_dir = rundir.RunDir(tmp_path)
+    sleeper = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "pipeline"]
+    )
+    try:
+        run_dir.update_record(
+            status="running", pid=sleeper.pid, host=os.uname().nodename
+        )
+        with pytest.raises(
+            RunDirError, match=f"still being trained by pid {sleeper.pid}"
+        ):
+            recovery.check_not_running(run_dir)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    recovery.check_not_running(run_dir)  # dead process: resumable
+
+
+def test_launch_from_flags_modes():
+    fv = config_lib.flags.FlagValues()
+    config_lib.define_flags(fv)
+    fv(["prog", "--resume", "--run=logs/x", "--steps=50"])
+    launch = config_lib.launch_from_flags(fv)
+    assert (launch.mode, launch.run_path, launch.config.steps) == (
+        "resume",
+        "logs/x",
+        50,
+    )
+    assert "steps" in launch.explicit
+    assert "model" not in launch.explicit
+
+
+def test_divergence_stops_with_one_line_and_keeps_finite_checkpoints(tmp_path):
+    import tensorflow as tf
+
+    result = run_cli(
+        f"--logdir={tmp_path}",
+        "--run_name=diverged",
+        "--model=mlp",
+        "--activation=linear",
+        "--optimizer=sgd",
+        "--learning_rate=3",
+        "--steps=60",
+        "--batch_size=16",
+        "--checkpoint_every=2",
+        "--print_every=2",
+        "--eval_every=0",
+        "--image_count=0",
+    )
+    assert result.returncode == 1
+    lines = [
+        line for line in result.stderr.splitlines() if line.startswith("pipeline-train")
+    ]
+    assert len(lines) == 1
+    assert "Traceback" not in result.stderr
+    match = re.fullmatch(
+        r"pipeline-train: error: loss is nan at step (\d+); "
+        r"last good checkpoint: (.*ckpt-(\d+))",
+        lines[0],
+    )
+    assert match, lines[0]
+    assert int(match.group(3)) < int(match.group(1))
+    run = tmp_path / "diverged"
+    assert record(run)["status"] == "failed"
+    assert recovery.latest_checkpoint_step(run / "checkpoints") == int(match.group(3))
+    for step in range(2, int(match.group(3)) + 1, 2):
+        path = str(run / "checkpoints" / f"ckpt-{step}")
+        if not os.path.exists(path + ".index"):
+            continue  # rotated out (max_checkpoints)
+        reader = tf.train.load_checkpoint(path)
+        for name, dtype in reader.get_variable_to_dtype_map().items():
+            if not dtype.is_floating:
+                continue
+            value = reader.get_tensor(name)
+            assert not np.isnan(value).any(), (step, name)
+            if name.startswith(("model/", "optimizer/")):
+                assert np.isfinite(value).all(), (step, name)
+    losses = [v for _, v in tensor_series(run / "train")["loss"]]
+    assert np.isfinite(losses).all()
+
+
+def test_all_finite():
+    import tensorflow as tf
+
+    assert recovery.all_finite([tf.Variable([1.0, 2.0]), tf.Variable(3)])
+    assert not recovery.all_finite([tf.Variable([1.0, np.inf])])
+    assert not recovery.all_finite([tf.Variable([np.nan])])
+
+
+@pytest.mark.slow
+def test_mirrored_run_extended_by_resume_equals_one_long_run(tmp_path):
+    """Under MirroredStrategy the iterator is not checkpointable: the data
+    position comes back through dataset.skip(step); weights must still match."""
+    flags = [
+        f"--logdir={tmp_path}",
+        "--model=mlp",
+        "--dropout=0.3",
+        "--batch_size=32",
+        "--checkpoint_every=10",
+        "--eval_every=20",
+        "--image_count=0",
+        "--histogram_every=0",
+        "--strategy=mirrored",
+        "--cpu_devices=2",
+    ]
+    assert run_cli(*flags, "--run_name=whole", "--steps=40").returncode == 0
+    assert run_cli(*flags, "--run_name=split", "--steps=20").returncode == 0
+    resumed = run_cli("--resume", f"--run={tmp_path / 'split'}", "--steps=40")
+    assert resumed.returncode == 0, resumed.stderr
+    whole, split = record(tmp_path / "whole"), record(tmp_path / "split")
+    assert split["resumes"][0]["previous_status"] == "completed"
+    assert split["weights_digest"] == whole["weights_digest"]
+    assert split["final_metrics"] == whole["final_metrics"]

@@ -1,0 +1,152 @@
+"""Early stopping and SIGINT/SIGTERM handling."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from recovery_fixtures import record, tensor_series
+
+from pipeline import data as data_lib
+from pipeline import rundir
+from pipeline.config import TrainConfig
+
+EARLY = TrainConfig(
+    model="mlp",
+    hidden_units=32,
+    optimizer="adam",
+    learning_rate=0.05,
+    validation_split=0.2,
+    early_stopping_patience=2,
+    steps=300,
+    batch_size=16,
+    eval_every=10,
+    checkpoint_every=50,
+    print_every=50,
+    histogram_every=0,
+    image_count=0,
+)
+
+
+def _train(config, run_dir, print_fn=lambda _: None, **kwargs):
+    from pipeline import train
+
+    dataset = data_lib.load_dataset(
+        config.dataset, validation_split=config.validation_split
+    )
+    return train.train_and_evaluate(
+        config, run_dir, dataset, print_fn=print_fn, **kwargs
+    )
+
+
+@pytest.fixture(scope="module")
+def early_runs(tmp_path_factory):
+    """An early-stopped run, and the same run interrupted at step 50 and resumed."""
+    from pipeline import train
+
+    logdir = tmp_path_factory.mktemp("early")
+    whole = rundir.create_run_dir(logdir, "whole")
+    result = _train(EARLY, whole)
+    split = rundir.create_run_dir(logdir, "split")
+
+    def interrupt_at_50(line: str) -> None:
+        if line.startswith("step     50/"):
+            signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(train.TrainingInterruptedError):
+        _train(EARLY, split, print_fn=interrupt_at_50)
+    _train(EARLY, split, resume=True)
+    return {"whole": whole.path, "split": split.path, "result": result}
+
+
+def test_early_stopping_records_why_and_when(early_runs):
+    rec = record(early_runs["whole"])
+    assert rec["status"] == "completed"
+    assert rec["stopped_early"] is True
+    assert rec["step"] < EARLY.steps
+    assert rec["best_step"] < rec["step"]
+    assert (
+        rec["step"] - rec["best_step"]
+        == EARLY.early_stopping_patience * EARLY.eval_every
+    )
+    assert rec["stop_reason"] == (
+        f"early stopping at step {rec['step']}: validation loss has not improved for "
+        f"2 evaluations (patience 2); best {rec['best_validation_loss']:.6f} at step "
+        f"{rec['best_step']}"
+    )
+    train_series = tensor_series(early_runs["whole"] / "train")
+    assert train_series["events/early_stopped"] == [
+        (rec["step"], float(rec["best_step"]))
+    ]
+    assert (
+        early_runs["whole"] / "checkpoints" / "best" / f"ckpt-{rec['best_step']}.index"
+    ).exists()
+
+
+def test_early_stopping_text_summary(early_runs):
+    from tensorboard.backend.event_processing import plugin_event_accumulator as ea
+
+    acc = ea.EventAccumulator(
+        str(early_runs["whole"] / "train"), size_guidance={ea.TENSORS: 0}
+    )
+    acc.Reload()
+    events = acc.Tensors("early_stopping")
+    assert [e.step for e in events] == [record(early_runs["whole"])["step"]]
+    assert acc.SummaryMetadata("early_stopping").plugin_data.plugin_name == "text"
+
+
+def test_final_test_metrics_are_the_best_models(early_runs):
+    rec = record(early_runs["whole"])
+    test = dict(
+        (tag, dict(points)[rec["best_step"]])
+        for tag, points in tensor_series(early_runs["whole"] / "test").items()
+    )
+    assert rec["final_metrics"]["test"]["loss"] == pytest.approx(test["loss"], rel=1e-6)
+    assert rec["final_metrics"]["test"]["accuracy"] == pytest.approx(test["accuracy"])
+    last = tensor_series(early_runs["whole"] / "validation")["loss"][-1][1]
+    assert rec["best_validation_loss"] < last
+    assert early_runs["result"].checkpoint.endswith(f"best/ckpt-{rec['best_step']}")
+
+
+def test_interrupted_early_stopping_run_stops_at_the_same_step(early_runs):
+    whole, split = record(early_runs["whole"]), record(early_runs["split"])
+    assert split["resumes"][0]["previous_status"] == "interrupted"
+    for key in ("step", "best_step", "stop_reason", "final_metrics"):
+        assert split[key] == whole[key], key
+
+
+def test_graceful_stop_records_the_signal_and_restores_handlers():
+    from pipeline import stopping
+
+    before = signal.getsignal(signal.SIGTERM)
+    with stopping.GracefulStop() as stop:
+        assert not stop.requested
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+        assert stop.signal_name == "SIGTERM"
+        # After the first signal the previous handler is back: a second
+        # signal would act at once.
+        assert signal.getsignal(signal.SIGTERM) == before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize(
+    ("losses", "stops_after", "best_step"),
+    [
+        ([1.0, 0.9, 0.95, 0.97], 4, 2),
+        ([1.0, 0.9, 0.8, 0.7], None, 4),
+        ([1.0, 1.0, 1.0], 3, 1),  # equal is not better
+    ],
+)
+def test_early_stopping_patience(losses, stops_after, best_step):
+    from pipeline import stopping
+
+    es = stopping.EarlyStopping(patience=2)
+    stopped = None
+    for i, loss in enumerate(losses, start=1):
+        es.update(i, loss)
+        if es.should_stop and stopped is None:
+            stopped = i
+    assert stopped == stops_after
+    assert int(es.best_step.numpy()) == best_step
