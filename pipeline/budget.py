@@ -100,8 +100,11 @@ class ThinningSchedule:
         return self.every > 0
 
     def due(self, step: int) -> bool:
-        """True if a write falls on `step`."""
-        return self.enabled and (step == self._next or step == self.total_steps)
+        """True if a write falls on `step` (also the first due step after a resume)."""
+        if not self.enabled:
+            return False
+        on_interval = step >= self._next and step % self.interval == 0
+        return on_interval or step == self.total_steps
 
     def next_stop(self, step: int) -> int | None:
         """The next step after `step` that is due (None if none)."""

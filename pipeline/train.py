@@ -382,8 +382,8 @@ def train_and_evaluate(
         # rather than inside the first evaluation interval.
         images, labels = next(iter(eval_arrays.values()))
         evaluate(images[:0], labels[:0])
-        if is_chief and histogram_schedule.due(step):
-            write_histograms()
+        if is_chief and step == 0 and histogram_schedule.due(step):
+            write_histograms()  # the initial weights (a resumed run has them)
         # Chunks end on every multiple of --histogram_every, on every worker
         # alike (collectives need equal chunks); the budget only decides
         # whether a histogram is written there (thinned steps are multiples).
@@ -537,13 +537,6 @@ def train_and_evaluate(
         logger.close()
 
 
-def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> None:
-    """Records how a run ended; if even that fails (a full disk), the record
-    stays `running` with a dead pid, which `--resume` accepts."""
-    with contextlib.suppress(RunDirError):
-        run_dir.finish(status, step=step, error=f"{type(err).__name__}: {err}")
-
-
 def trace_counts(
     train_loop: Callable, evaluate: Callable, gradients: Callable, logger: SummaryLogger
 ) -> dict[str, int]:
@@ -559,6 +552,13 @@ def trace_counts(
     }
     counts.update(logger.tracing_counts())
     return counts
+
+
+def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> None:
+    """Records how a run ended; if even that fails (a full disk), the record
+    stays `running` with a dead pid, which `--resume` accepts."""
+    with contextlib.suppress(RunDirError):
+        run_dir.finish(status, step=step, error=f"{type(err).__name__}: {err}")
 
 
 def restore_model(config: TrainConfig, checkpoint_path: str) -> keras.Model:

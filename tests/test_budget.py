@@ -126,3 +126,13 @@ def test_schedule_ignores_one_time_bytes_of_the_first_chunk():
         spent += 100 * 100 + 10_000 + (3 * MB if step == 100 else 0)
         schedule.record(step, spent, 10_000)
     assert schedule.interval == 100
+
+
+def test_schedule_after_a_resume_writes_at_the_next_interval():
+    schedule = budget.ThinningSchedule(every=100, total_steps=1000, budget_bytes=0)
+    assert not schedule.due(450)
+    assert schedule.due(500)
+    schedule.record(500, 0, 100)
+    assert not schedule.due(550)
+    assert schedule.due(600)
+    assert schedule.due(1000)
