@@ -537,6 +537,13 @@ def train_and_evaluate(
         logger.close()
 
 
+def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> None:
+    """Records how a run ended; if even that fails (a full disk), the record
+    stays `running` with a dead pid, which `--resume` accepts."""
+    with contextlib.suppress(RunDirError):
+        run_dir.finish(status, step=step, error=f"{type(err).__name__}: {err}")
+
+
 def trace_counts(
     train_loop: Callable, evaluate: Callable, gradients: Callable, logger: SummaryLogger
 ) -> dict[str, int]:
@@ -552,13 +559,6 @@ def trace_counts(
     }
     counts.update(logger.tracing_counts())
     return counts
-
-
-def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> None:
-    """Records how a run ended; if even that fails (a full disk), the record
-    stays `running` with a dead pid, which `--resume` accepts."""
-    with contextlib.suppress(RunDirError):
-        run_dir.finish(status, step=step, error=f"{type(err).__name__}: {err}")
 
 
 def restore_model(config: TrainConfig, checkpoint_path: str) -> keras.Model:
