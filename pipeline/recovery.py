@@ -127,6 +127,18 @@ def _process_alive(pid: int) -> bool:
     return not cmdline or b"pipeline" in cmdline
 
 
+def owner_alive(record: dict) -> bool:
+    """Whether the process a run record names is alive on this host.
+
+    Used by `--resume` and by sweeps to tell a live run from one whose process
+    died (`kill -9`, a crash, a reboot).
+    """
+    pid = record.get("pid")
+    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return False
+    return _process_alive(pid)
+
+
 def check_not_running(run_dir: RunDir) -> None:
     """Refuses to resume a run whose recorded process is still alive.
 
@@ -136,13 +148,8 @@ def check_not_running(run_dir: RunDir) -> None:
     record = run_dir.read_record()
     if record.get("status") != "running":
         return
-    pid, host = record.get("pid"), record.get("host")
-    if (
-        isinstance(pid, int)
-        and pid != os.getpid()
-        and host == socket.gethostname()
-        and _process_alive(pid)
-    ):
+    pid = record.get("pid")
+    if pid != os.getpid() and owner_alive(record):
         raise RunDirError(
             f"{run_dir.path}: still being trained by pid {pid}; stop it first "
             "(SIGINT/SIGTERM saves a checkpoint) or wait for it"

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline import data as data_lib
 from pipeline import rundir
-from pipeline.config import ConfigError, TrainConfig
+from pipeline.config import ConfigError, TrainConfig, config_from_dict
 
 if TYPE_CHECKING:
     import keras
@@ -25,20 +25,11 @@ _CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 
 
 def config_from_record(record: dict[str, Any]) -> TrainConfig:
-    """Rebuilds the TrainConfig a run recorded in run.json.
-
-    Keys this version does not know are ignored and missing ones take the
-    defaults, so runs written by older or newer versions still open.
-    """
+    """Rebuilds the TrainConfig a run recorded in run.json (unknown keys ignored)."""
     values = record.get("config")
     if not isinstance(values, dict):
         raise rundir.RunDirError("run.json has no 'config' record")
-    known = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    kwargs = {}
-    for key, value in values.items():
-        if key in known:
-            kwargs[key] = tuple(value) if isinstance(value, list) else value
-    return TrainConfig(**kwargs)
+    return config_from_dict(values)
 
 
 def checkpoint_steps(checkpoint_dir: pathlib.Path) -> list[int]:

@@ -19,7 +19,6 @@ import os
 import pathlib
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from absl import flags
 
 from pipeline import config as config_lib
 from pipeline import hparams as hparams_lib
+from pipeline import recovery
 from pipeline.rundir import RECORD_NAME, config_to_flagfile
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -159,24 +159,6 @@ def _defining(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in hparams_lib.NOT_HPARAMS}
 
 
-def _alive(record: dict) -> bool:
-    pid = record.get("pid")
-    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A killed process nobody has reaped yet (a zombie) still answers kill(0).
-    try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rpartition(")")[2].split()[0] != "Z"
-
-
 def move_aside(path: pathlib.Path, record: dict) -> pathlib.Path:
     """Renames a half-done run to `NAME.incomplete-N` and marks it failed.
 
@@ -234,7 +216,7 @@ def triage(
                 )
             done.append(run)
             continue
-        if record.get("status") == "running" and _alive(record):
+        if record.get("status") == "running" and recovery.owner_alive(record):
             raise SweepError(
                 f"{run.path}: still running (pid {record['pid']}); "
                 "wait for it or stop it"
