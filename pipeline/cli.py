@@ -79,3 +79,20 @@ def one_line_flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
             sys.exit(1)
 
     return parse
+
+
+def start(
+    prog: str,
+    define_flags: Callable[..., None],
+    main: Callable[[list[str]], None],
+) -> None:
+    """Console-script entry point shared by every `pipeline-*` program.
+
+    Quiets TensorFlow's logs, defines the program's flags on absl's FLAGS,
+    and runs `main` with a parser that reports a bad flag in one line.
+    """
+    from absl import app, flags  # noqa: PLC0415
+
+    quiet_tensorflow()
+    define_flags(flags.FLAGS)
+    app.run(main, flags_parser=one_line_flags_parser(prog))

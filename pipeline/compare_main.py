@@ -98,9 +98,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.quiet_tensorflow()
-    define_flags(FLAGS)
-    app.run(main)
+    cli.start("pipeline-compare", define_flags, main)
 
 
 if __name__ == "__main__":

@@ -72,9 +72,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.quiet_tensorflow()
-    define_eval_flags(FLAGS)
-    app.run(main)
+    cli.start("pipeline-eval", define_eval_flags, main)
 
 
 if __name__ == "__main__":

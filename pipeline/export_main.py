@@ -47,9 +47,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.quiet_tensorflow()
-    define_export_flags(FLAGS)
-    app.run(main)
+    cli.start("pipeline-export", define_export_flags, main)
 
 
 if __name__ == "__main__":

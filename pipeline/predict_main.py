@@ -76,9 +76,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.quiet_tensorflow()
-    define_predict_flags(FLAGS)
-    app.run(main)
+    cli.start("pipeline-predict", define_predict_flags, main)
 
 
 if __name__ == "__main__":

@@ -99,9 +99,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.quiet_tensorflow()
-    config_lib.define_flags(FLAGS)
-    app.run(main, flags_parser=cli.one_line_flags_parser(PROG))
+    cli.start(PROG, config_lib.define_flags, main)
 
 
 if __name__ == "__main__":
