@@ -77,10 +77,11 @@ def thinned_interval(
 class ThinningSchedule:
     """When a periodic, bulky summary is due: step 0, every N (thinning), the end.
 
-    The loop asks `due(step)` and `next_stop(step)` (so a multi-step chunk
-    ends on it), and calls `record(step, spent_bytes, write_bytes)` after each
-    write so the interval can double when the budget is at risk. Writes stay on
-    multiples of the current interval.
+    The loop ends its chunks on every multiple of the base interval (on every
+    worker alike), asks `due(step)` there, and calls
+    `record(step, spent_bytes, write_bytes)` after each write so the interval
+    can double when the budget is at risk. Writes stay on multiples of the
+    current interval. `next_stop(step)` says where the next write falls.
     """
 
     def __init__(self, every: int, total_steps: int, budget_bytes: int):

@@ -43,10 +43,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        from pipeline import restore  # noqa: PLC0415
-
-        checkpoint = run_flags.checkpoint_value(FLAGS.checkpoint)
-        restored = restore.open_run(FLAGS.run, checkpoint)
+        restored = run_flags.open_run(FLAGS)
         dataset, split = restored.load_split(FLAGS.split, FLAGS.dataset, FLAGS.data_dir)
         from pipeline import evaluate  # noqa: PLC0415 (TensorFlow import)
 

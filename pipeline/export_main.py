@@ -29,10 +29,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        from pipeline import restore  # noqa: PLC0415
-
-        checkpoint = run_flags.checkpoint_value(FLAGS.checkpoint)
-        restored = restore.open_run(FLAGS.run, checkpoint)
+        restored = run_flags.open_run(FLAGS)
         from pipeline import export  # noqa: PLC0415 (TensorFlow import)
 
         out = export.export_run(restored, FLAGS.out)

@@ -125,6 +125,22 @@ def build_model(config: TrainConfig) -> keras.Model:
     raise ValueError(f"unknown model {config.model!r}")
 
 
+def restore_model(config: TrainConfig, checkpoint_prefix: str) -> keras.Model:
+    """Builds `config`'s model and restores its weights from a checkpoint.
+
+    The checkpoint also holds the optimizer, step and data iterator; only the
+    weights are read, and every weight must be found in it.
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    model = build_model(config)
+    checkpoint = tf.train.Checkpoint(model=model)
+    checkpoint.restore(
+        checkpoint_prefix
+    ).expect_partial().assert_existing_objects_matched()
+    return model
+
+
 def probabilities(logits):
     """Class probabilities from logits: sigmoid for one logit, else softmax."""
     import tensorflow as tf  # noqa: PLC0415

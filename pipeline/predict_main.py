@@ -45,10 +45,9 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        from pipeline import predict, restore  # noqa: PLC0415
+        from pipeline import predict  # noqa: PLC0415
 
-        checkpoint = run_flags.checkpoint_value(FLAGS.checkpoint)
-        restored = restore.open_run(FLAGS.run, checkpoint)
+        restored = run_flags.open_run(FLAGS)
         examples = predict.load_inputs(FLAGS.image or [])
         if FLAGS.index:
             name, split = restored.load_split(

@@ -59,17 +59,9 @@ class RestoredRun:
 
     def load_model(self) -> keras.Model:
         """Builds the run's model and restores the checkpoint's weights into it."""
-        import tensorflow as tf  # noqa: PLC0415
-
         from pipeline import models  # noqa: PLC0415
 
-        model = models.build_model(self.config)
-        checkpoint = tf.train.Checkpoint(model=model)
-        # The checkpoint also holds the optimizer, step and data iterator; only
-        # the weights are wanted here.
-        status = checkpoint.restore(self.checkpoint_prefix).expect_partial()
-        status.assert_existing_objects_matched()
-        return model
+        return models.restore_model(self.config, self.checkpoint_prefix)
 
     def load_split(
         self,

@@ -77,6 +77,13 @@ def define_format_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
 
 
+def open_run(flag_values: flags.FlagValues):
+    """The run and checkpoint that --run/--checkpoint name (no TensorFlow)."""
+    from pipeline import restore  # noqa: PLC0415
+
+    return restore.open_run(flag_values.run, checkpoint_value(flag_values.checkpoint))
+
+
 def checkpoint_value(value: str) -> str | int:
     """The --checkpoint flag as `latest` or an int step."""
     return "latest" if value == "latest" else int(value)

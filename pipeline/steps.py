@@ -120,42 +120,14 @@ def make_train_loop(
     return train_loop
 
 
-def make_eval_fn(
-    model: keras.Model,
-) -> Callable[[tf.data.Dataset], dict[str, tf.Tensor]]:
-    """Compiles `evaluate(dataset) -> {loss, accuracy, count}` over a whole split.
-
-    Sums per-example loss and correctness over every batch (the last, partial
-    one included), so the result is the exact mean over the split.
-    """
-
-    @tf.function
-    def evaluate(dataset: tf.data.Dataset) -> dict[str, tf.Tensor]:
-        total_loss = tf.constant(0.0, tf.float64)
-        total_correct = tf.constant(0.0, tf.float64)
-        count = tf.constant(0.0, tf.float64)
-        for images, labels in dataset:
-            logits = model(images, training=False)
-            total_loss += tf.reduce_sum(
-                tf.cast(per_example_loss(labels, logits), tf.float64)
-            )
-            total_correct += tf.reduce_sum(tf.cast(correct(labels, logits), tf.float64))
-            count += tf.cast(tf.shape(labels)[0], tf.float64)
-        return {
-            "loss": total_loss / count,
-            "accuracy": total_correct / count,
-            "count": count,
-        }
-
-    return evaluate
-
-
 def make_array_eval_fn(
     model: keras.Model, batch_size: int = 1000
 ) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
     """Compiles `evaluate(images, labels) -> {loss, accuracy, count}` over arrays.
 
-    Same sums as `make_eval_fn`, but slices uint8 `[N, 28, 28]` images that
+    Sums per-example loss and correctness over every batch (the last, partial
+    one included), so the result is the exact mean over the split. Slices uint8
+    `[N, 28, 28]` images that
     stay in memory and normalises each batch in the graph: no tf.data
     iterator, prefetch threads or per-call pipeline start-up, which made a
     periodic test evaluation cost 3-10x more than its arithmetic for small

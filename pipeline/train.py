@@ -561,14 +561,6 @@ def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> 
         run_dir.finish(status, step=step, error=f"{type(err).__name__}: {err}")
 
 
-def restore_model(config: TrainConfig, checkpoint_path: str) -> keras.Model:
-    """Builds `config`'s model and restores its weights from a checkpoint."""
-    model = models.build_model(config)
-    checkpoint = tf.train.Checkpoint(model=model)
-    checkpoint.restore(checkpoint_path).expect_partial()
-    return model
-
-
 if __name__ == "__main__":  # `python -m pipeline.train` is `pipeline-train`.
     from pipeline.train_main import run
 

@@ -80,11 +80,11 @@ def test_sigterm_saves_records_interrupted_and_exits_143(runs):
 
 
 def test_resumed_run_has_the_uninterrupted_weights(runs):
-    from pipeline import train
+    from pipeline import models
 
     def weights(path):
         latest = recovery.latest_checkpoint_step(path / "checkpoints")
-        model = train.restore_model(TINY, str(path / "checkpoints" / f"ckpt-{latest}"))
+        model = models.restore_model(TINY, str(path / "checkpoints" / f"ckpt-{latest}"))
         return [v.numpy() for v in model.weights]
 
     for a, b in zip(weights(runs["whole"]), weights(runs["split"]), strict=True):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import TINY, scalar_series, train_run
 
-from pipeline import data, train
+from pipeline import data, models, train
 
 
 @pytest.mark.parametrize(
@@ -55,11 +55,9 @@ def test_final_checkpoint_restores_the_final_test_accuracy(
 
     run = trained_runs["cnn"]
     assert run.result.checkpoint.endswith("ckpt-20")
-    model = train.restore_model(run.config, run.result.checkpoint)
-    test_ds = data.make_dataset(
-        sample_dataset.test, batch_size=1000, repeat=False, drop_remainder=False
-    )
-    restored = steps.make_eval_fn(model)(test_ds)
+    model = models.restore_model(run.config, run.result.checkpoint)
+    test = sample_dataset.test
+    restored = steps.make_array_eval_fn(model)(test.images, test.labels)
     assert float(restored["accuracy"]) == run.result.test["accuracy"]
     assert float(restored["loss"]) == pytest.approx(run.result.test["loss"], rel=1e-6)
     assert tf.train.list_variables(run.result.checkpoint)
