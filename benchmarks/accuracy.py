@@ -25,7 +25,9 @@ _CONFIGS = flags.DEFINE_list("configs", ["cnn_course"], "Flagfiles under flags/.
 
 def train_flagfile(name: str, logdir: pathlib.Path):
     from pipeline import config as config_lib
-    from pipeline import data, rundir, train
+    from pipeline import data
+    from pipeline.runs import rundir
+    from pipeline.training import loop as train
 
     flag_values = flags.FlagValues()
     config_lib.define_flags(flag_values)

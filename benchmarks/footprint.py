@@ -109,7 +109,7 @@ def main(argv: list[str]) -> None:
         plugin_event_accumulator as pea,
     )
 
-    from pipeline import budget  # noqa: PLC0415
+    from pipeline.tensorboard import budget  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="footprint-") as tmp:
         print("startup (process start -> first step done) and peak resident memory:")

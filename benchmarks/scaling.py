@@ -29,7 +29,7 @@ def _job(logdir: str, name: str, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "pipeline.train",
+        "pipeline.cli.train",
         f"--model={_MODEL.value}",
         f"--steps={_STEPS.value}",
         "--batch_size=128",

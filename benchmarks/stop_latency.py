@@ -38,7 +38,7 @@ def main() -> None:
             [
                 sys.executable,
                 "-m",
-                "pipeline.train_main",
+                "pipeline.cli.train",
                 "--flagfile=flags/demo.cfg",
                 f"--model={args.model}",
                 f"--logdir={logdir}",

@@ -9,7 +9,7 @@ optimizer and tf.data pipeline:
   fit          model.fit, no callbacks (compiled with loss + accuracy metric)
   fit_spe      fit compiled with steps_per_execution=K (K = --steps_per_loop)
   fit_tb       fit + keras.callbacks.TensorBoard(update_freq=1, histogram_freq=1)
-  pipe_off     pipeline.train.train_and_evaluate, logging off
+  pipe_off     pipeline.training.loop.train_and_evaluate, logging off
   pipe_default train_and_evaluate with the default logging: scalars every
                step, test eval every 500 steps, histograms every 100 steps
 
@@ -123,7 +123,8 @@ def fit_worker(config, dataset, window: int, spe: int = 1, tensorboard_dir=None)
     import keras  # noqa: PLC0415
 
     from pipeline import data as data_lib  # noqa: PLC0415
-    from pipeline import models, steps  # noqa: PLC0415
+    from pipeline import models  # noqa: PLC0415
+    from pipeline.training import steps  # noqa: PLC0415
 
     def work(name: str, baton: Baton, rounds: int, rates: list[float]) -> None:
         baton.acquire(name)
@@ -171,7 +172,8 @@ def fit_worker(config, dataset, window: int, spe: int = 1, tensorboard_dir=None)
 
 def pipeline_worker(config, dataset, window: int, workdir: pathlib.Path, results):
     """A worker running one real training run, one window per turn."""
-    from pipeline import rundir, train  # noqa: PLC0415
+    from pipeline.runs import rundir  # noqa: PLC0415
+    from pipeline.training import loop as train  # noqa: PLC0415
 
     def work(name: str, baton: Baton, rounds: int, rates: list[float]) -> None:
         run_config = dataclasses.replace(
@@ -378,7 +380,7 @@ def print_table(results: list[FamilyResult]) -> None:
 def main(argv: list[str]) -> None:
     del argv
     sys.stdout.reconfigure(line_buffering=True)
-    from pipeline import train  # noqa: PLC0415
+    from pipeline.training import loop as train  # noqa: PLC0415
 
     # The pipeline enables op determinism (its default --deterministic) and the
     # switch is process-wide: turn it on first so every variant runs under it.

@@ -19,7 +19,7 @@ import time
 
 from PIL import Image
 
-from pipeline import board
+from pipeline.tensorboard import board
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHROMIUM_FLAGS = [

@@ -45,7 +45,9 @@ class TrainedRun:
 
 def train_run(tmp_dir: pathlib.Path, config: TrainConfig, name: str) -> TrainedRun:
     """Trains `config` into `tmp_dir/name` with the real loop and bundled data."""
-    from pipeline import data, rundir, train
+    from pipeline import data
+    from pipeline.runs import rundir
+    from pipeline.training import loop as train
 
     dataset = data.load_dataset(
         config.dataset, config.data_dir, config.validation_split, config.binary_class

@@ -35,8 +35,9 @@ class TinyRun:
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory) -> TinyRun:
     from pipeline import data as data_lib
-    from pipeline import rundir, train
     from pipeline.config import TrainConfig
+    from pipeline.runs import rundir
+    from pipeline.training import loop as train
 
     config = TrainConfig(**TINY, logdir=str(tmp_path_factory.mktemp("logs")))
     dataset = data_lib.load_dataset(config.dataset)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-PROG = [sys.executable, "-m", "pipeline.train_main"]
+PROG = [sys.executable, "-m", "pipeline.cli.train"]
 
 
 def cli_env() -> dict[str, str]:

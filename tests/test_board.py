@@ -13,7 +13,9 @@ from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 from tensorboard.util import tensor_util
 from tiny_runs import train_tiny
 
-from pipeline import board, evaluate, restore
+from pipeline.runs import restore
+from pipeline.tensorboard import board
+from pipeline.tools import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +118,7 @@ def test_stop_ends_the_process_and_frees_the_port(logdir):
 
 def _inspect(*args):
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.inspect_main", *args],
+        [sys.executable, "-m", "pipeline.cli.inspect", *args],
         capture_output=True,
         text=True,
         timeout=180,
@@ -157,7 +159,7 @@ def test_inspect_rejects_a_directory_that_is_not_a_run(tmp_path):
 
 def test_pipeline_board_prints_a_loopback_address_and_stops_on_ctrl_c(logdir):
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.board_main", f"--logdir={logdir}"],
+        [sys.executable, "-m", "pipeline.cli.board", f"--logdir={logdir}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

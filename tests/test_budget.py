@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from perf_fixtures import tiny_run  # noqa: F401  (fixture)
 
-from pipeline import budget
+from pipeline.tensorboard import budget
 
 MB = 1_000_000
 
@@ -102,7 +102,7 @@ def test_run_prints_bytes_per_plugin(tiny_run):  # noqa: F811
 def test_histogram_event_bytes_estimate_matches_disk(tmp_path):
     import numpy as np
 
-    from pipeline.summaries import SummaryLogger
+    from pipeline.tensorboard.summaries import SummaryLogger
 
     tags = [f"mlp/hidden_{i}/kernel" for i in range(5)] + ["gradients/mlp/logits/bias"]
     with SummaryLogger(tmp_path) as logger:

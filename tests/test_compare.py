@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from tiny_runs import train_tiny
 
-from pipeline import compare
+from pipeline.tools import compare
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_cli_prints_the_table_and_reports_skipped_runs(logdir, tmp_path):
         [
             sys.executable,
             "-m",
-            "pipeline.compare_main",
+            "pipeline.cli.compare",
             str(logdir),
             "--top=1",
             "--format=markdown",
@@ -199,7 +199,7 @@ def test_cli_prints_the_table_and_reports_skipped_runs(logdir, tmp_path):
     assert f"skipped {broken} (failed: KeyboardInterrupt: )" in result.stderr
     assert (tmp_path / "c.png").is_file()
     missing = subprocess.run(
-        [sys.executable, "-m", "pipeline.compare_main", str(tmp_path / "none")],
+        [sys.executable, "-m", "pipeline.cli.compare", str(tmp_path / "none")],
         capture_output=True,
         text=True,
         timeout=120,

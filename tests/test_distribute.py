@@ -12,7 +12,7 @@ import time
 import pytest
 from conftest import REPO, scalar_series
 
-from pipeline import distribute
+from pipeline.training import distribute
 
 JOB = [
     "--model=mlp",
@@ -31,7 +31,7 @@ JOB = [
 def train_cli(*args, env_extra=None, **popen):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env_extra or {}))
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.train", *JOB, *args],
+        [sys.executable, "-m", "pipeline.cli.train", *JOB, *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -152,7 +152,7 @@ def start_workers(logdir, *args, stdout_dir):
                 [
                     sys.executable,
                     "-m",
-                    "pipeline.train",
+                    "pipeline.cli.train",
                     *JOB,
                     f"--logdir={logdir}",
                     "--run_name=pre",

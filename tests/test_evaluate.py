@@ -13,7 +13,8 @@ from trained_runs import (
     trained_run,
 )
 
-from pipeline import evaluate, predict, restore
+from pipeline.runs import restore
+from pipeline.tools import evaluate, predict
 
 MLP_TAGS = {
     "loss": "scalars",

@@ -8,7 +8,9 @@ import pytest
 import tensorflow as tf
 from trained_runs import error_lines, run_cli, snapshot, trained_run
 
-from pipeline import data, export, predict, restore
+from pipeline import data
+from pipeline.runs import restore
+from pipeline.tools import export, predict
 
 # Runs in a fresh interpreter: nothing of the pipeline is imported there.
 RELOAD_SCRIPT = textwrap.dedent(

@@ -32,7 +32,7 @@ from recovery_fixtures import (
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import rundir
+from pipeline.runs import rundir
 
 pytestmark = pytest.mark.slow
 
@@ -118,7 +118,7 @@ def reference(tmp_path_factory):
     config_lib.define_flags(fv)
     fv(["test", *FLAGS])
     config = config_lib.config_from_flags(fv)
-    from pipeline import train
+    from pipeline.training import loop as train
 
     dataset = data_lib.load_dataset(
         config.dataset, config.data_dir, config.validation_split, config.binary_class

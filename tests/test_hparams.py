@@ -9,7 +9,7 @@ from tensorboard.util import tensor_util
 from tiny_runs import train_tiny
 
 from pipeline import config as config_lib
-from pipeline import hparams
+from pipeline.tensorboard import hparams
 
 
 @pytest.fixture(scope="module")

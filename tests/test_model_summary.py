@@ -2,7 +2,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 from trained_runs import trained_run
 
-from pipeline import rundir
+from pipeline.runs import rundir
 
 
 def test_model_summary_in_run_directory_and_text_tab(tmp_path_factory):

@@ -6,7 +6,9 @@ import pytest
 from PIL import Image
 from trained_runs import error_lines, run_cli, snapshot, trained_run
 
-from pipeline import data, evaluate, predict, restore
+from pipeline import data
+from pipeline.runs import restore
+from pipeline.tools import evaluate, predict
 
 
 @pytest.fixture(scope="module")

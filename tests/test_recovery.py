@@ -15,9 +15,10 @@ from recovery_fixtures import raw_step_counts, record, run_cli, tensor_series
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import recovery, rundir
 from pipeline.config import ConfigError, TrainConfig
-from pipeline.rundir import RunDirError
+from pipeline.runs import rundir
+from pipeline.runs.rundir import RunDirError
+from pipeline.training import recovery
 
 TINY = TrainConfig(
     model="mlp",
@@ -35,7 +36,7 @@ TINY = TrainConfig(
 
 
 def _train(config, run_dir, **kwargs):
-    from pipeline import train
+    from pipeline.training import loop as train
 
     dataset = data_lib.load_dataset(config.dataset)
     return train.train_and_evaluate(
@@ -46,7 +47,7 @@ def _train(config, run_dir, **kwargs):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """An uninterrupted run, and the same run stopped by SIGTERM at 20 and resumed."""
-    from pipeline import train
+    from pipeline.training import loop as train
 
     logdir = tmp_path_factory.mktemp("resume")
     whole = rundir.create_run_dir(logdir, "whole")

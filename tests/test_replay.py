@@ -10,8 +10,9 @@ from recovery_fixtures import run_cli
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline import recovery, rundir
 from pipeline.config import TrainConfig
+from pipeline.runs import rundir
+from pipeline.training import recovery
 
 ORIGINAL = TrainConfig(
     model="mlp",
@@ -30,7 +31,7 @@ ORIGINAL = TrainConfig(
 
 @pytest.fixture(scope="module")
 def original(tmp_path_factory):
-    from pipeline import train
+    from pipeline.training import loop as train
 
     run_dir = rundir.create_run_dir(tmp_path_factory.mktemp("replay"), "original")
     dataset = data_lib.load_dataset(ORIGINAL.dataset)
@@ -56,7 +57,7 @@ def test_replay_cli_matches_its_original(original):
 
 
 def test_replay_fails_at_the_first_differing_step(original, tmp_path):
-    from pipeline import replay
+    from pipeline.training import replay
 
     tampered = tmp_path / "tampered"
     shutil.copytree(original, tampered)
@@ -90,6 +91,6 @@ def test_replay_refuses_flags_that_change_the_run(original):
     ],
 )
 def test_first_difference(replayed, rtol, first):
-    from pipeline import replay
+    from pipeline.training import replay
 
     assert replay.first_difference({1: 1.0, 2: 2.0}, replayed, rtol) == first

@@ -1,7 +1,10 @@
 import pytest
 from absl import flags
 
-from pipeline import evaluate_main, export_main, predict_main, run_flags
+from pipeline.cli import evaluate as evaluate_main
+from pipeline.cli import export as export_main
+from pipeline.cli import predict as predict_main
+from pipeline.cli import run_flags
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from absl import flags
 from conftest import TINY
 
 from pipeline import config as config_lib
-from pipeline import rundir
+from pipeline.runs import rundir
 
 
 def test_existing_run_is_never_overwritten(tmp_path):

@@ -9,8 +9,8 @@ import pytest
 from recovery_fixtures import record, tensor_series
 
 from pipeline import data as data_lib
-from pipeline import rundir
 from pipeline.config import TrainConfig
+from pipeline.runs import rundir
 
 EARLY = TrainConfig(
     model="mlp",
@@ -30,7 +30,7 @@ EARLY = TrainConfig(
 
 
 def _train(config, run_dir, print_fn=lambda _: None, **kwargs):
-    from pipeline import train
+    from pipeline.training import loop as train
 
     dataset = data_lib.load_dataset(
         config.dataset, validation_split=config.validation_split
@@ -43,7 +43,7 @@ def _train(config, run_dir, print_fn=lambda _: None, **kwargs):
 @pytest.fixture(scope="module")
 def early_runs(tmp_path_factory):
     """An early-stopped run, and the same run interrupted at step 50 and resumed."""
-    from pipeline import train
+    from pipeline.training import loop as train
 
     logdir = tmp_path_factory.mktemp("early")
     whole = rundir.create_run_dir(logdir, "whole")
@@ -117,7 +117,7 @@ def test_interrupted_early_stopping_run_stops_at_the_same_step(early_runs):
 
 
 def test_graceful_stop_records_the_signal_and_restores_handlers():
-    from pipeline import stopping
+    from pipeline.training import stopping
 
     before = signal.getsignal(signal.SIGTERM)
     with stopping.GracefulStop() as stop:
@@ -140,7 +140,7 @@ def test_graceful_stop_records_the_signal_and_restores_handlers():
     ],
 )
 def test_early_stopping_patience(losses, stops_after, best_step):
-    from pipeline import stopping
+    from pipeline.training import stopping
 
     es = stopping.EarlyStopping(patience=2)
     stopped = None

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import read_events, scalar_series
 
-from pipeline.summaries import tile_images
+from pipeline.tensorboard.summaries import tile_images
 
 FAMILIES = ("logreg", "mlp", "cnn")
 

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 
-from pipeline.summaries import SummaryLogger
+from pipeline.tensorboard.summaries import SummaryLogger
 
 
 def _read(path):
@@ -54,7 +54,7 @@ def test_disabled_logger_writes_nothing(tmp_path):
 
 
 def test_histogram_buckets_match_tf_summary_histogram(tmp_path):
-    from pipeline.summaries import histogram_buckets
+    from pipeline.tensorboard.summaries import histogram_buckets
 
     rng = np.random.default_rng(0)
     cases = {

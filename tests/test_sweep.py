@@ -10,7 +10,8 @@ import time
 import pytest
 from tiny_runs import TINY, TINY_FLAGS
 
-from pipeline import hparams, sweep
+from pipeline.tensorboard import hparams
+from pipeline.tools import sweep
 
 
 @pytest.mark.parametrize(
@@ -65,7 +66,7 @@ def test_plan_rejects_values_the_flag_rejects():
 
 
 def _sweep(logdir, *args, **kwargs):
-    command = [sys.executable, "-m", "pipeline.sweep_main", *TINY_FLAGS]
+    command = [sys.executable, "-m", "pipeline.cli.sweep", *TINY_FLAGS]
     command += [f"--logdir={logdir}", *args]
     return subprocess.run(
         command, capture_output=True, text=True, timeout=300, **kwargs
@@ -112,7 +113,7 @@ def test_killed_sweep_resumes_and_moves_the_half_done_run_aside(tmp_path):
     experiment = tmp_path / "killed"
     first_run = experiment / "learning_rate=0.1,seed=0"
     args = ["--grid=learning_rate=0.1", "--sweep_name=killed"]
-    command = [sys.executable, "-m", "pipeline.sweep_main", *TINY_FLAGS]
+    command = [sys.executable, "-m", "pipeline.cli.sweep", *TINY_FLAGS]
     command += [f"--logdir={tmp_path}", *args, "--steps=1000000", "--eval_every=0"]
     process = subprocess.Popen(
         command,

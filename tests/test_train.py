@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import TINY, scalar_series, train_run
 
-from pipeline import data, models, train
+from pipeline import data, models
+from pipeline.training import loop as train
 
 
 @pytest.mark.parametrize(
@@ -51,7 +52,7 @@ def test_final_checkpoint_restores_the_final_test_accuracy(
 ):
     import tensorflow as tf
 
-    from pipeline import steps
+    from pipeline.training import steps
 
     run = trained_runs["cnn"]
     assert run.result.checkpoint.endswith("ckpt-20")
@@ -108,7 +109,7 @@ def test_validation_split_gets_its_own_writer(tmp_path):
 
 
 def test_batch_larger_than_train_split_is_an_error(tmp_path):
-    from pipeline import rundir
+    from pipeline.runs import rundir
 
     tiny = data.Dataset(
         "tiny",

@@ -11,7 +11,7 @@ from conftest import REPO, scalar_series
 def pipeline_train(*args, cwd=REPO):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.train", *args],
+        [sys.executable, "-m", "pipeline.cli.train", *args],
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -52,7 +52,8 @@ def train_tiny(logdir: pathlib.Path, run_name: str, **overrides) -> pathlib.Path
 
     Raises whatever training raises (the run directory is kept).
     """
-    from pipeline import rundir, train  # noqa: PLC0415
+    from pipeline.runs import rundir  # noqa: PLC0415
+    from pipeline.training import loop as train  # noqa: PLC0415
 
     config = dataclasses.replace(
         TINY, logdir=str(logdir), run_name=run_name, **overrides

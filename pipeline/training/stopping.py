@@ -1,6 +1,6 @@
 """Ending a run early on purpose: SIGINT/SIGTERM and early stopping.
 
-Both only *decide*; the loop (`pipeline.train`) acts between compiled chunks,
+Both only *decide*; the loop (`pipeline.training.loop`) acts between compiled chunks,
 where the model, optimizer and data iterator are consistent and a checkpoint
 can be saved.
 """

@@ -28,8 +28,8 @@ from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 from tensorboard.util import tensor_util
 
 from pipeline import config as config_lib
-from pipeline.hparams import NOT_HPARAMS
-from pipeline.rundir import RECORD_NAME
+from pipeline.runs.rundir import RECORD_NAME
+from pipeline.tensorboard.hparams import NOT_HPARAMS
 
 METRICS = (
     "final/accuracy",

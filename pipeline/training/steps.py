@@ -1,6 +1,6 @@
 """Pure compiled math: optimizers, losses, train/eval steps. No logging here.
 
-The loop (`pipeline.train`) decides when to log; these functions only compute
+The loop (`pipeline.training.loop`) decides when to log; these functions only compute
 and return measurements, so logging can never slow down or change the math.
 `make_train_loop` runs several steps per compiled call (Orbit's
 `steps_per_loop`) and still returns every step's loss and accuracy.

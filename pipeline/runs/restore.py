@@ -13,8 +13,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from pipeline import data as data_lib
-from pipeline import rundir
 from pipeline.config import ConfigError, TrainConfig, config_from_dict
+from pipeline.runs import rundir
 
 if TYPE_CHECKING:
     import keras

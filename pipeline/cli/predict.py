@@ -6,7 +6,8 @@ import sys
 
 from absl import app, flags
 
-from pipeline import cli, run_flags
+from pipeline import cli
+from pipeline.cli import run_flags
 
 FLAGS = flags.FLAGS
 
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        from pipeline import predict  # noqa: PLC0415
+        from pipeline.tools import predict  # noqa: PLC0415
 
         restored = run_flags.open_run(FLAGS)
         examples = predict.load_inputs(FLAGS.image or [])

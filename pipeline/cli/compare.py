@@ -18,7 +18,7 @@ FLAGS = flags.FLAGS
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Flags of pipeline-compare."""
-    from pipeline.compare import FORMATS, METRICS  # noqa: PLC0415
+    from pipeline.tools.compare import FORMATS, METRICS  # noqa: PLC0415
 
     fv = {"flag_values": flag_values}
     flags.DEFINE_string(
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
-        from pipeline import compare  # noqa: PLC0415
+        from pipeline.tools import compare  # noqa: PLC0415
 
         predicate = compare.parse_filter(FLAGS.filter) if FLAGS.filter else None
         runs = [compare.load_run(path) for path in compare.find_runs(argv[1:])]

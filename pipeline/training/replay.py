@@ -15,8 +15,10 @@ from collections.abc import Callable
 import numpy as np
 
 from pipeline import data as data_lib
-from pipeline import distribute, recovery, rundir, train
 from pipeline.config import ConfigError, TrainConfig
+from pipeline.runs import rundir
+from pipeline.training import distribute, recovery
+from pipeline.training import loop as train
 
 
 class ReplayMismatchError(train.TrainingError):

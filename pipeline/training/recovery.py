@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 
 from pipeline import config as config_lib
 from pipeline.config import ConfigError, Launch, TrainConfig
-from pipeline.rundir import RunDir, RunDirError, open_run_dir
+from pipeline.runs.rundir import RunDir, RunDirError, open_run_dir
 
 # tf.train.CheckpointManager writes `ckpt-N_temp/` and renames it when the save
 # is complete; a kill mid-save leaves the directory behind and nothing else

@@ -23,9 +23,11 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from pipeline import models, predict, steps
-from pipeline.restore import RestoredRun
-from pipeline.rundir import RunDirError
+from pipeline import models
+from pipeline.runs.restore import RestoredRun
+from pipeline.runs.rundir import RunDirError
+from pipeline.tools import predict
+from pipeline.training import steps
 
 METADATA_NAME = "pipeline_export.json"
 

@@ -26,8 +26,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: shown as one line, no traceback."""
     from pipeline.config import ConfigError  # noqa: PLC0415
     from pipeline.data import DataError  # noqa: PLC0415
-    from pipeline.distribute import DistributeError  # noqa: PLC0415
-    from pipeline.rundir import RunDirError  # noqa: PLC0415
+    from pipeline.runs.rundir import RunDirError  # noqa: PLC0415
+    from pipeline.training.distribute import DistributeError  # noqa: PLC0415
 
     types: list[type[BaseException]] = [
         ConfigError,
@@ -35,8 +35,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         RunDirError,
         DistributeError,
     ]
-    if "pipeline.train" in sys.modules:
-        types.append(sys.modules["pipeline.train"].TrainingError)
+    if "pipeline.training.loop" in sys.modules:
+        types.append(sys.modules["pipeline.training.loop"].TrainingError)
     return tuple(types)
 
 

@@ -76,8 +76,8 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
-        from pipeline import hparams as hparams_lib  # noqa: PLC0415
-        from pipeline import sweep  # noqa: PLC0415
+        from pipeline.tensorboard import hparams as hparams_lib  # noqa: PLC0415
+        from pipeline.tools import sweep  # noqa: PLC0415
 
         if FLAGS.run_name:
             raise sweep.SweepError("--run_name: the sweep names its runs; drop it")

@@ -25,10 +25,11 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
-from pipeline import models, steps
-from pipeline.restore import RestoredRun
-from pipeline.summaries import SummaryLogger
-from pipeline.train import EVAL_BATCH_SIZE
+from pipeline import models
+from pipeline.runs.restore import RestoredRun
+from pipeline.tensorboard.summaries import SummaryLogger
+from pipeline.training import steps
+from pipeline.training.loop import EVAL_BATCH_SIZE
 
 # 201 evenly spaced thresholds put one exactly at 0.5 (index 100).
 NUM_THRESHOLDS = 201

@@ -1,7 +1,7 @@
 """The training loop: stitches data, model, compiled steps, summaries, checkpoints.
 
 `train_and_evaluate` owns *when* things happen (logging, evaluation,
-histograms, checkpoints, progress lines); `pipeline.steps` owns the math. Steps
+histograms, checkpoints, progress lines); `pipeline.training.steps` owns the math. Steps
 run in chunks of up to `steps_per_loop` per compiled call; chunks end exactly at
 every evaluation, histogram, checkpoint and progress boundary, and each step's
 train scalars are written at their own step.
@@ -22,12 +22,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import budget, distribute, models, recovery, steps, stopping
 from pipeline import data as data_lib
-from pipeline import hparams as hparams_lib
+from pipeline import models
 from pipeline.config import TrainConfig, use_jit_compile
-from pipeline.rundir import MODEL_SUMMARY_NAME, RunDir, RunDirError
-from pipeline.summaries import SummaryLogger, variable_name
+from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir, RunDirError
+from pipeline.tensorboard import budget
+from pipeline.tensorboard import hparams as hparams_lib
+from pipeline.tensorboard.summaries import SummaryLogger, variable_name
+from pipeline.training import distribute, recovery, steps, stopping
 
 EVAL_BATCH_SIZE = 1000
 
@@ -559,9 +561,3 @@ def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> 
     stays `running` with a dead pid, which `--resume` accepts."""
     with contextlib.suppress(RunDirError):
         run_dir.finish(status, step=step, error=f"{type(err).__name__}: {err}")
-
-
-if __name__ == "__main__":  # `python -m pipeline.train` is `pipeline-train`.
-    from pipeline.train_main import run
-
-    run()

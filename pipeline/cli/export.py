@@ -6,7 +6,8 @@ import sys
 
 from absl import app, flags
 
-from pipeline import cli, run_flags
+from pipeline import cli
+from pipeline.cli import run_flags
 
 FLAGS = flags.FLAGS
 
@@ -30,7 +31,7 @@ def main(argv: list[str]) -> None:
 
     def body() -> None:
         restored = run_flags.open_run(FLAGS)
-        from pipeline import export  # noqa: PLC0415 (TensorFlow import)
+        from pipeline.tools import export  # noqa: PLC0415 (TensorFlow import)
 
         out = export.export_run(restored, FLAGS.out)
         print(

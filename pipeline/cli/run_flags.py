@@ -10,7 +10,7 @@ from __future__ import annotations
 from absl import flags
 
 from pipeline.config import DATASETS
-from pipeline.restore import SPLITS
+from pipeline.runs.restore import SPLITS
 
 FORMATS = ("text", "json")
 
@@ -79,7 +79,7 @@ def define_format_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 
 def open_run(flag_values: flags.FlagValues):
     """The run and checkpoint that --run/--checkpoint name (no TensorFlow)."""
-    from pipeline import restore  # noqa: PLC0415
+    from pipeline.runs import restore  # noqa: PLC0415
 
     return restore.open_run(flag_values.run, checkpoint_value(flag_values.checkpoint))
 

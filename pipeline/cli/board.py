@@ -41,7 +41,7 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
-        from pipeline import board  # noqa: PLC0415
+        from pipeline.tensorboard import board  # noqa: PLC0415
 
         server = board.TensorBoardServer(
             FLAGS.logdir, host=FLAGS.host, port=FLAGS.port, load_fast=FLAGS.load_fast

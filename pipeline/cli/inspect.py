@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
-        from pipeline import board  # noqa: PLC0415
+        from pipeline.tensorboard import board  # noqa: PLC0415
 
         run_path = pathlib.Path(argv[1]).resolve()
         if not (run_path / "run.json").is_file():

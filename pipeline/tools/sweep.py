@@ -28,9 +28,9 @@ from collections.abc import Callable, Sequence
 from absl import flags
 
 from pipeline import config as config_lib
-from pipeline import hparams as hparams_lib
-from pipeline import recovery
-from pipeline.rundir import RECORD_NAME, config_to_flagfile
+from pipeline.runs.rundir import RECORD_NAME, config_to_flagfile
+from pipeline.tensorboard import hparams as hparams_lib
+from pipeline.training import recovery
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
@@ -233,7 +233,7 @@ def train_command(run: PlannedRun) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "pipeline.train_main",
+        "pipeline.cli.train",
         *lines,
         f"--run_name={run.name}",
     ]

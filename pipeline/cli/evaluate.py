@@ -6,7 +6,8 @@ import sys
 
 from absl import app, flags
 
-from pipeline import cli, run_flags
+from pipeline import cli
+from pipeline.cli import run_flags
 
 FLAGS = flags.FLAGS
 
@@ -45,7 +46,7 @@ def main(argv: list[str]) -> None:
     def body() -> None:
         restored = run_flags.open_run(FLAGS)
         dataset, split = restored.load_split(FLAGS.split, FLAGS.dataset, FLAGS.data_dir)
-        from pipeline import evaluate  # noqa: PLC0415 (TensorFlow import)
+        from pipeline.tools import evaluate  # noqa: PLC0415 (TensorFlow import)
 
         report, outputs = evaluate.evaluate_split(
             restored, dataset, FLAGS.split, split, FLAGS.batch_size

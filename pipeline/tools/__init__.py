@@ -1,0 +1,1 @@
+"""What users run on finished runs: evaluate, predict, export, compare, sweep."""

@@ -1,0 +1,1 @@
+"""Training: the loop, its compiled steps, resume, distribution."""
