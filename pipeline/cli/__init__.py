@@ -59,6 +59,16 @@ def run_reporting_errors(prog: str, body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: error: interrupted (SIGINT)", file=sys.stderr)
         return 130
+    except Exception as err:
+        # A write the disk refused (full, read-only, too large) is one line
+        # naming the path; anything else is a bug and keeps its traceback.
+        from pipeline.runs.rundir import write_failure  # noqa: PLC0415
+
+        failure = write_failure(err)
+        if failure is None:
+            raise
+        print(f"{prog}: error: {failure}", file=sys.stderr)
+        return 1
 
 
 def one_line_flags_parser(prog: str) -> Callable[[list[str]], list[str]]:

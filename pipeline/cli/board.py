@@ -41,8 +41,12 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
+        from pipeline.runs import rundir  # noqa: PLC0415
         from pipeline.tensorboard import board  # noqa: PLC0415
 
+        # Damaged runs are named (one line each); TensorBoard shows the rest.
+        for _ in rundir.scan_records(rundir.find_run_paths(FLAGS.logdir)):
+            pass
         server = board.TensorBoardServer(
             FLAGS.logdir, host=FLAGS.host, port=FLAGS.port, load_fast=FLAGS.load_fast
         )

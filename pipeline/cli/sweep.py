@@ -94,6 +94,7 @@ def main(argv: list[str]) -> None:
             for run in runs:
                 print(f"  {run.name}")
             return 0
+        sweep.lock_experiment(experiment)
         done, todo, notes = sweep.triage(runs)
         for note in notes:
             print(note)

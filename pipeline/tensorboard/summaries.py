@@ -18,6 +18,8 @@ from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
+from pipeline.runs.rundir import remove_empty_files
+
 KERAS_MODEL_PLUGIN = "graph_keras_model"
 HISTOGRAM_BUCKETS = 30  # tf.summary.histogram's default
 HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(
@@ -238,10 +240,21 @@ class SummaryLogger:
             w.flush()
 
     def close(self) -> None:
-        """Flushes and closes every writer."""
-        for w in self._writers.values():
-            w.close()
+        """Flushes and closes every writer (all of them, even if one fails).
+
+        A writer that could not write (a full disk) may leave an empty event
+        file; those are removed, then the first error is raised.
+        """
+        first_error = None
+        for split, w in self._writers.items():
+            try:
+                w.close()
+            except Exception as err:  # TensorFlow's errors; re-raised below
+                first_error = first_error or err
+                remove_empty_files(self._run_dir / split, "events.out.tfevents.*")
         self._writers.clear()
+        if first_error is not None:
+            raise first_error
 
     def __enter__(self) -> SummaryLogger:
         return self

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
-import json
 import os
 import pathlib
 import re
@@ -28,7 +27,8 @@ from collections.abc import Callable, Sequence
 from absl import flags
 
 from pipeline import config as config_lib
-from pipeline.runs.rundir import RECORD_NAME, config_to_flagfile
+from pipeline.runs import rundir
+from pipeline.runs.rundir import config_to_flagfile
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.training import recovery
 
@@ -130,6 +130,7 @@ def plan(
     """
     if repeats > 1 and any(axis.flag == "seed" for axis in axes):
         raise SweepError("--grid=seed=... and --repeats>1 both set the seed; use one")
+    rundir.check_name(base.logdir, sweep_name, "--sweep_name")
     experiment = pathlib.Path(base.logdir) / sweep_name
     runs = []
     for combination in itertools.product(*(axis.values for axis in axes)):
@@ -140,6 +141,8 @@ def plan(
             config = resolve(base, overrides, seed)
             config = dataclasses.replace(config, logdir=str(experiment), run_name=name)
             runs.append(PlannedRun(name, config, overrides, repeat))
+    for run in runs:
+        rundir.check_name(experiment, run.name, f"--grid (run {run.name[:40]}...)")
     counts = collections.Counter(run.name for run in runs)
     clashes = [name for name, n in counts.items() if n > 1]
     if clashes:
@@ -148,11 +151,29 @@ def plan(
 
 
 def read_record(path: pathlib.Path) -> dict:
-    """The run's `run.json`, or {} if it has none (yet) or it is unreadable."""
+    """The run's record as a dict, or {} if it has none (yet) or it is damaged."""
     try:
-        return json.loads((path / RECORD_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
+        return rundir.load_record(path).data
+    except rundir.RecordError:
         return {}
+
+
+def lock_experiment(experiment: pathlib.Path) -> None:
+    """Holds the sweep directory's lock for the rest of the process.
+
+    Two sweeps on one directory would train (and move aside) the same runs;
+    the second gets one line naming the first.
+
+    Raises:
+      RunLockedError: another sweep holds it. RunDirError: cannot create it.
+    """
+    try:
+        experiment.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise rundir.RunDirError(
+            f"{experiment}: cannot create the sweep directory ({rundir.os_reason(err)})"
+        ) from None
+    rundir.acquire_lock(experiment, "pipeline-sweep")
 
 
 def _defining(config: dict) -> dict:
@@ -175,10 +196,7 @@ def move_aside(path: pathlib.Path, record: dict) -> pathlib.Path:
         "(found by pipeline-sweep)"
     )
     if record:
-        record.update(status="failed", error=reason)
-        (target / RECORD_NAME).write_text(
-            json.dumps(record, indent=2, sort_keys=True) + "\n"
-        )
+        rundir.RunDir(target).update_record(status="failed", error=reason)
     if any(target.glob("*.session_start")) and not any(target.glob("*.session_end")):
         hparams_lib.write_session_end(target, "failed", reason)
     return target

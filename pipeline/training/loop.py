@@ -25,7 +25,13 @@ import tensorflow as tf
 from pipeline import data as data_lib
 from pipeline import models
 from pipeline.config import TrainConfig, use_jit_compile
-from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir, RunDirError
+from pipeline.runs.rundir import (
+    MODEL_SUMMARY_NAME,
+    RunDir,
+    RunDirError,
+    remove_empty_files,
+    write_failure,
+)
 from pipeline.tensorboard import budget
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard.summaries import SummaryLogger, variable_name
@@ -178,8 +184,12 @@ def train_and_evaluate(
         # own checkpoint directory, so a non-chief worker restores from a copy
         # of the chief's latest checkpoint: every worker then agrees.
         copy_latest_checkpoint(restore_dir, run_dir.checkpoint_dir)
+    chosen = None
     if resume:
-        restored_step = recovery.latest_checkpoint_step(run_dir.checkpoint_dir)
+        # Verified before the record says `running` again: a resume that
+        # cannot restore leaves the run as it was.
+        chosen = recovery.choose_resume_checkpoint(run_dir, config, print_fn)
+        restored_step = chosen.step if chosen else 0
         print_fn(f"resuming {run_dir.name} from step {restored_step}")
     if resume and is_chief:
         run_dir.resume(config, from_step=restored_step)
@@ -274,9 +284,9 @@ def train_and_evaluate(
         )
 
     preemption = distribute.make_preemption_handler(strategy, manager, on_preempted)
-    if restored_step:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-    (run_dir.path / MODEL_SUMMARY_NAME).write_text(summary.rstrip("\n") + "\n")
+    if chosen is not None:
+        checkpoint.restore(str(chosen.prefix)).assert_existing_objects_matched()
+    run_dir.write_file(MODEL_SUMMARY_NAME, summary.rstrip("\n") + "\n")
     best = hparams_lib.BestMetrics()
     # A resumed run's running best starts from what its earlier lives logged.
     for logged_step, values in recovery.logged_evaluations(
@@ -529,10 +539,9 @@ def train_and_evaluate(
         _record_end(run_dir, "interrupted", last_saved, err)
         raise
     except BaseException as err:
-        _record_end(run_dir, "failed", step, err)
+        reason = _record_end(run_dir, "failed", step, err)
         if is_chief:
-            reason = f"{type(err).__name__}: {err}"
-            hparams_lib.write_session_end(run_dir.path, "failed", reason)
+            _end_session_failed(run_dir, reason)
         raise
     finally:
         stop.uninstall()
@@ -556,8 +565,25 @@ def trace_counts(
     return counts
 
 
-def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> None:
+def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> str:
     """Records how a run ended; if even that fails (a full disk), the record
-    stays `running` with a dead pid, which `--resume` accepts."""
+    stays `running` with a dead pid, which `--resume` accepts. A failed write
+    is recorded as its one line (path and OS reason); its empty event files
+    are removed."""
+    failure = write_failure(err)
+    reason = str(failure) if failure else f"{type(err).__name__}: {err}"
+    if failure:
+        remove_empty_files(run_dir.path, "events.out.tfevents.*")
     with contextlib.suppress(RunDirError):
-        run_dir.finish(status, step=step, error=f"{type(err).__name__}: {err}")
+        run_dir.finish(status, step=step, error=reason)
+    return reason
+
+
+def _end_session_failed(run_dir: RunDir, reason: str) -> None:
+    """Marks the HParams session failed, unless the disk refuses that too."""
+    try:
+        hparams_lib.write_session_end(run_dir.path, "failed", reason)
+    except Exception as err:
+        if write_failure(err) is None:
+            raise
+        remove_empty_files(run_dir.path, "events.out.tfevents.*")
