@@ -22,6 +22,15 @@ def default_to_warnings(flag_values) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
 
 
+def warner(prog: str) -> Callable[[str], None]:
+    """Prints `prog: warning: ...` lines on stderr (stdout stays for results)."""
+
+    def warn(message: str) -> None:
+        print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+
+    return warn
+
+
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that are the user's to fix: shown as one line, no traceback."""
     from pipeline.config import ConfigError  # noqa: PLC0415

@@ -45,7 +45,8 @@ def main(argv: list[str]) -> None:
         from pipeline.tensorboard import board  # noqa: PLC0415
 
         # Damaged runs are named (one line each); TensorBoard shows the rest.
-        for _ in rundir.scan_records(rundir.find_run_paths(FLAGS.logdir)):
+        runs = rundir.find_run_paths(FLAGS.logdir)
+        for _ in rundir.scan_records(runs, cli.warner("pipeline-board")):
             pass
         server = board.TensorBoardServer(
             FLAGS.logdir, host=FLAGS.host, port=FLAGS.port, load_fast=FLAGS.load_fast

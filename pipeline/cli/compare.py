@@ -60,7 +60,9 @@ def main(argv: list[str]) -> None:
         from pipeline.tools import compare  # noqa: PLC0415
 
         predicate = compare.parse_filter(FLAGS.filter) if FLAGS.filter else None
-        runs = compare.load_runs(compare.find_runs(argv[1:]))
+        runs = compare.load_runs(
+            compare.find_runs(argv[1:]), cli.warner("pipeline-compare")
+        )
         completed = [r for r in runs if r.status == "completed"]
         skipped = [r for r in runs if r.status != "completed"]
         if not completed:

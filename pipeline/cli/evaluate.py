@@ -44,7 +44,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        restored = run_flags.open_run(FLAGS)
+        restored = run_flags.open_run(FLAGS, "pipeline-eval")
         dataset, split = restored.load_split(FLAGS.split, FLAGS.dataset, FLAGS.data_dir)
         from pipeline.tools import evaluate  # noqa: PLC0415 (TensorFlow import)
 
@@ -53,6 +53,8 @@ def main(argv: list[str]) -> None:
         )
         summaries = None
         if FLAGS.write_summaries:
+            # Writing into the run: not while another process writes it.
+            restored.run_dir.lock("pipeline-eval")
             writer = evaluate.writer_name(restored, report.dataset, report.split)
             evaluate.write_summaries(
                 restored, report, outputs, split, writer=writer, mistakes=FLAGS.mistakes

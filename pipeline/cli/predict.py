@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
     def body() -> None:
         from pipeline.tools import predict  # noqa: PLC0415
 
-        restored = run_flags.open_run(FLAGS)
+        restored = run_flags.open_run(FLAGS, "pipeline-predict")
         examples = predict.load_inputs(FLAGS.image or [])
         if FLAGS.index:
             name, split = restored.load_split(

@@ -77,11 +77,20 @@ def define_format_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
 
 
-def open_run(flag_values: flags.FlagValues):
-    """The run and checkpoint that --run/--checkpoint name (no TensorFlow)."""
+def open_run(flag_values: flags.FlagValues, prog: str = "pipeline"):
+    """The run and checkpoint that --run/--checkpoint name (no TensorFlow).
+
+    A checkpoint skipped when the model is loaded is named on stderr as
+    `prog: warning: ...`.
+    """
+    from pipeline import cli  # noqa: PLC0415
     from pipeline.runs import restore  # noqa: PLC0415
 
-    return restore.open_run(flag_values.run, checkpoint_value(flag_values.checkpoint))
+    return restore.open_run(
+        flag_values.run,
+        checkpoint_value(flag_values.checkpoint),
+        report=cli.warner(prog),
+    )
 
 
 def checkpoint_value(value: str) -> str | int:

@@ -204,8 +204,11 @@ def _why_not(
     if max_step is not None and checkpoint.step > max_step:
         return f"step {checkpoint.step} is beyond the run's --steps={max_step}"
     try:
+        # The caller's restore first: it names a mismatch of model families;
+        # `verify` then reads everything else (optimizer, step counter).
+        value = restore(str(checkpoint.prefix)) if restore else None
         verify(checkpoint)
-        return _Restored(restore(str(checkpoint.prefix)) if restore else None)
+        return _Restored(value)
     except CheckpointError as err:
         return str(err)
     except (AssertionError, ValueError, TypeError, KeyError) as err:

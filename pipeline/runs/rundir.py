@@ -395,7 +395,7 @@ def scan_records(
         try:
             yield load_record(run_path)
         except RecordError as err:
-            report(f"skipped {run_path}: {err}")
+            report(f"skipped {err}")
 
 
 def find_run_paths(root: str | os.PathLike) -> list[pathlib.Path]:

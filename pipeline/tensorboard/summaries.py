@@ -48,9 +48,13 @@ class SummaryLogger:
         """The writer for `split`, created on first use."""
         if split not in self._writers:
             if self._enabled:
-                self._writers[split] = tf.summary.create_file_writer(
-                    str(self._run_dir / split), max_queue=1000, flush_millis=60_000
-                )
+                try:
+                    self._writers[split] = tf.summary.create_file_writer(
+                        str(self._run_dir / split), max_queue=1000, flush_millis=60_000
+                    )
+                except Exception:  # a full disk: the new file may be empty
+                    remove_empty_files(self._run_dir / split, "events.out.tfevents.*")
+                    raise
             else:
                 self._writers[split] = tf.summary.create_noop_writer()
         return self._writers[split]

@@ -188,7 +188,9 @@ def train_and_evaluate(
     if resume:
         # Verified before the record says `running` again: a resume that
         # cannot restore leaves the run as it was.
-        chosen = recovery.choose_resume_checkpoint(run_dir, config, print_fn)
+        chosen = recovery.choose_resume_checkpoint(
+            run_dir, config, lambda line: print_fn(f"warning: {line}")
+        )
         restored_step = chosen.step if chosen else 0
         print_fn(f"resuming {run_dir.name} from step {restored_step}")
     if resume and is_chief:
