@@ -9,6 +9,8 @@ Layout of `LOGDIR/RUN_NAME/`:
   run.json                     versions, dataset + fingerprint, times, status,
                                final metrics
   run.lock                     held (`fcntl.flock`) by the process writing the run
+  .space-reserve               64 KiB held back while the run is written, so
+                               its final record fits on a disk it filled
 
 Every file here is written atomically (temporary file, fsync, rename), so a
 reader sees the old or the new content, never half of one. `run.json` is read
@@ -51,6 +53,10 @@ CHECKPOINT_DIR = "checkpoints"
 MODEL_SUMMARY_NAME = "model_summary.txt"
 LOCK_NAME = "run.lock"
 PROBE_BYTES = 64 * 1024
+# Space held back while a run is written, so its final record fits even when
+# the run's own writes filled the disk.
+RESERVE_NAME = ".space-reserve"
+RESERVE_BYTES = 64 * 1024
 # Run names leave room for the side files a sweep puts next to a run
 # (`.NAME.XXXXXXXX.log`, `NAME.incomplete-N`) within the filesystem's NAME_MAX.
 NAME_HEADROOM = 24
@@ -557,6 +563,7 @@ class RunDir:
         import tensorflow as tf  # noqa: PLC0415
 
         self.write_flagfile(config)
+        self.reserve_space()
         self.update_record(
             run_name=self.name,
             status="running",
@@ -591,6 +598,7 @@ class RunDir:
         may extend `--steps`; `resumes` lists every restart and its step.
         """
         self.write_flagfile(config)
+        self.reserve_space()
         record = self.read_record()
         resumes = list(record.get("resumes") or [])
         resumes.append(
@@ -612,8 +620,33 @@ class RunDir:
         )
 
     def finish(self, status: str, **fields: Any) -> None:
-        """Records the final status (`completed`, `failed`, ...) and end time."""
-        self.update_record(status=status, end_time=utc_now(), **fields)
+        """Records the final status (`completed`, `failed`, ...) and end time.
+
+        If the disk is too full for the record, the space reserved at the
+        start is given up and the write tried once more: a run that failed
+        because its disk filled up can still say so.
+        """
+        fields.update(status=status, end_time=utc_now())
+        try:
+            self.update_record(**fields)
+        except RunDirError:
+            if not self.release_reserve():
+                raise
+            self.update_record(**fields)
+        self.release_reserve()
+
+    def reserve_space(self) -> None:
+        """Holds back `RESERVE_BYTES` (best effort) for the run's final record."""
+        with contextlib.suppress(RunDirError):
+            write_bytes_atomic(self.path / RESERVE_NAME, b"\0" * RESERVE_BYTES)
+
+    def release_reserve(self) -> bool:
+        """Frees the reserved space; False if there was none."""
+        try:
+            (self.path / RESERVE_NAME).unlink()
+        except OSError:
+            return False
+        return True
 
     def mark_failed(self, reason: str) -> bool:
         """Best effort: records `failed` with `reason`; False if even that fails."""

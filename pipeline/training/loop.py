@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import hashlib
 import pathlib
-import shutil
 import signal
 import time
 from collections.abc import Callable
@@ -131,19 +130,6 @@ def check_data_fits(config: TrainConfig, dataset: data_lib.Dataset) -> None:
         )
 
 
-def copy_latest_checkpoint(source: pathlib.Path, target: pathlib.Path) -> None:
-    """Copies `source`'s latest checkpoint into `target` and points its state at it."""
-    latest = tf.train.latest_checkpoint(str(source))
-    if latest is None:
-        return
-    target.mkdir(parents=True, exist_ok=True)
-    for path in pathlib.Path(latest).parent.glob(pathlib.Path(latest).name + ".*"):
-        shutil.copy2(path, target / path.name)
-    tf.compat.v1.train.update_checkpoint_state(
-        str(target), str(target / pathlib.Path(latest).name)
-    )
-
-
 def train_and_evaluate(
     config: TrainConfig,
     run_dir: RunDir,
@@ -183,7 +169,7 @@ def train_and_evaluate(
         # The preemption handler restores its step counter from the worker's
         # own checkpoint directory, so a non-chief worker restores from a copy
         # of the chief's latest checkpoint: every worker then agrees.
-        copy_latest_checkpoint(restore_dir, run_dir.checkpoint_dir)
+        recovery.copy_chosen_checkpoint(restore_dir, run_dir.checkpoint_dir, config)
     chosen = None
     if resume:
         # Verified before the record says `running` again: a resume that

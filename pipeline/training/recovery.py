@@ -246,6 +246,31 @@ def prepare_replay(launch: Launch) -> tuple[RunDir, TrainConfig]:
     return original, config
 
 
+def copy_chosen_checkpoint(
+    source: pathlib.Path, target: pathlib.Path, config: TrainConfig
+) -> None:
+    """Copies the checkpoint the chief resumes from (same rule) into `target`.
+
+    For a non-chief worker of a multi-worker resume: its own checkpoint
+    directory then holds exactly that checkpoint, so every worker agrees.
+    """
+    from pipeline import models  # noqa: PLC0415
+
+    try:
+        chosen, _ = checkpoints.choose_restorable(
+            source,
+            lambda prefix: models.restore_model(config, prefix),
+            max_step=config.steps,
+            report=lambda _: None,  # the chief names what it skipped
+        )
+    except checkpoints.NoCheckpointError:
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for path in chosen.files:
+        shutil.copy2(path, target / path.name)
+    checkpoints.write_state(target, checkpoints.list_checkpoints(target)[-1])
+
+
 def session_start_step(restored_step: int) -> int:
     """Step of the `SessionLog.START` marker for a start at `restored_step`.
 
