@@ -643,3 +643,67 @@ def test_eval_onto_a_full_disk_leaves_no_empty_event_file(mlp_run, tmp_path):
         )
         assert empty_files(run) == []
         assert record(run)["status"] == "completed"
+
+
+# --- kills at random moments ----------------------------------------------------
+
+
+def restorable_steps(run: pathlib.Path) -> list[int]:
+    """Steps of the checkpoints that restore completely (TensorFlow's reader)."""
+    import tensorflow as tf
+
+    steps = []
+    for index in (run / "checkpoints").glob("ckpt-*.index"):
+        try:
+            reader = tf.train.load_checkpoint(str(index.with_suffix("")))
+            for key, dtype in reader.get_variable_to_dtype_map().items():
+                if dtype != tf.variant:
+                    reader.get_tensor(key)
+        except (tf.errors.OpError, ValueError):
+            continue
+        steps.append(int(index.stem.split("-")[1]))
+    return sorted(steps)
+
+
+@pytest.mark.slow
+def test_resumes_killed_at_random_moments_lose_no_checkpoint(mlp_run, tmp_path):
+    """SIGKILL two resumes at random moments (start-up, restore, a chunk, a
+    save, the record's rewrite): the run's lock dies with each process, no
+    restorable checkpoint is lost, and a last resume finishes it with every
+    evaluation shown once by TensorBoard's loader."""
+    import random
+    import time
+
+    seed = int(os.environ.get("FAULT_SEED", random.randrange(10**6)))
+    rng = random.Random(seed)
+    total = 4000  # long enough that no life finishes before its kill
+    run = copy_run(mlp_run, tmp_path)
+    executable = pathlib.Path(sys.executable).parent / "pipeline-train"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [
+        str(executable),
+        "--resume",
+        f"--run={run}",
+        f"--steps={total}",
+        "--print_every=100",
+    ]
+    newest = max(restorable_steps(run))
+    for _ in range(2):
+        proc = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        )
+        time.sleep(rng.uniform(1.0, 8.0))
+        assert proc.poll() is None, f"FAULT_SEED={seed}: finished before the kill"
+        proc.kill()
+        proc.wait(timeout=30)
+        saved = restorable_steps(run)
+        assert saved, f"FAULT_SEED={seed}"
+        assert max(saved) >= newest, f"FAULT_SEED={seed}: {saved}"
+        newest = max(saved)
+    result = run_cli("pipeline-train", *command[1:], timeout=300)
+    assert result.returncode == 0, f"FAULT_SEED={seed}\n{result.stderr}"
+    assert record(run)["status"] == "completed"
+    steps = _series_steps(run / "test", "accuracy")
+    assert steps == list(range(10, total + 1, 10)), f"FAULT_SEED={seed}"
+    loss_steps = [s for s, _ in _points(run / "train")]
+    assert loss_steps == sorted(set(loss_steps)), f"FAULT_SEED={seed}"
