@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
     def body() -> None:
         restored = run_flags.open_run(FLAGS)
         dataset, split = restored.load_split(FLAGS.split, FLAGS.dataset, FLAGS.data_dir)
-        from pipeline.tools import evaluate  # noqa: PLC0415 (TensorFlow import)
+        from pipeline.tools import evaluate  # TensorFlow import
 
         report, outputs = evaluate.evaluate_split(
             restored, dataset, FLAGS.split, split, FLAGS.batch_size

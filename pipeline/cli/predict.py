@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        from pipeline.tools import predict  # noqa: PLC0415
+        from pipeline.tools import predict
 
         restored = run_flags.open_run(FLAGS)
         examples = predict.load_inputs(FLAGS.image or [])

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
+from tensorboard.plugins.pr_curve import summary as pr_summary
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 KERAS_MODEL_PLUGIN = "graph_keras_model"
@@ -212,8 +213,6 @@ class SummaryLogger:
         `tp`, `fp`, `tn`, `fn`, `precision` and `recall`, one value per
         threshold, thresholds evenly spaced over [0, 1].
         """
-        from tensorboard.plugins.pr_curve import summary as pr_summary  # noqa: PLC0415
-
         proto = pr_summary.raw_data_pb(
             tag,
             true_positive_counts=curve["tp"],
