@@ -7,6 +7,7 @@ import sys
 from absl import app, flags
 
 from pipeline import cli
+from pipeline.tensorboard import board
 
 FLAGS = flags.FLAGS
 
@@ -41,8 +42,7 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
-        from pipeline.runs import rundir  # noqa: PLC0415
-        from pipeline.tensorboard import board  # noqa: PLC0415
+        from pipeline.runs import rundir
 
         # Damaged runs are named (one line each); TensorBoard shows the rest.
         runs = rundir.find_run_paths(FLAGS.logdir)

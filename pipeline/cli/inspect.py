@@ -14,6 +14,7 @@ import sys
 from absl import app, flags
 
 from pipeline import cli
+from pipeline.tensorboard import board
 
 FLAGS = flags.FLAGS
 
@@ -48,8 +49,7 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
-        from pipeline.runs import rundir  # noqa: PLC0415
-        from pipeline.tensorboard import board  # noqa: PLC0415
+        from pipeline.runs import rundir
 
         run_path = pathlib.Path(argv[1]).resolve()
         if not (run_path / rundir.RECORD_NAME).is_file():

@@ -10,6 +10,7 @@ from __future__ import annotations
 from absl import flags
 
 from pipeline.config import DATASETS
+from pipeline.runs import restore
 from pipeline.runs.restore import SPLITS
 
 FORMATS = ("text", "json")
@@ -77,14 +78,20 @@ def define_format_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
 
 
+def define_run_data_format_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The run, data and format flags: what a program that reads a run's data needs."""
+    define_run_flags(flag_values)
+    define_data_flags(flag_values)
+    define_format_flag(flag_values)
+
+
 def open_run(flag_values: flags.FlagValues, prog: str = "pipeline"):
     """The run and checkpoint that --run/--checkpoint name (no TensorFlow).
 
     A checkpoint skipped when the model is loaded is named on stderr as
     `prog: warning: ...`.
     """
-    from pipeline import cli  # noqa: PLC0415
-    from pipeline.runs import restore  # noqa: PLC0415
+    from pipeline import cli
 
     return restore.open_run(
         flag_values.run,

@@ -22,20 +22,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.runs.rundir import RunDirError, warn, write_text_atomic
+from pipeline.errors import CheckpointError, NoCheckpointError
+from pipeline.runs.rundir import warn, write_text_atomic
 
 STATE_NAME = "checkpoint"
 _FILE = re.compile(r"^ckpt-(\d+)\.(?:index|data-(\d+)-of-(\d+))$")
 # The saved step counter inside a checkpoint written by the training loop.
 STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
-
-
-class CheckpointError(RunDirError):
-    """No checkpoint (or not the one asked for) can be restored."""
-
-
-class NoCheckpointError(CheckpointError):
-    """The directory holds no checkpoint files at all."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +103,7 @@ def verify(checkpoint: Checkpoint) -> None:
     Raises:
       CheckpointError: with TensorFlow's reason, first line only.
     """
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     try:
         reader = tf.train.load_checkpoint(str(checkpoint.prefix))

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pipeline import data as data_lib
-from pipeline.config import ConfigError, TrainConfig
+from pipeline.config import TrainConfig
+from pipeline.errors import ConfigError
 from pipeline.runs import checkpoints, rundir
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class RestoredRun:
         Raises:
           CheckpointError: no checkpoint (or not the requested one) restores.
         """
-        from pipeline import models  # noqa: PLC0415
+        from pipeline import models
 
         chosen, model = checkpoints.choose_restorable(
             self.run_dir.checkpoint_dir,

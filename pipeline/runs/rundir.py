@@ -46,6 +46,7 @@ from typing import Any
 
 from pipeline import config as config_lib
 from pipeline.config import TrainConfig, config_to_dict
+from pipeline.errors import RecordError, RunDirError, RunLockedError
 
 RECORD_NAME = "run.json"
 FLAGFILE_NAME = "flags.cfg"
@@ -72,18 +73,6 @@ TRANSITIONS: dict[str | None, frozenset[str]] = {
     "failed": frozenset({"running", "failed"}),
     "interrupted": frozenset({"running", "failed"}),
 }
-
-
-class RunDirError(RuntimeError):
-    """The run directory cannot be created, written or found."""
-
-
-class RecordError(RunDirError):
-    """A `run.json` is missing, unreadable or not a run record."""
-
-
-class RunLockedError(RunDirError):
-    """Another live process holds the run's (or sweep's) lock."""
 
 
 def default_run_name(config: TrainConfig, now: datetime.datetime | None = None) -> str:
@@ -557,10 +546,10 @@ class RunDir:
 
     def start(self, config: TrainConfig, dataset_info: dict[str, Any]) -> None:
         """Writes the flagfile and a `running` record before the first step."""
-        import keras  # noqa: PLC0415
-        import numpy as np  # noqa: PLC0415
-        import tensorboard  # noqa: PLC0415
-        import tensorflow as tf  # noqa: PLC0415
+        import keras
+        import numpy as np
+        import tensorboard
+        import tensorflow as tf
 
         self.write_flagfile(config)
         self.reserve_space()

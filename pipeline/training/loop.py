@@ -24,10 +24,16 @@ import tensorflow as tf
 from pipeline import data as data_lib
 from pipeline import models
 from pipeline.config import TrainConfig, use_jit_compile
+from pipeline.errors import (
+    NonFiniteLossError,
+    RunDirError,
+    TrainingError,
+    TrainingInterruptedError,
+    WorkerPreemptedError,
+)
 from pipeline.runs.rundir import (
     MODEL_SUMMARY_NAME,
     RunDir,
-    RunDirError,
     remove_empty_files,
     write_failure,
 )
@@ -37,30 +43,6 @@ from pipeline.tensorboard.summaries import SummaryLogger, variable_name
 from pipeline.training import distribute, recovery, steps, stopping
 
 EVAL_BATCH_SIZE = 1000
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (bad combination of data and flags, divergence)."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss became NaN or Inf; names the step and the last good checkpoint."""
-
-
-class TrainingInterruptedError(TrainingError):
-    """SIGINT/SIGTERM stopped the run after a checkpoint; exits 128 + signal."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-class WorkerPreemptedError(TrainingInterruptedError):
-    """A worker of a multi-worker job got SIGTERM: all saved; exits 42."""
-
-    def __init__(self, message: str):
-        super().__init__(message, signum=0)
-        self.exit_code = 42  # TensorFlow's restart code for preempted workers.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,17 +147,23 @@ def train_and_evaluate(
         )
     is_chief = distribute.is_chief(strategy)
     restored_step = 0
+
+    def restore_weights(prefix: str) -> keras.Model:
+        return models.restore_model(config, prefix)
+
     if resume and restore_dir is not None and restore_dir != run_dir.checkpoint_dir:
         # The preemption handler restores its step counter from the worker's
         # own checkpoint directory, so a non-chief worker restores from a copy
         # of the chief's latest checkpoint: every worker then agrees.
-        recovery.copy_chosen_checkpoint(restore_dir, run_dir.checkpoint_dir, config)
+        recovery.copy_chosen_checkpoint(
+            restore_dir, run_dir.checkpoint_dir, config, restore_weights
+        )
     chosen = None
     if resume:
         # Verified before the record says `running` again: a resume that
         # cannot restore leaves the run as it was.
         chosen = recovery.choose_resume_checkpoint(
-            run_dir, config, lambda line: print_fn(f"warning: {line}")
+            run_dir, config, restore_weights, lambda line: print_fn(f"warning: {line}")
         )
         restored_step = chosen.step if chosen else 0
         print_fn(f"resuming {run_dir.name} from step {restored_step}")
