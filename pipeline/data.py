@@ -19,6 +19,8 @@ import zlib
 
 import numpy as np
 
+from pipeline.errors import DataError
+
 SAMPLE_DIR = pathlib.Path(__file__).parent / "sample_data"
 SAMPLE_FILES = {
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
@@ -39,10 +41,6 @@ NUM_CLASSES = 10
 
 # What `model_input` divides uint8 pixels by, per input scale.
 INPUT_SCALE_DIVISORS = {"unit": 255.0}
-
-
-class DataError(ValueError):
-    """A dataset file is missing, corrupt or inconsistent."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,11 +247,11 @@ def load_splits(
 
 
 def _load_keras_mnist() -> tuple[Split, Split]:
-    import keras  # noqa: PLC0415  (imports TensorFlow; only on this path)
+    import keras  # imports TensorFlow; only on this path
 
     try:
         (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
-    except Exception as err:  # noqa: BLE001  (network errors come in many types)
+    except Exception as err:  # network errors come in many types
         raise DataError(
             "keras.datasets.mnist: download failed "
             f"({type(err).__name__}); pass --data_dir with the IDX files or mnist.npz"
@@ -323,7 +321,7 @@ def make_dataset(
     uniform reshuffle every epoch that a full buffer gives, 3-5x faster,
     because no per-example element ever passes through tf.data.
     """
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     shuffle = bool(shuffle_buffer and shuffle_buffer > 1)
     if repeat and drop_remainder and (not shuffle or shuffle_buffer >= len(split)):
@@ -363,7 +361,7 @@ def gathered_batches(
     `fit` on NumPy arrays batches the same way. The permutation is stateless,
     so the iterator checkpoints and restores like any tf.data iterator.
     """
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     n = len(split)
     batches_per_epoch = n // batch_size
@@ -401,7 +399,7 @@ def model_input(images, scale: str = "unit"):
     export; works on NumPy arrays and on tensors inside a `tf.function`.
     `scale` names the pixel range (`INPUT_SCALE_DIVISORS`): "unit" is [0, 1].
     """
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     divisor = INPUT_SCALE_DIVISORS[scale]
     images = tf.cast(images, tf.float32) / divisor

@@ -86,9 +86,9 @@ def tree_digest(path: pathlib.Path) -> dict[str, bytes]:
 def signal_at(step: int, signum: int):
     """An action that sends this process `signum` when the chunk ending at
     `step` is done: what Ctrl-C or `kill` does to a run in the middle."""
-    import signal  # noqa: PLC0415
+    import signal
 
-    from pipeline.training.actions import Action  # noqa: PLC0415
+    from pipeline.training.actions import Action
 
     class SignalAt(Action):
         def next_boundary(self, current: int) -> int | None:

@@ -67,7 +67,7 @@ def image_to_mnist(image: Any, source: str = "image") -> np.ndarray:
     Raises:
       DataError: a non-28x28 image holds no visible digit (it is one flat colour).
     """
-    from PIL import Image, ImageOps  # noqa: PLC0415
+    from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
@@ -112,7 +112,7 @@ def image_to_mnist(image: Any, source: str = "image") -> np.ndarray:
 
 def load_image(path: pathlib.Path) -> np.ndarray:
     """Reads an image file with Pillow and converts it with `image_to_mnist`."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
@@ -221,8 +221,8 @@ def dataset_examples(
 
 def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """Class probabilities: [N, 10] softmax, or [N] P(class K) for a binary run."""
-    from pipeline import models  # noqa: PLC0415
-    from pipeline.training import steps  # noqa: PLC0415
+    from pipeline import models
+    from pipeline.training import steps
 
     logits = steps.model_logits(model, np.asarray(images, np.uint8))
     return models.probabilities(logits).numpy()

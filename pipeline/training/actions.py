@@ -32,16 +32,12 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
+from pipeline.errors import NonFiniteLossError, TrainingInterruptedError
 from pipeline.tensorboard import budget
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard.summaries import variable_name
 from pipeline.training import recovery, stopping
-from pipeline.training.state import (
-    Chunk,
-    NonFiniteLossError,
-    TrainingInterruptedError,
-    TrainState,
-)
+from pipeline.training.state import Chunk, TrainState
 
 
 def next_multiple(step: int, every: int) -> int | None:

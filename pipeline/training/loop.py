@@ -26,18 +26,21 @@ import tensorflow as tf
 
 from pipeline import data as data_lib
 from pipeline.config import TrainConfig
-from pipeline.runs.rundir import RunDir, RunDirError
+from pipeline.errors import (
+    NonFiniteLossError,
+    RunDirError,
+    TrainingError,
+    TrainingInterruptedError,
+    WorkerPreemptedError,
+)
+from pipeline.runs.rundir import RunDir
 from pipeline.tensorboard import budget
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.training import distribute
 from pipeline.training.actions import Action, standard_actions, stopping_actions
 from pipeline.training.state import (
-    NonFiniteLossError,
     RestorePoint,
-    TrainingError,
-    TrainingInterruptedError,
     TrainState,
-    WorkerPreemptedError,
     build_train_state,
     choose_restore_point,
     seed_everything,

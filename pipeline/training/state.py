@@ -24,33 +24,10 @@ import tensorflow as tf
 from pipeline import data as data_lib
 from pipeline import models
 from pipeline.config import TrainConfig, use_jit_compile
-from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir, RunDirError
+from pipeline.errors import NonFiniteLossError, RunDirError, WorkerPreemptedError
+from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir
 from pipeline.tensorboard.summaries import SummaryLogger
 from pipeline.training import distribute, recovery, steps, stopping
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (bad combination of data and flags, divergence)."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss became NaN or Inf; names the step and the last good checkpoint."""
-
-
-class TrainingInterruptedError(TrainingError):
-    """SIGINT/SIGTERM stopped the run after a checkpoint; exits 128 + signal."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-class WorkerPreemptedError(TrainingInterruptedError):
-    """A worker of a multi-worker job got SIGTERM: all saved; exits 42."""
-
-    def __init__(self, message: str):
-        super().__init__(message, signum=0)
-        self.exit_code = 42  # TensorFlow's restart code for preempted workers.
 
 
 @dataclasses.dataclass(frozen=True)
