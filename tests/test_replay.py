@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import run_cli, train_run
+from conftest import copy_run, run_cli, train_run
 
 from pipeline import config as config_lib
 from pipeline.config import TrainConfig
@@ -29,8 +29,9 @@ ORIGINAL = TrainConfig(
 
 @pytest.fixture(scope="module")
 def original(tmp_path_factory):
-
-    return train_run(tmp_path_factory.mktemp("replay"), ORIGINAL, "original").path
+    """The run to replay, alone in its directory (a replay must add nothing there)."""
+    trained = train_run(tmp_path_factory.mktemp("logs"), ORIGINAL, "original")
+    return copy_run(trained.path, tmp_path_factory.mktemp("replay"))
 
 
 def _launch(*argv: str) -> config_lib.Launch:
