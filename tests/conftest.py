@@ -2,9 +2,10 @@
 
 - `TINY` is the base config of every test run; a test states what it changes
   with `dataclasses.replace(TINY, ...)`.
-- `train_run` trains a config with the real loop on the bundled digits (or
-  resumes a run); every fixture below (one run per model family, the
-  eval/predict/export runs, the multi-step loop run) is built with it.
+- `train_run` trains a config with the real loop on the bundled digits, or
+  resumes a run (`signal_at` interrupts one at a step); every fixture below
+  (one run per model family, the eval/predict/export runs, the multi-step
+  loop run) is built with it.
 - `run_cli("pipeline-train", ...)` runs an installed console script in a
   subprocess, as a user does; `cli_command`/`cli_env` start one by hand.
 - `read_events`, `scalar_series`, `tensor_series`, `raw_step_counts` read
@@ -21,6 +22,7 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -204,6 +206,22 @@ MULTI_STEP = dataclasses.replace(
 def tiny_run(tmp_path_factory) -> TrainedRun:
     """`MULTI_STEP` trained once per test module, with its printed lines."""
     return train_run(tmp_path_factory.mktemp("logs"), MULTI_STEP, "tiny")
+
+
+def signal_at(step: int, signum: int):
+    """An action that sends this process `signum` when the chunk ending at
+    `step` is done: what Ctrl-C or `kill` does to a run in the middle."""
+    from pipeline.training.actions import Action
+
+    class SignalAt(Action):
+        def next_boundary(self, current: int) -> int | None:
+            return step if current < step else None
+
+        def __call__(self, state, chunk) -> None:
+            if chunk.step == step:
+                signal.raise_signal(signum)
+
+    return SignalAt()
 
 
 def cli_env() -> dict[str, str]:

@@ -11,7 +11,14 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import raw_step_counts, record, run_cli, tensor_series, train_run
+from conftest import (
+    raw_step_counts,
+    record,
+    run_cli,
+    signal_at,
+    tensor_series,
+    train_run,
+)
 
 from pipeline import config as config_lib
 from pipeline.config import ConfigError, TrainConfig
@@ -42,12 +49,8 @@ def runs(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("resume")
     whole = train_run(logdir, TINY, "whole")
 
-    def terminate_at_20(line: str) -> None:
-        if line.startswith("step     20/"):
-            signal.raise_signal(signal.SIGTERM)
-
     with pytest.raises(train.TrainingInterruptedError) as interrupted:
-        train_run(logdir, TINY, "split", print_fn=terminate_at_20)
+        train_run(logdir, TINY, "split", extra_actions=[signal_at(20, signal.SIGTERM)])
     after_signal = record(logdir / "split")
     split = train_run(logdir, TINY, "split", resume=True)
     return {

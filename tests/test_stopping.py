@@ -6,7 +6,7 @@ import os
 import signal
 
 import pytest
-from conftest import record, tensor_series, train_run
+from conftest import record, signal_at, tensor_series, train_run
 
 from pipeline.config import TrainConfig
 
@@ -35,12 +35,8 @@ def early_runs(tmp_path_factory):
     logdir = tmp_path_factory.mktemp("early")
     whole = train_run(logdir, EARLY, "whole")
 
-    def interrupt_at_50(line: str) -> None:
-        if line.startswith("step     50/"):
-            signal.raise_signal(signal.SIGINT)
-
     with pytest.raises(train.TrainingInterruptedError):
-        train_run(logdir, EARLY, "split", print_fn=interrupt_at_50)
+        train_run(logdir, EARLY, "split", extra_actions=[signal_at(50, signal.SIGINT)])
     split = train_run(logdir, EARLY, "split", resume=True)
     return {"whole": whole.path, "split": split.path, "result": whole.result}
 
