@@ -19,18 +19,21 @@ import resource
 import shutil
 import struct
 import subprocess
-import sys
 import zlib
 
 import pytest
-from trained_runs import copy_run, run_cli, snapshot, trained_run
+from conftest import (
+    cli_command,
+    cli_env,
+    copy_run,
+    raw_step_counts,
+    record,
+    run_cli,
+    snapshot,
+    tensor_series,
+)
 
 LATEST, EARLIER = 30, 20  # the mlp run saves ckpt-10, -20, -30 (KINDS["mlp"])
-
-
-def record(run: pathlib.Path) -> dict:
-    """The run's record, read from outside the pipeline."""
-    return json.loads((run / "run.json").read_text())
 
 
 def saved_steps(run: pathlib.Path) -> list[int]:
@@ -46,16 +49,6 @@ def saved_steps(run: pathlib.Path) -> list[int]:
                 reader.get_tensor(key)
         steps.append(int(index.stem.split("-")[1]))
     return sorted(steps)
-
-
-@pytest.fixture(scope="module")
-def mlp_run(tmp_path_factory):
-    return trained_run(tmp_path_factory, "mlp")
-
-
-@pytest.fixture(scope="module")
-def logreg_run(tmp_path_factory):
-    return trained_run(tmp_path_factory, "binary")
 
 
 def ckpt_files(run: pathlib.Path, step: int) -> list[pathlib.Path]:
@@ -113,9 +106,9 @@ DAMAGES = {
 }
 
 
-def damaged_copy(mlp_run, logreg_run, tmp_path, damage: str) -> pathlib.Path:
+def damaged_copy(mlp_run, binary_run, tmp_path, damage: str) -> pathlib.Path:
     run = copy_run(mlp_run, tmp_path)
-    DAMAGES[damage][0](run, logreg_run)
+    DAMAGES[damage][0](run, binary_run)
     return run
 
 
@@ -140,9 +133,9 @@ def assert_one_error(result, prog: str, *fragments: str) -> str:
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_damaged_latest_checkpoint_is_skipped_with_one_line(
-    mlp_run, logreg_run, tmp_path, damage
+    mlp_run, binary_run, tmp_path, damage
 ):
-    run = damaged_copy(mlp_run, logreg_run, tmp_path, damage)
+    run = damaged_copy(mlp_run, binary_run, tmp_path, damage)
     result = run_cli(
         "pipeline-eval", f"--run={run}", "--format=json", "--nowrite_summaries"
     )
@@ -156,9 +149,9 @@ def test_damaged_latest_checkpoint_is_skipped_with_one_line(
 
 
 def test_eval_predict_and_export_choose_the_same_checkpoint(
-    mlp_run, logreg_run, tmp_path
+    mlp_run, binary_run, tmp_path
 ):
-    run = damaged_copy(mlp_run, logreg_run, tmp_path, "truncated_data")
+    run = damaged_copy(mlp_run, binary_run, tmp_path, "truncated_data")
     evaluated = run_cli(
         "pipeline-eval", f"--run={run}", "--format=json", "--nowrite_summaries"
     )
@@ -221,15 +214,13 @@ def test_requested_damaged_checkpoint_is_an_error_not_a_substitute(mlp_run, tmp_
 
 
 def _series_steps(split_dir: pathlib.Path, tag: str) -> list[int]:
-    from recovery_fixtures import tensor_series
-
     return [step for step, _ in tensor_series(split_dir)[tag]]
 
 
 def test_resume_skips_a_truncated_latest_checkpoint_and_continues(
-    mlp_run, logreg_run, tmp_path
+    mlp_run, binary_run, tmp_path
 ):
-    run = damaged_copy(mlp_run, logreg_run, tmp_path, "truncated_data")
+    run = damaged_copy(mlp_run, binary_run, tmp_path, "truncated_data")
     result = run_cli("pipeline-train", "--resume", f"--run={run}", "--steps=40")
     assert result.returncode == 0, result.stderr
     warning = only_line(result.stdout, "warning: ")
@@ -287,9 +278,8 @@ def test_resume_with_no_restorable_checkpoint_leaves_the_run_as_it_was(
 
 def test_two_resumes_started_together_train_the_run_once(mlp_run, tmp_path):
     run = copy_run(mlp_run, tmp_path)
-    executable = pathlib.Path(sys.executable).parent / "pipeline-train"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    command = [str(executable), "--resume", f"--run={run}", "--steps=60"]
+    env = cli_env()
+    command = [*cli_command("pipeline-train"), "--resume", f"--run={run}", "--steps=60"]
     procs = [
         subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
@@ -305,8 +295,6 @@ def test_two_resumes_started_together_train_the_run_once(mlp_run, tmp_path):
     assert line.startswith(f"pipeline-train: error: {run}: in use by pid ")
     assert "pipeline-train --resume" in line
     assert record(run)["status"] == "completed"
-    from recovery_fixtures import raw_step_counts
-
     for split in ("train", "test"):
         steps = [s for s, _ in _points(run / split)]
         assert steps == sorted(set(steps)), split
@@ -315,8 +303,6 @@ def test_two_resumes_started_together_train_the_run_once(mlp_run, tmp_path):
 
 
 def _points(split_dir):
-    from recovery_fixtures import tensor_series
-
     return tensor_series(split_dir)["loss"]
 
 
@@ -582,10 +568,9 @@ def _limit_file_size(limit: int):
 
 
 def test_file_size_limit_during_event_writes_records_the_run_failed(tmp_path):
-    executable = pathlib.Path(sys.executable).parent / "pipeline-train"
     result = subprocess.run(
         [
-            str(executable),
+            *cli_command("pipeline-train"),
             f"--logdir={tmp_path}",
             "--run_name=limited",
             "--model=mlp",
@@ -601,7 +586,7 @@ def test_file_size_limit_during_event_writes_records_the_run_failed(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env=cli_env(),
         preexec_fn=_limit_file_size(1_500_000),
         check=False,
     )
@@ -678,10 +663,9 @@ def test_resumes_killed_at_random_moments_lose_no_checkpoint(mlp_run, tmp_path):
     rng = random.Random(seed)
     total = 4000  # long enough that no life finishes before its kill
     run = copy_run(mlp_run, tmp_path)
-    executable = pathlib.Path(sys.executable).parent / "pipeline-train"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = cli_env()
     command = [
-        str(executable),
+        *cli_command("pipeline-train"),
         "--resume",
         f"--run={run}",
         f"--steps={total}",
