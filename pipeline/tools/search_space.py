@@ -187,5 +187,15 @@ def describe(axes: Sequence[Axis]) -> dict[str, str]:
 
 
 def grid_size(axes: Sequence[Axis]) -> int:
-    """The number of grid points (every axis must be a choice)."""
+    """The number of grid points.
+
+    Raises:
+      SweepError: an axis is a range (a grid needs choices).
+    """
+    for axis in axes:
+        if not axis.is_choice:
+            raise sweep.SweepError(
+                f"--sampler=grid: --search={axis.flag}={axis.spec} is a range; "
+                "a grid needs choice:... values (or --grid)"
+            )
     return math.prod(len(axis.choices) for axis in axes)

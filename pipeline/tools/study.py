@@ -25,6 +25,7 @@ import dataclasses
 import fcntl
 import os
 import pathlib
+import re
 import socket
 import threading
 import warnings
@@ -113,7 +114,8 @@ def connect(url: str) -> optuna.storages.RDBStorage:
         engine_kwargs["connect_args"] = {"timeout": 60}
     else:
         engine_kwargs["connect_args"] = {"connect_timeout": 10}
-    with warnings.catch_warnings():
+    # The first workers of a storage would race to create its tables.
+    with warnings.catch_warnings(), claim_lock(url, ""):
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
             return optuna.storages.RDBStorage(
@@ -125,7 +127,7 @@ def connect(url: str) -> optuna.storages.RDBStorage:
                     optuna.storages.RetryHeartbeatStaleTrialCallback()
                 ),
             )
-        except (sqlalchemy.exc.SQLAlchemyError, ModuleNotFoundError) as err:
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:
             raise sweep_lib.SweepError(
                 f"--storage={safe_url(url)}: cannot open the study storage at "
                 f"{_where(url)} ({_reason(err)})"
@@ -136,12 +138,15 @@ def _reason(err: BaseException) -> str:
     original = getattr(err, "orig", None) or err
     lines = [line.strip() for line in str(original).splitlines() if line.strip()]
     text = lines[0] if lines else type(err).__name__
-    return text.removeprefix("(psycopg2.OperationalError) ")
+    return re.sub(r"^\([\w.]+\) ", "", text)
 
 
 @contextlib.contextmanager
 def claim_lock(url: str, study_name: str) -> Iterator[None]:
-    """Serialises "check the total, then take a trial" across all workers."""
+    """Serialises "check the total, then take a trial" across all workers.
+
+    `study_name` "" locks the whole storage (while its tables are created).
+    """
     parsed = sqlalchemy.engine.make_url(url)
     backend = parsed.get_backend_name()
     with _PROCESS_LOCK:
@@ -168,7 +173,14 @@ def claim_lock(url: str, study_name: str) -> Iterator[None]:
                 "use; use sqlite, postgresql or mysql"
             )
         engine = _lock_engine(url)
-        with engine.connect() as connection:
+        try:
+            connection = engine.connect()
+        except sqlalchemy.exc.SQLAlchemyError as err:
+            raise sweep_lib.SweepError(
+                f"--storage={safe_url(url)}: cannot open the study storage at "
+                f"{_where(url)} ({_reason(err)})"
+            ) from None
+        with connection:
             connection.execute(sqlalchemy.text(lock), {"k": key})
             try:
                 yield
@@ -202,13 +214,6 @@ def make_sampler(
 ) -> optuna.samplers.BaseSampler:
     """`tpe`, `random` or `grid` (every axis a choice), seeded with the base seed."""
     if name == "grid":
-        not_choices = [a for a in axes if not a.is_choice]
-        if not_choices:
-            axis = not_choices[0]
-            raise sweep_lib.SweepError(
-                f"--sampler=grid: --search={axis.flag}={axis.spec} is a range; "
-                "a grid needs choice:... values (or --grid)"
-            )
         return _AskTellGridSampler({a.flag: list(a.choices) for a in axes}, seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)

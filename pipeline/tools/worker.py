@@ -33,7 +33,7 @@ import optuna
 from optuna.trial import TrialState
 
 from pipeline import config as config_lib
-from pipeline.runs.rundir import RunDir
+from pipeline.runs.rundir import RECORD_NAME, RunDir
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tools import search_space
 from pipeline.tools import study as study_lib
@@ -124,11 +124,27 @@ def runs_of_dead_trial_failed(
 ) -> None:
     """After the study failed a trial whose worker died: its runs say so too."""
     progress.note(f"trial {trial.number}: its worker died; failed, queued again")
-    for name in trial.user_attrs.get("runs", []):
+    for repeat, name in enumerate(trial.user_attrs.get("runs", [])):
+        path = sweep.experiment / name
         mark_failed(
-            sweep.experiment / name,
-            "interrupted: its sweep worker died (found by pipeline-sweep)",
+            path, "interrupted: its sweep worker died (found by pipeline-sweep)"
         )
+        if (path / RECORD_NAME).is_file():
+            link = trial_link(sweep, trial.number, repeat)
+            RunDir(path).update_record(trial=link.record())
+
+
+def trial_link(sweep: Sweep, number: int, repeat: int) -> pruning.TrialLink:
+    """How repeat `repeat` of trial `number` reports to the study."""
+    return pruning.TrialLink(
+        storage=sweep.storage_url,
+        study=sweep.name,
+        number=number,
+        metric=sweep.metric,
+        repeat=repeat,
+        step_offset=repeat * sweep.base.steps,
+        pruner=sweep.pruner,
+    )
 
 
 def trial_finished(sweep: Sweep, outcome: TrialOutcome) -> None:
@@ -235,16 +251,11 @@ class Worker:
         done = self.existing(run)
         if done is not None:
             return done
-        link = pruning.TrialLink(
-            storage=self.sweep.storage_url,
-            study=self.sweep.name,
-            number=trial.number,
-            metric=self.sweep.metric,
-            repeat=run.repeat,
-            step_offset=run.repeat * run.config.steps,
-            pruner=self.sweep.pruner,
-        )
+        link = trial_link(self.sweep, trial.number, run.repeat)
         returncode, log = self.wait(trial, run, link)
+        if (run.path / RECORD_NAME).is_file():
+            # The process is gone: nothing else writes the record now.
+            RunDir(run.path).update_record(trial=link.record())
         record = sweep_lib.read_record(run.path)
         status = record.get("status")
         steps = int(record.get("step") or 0)
