@@ -61,15 +61,25 @@ def run_dirs(experiment: pathlib.Path) -> list[pathlib.Path]:
     return sorted(p for p in experiment.iterdir() if (p / "run.json").is_file())
 
 
-def check_study_and_runs_agree(study: optuna.Study, experiment: pathlib.Path) -> None:
-    """Every trial's runs exist and say what the study says; no other runs."""
+def check_study_and_runs_agree(
+    study: optuna.Study, experiment: pathlib.Path, local_only: bool = False
+) -> None:
+    """Every trial's runs exist and say what the study says; no other runs.
+
+    With `local_only`, only the trials whose runs are in `experiment` (a
+    worker on another machine trained the rest).
+    """
     statuses = {
         "COMPLETE": "completed",
         "PRUNED": "pruned",
         "FAIL": "failed",
     }
     named = []
-    for trial in study.trials:
+    trials = study.trials
+    if local_only:
+        trials = [t for t in trials if (experiment / t.user_attrs["runs"][0]).exists()]
+        assert trials, f"no trial was trained in {experiment}"
+    for trial in trials:
         for name in trial.user_attrs["runs"]:
             named.append(name)
             run = record(experiment / name)
