@@ -149,3 +149,41 @@ def test_trial_runs_are_named_by_trial_number_or_by_grid_values():
     assert [r.config.learning_rate for r in runs] == [0.05, 0.05]
     assert [r.config.seed for r in runs] == [0, 1]
     assert runs[0].config.logdir.endswith("t")
+
+
+def test_compare_shows_parameter_importances_once_enough_trials_completed(tmp_path):
+    import optuna
+
+    from pipeline.tools import study_summary
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="imp", storage=url, direction="maximize")
+    space = {
+        "learning_rate": distributions.FloatDistribution(1e-3, 1.0, log=True),
+        "activation": distributions.CategoricalDistribution(["relu", "tanh"]),
+    }
+    for i in range(study_summary.IMPORTANCE_MIN_TRIALS - 1):
+        lr = 10 ** (-3 + i * 0.7)
+        params = {"learning_rate": lr, "activation": ["relu", "tanh"][i % 2]}
+        study.add_trial(
+            optuna.create_trial(params=params, distributions=space, value=lr)
+        )
+    text = study_summary.describe(url, "imp")
+    assert "parameter importances: after 5 completed trials (4 so far)" in text
+    study.add_trial(
+        optuna.create_trial(
+            params={"learning_rate": 0.9, "activation": "relu"},
+            distributions=space,
+            value=0.9,
+        )
+    )
+    lines = study_summary.describe(url, "imp").splitlines()
+    assert (
+        lines[1]
+        == "best trial 4: value=0.9000 (learning_rate=0.9, activation=relu)  "[:-2]
+    )
+    importance = lines[2]
+    assert importance.startswith(
+        "parameter importances (PED-ANOVA, 5 completed trials): learning_rate "
+    )
+    assert importance.index("learning_rate") < importance.index("activation")

@@ -4,6 +4,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -49,6 +50,21 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
         f"best {best.value:.4f} trial {best.number} (learning_rate=" in line
         for line in last_lines
     )
+
+    # pipeline-compare adds the study's view below the runs table.
+    compared = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.compare", str(experiment)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert compared.returncode == 0, compared.stderr
+    assert (
+        f"study shared (sqlite:///{experiment}/study.db): 4 trials: 4 completed, "
+        "0 pruned, 0 failed, 0 running; random sampler, maximize test/accuracy\n"
+        "steps trained: 80\n"
+        f"best trial {best.number}: test/accuracy={best.value:.4f} (learning_rate="
+    ) in compared.stdout
 
     # The study is complete: running the command again trains nothing.
     again = run_sweep(tmp_path, *args)
