@@ -75,7 +75,7 @@ class EpochTimer:
     """Keras callback timing each epoch (add it last)."""
 
     def __new__(cls):
-        import keras  # noqa: PLC0415
+        import keras
 
         class _Timer(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
@@ -120,11 +120,11 @@ class Baton:
 
 def fit_worker(config, dataset, window: int, spe: int = 1, tensorboard_dir=None):
     """A worker that trains `window` steps per turn with Keras fit."""
-    import keras  # noqa: PLC0415
+    import keras
 
-    from pipeline import data as data_lib  # noqa: PLC0415
-    from pipeline import models  # noqa: PLC0415
-    from pipeline.training import steps  # noqa: PLC0415
+    from pipeline import data as data_lib
+    from pipeline import models
+    from pipeline.training import steps
 
     def work(name: str, baton: Baton, rounds: int, rates: list[float]) -> None:
         baton.acquire(name)
@@ -170,10 +170,40 @@ def fit_worker(config, dataset, window: int, spe: int = 1, tensorboard_dir=None)
     return work
 
 
+def window_timer(name, baton, rounds: int, window: int, batch_size: int, rates):
+    """An action that times each `window` steps after the warm-up chunk and
+    passes the baton between windows (one window per turn)."""
+    from pipeline.training.actions import Action
+
+    class WindowTimer(Action):
+        window_start = 0.0
+
+        def next_boundary(self, step: int) -> int | None:
+            # Chunks end on every window boundary after the warm-up.
+            done = max(step - WARMUP_STEPS, -window) // window + 1
+            return WARMUP_STEPS + done * window
+
+        def __call__(self, state, chunk) -> None:
+            now = time.perf_counter()
+            done, rest = divmod(chunk.step - WARMUP_STEPS, window)
+            if chunk.step < WARMUP_STEPS or rest or done > rounds:
+                return
+            if done > 0:
+                rates.append(window * batch_size / (now - self.window_start))
+                report(name, done - 1, rates[-1])
+                if done == rounds:
+                    return  # keep the baton through the run's end-of-run work
+                baton.release(name)
+                baton.acquire(name)
+            self.window_start = time.perf_counter()
+
+    return WindowTimer()
+
+
 def pipeline_worker(config, dataset, window: int, workdir: pathlib.Path, results):
     """A worker running one real training run, one window per turn."""
-    from pipeline.runs import rundir  # noqa: PLC0415
-    from pipeline.training import loop as train  # noqa: PLC0415
+    from pipeline.runs import rundir
+    from pipeline.training import loop as train
 
     def work(name: str, baton: Baton, rounds: int, rates: list[float]) -> None:
         run_config = dataclasses.replace(
@@ -184,29 +214,15 @@ def pipeline_worker(config, dataset, window: int, workdir: pathlib.Path, results
         )
         baton.acquire(name)
         run_dir = rundir.create_run_dir(workdir, name)
-        window_start = [0.0]
-
-        def on_progress(line: str) -> None:
-            if not line.startswith("step "):
-                return
-            now = time.perf_counter()
-            step = int(line.split()[1].split("/")[0])
-            done = (step - WARMUP_STEPS) // window
-            if step < WARMUP_STEPS or (step - WARMUP_STEPS) % window or done > rounds:
-                return
-            if done > 0:
-                rates.append(window * config.batch_size / (now - window_start[0]))
-                report(name, done - 1, rates[-1])
-                if done == rounds:
-                    return  # keep the baton through the run's end-of-run work
-                baton.release(name)
-                baton.acquire(name)
-            window_start[0] = time.perf_counter()
-
+        timer = window_timer(name, baton, rounds, window, config.batch_size, rates)
         try:
             results.append(
                 train.train_and_evaluate(
-                    run_config, run_dir, dataset, print_fn=on_progress
+                    run_config,
+                    run_dir,
+                    dataset,
+                    print_fn=lambda _: None,
+                    extra_actions=[timer],
                 )
             )
         finally:
@@ -234,9 +250,9 @@ class FamilyResult:
 
 def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
     """Builds every variant once, then interleaves them for several rounds."""
-    from pipeline import data as data_lib  # noqa: PLC0415
-    from pipeline import models  # noqa: PLC0415
-    from pipeline.config import use_jit_compile  # noqa: PLC0415
+    from pipeline import data as data_lib
+    from pipeline import models
+    from pipeline.config import use_jit_compile
 
     config = common.family_config(
         family, f"--steps_per_loop={FLAGS.steps_per_loop}", NO_CHECKPOINTS
@@ -380,7 +396,7 @@ def print_table(results: list[FamilyResult]) -> None:
 def main(argv: list[str]) -> None:
     del argv
     sys.stdout.reconfigure(line_buffering=True)
-    from pipeline.training import loop as train  # noqa: PLC0415
+    from pipeline.training import loop as train
 
     # The pipeline enables op determinism (its default --deterministic) and the
     # switch is process-wide: turn it on first so every variant runs under it.

@@ -1,7 +1,9 @@
 """MNIST-family data: validated IDX/npz readers, the bundled sample, tf.data pipelines.
 
-Arrays stay uint8 [N, 28, 28] until the tf.data pipeline; normalisation to
-float32 in [0, 1] happens inside the pipeline so shuffle buffers hold bytes.
+Arrays stay uint8 [N, 28, 28] until they reach the model: `model_input` turns
+them into what every model takes (float32 [N, 28, 28, 1] in [0, 1]), inside
+the tf.data pipeline (so shuffle buffers hold bytes), inside the compiled
+evaluation, prediction and the exported SavedModel alike.
 Every reader raises `DataError` with a message naming the offending file.
 """
 
@@ -16,6 +18,8 @@ import zipfile
 import zlib
 
 import numpy as np
+
+from pipeline.errors import DataError
 
 SAMPLE_DIR = pathlib.Path(__file__).parent / "sample_data"
 SAMPLE_FILES = {
@@ -35,8 +39,8 @@ LABEL_MAGIC = 0x00000801
 NUM_CLASSES = 10
 
 
-class DataError(ValueError):
-    """A dataset file is missing, corrupt or inconsistent."""
+# What `model_input` divides uint8 pixels by, per input scale.
+INPUT_SCALE_DIVISORS = {"unit": 255.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,11 +247,11 @@ def load_splits(
 
 
 def _load_keras_mnist() -> tuple[Split, Split]:
-    import keras  # noqa: PLC0415  (imports TensorFlow; only on this path)
+    import keras  # imports TensorFlow; only on this path
 
     try:
         (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
-    except Exception as err:  # noqa: BLE001  (network errors come in many types)
+    except Exception as err:  # network errors come in many types
         raise DataError(
             "keras.datasets.mnist: download failed "
             f"({type(err).__name__}); pass --data_dir with the IDX files or mnist.npz"
@@ -317,7 +321,7 @@ def make_dataset(
     uniform reshuffle every epoch that a full buffer gives, 3-5x faster,
     because no per-example element ever passes through tf.data.
     """
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     shuffle = bool(shuffle_buffer and shuffle_buffer > 1)
     if repeat and drop_remainder and (not shuffle or shuffle_buffer >= len(split)):
@@ -357,7 +361,7 @@ def gathered_batches(
     `fit` on NumPy arrays batches the same way. The permutation is stateless,
     so the iterator checkpoints and restores like any tf.data iterator.
     """
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     n = len(split)
     batches_per_epoch = n // batch_size
@@ -388,8 +392,19 @@ def gathered_batches(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _normalise(images, labels):
-    import tensorflow as tf  # noqa: PLC0415
+def model_input(images, scale: str = "unit"):
+    """uint8 [N, 28, 28] pixels -> the model's input, float32 [N, 28, 28, 1].
 
-    images = tf.cast(images, tf.float32) / 255.0
-    return images[..., tf.newaxis], labels
+    The one preprocessing step shared by training, evaluation, prediction and
+    export; works on NumPy arrays and on tensors inside a `tf.function`.
+    `scale` names the pixel range (`INPUT_SCALE_DIVISORS`): "unit" is [0, 1].
+    """
+    import tensorflow as tf
+
+    divisor = INPUT_SCALE_DIVISORS[scale]
+    images = tf.cast(images, tf.float32) / divisor
+    return images[..., tf.newaxis]
+
+
+def _normalise(images, labels):
+    return model_input(images), labels

@@ -12,20 +12,17 @@ from tiny_runs import TINY_FLAGS
 
 from pipeline.tools import study as study_lib
 
-# A small search: three learning rates' worth of range, the tiny logreg run.
-SEARCH_FLAGS = [
-    *TINY_FLAGS,
-    "--search=learning_rate=log:0.01:0.5",
-    "--sampler=random",
-]
+# A small search over the tiny logreg run's learning rate.
+SEARCH = ["--search=learning_rate=log:0.01:0.5", "--sampler=random"]
 
 
 def sweep_command(logdir: pathlib.Path, *args: str) -> list[str]:
+    """`pipeline-sweep` on the tiny runs; `args` say what to search (e.g. SEARCH)."""
     return [
         sys.executable,
         "-m",
         "pipeline.cli.sweep",
-        *SEARCH_FLAGS,
+        *TINY_FLAGS,
         f"--logdir={logdir}",
         *args,
     ]

@@ -10,6 +10,7 @@ import time
 import pytest
 from optuna.trial import TrialState
 from study_fixtures import (
+    SEARCH,
     check_study_and_runs_agree,
     load,
     record,
@@ -20,7 +21,7 @@ from study_fixtures import (
 
 
 def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
-    args = ["--sweep_name=shared", "--trials=4"]
+    args = [*SEARCH, "--sweep_name=shared", "--trials=4"]
     workers = [start_worker(tmp_path, *args) for _ in range(2)]
     outputs = [w.communicate(timeout=600) for w in workers]
     for worker, (_, stderr) in zip(workers, outputs, strict=True):
@@ -76,7 +77,7 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
 
 def test_a_worker_killed_mid_trial_leaves_study_and_runs_agreeing(tmp_path):
     experiment = tmp_path / "killed"
-    args = ["--sweep_name=killed", "--trials=2"]
+    args = [*SEARCH, "--sweep_name=killed", "--trials=2"]
     process = start_worker(
         tmp_path, *args, "--steps=1000000", "--eval_every=0", start_new_session=True
     )
@@ -150,7 +151,9 @@ def _closed_port() -> int:
 def test_unreachable_storage_names_the_host_not_the_password(tmp_path):
     port = _closed_port()
     url = f"postgresql://sweep:hunter2@127.0.0.1:{port}/studies"
-    result = run_sweep(tmp_path, "--sweep_name=away", "--trials=2", f"--storage={url}")
+    result = run_sweep(
+        tmp_path, *SEARCH, "--sweep_name=away", "--trials=2", f"--storage={url}"
+    )
     line = _one_line_error(result)
     assert line.startswith(
         f"pipeline-sweep: error: --storage=postgresql://sweep:***@127.0.0.1:{port}/"
@@ -160,12 +163,16 @@ def test_unreachable_storage_names_the_host_not_the_password(tmp_path):
 
 
 def test_a_study_with_another_space_or_direction_is_refused(tmp_path):
-    first = run_sweep(tmp_path, "--sweep_name=fixed", "--trials=1")
+    first = run_sweep(tmp_path, *SEARCH, "--sweep_name=fixed", "--trials=1")
     assert first.returncode == 0, first.stderr
     storage = f"sqlite:///{tmp_path / 'fixed' / 'study.db'}"
 
     other_space = run_sweep(
-        tmp_path, "--sweep_name=fixed", "--trials=1", "--search=hidden_layers=int:1:3"
+        tmp_path,
+        *SEARCH,
+        "--sweep_name=fixed",
+        "--trials=1",
+        "--search=hidden_layers=int:1:3",
     )
     assert _one_line_error(other_space) == (
         f"pipeline-sweep: error: study 'fixed' in {storage} has another search "
@@ -173,10 +180,81 @@ def test_a_study_with_another_space_or_direction_is_refused(tmp_path):
         "hidden_layers=int:1:3 now); use another --sweep_name"
     )
     other_direction = run_sweep(
-        tmp_path, "--sweep_name=fixed", "--trials=1", "--direction=minimize"
+        tmp_path, *SEARCH, "--sweep_name=fixed", "--trials=1", "--direction=minimize"
     )
     assert _one_line_error(other_direction) == (
         f"pipeline-sweep: error: --direction=minimize: study 'fixed' in {storage} "
         "is maximize; use another --sweep_name"
     )
     assert len(load(storage, "fixed").trials) == 1
+
+
+def _plugin_content(run_dir):
+    from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+
+    acc = pea.EventAccumulator(str(run_dir), size_guidance={pea.TENSORS: 0})
+    acc.Reload()
+    return acc
+
+
+def test_the_median_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2, metadata
+    from tensorboard.util import tensor_util
+
+    # Optuna's grid order for seed 0: 0.3, then 0.00001 (hopeless); with one
+    # trial completed, the second is judged against it at its first evaluation.
+    result = run_sweep(
+        tmp_path,
+        "--grid=learning_rate=0.5,0.00001,0.3",
+        "--trials=2",
+        "--pruner=median",
+        "--startup_trials=1",
+        "--sweep_name=pruning",
+    )
+    assert result.returncode == 0, result.stderr
+    experiment = tmp_path / "pruning"
+    pruned = experiment / "learning_rate=0.00001,seed=0"
+    assert (
+        "[  2/2] pruned    trial 1 learning_rate=0.00001,seed=0  PRUNED after 10 steps"
+        in result.stdout
+    )
+    study = load(f"sqlite:///{experiment / 'study.db'}", "pruning")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert sorted(study.trials[0].intermediate_values) == [10, 20]
+    assert sorted(study.trials[1].intermediate_values) == [10]
+    check_study_and_runs_agree(study, experiment)
+
+    run = record(pruned)
+    assert (run["status"], run["step"]) == ("pruned", 10)
+    assert run["stop_reason"].startswith(
+        "pruned at step 10 by the study's median pruner (test/accuracy="
+    )
+    assert (pruned / "checkpoints" / "ckpt-10.index").is_file()
+    train = _plugin_content(pruned / "train")
+    (event,) = train.Tensors("events/pruned")
+    assert event.step == 10
+    session = _plugin_content(pruned)
+    end = metadata.parse_session_end_info_plugin_data(
+        session.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_END_INFO_TAG]
+    )
+    assert end.status == api_pb2.STATUS_UNKNOWN  # HParams has no "pruned"
+    (text,) = session.Tensors("run_status")
+    assert (
+        tensor_util.make_ndarray(text.tensor_proto)
+        .item()
+        .decode()
+        .startswith("**pruned**: pruned at step 10")
+    )
+
+    compared = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli.compare", str(experiment)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert compared.returncode == 0, compared.stderr
+    assert (
+        "pruned (stopped early by the study's pruner, not ranked): 1\n"
+        "  learning_rate=0.00001,seed=0  at step 10  test accuracy "
+    ) in compared.stdout
+    assert "1 completed, 1 pruned, 0 failed" in compared.stdout

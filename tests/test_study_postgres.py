@@ -18,7 +18,13 @@ import tempfile
 
 import pytest
 from optuna.trial import TrialState
-from study_fixtures import check_study_and_runs_agree, load, run_dirs, start_worker
+from study_fixtures import (
+    SEARCH,
+    check_study_and_runs_agree,
+    load,
+    run_dirs,
+    start_worker,
+)
 
 PASSWORD = "s3cret-sweep"
 
@@ -68,7 +74,7 @@ def postgres_url():
 
 
 def test_two_workers_join_one_postgresql_study(tmp_path, postgres_url):
-    args = ["--sweep_name=pg", "--trials=4", f"--storage={postgres_url}"]
+    args = [*SEARCH, "--sweep_name=pg", "--trials=4", f"--storage={postgres_url}"]
     # Two machines in miniature: each worker has its own log directory.
     logdirs = [tmp_path / "machine-a", tmp_path / "machine-b"]
     workers = [start_worker(logdir, *args) for logdir in logdirs]

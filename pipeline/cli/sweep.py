@@ -24,6 +24,7 @@ from absl import app, flags
 
 from pipeline import cli
 from pipeline import config as config_lib
+from pipeline.tools import sweep_driver
 
 FLAGS = flags.FLAGS
 
@@ -148,8 +149,6 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
-        from pipeline.tools import sweep_driver  # noqa: PLC0415
-
         if FLAGS.run_name:
             raise sweep_driver.SweepError(
                 "--run_name: the sweep names its runs; drop it"

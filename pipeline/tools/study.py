@@ -40,7 +40,7 @@ from optuna.trial import FrozenTrial, TrialState
 from pipeline.tools import search_space
 from pipeline.tools import sweep as sweep_lib
 from pipeline.training import recovery
-from pipeline.training.pruning import safe_url
+from pipeline.training.trial import safe_url
 
 # Metric -> the direction it implies.
 METRICS = {"test/accuracy": "maximize", "test/loss": "minimize"}

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from pipeline.tools import search_space
 from pipeline.tools import study as study_lib
-from pipeline.training.pruning import safe_url
+from pipeline.training.trial import safe_url
 
 # Below this many completed trials, importances are mostly noise.
 IMPORTANCE_MIN_TRIALS = 5

@@ -19,7 +19,7 @@ from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tools import search_space, worker
 from pipeline.tools import study as study_lib
 from pipeline.tools import sweep as sweep_lib
-from pipeline.training import pruning
+from pipeline.training import trial as trial_lib
 
 SweepError = sweep_lib.SweepError
 
@@ -85,7 +85,7 @@ def plan(request: Request) -> worker.Sweep:
         direction=request.direction or study_lib.METRICS[request.metric],
         storage_url=request.storage or study_lib.default_storage(experiment),
         sampler=sampler,
-        pruner=pruning.PrunerSpec(
+        pruner=trial_lib.PrunerSpec(
             name=request.pruner,
             startup_trials=request.startup_trials,
             min_resource=min(base.eval_every or base.steps, base.steps),
@@ -108,7 +108,7 @@ def print_plan(sweep: worker.Sweep) -> None:
             sweep.name,
         ):
             print(f"  {run.name}")
-    print(f"study: {pruning.safe_url(sweep.storage_url)}")
+    print(f"study: {trial_lib.safe_url(sweep.storage_url)}")
 
 
 def _headline(sweep: worker.Sweep) -> str:
@@ -133,7 +133,7 @@ def _definition(sweep: worker.Sweep) -> study_lib.StudyDefinition:
         metric=sweep.metric,
         direction=sweep.direction,
         repeats=sweep.repeats,
-        base={k: v for k, v in base.items() if k not in hparams_lib.NOT_HPARAMS},
+        base={k: v for k, v in base.items() if k not in config_lib.NOT_HPARAMS},
     )
 
 

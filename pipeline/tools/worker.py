@@ -38,7 +38,7 @@ from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tools import search_space
 from pipeline.tools import study as study_lib
 from pipeline.tools import sweep as sweep_lib
-from pipeline.training import pruning
+from pipeline.training import trial as trial_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +55,7 @@ class Sweep:
     direction: str
     storage_url: str
     sampler: str
-    pruner: pruning.PrunerSpec
+    pruner: trial_lib.PrunerSpec
     startup_trials: int = 5
 
     @property
@@ -134,9 +134,9 @@ def runs_of_dead_trial_failed(
             RunDir(path).update_record(trial=link.record())
 
 
-def trial_link(sweep: Sweep, number: int, repeat: int) -> pruning.TrialLink:
+def trial_link(sweep: Sweep, number: int, repeat: int) -> trial_lib.TrialLink:
     """How repeat `repeat` of trial `number` reports to the study."""
-    return pruning.TrialLink(
+    return trial_lib.TrialLink(
         storage=sweep.storage_url,
         study=sweep.name,
         number=number,
@@ -264,7 +264,7 @@ class Worker:
             return TrialState.COMPLETE, metric_value(record, link.metric), "", steps
         if status == "pruned":
             os.replace(log, run.path / "train.log")
-            return TrialState.PRUNED, None, record.get("error") or "pruned", steps
+            return TrialState.PRUNED, None, record.get("stop_reason", "pruned"), steps
         message = _last_line(log) or f"exit status {returncode}"
         if self.stop.is_set():
             message = "interrupted"
@@ -295,7 +295,7 @@ class Worker:
         return TrialState.COMPLETE, metric_value(record, self.sweep.metric), "", 0
 
     def wait(
-        self, trial: optuna.Trial, run: sweep_lib.PlannedRun, link: pruning.TrialLink
+        self, trial: optuna.Trial, run: sweep_lib.PlannedRun, link: trial_lib.TrialLink
     ) -> tuple[int, pathlib.Path]:
         """Runs `pipeline-train` for `run`, beating the trial's heartbeat meanwhile."""
         fd, log_name = tempfile.mkstemp(
