@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import pathlib
 import subprocess
-import sys
 
 import optuna
-from tiny_runs import TINY_FLAGS
+from conftest import LOGREG_FLAGS, cli_command, cli_env
 
 from pipeline.tools import study as study_lib
 
@@ -18,20 +17,14 @@ SEARCH = ["--search=learning_rate=log:0.01:0.5", "--sampler=random"]
 
 def sweep_command(logdir: pathlib.Path, *args: str) -> list[str]:
     """`pipeline-sweep` on the tiny runs; `args` say what to search (e.g. SEARCH)."""
-    return [
-        sys.executable,
-        "-m",
-        "pipeline.cli.sweep",
-        *TINY_FLAGS,
-        f"--logdir={logdir}",
-        *args,
-    ]
+    return [*cli_command("pipeline-sweep"), *LOGREG_FLAGS, f"--logdir={logdir}", *args]
 
 
 def start_worker(logdir: pathlib.Path, *args: str, **kwargs) -> subprocess.Popen:
     """One `pipeline-sweep` process: a worker on the study its flags name."""
     return subprocess.Popen(
         sweep_command(logdir, *args),
+        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -41,7 +34,11 @@ def start_worker(logdir: pathlib.Path, *args: str, **kwargs) -> subprocess.Popen
 
 def run_sweep(logdir: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        sweep_command(logdir, *args), capture_output=True, text=True, timeout=600
+        sweep_command(logdir, *args),
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 

@@ -3,8 +3,8 @@
 import dataclasses
 
 import pytest
+from conftest import LOGREG as TINY
 from optuna import distributions
-from tiny_runs import TINY
 
 from pipeline.tools import search_space, sweep, sweep_driver
 

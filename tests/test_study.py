@@ -4,10 +4,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
+from conftest import cli_command
 from optuna.trial import TrialState
 from study_fixtures import (
     SEARCH,
@@ -54,7 +54,7 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
 
     # pipeline-compare adds the study's view below the runs table.
     compared = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.compare", str(experiment)],
+        [*cli_command("pipeline-compare"), str(experiment)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -247,7 +247,7 @@ def test_the_median_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
     )
 
     compared = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.compare", str(experiment)],
+        [*cli_command("pipeline-compare"), str(experiment)],
         capture_output=True,
         text=True,
         timeout=300,

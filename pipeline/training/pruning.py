@@ -23,6 +23,8 @@ class ReportToStudy(Action):
 
     def start(self, state: TrainState) -> None:
         self.reporter = StudyReporter(self.link)
+        # The run record names its trial from the first step on.
+        state.run_dir.update_record(trial=self.link.record())
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
         if state.last_evaluated != chunk.step:
