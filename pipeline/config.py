@@ -72,6 +72,7 @@ class TrainConfig:
     steps_per_loop: int = 100
     jit_compile: str = "auto"
     summary_budget_mb: float = 100.0
+    precision: str = "float32"
 
     @property
     def num_classes(self) -> int:

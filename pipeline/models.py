@@ -3,6 +3,12 @@
 A binary task ("is it a K?") has one logit (sigmoid); a 10-class task has ten
 (softmax). Probabilities are computed only where a caller asks for them
 (`probabilities`), so losses stay numerically stable with `from_logits=True`.
+
+Every builder takes a Keras dtype policy (`policy`) for its hidden layers; the
+logits layer is always float32 (`dtype="float32"`), so under a mixed policy
+the loss, metrics and probabilities are computed from float32 logits. The
+variables are float32 under every policy, so a checkpoint restores into the
+same model at any precision.
 """
 
 from __future__ import annotations
@@ -13,17 +19,25 @@ import keras
 from keras import layers
 
 from pipeline.config import TrainConfig
+from pipeline.training import precision as precision_lib
 
 INPUT_SHAPE = (28, 28, 1)
+OUTPUT_DTYPE = "float32"  # logits, loss and metrics stay float32 under any policy
 
 
-def build_logreg(num_classes: int = 10) -> keras.Model:
-    """Logistic regression (1 output) or multinomial softmax regression (10)."""
+def build_logreg(num_classes: int = 10, policy: str = "float32") -> keras.Model:
+    """Logistic regression (1 output) or multinomial softmax regression (10).
+
+    Its only computing layer is the logits layer, which stays float32: a mixed
+    policy changes nothing here (the flatten layer keeps float32 too, so no
+    cast is added).
+    """
+    del policy
     return keras.Sequential(
         [
             keras.Input(INPUT_SHAPE, name="image"),
-            layers.Flatten(name="flatten"),
-            layers.Dense(num_classes, name="logits"),
+            layers.Flatten(name="flatten", dtype=OUTPUT_DTYPE),
+            layers.Dense(num_classes, name="logits", dtype=OUTPUT_DTYPE),
         ],
         name="logreg" if num_classes == 1 else "softmax_regression",
     )
@@ -35,19 +49,27 @@ def build_mlp(
     hidden_units: int = 30,
     activation: str = "relu",
     dropout: float = 0.0,
+    policy: str = "float32",
 ) -> keras.Model:
     """A multi-layer perceptron on the flat 784 pixels."""
     model_layers: list[layers.Layer] = [
         keras.Input(INPUT_SHAPE, name="image"),
-        layers.Flatten(name="flatten"),
+        layers.Flatten(name="flatten", dtype=policy),
     ]
     for i in range(hidden_layers):
         model_layers.append(
-            layers.Dense(hidden_units, activation=activation, name=f"hidden_{i + 1}")
+            layers.Dense(
+                hidden_units,
+                activation=activation,
+                name=f"hidden_{i + 1}",
+                dtype=policy,
+            )
         )
         if dropout > 0:
-            model_layers.append(layers.Dropout(dropout, name=f"dropout_{i + 1}"))
-    model_layers.append(layers.Dense(num_classes, name="logits"))
+            model_layers.append(
+                layers.Dropout(dropout, name=f"dropout_{i + 1}", dtype=policy)
+            )
+    model_layers.append(layers.Dense(num_classes, name="logits", dtype=OUTPUT_DTYPE))
     return keras.Sequential(model_layers, name="mlp")
 
 
@@ -61,6 +83,7 @@ def build_cnn(
     dense_units: Sequence[int] = (128,),
     dense_dropout: float = 0.0,
     activation: str = "relu",
+    policy: str = "float32",
 ) -> keras.Model:
     """conv-pool blocks, optional dropout, dense layers with dropout, logits.
 
@@ -80,28 +103,36 @@ def build_cnn(
                 padding=padding,
                 activation=activation,
                 name=f"conv_{i + 1}",
+                dtype=policy,
             ),
-            layers.MaxPooling2D(pool_size, name=f"pool_{i + 1}"),
+            layers.MaxPooling2D(pool_size, name=f"pool_{i + 1}", dtype=policy),
         ]
     if conv_dropout > 0:
-        model_layers.append(layers.Dropout(conv_dropout, name="conv_dropout"))
-    model_layers.append(layers.Flatten(name="flatten"))
+        model_layers.append(
+            layers.Dropout(conv_dropout, name="conv_dropout", dtype=policy)
+        )
+    model_layers.append(layers.Flatten(name="flatten", dtype=policy))
     for i, units in enumerate(dense_units):
         model_layers.append(
-            layers.Dense(units, activation=activation, name=f"dense_{i + 1}")
+            layers.Dense(
+                units, activation=activation, name=f"dense_{i + 1}", dtype=policy
+            )
         )
         if dense_dropout > 0:
             model_layers.append(
-                layers.Dropout(dense_dropout, name=f"dense_dropout_{i + 1}")
+                layers.Dropout(
+                    dense_dropout, name=f"dense_dropout_{i + 1}", dtype=policy
+                )
             )
-    model_layers.append(layers.Dense(num_classes, name="logits"))
+    model_layers.append(layers.Dense(num_classes, name="logits", dtype=OUTPUT_DTYPE))
     return keras.Sequential(model_layers, name="cnn")
 
 
 def build_model(config: TrainConfig) -> keras.Model:
-    """Builds the model that `config` names."""
+    """Builds the model that `config` names, under its resolved `--precision`."""
+    policy = precision_lib.resolve(config.precision, config.model).policy
     if config.model == "logreg":
-        return build_logreg(config.num_classes)
+        return build_logreg(config.num_classes, policy)
     if config.model == "mlp":
         return build_mlp(
             config.num_classes,
@@ -109,6 +140,7 @@ def build_model(config: TrainConfig) -> keras.Model:
             config.hidden_units,
             config.activation,
             config.dropout,
+            policy,
         )
     if config.model == "cnn":
         return build_cnn(
@@ -121,6 +153,7 @@ def build_model(config: TrainConfig) -> keras.Model:
             config.dense_units,
             config.dense_dropout,
             config.activation,
+            policy,
         )
     raise ValueError(f"unknown model {config.model!r}")
 

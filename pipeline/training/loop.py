@@ -30,6 +30,7 @@ from pipeline.tensorboard import budget
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard.summaries import SummaryLogger, variable_name
 from pipeline.training import distribute, recovery, steps, stopping
+from pipeline.training import precision as precision_lib
 
 EVAL_BATCH_SIZE = 1000
 
@@ -204,13 +205,19 @@ def train_and_evaluate(
             run_dir.path, splits, recovery.session_start_step(restored_step)
         )
     seed_everything(config.seed, config.deterministic)
+    precision = precision_lib.resolve(config.precision, config.model)
     with strategy.scope():
         model = models.build_model(config)
         optimizer = steps.make_optimizer(
-            config.optimizer, config.learning_rate, config.momentum
+            config.optimizer,
+            config.learning_rate,
+            config.momentum,
+            loss_scaling=precision.loss_scaling,
         )
         optimizer.build(model.trainable_variables)
-    summary = models.summary_text(model)
+    if is_chief:
+        run_dir.update_record(precision=precision.as_record())
+    summary = models.summary_text(model) + "\n" + precision.describe()
     print_fn(summary)
 
     train_ds = data_lib.make_dataset(
@@ -232,7 +239,7 @@ def train_and_evaluate(
     )
     trackables = {
         "model": model,
-        "optimizer": optimizer,
+        **steps.optimizer_trackables(optimizer),
         "step": step_var,
         "rng": recovery.rng_state_variables(model),
         "early_stopping": early_stopping,

@@ -15,20 +15,48 @@ import tensorflow as tf
 
 
 def make_optimizer(
-    name: str, learning_rate: float, momentum: float = 0.9
+    name: str, learning_rate: float, momentum: float = 0.9, loss_scaling: bool = False
 ) -> keras.optimizers.Optimizer:
-    """Builds the Keras optimizer a config names."""
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate)
-    if name == "momentum":
-        return keras.optimizers.SGD(learning_rate, momentum=momentum)
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate)
-    if name == "adadelta":
-        return keras.optimizers.Adadelta(learning_rate)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(learning_rate)
-    raise ValueError(f"unknown optimizer {name!r}")
+    """Builds the Keras optimizer a config names.
+
+    With `loss_scaling` (mixed_float16) it is wrapped in Keras'
+    `LossScaleOptimizer`: the train step scales the loss before taking
+    gradients (`optimizer.scale_loss`), the wrapper unscales them, skips a step
+    whose gradients overflowed and adapts the scale.
+    """
+    optimizers = {
+        "sgd": lambda: keras.optimizers.SGD(learning_rate),
+        "momentum": lambda: keras.optimizers.SGD(learning_rate, momentum=momentum),
+        "adam": lambda: keras.optimizers.Adam(learning_rate),
+        "adadelta": lambda: keras.optimizers.Adadelta(learning_rate),
+        "rmsprop": lambda: keras.optimizers.RMSprop(learning_rate),
+    }
+    if name not in optimizers:
+        raise ValueError(f"unknown optimizer {name!r}")
+    optimizer = optimizers[name]()
+    if loss_scaling:
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def optimizer_trackables(optimizer: keras.optimizers.Optimizer) -> dict:
+    """Checkpoint entries for `optimizer`, laid out alike at every precision.
+
+    `optimizer` is always the plain optimizer (its slots are float32 under any
+    policy); a loss-scaling wrapper adds only its scale and growth counter under
+    `loss_scale`. A float16 checkpoint's optimizer therefore restores into a
+    float32 or bfloat16 run and the other way round (the loss scale then
+    starts from its initial value).
+    """
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return {
+            "optimizer": optimizer.inner_optimizer,
+            "loss_scale": {
+                "dynamic_scale": optimizer.dynamic_scale,
+                "step_counter": optimizer.step_counter,
+            },
+        }
+    return {"optimizer": optimizer}
 
 
 def per_example_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
@@ -75,7 +103,9 @@ def make_train_step(
             loss = tf.nn.compute_average_loss(
                 per_example_loss(labels, logits), global_batch_size=global_batch_size
             )
-        grads = tape.gradient(loss, model.trainable_variables)
+            # The identity unless the optimizer scales losses (mixed_float16).
+            scaled_loss = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled_loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         accuracy = tf.reduce_sum(correct(labels, logits)) / global_batch_size
         return {"loss": loss, "accuracy": accuracy}
