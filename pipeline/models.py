@@ -3,12 +3,6 @@
 A binary task ("is it a K?") has one logit (sigmoid); a 10-class task has ten
 (softmax). Probabilities are computed only where a caller asks for them
 (`probabilities`), so losses stay numerically stable with `from_logits=True`.
-
-Every builder takes a Keras dtype policy (`policy`) for its hidden layers; the
-logits layer is always float32 (`dtype="float32"`), so under a mixed policy
-the loss, metrics and probabilities are computed from float32 logits. The
-variables are float32 under every policy, so a checkpoint restores into the
-same model at any precision.
 """
 
 from __future__ import annotations
@@ -22,22 +16,15 @@ from pipeline.config import TrainConfig
 from pipeline.training import precision as precision_lib
 
 INPUT_SHAPE = (28, 28, 1)
-OUTPUT_DTYPE = "float32"  # logits, loss and metrics stay float32 under any policy
 
 
-def build_logreg(num_classes: int = 10, policy: str = "float32") -> keras.Model:
-    """Logistic regression (1 output) or multinomial softmax regression (10).
-
-    Its only computing layer is the logits layer, which stays float32: a mixed
-    policy changes nothing here (the flatten layer keeps float32 too, so no
-    cast is added).
-    """
-    del policy
+def build_logreg(num_classes: int = 10) -> keras.Model:
+    """Logistic regression (1 output) or multinomial softmax regression (10)."""
     return keras.Sequential(
         [
             keras.Input(INPUT_SHAPE, name="image"),
-            layers.Flatten(name="flatten", dtype=OUTPUT_DTYPE),
-            layers.Dense(num_classes, name="logits", dtype=OUTPUT_DTYPE),
+            layers.Flatten(name="flatten"),
+            layers.Dense(num_classes, name="logits"),
         ],
         name="logreg" if num_classes == 1 else "softmax_regression",
     )
@@ -49,27 +36,19 @@ def build_mlp(
     hidden_units: int = 30,
     activation: str = "relu",
     dropout: float = 0.0,
-    policy: str = "float32",
 ) -> keras.Model:
     """A multi-layer perceptron on the flat 784 pixels."""
     model_layers: list[layers.Layer] = [
         keras.Input(INPUT_SHAPE, name="image"),
-        layers.Flatten(name="flatten", dtype=policy),
+        layers.Flatten(name="flatten"),
     ]
     for i in range(hidden_layers):
         model_layers.append(
-            layers.Dense(
-                hidden_units,
-                activation=activation,
-                name=f"hidden_{i + 1}",
-                dtype=policy,
-            )
+            layers.Dense(hidden_units, activation=activation, name=f"hidden_{i + 1}")
         )
         if dropout > 0:
-            model_layers.append(
-                layers.Dropout(dropout, name=f"dropout_{i + 1}", dtype=policy)
-            )
-    model_layers.append(layers.Dense(num_classes, name="logits", dtype=OUTPUT_DTYPE))
+            model_layers.append(layers.Dropout(dropout, name=f"dropout_{i + 1}"))
+    model_layers.append(layers.Dense(num_classes, name="logits"))
     return keras.Sequential(model_layers, name="mlp")
 
 
@@ -83,7 +62,6 @@ def build_cnn(
     dense_units: Sequence[int] = (128,),
     dense_dropout: float = 0.0,
     activation: str = "relu",
-    policy: str = "float32",
 ) -> keras.Model:
     """conv-pool blocks, optional dropout, dense layers with dropout, logits.
 
@@ -103,36 +81,39 @@ def build_cnn(
                 padding=padding,
                 activation=activation,
                 name=f"conv_{i + 1}",
-                dtype=policy,
             ),
-            layers.MaxPooling2D(pool_size, name=f"pool_{i + 1}", dtype=policy),
+            layers.MaxPooling2D(pool_size, name=f"pool_{i + 1}"),
         ]
     if conv_dropout > 0:
-        model_layers.append(
-            layers.Dropout(conv_dropout, name="conv_dropout", dtype=policy)
-        )
-    model_layers.append(layers.Flatten(name="flatten", dtype=policy))
+        model_layers.append(layers.Dropout(conv_dropout, name="conv_dropout"))
+    model_layers.append(layers.Flatten(name="flatten"))
     for i, units in enumerate(dense_units):
         model_layers.append(
-            layers.Dense(
-                units, activation=activation, name=f"dense_{i + 1}", dtype=policy
-            )
+            layers.Dense(units, activation=activation, name=f"dense_{i + 1}")
         )
         if dense_dropout > 0:
             model_layers.append(
-                layers.Dropout(
-                    dense_dropout, name=f"dense_dropout_{i + 1}", dtype=policy
-                )
+                layers.Dropout(dense_dropout, name=f"dense_dropout_{i + 1}")
             )
-    model_layers.append(layers.Dense(num_classes, name="logits", dtype=OUTPUT_DTYPE))
+    model_layers.append(layers.Dense(num_classes, name="logits"))
     return keras.Sequential(model_layers, name="cnn")
 
 
 def build_model(config: TrainConfig) -> keras.Model:
-    """Builds the model that `config` names, under its resolved `--precision`."""
+    """Builds the model that `config` names, under its resolved `--precision`.
+
+    The builders make float32 models; `precision.apply_policy` then gives the
+    hidden layers the run's Keras dtype policy (variables stay float32, so the
+    weights are created exactly as in float32 and a checkpoint restores at any
+    precision) and keeps the logits layer float32.
+    """
     policy = precision_lib.resolve(config.precision, config.model).policy
+    return precision_lib.apply_policy(_build_float32(config), policy)
+
+
+def _build_float32(config: TrainConfig) -> keras.Model:
     if config.model == "logreg":
-        return build_logreg(config.num_classes, policy)
+        return build_logreg(config.num_classes)
     if config.model == "mlp":
         return build_mlp(
             config.num_classes,
@@ -140,7 +121,6 @@ def build_model(config: TrainConfig) -> keras.Model:
             config.hidden_units,
             config.activation,
             config.dropout,
-            policy,
         )
     if config.model == "cnn":
         return build_cnn(
@@ -153,7 +133,6 @@ def build_model(config: TrainConfig) -> keras.Model:
             config.dense_units,
             config.dense_dropout,
             config.activation,
-            policy,
         )
     raise ValueError(f"unknown model {config.model!r}")
 

@@ -297,16 +297,10 @@ def train_and_evaluate(
         jit_compile=use_jit_compile(config),
     )
     evaluate = steps.make_array_eval_fn(model, EVAL_BATCH_SIZE)
-    gradients = steps.make_gradient_fn(model)
-    # A fixed batch for gradient histograms, so they never consume the
-    # training iterator (which would change the run they observe).
-    probe_images = tf.constant(
-        dataset.train.images[: config.batch_size, ..., None] / 255.0, tf.float32
-    )
-    probe_labels = tf.constant(dataset.train.labels[: config.batch_size])
 
     recovery.wait_until(writers_not_before)
-    logger = SummaryLogger(run_dir.path, enabled=is_chief)
+    # Summaries are written by a background thread, off the training path.
+    logger = SummaryLogger(run_dir.path, enabled=is_chief, background=True)
     histogram_schedule = budget.ThinningSchedule(
         config.histogram_every, config.steps, round(config.summary_budget_mb * 1e6)
     )
@@ -373,26 +367,33 @@ def train_and_evaluate(
             logger.scalars("train", step, {"events/checkpoint_saved": float(step)})
             logger.flush()
 
-        def write_histograms() -> None:
-            grads = gradients(probe_images, probe_labels)
-            named = [(variable_name(v), v) for v in model.trainable_variables]
-            named += [
-                (f"gradients/{variable_name(v)}", g)
-                for v, g in zip(model.trainable_variables, grads, strict=True)
+        def write_histograms(weights, grads=()) -> None:
+            # Values computed by the chunk itself (weights after its last
+            # step, the gradients that step applied); step 0 has weights only.
+            variables = model.trainable_variables
+            named = [
+                (variable_name(v), w) for v, w in zip(variables, weights, strict=True)
             ]
+            if grads:
+                named += [
+                    (f"gradients/{variable_name(v)}", g)
+                    for v, g in zip(variables, grads, strict=True)
+                ]
             logger.histograms("train", step, named)
-            if histogram_schedule.budget_bytes > 0:
+            write_bytes = sum(budget.histogram_event_bytes(n) for n, _ in named)
+            histogram_schedule.wrote(step, write_bytes)
+            if histogram_schedule.wants_measurement():
+                # Only the first writes and every few after: a flush and a
+                # stat of the event files are not free.
                 logger.flush()
-                write_bytes = sum(budget.histogram_event_bytes(n) for n, _ in named)
-                spent = budget.event_bytes(run_dir.path)
-                histogram_schedule.record(step, spent, write_bytes)
+                histogram_schedule.measure(step, budget.event_bytes(run_dir.path))
 
         # Compile the evaluation now (on zero examples), with the train loop,
         # rather than inside the first evaluation interval.
         images, labels = next(iter(eval_arrays.values()))
         evaluate(images[:0], labels[:0])
         if is_chief and step == 0 and histogram_schedule.due(step):
-            write_histograms()  # the initial weights (a resumed run has them)
+            write_histograms(model.trainable_variables)  # the initial weights
         # Chunks end on every multiple of --histogram_every, on every worker
         # alike (collectives need equal chunks); the budget only decides
         # whether a histogram is written there (thinned steps are multiples).
@@ -408,10 +409,20 @@ def train_and_evaluate(
             end = next_boundary(step, config.steps, intervals, config.steps_per_loop)
             chunk = tf.constant(end - step, tf.int32)
             chunk_start = time.perf_counter()
+            # Every worker alike (collectives): on each multiple of the base
+            # interval and at the end, whatever the budget thinned out.
+            histograms_here = config.histogram_every > 0 and (
+                is_due(end, config.histogram_every) or end == config.steps
+            )
+            call = train_loop.with_histograms if histograms_here else train_loop
             if step == 0:
-                outputs = logger.trace_graph("train", train_loop, iterator, chunk)
+                outputs = logger.trace_graph(
+                    "train", call, iterator, chunk, name="train_loop"
+                )
             else:
-                outputs = train_loop(iterator, chunk)
+                outputs = call(iterator, chunk)
+            weights = outputs.pop("weights", ())
+            grads = outputs.pop("gradients", ())
             series = {k: v.numpy() for k, v in outputs.items()}
             elapsed = time.perf_counter() - chunk_start
             first_step = step + 1
@@ -442,8 +453,8 @@ def train_and_evaluate(
                 "accuracy": float(series["accuracy"][-1]),
             }
 
-            if is_chief and histogram_schedule.due(step):
-                write_histograms()
+            if is_chief and histograms_here and histogram_schedule.due(step):
+                write_histograms(weights, grads)
             if is_due(step, config.eval_every) or step == config.steps:
                 run_evaluation()
                 if early_stopping.enabled:
@@ -464,8 +475,9 @@ def train_and_evaluate(
             ):
                 save_checkpoint()
             if is_due(step, config.print_every) or step == config.steps:
-                # What the progress line reports is on the charts too.
-                logger.flush()
+                # What the progress line reports reaches the charts right
+                # after it: the flush is queued behind the chunk's writes.
+                logger.flush(wait=False)
                 test_acc = last_test.get("accuracy")
                 test_text = "-" if test_acc is None else f"{test_acc:.4f}"
                 print_fn(
@@ -516,7 +528,7 @@ def train_and_evaluate(
             examples_per_sec=trained_examples / wall,
             checkpoint=extra.get("best_checkpoint", manager.latest_checkpoint),
             weights_digest=weights_digest(model),
-            trace_counts=trace_counts(train_loop, evaluate, gradients, logger),
+            trace_counts=trace_counts(train_loop, evaluate, logger),
             event_bytes=plugin_bytes,
         )
         run_dir.finish(
@@ -547,17 +559,23 @@ def train_and_evaluate(
 
 
 def trace_counts(
-    train_loop: Callable, evaluate: Callable, gradients: Callable, logger: SummaryLogger
+    train_loop: Callable, evaluate: Callable, logger: SummaryLogger
 ) -> dict[str, int]:
     """Traces per compiled function (`experimental_get_tracing_count`).
 
-    1 each means nothing retraced (a retrace costs a recompile mid-run).
+    1 each means nothing retraced (a retrace costs a recompile mid-run); 0, a
+    function the run never needed (`train_loop` when every chunk ended on a
+    histogram step).
     """
     counts = {
         "train_loop": train_loop.experimental_get_tracing_count(),
+        "train_loop_histograms": (
+            train_loop.with_histograms.experimental_get_tracing_count()
+        ),
         "train_step": train_loop.step_fn.experimental_get_tracing_count(),
         "evaluate": evaluate.experimental_get_tracing_count(),
-        "gradients": gradients.experimental_get_tracing_count(),
+        # The train step that also returns its gradients (histogram chunks).
+        "gradients": train_loop.gradient_fn.experimental_get_tracing_count(),
     }
     counts.update(logger.tracing_counts())
     return counts

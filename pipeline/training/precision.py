@@ -3,10 +3,10 @@
 `--precision` names a Keras dtype policy (`float32`, `mixed_bfloat16`,
 `mixed_float16`) or `auto`. Under a mixed policy the hidden layers compute in
 16 bits while their variables, the optimizer state, the output layer (logits),
-the loss, the metrics and every summary stay float32 (`pipeline.models` gives
-the logits layer `dtype="float32"`). `mixed_float16` also needs loss scaling
-(`keras.optimizers.LossScaleOptimizer`, see `pipeline.training.steps`);
-bfloat16 has float32's exponent range and needs none.
+the loss, the metrics and every summary stay float32 (`apply_policy`).
+`mixed_float16` also needs loss scaling (`keras.optimizers.LossScaleOptimizer`,
+see `pipeline.training.steps`); bfloat16 has float32's exponent range and
+needs none.
 
 `auto` picks what measurably wins on the machine it runs on: bfloat16 where the
 hardware computes it natively (a GPU of compute capability 8.0 or newer, or a
@@ -127,3 +127,25 @@ def resolve(requested: str, model: str) -> Precision:
         if flag:
             return Precision(requested, "mixed_bfloat16", f"auto: CPU has {flag}")
     return Precision(requested, "float32", "auto: no native bfloat16 on this device")
+
+
+def apply_policy(model, policy: str):
+    """Gives every layer before the output layer the Keras dtype `policy`.
+
+    The output layer (the logits) keeps float32, so the loss, metrics and
+    probabilities are computed from float32 logits. Keras creates variables in
+    the policy's variable dtype, float32 for every policy here, so setting the
+    policy after the float32 build changes only what the layers compute in. A
+    model whose only weighted layer is the output (logistic regression) is
+    left as it is: nothing in it would compute in 16 bits, only casts would be
+    added.
+    """
+    if policy == "float32":
+        return model
+    *hidden, output = model.layers
+    if not any(layer.weights for layer in hidden):
+        return model
+    for layer in hidden:
+        layer.dtype_policy = policy
+    del output  # stays float32
+    return model
