@@ -17,6 +17,7 @@ thread and flushes the files (before a checkpoint: what it covers is on disk);
 
 from __future__ import annotations
 
+import concurrent.futures
 import pathlib
 import queue
 import threading
@@ -362,6 +363,24 @@ class SummaryLogger:
             work()
         else:
             self._write(work)
+
+    def after_flush(self, measure: Callable[[], object]) -> concurrent.futures.Future:
+        """Flushes the files behind the writes handed over so far, then calls
+        `measure` (a stat of the event files, say) and returns its future.
+
+        Without a background thread this happens now. With one, the caller
+        goes on and reads the result later: what `measure` sees is exactly
+        what was written before this call, however the threads interleave.
+        """
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def work() -> None:
+            for w in list(self._writers.values()):
+                w.flush()
+            future.set_result(measure())
+
+        self._write(work)
+        return future
 
     def close(self) -> None:
         """Writes what is queued, then flushes and closes every writer."""

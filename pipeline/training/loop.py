@@ -380,14 +380,18 @@ def train_and_evaluate(
                     for v, g in zip(variables, grads, strict=True)
                 ]
             logger.histograms("train", step, named)
+            if measuring:  # the last measurement, taken behind its write
+                measured_step, spent = measuring.pop()
+                histogram_schedule.measure(measured_step, spent.result())
             write_bytes = sum(budget.histogram_event_bytes(n) for n, _ in named)
             histogram_schedule.wrote(step, write_bytes)
             if histogram_schedule.wants_measurement():
-                # Only the first writes and every few after: a flush and a
-                # stat of the event files are not free.
-                logger.flush()
-                histogram_schedule.measure(step, budget.event_bytes(run_dir.path))
+                # Only the first writes and every few after, by the writer
+                # thread: a flush and a stat of the event files are not free.
+                spent = logger.after_flush(lambda: budget.event_bytes(run_dir.path))
+                measuring.append((step, spent))
 
+        measuring: list = []  # (step, future bytes on disk) of a measurement
         # Compile the evaluation now (on zero examples), with the train loop,
         # rather than inside the first evaluation interval.
         images, labels = next(iter(eval_arrays.values()))
