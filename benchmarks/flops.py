@@ -31,7 +31,7 @@ def matmul_gflops(
     The bfloat16 ceiling is what mixed_bfloat16 layers can reach: oneDNN runs
     bfloat16 matmuls on AVX512_BF16/AMX where the CPU has them.
     """
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     @tf.function
     def repeat_matmul(x, b, n):
@@ -62,7 +62,7 @@ def matmul_gflops(
 
 def family_flops() -> dict[str, tuple[float, float]]:
     """(forward, training) FLOPs per example for each family's model."""
-    from pipeline import models  # noqa: PLC0415
+    from pipeline import models
 
     return {
         family: common.train_flops_per_example(

@@ -80,14 +80,14 @@ def child() -> None:
     import tensorflow as tf  # noqa: F401, PLC0415
 
     marks["tensorflow imported"] = time.perf_counter() - T0
-    import tempfile  # noqa: PLC0415
+    import tempfile
 
-    from pipeline import data  # noqa: PLC0415
-    from pipeline.runs import rundir  # noqa: PLC0415
-    from pipeline.training import loop  # noqa: PLC0415
+    from pipeline import data
+    from pipeline.runs import rundir
+    from pipeline.training import loop
 
     marks["pipeline imported"] = time.perf_counter() - T0
-    from pipeline import config as config_lib  # noqa: PLC0415
+    from pipeline import config as config_lib
 
     flag_values = flags.FlagValues()
     config_lib.define_flags(flag_values)
@@ -104,7 +104,7 @@ def child() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = rundir.create_run_dir(tmp, "startup")
         if FLAGS.profile:
-            import cProfile  # noqa: PLC0415
+            import cProfile
 
             profiler = cProfile.Profile()
             profiler.enable()
@@ -140,7 +140,7 @@ def run_child(family: str, profile_out: pathlib.Path | None = None) -> dict:
 
 def phase_seconds(stats_path: pathlib.Path) -> tuple[dict[str, float], list[str]]:
     """Cumulative seconds per phase, and the profile's top functions."""
-    import pstats  # noqa: PLC0415
+    import pstats
 
     stats = pstats.Stats(str(stats_path))
     phases: dict[str, float] = {}
@@ -168,7 +168,7 @@ def main(argv: list[str]) -> None:
         child()
         return
     print(f"start-up to the first step, load average {os.getloadavg()[0]:.1f}")
-    import tempfile  # noqa: PLC0415
+    import tempfile
 
     for family in FLAGS.families:
         runs = [run_child(family) for _ in range(FLAGS.repeats)]

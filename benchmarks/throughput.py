@@ -132,7 +132,7 @@ class EpochTimer:
     """Keras callback timing each epoch (add it last)."""
 
     def __new__(cls):
-        import keras  # noqa: PLC0415
+        import keras
 
         class _Timer(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
@@ -146,11 +146,11 @@ class EpochTimer:
 
 def fit_worker(config, dataset, window: int, windows: int, tensorboard_dir=None):
     """Trains `window` steps per turn with Keras fit, `windows` turns."""
-    import keras  # noqa: PLC0415
+    import keras
 
-    from pipeline import data as data_lib  # noqa: PLC0415
-    from pipeline import models  # noqa: PLC0415
-    from pipeline.training import steps  # noqa: PLC0415
+    from pipeline import data as data_lib
+    from pipeline import models
+    from pipeline.training import steps
 
     def work(name: str, schedule: Schedule, rates: list[float]) -> None:
         schedule.acquire(name)
@@ -197,8 +197,8 @@ def fit_worker(config, dataset, window: int, windows: int, tensorboard_dir=None)
 
 def pipeline_worker(config, dataset, window: int, windows: int, workdir, results):
     """One real training run, timed over one window per turn."""
-    from pipeline.runs import rundir  # noqa: PLC0415
-    from pipeline.training import loop as train  # noqa: PLC0415
+    from pipeline.runs import rundir
+    from pipeline.training import loop as train
 
     def work(name: str, schedule: Schedule, rates: list[float]) -> None:
         run_config = dataclasses.replace(
@@ -272,11 +272,11 @@ def variant_config(family: str, name: str):
 
 def eval_seconds(config, dataset, repeats: int = 3) -> float:
     """Median seconds of the loop's compiled full-test-split evaluation."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
-    from pipeline import models  # noqa: PLC0415
-    from pipeline.training import loop as train  # noqa: PLC0415
-    from pipeline.training import steps  # noqa: PLC0415
+    from pipeline import models
+    from pipeline.training import loop as train
+    from pipeline.training import steps
 
     evaluate = steps.make_array_eval_fn(
         models.build_model(config), train.EVAL_BATCH_SIZE
@@ -333,8 +333,8 @@ def run_schedule(workers: dict, rounds: int, ceiling: dict[str, list[float]]):
 
 def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
     """Builds every variant once, then runs the paired rounds."""
-    from pipeline import data as data_lib  # noqa: PLC0415
-    from pipeline import models  # noqa: PLC0415
+    from pipeline import data as data_lib
+    from pipeline import models
 
     reference = variant_config(family, "fit")
     dataset = data_lib.load_dataset(reference.dataset)
@@ -482,7 +482,7 @@ def print_family(res: FamilyResult) -> list[str]:
 def main(argv: list[str]) -> None:
     del argv
     sys.stdout.reconfigure(line_buffering=True)
-    from pipeline.training import loop as train  # noqa: PLC0415
+    from pipeline.training import loop as train
 
     train.seed_everything(0, deterministic=True)
     results = []

@@ -23,7 +23,8 @@ import dataclasses
 import functools
 import pathlib
 
-PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+from pipeline.config import PRECISIONS
+
 # Families whose training mixed_bfloat16 made faster on the benchmark CPU
 # (AVX512_BF16) at test accuracy within 0.5 points of float32 (`make bench`).
 AUTO_MODELS: tuple[str, ...] = ("cnn",)
@@ -90,7 +91,7 @@ def cpu_bf16_flag(cpuinfo: pathlib.Path = CPUINFO) -> str | None:
 @functools.cache
 def gpu_bf16() -> str | None:
     """'GPU <name> (compute capability X.Y)' when the first GPU has bfloat16."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
@@ -120,7 +121,7 @@ def resolve(requested: str, model: str) -> Precision:
     gpu = gpu_bf16()
     if gpu:
         return Precision(requested, "mixed_bfloat16", f"auto: {gpu} has bfloat16")
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     if not tf.config.list_physical_devices("GPU"):
         flag = cpu_bf16_flag()
