@@ -23,6 +23,8 @@ import dataclasses
 import functools
 import pathlib
 
+import tensorflow as tf
+
 from pipeline.config import PRECISIONS
 
 # Families whose training mixed_bfloat16 made faster on the benchmark CPU
@@ -91,8 +93,6 @@ def cpu_bf16_flag(cpuinfo: pathlib.Path = CPUINFO) -> str | None:
 @functools.cache
 def gpu_bf16() -> str | None:
     """'GPU <name> (compute capability X.Y)' when the first GPU has bfloat16."""
-    import tensorflow as tf
-
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
         return None
@@ -121,8 +121,6 @@ def resolve(requested: str, model: str) -> Precision:
     gpu = gpu_bf16()
     if gpu:
         return Precision(requested, "mixed_bfloat16", f"auto: {gpu} has bfloat16")
-    import tensorflow as tf
-
     if not tf.config.list_physical_devices("GPU"):
         flag = cpu_bf16_flag()
         if flag:
