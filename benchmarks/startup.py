@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import resource
 import statistics
 import subprocess
 import sys
@@ -117,6 +118,7 @@ def child() -> None:
             profiler.dump_stats(FLAGS.profile_out)
         else:
             loop.train_and_evaluate(config, run_dir, dataset, print_fn=on_line)
+    marks["peak RSS MB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("MARKS " + json.dumps(marks))
 
 
@@ -176,7 +178,7 @@ def main(argv: list[str]) -> None:
         print(
             f"\n{family}: first step {med['first step']:.2f} s after the first line "
             f"(process wall {med['process wall']:.2f} s incl. interpreter start and "
-            f"exit; median of {len(runs)}: "
+            f"exit; peak RSS {med['peak RSS MB']:,.0f} MB; median of {len(runs)}: "
             + ", ".join(f"{r['first step']:.2f}" for r in runs)
             + ")"
         )

@@ -60,7 +60,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("families", list(common.FAMILIES), "Model families to measure.")
 flags.DEFINE_list(
     "variants",
-    ["pipe_off", "pipe_default", "pipe_bf16", "fit_bf16"],
+    ["pipe_off", "pipe_default", "pipe_bf16"],
     "Variants besides fit: pipe_off, pipe_default, pipe_bf16, fit_bf16, fit_tb.",
 )
 flags.DEFINE_integer("rounds", 0, "Paired rounds (0: per-family default).")
