@@ -219,8 +219,8 @@ class SummaryLogger:
                             )
 
         else:
-
-            @tf.function(reduce_retracing=True)
+            # A Python loop over fixed tags: nothing for AutoGraph to convert.
+            @tf.function(reduce_retracing=True, autograph=False)
             def write(step, tensors):
                 with writer.as_default():
                     for tag, tensor in zip(tags, tensors, strict=True):

@@ -152,7 +152,10 @@ def make_train_loop(
     gradient pass and nothing read from live variables afterwards.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    step_fn = tf.function(train_step, jit_compile=jit_compile)
+    # No Python control flow on tensors in a step: AutoGraph would only
+    # rewrite Keras' layer code (it is not on AutoGraph's do-not-convert
+    # list), which cost 0.6-0.8 s of the first chunk's tracing here.
+    step_fn = tf.function(train_step, jit_compile=jit_compile, autograph=False)
 
     def reduce(per_replica):
         return tf.nest.map_structure(
@@ -178,7 +181,7 @@ def make_train_loop(
     with_gradients = getattr(train_step, "with_gradients", None)
     if with_gradients is None:
         return train_loop
-    gradient_fn = tf.function(with_gradients, jit_compile=jit_compile)
+    gradient_fn = tf.function(with_gradients, jit_compile=jit_compile, autograph=False)
     variables = train_step.variables
 
     @tf.function
