@@ -52,6 +52,7 @@ bench: venv fashion-mnist
 	  $(BIN)/python -m benchmarks.flops && \
 	  $(BIN)/python -m benchmarks.throughput --json_out=$(BENCH_OUT)/throughput.json && \
 	  $(BIN)/python -m benchmarks.input_pipeline --throughput_json=$(BENCH_OUT)/throughput.json && \
+	  $(BIN)/python -m benchmarks.profile && \
 	  $(BIN)/python -m benchmarks.startup && \
 	  $(BIN)/python -m benchmarks.accuracy && \
 	  $(BIN)/python -m benchmarks.footprint && \

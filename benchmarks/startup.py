@@ -8,8 +8,9 @@ is warm:
 
 * unprofiled, `--repeats` times: seconds from the child's first line to the
   end of TensorFlow's import, of the pipeline's import, of the dataset load,
-  and to the first step's progress line (`--steps=1`), plus the interpreter's
-  own start (the parent's clock around the child); the median is shown;
+  and to the first step's progress line (`--steps=2 --print_every=1`), plus
+  the interpreter's own start (the parent's clock around the child); the
+  median is shown;
 * once under Python's profiler (cProfile), the run from `train_and_evaluate`
   to its first step, split into the phases below by the cumulative time of
   the functions that do them. The profiler slows Python-heavy work (tracing)
@@ -93,14 +94,20 @@ def child() -> None:
     flag_values = flags.FlagValues()
     config_lib.define_flags(flag_values)
     flagfile = common.ROOT / "flags" / common.FAMILIES[FLAGS.family]
-    flag_values(["startup", f"--flagfile={flagfile}", "--steps=1", "--print_every=1"])
+    # Two steps: the first progress line (step 1) then comes before any
+    # end-of-run work (the final evaluation, histograms and checkpoint).
+    flag_values(["startup", f"--flagfile={flagfile}", "--steps=2", "--print_every=1"])
     config = config_lib.config_from_flags(flag_values)
     dataset = data.load_dataset(config.dataset)
     marks["dataset loaded"] = time.perf_counter() - T0
 
+    profiler = None
+
     def on_line(line: str) -> None:
         if line.startswith("step ") and "first step" not in marks:
             marks["first step"] = time.perf_counter() - T0
+            if profiler is not None:
+                profiler.disable()  # the profile covers the start-up only
 
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = rundir.create_run_dir(tmp, "startup")
@@ -111,7 +118,6 @@ def child() -> None:
             profiler.enable()
             start = time.perf_counter()
             loop.train_and_evaluate(config, run_dir, dataset, print_fn=on_line)
-            profiler.disable()
             marks["profiled from train_and_evaluate"] = marks["first step"] - (
                 start - T0
             )

@@ -338,8 +338,8 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
 
     reference = variant_config(family, "fit")
     dataset = data_lib.load_dataset(reference.dataset)
-    window = WINDOW[family]
-    rounds = FLAGS.rounds or ROUNDS[family]
+    window = WINDOW.get(family, WINDOW["cnn"])
+    rounds = FLAGS.rounds or ROUNDS.get(family, ROUNDS["cnn"])
     results: dict[str, list] = {}
     workers = {"fit": fit_worker(reference, dataset, window, rounds + 1)}
     for name in FLAGS.variants:
@@ -409,16 +409,19 @@ def print_family(res: FamilyResult) -> list[str]:
     )
     header = (
         f"  {'variant':13s} {'median ex/s':>12s} {'min-max':>19s}   "
-        f"{'paired ratio vs fit (min-max)':>30s} {'% ceiling':>9s}"
+        f"{'paired ratio vs fit (min-max)':>30s} {'% ceiling':>9s}  (bf16 variants: "
+        "of the bfloat16 ceiling)"
     )
     print(header)
-    f32 = statistics.median(res.ceiling_gflops["float32"])
-    bf16 = statistics.median(res.ceiling_gflops["bfloat16"])
     unstable = []
     for name, values in res.rates.items():
         median, lo, hi = common.summarize(values)
-        ceiling = bf16 if "bf16" in name else f32
-        share = median * res.train_flops / (ceiling * 1e9) * 100
+        # Paired too: each window's FLOP rate over its own round's ceiling.
+        ceilings = res.ceiling_gflops["bfloat16" if "bf16" in name else "float32"]
+        share = statistics.median(
+            rate * res.train_flops / (ceiling * 1e9) * 100
+            for rate, ceiling in zip(values, ceilings, strict=False)
+        )
         ratio = "1.00 (reference)"
         if name in res.ratios:
             ratio = spread(res.ratios[name]) + "x"

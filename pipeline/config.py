@@ -291,7 +291,7 @@ class TrainConfig:
         lower=0.0,
     )
     precision: str = option(
-        "float32",
+        "auto",
         "Keras mixed-precision policy. float32; mixed_bfloat16 / mixed_float16: "
         "hidden layers compute in 16 bits while variables, optimizer state, "
         "logits, loss, metrics and summaries stay float32 (float16 adds dynamic "
