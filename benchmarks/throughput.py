@@ -32,11 +32,11 @@ a share of --eval_every training steps.
 
 `fit` is timed from `on_epoch_begin` to `on_epoch_end` of a one-epoch call of
 the window's length after a compiling warm-up call; a pipeline variant is one
-real training run into a temporary run directory that waits for its turn in its
-progress callback and is timed between progress lines (after the first chunk,
-which traces and compiles). Everything runs in one process under TensorFlow op
-determinism (the pipeline's default --deterministic; the switch is
-process-wide).
+real training run into a temporary run directory, timed by an extra action
+(after the standard ones: logging, progress) that waits for its turn between
+windows, after the first chunk (which traces and compiles). Everything runs in
+one process under TensorFlow op determinism (the pipeline's default
+--deterministic; the switch is process-wide).
 """
 
 from __future__ import annotations
@@ -195,6 +195,37 @@ def fit_worker(config, dataset, window: int, windows: int, tensorboard_dir=None)
     return work
 
 
+def window_timer(
+    name: str, schedule: Schedule, window: int, windows: int, batch, rates
+):
+    """An action timing each `window` steps after the warm-up chunk; it hands
+    the turn on between windows (the run waits inside it, untimed)."""
+    from pipeline.training.actions import Action
+
+    class WindowTimer(Action):
+        window_start = 0.0
+
+        def next_boundary(self, step: int) -> int | None:
+            done = max(step - WARMUP_STEPS, -window) // window + 1
+            return WARMUP_STEPS + done * window
+
+        def __call__(self, state, chunk) -> None:
+            now = time.perf_counter()
+            done, rest = divmod(chunk.step - WARMUP_STEPS, window)
+            if chunk.step < WARMUP_STEPS or rest or done > windows:
+                return
+            if done > 0:
+                rates.append(window * batch / (now - self.window_start))
+                report(name, done - 1, rates[-1])
+                if done == windows:
+                    return  # keep the turn through the run's end-of-run work
+            schedule.release(name)  # the warm-up turn, or the window just timed
+            schedule.acquire(name)
+            self.window_start = time.perf_counter()
+
+    return WindowTimer()
+
+
 def pipeline_worker(config, dataset, window: int, windows: int, workdir, results):
     """One real training run, timed over one window per turn."""
     from pipeline.runs import rundir
@@ -209,27 +240,15 @@ def pipeline_worker(config, dataset, window: int, windows: int, workdir, results
         )
         schedule.acquire(name)
         run_dir = rundir.create_run_dir(workdir, name)
-        window_start = [0.0]
-
-        def on_progress(line: str) -> None:
-            if not line.startswith("step "):
-                return
-            now = time.perf_counter()
-            step = int(line.split()[1].split("/")[0])
-            done, rest = divmod(step - WARMUP_STEPS, window)
-            if step < WARMUP_STEPS or rest or done > windows:
-                return
-            if done > 0:
-                rates.append(window * config.batch_size / (now - window_start[0]))
-                report(name, done - 1, rates[-1])
-                if done == windows:
-                    return  # keep the turn through the run's end-of-run work
-            schedule.release(name)  # the warm-up turn, or the window just timed
-            schedule.acquire(name)
-            window_start[0] = time.perf_counter()
-
+        timer = window_timer(name, schedule, window, windows, config.batch_size, rates)
         results.append(
-            train.train_and_evaluate(run_config, run_dir, dataset, print_fn=on_progress)
+            train.train_and_evaluate(
+                run_config,
+                run_dir,
+                dataset,
+                print_fn=lambda _: None,
+                extra_actions=[timer],
+            )
         )
         schedule.release(name)
 
@@ -275,12 +294,9 @@ def eval_seconds(config, dataset, repeats: int = 3) -> float:
     import tensorflow as tf
 
     from pipeline import models
-    from pipeline.training import loop as train
     from pipeline.training import steps
 
-    evaluate = steps.make_array_eval_fn(
-        models.build_model(config), train.EVAL_BATCH_SIZE
-    )
+    evaluate = steps.make_eval_fn(models.build_model(config))
     images = tf.constant(dataset.test.images)
     labels = tf.constant(dataset.test.labels, tf.int32)
     evaluate(images, labels)["loss"].numpy()  # trace + compile
