@@ -45,23 +45,19 @@ flags.DEFINE_string("profile_out", None, "Internal: where the child writes stats
 
 # (phase, file suffix, function name): cumulative time of that function.
 PHASES = (
-    ("run record, hparams session", "pipeline/runs/rundir.py", "start"),
-    ("run record, hparams session", "pipeline/tensorboard/hparams.py", "start_run"),
-    ("model build", "pipeline/models.py", "build_model"),
-    ("optimizer build", "keras/src/optimizers/base_optimizer.py", "build"),
-    ("summary writers' clock wait", "pipeline/training/recovery.py", "wait_until"),
     (
-        "Keras graph, summary text, images",
-        "pipeline/tensorboard/summaries.py",
-        "keras_model",
+        "train state built (all below, to the line)",
+        "pipeline/training/state.py",
+        "build_train_state",
     ),
-    ("Keras graph, summary text, images", "pipeline/tensorboard/summaries.py", "text"),
-    (
-        "Keras graph, summary text, images",
-        "pipeline/tensorboard/summaries.py",
-        "image_grid",
-    ),
-    ("histograms at step 0", "pipeline/training/loop.py", "write_histograms"),
+    ("  run record, hparams session", "pipeline/runs/rundir.py", "start"),
+    ("  run record, hparams session", "pipeline/tensorboard/hparams.py", "start_run"),
+    ("  session-start markers", "pipeline/training/recovery.py", "write_session_start"),
+    ("  model build", "pipeline/models.py", "build_model"),
+    ("  optimizer build", "keras/src/optimizers/base_optimizer.py", "build"),
+    ("  input pipeline", "pipeline/data.py", "make_dataset"),
+    ("  summary writers' clock wait", "pipeline/training/recovery.py", "wait_until"),
+    ("actions' start (evaluation compile)", "pipeline/training/actions.py", "start"),
     (
         "first chunk: trace + compile + run",
         "pipeline/tensorboard/summaries.py",
@@ -72,6 +68,7 @@ PHASES = (
         "tensorflow/python/ops/summary_ops_v2.py",
         "trace_export",
     ),
+    ("step-0 summaries, initial histograms", "pipeline/training/actions.py", "_write"),
 )
 TOP = 18  # functions listed from the profile
 
