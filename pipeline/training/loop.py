@@ -313,11 +313,17 @@ def trace_counts(state: TrainState) -> dict[str, int]:
 
     1 each means nothing retraced (a retrace costs a recompile mid-run).
     """
+    train_loop = state.train_loop
     counts = {
-        "train_loop": state.train_loop.experimental_get_tracing_count(),
-        "train_step": state.train_loop.step_fn.experimental_get_tracing_count(),
+        # 0 when every chunk ended on a histogram step (the default).
+        "train_loop": train_loop.experimental_get_tracing_count(),
+        "train_loop_histograms": (
+            train_loop.with_histograms.experimental_get_tracing_count()
+        ),
+        "train_step": train_loop.step_fn.experimental_get_tracing_count(),
         "evaluate": state.evaluate.experimental_get_tracing_count(),
-        "gradients": state.gradients.experimental_get_tracing_count(),
+        # The train step that also returns its gradients (histogram chunks).
+        "gradients": train_loop.gradient_fn.experimental_get_tracing_count(),
     }
     counts.update(state.logger.tracing_counts())
     return counts
