@@ -337,22 +337,6 @@ def test_resume_through_a_symlink_sees_the_lock_of_the_real_directory(
     assert record(run)["status"] == "completed"
 
 
-def test_second_sweep_on_one_sweep_directory_is_refused(tmp_path):
-    sweep_dir = tmp_path / "grid"
-    sweep_dir.mkdir()
-    with held_by_this_process(sweep_dir, "pipeline-sweep") as holder:
-        result = run_cli(
-            "pipeline-sweep",
-            f"--logdir={tmp_path}",
-            "--sweep_name=grid",
-            "--grid=learning_rate=0.1,0.2",
-            "--model=logreg",
-            "--steps=2",
-        )
-    assert_one_error(result, "pipeline-sweep", f"{sweep_dir}: {holder}")
-    assert sorted(p.name for p in sweep_dir.iterdir() if p.is_dir()) == []
-
-
 # --- malformed records ----------------------------------------------------------
 
 RECORDS = {

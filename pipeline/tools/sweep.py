@@ -154,24 +154,6 @@ def read_record(path: pathlib.Path) -> dict:
         return {}
 
 
-def lock_experiment(experiment: pathlib.Path) -> None:
-    """Holds the sweep directory's lock for the rest of the process.
-
-    Two sweeps on one directory would train (and move aside) the same runs;
-    the second gets one line naming the first.
-
-    Raises:
-      RunLockedError: another sweep holds it. RunDirError: cannot create it.
-    """
-    try:
-        experiment.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise rundir.RunDirError(
-            f"{experiment}: cannot create the sweep directory ({rundir.os_reason(err)})"
-        ) from None
-    rundir.acquire_lock(experiment, "pipeline-sweep")
-
-
 def _defining(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in config_lib.NOT_HPARAMS}
 
