@@ -305,7 +305,7 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
         raise errors[0]
     last = default_runs[-1]
     steps_run = WARMUP_STEPS + rounds * window + 1
-    one_time = {"graph_run_metadata_graph", "graph_keras_model", "text", "images"}
+    one_time = {"graph", "graph_keras_model", "text", "images"}
     per_1000 = {
         plugin: size * 1000 / steps_run
         for plugin, size in last.event_bytes.items()

@@ -154,19 +154,25 @@ class SummaryLogger:
         }
 
     def trace_graph(self, split: str, fn: Callable, *args) -> object:
-        """Calls `fn(*args)` once with graph tracing on and writes its op graph.
+        """Calls the `tf.function` `fn(*args)` and writes its op graph as the run graph.
 
-        TensorBoard stores it under the plugin `graph_run_metadata_graph`
-        (Graphs tab, "op graph"). Returns `fn`'s result.
+        The run-level graph (a `graph_def` event, `tf.summary.graph`) is what
+        the Graphs dashboard opens on; an op graph written by `trace_export`
+        lives under a tag beside the Keras conceptual graph instead, and the
+        dashboard opening on the conceptual tag with "op graph" selected
+        shows an error. A train loop from `steps.make_train_loop` gives the
+        graph of one step (`fn.step_graph`), which is the model's, rather
+        than the loop around it. Returns `fn`'s result.
         """
-        if not self._enabled:
-            return fn(*args)
-        tf.summary.trace_on(graph=True, profiler=False)
-        try:
-            result = fn(*args)
-        finally:
+        result = fn(*args)
+        if self._enabled:
+            step_graph = getattr(fn, "step_graph", None)
+            if step_graph is not None:
+                graph = step_graph(args[0])
+            else:
+                graph = fn.get_concrete_function(*args).graph
             with self.writer(split).as_default():
-                tf.summary.trace_export(name=getattr(fn, "__name__", "step"), step=0)
+                tf.summary.graph(graph)
         return result
 
     def keras_model(self, split: str, model: keras.Model) -> None:

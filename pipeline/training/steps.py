@@ -116,7 +116,20 @@ def make_train_loop(
             accuracies = accuracies.write(i, metrics["accuracy"])
         return {"loss": losses.stack(), "accuracy": accuracies.stack()}
 
+    def step_graph(iterator) -> tf.Graph:
+        """The graph of one training step, as the loop traced it (for TensorBoard).
+
+        Under a distribution strategy the step runs per replica on per-replica
+        inputs; the loop's own graph (the step is in its function library)
+        is returned then.
+        """
+        if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+            return step_fn.get_concrete_function(*iterator.element_spec).graph
+        num_steps = tf.TensorSpec([], tf.int32)
+        return train_loop.get_concrete_function(iterator, num_steps).graph
+
     train_loop.step_fn = step_fn  # for trace counts
+    train_loop.step_graph = step_graph
     return train_loop
 
 
