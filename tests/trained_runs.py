@@ -25,8 +25,15 @@ KINDS = {
         "steps": 20,
         "learning_rate": 0.01,
     },
+    "cnn": {
+        "model": "cnn",
+        "conv_filters": (4, 8),
+        "dense_units": (16,),
+        "steps": 30,
+        "learning_rate": 0.01,
+    },
 }
-CHECKPOINT_STEPS = {"mlp": [10, 20, 30], "binary": [10, 20]}
+CHECKPOINT_STEPS = {"mlp": [10, 20, 30], "binary": [10, 20], "cnn": [10, 20, 30]}
 _CACHE: dict[str, pathlib.Path] = {}
 
 
