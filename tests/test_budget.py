@@ -82,9 +82,7 @@ def test_schedule_disabled_never_due():
 
 def test_bytes_per_plugin_matches_files_on_disk(tiny_run):  # noqa: F811
     per_plugin = budget.bytes_per_plugin(tiny_run.path)
-    assert {"scalars", "histograms", "images", "graph"} <= set(
-        per_plugin
-    )
+    assert {"scalars", "histograms", "images", "graph"} <= set(per_plugin)
     # Record sizes plus framing add up to the files (rounding: 1 B per value).
     on_disk = budget.event_bytes(tiny_run.path)
     assert abs(sum(per_plugin.values()) - on_disk) <= 0.01 * on_disk

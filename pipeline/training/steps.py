@@ -123,7 +123,8 @@ def make_train_loop(
         inputs; the loop's own graph (the step is in its function library)
         is returned then.
         """
-        if strategy is tf.distribute.get_strategy() and not tf.distribute.has_strategy():
+        default = strategy is tf.distribute.get_strategy()
+        if default and not tf.distribute.has_strategy():
             return step_fn.get_concrete_function(*iterator.element_spec).graph
         num_steps = tf.TensorSpec([], tf.int32)
         return train_loop.get_concrete_function(iterator, num_steps).graph
