@@ -8,9 +8,18 @@ import sys
 from collections.abc import Callable
 
 
-def quiet_tensorflow() -> None:
-    """Hides TensorFlow's info logs (C++ and Python) unless the user asked for them."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def quiet_tensorflow(argv: list[str]) -> None:
+    """Hides TensorFlow's info logs and start-up lines unless `--verbosity` asks.
+
+    Call before TensorFlow is imported: its start-up lines are printed on
+    import, by C++, and only a filter on file descriptor 2 keeps them off
+    the console (`stderr_filter`).
+    """
+    from pipeline.cli import stderr_filter  # noqa: PLC0415
+
+    if not stderr_filter.wants_logs(argv):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        stderr_filter.install(argv)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
@@ -93,6 +102,6 @@ def start(
     """
     from absl import app, flags  # noqa: PLC0415
 
-    quiet_tensorflow()
+    quiet_tensorflow(sys.argv)
     define_flags(flags.FLAGS)
     app.run(main, flags_parser=one_line_flags_parser(prog))
