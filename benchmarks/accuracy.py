@@ -15,7 +15,7 @@ import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TARGETS = {"cnn_course": 0.97}

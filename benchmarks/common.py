@@ -52,7 +52,7 @@ def train_flops_per_example(model) -> tuple[float, float]:
     gradient w.r.t. inputs, gradient w.r.t. weights); pooling, activations,
     dropout and the optimizer update are ignored (a few percent).
     """
-    import keras  # noqa: PLC0415
+    import keras
 
     forward = 0.0
     for layer in model.layers:

@@ -23,7 +23,7 @@ def matmul_gflops(
     trials: int = 3, seconds: float = 0.5, sizes: tuple[int, ...] = MATMUL_SIZES
 ) -> dict[int, float]:
     """Best GFLOP/s of float32 `tf.matmul` per square size."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     @tf.function
     def repeat_matmul(a, b, n):
@@ -53,7 +53,7 @@ def matmul_gflops(
 
 def family_flops() -> dict[str, tuple[float, float]]:
     """(forward, training) FLOPs per example for each family's model."""
-    from pipeline import models  # noqa: PLC0415
+    from pipeline import models
 
     return {
         family: common.train_flops_per_example(

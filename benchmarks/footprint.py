@@ -105,11 +105,11 @@ def slope(points: list[tuple[float, float]]) -> float:
 
 def main(argv: list[str]) -> None:
     del argv
-    from tensorboard.backend.event_processing import (  # noqa: PLC0415
+    from tensorboard.backend.event_processing import (
         plugin_event_accumulator as pea,
     )
 
-    from pipeline.tensorboard import budget  # noqa: PLC0415
+    from pipeline.tensorboard import budget
 
     with tempfile.TemporaryDirectory(prefix="footprint-") as tmp:
         print("startup (process start -> first step done) and peak resident memory:")

@@ -32,7 +32,7 @@ flags.DEFINE_integer("rounds", 3, "Measurements per pipeline (median kept).")
 
 def drain_rate(dataset, batch_size: int, batches: int, rounds: int) -> list[float]:
     """Examples/s of pulling `batches` batches through a compiled loop."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     @tf.function
     def drain(iterator, n):
@@ -54,8 +54,8 @@ def drain_rate(dataset, batch_size: int, batches: int, rounds: int) -> list[floa
 
 def main(argv: list[str]) -> None:
     del argv
-    from pipeline import config as config_lib  # noqa: PLC0415
-    from pipeline import data as data_lib  # noqa: PLC0415
+    from pipeline import config as config_lib
+    from pipeline import data as data_lib
 
     training = {}
     if FLAGS.throughput_json and pathlib.Path(FLAGS.throughput_json).is_file():

@@ -75,7 +75,7 @@ class EpochTimer:
     """Keras callback timing each epoch (add it last)."""
 
     def __new__(cls):
-        import keras  # noqa: PLC0415
+        import keras
 
         class _Timer(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
@@ -120,11 +120,11 @@ class Baton:
 
 def fit_worker(config, dataset, window: int, spe: int = 1, tensorboard_dir=None):
     """A worker that trains `window` steps per turn with Keras fit."""
-    import keras  # noqa: PLC0415
+    import keras
 
-    from pipeline import data as data_lib  # noqa: PLC0415
-    from pipeline import models  # noqa: PLC0415
-    from pipeline.training import steps  # noqa: PLC0415
+    from pipeline import data as data_lib
+    from pipeline import models
+    from pipeline.training import steps
 
     def work(name: str, baton: Baton, rounds: int, rates: list[float]) -> None:
         baton.acquire(name)
@@ -172,8 +172,8 @@ def fit_worker(config, dataset, window: int, spe: int = 1, tensorboard_dir=None)
 
 def pipeline_worker(config, dataset, window: int, workdir: pathlib.Path, results):
     """A worker running one real training run, one window per turn."""
-    from pipeline.runs import rundir  # noqa: PLC0415
-    from pipeline.training import loop as train  # noqa: PLC0415
+    from pipeline.runs import rundir
+    from pipeline.training import loop as train
 
     def work(name: str, baton: Baton, rounds: int, rates: list[float]) -> None:
         run_config = dataclasses.replace(
@@ -234,9 +234,9 @@ class FamilyResult:
 
 def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
     """Builds every variant once, then interleaves them for several rounds."""
-    from pipeline import data as data_lib  # noqa: PLC0415
-    from pipeline import models  # noqa: PLC0415
-    from pipeline.config import use_jit_compile  # noqa: PLC0415
+    from pipeline import data as data_lib
+    from pipeline import models
+    from pipeline.config import use_jit_compile
 
     config = common.family_config(
         family, f"--steps_per_loop={FLAGS.steps_per_loop}", NO_CHECKPOINTS
@@ -380,7 +380,7 @@ def print_table(results: list[FamilyResult]) -> None:
 def main(argv: list[str]) -> None:
     del argv
     sys.stdout.reconfigure(line_buffering=True)
-    from pipeline.training import loop as train  # noqa: PLC0415
+    from pipeline.training import loop as train
 
     # The pipeline enables op determinism (its default --deterministic) and the
     # switch is process-wide: turn it on first so every variant runs under it.

@@ -1,18 +1,32 @@
-"""Flags -> frozen TrainConfig: the only module that reads absl FLAGS.
+"""TrainConfig, declared once, and the absl flags generated from it.
+
+Each `TrainConfig` field is declared in one place, with `option(...)`: its
+default, help text, bounds or choices, an extra check with its error message,
+whether it is a hyperparameter (a column of TensorBoard's HParams table) and
+whether `--resume` may change it. Everything else is generated from that
+declaration: the absl flags and their validators (`define_flags`), the
+parsed-flags -> config copy (`config_from_flags`), the HParams domains
+(`tensorboard/hparams.py`), a sweep's checks (`tools/sweep.py`) and the
+resume rules (`training/recovery.py`), via `FIELDS`, `NOT_HPARAMS` and
+`RESUME_MUTABLE_FLAGS`. Adding a field is one `option(...)` line here.
 
 Entry points call `define_flags()` once, let absl parse argv (so `--flagfile`,
 `--helpfull` and later-flag-wins overrides behave as absl users expect), then
 turn the parsed values into a `TrainConfig` with `config_from_flags()`. Library
-code receives the config, never `FLAGS`.
+code receives the config, never `FLAGS`. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from absl import flags
+
+from pipeline.errors import ConfigError
 
 MODELS = ("logreg", "mlp", "cnn")
 DATASETS = ("mnist_sample", "mnist", "fashion_mnist")
@@ -27,272 +41,196 @@ JIT_COMPILE = ("auto", "true", "false")
 JIT_AUTO_MODELS: tuple[str, ...] = ()
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything that defines a training run, as plain values."""
-
-    model: str = "cnn"
-    dataset: str = "mnist_sample"
-    data_dir: str | None = None
-    binary_class: int | None = None
-    validation_split: float = 0.0
-    steps: int = 2000
-    batch_size: int = 100
-    shuffle_buffer: int = 10000
-    learning_rate: float = 0.001
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    hidden_layers: int = 2
-    hidden_units: int = 30
-    activation: str = "relu"
-    dropout: float = 0.0
-    conv_filters: tuple[int, ...] = (32, 64)
-    kernel_size: int = 3
-    conv_padding: tuple[str, ...] = ("same",)
-    pool_size: int = 2
-    conv_dropout: float = 0.0
-    dense_units: tuple[int, ...] = (128,)
-    dense_dropout: float = 0.0
-    logdir: str = "logs"
-    run_name: str | None = None
-    seed: int = 0
-    deterministic: bool = True
-    log_every: int = 1
-    print_every: int = 100
-    eval_every: int = 500
-    histogram_every: int = 100
-    checkpoint_every: int = 1000
-    image_count: int = 32
-    max_checkpoints: int = 3
-    strategy: str = "default"
-    cpu_devices: int = 0
-    early_stopping_patience: int = 0
-    early_stopping_min_delta: float = 0.0
-    steps_per_loop: int = 100
-    jit_compile: str = "auto"
-    summary_budget_mb: float = 100.0
-
-    @property
-    def num_classes(self) -> int:
-        """Width of the model's output: 1 logit for a binary task, else 10."""
-        return 1 if self.binary_class is not None else 10
-
-
-class ConfigError(ValueError):
-    """A combination of flag values that cannot define a run."""
+# What `--resume` (and `--replay`) may do with a field that differs from the
+# run's saved config: refuse it (the default: it would change the math), take
+# it (it extends the run or changes only what is printed and kept on disk),
+# or use it to find the run.
+FIXED = "fixed"
+MAY_CHANGE = "may change"
+LOCATES_RUN = "locates the run"
 
 
 def _positive_ints(values: Sequence[str]) -> bool:
     return all(v.strip().isdigit() and int(v) > 0 for v in values)
 
 
-def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """Defines every training flag, with help text and validators, on `flag_values`."""
-    d = TrainConfig()
-    fv = {"flag_values": flag_values}
-    flags.DEFINE_enum("model", d.model, MODELS, "Model family.", **fv)
-    flags.DEFINE_enum(
-        "dataset",
-        d.dataset,
-        DATASETS,
+def _is_rate(value: float) -> bool:
+    return 0.0 <= value < 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """How one TrainConfig field is offered: as a flag, an hparam, on resume.
+
+    `choices` makes a string field an enum flag (and a discrete HParams
+    domain); `lower`/`upper` are the flag's bounds (both set: an HParams
+    interval); `check` is one more validator, reported as `message` (where
+    `{flag}` stands for `--NAME`).
+    """
+
+    help: str
+    choices: tuple[str, ...] | None = None
+    lower: float | None = None
+    upper: float | None = None
+    check: Callable[[Any], bool] | None = None
+    message: str = ""
+    hparam: bool = True
+    resume: str = FIXED
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:
+    """A TrainConfig field with its default and its `Option` (see there)."""
+    return dataclasses.field(
+        default=default, metadata={"option": Option(help, **kwargs)}
+    )
+
+
+def _rate(help: str) -> Any:
+    """A dropout rate in [0, 1), checked by a validator (no HParams bounds)."""
+    return option(0.0, help, check=_is_rate, message="{flag} must be in [0, 1)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run, as plain values."""
+
+    model: str = option("cnn", "Model family.", choices=MODELS)
+    dataset: str = option(
+        "mnist_sample",
         "mnist_sample: the bundled official MNIST test set (10,000 digits; first "
         "8,000 train, last 2,000 test). mnist: IDX files or mnist.npz under "
         "--data_dir, else Keras' downloader (needs a network). fashion_mnist: IDX "
         "files under --data_dir, default /usr/share/datasets/fashion-mnist.",
-        **fv,
+        choices=DATASETS,
     )
-    flags.DEFINE_string(
-        "data_dir", None, "Directory holding the dataset's files.", **fv
+    data_dir: str | None = option(
+        None, "Directory holding the dataset's files.", hparam=False
     )
-    flags.DEFINE_integer(
-        "binary_class",
+    binary_class: int | None = option(
         None,
         "If set to K, train a binary 'is it class K?' classifier (one logit).",
-        lower_bound=0,
-        upper_bound=9,
-        **fv,
+        lower=0,
+        upper=9,
     )
-    flags.DEFINE_float(
-        "validation_split",
-        d.validation_split,
+    validation_split: float = option(
+        0.0,
         "Fraction of the training data (its last part) held out for validation.",
-        lower_bound=0.0,
-        upper_bound=0.9,
-        **fv,
+        lower=0.0,
+        upper=0.9,
     )
-    flags.DEFINE_integer("steps", d.steps, "Training steps.", lower_bound=1, **fv)
-    flags.DEFINE_integer(
-        "batch_size", d.batch_size, "Examples per step.", lower_bound=1, **fv
+    steps: int = option(2000, "Training steps.", lower=1, resume=MAY_CHANGE)
+    batch_size: int = option(100, "Examples per step.", lower=1)
+    shuffle_buffer: int = option(
+        10000, "tf.data shuffle buffer size (1 means no shuffling).", lower=1
     )
-    flags.DEFINE_integer(
-        "shuffle_buffer",
-        d.shuffle_buffer,
-        "tf.data shuffle buffer size (1 means no shuffling).",
-        lower_bound=1,
-        **fv,
+    learning_rate: float = option(
+        0.001,
+        "Optimizer learning rate (> 0).",
+        check=lambda v: v > 0.0,
+        message="--learning_rate must be > 0",
     )
-    flags.DEFINE_float(
-        "learning_rate", d.learning_rate, "Optimizer learning rate (> 0).", **fv
+    optimizer: str = option("adam", "Optimizer.", choices=OPTIMIZERS)
+    momentum: float = option(
+        0.9, "Momentum for --optimizer=momentum.", lower=0.0, upper=0.999
     )
-    flags.DEFINE_enum("optimizer", d.optimizer, OPTIMIZERS, "Optimizer.", **fv)
-    flags.DEFINE_float(
-        "momentum",
-        d.momentum,
-        "Momentum for --optimizer=momentum.",
-        lower_bound=0.0,
-        upper_bound=0.999,
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "hidden_layers",
-        d.hidden_layers,
-        "mlp: number of hidden layers.",
-        lower_bound=0,
-        upper_bound=100,
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "hidden_units",
-        d.hidden_units,
-        "mlp: units per hidden layer.",
-        lower_bound=1,
-        **fv,
-    )
-    flags.DEFINE_enum(
-        "activation", d.activation, ACTIVATIONS, "Hidden-layer activation.", **fv
-    )
-    flags.DEFINE_float(
-        "dropout",
-        d.dropout,
-        "mlp: dropout rate after each hidden layer, in [0, 1).",
-        **fv,
-    )
-    flags.DEFINE_list(
-        "conv_filters",
-        [str(f) for f in d.conv_filters],
+    hidden_layers: int = option(2, "mlp: number of hidden layers.", lower=0, upper=100)
+    hidden_units: int = option(30, "mlp: units per hidden layer.", lower=1)
+    activation: str = option("relu", "Hidden-layer activation.", choices=ACTIVATIONS)
+    dropout: float = _rate("mlp: dropout rate after each hidden layer, in [0, 1).")
+    conv_filters: tuple[int, ...] = option(
+        (32, 64),
         "cnn: filters of each conv layer; each conv is followed by max pooling.",
-        **fv,
+        check=lambda v: len(v) > 0 and _positive_ints(v),
+        message="--conv_filters must be a non-empty list of positive integers",
     )
-    flags.DEFINE_integer(
-        "kernel_size",
-        d.kernel_size,
-        "cnn: conv kernel size.",
-        lower_bound=1,
-        upper_bound=28,
-        **fv,
-    )
-    flags.DEFINE_list(
-        "conv_padding",
-        list(d.conv_padding),
+    kernel_size: int = option(3, "cnn: conv kernel size.", lower=1, upper=28)
+    conv_padding: tuple[str, ...] = option(
+        ("same",),
         "cnn: 'same' or 'valid', one value for all conv layers or one per layer.",
-        **fv,
+        check=lambda v: len(v) > 0 and all(p in PADDINGS for p in v),
+        message="--conv_padding values must be 'same' or 'valid'",
     )
-    flags.DEFINE_integer(
-        "pool_size",
-        d.pool_size,
-        "cnn: max-pool size.",
-        lower_bound=1,
-        upper_bound=14,
-        **fv,
+    pool_size: int = option(2, "cnn: max-pool size.", lower=1, upper=14)
+    conv_dropout: float = _rate(
+        "cnn: dropout rate after the conv stack, before the dense layers, in [0, 1)."
     )
-    flags.DEFINE_float(
-        "conv_dropout",
-        d.conv_dropout,
-        "cnn: dropout rate after the conv stack, before the dense layers, in [0, 1).",
-        **fv,
-    )
-    flags.DEFINE_list(
-        "dense_units",
-        [str(u) for u in d.dense_units],
+    dense_units: tuple[int, ...] = option(
+        (128,),
         "cnn: units of each hidden dense layer (empty for none).",
-        **fv,
+        check=_positive_ints,
+        message="--dense_units must be a list of positive integers",
     )
-    flags.DEFINE_float(
-        "dense_dropout",
-        d.dense_dropout,
-        "cnn: dropout rate after each hidden dense layer, in [0, 1).",
-        **fv,
+    dense_dropout: float = _rate(
+        "cnn: dropout rate after each hidden dense layer, in [0, 1)."
     )
-    flags.DEFINE_string(
-        "logdir",
-        d.logdir,
+    logdir: str = option(
+        "logs",
         "TensorBoard log directory; runs go in LOGDIR/RUN_NAME.",
-        **fv,
+        hparam=False,
+        resume=LOCATES_RUN,
     )
-    flags.DEFINE_string(
-        "run_name",
+    run_name: str | None = option(
         None,
         "Run directory name under --logdir (default: MODEL-YYYYmmdd-HHMMSS). "
         "Letters, digits and . _ = , + - only.",
-        **fv,
+        check=lambda v: v is None or bool(RUN_NAME_PATTERN.match(v)) and ".." not in v,
+        message="--run_name may hold only letters, digits and . _ = , + - "
+        "(no '/', no '..')",
+        hparam=False,
+        resume=LOCATES_RUN,
     )
-    flags.DEFINE_integer(
-        "seed", d.seed, "Seed for shuffling, initialisers, dropout.", **fv
+    seed: int = option(0, "Seed for shuffling, initialisers, dropout.")
+    deterministic: bool = option(
+        True, "Enable TensorFlow op determinism: same flags + seed -> same metrics."
     )
-    flags.DEFINE_boolean(
-        "deterministic",
-        d.deterministic,
-        "Enable TensorFlow op determinism: same flags + seed -> same metrics.",
-        **fv,
+    log_every: int = option(
+        1, "Write train scalars every N steps (0: never).", lower=0, hparam=False
     )
-    flags.DEFINE_integer(
-        "log_every",
-        d.log_every,
-        "Write train scalars every N steps (0: never).",
-        lower_bound=0,
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "print_every",
-        d.print_every,
+    print_every: int = option(
+        100,
         "Print a progress line every N steps (0: only the final line).",
-        lower_bound=0,
-        **fv,
+        lower=0,
+        hparam=False,
+        resume=MAY_CHANGE,
     )
-    flags.DEFINE_integer(
-        "eval_every",
-        d.eval_every,
+    eval_every: int = option(
+        500,
         "Evaluate the full test split every N steps and at the end "
         "(0: only at the end).",
-        lower_bound=0,
-        **fv,
+        lower=0,
+        hparam=False,
     )
-    flags.DEFINE_integer(
-        "histogram_every",
-        d.histogram_every,
+    histogram_every: int = option(
+        100,
         "Write weight and gradient histograms every N steps (0: never).",
-        lower_bound=0,
-        **fv,
+        lower=0,
+        hparam=False,
     )
-    flags.DEFINE_integer(
-        "checkpoint_every",
-        d.checkpoint_every,
+    checkpoint_every: int = option(
+        1000,
         "Save a checkpoint every N steps; one is always saved at the end "
         "(0: only then).",
-        lower_bound=0,
-        **fv,
+        lower=0,
+        hparam=False,
     )
-    flags.DEFINE_integer(
-        "image_count",
-        d.image_count,
+    image_count: int = option(
+        32,
         "Input images shown in TensorBoard's Images tab (0: none).",
-        lower_bound=0,
-        upper_bound=256,
-        **fv,
+        lower=0,
+        upper=256,
+        hparam=False,
     )
-    flags.DEFINE_integer(
-        "max_checkpoints",
-        d.max_checkpoints,
+    max_checkpoints: int = option(
+        3,
         "Checkpoints kept in the run directory.",
-        lower_bound=1,
-        **fv,
+        lower=1,
+        hparam=False,
+        resume=MAY_CHANGE,
     )
-
-    flags.DEFINE_enum(
-        "strategy",
-        d.strategy,
-        STRATEGIES,
+    # How the job is spread over devices is not an hparam: tf.distribute
+    # computes the same math.
+    strategy: str = option(
+        "default",
         "tf.distribute strategy. default: one device. mirrored: all local GPUs, "
         "or --cpu_devices logical CPUs. multi_worker: MultiWorkerMirroredStrategy "
         "over the cluster in the TF_CONFIG environment variable (needs "
@@ -301,96 +239,162 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "--batch_size is the global batch, split evenly over replicas; the loss "
         "is averaged over the global batch, so --learning_rate means the same "
         "as on one device with that batch.",
-        **fv,
+        choices=STRATEGIES,
+        hparam=False,
     )
-    flags.DEFINE_integer(
-        "cpu_devices",
-        d.cpu_devices,
+    cpu_devices: int = option(
+        0,
         "Split the CPU into N logical devices (mirrored/multi_worker replicas on "
         "a machine without GPUs; 0: no split).",
-        lower_bound=0,
-        upper_bound=64,
-        **fv,
+        lower=0,
+        upper=64,
+        hparam=False,
     )
-    flags.DEFINE_integer(
-        "steps_per_loop",
-        d.steps_per_loop,
+    early_stopping_patience: int = option(
+        0,
+        "Stop when the validation loss has not improved for N evaluations "
+        "(every --eval_every steps) and restore the best checkpoint; needs "
+        "--validation_split > 0 (0: off).",
+        lower=0,
+    )
+    early_stopping_min_delta: float = option(
+        0.0,
+        "Smallest decrease of the validation loss that counts as an improvement.",
+        lower=0.0,
+    )
+    steps_per_loop: int = option(
+        100,
         "Training steps per compiled call (Orbit's steps_per_loop, Keras' "
         "steps_per_execution). Every step's scalars are still written at their own "
         "step; a call also ends at each eval/histogram/checkpoint/print boundary. "
         "Larger values cut per-step Python overhead (what makes small models "
         "faster than Keras fit); 1 is a plain per-step loop.",
-        lower_bound=1,
-        upper_bound=100_000,
-        **fv,
+        lower=1,
+        upper=100_000,
     )
-    flags.DEFINE_enum(
-        "jit_compile",
-        d.jit_compile,
-        JIT_COMPILE,
+    jit_compile: str = option(
+        "auto",
         "XLA-compile the train step (the step only: the loop reads a tf.data "
         "iterator, which XLA cannot compile). auto: on only for model families "
         "that XLA made faster in benchmarks/throughput.py --compare_xla; on the "
         "2-core benchmark CPU none did (cnn 8x slower, logreg and mlp 0.7-0.8x "
         "as fast), so auto is off. true/false force it.",
-        **fv,
+        choices=JIT_COMPILE,
     )
-    flags.DEFINE_float(
-        "summary_budget_mb",
-        d.summary_budget_mb,
+    summary_budget_mb: float = option(
+        100.0,
         "Event-file budget for the run, in MB (0: unlimited). When the projected "
         "size would exceed it, the histogram interval doubles (histograms are "
         "still written at the first and last step); per-step scalars are never "
         "thinned. The bytes written per plugin are printed at exit.",
-        lower_bound=0.0,
-        **fv,
+        lower=0.0,
     )
 
-    for rate_flag in ("dropout", "conv_dropout", "dense_dropout"):
-        flags.register_validator(
-            rate_flag,
-            lambda v: 0.0 <= v < 1.0,
-            message=f"--{rate_flag} must be in [0, 1)",
-            flag_values=flag_values,
-        )
-    flags.register_validator(
-        "learning_rate",
-        lambda v: v > 0.0,
-        message="--learning_rate must be > 0",
-        flag_values=flag_values,
-    )
-    flags.register_validator(
-        "conv_filters",
-        lambda v: len(v) > 0 and _positive_ints(v),
-        message="--conv_filters must be a non-empty list of positive integers",
-        flag_values=flag_values,
-    )
-    flags.register_validator(
-        "dense_units",
-        _positive_ints,
-        message="--dense_units must be a list of positive integers",
-        flag_values=flag_values,
-    )
-    flags.register_validator(
-        "conv_padding",
-        lambda v: len(v) > 0 and all(p in PADDINGS for p in v),
-        message="--conv_padding values must be 'same' or 'valid'",
-        flag_values=flag_values,
-    )
-    flags.register_validator(
-        "run_name",
-        lambda v: v is None or bool(RUN_NAME_PATTERN.match(v)) and ".." not in v,
-        message="--run_name may hold only letters, digits and . _ = , + - "
-        "(no '/', no '..')",
-        flag_values=flag_values,
-    )
+    @property
+    def num_classes(self) -> int:
+        """Width of the model's output: 1 logit for a binary task, else 10."""
+        return 1 if self.binary_class is not None else 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """A TrainConfig field as the generators see it: name, type, default, Option.
+
+    `kind` is the flag type: enum, string, integer, float, boolean or list
+    (a comma-separated flag whose items have type `item`).
+    """
+
+    name: str
+    kind: str
+    default: Any
+    option: Option
+    item: type | None = None
+
+    @property
+    def description(self) -> str:
+        """The help text as absl shows it (enums prefixed with their choices)."""
+        if self.kind == "enum":
+            return f"<{'|'.join(self.option.choices)}>: {self.option.help}"
+        return self.option.help
+
+    def from_flag(self, value: Any) -> Any:
+        """A parsed flag value as the config holds it (lists become tuples)."""
+        if self.kind == "list":
+            return tuple(self.item(v) for v in value)
+        return value
+
+
+_KINDS = {str: "string", int: "integer", float: "float", bool: "boolean"}
+
+
+def _field(field: dataclasses.Field, hint: Any) -> Field:
+    opt = field.metadata["option"]
+    base = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    if typing.get_origin(hint) is tuple:
+        return Field(field.name, "list", field.default, opt, typing.get_args(hint)[0])
+    kind = "enum" if opt.choices else _KINDS[base[0]]
+    return Field(field.name, kind, field.default, opt)
+
+
+def _fields() -> tuple[Field, ...]:
+    hints = typing.get_type_hints(TrainConfig)
+    return tuple(_field(f, hints[f.name]) for f in dataclasses.fields(TrainConfig))
+
+
+FIELDS: tuple[Field, ...] = _fields()
+FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+# Fields that say where and how often to write, not what is trained.
+NOT_HPARAMS = frozenset(f.name for f in FIELDS if not f.option.hparam)
+# Fields a resumed run may take from the command line (every other one would
+# change the math, so a resume refuses it).
+RESUME_MUTABLE_FLAGS = frozenset(f.name for f in FIELDS if f.option.resume != FIXED)
+# Fields that say where the run lives: they find the run to resume, and a
+# sweep sets them itself.
+LOCATION_FLAGS = frozenset(f.name for f in FIELDS if f.option.resume == LOCATES_RUN)
+
+
+def _define(field: Field, flag_values: flags.FlagValues) -> None:
+    opt = field.option
+    fv = {"flag_values": flag_values}
+    bounds = {"lower_bound": opt.lower, "upper_bound": opt.upper}
+    if field.kind == "enum":
+        flags.DEFINE_enum(field.name, field.default, opt.choices, opt.help, **fv)
+    elif field.kind == "string":
+        flags.DEFINE_string(field.name, field.default, opt.help, **fv)
+    elif field.kind == "integer":
+        flags.DEFINE_integer(field.name, field.default, opt.help, **bounds, **fv)
+    elif field.kind == "float":
+        flags.DEFINE_float(field.name, field.default, opt.help, **bounds, **fv)
+    elif field.kind == "boolean":
+        flags.DEFINE_boolean(field.name, field.default, opt.help, **fv)
+    else:
+        default = [str(v) for v in field.default]
+        flags.DEFINE_list(field.name, default, opt.help, **fv)
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """Defines every training flag, with help text and validators, on `flag_values`.
+
+    Also defines the launch flags of `pipeline-train` (--resume, --run,
+    --replay, --replay_rtol), which say what to do with the config.
+    """
+    for field in FIELDS:
+        _define(field, flag_values)
+    for field in FIELDS:
+        if field.option.check is not None:
+            flags.register_validator(
+                field.name,
+                field.option.check,
+                message=field.option.message.format(flag=f"--{field.name}"),
+                flag_values=flag_values,
+            )
     flags.register_multi_flags_validator(
         ["conv_padding", "conv_filters"],
         lambda v: len(v["conv_padding"]) in (1, len(v["conv_filters"])),
         message="--conv_padding must have one value or one per --conv_filters entry",
         flag_values=flag_values,
     )
-    _define_recovery_flags(flag_values)
+    _define_launch_flags(flag_values)
 
 
 def validate(config: TrainConfig) -> TrainConfig:
@@ -455,52 +459,26 @@ def validate(config: TrainConfig) -> TrainConfig:
 
 def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfig:
     """Reads the parsed flags once and returns the frozen, validated config."""
-    f = flag_values
-    paddings = tuple(f.conv_padding)
     return validate(
-        TrainConfig(
-            model=f.model,
-            dataset=f.dataset,
-            data_dir=f.data_dir,
-            binary_class=f.binary_class,
-            validation_split=f.validation_split,
-            steps=f.steps,
-            batch_size=f.batch_size,
-            shuffle_buffer=f.shuffle_buffer,
-            learning_rate=f.learning_rate,
-            optimizer=f.optimizer,
-            momentum=f.momentum,
-            hidden_layers=f.hidden_layers,
-            hidden_units=f.hidden_units,
-            activation=f.activation,
-            dropout=f.dropout,
-            conv_filters=tuple(int(v) for v in f.conv_filters),
-            kernel_size=f.kernel_size,
-            conv_padding=paddings,
-            pool_size=f.pool_size,
-            conv_dropout=f.conv_dropout,
-            dense_units=tuple(int(v) for v in f.dense_units),
-            dense_dropout=f.dense_dropout,
-            logdir=f.logdir,
-            run_name=f.run_name,
-            seed=f.seed,
-            deterministic=f.deterministic,
-            log_every=f.log_every,
-            print_every=f.print_every,
-            eval_every=f.eval_every,
-            histogram_every=f.histogram_every,
-            checkpoint_every=f.checkpoint_every,
-            image_count=f.image_count,
-            max_checkpoints=f.max_checkpoints,
-            strategy=f.strategy,
-            cpu_devices=f.cpu_devices,
-            early_stopping_patience=f.early_stopping_patience,
-            early_stopping_min_delta=f.early_stopping_min_delta,
-            steps_per_loop=f.steps_per_loop,
-            jit_compile=f.jit_compile,
-            summary_budget_mb=f.summary_budget_mb,
-        )
+        TrainConfig(**{f.name: f.from_flag(flag_values[f.name].value) for f in FIELDS})
     )
+
+
+def config_from_args(argv: Sequence[str]) -> TrainConfig:
+    """Parses flag arguments (`--name=value`, no program name) into a config.
+
+    Uses the same generated flags and validators as `pipeline-train` on a
+    fresh `FlagValues`, so a sweep checks its grid values exactly as training
+    would, without touching the program's own FLAGS.
+
+    Raises:
+      flags.Error: a value a flag refuses, or an unknown flag.
+      ConfigError: values that cannot define a run together.
+    """
+    flag_values = flags.FlagValues()
+    define_flags(flag_values)
+    flag_values(["pipeline-train", *argv])
+    return config_from_flags(flag_values)
 
 
 def use_jit_compile(config: TrainConfig) -> bool:
@@ -518,40 +496,16 @@ def config_to_dict(config: TrainConfig) -> dict:
     }
 
 
-# Flags that may differ from a run's saved config when it is resumed: they
-# locate the run, extend it or change only what is printed and kept on disk.
-# Everything else would change the math, so a resumed run refuses it.
-RESUME_MUTABLE_FLAGS = frozenset(
-    {"steps", "print_every", "max_checkpoints", "logdir", "run_name"}
-)
-
-
-def _define_recovery_flags(flag_values: flags.FlagValues) -> None:
-    """Flags of issue 6: early stopping, resume, replay."""
-    d = TrainConfig()
+def _define_launch_flags(flag_values: flags.FlagValues) -> None:
+    """--resume, --run, --replay, --replay_rtol: what to do with the config."""
     fv = {"flag_values": flag_values}
-    flags.DEFINE_integer(
-        "early_stopping_patience",
-        d.early_stopping_patience,
-        "Stop when the validation loss has not improved for N evaluations "
-        "(every --eval_every steps) and restore the best checkpoint; needs "
-        "--validation_split > 0 (0: off).",
-        lower_bound=0,
-        **fv,
-    )
-    flags.DEFINE_float(
-        "early_stopping_min_delta",
-        d.early_stopping_min_delta,
-        "Smallest decrease of the validation loss that counts as an improvement.",
-        lower_bound=0.0,
-        **fv,
-    )
+    may_change = [f"--{f.name}" for f in FIELDS if f.option.resume == MAY_CHANGE]
     flags.DEFINE_boolean(
         "resume",
         False,
         "Continue an existing run (--run_name=NAME under --logdir, or --run=DIR) "
-        "from its latest checkpoint, with its saved config; only --steps, "
-        "--print_every and --max_checkpoints may change.",
+        "from its latest checkpoint, with its saved config; only "
+        f"{', '.join(may_change[:-1])} and {may_change[-1]} may change.",
         **fv,
     )
     flags.DEFINE_string(
@@ -602,8 +556,7 @@ def launch_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Launch:
       ConfigError: contradictory mode flags.
     """
     f = flag_values
-    fields = {field.name for field in dataclasses.fields(TrainConfig)}
-    explicit = frozenset(name for name in fields if f[name].present)
+    explicit = frozenset(field.name for field in FIELDS if f[field.name].present)
     if f.run is not None and not f.resume:
         raise ConfigError("--run is only used with --resume (or use --replay=DIR)")
     if f.resume and f.replay is not None:
@@ -633,9 +586,8 @@ def config_from_dict(values: dict) -> TrainConfig:
     Keys this version does not know are ignored and missing ones take their
     defaults, so runs recorded by older or newer versions still load.
     """
-    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
     kwargs = {}
     for key, value in values.items():
-        if key in fields:
+        if key in FIELDS_BY_NAME:
             kwargs[key] = tuple(value) if isinstance(value, list) else value
     return TrainConfig(**kwargs)

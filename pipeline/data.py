@@ -17,6 +17,8 @@ import zlib
 
 import numpy as np
 
+from pipeline.errors import DataError
+
 SAMPLE_DIR = pathlib.Path(__file__).parent / "sample_data"
 SAMPLE_FILES = {
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
@@ -33,10 +35,6 @@ IDX_NAMES = {
 IMAGE_MAGIC = 0x00000803
 LABEL_MAGIC = 0x00000801
 NUM_CLASSES = 10
-
-
-class DataError(ValueError):
-    """A dataset file is missing, corrupt or inconsistent."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -243,11 +241,11 @@ def load_splits(
 
 
 def _load_keras_mnist() -> tuple[Split, Split]:
-    import keras  # noqa: PLC0415  (imports TensorFlow; only on this path)
+    import keras  # imports TensorFlow; only on this path
 
     try:
         (x_train, y_train), (x_test, y_test) = keras.datasets.mnist.load_data()
-    except Exception as err:  # noqa: BLE001  (network errors come in many types)
+    except Exception as err:  # network errors come in many types
         raise DataError(
             "keras.datasets.mnist: download failed "
             f"({type(err).__name__}); pass --data_dir with the IDX files or mnist.npz"
@@ -317,7 +315,7 @@ def make_dataset(
     uniform reshuffle every epoch that a full buffer gives, 3-5x faster,
     because no per-example element ever passes through tf.data.
     """
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     shuffle = bool(shuffle_buffer and shuffle_buffer > 1)
     if repeat and drop_remainder and (not shuffle or shuffle_buffer >= len(split)):
@@ -357,7 +355,7 @@ def gathered_batches(
     `fit` on NumPy arrays batches the same way. The permutation is stateless,
     so the iterator checkpoints and restores like any tf.data iterator.
     """
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     n = len(split)
     batches_per_epoch = n // batch_size
@@ -389,7 +387,7 @@ def gathered_batches(
 
 
 def _normalise(images, labels):
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     images = tf.cast(images, tf.float32) / 255.0
     return images[..., tf.newaxis], labels

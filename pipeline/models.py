@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+import tensorflow as tf
 from keras import layers
 
 from pipeline.config import TrainConfig
@@ -131,8 +132,6 @@ def restore_model(config: TrainConfig, checkpoint_prefix: str) -> keras.Model:
     The checkpoint also holds the optimizer, step and data iterator; only the
     weights are read, and every weight must be found in it.
     """
-    import tensorflow as tf  # noqa: PLC0415
-
     model = build_model(config)
     checkpoint = tf.train.Checkpoint(model=model)
     checkpoint.restore(
@@ -143,8 +142,6 @@ def restore_model(config: TrainConfig, checkpoint_prefix: str) -> keras.Model:
 
 def probabilities(logits):
     """Class probabilities from logits: sigmoid for one logit, else softmax."""
-    import tensorflow as tf  # noqa: PLC0415
-
     if logits.shape[-1] == 1:
         return tf.sigmoid(logits)[:, 0]
     return tf.nn.softmax(logits, axis=-1)

@@ -8,9 +8,9 @@ import pathlib
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import pytest  # noqa: E402
+import pytest
 
-from pipeline.config import TrainConfig  # noqa: E402
+from pipeline.config import TrainConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -85,6 +85,18 @@ def test_missing_data_dir_is_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_help_lists_every_training_flag():
+    from pipeline import config as config_lib
+
+    proc = pipeline_train("--help")
+    assert "Traceback" not in proc.stderr
+    for field in config_lib.FIELDS:
+        prefix = "--[no]" if field.kind == "boolean" else "--"
+        assert f"  {prefix}{field.name}:" in proc.stdout, field.name
+    for flag in ("--[no]resume", "--run", "--replay", "--replay_rtol"):
+        assert f"  {flag}:" in proc.stdout, flag
+
+
 def test_helpfull_lists_the_public_flags():
     proc = pipeline_train("--helpfull")
     assert "Traceback" not in proc.stderr

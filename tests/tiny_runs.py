@@ -42,7 +42,7 @@ TINY_FLAGS = [
 
 @functools.cache
 def _dataset(binary_class: int | None):
-    from pipeline import data as data_lib  # noqa: PLC0415
+    from pipeline import data as data_lib
 
     return data_lib.load_dataset("mnist_sample", None, 0.0, binary_class)
 
@@ -52,8 +52,8 @@ def train_tiny(logdir: pathlib.Path, run_name: str, **overrides) -> pathlib.Path
 
     Raises whatever training raises (the run directory is kept).
     """
-    from pipeline.runs import rundir  # noqa: PLC0415
-    from pipeline.training import loop as train  # noqa: PLC0415
+    from pipeline.runs import rundir
+    from pipeline.training import loop as train
 
     config = dataclasses.replace(
         TINY, logdir=str(logdir), run_name=run_name, **overrides

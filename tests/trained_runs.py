@@ -40,10 +40,10 @@ _CACHE: dict[str, pathlib.Path] = {}
 def trained_run(tmp_path_factory: pytest.TempPathFactory, kind: str) -> pathlib.Path:
     """The run directory of a finished run of `kind` (see KINDS)."""
     if kind not in _CACHE:
-        from pipeline import data  # noqa: PLC0415
-        from pipeline.config import TrainConfig  # noqa: PLC0415
-        from pipeline.runs import rundir  # noqa: PLC0415
-        from pipeline.training import loop as train  # noqa: PLC0415
+        from pipeline import data
+        from pipeline.config import TrainConfig
+        from pipeline.runs import rundir
+        from pipeline.training import loop as train
 
         logdir = tmp_path_factory.mktemp(f"logs_{kind}")
         config = TrainConfig(

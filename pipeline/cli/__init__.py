@@ -7,6 +7,12 @@ import os
 import sys
 from collections.abc import Callable
 
+from absl import app, flags
+from absl import logging as absl_logging
+
+from pipeline.cli import stderr_filter
+from pipeline.errors import PipelineError
+
 
 def quiet_tensorflow(argv: list[str]) -> None:
     """Hides TensorFlow's info logs and start-up lines unless `--verbosity` asks.
@@ -15,8 +21,6 @@ def quiet_tensorflow(argv: list[str]) -> None:
     import, by C++, and only a filter on file descriptor 2 keeps them off
     the console (`stderr_filter`).
     """
-    from pipeline.cli import stderr_filter  # noqa: PLC0415
-
     if not stderr_filter.wants_logs(argv):
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         stderr_filter.install(argv)
@@ -25,46 +29,24 @@ def quiet_tensorflow(argv: list[str]) -> None:
 
 def default_to_warnings(flag_values) -> None:
     """Call after parsing: absl's app.run logs INFO; keep WARNING unless --verbosity."""
-    from absl import logging as absl_logging  # noqa: PLC0415
-
     if not flag_values["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)
 
 
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """Exceptions that are the user's to fix: shown as one line, no traceback."""
-    from pipeline.config import ConfigError  # noqa: PLC0415
-    from pipeline.data import DataError  # noqa: PLC0415
-    from pipeline.runs.rundir import RunDirError  # noqa: PLC0415
-    from pipeline.training.distribute import DistributeError  # noqa: PLC0415
-
-    types: list[type[BaseException]] = [
-        ConfigError,
-        DataError,
-        RunDirError,
-        DistributeError,
-    ]
-    if "pipeline.training.loop" in sys.modules:
-        types.append(sys.modules["pipeline.training.loop"].TrainingError)
-    return tuple(types)
-
-
 def run_reporting_errors(prog: str, body: Callable[[], int | None]) -> int:
-    """Runs `body`; a user error becomes `prog: error: ...` on stderr and exit 1.
+    """Runs `body`; a `PipelineError` becomes `prog: error: ...` on stderr.
 
     Call from an absl `main` (flags parsed): it also keeps absl's Python log
-    at WARNING unless the user passed --verbosity. An error with an
-    `exit_code` attribute (an interrupted run: 128 + signal) exits with that
-    code instead; Ctrl-C before training starts exits 130.
+    at WARNING unless the user passed --verbosity. The exit status is the
+    error's `exit_code` (1 for a user error, 128 + signal for an interrupted
+    run, 42 for a preempted worker); Ctrl-C before training starts exits 130.
     """
-    from absl import flags  # noqa: PLC0415
-
     default_to_warnings(flags.FLAGS)
     try:
         return body() or 0
-    except user_error_types() as err:
+    except PipelineError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
-        return getattr(err, "exit_code", 1)
+        return err.exit_code
     except KeyboardInterrupt:
         print(f"{prog}: error: interrupted (SIGINT)", file=sys.stderr)
         return 130
@@ -77,7 +59,6 @@ def one_line_flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
     line (and indents multi-line messages); this keeps the message, names the
     flag, and matches the `prog: error: ...` form of every other user error.
     """
-    from absl import flags  # noqa: PLC0415
 
     def parse(argv: list[str]) -> list[str]:
         try:
@@ -99,9 +80,13 @@ def start(
 
     Quiets TensorFlow's logs, defines the program's flags on absl's FLAGS,
     and runs `main` with a parser that reports a bad flag in one line.
+    The program's flags are made key flags of the main module, so `--help`
+    lists them (absl's `--help` shows only the main module's key flags, and
+    these are defined in library modules; `--helpfull` adds absl's own).
     """
-    from absl import app, flags  # noqa: PLC0415
-
     quiet_tensorflow(sys.argv)
+    defined_before = set(flags.FLAGS)
     define_flags(flags.FLAGS)
+    for name in sorted(set(flags.FLAGS) - defined_before):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
     app.run(main, flags_parser=one_line_flags_parser(prog))

@@ -7,6 +7,7 @@ import sys
 from absl import app, flags
 
 from pipeline import cli
+from pipeline.tensorboard import board
 
 FLAGS = flags.FLAGS
 
@@ -41,8 +42,6 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
-        from pipeline.tensorboard import board  # noqa: PLC0415
-
         server = board.TensorBoardServer(
             FLAGS.logdir, host=FLAGS.host, port=FLAGS.port, load_fast=FLAGS.load_fast
         )

@@ -13,14 +13,14 @@ import sys
 from absl import app, flags
 
 from pipeline import cli
+from pipeline.tools import compare
+from pipeline.tools.compare import FORMATS, METRICS
 
 FLAGS = flags.FLAGS
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Flags of pipeline-compare."""
-    from pipeline.tools.compare import FORMATS, METRICS  # noqa: PLC0415
-
     fv = {"flag_values": flag_values}
     flags.DEFINE_string(
         "sort",
@@ -65,8 +65,6 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
-        from pipeline.tools import compare  # noqa: PLC0415
-
         predicate = compare.parse_filter(FLAGS.filter) if FLAGS.filter else None
         runs = [compare.load_run(path) for path in compare.find_runs(argv[1:])]
         completed = [r for r in runs if r.status == "completed"]

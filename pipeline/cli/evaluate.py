@@ -14,9 +14,7 @@ FLAGS = flags.FLAGS
 
 def define_eval_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Flags of `pipeline-eval` (run, checkpoint, data, format and its own)."""
-    run_flags.define_run_flags(flag_values)
-    run_flags.define_data_flags(flag_values)
-    run_flags.define_format_flag(flag_values)
+    run_flags.define_run_data_format_flags(flag_values)
     fv = {"flag_values": flag_values}
     flags.DEFINE_integer(
         "batch_size", 1000, "Examples per evaluation batch.", lower_bound=1, **fv
@@ -46,7 +44,7 @@ def main(argv: list[str]) -> None:
     def body() -> None:
         restored = run_flags.open_run(FLAGS)
         dataset, split = restored.load_split(FLAGS.split, FLAGS.dataset, FLAGS.data_dir)
-        from pipeline.tools import evaluate  # noqa: PLC0415 (TensorFlow import)
+        from pipeline.tools import evaluate  # TensorFlow import
 
         report, outputs = evaluate.evaluate_split(
             restored, dataset, FLAGS.split, split, FLAGS.batch_size
@@ -58,7 +56,7 @@ def main(argv: list[str]) -> None:
                 restored, report, outputs, split, writer=writer, mistakes=FLAGS.mistakes
             )
             summaries = str(restored.run_dir.path / writer)
-            from pipeline.tensorboard import projector  # noqa: PLC0415
+            from pipeline.tensorboard import projector  # TensorFlow import
 
             embedded = projector.write_projector(
                 summaries, restored.load_model(), split, report.class_names, report.step

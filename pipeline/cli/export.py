@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
 
     def body() -> None:
         restored = run_flags.open_run(FLAGS)
-        from pipeline.tools import export  # noqa: PLC0415 (TensorFlow import)
+        from pipeline.tools import export  # TensorFlow import
 
         out = export.export_run(restored, FLAGS.out, tflite=FLAGS.format == "tflite")
         print(

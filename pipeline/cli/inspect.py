@@ -14,6 +14,7 @@ import sys
 from absl import app, flags
 
 from pipeline import cli
+from pipeline.tensorboard import board
 
 FLAGS = flags.FLAGS
 
@@ -48,8 +49,6 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
-        from pipeline.tensorboard import board  # noqa: PLC0415
-
         run_path = pathlib.Path(argv[1]).resolve()
         if not (run_path / "run.json").is_file():
             raise board.BoardError(f"{argv[1]}: not a run directory (no run.json)")

@@ -14,9 +14,7 @@ FLAGS = flags.FLAGS
 
 def define_predict_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Flags of `pipeline-predict`."""
-    run_flags.define_run_flags(flag_values)
-    run_flags.define_data_flags(flag_values)
-    run_flags.define_format_flag(flag_values)
+    run_flags.define_run_data_format_flags(flag_values)
     fv = {"flag_values": flag_values}
     flags.DEFINE_multi_string(
         "image",
@@ -46,7 +44,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        from pipeline.tools import predict  # noqa: PLC0415
+        from pipeline.tools import predict
 
         restored = run_flags.open_run(FLAGS)
         examples = predict.load_inputs(FLAGS.image or [])

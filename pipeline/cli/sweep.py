@@ -19,6 +19,8 @@ from absl import app, flags
 
 from pipeline import cli
 from pipeline import config as config_lib
+from pipeline.tensorboard import hparams as hparams_lib
+from pipeline.tools import sweep
 
 FLAGS = flags.FLAGS
 
@@ -76,9 +78,6 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
-        from pipeline.tensorboard import hparams as hparams_lib  # noqa: PLC0415
-        from pipeline.tools import sweep  # noqa: PLC0415
-
         if FLAGS.run_name:
             raise sweep.SweepError("--run_name: the sweep names its runs; drop it")
         base = config_lib.config_from_flags(FLAGS)

@@ -14,6 +14,9 @@ from absl import app, flags
 
 from pipeline import cli
 from pipeline import config as config_lib
+from pipeline import data as data_lib
+from pipeline.runs import rundir
+from pipeline.training import distribute, recovery
 
 FLAGS = flags.FLAGS
 PROG = "pipeline-train"
@@ -28,16 +31,9 @@ def main(argv: list[str]) -> None:
         launch = config_lib.launch_from_flags(FLAGS)
         # Everything up to the strategy is TensorFlow-free: bad flags, runs and
         # data files are reported in well under a second.
-        from pipeline import data as data_lib  # noqa: PLC0415
-        from pipeline.runs import rundir  # noqa: PLC0415
-        from pipeline.training import (
-            distribute,  # noqa: PLC0415
-            recovery,  # noqa: PLC0415
-        )
-
         if launch.mode == "replay":
             original, config = recovery.prepare_replay(launch)
-            from pipeline.training import replay  # noqa: PLC0415 (TensorFlow import)
+            from pipeline.training import replay  # TensorFlow import
 
             replay.replay_run(original, config, launch.replay_rtol)
             return
@@ -62,7 +58,7 @@ def main(argv: list[str]) -> None:
             recovery.check_same_data(run_dir, dataset)
         # Strategies configure devices and collectives: before any other TF work.
         strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
-        from pipeline.training import loop as train  # noqa: PLC0415
+        from pipeline.training import loop as train
 
         train.check_data_fits(config, dataset)
         scratch = None

@@ -13,7 +13,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 from pipeline import data as data_lib
-from pipeline.config import ConfigError, TrainConfig, config_from_dict
+from pipeline.config import TrainConfig, config_from_dict
+from pipeline.errors import ConfigError
 from pipeline.runs import rundir
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class RestoredRun:
 
     def load_model(self) -> keras.Model:
         """Builds the run's model and restores the checkpoint's weights into it."""
-        from pipeline import models  # noqa: PLC0415
+        from pipeline import models
 
         return models.restore_model(self.config, self.checkpoint_prefix)
 

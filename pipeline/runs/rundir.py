@@ -25,16 +25,13 @@ import tempfile
 from typing import Any
 
 from pipeline.config import TrainConfig, config_to_dict
+from pipeline.errors import RunDirError
 
 RECORD_NAME = "run.json"
 FLAGFILE_NAME = "flags.cfg"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_SUMMARY_NAME = "model_summary.txt"
 PROBE_BYTES = 64 * 1024
-
-
-class RunDirError(RuntimeError):
-    """The run directory cannot be created, written or found."""
 
 
 def default_run_name(config: TrainConfig, now: datetime.datetime | None = None) -> str:
@@ -128,10 +125,10 @@ class RunDir:
 
     def start(self, config: TrainConfig, dataset_info: dict[str, Any]) -> None:
         """Writes the flagfile and a `running` record before the first step."""
-        import keras  # noqa: PLC0415
-        import numpy as np  # noqa: PLC0415
-        import tensorboard  # noqa: PLC0415
-        import tensorflow as tf  # noqa: PLC0415
+        import keras
+        import numpy as np
+        import tensorboard
+        import tensorflow as tf
 
         self._write_flagfile(config)
         self.update_record(

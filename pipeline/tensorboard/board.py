@@ -24,7 +24,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from pipeline.runs.rundir import RECORD_NAME, RunDirError
+from pipeline.errors import RunDirError
+from pipeline.runs.rundir import RECORD_NAME
 
 URL_PATTERN = re.compile(r"TensorBoard \S+ at (http://\S+?)/? ")
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]

@@ -14,6 +14,9 @@ import collections
 import os
 import pathlib
 
+from tensorboard.backend.event_processing import event_file_loader
+from tensorboard.compat.proto import event_pb2
+
 EVENT_FILE_GLOB = "events.out.tfevents.*"
 # TFRecord framing around each event: length (8) + two masked CRCs (4 + 4).
 RECORD_OVERHEAD = 16
@@ -158,9 +161,6 @@ def bytes_per_plugin(run_dir: str | os.PathLike) -> dict[str, int]:
     count as `graph` (GraphDef), `run_metadata`, or `other` (file version,
     session logs).
     """
-    from tensorboard.backend.event_processing import event_file_loader  # noqa: PLC0415
-    from tensorboard.compat.proto import event_pb2  # noqa: PLC0415
-
     totals: collections.Counter[str] = collections.Counter()
     for path in sorted(pathlib.Path(run_dir).rglob(EVENT_FILE_GLOB)):
         plugin_of_tag: dict[str, str] = {}

@@ -6,8 +6,9 @@ and each run has its own directory under it. Its metric values are the *last*
 value of a scalar tag in `<run>/<group>`, so the loop also logs running bests
 (`best/accuracy`, `best/loss` and their steps) into the test writer.
 
-The config is built from the training flag *definitions* (enums -> discrete
-domains, flags with both bounds -> intervals), not from the values seen so far:
+The config is built from the training flags' declaration in `pipeline.config`
+(enums -> discrete domains, flags with both bounds -> intervals), not from the
+values seen so far:
 every run writes exactly the same config, so runs from different days, sweeps
 and branches of the experiment directory line up in one table.
 
@@ -27,7 +28,6 @@ import tempfile
 import time
 from collections.abc import Iterable, Mapping
 
-from absl import flags
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
@@ -41,24 +41,6 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from pipeline import config as config_lib
 
-# TrainConfig fields that say where and how often to write, not what is trained.
-NOT_HPARAMS = frozenset(
-    {
-        "data_dir",
-        "logdir",
-        "run_name",
-        "log_every",
-        "print_every",
-        "eval_every",
-        "histogram_every",
-        "checkpoint_every",
-        "image_count",
-        "max_checkpoints",
-        # How the job is spread over devices: the same math (tf.distribute).
-        "strategy",
-        "cpu_devices",
-    }
-)
 # The experiment config's file name; "tfevents" makes it an event file to TensorBoard.
 CONFIG_FILENAME = "events.out.tfevents.hparams_config"
 STATUS_TAG = "run_status"
@@ -101,34 +83,28 @@ class _Typed(hp.Domain):
         }[self._dtype]
 
 
-def _domain(flag: flags.Flag) -> hp.Domain:
-    parser = flag.parser
-    if isinstance(parser, flags.EnumParser):
-        return hp.Discrete(list(parser.enum_values))
-    if isinstance(parser, flags.BooleanParser):
+def _domain(field: config_lib.Field) -> hp.Domain:
+    option = field.option
+    if field.kind == "enum":
+        return hp.Discrete(list(option.choices))
+    if field.kind == "boolean":
         return hp.Discrete([False, True])
-    if isinstance(parser, (flags.IntegerParser, flags.FloatParser)):
-        low, high = parser.lower_bound, parser.upper_bound
-        if low is not None and high is not None:
-            if isinstance(parser, flags.IntegerParser):
-                return hp.IntInterval(int(low), int(high))
-            return hp.RealInterval(float(low), float(high))
+    if field.kind in ("integer", "float"):
+        if option.lower is not None and option.upper is not None:
+            if field.kind == "integer":
+                return hp.IntInterval(int(option.lower), int(option.upper))
+            return hp.RealInterval(float(option.lower), float(option.upper))
         return _Typed(float)
     return _Typed(str)
 
 
 def hparam_flags() -> list[hp.HParam]:
-    """One `hp.HParam` per training flag that defines a run, domains from the flags."""
-    flag_values = flags.FlagValues()
-    config_lib.define_flags(flag_values)
-    fields = [f.name for f in dataclasses.fields(config_lib.TrainConfig)]
-    params = []
-    for name in fields:
-        if name in NOT_HPARAMS or name not in flag_values:
-            continue
-        flag = flag_values[name]
-        params.append(hp.HParam(name, _domain(flag), description=flag.help))
-    return params
+    """One `hp.HParam` per training flag that defines a run, from its declaration."""
+    return [
+        hp.HParam(field.name, _domain(field), description=field.description)
+        for field in config_lib.FIELDS
+        if field.option.hparam
+    ]
 
 
 def experiment_pb(differing: Iterable[str] = ()) -> api_pb2.Experiment:

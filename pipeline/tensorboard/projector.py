@@ -36,6 +36,7 @@ from PIL import Image
 from tensorboard.plugins import projector
 
 from pipeline import data as data_lib
+from pipeline.training import steps
 
 MAX_EXAMPLES = 10_000
 CHECKPOINT_NAME = "embedding"
@@ -58,8 +59,6 @@ def embed(model: keras.Model, split: data_lib.Split) -> tuple[np.ndarray, np.nda
 
     Batches come from the same pipeline training evaluates with.
     """
-    from pipeline.training import steps  # noqa: PLC0415
-
     both = penultimate_model(model)
     dataset = data_lib.make_dataset(
         split, batch_size=BATCH_SIZE, repeat=False, drop_remainder=False

@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
+from tensorboard.plugins.pr_curve import summary as pr_summary
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
 KERAS_MODEL_PLUGIN = "graph_keras_model"
@@ -218,8 +219,6 @@ class SummaryLogger:
         `tp`, `fp`, `tn`, `fn`, `precision` and `recall`, one value per
         threshold, thresholds evenly spaced over [0, 1].
         """
-        from tensorboard.plugins.pr_curve import summary as pr_summary  # noqa: PLC0415
-
         proto = pr_summary.raw_data_pb(
             tag,
             true_positive_counts=curve["tp"],
@@ -287,7 +286,7 @@ def histogram_buckets(
     Same buckets as `tf.summary.histogram` (equal widths from min to max, the
     max in the last bucket, one value -> all edges at it, counts in the last
     bucket), counted with `bincount` instead of its one-hot `[N, 30]` float64
-    matrix: a 590k-weight kernel no longer needs a 140 MB temporary.
+    matrix: a 590k-weight kernel needs no 140 MB temporary.
     """
     data = tf.cast(tf.reshape(data, [-1]), tf.float64)
     size = tf.size(data)

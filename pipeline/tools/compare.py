@@ -28,8 +28,8 @@ from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 from tensorboard.util import tensor_util
 
 from pipeline import config as config_lib
+from pipeline.errors import ConfigError
 from pipeline.runs.rundir import RECORD_NAME
-from pipeline.tensorboard.hparams import NOT_HPARAMS
 
 METRICS = (
     "final/accuracy",
@@ -45,7 +45,7 @@ SMALLER_IS_BETTER = ("final/loss", "best/loss", "wall_time")
 FORMATS = ("table", "csv", "json", "markdown")
 
 
-class CompareError(config_lib.ConfigError):
+class CompareError(ConfigError):
     """The runs cannot be found, read or compared as asked."""
 
 
@@ -169,7 +169,11 @@ def load_run(path: pathlib.Path) -> RunSummary:
 
 
 def _defining(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in NOT_HPARAMS and k != "seed"}
+    return {
+        k: v
+        for k, v in config.items()
+        if k not in config_lib.NOT_HPARAMS and k != "seed"
+    }
 
 
 def _hashable(value: Any) -> Any:
@@ -500,10 +504,10 @@ def plot_curves(
     variants: Sequence[Variant], path: str | os.PathLike, differing: Sequence[str]
 ) -> None:
     """Test-accuracy curves of every run, one colour per variant (repeats share it)."""
-    import matplotlib  # noqa: PLC0415
+    import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib import pyplot as plt  # noqa: PLC0415
+    from matplotlib import pyplot as plt
 
     figure, axes = plt.subplots(figsize=(11, 5), dpi=100)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]

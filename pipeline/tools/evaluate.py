@@ -23,6 +23,9 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import data as data_lib
 from pipeline import models
@@ -288,9 +291,6 @@ def writer_name(restored: RestoredRun, dataset: str, split: str) -> str:
 
 def confusion_matrix_image(confusion: np.ndarray, names: list[str]) -> np.ndarray:
     """The matrix as a heatmap with counts: uint8 [H, W, 3]."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
     size = 2.0 + 0.5 * len(names)
     figure = Figure(figsize=(size, size), dpi=80)
     canvas = FigureCanvasAgg(figure)
@@ -330,8 +330,6 @@ def mistakes_grid(
 
     Returns uint8 [H, W, 3]; an empty grid (no mistakes) is one blank tile.
     """
-    from PIL import Image, ImageDraw, ImageFont  # noqa: PLC0415
-
     font = ImageFont.load_default(size=13)
     tile_w = 28 * scale
     caption_h = 32

@@ -27,8 +27,8 @@ import keras
 import tensorflow as tf
 
 from pipeline import models
+from pipeline.errors import RunDirError
 from pipeline.runs.restore import RestoredRun
-from pipeline.runs.rundir import RunDirError
 from pipeline.tools import predict
 from pipeline.training import steps
 

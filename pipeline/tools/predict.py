@@ -68,7 +68,7 @@ def image_to_mnist(image: Any, source: str = "image") -> np.ndarray:
     Raises:
       DataError: a non-28x28 image holds no visible digit (it is one flat colour).
     """
-    from PIL import Image, ImageOps  # noqa: PLC0415
+    from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
@@ -113,7 +113,7 @@ def image_to_mnist(image: Any, source: str = "image") -> np.ndarray:
 
 def load_image(path: pathlib.Path) -> np.ndarray:
     """Reads an image file with Pillow and converts it with `image_to_mnist`."""
-    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
@@ -222,7 +222,7 @@ def dataset_examples(
 
 def normalise(images: np.ndarray | tf.Tensor) -> tf.Tensor:
     """uint8 [N, 28, 28] -> float32 [N, 28, 28, 1] in [0, 1], as training's pipeline."""
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     images = tf.cast(images, tf.float32) / 255.0
     return images[..., tf.newaxis]
@@ -230,7 +230,7 @@ def normalise(images: np.ndarray | tf.Tensor) -> tf.Tensor:
 
 def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """Class probabilities: [N, 10] softmax, or [N] P(class K) for a binary run."""
-    from pipeline import models  # noqa: PLC0415
+    from pipeline import models
 
     logits = model(normalise(np.asarray(images, np.uint8)), training=False)
     return models.probabilities(logits).numpy()

@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from absl import flags
 
 from pipeline import config as config_lib
+from pipeline.errors import ConfigError
 from pipeline.runs.rundir import RECORD_NAME, config_to_flagfile
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.training import recovery
@@ -35,7 +36,7 @@ from pipeline.training import recovery
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
 
 
-class SweepError(config_lib.ConfigError):
+class SweepError(ConfigError):
     """The sweep cannot be planned or resumed as asked."""
 
 
@@ -68,15 +69,13 @@ def parse_grid(specs: Sequence[str]) -> list[GridAxis]:
       SweepError: naming the spec if it is malformed, the flag is not a
         training flag, or a flag appears twice.
     """
-    known = flags.FlagValues()
-    config_lib.define_flags(known)
     axes: list[GridAxis] = []
     for spec in specs:
         flag, sep, values_text = spec.partition("=")
         flag = flag.strip().lstrip("-")
         if not sep or not flag or not values_text.strip():
             raise SweepError(f"--grid={spec}: expected FLAG=VALUE1,VALUE2,...")
-        if flag not in known or flag in ("logdir", "run_name"):
+        if flag not in config_lib.FIELDS_BY_NAME or flag in config_lib.LOCATION_FLAGS:
             raise SweepError(f"--grid={spec}: {flag!r} is not a training flag")
         if any(axis.flag == flag for axis in axes):
             raise SweepError(f"--grid={spec}: {flag} is already a grid axis")
@@ -102,17 +101,14 @@ def resolve(
     base: config_lib.TrainConfig, overrides: Sequence[tuple[str, str]], seed: int
 ) -> config_lib.TrainConfig:
     """The base config with `overrides` applied, parsed and validated like flags."""
-    flag_values = flags.FlagValues()
-    config_lib.define_flags(flag_values)
-    argv = ["pipeline-sweep", *config_to_flagfile(base).splitlines(), f"--seed={seed}"]
+    argv = [*config_to_flagfile(base).splitlines(), f"--seed={seed}"]
     argv += [f"--{flag}={value}" for flag, value in overrides]
     where = ", ".join(f"{f}={v}" for f, v in overrides) or "base flags"
     try:
-        flag_values(argv)
-        return config_lib.config_from_flags(flag_values)
+        return config_lib.config_from_args(argv)
     except flags.Error as err:
         raise SweepError(f"--grid ({where}): {err}") from None
-    except config_lib.ConfigError as err:
+    except ConfigError as err:
         raise SweepError(f"--grid ({where}): {err}") from None
 
 
@@ -156,7 +152,7 @@ def read_record(path: pathlib.Path) -> dict:
 
 
 def _defining(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in hparams_lib.NOT_HPARAMS}
+    return {k: v for k, v in config.items() if k not in config_lib.NOT_HPARAMS}
 
 
 def move_aside(path: pathlib.Path, record: dict) -> pathlib.Path:

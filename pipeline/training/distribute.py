@@ -24,11 +24,7 @@ from __future__ import annotations
 import json
 import os
 
-STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
-
-
-class DistributeError(RuntimeError):
-    """The requested strategy cannot be set up (bad TF_CONFIG, devices)."""
+from pipeline.errors import DistributeError
 
 
 def _check_tf_config() -> dict:
@@ -56,7 +52,7 @@ def make_strategy(name: str, cpu_devices: int = 0):
     Logical CPU devices and multi-worker collectives must be configured before
     TensorFlow initialises its runtime, so entry points call this first.
     """
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     if name == "default":
         return tf.distribute.get_strategy()
@@ -118,7 +114,7 @@ def make_preemption_handler(strategy, manager, on_preempted):
     """
     if not is_multi_worker(strategy):
         return None
-    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow as tf
 
     return tf.distribute.experimental.PreemptionCheckpointHandler(
         strategy.cluster_resolver,

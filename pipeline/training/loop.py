@@ -25,37 +25,20 @@ import tensorflow as tf
 from pipeline import data as data_lib
 from pipeline import models
 from pipeline.config import TrainConfig, use_jit_compile
-from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir, RunDirError
+from pipeline.errors import (
+    NonFiniteLossError,
+    RunDirError,
+    TrainingError,
+    TrainingInterruptedError,
+    WorkerPreemptedError,
+)
+from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir
 from pipeline.tensorboard import budget
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard.summaries import SummaryLogger, variable_name
 from pipeline.training import distribute, recovery, steps, stopping
 
 EVAL_BATCH_SIZE = 1000
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (bad combination of data and flags, divergence)."""
-
-
-class NonFiniteLossError(TrainingError):
-    """The loss became NaN or Inf; names the step and the last good checkpoint."""
-
-
-class TrainingInterruptedError(TrainingError):
-    """SIGINT/SIGTERM stopped the run after a checkpoint; exits 128 + signal."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
-class WorkerPreemptedError(TrainingInterruptedError):
-    """A worker of a multi-worker job got SIGTERM: all saved; exits 42."""
-
-    def __init__(self, message: str):
-        super().__init__(message, signum=0)
-        self.exit_code = 42  # TensorFlow's restart code for preempted workers.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,9 +19,16 @@ import socket
 import time
 from collections.abc import Iterable, Sequence
 
+import numpy as np
+from tensorboard.backend.event_processing import plugin_event_accumulator as ea
+from tensorboard.compat.proto import event_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.util import tensor_util
+
 from pipeline import config as config_lib
-from pipeline.config import ConfigError, Launch, TrainConfig
-from pipeline.runs.rundir import RunDir, RunDirError, open_run_dir
+from pipeline.config import Launch, TrainConfig
+from pipeline.errors import ConfigError, DataError, RunDirError
+from pipeline.runs.rundir import RunDir, open_run_dir
 
 # tf.train.CheckpointManager writes `ckpt-N_temp/` and renames it when the save
 # is complete; a kill mid-save leaves the directory behind and nothing else
@@ -68,14 +75,14 @@ def merge_overrides(
 
     A flag given explicitly with the saved value is accepted (re-running the
     original command line plus `--resume` works); a different value is refused
-    unless it is in `config.RESUME_MUTABLE_FLAGS`.
+    unless its declaration in `pipeline.config` says a resume may change it.
 
     Raises:
       ConfigError: naming the first flag whose value differs from the run's.
     """
     explicit = set(explicit)
     mutable = config_lib.RESUME_MUTABLE_FLAGS
-    may_change = [f"--{f}" for f in sorted(mutable - {"logdir", "run_name"})]
+    may_change = [f"--{f}" for f in sorted(mutable - config_lib.LOCATION_FLAGS)]
     for name in sorted(explicit - mutable):
         if getattr(given, name) != getattr(saved, name):
             raise ConfigError(
@@ -85,8 +92,7 @@ def merge_overrides(
             )
     updates = {
         name: getattr(given, name)
-        for name in explicit & mutable
-        if name not in ("logdir", "run_name")
+        for name in explicit & mutable - config_lib.LOCATION_FLAGS
     }
     return dataclasses.replace(saved, **updates)
 
@@ -259,11 +265,6 @@ def write_session_start(
       loaders read a directory's files in name order and the name starts with
       the creation second, so summary writers must not open before it.
     """
-    from tensorboard.compat.proto import event_pb2  # noqa: PLC0415
-    from tensorboard.summary.writer.event_file_writer import (  # noqa: PLC0415
-        EventFileWriter,
-    )
-
     # The marker must also sort after every file already there (a previous
     # life of the run may have opened its writers within this second).
     # Capped: a file stamped in the future (clock skew) must not stall a start.
@@ -308,8 +309,6 @@ def rng_state_variables(model) -> list:
 
 def all_finite(variables: Iterable) -> bool:
     """True when no floating-point variable holds NaN or Inf."""
-    import numpy as np  # noqa: PLC0415
-
     for variable in variables:
         value = np.asarray(variable.numpy())
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
@@ -323,8 +322,6 @@ def check_same_data(run_dir: RunDir, dataset) -> None:
     Raises:
       DataError: the dataset's fingerprint is not the one in run.json.
     """
-    from pipeline.data import DataError  # noqa: PLC0415
-
     recorded = (run_dir.read_record().get("dataset") or {}).get("fingerprint")
     if recorded and recorded != dataset.fingerprint():
         raise DataError(
@@ -340,11 +337,6 @@ def read_scalar_series(split_dir: pathlib.Path, tag: str) -> dict[int, float]:
     The accumulator applies `SessionLog.START` purging, so a resumed run
     yields one value per step.
     """
-    from tensorboard.backend.event_processing import (  # noqa: PLC0415
-        plugin_event_accumulator as ea,
-    )
-    from tensorboard.util import tensor_util  # noqa: PLC0415
-
     if not split_dir.is_dir():
         return {}
     acc = ea.EventAccumulator(str(split_dir), size_guidance={ea.TENSORS: 0})

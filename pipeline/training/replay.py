@@ -15,13 +15,14 @@ from collections.abc import Callable
 import numpy as np
 
 from pipeline import data as data_lib
-from pipeline.config import ConfigError, TrainConfig
+from pipeline.config import TrainConfig
+from pipeline.errors import ConfigError, TrainingError
 from pipeline.runs import rundir
 from pipeline.training import distribute, recovery
 from pipeline.training import loop as train
 
 
-class ReplayMismatchError(train.TrainingError):
+class ReplayMismatchError(TrainingError):
     """The replay's loss differs from the original's at some step."""
 
 
