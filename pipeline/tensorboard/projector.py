@@ -57,15 +57,14 @@ def penultimate_model(model: keras.Model) -> keras.Model:
 def embed(model: keras.Model, split: data_lib.Split) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate-layer features [N, D] and predicted classes [N] of `split`.
 
-    Batches come from the same pipeline training evaluates with.
+    Pixels reach the model through `data.model_input`, as in every
+    evaluation, so the predictions are `pipeline-eval`'s.
     """
     both = penultimate_model(model)
-    dataset = data_lib.make_dataset(
-        split, batch_size=BATCH_SIZE, repeat=False, drop_remainder=False
-    )
     features, predicted = [], []
-    for images, _ in dataset:
-        batch_features, logits = both(images, training=False)
+    for start in range(0, len(split), BATCH_SIZE):
+        images = split.images[start : start + BATCH_SIZE]
+        batch_features, logits = both(data_lib.model_input(images), training=False)
         features.append(np.reshape(batch_features.numpy(), (len(images), -1)))
         predicted.append(steps.predicted_class(logits).numpy())
     return np.concatenate(features), np.concatenate(predicted)

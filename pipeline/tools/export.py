@@ -4,9 +4,10 @@ Signatures (both return `probabilities` and `classes`):
   serving_default   images: uint8 [N, 28, 28]
   serving_channels  images: uint8 [N, 28, 28, 1]
 `probabilities` is float32 [N, 10] (softmax), or [N] P(class K) for a binary
-run; `classes` is int32 [N] (for a binary run 1 means "is a K"). Pixels are
-scaled to [0, 1] inside the graph exactly as `pipeline-predict` does, so the
-served probabilities equal the predicted ones.
+run; `classes` is int32 [N] (for a binary run 1 means "is a K"). Pixels reach
+the model inside the graph through `steps.model_logits`, as in training's
+evaluation and `pipeline-predict`, so the served probabilities equal the
+predicted ones.
 
 The SavedModel is Keras' own export (`keras.export.ExportArchive`), so
 TensorFlow Lite converts it: `--format=tflite` also writes `model.tflite` (the
@@ -29,7 +30,6 @@ import tensorflow as tf
 from pipeline import models
 from pipeline.errors import RunDirError
 from pipeline.runs.restore import RestoredRun
-from pipeline.tools import predict
 from pipeline.training import steps
 
 METADATA_NAME = "pipeline_export.json"
@@ -53,7 +53,7 @@ def serving_archive(model: keras.Model) -> keras.export.ExportArchive:
     """
 
     def outputs(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = model(predict.normalise(images), training=False)
+        logits = steps.model_logits(model, images)
         return {
             "probabilities": models.probabilities(logits),
             "classes": steps.predicted_class(logits),

@@ -38,7 +38,6 @@ from pipeline.data import DataError
 
 if TYPE_CHECKING:
     import keras
-    import tensorflow as tf
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARRAY_SUFFIX = ".npy"
@@ -220,19 +219,12 @@ def dataset_examples(
     return examples
 
 
-def normalise(images: np.ndarray | tf.Tensor) -> tf.Tensor:
-    """uint8 [N, 28, 28] -> float32 [N, 28, 28, 1] in [0, 1], as training's pipeline."""
-    import tensorflow as tf
-
-    images = tf.cast(images, tf.float32) / 255.0
-    return images[..., tf.newaxis]
-
-
 def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """Class probabilities: [N, 10] softmax, or [N] P(class K) for a binary run."""
     from pipeline import models
+    from pipeline.training import steps
 
-    logits = model(normalise(np.asarray(images, np.uint8)), training=False)
+    logits = steps.model_logits(model, np.asarray(images, np.uint8))
     return models.probabilities(logits).numpy()
 
 
