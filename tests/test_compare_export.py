@@ -1,20 +1,22 @@
 """pipeline-compare --export: every scalar, in long form, as TensorBoard reads it."""
 
 import csv
+import dataclasses
 import subprocess
 import sys
 
 import pytest
+from conftest import LOGREG, train_run
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 from tensorboard.util import tensor_util
-from tiny_runs import train_tiny
 
 
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("export_logs")
-    train_tiny(root, "lr=0.1,seed=0", learning_rate=0.1, seed=0)
-    train_tiny(root, "lr=0.1,seed=1", learning_rate=0.1, seed=1)
+    for seed in (0, 1):
+        config = dataclasses.replace(LOGREG, seed=seed)
+        train_run(root, config, f"lr=0.1,seed={seed}")
     return root
 
 

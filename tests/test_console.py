@@ -6,7 +6,7 @@ import sys
 import textwrap
 
 import pytest
-from trained_runs import run_cli, trained_run
+from conftest import run_cli
 
 from pipeline.cli import stderr_filter
 
@@ -87,11 +87,6 @@ def test_progress_output_passes_as_it_is_written():
     )
     assert result.returncode == 0
     assert result.stderr == b"\rstep 0\rstep 1\rstep 2\n"
-
-
-@pytest.fixture(scope="module")
-def mlp_run(tmp_path_factory):
-    return trained_run(tmp_path_factory, "mlp")
 
 
 def test_a_program_prints_no_tensorflow_startup_lines(mlp_run):

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from trained_runs import error_lines, run_cli, snapshot, trained_run
+from conftest import MLP_RUN, error_lines, run_cli, snapshot, train_run
 
 from pipeline import data
 from pipeline.runs import restore
@@ -36,8 +37,10 @@ RELOAD_SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module")
-def mlp_run(tmp_path_factory):
-    return trained_run(tmp_path_factory, "mlp")
+def cnn_run(tmp_path_factory):
+    """MLP_RUN's schedule with a small CNN: conv layers through TFLite too."""
+    config = dataclasses.replace(MLP_RUN, model="cnn", learning_rate=0.01)
+    return train_run(tmp_path_factory.mktemp("logs_cnn"), config, "cnn").path
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +97,8 @@ def test_cli_export_serves_what_pipeline_predict_prints(mlp_run, test_images, tm
     assert served["classes"].tolist() == [int(row["top_class"]) for row in rows]
 
 
-def test_binary_export_returns_one_probability(tmp_path_factory, test_images, tmp_path):
-    restored = restore.open_run(trained_run(tmp_path_factory, "binary"))
+def test_binary_export_returns_one_probability(binary_run, test_images, tmp_path):
+    restored = restore.open_run(binary_run)
     out = export.export_run(restored, tmp_path / "binary_model")
     loaded = tf.saved_model.load(str(out))
     served = loaded.signatures["serving_default"](images=tf.constant(test_images))
@@ -156,9 +159,9 @@ def tflite_probabilities(tflite_bytes, images):
 
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_tflite_converts_the_saved_model_and_matches_it(
-    tmp_path_factory, test_images, tmp_path, model
+    request, test_images, tmp_path, model
 ):
-    restored = restore.open_run(trained_run(tmp_path_factory, model))
+    restored = restore.open_run(request.getfixturevalue(f"{model}_run"))
     out = export.export_run(restored, tmp_path / "model")
     converter = tf.lite.TFLiteConverter.from_saved_model(str(out))
     tflite_bytes = converter.convert()

@@ -7,8 +7,8 @@ import urllib.request
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import copy_run, run_cli
 from PIL import Image
-from trained_runs import copy_run, run_cli, trained_run
 
 from pipeline import data
 from pipeline.runs import restore
@@ -17,11 +17,9 @@ from pipeline.tools import evaluate
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(tmp_path_factory):
+def evaluated_run(mlp_run, tmp_path_factory):
     """An mlp run (32 hidden units) after `pipeline-eval` on its test split."""
-    run = copy_run(
-        trained_run(tmp_path_factory, "mlp"), tmp_path_factory.mktemp("projector")
-    )
+    run = copy_run(mlp_run, tmp_path_factory.mktemp("projector"))
     result = run_cli("pipeline-eval", f"--run={run}")
     assert result.returncode == 0, result.stderr
     assert (
@@ -84,8 +82,8 @@ def test_the_projector_plugin_serves_the_embedding(evaluated_run):
             assert response.headers["Content-Type"] == "image/png"
 
 
-def test_a_bigger_split_is_capped(tmp_path_factory, tmp_path):
-    restored = restore.open_run(trained_run(tmp_path_factory, "mlp"))
+def test_a_bigger_split_is_capped(mlp_run, tmp_path):
+    restored = restore.open_run(mlp_run)
     _, test = data.load_mnist_sample()
     count = projector.write_projector(
         tmp_path,
@@ -106,8 +104,8 @@ def test_a_bigger_split_is_capped(tmp_path_factory, tmp_path):
         assert sprite.size == (280, 280)
 
 
-def test_rewriting_keeps_one_embedding_named_by_step(tmp_path_factory, tmp_path):
-    restored = restore.open_run(trained_run(tmp_path_factory, "mlp"))
+def test_rewriting_keeps_one_embedding_named_by_step(mlp_run, tmp_path):
+    restored = restore.open_run(mlp_run)
     _, test = data.load_mnist_sample()
     model = restored.load_model()
     names = evaluate.class_names(None)
