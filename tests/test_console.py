@@ -1,12 +1,14 @@
 """What a user sees on the console: no TensorFlow start-up noise, real errors kept."""
 
 import json
+import os
+import pty
 import subprocess
 import sys
 import textwrap
 
 import pytest
-from conftest import run_cli
+from conftest import LOGREG_FLAGS, cli_command, cli_env, run_cli
 
 from pipeline.cli import stderr_filter
 
@@ -111,3 +113,48 @@ def test_a_user_error_still_reaches_stderr(tmp_path):
     assert result.stderr == (
         f"pipeline-eval: error: {tmp_path / 'missing'}: run directory not found\n"
     )
+
+
+def test_on_a_terminal_training_shows_a_live_progress_bar(tmp_path):
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [
+            *cli_command("pipeline-train"),
+            *LOGREG_FLAGS,
+            "--steps=40",
+            "--steps_per_loop=5",
+            f"--logdir={tmp_path}",
+            "--run_name=tty",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+        env=cli_env(),
+    )
+    os.close(terminal)
+    output = b""
+    while True:
+        try:
+            data = os.read(controller, 65536)
+        except OSError:  # the terminal closed: the program ended
+            break
+        if not data:
+            break
+        output += data
+    assert process.wait(timeout=60) == 0, output.decode(errors="replace")
+    os.close(controller)
+    text = output.decode(errors="replace")
+    redraws = [part for part in text.split("\r") if "/40" in part]
+    assert len(redraws) >= 4  # redrawn in place, chunk after chunk
+    last = redraws[-1]
+    for field in (
+        "40/40",
+        "step",
+        "loss:",
+        "accuracy:",
+        "test_accuracy:",
+        "examples/s:",
+    ):
+        assert field in last, last
+    assert "step     40/40  train" not in text  # no plain lines on a terminal
+    assert "absl::InitializeLog" not in text

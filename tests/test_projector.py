@@ -1,5 +1,6 @@
 """The Projector tab after `pipeline-eval`: embeddings, sprite and labels, served."""
 
+import dataclasses
 import time
 import urllib.parse
 import urllib.request
@@ -7,7 +8,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import copy_run, run_cli
+from conftest import MLP_RUN, copy_run, run_cli, train_run
 from PIL import Image
 
 from pipeline import data
@@ -116,3 +117,24 @@ def test_rewriting_keeps_one_embedding_named_by_step(mlp_run, tmp_path):
         "embedding-30.data-00000-of-00001",
         "embedding-30.index",
     ]
+
+
+def test_training_ends_with_the_test_split_in_the_projector(tmp_path):
+    config = dataclasses.replace(MLP_RUN, projector=True, steps=10)
+    run = train_run(tmp_path, config, "projected")
+    test_dir = run.path / "test"
+    assert tf.train.latest_checkpoint(str(test_dir)).endswith("embedding-10")
+    embedding = tf.train.load_checkpoint(str(test_dir)).get_tensor(
+        projector.TENSOR_NAME
+    )
+    assert embedding.shape == (2000, 32)
+    header, rows = read_metadata(test_dir)
+    assert header == ["index", "label", "predicted", "correct"]
+    assert len(rows) == 2000
+    assert (test_dir / "projector_config.pbtxt").is_file()
+
+
+def test_noprojector_writes_none(tmp_path):
+    run = train_run(tmp_path, dataclasses.replace(MLP_RUN, steps=10), "plain")
+    assert not (run.path / "test" / "projector_config.pbtxt").exists()
+    assert tf.train.latest_checkpoint(str(run.path / "test")) is None

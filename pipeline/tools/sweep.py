@@ -31,6 +31,7 @@ from pipeline import config as config_lib
 from pipeline.errors import ConfigError
 from pipeline.runs.rundir import RECORD_NAME, config_to_flagfile
 from pipeline.tensorboard import hparams as hparams_lib
+from pipeline.tensorboard import seed_bands
 from pipeline.training import recovery
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -322,6 +323,7 @@ def execute(
                 )
                 outcomes.append(outcome)
                 finished += 1
+                seed_bands.update(run.path.parent)
                 if (
                     outcome.accuracy is not None
                     and outcome.status == "completed"

@@ -11,6 +11,7 @@ Which checkpoint a run continues from is chosen in one place,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import shutil
@@ -137,6 +138,7 @@ class TrainState:
     last_evaluated: int = -1
     trained_examples: int = 0
     stop_reason: str = ""
+    profiling: bool = False  # a tf.profiler trace is recording (RecordProfile)
     started_at: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
@@ -147,18 +149,26 @@ class TrainState:
         """Runs steps `step + 1`..`end` in one compiled call; returns what they did."""
         chunk = tf.constant(end - self.step, tf.int32)
         started = time.perf_counter()
-        if self.step == 0:
-            outputs = self.logger.trace_graph(
-                "train", self.train_loop, self.iterator, chunk
-            )
-        else:
-            outputs = self.train_loop(self.iterator, chunk)
+        with self.step_marker(end):
+            if self.step == 0:
+                outputs = self.logger.trace_graph(
+                    "train", self.train_loop, self.iterator, chunk
+                )
+            else:
+                outputs = self.train_loop(self.iterator, chunk)
         series = {name: value.numpy() for name, value in outputs.items()}
         seconds = time.perf_counter() - started
         self.step_var.assign(end)
         examples = (end - self.step) * self.config.batch_size
         self.trained_examples += examples
         return Chunk(self.step + 1, end, self.config.steps, series, seconds, examples)
+
+    def step_marker(self, step: int) -> contextlib.AbstractContextManager:
+        """While profiling, marks the call as training step `step` in the trace
+        (the Profile tab's step-time views need these markers)."""
+        if not self.profiling:
+            return contextlib.nullcontext()
+        return tf.profiler.experimental.Trace("train", step_num=step, _r=1)
 
     def evaluate_splits(self) -> dict[str, dict[str, float]]:
         """Loss and accuracy on every held-out split (test, validation)."""
