@@ -31,7 +31,6 @@ from pipeline import config as config_lib
 from pipeline.errors import ConfigError
 from pipeline.runs.rundir import RECORD_NAME, config_to_flagfile
 from pipeline.tensorboard import hparams as hparams_lib
-from pipeline.tensorboard import seed_bands
 from pipeline.training import recovery
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]")
@@ -323,7 +322,6 @@ def execute(
                 )
                 outcomes.append(outcome)
                 finished += 1
-                seed_bands.update(run.path.parent)
                 if (
                     outcome.accuracy is not None
                     and outcome.status == "completed"
