@@ -166,7 +166,12 @@ def open_sweep_study(sweep: worker.Sweep):
 
 
 def run(sweep: worker.Sweep, workers: int) -> int:
-    """Runs `workers` local workers on the sweep's study; the exit status."""
+    """Runs `workers` local workers on the sweep's study; the exit status.
+
+    No lock on the sweep directory: several workers (threads here, other
+    `pipeline-sweep` processes, other machines) share one sweep by design;
+    `study.claim_lock` serialises what must not happen twice.
+    """
     print(_headline(sweep))
     study = open_sweep_study(sweep)
     progress = worker.Progress(sweep, study)
