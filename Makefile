@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint fmt bench board e2e clean fashion-mnist mlp-tuning
+.PHONY: venv demo test lint fmt bench board e2e clean fashion-mnist mlp-tuning seeds
 
 venv: $(STAMP)
 
@@ -48,6 +48,12 @@ bench: venv fashion-mnist
 	$(BIN)/python -m benchmarks.throughput --json_out=$(BENCH_OUT)/throughput.json
 	$(BIN)/python -m benchmarks.input_pipeline --throughput_json=$(BENCH_OUT)/throughput.json
 	$(BIN)/python -m benchmarks.footprint
+
+# Every tutorial flagfile trained by its own recipe on the bundled digits (and
+# the MLP rows with plain Keras fit): prints the table and writes it into
+# WORKSPACE.md and README.md. A benchmark, not part of `make test`.
+seeds: venv
+	$(BIN)/python -m benchmarks.seeds
 
 board: venv
 	$(BIN)/pipeline-board --logdir logs

@@ -17,7 +17,7 @@ from pipeline import config as config_lib
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FAMILIES = {
     "logreg": "softmax.cfg",  # 10-class softmax regression, SGD 0.5, batch 100
-    "mlp": "mlp_relu_10x30.cfg",  # 10 ReLU layers of 30, Adam 0.01, batch 100
+    "mlp": "mlp_relu_10x30.cfg",  # 11 ReLU layers of 30, SGD 0.01, batch 50
     "cnn": "cnn_course.cfg",  # conv64-conv128-dense128, Adam 0.001, batch 128
 }
 FASHION_TRAIN_SIZE = 60_000

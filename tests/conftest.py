@@ -43,8 +43,18 @@ class TrainedRun:
     result: object
 
 
-def train_run(tmp_dir: pathlib.Path, config: TrainConfig, name: str) -> TrainedRun:
-    """Trains `config` into `tmp_dir/name` with the real loop and bundled data."""
+def train_run(
+    tmp_dir: pathlib.Path,
+    config: TrainConfig,
+    name: str,
+    *,
+    resume: bool = False,
+    print_fn=lambda _: None,
+) -> TrainedRun:
+    """Trains `config` into `tmp_dir/name` with the real loop and bundled data.
+
+    With `resume`, continues the run already there from its latest checkpoint.
+    """
     from pipeline import data
     from pipeline.runs import rundir
     from pipeline.training import loop as train
@@ -52,8 +62,13 @@ def train_run(tmp_dir: pathlib.Path, config: TrainConfig, name: str) -> TrainedR
     dataset = data.load_dataset(
         config.dataset, config.data_dir, config.validation_split, config.binary_class
     )
-    run_dir = rundir.create_run_dir(tmp_dir, name)
-    result = train.train_and_evaluate(config, run_dir, dataset, print_fn=lambda _: None)
+    if resume:
+        run_dir = rundir.open_run_dir(tmp_dir / name)
+    else:
+        run_dir = rundir.create_run_dir(tmp_dir, name)
+    result = train.train_and_evaluate(
+        config, run_dir, dataset, print_fn=print_fn, resume=resume
+    )
     return TrainedRun(config, run_dir.path, result)
 
 

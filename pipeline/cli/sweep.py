@@ -80,7 +80,7 @@ def main(argv: list[str]) -> None:
     def body() -> int:
         if FLAGS.run_name:
             raise sweep.SweepError("--run_name: the sweep names its runs; drop it")
-        base = config_lib.config_from_flags(FLAGS)
+        base = config_lib.config_from_flags(FLAGS, sys.argv)
         axes = sweep.parse_grid(FLAGS.grid)
         runs = sweep.plan(base, axes, FLAGS.repeats, FLAGS.sweep_name)
         experiment = pathlib.Path(base.logdir) / FLAGS.sweep_name

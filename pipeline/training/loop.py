@@ -24,7 +24,13 @@ import tensorflow as tf
 
 from pipeline import data as data_lib
 from pipeline import models
-from pipeline.config import TrainConfig, use_jit_compile
+from pipeline.config import (
+    TrainConfig,
+    epoch_of,
+    resolve_epochs,
+    steps_per_epoch,
+    use_jit_compile,
+)
 from pipeline.errors import (
     NonFiniteLossError,
     RunDirError,
@@ -147,6 +153,9 @@ def train_and_evaluate(
     scratch `run_dir`.
     """
     check_data_fits(config, dataset)
+    # Epoch settings become steps here, where the train split is known.
+    config = resolve_epochs(config, len(dataset.train))
+    per_epoch = steps_per_epoch(config.batch_size, len(dataset.train))
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -444,8 +453,13 @@ def train_and_evaluate(
                 logger.flush()
                 test_acc = last_test.get("accuracy")
                 test_text = "-" if test_acc is None else f"{test_acc:.4f}"
+                epoch_text = (
+                    f"epoch {epoch_of(step, per_epoch)}/{config.epochs}  "
+                    if config.epochs
+                    else ""
+                )
                 print_fn(
-                    f"step {step:>6}/{config.steps}  "
+                    f"step {step:>6}/{config.steps}  {epoch_text}"
                     f"train {_format_metrics(last_train)}"
                     f"  test_accuracy={test_text}  {examples_per_sec:,.0f} examples/s"
                 )
@@ -503,6 +517,8 @@ def train_and_evaluate(
             examples_per_sec=round(result.examples_per_sec, 1),
             weights_digest=result.weights_digest,
             event_bytes=plugin_bytes,
+            epoch=epoch_of(step, per_epoch),
+            steps_per_epoch=per_epoch,
             **extra,
         )
         if is_chief:
