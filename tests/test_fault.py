@@ -1,4 +1,4 @@
-"""Done-when test of issue 6: SIGKILL a real training process, resume, compare.
+"""The fault test: SIGKILL a real training process, resume, compare.
 
 A real `pipeline-train` subprocess is killed with SIGKILL at random moments
 three times in a row (mid-chunk, mid-save, mid-startup, wherever the moment

@@ -14,9 +14,7 @@ FLAGS = flags.FLAGS
 
 def define_eval_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Flags of `pipeline-eval` (run, checkpoint, data, format and its own)."""
-    run_flags.define_run_flags(flag_values)
-    run_flags.define_data_flags(flag_values)
-    run_flags.define_format_flag(flag_values)
+    run_flags.define_run_data_format_flags(flag_values)
     fv = {"flag_values": flag_values}
     flags.DEFINE_integer(
         "batch_size", 1000, "Examples per evaluation batch.", lower_bound=1, **fv

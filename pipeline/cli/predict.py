@@ -14,9 +14,7 @@ FLAGS = flags.FLAGS
 
 def define_predict_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Flags of `pipeline-predict`."""
-    run_flags.define_run_flags(flag_values)
-    run_flags.define_data_flags(flag_values)
-    run_flags.define_format_flag(flag_values)
+    run_flags.define_run_data_format_flags(flag_values)
     fv = {"flag_values": flag_values}
     flags.DEFINE_multi_string(
         "image",

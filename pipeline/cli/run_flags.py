@@ -78,6 +78,13 @@ def define_format_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     )
 
 
+def define_run_data_format_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """The run, data and format flags: what a program that reads a run's data needs."""
+    define_run_flags(flag_values)
+    define_data_flags(flag_values)
+    define_format_flag(flag_values)
+
+
 def open_run(flag_values: flags.FlagValues):
     """The run and checkpoint that --run/--checkpoint name (no TensorFlow)."""
     return restore.open_run(flag_values.run, checkpoint_value(flag_values.checkpoint))

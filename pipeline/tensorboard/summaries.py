@@ -280,7 +280,7 @@ def histogram_buckets(
     Same buckets as `tf.summary.histogram` (equal widths from min to max, the
     max in the last bucket, one value -> all edges at it, counts in the last
     bucket), counted with `bincount` instead of its one-hot `[N, 30]` float64
-    matrix: a 590k-weight kernel no longer needs a 140 MB temporary.
+    matrix: a 590k-weight kernel needs no 140 MB temporary.
     """
     data = tf.cast(tf.reshape(data, [-1]), tf.float64)
     size = tf.size(data)
