@@ -2,7 +2,7 @@
 
     pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg \
         --grid=learning_rate=0.1,0.01 --grid=activation=sigmoid,relu \
-        --grid=hidden_layers=2,10 --repeats=3 --sweep_name=mlp_tuning --parallel=2
+        --grid=hidden_layers=3,11 --repeats=3 --sweep_name=mlp_tuning --parallel=2
 
 Every training flag is accepted too and sets the base of each run (so
 `--flagfile` may name a training flagfile, or a sweep file under
