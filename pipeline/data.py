@@ -8,6 +8,7 @@ Every reader raises `DataError` with a message naming the offending file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import pathlib
@@ -301,6 +302,7 @@ def make_dataset(
     seed: int | None = None,
     repeat: bool = True,
     drop_remainder: bool = True,
+    input_scale: str = "unit",
 ):
     """Returns the tf.data pipeline for `split`.
 
@@ -320,20 +322,25 @@ def make_dataset(
     shuffle = bool(shuffle_buffer and shuffle_buffer > 1)
     if repeat and drop_remainder and (not shuffle or shuffle_buffer >= len(split)):
         return gathered_batches(
-            split, batch_size=batch_size, shuffle=shuffle, seed=seed
+            split,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            input_scale=input_scale,
         )
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
     if shuffle:
         ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    normalise = functools.partial(_normalise, scale=input_scale)
     if repeat:
-        ds = ds.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.map(normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.repeat()
     else:
         # Evaluation datasets are passed into a tf.function; TF 2.21 logs a
         # spurious NodeDef error for a parallel map there, and a per-batch
         # cast gains nothing from parallelism.
-        ds = ds.map(_normalise)
+        ds = ds.map(normalise)
     options = tf.data.Options()
     # In-memory arrays have no files to shard: each worker takes its share of
     # every global batch.
@@ -344,7 +351,12 @@ def make_dataset(
 
 
 def gathered_batches(
-    split: Split, *, batch_size: int, shuffle: bool = True, seed: int | None = None
+    split: Split,
+    *,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int | None = None,
+    input_scale: str = "unit",
 ):
     """Endless full batches, gathered from the split by per-epoch permutations.
 
@@ -379,15 +391,21 @@ def gathered_batches(
         return tf.data.Dataset.from_tensor_slices(order)
 
     def gather(indices):
-        return _normalise(tf.gather(images, indices), tf.gather(labels, indices))
+        return _normalise(
+            tf.gather(images, indices), tf.gather(labels, indices), input_scale
+        )
 
     ds = tf.data.Dataset.range(2**62).flat_map(epoch_batches)
     ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _normalise(images, labels):
+# What pixels are divided by, per `--input_scale`: [0, 1] or raw 0-255.
+INPUT_SCALE_DIVISORS = {"unit": 255.0, "raw": 1.0}
+
+
+def _normalise(images, labels, scale: str = "unit"):
     import tensorflow as tf
 
-    images = tf.cast(images, tf.float32) / 255.0
+    images = tf.cast(images, tf.float32) / INPUT_SCALE_DIVISORS[scale]
     return images[..., tf.newaxis], labels

@@ -138,11 +138,18 @@ def class_names(binary_class: int | None) -> list[str]:
 
 
 def predict_outputs(
-    model: keras.Model, split: data_lib.Split, batch_size: int = EVAL_BATCH_SIZE
+    model: keras.Model,
+    split: data_lib.Split,
+    batch_size: int = EVAL_BATCH_SIZE,
+    input_scale: str = "unit",
 ) -> Outputs:
     """Logits for every example, through training's evaluation pipeline."""
     dataset = data_lib.make_dataset(
-        split, batch_size=batch_size, repeat=False, drop_remainder=False
+        split,
+        batch_size=batch_size,
+        repeat=False,
+        drop_remainder=False,
+        input_scale=input_scale,
     )
 
     logits, labels = [], []
@@ -407,7 +414,7 @@ def evaluate_split(
 ) -> tuple[EvalReport, Outputs]:
     """Restores the checkpoint and evaluates `split` in full. Writes nothing."""
     model = restored.load_model()
-    outputs = predict_outputs(model, split, batch_size)
+    outputs = predict_outputs(model, split, batch_size, restored.config.input_scale)
     return build_report(restored, dataset, split_name, outputs), outputs
 
 

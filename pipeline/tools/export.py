@@ -39,12 +39,13 @@ class ExportError(RunDirError):
 class ServingModule(tf.Module):
     """The model behind two uint8 serving signatures."""
 
-    def __init__(self, model: keras.Model):
+    def __init__(self, model: keras.Model, input_scale: str = "unit"):
         super().__init__(name="digit_classifier")
         self.model = model
+        self.input_scale = input_scale  # the run's --input_scale, fixed in the graph
 
     def _outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = self.model(predict.normalise(images), training=False)
+        logits = self.model(predict.normalise(images, self.input_scale), training=False)
         return {
             "probabilities": models.probabilities(logits),
             "classes": steps.predicted_class(logits),
@@ -87,7 +88,7 @@ def check_destination(out: str | os.PathLike) -> pathlib.Path:
 def export_run(restored: RestoredRun, out: str | os.PathLike) -> pathlib.Path:
     """Writes the checkpoint's model as a SavedModel at `out`; returns the path."""
     out = check_destination(out)
-    module = ServingModule(restored.load_model())
+    module = ServingModule(restored.load_model(), restored.config.input_scale)
     config = restored.config
     metadata = {
         "run": str(restored.run_dir.path),
@@ -96,6 +97,7 @@ def export_run(restored: RestoredRun, out: str | os.PathLike) -> pathlib.Path:
         "model": config.model,
         "dataset": config.dataset,
         "binary_class": config.binary_class,
+        "input_scale": config.input_scale,
         "signatures": {
             "serving_default": "images: uint8 [N, 28, 28]",
             "serving_channels": "images: uint8 [N, 28, 28, 1]",

@@ -220,19 +220,23 @@ def dataset_examples(
     return examples
 
 
-def normalise(images: np.ndarray | tf.Tensor) -> tf.Tensor:
+def normalise(images: np.ndarray | tf.Tensor, input_scale: str = "unit") -> tf.Tensor:
     """uint8 [N, 28, 28] -> float32 [N, 28, 28, 1] in [0, 1], as training's pipeline."""
     import tensorflow as tf
 
-    images = tf.cast(images, tf.float32) / 255.0
+    from pipeline.data import INPUT_SCALE_DIVISORS
+
+    images = tf.cast(images, tf.float32) / INPUT_SCALE_DIVISORS[input_scale]
     return images[..., tf.newaxis]
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
+def predict_probabilities(
+    model: keras.Model, images: np.ndarray, input_scale: str = "unit"
+) -> np.ndarray:
     """Class probabilities: [N, 10] softmax, or [N] P(class K) for a binary run."""
     from pipeline import models
 
-    logits = model(normalise(np.asarray(images, np.uint8)), training=False)
+    logits = model(normalise(np.asarray(images, np.uint8), input_scale), training=False)
     return models.probabilities(logits).numpy()
 
 

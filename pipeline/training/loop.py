@@ -210,6 +210,7 @@ def train_and_evaluate(
         batch_size=config.batch_size,
         shuffle_buffer=config.shuffle_buffer,
         seed=config.seed,
+        input_scale=config.input_scale,
     )
     eval_sets = {"test": dataset.test}
     if dataset.validation is not None:
@@ -281,12 +282,14 @@ def train_and_evaluate(
         strategy,
         jit_compile=use_jit_compile(config),
     )
-    evaluate = steps.make_array_eval_fn(model, EVAL_BATCH_SIZE)
+    evaluate = steps.make_array_eval_fn(model, EVAL_BATCH_SIZE, config.input_scale)
     gradients = steps.make_gradient_fn(model)
     # A fixed batch for gradient histograms, so they never consume the
     # training iterator (which would change the run they observe).
     probe_images = tf.constant(
-        dataset.train.images[: config.batch_size, ..., None] / 255.0, tf.float32
+        dataset.train.images[: config.batch_size, ..., None]
+        / data_lib.INPUT_SCALE_DIVISORS[config.input_scale],
+        tf.float32,
     )
     probe_labels = tf.constant(dataset.train.labels[: config.batch_size])
 

@@ -13,6 +13,8 @@ from collections.abc import Callable
 import keras
 import tensorflow as tf
 
+from pipeline import data as data_lib
+
 
 def make_optimizer(
     name: str, learning_rate: float, momentum: float = 0.9
@@ -121,7 +123,7 @@ def make_train_loop(
 
 
 def make_array_eval_fn(
-    model: keras.Model, batch_size: int = 1000
+    model: keras.Model, batch_size: int = 1000, input_scale: str = "unit"
 ) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
     """Compiles `evaluate(images, labels) -> {loss, accuracy, count}` over arrays.
 
@@ -134,6 +136,8 @@ def make_array_eval_fn(
     models. One trace serves every split (`[None, 28, 28]` signature).
     """
 
+    divisor = data_lib.INPUT_SCALE_DIVISORS[input_scale]
+
     @tf.function(
         input_signature=[
             tf.TensorSpec([None, 28, 28], tf.uint8),
@@ -145,7 +149,7 @@ def make_array_eval_fn(
         total_correct = tf.constant(0.0, tf.float64)
         count = tf.shape(labels)[0]
         for start in tf.range(0, count, batch_size):
-            batch = tf.cast(images[start : start + batch_size], tf.float32) / 255.0
+            batch = tf.cast(images[start : start + batch_size], tf.float32) / divisor
             batch_labels = labels[start : start + batch_size]
             logits = model(batch[..., tf.newaxis], training=False)
             total_loss += tf.reduce_sum(
