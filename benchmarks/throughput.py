@@ -170,6 +170,36 @@ def fit_worker(config, dataset, window: int, spe: int = 1, tensorboard_dir=None)
     return work
 
 
+def window_timer(name, baton, rounds: int, window: int, batch_size: int, rates):
+    """An action that times each `window` steps after the warm-up chunk and
+    passes the baton between windows (one window per turn)."""
+    from pipeline.training.actions import Action
+
+    class WindowTimer(Action):
+        window_start = 0.0
+
+        def next_boundary(self, step: int) -> int | None:
+            # Chunks end on every window boundary after the warm-up.
+            done = max(step - WARMUP_STEPS, -window) // window + 1
+            return WARMUP_STEPS + done * window
+
+        def __call__(self, state, chunk) -> None:
+            now = time.perf_counter()
+            done, rest = divmod(chunk.step - WARMUP_STEPS, window)
+            if chunk.step < WARMUP_STEPS or rest or done > rounds:
+                return
+            if done > 0:
+                rates.append(window * batch_size / (now - self.window_start))
+                report(name, done - 1, rates[-1])
+                if done == rounds:
+                    return  # keep the baton through the run's end-of-run work
+                baton.release(name)
+                baton.acquire(name)
+            self.window_start = time.perf_counter()
+
+    return WindowTimer()
+
+
 def pipeline_worker(config, dataset, window: int, workdir: pathlib.Path, results):
     """A worker running one real training run, one window per turn."""
     from pipeline.runs import rundir
@@ -184,29 +214,15 @@ def pipeline_worker(config, dataset, window: int, workdir: pathlib.Path, results
         )
         baton.acquire(name)
         run_dir = rundir.create_run_dir(workdir, name)
-        window_start = [0.0]
-
-        def on_progress(line: str) -> None:
-            if not line.startswith("step "):
-                return
-            now = time.perf_counter()
-            step = int(line.split()[1].split("/")[0])
-            done = (step - WARMUP_STEPS) // window
-            if step < WARMUP_STEPS or (step - WARMUP_STEPS) % window or done > rounds:
-                return
-            if done > 0:
-                rates.append(window * config.batch_size / (now - window_start[0]))
-                report(name, done - 1, rates[-1])
-                if done == rounds:
-                    return  # keep the baton through the run's end-of-run work
-                baton.release(name)
-                baton.acquire(name)
-            window_start[0] = time.perf_counter()
-
+        timer = window_timer(name, baton, rounds, window, config.batch_size, rates)
         try:
             results.append(
                 train.train_and_evaluate(
-                    run_config, run_dir, dataset, print_fn=on_progress
+                    run_config,
+                    run_dir,
+                    dataset,
+                    print_fn=lambda _: None,
+                    extra_actions=[timer],
                 )
             )
         finally:

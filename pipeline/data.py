@@ -1,7 +1,9 @@
 """MNIST-family data: validated IDX/npz readers, the bundled sample, tf.data pipelines.
 
-Arrays stay uint8 [N, 28, 28] until the tf.data pipeline; normalisation to
-float32 in [0, 1] happens inside the pipeline so shuffle buffers hold bytes.
+Arrays stay uint8 [N, 28, 28] until they reach the model: `model_input` turns
+them into what every model takes (float32 [N, 28, 28, 1] in [0, 1]), inside
+the tf.data pipeline (so shuffle buffers hold bytes), inside the compiled
+evaluation, prediction and the exported SavedModel alike.
 Every reader raises `DataError` with a message naming the offending file.
 """
 
@@ -36,6 +38,11 @@ IDX_NAMES = {
 IMAGE_MAGIC = 0x00000803
 LABEL_MAGIC = 0x00000801
 NUM_CLASSES = 10
+
+
+# What `model_input` divides uint8 pixels by, per input scale
+# (`--input_scale`): [0, 1], or the raw 0-255 values as floats.
+INPUT_SCALE_DIVISORS = {"unit": 255.0, "raw": 1.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -400,12 +407,20 @@ def gathered_batches(
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-# What pixels are divided by, per `--input_scale`: [0, 1] or raw 0-255.
-INPUT_SCALE_DIVISORS = {"unit": 255.0, "raw": 1.0}
+def model_input(images, scale: str = "unit"):
+    """uint8 [N, 28, 28] pixels -> the model's input, float32 [N, 28, 28, 1].
+
+    The one preprocessing step shared by training, evaluation, prediction and
+    export; works on NumPy arrays and on tensors inside a `tf.function`.
+    `scale` names the pixel range (`INPUT_SCALE_DIVISORS`): "unit" is [0, 1],
+    "raw" the 0-255 values (the run's `--input_scale`).
+    """
+    import tensorflow as tf
+
+    divisor = INPUT_SCALE_DIVISORS[scale]
+    images = tf.cast(images, tf.float32) / divisor
+    return images[..., tf.newaxis]
 
 
 def _normalise(images, labels, scale: str = "unit"):
-    import tensorflow as tf
-
-    images = tf.cast(images, tf.float32) / INPUT_SCALE_DIVISORS[scale]
-    return images[..., tf.newaxis], labels
+    return model_input(images, scale), labels

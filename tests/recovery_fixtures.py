@@ -81,3 +81,21 @@ def tree_digest(path: pathlib.Path) -> dict[str, bytes]:
         for p in sorted(path.rglob("*"))
         if p.is_file()
     }
+
+
+def signal_at(step: int, signum: int):
+    """An action that sends this process `signum` when the chunk ending at
+    `step` is done: what Ctrl-C or `kill` does to a run in the middle."""
+    import signal
+
+    from pipeline.training.actions import Action
+
+    class SignalAt(Action):
+        def next_boundary(self, current: int) -> int | None:
+            return step if current < step else None
+
+        def __call__(self, state, chunk) -> None:
+            if chunk.step == step:
+                signal.raise_signal(signum)
+
+    return SignalAt()

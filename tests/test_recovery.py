@@ -11,7 +11,13 @@ import sys
 
 import numpy as np
 import pytest
-from recovery_fixtures import raw_step_counts, record, run_cli, tensor_series
+from recovery_fixtures import (
+    raw_step_counts,
+    record,
+    run_cli,
+    signal_at,
+    tensor_series,
+)
 
 from pipeline import config as config_lib
 from pipeline import data as data_lib
@@ -55,13 +61,15 @@ def runs(tmp_path_factory):
 
     split = rundir.create_run_dir(logdir, "split")
 
-    def terminate_at_20(line: str) -> None:
-        if line.startswith("step     20/"):
-            signal.raise_signal(signal.SIGTERM)
-
     dataset = data_lib.load_dataset(TINY.dataset)
     with pytest.raises(train.TrainingInterruptedError) as interrupted:
-        train.train_and_evaluate(TINY, split, dataset, print_fn=terminate_at_20)
+        train.train_and_evaluate(
+            TINY,
+            split,
+            dataset,
+            print_fn=lambda _: None,
+            extra_actions=[signal_at(20, signal.SIGTERM)],
+        )
     after_signal = record(split.path)
     _train(TINY, split, resume=True)
     return {

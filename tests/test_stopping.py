@@ -6,7 +6,7 @@ import os
 import signal
 
 import pytest
-from recovery_fixtures import record, tensor_series
+from recovery_fixtures import record, signal_at, tensor_series
 
 from pipeline import data as data_lib
 from pipeline.config import TrainConfig
@@ -29,14 +29,14 @@ EARLY = TrainConfig(
 )
 
 
-def _train(config, run_dir, print_fn=lambda _: None, **kwargs):
+def _train(config, run_dir, **kwargs):
     from pipeline.training import loop as train
 
     dataset = data_lib.load_dataset(
         config.dataset, validation_split=config.validation_split
     )
     return train.train_and_evaluate(
-        config, run_dir, dataset, print_fn=print_fn, **kwargs
+        config, run_dir, dataset, print_fn=lambda _: None, **kwargs
     )
 
 
@@ -50,12 +50,8 @@ def early_runs(tmp_path_factory):
     result = _train(EARLY, whole)
     split = rundir.create_run_dir(logdir, "split")
 
-    def interrupt_at_50(line: str) -> None:
-        if line.startswith("step     50/"):
-            signal.raise_signal(signal.SIGINT)
-
     with pytest.raises(train.TrainingInterruptedError):
-        _train(EARLY, split, print_fn=interrupt_at_50)
+        _train(EARLY, split, extra_actions=[signal_at(50, signal.SIGINT)])
     _train(EARLY, split, resume=True)
     return {"whole": whole.path, "split": split.path, "result": result}
 

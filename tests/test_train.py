@@ -8,6 +8,7 @@ import pytest
 from conftest import TINY, scalar_series, train_run
 
 from pipeline import data, models
+from pipeline.training import actions
 from pipeline.training import loop as train
 
 
@@ -16,7 +17,7 @@ from pipeline.training import loop as train
     [(10, 10, True), (20, 10, True), (15, 10, False), (5, 0, False), (1, 1, True)],
 )
 def test_is_due(step, every, due):
-    assert train.is_due(step, every) is due
+    assert actions.is_due(step, every) is due
 
 
 @pytest.mark.parametrize(
@@ -31,7 +32,8 @@ def test_is_due(step, every, due):
     ],
 )
 def test_next_boundary_never_skips_an_interval(step, intervals, expected):
-    assert train.next_boundary(step, 1000, intervals, 100) == expected
+    periodic = [actions.EveryNSteps(every) for every in intervals]
+    assert train.chunk_end(step, 1000, 100, periodic) == expected
 
 
 def test_run_record_completed_with_final_metrics(trained_runs):
@@ -58,7 +60,7 @@ def test_final_checkpoint_restores_the_final_test_accuracy(
     assert run.result.checkpoint.endswith("ckpt-20")
     model = models.restore_model(run.config, run.result.checkpoint)
     test = sample_dataset.test
-    restored = steps.make_array_eval_fn(model)(test.images, test.labels)
+    restored = steps.make_eval_fn(model)(test.images, test.labels)
     assert float(restored["accuracy"]) == run.result.test["accuracy"]
     assert float(restored["loss"]) == pytest.approx(run.result.test["loss"], rel=1e-6)
     assert tf.train.list_variables(run.result.checkpoint)

@@ -1,9 +1,10 @@
 """Evaluate a checkpoint on a full split: metrics, confusion matrix, PR curves.
 
-`evaluate_run` restores a run's checkpoint, predicts every example of a split
-through the same tf.data pipeline training evaluated with, and returns an
-`EvalReport`; `write_summaries` puts it into the run's `eval/` writer at the
-checkpoint's step. Everything is computed before anything is written, so a
+`evaluate_run` restores a run's checkpoint, evaluates every example of a split
+with the same compiled evaluation training uses (`steps.make_eval_fn`: the
+same preprocessing, batching and float64 sums), and returns an `EvalReport`;
+`write_summaries` puts it into the run's `eval/` writer at the checkpoint's
+step. Everything is computed before anything is written, so a
 failure leaves the run untouched.
 
 Multi-class runs report per-class precision/recall/F1 (one class against the
@@ -32,7 +33,7 @@ from pipeline import models
 from pipeline.runs.restore import RestoredRun
 from pipeline.tensorboard.summaries import SummaryLogger
 from pipeline.training import steps
-from pipeline.training.loop import EVAL_BATCH_SIZE
+from pipeline.training.steps import EVAL_BATCH_SIZE
 
 # 201 evenly spaced thresholds put one exactly at 0.5 (index 100).
 NUM_THRESHOLDS = 201
@@ -45,6 +46,7 @@ class Outputs:
 
     logits: np.ndarray  # float32 [N, C] (C = 1 for a binary run)
     labels: np.ndarray  # int32 [N]
+    loss: float  # mean cross-entropy over the split (float64 sum)
 
     @functools.cached_property
     def predicted(self) -> np.ndarray:
@@ -143,28 +145,12 @@ def predict_outputs(
     batch_size: int = EVAL_BATCH_SIZE,
     input_scale: str = "unit",
 ) -> Outputs:
-    """Logits for every example, through training's evaluation pipeline."""
-    dataset = data_lib.make_dataset(
-        split,
-        batch_size=batch_size,
-        repeat=False,
-        drop_remainder=False,
-        input_scale=input_scale,
-    )
-
-    logits, labels = [], []
-    for images, batch_labels in dataset:
-        logits.append(model(images, training=False).numpy())
-        labels.append(batch_labels.numpy())
-    return Outputs(np.concatenate(logits), np.concatenate(labels).astype(np.int32))
-
-
-def mean_loss(outputs: Outputs) -> float:
-    """Mean cross-entropy over the split (float64 sum, as training's eval does)."""
-    per_example = steps.per_example_loss(
-        tf.constant(outputs.labels), tf.constant(outputs.logits)
-    ).numpy()
-    return float(np.sum(per_example.astype(np.float64)) / len(per_example))
+    """Logits for every example and the mean loss, by training's evaluation
+    (`input_scale`: the run's --input_scale)."""
+    evaluate = steps.make_eval_fn(model, batch_size, input_scale)
+    labels = split.labels.astype(np.int32)
+    metrics = evaluate(tf.constant(split.images), tf.constant(labels))
+    return Outputs(metrics["logits"].numpy(), labels, float(metrics["loss"]))
 
 
 def confusion_matrix(
@@ -278,7 +264,7 @@ def build_report(
         dataset=dataset,
         split=split,
         examples=len(outputs.labels),
-        loss=mean_loss(outputs),
+        loss=outputs.loss,
         accuracy=float(np.trace(confusion) / confusion.sum()),
         class_names=names,
         confusion=confusion,

@@ -4,9 +4,10 @@ Signatures (both return `probabilities` and `classes`):
   serving_default   images: uint8 [N, 28, 28]
   serving_channels  images: uint8 [N, 28, 28, 1]
 `probabilities` is float32 [N, 10] (softmax), or [N] P(class K) for a binary
-run; `classes` is int32 [N] (for a binary run 1 means "is a K"). Pixels are
-scaled to [0, 1] inside the graph exactly as `pipeline-predict` does, so the
-served probabilities equal the predicted ones.
+run; `classes` is int32 [N] (for a binary run 1 means "is a K"). Pixels reach
+the model inside the graph through `steps.model_logits`, as in training's
+evaluation and `pipeline-predict`, so the served probabilities equal the
+predicted ones.
 
 The SavedModel is written to a temporary sibling directory and renamed into
 place, so `--out` either holds a complete export or is left as it was.
@@ -26,7 +27,6 @@ import tensorflow as tf
 from pipeline import models
 from pipeline.errors import RunDirError
 from pipeline.runs.restore import RestoredRun
-from pipeline.tools import predict
 from pipeline.training import steps
 
 METADATA_NAME = "pipeline_export.json"
@@ -45,7 +45,7 @@ class ServingModule(tf.Module):
         self.input_scale = input_scale  # the run's --input_scale, fixed in the graph
 
     def _outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = self.model(predict.normalise(images, self.input_scale), training=False)
+        logits = steps.model_logits(self.model, images, self.input_scale)
         return {
             "probabilities": models.probabilities(logits),
             "classes": steps.predicted_class(logits),
@@ -88,8 +88,8 @@ def check_destination(out: str | os.PathLike) -> pathlib.Path:
 def export_run(restored: RestoredRun, out: str | os.PathLike) -> pathlib.Path:
     """Writes the checkpoint's model as a SavedModel at `out`; returns the path."""
     out = check_destination(out)
-    module = ServingModule(restored.load_model(), restored.config.input_scale)
     config = restored.config
+    module = ServingModule(restored.load_model(), config.input_scale)
     metadata = {
         "run": str(restored.run_dir.path),
         "step": restored.step,

@@ -38,7 +38,6 @@ from pipeline.data import DataError
 
 if TYPE_CHECKING:
     import keras
-    import tensorflow as tf
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 ARRAY_SUFFIX = ".npy"
@@ -220,23 +219,18 @@ def dataset_examples(
     return examples
 
 
-def normalise(images: np.ndarray | tf.Tensor, input_scale: str = "unit") -> tf.Tensor:
-    """uint8 [N, 28, 28] -> float32 [N, 28, 28, 1] in [0, 1], as training's pipeline."""
-    import tensorflow as tf
-
-    from pipeline.data import INPUT_SCALE_DIVISORS
-
-    images = tf.cast(images, tf.float32) / INPUT_SCALE_DIVISORS[input_scale]
-    return images[..., tf.newaxis]
-
-
 def predict_probabilities(
     model: keras.Model, images: np.ndarray, input_scale: str = "unit"
 ) -> np.ndarray:
-    """Class probabilities: [N, 10] softmax, or [N] P(class K) for a binary run."""
-    from pipeline import models
+    """Class probabilities: [N, 10] softmax, or [N] P(class K) for a binary run.
 
-    logits = model(normalise(np.asarray(images, np.uint8), input_scale), training=False)
+    `input_scale` is the run's --input_scale: pixels reach the model as in
+    training.
+    """
+    from pipeline import models
+    from pipeline.training import steps
+
+    logits = steps.model_logits(model, np.asarray(images, np.uint8), input_scale)
     return models.probabilities(logits).numpy()
 
 

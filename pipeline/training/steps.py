@@ -15,6 +15,11 @@ import tensorflow as tf
 
 from pipeline import data as data_lib
 
+# Examples per batch of an evaluation (memory, not results: sums are exact).
+EVAL_BATCH_SIZE = 1000
+# What an evaluation reports per split, in this order.
+EVAL_METRICS = ("loss", "accuracy")
+
 
 def make_optimizer(
     name: str, learning_rate: float, momentum: float = 0.9
@@ -122,21 +127,31 @@ def make_train_loop(
     return train_loop
 
 
-def make_array_eval_fn(
-    model: keras.Model, batch_size: int = 1000, input_scale: str = "unit"
-) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
-    """Compiles `evaluate(images, labels) -> {loss, accuracy, count}` over arrays.
+def model_logits(
+    model: keras.Model, images: tf.Tensor, input_scale: str = "unit"
+) -> tf.Tensor:
+    """Logits for uint8 [N, 28, 28] images: the one way pixels reach a model
+    outside training (evaluation, `pipeline-predict`, the exported SavedModel).
+    `input_scale` is the run's `--input_scale`, as training fed the model."""
+    return model(data_lib.model_input(images, input_scale), training=False)
 
-    Sums per-example loss and correctness over every batch (the last, partial
-    one included), so the result is the exact mean over the split. Slices uint8
-    `[N, 28, 28]` images that
-    stay in memory and normalises each batch in the graph: no tf.data
+
+def make_eval_fn(
+    model: keras.Model, batch_size: int = EVAL_BATCH_SIZE, input_scale: str = "unit"
+) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
+    """Compiles `evaluate(images, labels) -> {loss, accuracy, count, logits}`.
+
+    The one evaluation of a split, shared by training's periodic evaluation
+    and `pipeline-eval`. Sums per-example loss and correctness over every
+    batch (the last, partial one included), so `loss` and `accuracy` are the
+    exact means over the split; `logits` are float32 [N, classes] in the
+    split's order. Slices uint8 `[N, 28, 28]` images that stay in memory and
+    turns each batch into the model's input in the graph: no tf.data
     iterator, prefetch threads or per-call pipeline start-up, which made a
     periodic test evaluation cost 3-10x more than its arithmetic for small
     models. One trace serves every split (`[None, 28, 28]` signature).
     """
-
-    divisor = data_lib.INPUT_SCALE_DIVISORS[input_scale]
+    classes = model.output_shape[-1]
 
     @tf.function(
         input_signature=[
@@ -147,19 +162,31 @@ def make_array_eval_fn(
     def evaluate(images: tf.Tensor, labels: tf.Tensor) -> dict[str, tf.Tensor]:
         total_loss = tf.constant(0.0, tf.float64)
         total_correct = tf.constant(0.0, tf.float64)
+        all_logits = tf.TensorArray(
+            tf.float32, size=0, dynamic_size=True, element_shape=[None, classes]
+        )
         count = tf.shape(labels)[0]
         for start in tf.range(0, count, batch_size):
-            batch = tf.cast(images[start : start + batch_size], tf.float32) / divisor
             batch_labels = labels[start : start + batch_size]
-            logits = model(batch[..., tf.newaxis], training=False)
+            logits = model_logits(
+                model, images[start : start + batch_size], input_scale
+            )
             total_loss += tf.reduce_sum(
                 tf.cast(per_example_loss(batch_labels, logits), tf.float64)
             )
             total_correct += tf.reduce_sum(
                 tf.cast(correct(batch_labels, logits), tf.float64)
             )
+            all_logits = all_logits.write(
+                start // batch_size, tf.cast(logits, tf.float32)
+            )
         n = tf.cast(count, tf.float64)
-        return {"loss": total_loss / n, "accuracy": total_correct / n, "count": n}
+        return {
+            "loss": total_loss / n,
+            "accuracy": total_correct / n,
+            "count": n,
+            "logits": all_logits.concat(),
+        }
 
     return evaluate
 

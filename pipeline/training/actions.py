@@ -1,0 +1,343 @@
+"""Actions: what the loop does after each compiled chunk, one behaviour each.
+
+Orbit's idea (`orbit/actions`): side effects of the outer loop are small
+objects called with what the inner loop returned. Here each action also says
+which steps it needs, so a chunk always ends exactly on them.
+
+How to add a behaviour to training: subclass `Action`, override what you
+need, and pass an instance in `train_and_evaluate(..., extra_actions=[...])`
+(or add it to `standard_actions` to make it part of every run). Extra actions
+run after the standard ones that log, evaluate and save, and before the two
+that end a run on a signal (`SaveIfPreempted`, `StopOnSignal`).
+
+    class StopAtStep(Action):
+        def __init__(self, at): self.at = at
+        def next_boundary(self, step): return self.at if step < self.at else None
+        def __call__(self, state, chunk):
+            if chunk.step == self.at:
+                state.stop_reason = f"stopped at step {self.at}"
+
+An action may read or change the shared `TrainState` (the model, the logger,
+`state.last_test`, ...), stop the run cleanly by setting `state.stop_reason`
+(a checkpoint is saved at that step and the run completes), or raise to end
+it (the run is recorded `interrupted` for `TrainingInterruptedError` and
+`KeyboardInterrupt`, `failed` for anything else).
+"""
+
+from __future__ import annotations
+
+import signal
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline import data as data_lib
+from pipeline.config import epoch_of, steps_per_epoch
+from pipeline.errors import NonFiniteLossError, TrainingInterruptedError
+from pipeline.tensorboard import budget
+from pipeline.tensorboard import hparams as hparams_lib
+from pipeline.tensorboard.summaries import variable_name
+from pipeline.training import recovery, stopping
+from pipeline.training.state import Chunk, TrainState
+
+
+def next_multiple(step: int, every: int) -> int | None:
+    """The first multiple of `every` after `step` (None when `every` is 0: never)."""
+    return (step // every + 1) * every if every > 0 else None
+
+
+def is_due(step: int, every: int) -> bool:
+    """True when a periodic action (every N steps; 0 = never) falls on `step`."""
+    return every > 0 and step % every == 0
+
+
+class Action:
+    """One behaviour of the training loop. Override what you need.
+
+    The loop calls, in this order:
+      `start(state)` once, before the first chunk (`state.step` is where the
+        run starts: 0, or the restored step);
+      `next_boundary(step)` before each chunk: the first step after `step`
+        this action must see a chunk end on, or None (no need);
+      `action(state, chunk)` after each chunk, in list order;
+      `close(state)` once when the loop ends, however it ends.
+    """
+
+    def start(self, state: TrainState) -> None:
+        """Before the first chunk. Default: nothing."""
+
+    def next_boundary(self, step: int) -> int | None:
+        """The next step after `step` a chunk must end on. Default: none."""
+        return None
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        """After each chunk. Default: nothing."""
+
+    def close(self, state: TrainState) -> None:
+        """When the loop ends (also on errors). Default: nothing."""
+
+
+class EveryNSteps(Action):
+    """An action due on every multiple of `every` (0 = never) and at the end."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def next_boundary(self, step: int) -> int | None:
+        return next_multiple(step, self.every)
+
+    def due(self, chunk: Chunk) -> bool:
+        return is_due(chunk.step, self.every) or chunk.is_last
+
+
+class RunStartSummaries(Action):
+    """The model graph, summary text and input images at step 0; the resume marker."""
+
+    def start(self, state: TrainState) -> None:
+        config, logger = state.config, state.logger
+        if state.step == 0:
+            logger.keras_model("train", state.model)
+            logger.text("train", 0, "model_summary", f"```\n{state.model_summary}\n```")
+            if config.image_count:
+                images = state.dataset.train.images[: config.image_count]
+                logger.image_grid("train", 0, "inputs", images)
+        if state.restore_point.resumed:
+            restored = state.restore_point.step
+            logger.scalars(
+                "train", restored + 1, {"events/resumed_from": float(restored)}
+            )
+
+
+class CheckFinite(Action):
+    """Fails the run at the first NaN/Inf loss, naming the last good checkpoint."""
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        losses = chunk.outputs["loss"]
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            raise NonFiniteLossError(
+                f"loss is {losses[bad[0]]} at step {chunk.first_step + int(bad[0])}; "
+                f"last good checkpoint: {state.manager.latest_checkpoint or 'none'}"
+            )
+
+
+class WriteTrainScalars(Action):
+    """Every step's loss and accuracy at its own step (every `log_every`)."""
+
+    def __init__(self, log_every: int):
+        self.log_every = log_every
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        logger = state.logger
+        logger.scalar_series("train", chunk.first_step, chunk.outputs, self.log_every)
+        if self.log_every > 0:
+            # Constant within a chunk: once per chunk, at its last step.
+            logger.scalar_series(
+                "train",
+                chunk.step,
+                {
+                    "learning_rate": np.array([state.optimizer.learning_rate.numpy()]),
+                    "examples_per_sec": np.array([chunk.examples_per_sec]),
+                },
+            )
+        state.last_train = {
+            "loss": float(chunk.outputs["loss"][-1]),
+            "accuracy": float(chunk.outputs["accuracy"][-1]),
+        }
+
+
+class WriteHistograms(Action):
+    """Weights and their gradients, thinned to fit `--summary_budget_mb`.
+
+    Chunks end on every multiple of `every`, on every worker alike
+    (collectives need equal chunks); the budget only decides whether a
+    histogram is written there (thinned steps are multiples). Gradients come
+    from a fixed batch, so they never consume the training iterator (which
+    would change the run they observe).
+    """
+
+    def __init__(self, every: int, total_steps: int, budget_bytes: int):
+        self.every = every
+        self.schedule = budget.ThinningSchedule(every, total_steps, budget_bytes)
+        self.probe: tuple[tf.Tensor, tf.Tensor] | None = None
+
+    def next_boundary(self, step: int) -> int | None:
+        return next_multiple(step, self.every)
+
+    def start(self, state: TrainState) -> None:
+        train = state.dataset.train
+        batch = state.config.batch_size
+        self.probe = (
+            data_lib.model_input(train.images[:batch], state.config.input_scale),
+            tf.constant(train.labels[:batch]),
+        )
+        if state.step == 0:
+            self._write(state, 0)  # the initial weights (a resumed run has them)
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        self._write(state, chunk.step)
+
+    def _write(self, state: TrainState, step: int) -> None:
+        if not (state.is_chief and self.schedule.due(step)):
+            return
+        variables = state.model.trainable_variables
+        grads = state.gradients(*self.probe)
+        named = [(variable_name(v), v) for v in variables]
+        named += [
+            (f"gradients/{variable_name(v)}", g)
+            for v, g in zip(variables, grads, strict=True)
+        ]
+        state.logger.histograms("train", step, named)
+        if self.schedule.budget_bytes > 0:
+            state.logger.flush()
+            write_bytes = sum(budget.histogram_event_bytes(n) for n, _ in named)
+            spent = budget.event_bytes(state.run_dir.path)
+            self.schedule.record(step, spent, write_bytes)
+
+
+class Evaluate(EveryNSteps):
+    """Test (and validation) loss and accuracy, and the running best test metrics."""
+
+    def __init__(self, every: int):
+        super().__init__(every)
+        self.best = hparams_lib.BestMetrics()
+
+    def start(self, state: TrainState) -> None:
+        # A resumed run's running best starts from what its earlier lives logged.
+        for logged_step, values in recovery.logged_evaluations(
+            state.run_dir.path / "test", state.step
+        ):
+            self.best.update(logged_step, values)
+        # Compile the evaluation now (on zero examples), with the train loop,
+        # rather than inside the first evaluation interval.
+        images, labels = next(iter(state.eval_arrays.values()))
+        state.evaluate(images[:0], labels[:0])
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        if not self.due(chunk):
+            return
+        step = chunk.step
+        for name, values in state.evaluate_splits().items():
+            state.logger.scalars(name, step, values)
+            if name == "test":
+                state.logger.scalars(name, step, self.best.update(step, values))
+        state.last_evaluated = step
+
+
+class EarlyStop(Action):
+    """Stops when the validation loss stopped improving; keeps the best model."""
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        early = state.early_stopping
+        if not early.enabled or state.last_evaluated != chunk.step:
+            return
+        if early.update(chunk.step, state.last_validation["loss"]):
+            state.best_manager.save(checkpoint_number=chunk.step)
+        if early.should_stop:
+            state.stop_reason = early.reason(chunk.step)
+            state.logger.text("train", chunk.step, "early_stopping", state.stop_reason)
+            best_step = float(early.best_step.numpy())
+            state.logger.scalars(
+                "train", chunk.step, {"events/early_stopped": best_step}
+            )
+            state.print_fn(state.stop_reason)
+
+
+class SaveCheckpoint(EveryNSteps):
+    """A checkpoint every `every` steps, at the end, and where the run stops early."""
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        if self.due(chunk) or state.stop_reason:
+            state.save_checkpoint(chunk.step)
+
+
+class PrintProgress(EveryNSteps):
+    """One progress line every `every` steps and at the end."""
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        if not self.due(chunk):
+            return
+        # What the progress line reports is on the charts too.
+        state.logger.flush()
+        test_acc = state.last_test.get("accuracy")
+        test_text = "-" if test_acc is None else f"{test_acc:.4f}"
+        train_text = " ".join(f"{k}={v:.4f}" for k, v in state.last_train.items())
+        config = state.config
+        epoch_text = ""
+        if config.epochs:
+            per_epoch = steps_per_epoch(config.batch_size, len(state.dataset.train))
+            epoch_text = f"epoch {epoch_of(chunk.step, per_epoch)}/{config.epochs}  "
+        state.print_fn(
+            f"step {chunk.step:>6}/{chunk.last_step}  {epoch_text}train {train_text}"
+            f"  test_accuracy={test_text}  {chunk.examples_per_sec:,.0f} examples/s"
+        )
+
+
+class SaveIfPreempted(Action):
+    """Multi-worker only: after a SIGTERM anywhere, every worker saves this step.
+
+    Every worker calls the handler after every chunk; after a SIGTERM it saves
+    on all of them and raises `WorkerPreemptedError` (exit code 42).
+    """
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        if state.preemption is not None:
+            state.logger.flush()
+            state.preemption.save_checkpoint_if_preempted(checkpoint_number=chunk.step)
+
+
+class StopOnSignal(Action):
+    """SIGINT/SIGTERM: finish the chunk, save a checkpoint, end `interrupted`.
+
+    Under multi_worker, SIGTERM belongs to the preemption handler, which stops
+    every worker at the same step; SIGINT still stops only this process.
+    """
+
+    def __init__(self) -> None:
+        self.stop: stopping.GracefulStop | None = None
+
+    def start(self, state: TrainState) -> None:
+        signals = (signal.SIGINT,) if state.preemption else stopping.STOP_SIGNALS
+        self.stop = stopping.GracefulStop(signals).install()
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        stop = self.stop
+        if not stop.requested or chunk.is_last or state.stop_reason:
+            return
+        if chunk.step > state.last_saved:
+            state.save_checkpoint(chunk.step)
+        state.logger.flush()
+        raise TrainingInterruptedError(
+            f"interrupted by {stop.signal_name} at step {chunk.step}; checkpoint "
+            f"{state.manager.latest_checkpoint or 'none'} saved; continue with: "
+            f"pipeline-train --resume --run={state.run_dir.path}",
+            stop.signum,
+        )
+
+    def close(self, state: TrainState) -> None:
+        if self.stop is not None:
+            self.stop.uninstall()
+
+
+def standard_actions(state: TrainState) -> list[Action]:
+    """What every run does after a chunk, in order (before any extra actions)."""
+    config = state.config
+    return [
+        RunStartSummaries(),
+        CheckFinite(),
+        WriteTrainScalars(config.log_every),
+        WriteHistograms(
+            config.histogram_every,
+            config.steps,
+            round(config.summary_budget_mb * 1e6),
+        ),
+        Evaluate(config.eval_every),
+        EarlyStop(),
+        SaveCheckpoint(config.checkpoint_every),
+        PrintProgress(config.print_every),
+    ]
+
+
+def stopping_actions() -> list[Action]:
+    """The actions that end a run on a signal: always last."""
+    return [SaveIfPreempted(), StopOnSignal()]

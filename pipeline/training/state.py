@@ -1,0 +1,372 @@
+"""What outlives a chunk: one `TrainState`, built once by `build_train_state`.
+
+The loop (`pipeline.training.loop`) and its actions (`pipeline.training.actions`)
+share this object: the model, optimizer and step variable, the data iterator,
+the checkpoint and its managers, the summary logger, the evaluation arrays and
+the compiled functions, plus the few facts a chunk leaves for the next one
+(the step reached, the last metrics, the last saved step, a stop reason).
+Which checkpoint a run continues from is chosen in one place,
+`choose_restore_point`, and restored in one place, `build_train_state`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shutil
+import time
+from collections.abc import Callable
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline import data as data_lib
+from pipeline import models
+from pipeline.config import TrainConfig, use_jit_compile
+from pipeline.errors import NonFiniteLossError, RunDirError, WorkerPreemptedError
+from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir
+from pipeline.tensorboard.summaries import SummaryLogger
+from pipeline.training import distribute, recovery, steps, stopping
+
+
+@dataclasses.dataclass(frozen=True)
+class RestorePoint:
+    """Where a run starts: step 0 from scratch, or a checkpoint to restore."""
+
+    step: int = 0
+    checkpoint: str | None = None  # checkpoint prefix, None for a fresh start
+    resumed: bool = False
+
+
+def copy_latest_checkpoint(source: pathlib.Path, target: pathlib.Path) -> None:
+    """Copies `source`'s latest checkpoint into `target` and points its state at it."""
+    latest = tf.train.latest_checkpoint(str(source))
+    if latest is None:
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for path in pathlib.Path(latest).parent.glob(pathlib.Path(latest).name + ".*"):
+        shutil.copy2(path, target / path.name)
+    tf.compat.v1.train.update_checkpoint_state(
+        str(target), str(target / pathlib.Path(latest).name)
+    )
+
+
+def choose_restore_point(
+    run_dir: RunDir,
+    resume: bool,
+    restore_dir: pathlib.Path | None,
+    print_fn: Callable[[str], None],
+) -> RestorePoint:
+    """The checkpoint a run continues from (the one place that chooses it).
+
+    A non-chief worker passes the chief's checkpoint directory as
+    `restore_dir`: the preemption handler restores its step counter from the
+    worker's own directory, so the worker restores from a copy of the chief's
+    latest checkpoint, and every worker then agrees.
+    """
+    if not resume:
+        return RestorePoint()
+    if restore_dir is not None and restore_dir != run_dir.checkpoint_dir:
+        copy_latest_checkpoint(restore_dir, run_dir.checkpoint_dir)
+    step = recovery.latest_checkpoint_step(run_dir.checkpoint_dir)
+    print_fn(f"resuming {run_dir.name} from step {step}")
+    checkpoint = str(run_dir.checkpoint_dir / f"ckpt-{step}") if step else None
+    return RestorePoint(step, checkpoint, resumed=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Chunk:
+    """What one compiled call trained: steps `first_step`..`step`.
+
+    `outputs[name][i]` is the value of metric `name` (loss, accuracy) at step
+    `first_step + i`.
+    """
+
+    first_step: int
+    step: int
+    last_step: int  # --steps: the run's final step
+    outputs: dict[str, np.ndarray]
+    seconds: float
+    examples: int
+
+    @property
+    def is_last(self) -> bool:
+        """True for the chunk that ends at the run's final step."""
+        return self.step == self.last_step
+
+    @property
+    def examples_per_sec(self) -> float:
+        return self.examples / self.seconds
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Everything a run keeps between chunks (see the module docstring)."""
+
+    config: TrainConfig
+    run_dir: RunDir
+    dataset: data_lib.Dataset
+    strategy: tf.distribute.Strategy
+    restore_point: RestorePoint
+    print_fn: Callable[[str], None]
+    model: keras.Model
+    optimizer: keras.optimizers.Optimizer
+    step_var: tf.Variable
+    iterator: object
+    checkpoint: tf.train.Checkpoint
+    manager: tf.train.CheckpointManager
+    # The best model (by validation loss) has its own manager, so the rotation
+    # of the regular checkpoints can never delete it.
+    best_manager: tf.train.CheckpointManager | None
+    early_stopping: stopping.EarlyStopping
+    logger: SummaryLogger
+    eval_arrays: dict[str, tuple[tf.Tensor, tf.Tensor]]
+    train_loop: Callable
+    evaluate: Callable
+    gradients: Callable  # of a fixed batch, for histograms
+    model_summary: str
+    preemption: object | None = None
+    # What a chunk leaves for the next one. `step` is where the last chunk
+    # whose actions all ran ended (a failure is recorded at that step).
+    step: int = 0
+    last_saved: int = 0
+    last_test: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_validation: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_train: dict[str, float] = dataclasses.field(default_factory=dict)
+    last_evaluated: int = -1
+    trained_examples: int = 0
+    stop_reason: str = ""
+    started_at: float = dataclasses.field(default_factory=time.perf_counter)
+
+    @property
+    def is_chief(self) -> bool:
+        return distribute.is_chief(self.strategy)
+
+    def train_until(self, end: int) -> Chunk:
+        """Runs steps `step + 1`..`end` in one compiled call; returns what they did."""
+        chunk = tf.constant(end - self.step, tf.int32)
+        started = time.perf_counter()
+        if self.step == 0:
+            outputs = self.logger.trace_graph(
+                "train", self.train_loop, self.iterator, chunk
+            )
+        else:
+            outputs = self.train_loop(self.iterator, chunk)
+        series = {name: value.numpy() for name, value in outputs.items()}
+        seconds = time.perf_counter() - started
+        self.step_var.assign(end)
+        examples = (end - self.step) * self.config.batch_size
+        self.trained_examples += examples
+        return Chunk(self.step + 1, end, self.config.steps, series, seconds, examples)
+
+    def evaluate_splits(self) -> dict[str, dict[str, float]]:
+        """Loss and accuracy on every held-out split (test, validation)."""
+        results = {}
+        for name, (images, labels) in self.eval_arrays.items():
+            metrics = self.evaluate(images, labels)
+            results[name] = {
+                k: float(metrics[k].numpy()) for k in steps.EVAL_METRICS if k in metrics
+            }
+        self.last_test = results["test"]
+        self.last_validation = results.get("validation", {})
+        return results
+
+    def save_checkpoint(self, step: int) -> None:
+        """Saves the run at `step`; refuses NaN/Inf weights; marks the save."""
+        if not recovery.all_finite(self.model.variables + self.optimizer.variables):
+            raise NonFiniteLossError(
+                f"weights are NaN/Inf at step {step}; not saved; last good "
+                f"checkpoint: {self.manager.latest_checkpoint or 'none'}"
+            )
+        # Flush first: what the checkpoint covers is then on disk too.
+        self.logger.flush()
+        try:
+            self.manager.save(checkpoint_number=step)
+        except (OSError, tf.errors.OpError) as err:
+            reason = getattr(err, "message", None) or str(err)
+            raise RunDirError(
+                f"{self.run_dir.checkpoint_dir}: cannot save the step-{step} "
+                f"checkpoint ({reason.splitlines()[0]}); last good checkpoint: "
+                f"{self.manager.latest_checkpoint or 'none'}"
+            ) from None
+        self.last_saved = step
+        self.logger.scalars("train", step, {"events/checkpoint_saved": float(step)})
+        self.logger.flush()
+
+    def restore(self, point: RestorePoint) -> None:
+        """Restores `point`'s checkpoint into the run (the one place a run's
+        checkpoint is restored); a fresh start restores nothing."""
+        if point.checkpoint is not None:
+            self.checkpoint.restore(point.checkpoint).assert_existing_objects_matched()
+
+    def raise_preempted(self) -> None:
+        """The preemption handler's exit: every worker has saved this step."""
+        self.last_saved = int(self.step_var.numpy())
+        raise WorkerPreemptedError(
+            f"preempted: a worker got SIGTERM; every worker saved step "
+            f"{self.last_saved}; restart each one with --resume"
+        )
+
+    def restore_best_model(self) -> str | None:
+        """Puts the best model's weights back (early stopping); its prefix or None."""
+        if self.best_manager is None or not self.best_manager.latest_checkpoint:
+            return None
+        best = self.best_manager.latest_checkpoint
+        tf.train.Checkpoint(model=self.model).restore(
+            best
+        ).assert_existing_objects_matched()
+        return best
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seeds Python, NumPy, TensorFlow and Keras; optionally forces op determinism."""
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def _model_and_optimizer(config: TrainConfig, strategy) -> tuple:
+    seed_everything(config.seed, config.deterministic)
+    with strategy.scope():
+        model = models.build_model(config)
+        optimizer = steps.make_optimizer(
+            config.optimizer, config.learning_rate, config.momentum
+        )
+        optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def _train_iterator(config, dataset, strategy, restored_step: int):
+    train_ds = data_lib.make_dataset(
+        dataset.train,
+        batch_size=config.batch_size,
+        shuffle_buffer=config.shuffle_buffer,
+        seed=config.seed,
+        input_scale=config.input_scale,
+    )
+    if distribute.iterator_is_checkpointable(strategy):
+        return iter(train_ds), True
+    # A distributed iterator cannot be checkpointed: skip the seeded pipeline
+    # to the restored step instead (bit-identical, TF-FACTS.md).
+    return iter(
+        strategy.experimental_distribute_dataset(train_ds.skip(restored_step))
+    ), False
+
+
+def _eval_split_names(dataset: data_lib.Dataset) -> list[str]:
+    return ["test"] + (["validation"] if dataset.validation is not None else [])
+
+
+def _eval_arrays(dataset: data_lib.Dataset) -> dict[str, tuple[tf.Tensor, tf.Tensor]]:
+    """The held-out splits as resident tensors, evaluated without tf.data."""
+    return {
+        name: (
+            tf.constant(getattr(dataset, name).images),
+            tf.constant(getattr(dataset, name).labels, tf.int32),
+        )
+        for name in _eval_split_names(dataset)
+    }
+
+
+def _checkpoint_managers(
+    config: TrainConfig,
+    run_dir: RunDir,
+    checkpoint: tf.train.Checkpoint,
+    step_var: tf.Variable,
+    keep_best: bool,
+) -> tuple[tf.train.CheckpointManager, tf.train.CheckpointManager | None]:
+    """The run's checkpoint manager (by step) and, to keep it, the best model's."""
+    manager = tf.train.CheckpointManager(
+        checkpoint,
+        str(run_dir.checkpoint_dir),
+        max_to_keep=config.max_checkpoints,
+        step_counter=step_var,
+    )
+    best_manager = None
+    if keep_best:
+        best_manager = tf.train.CheckpointManager(
+            tf.train.Checkpoint(model=checkpoint.model),
+            str(run_dir.checkpoint_dir / "best"),
+            max_to_keep=1,
+        )
+    return manager, best_manager
+
+
+def build_train_state(
+    config: TrainConfig,
+    run_dir: RunDir,
+    dataset: data_lib.Dataset,
+    strategy: tf.distribute.Strategy,
+    restore_point: RestorePoint,
+    print_fn: Callable[[str], None],
+) -> TrainState:
+    """Builds the model, data, checkpointing and logging of a run, and restores
+    `restore_point` into them. Every worker of a distributed run builds the same."""
+    restored_step = restore_point.step
+    is_chief = distribute.is_chief(strategy)
+    writers_not_before = 0.0
+    if is_chief:
+        writers_not_before = recovery.write_session_start(
+            run_dir.path,
+            ["train", *_eval_split_names(dataset)],
+            recovery.session_start_step(restored_step),
+        )
+    model, optimizer = _model_and_optimizer(config, strategy)
+    summary = models.summary_text(model)
+    print_fn(summary)
+    iterator, iterator_in_checkpoint = _train_iterator(
+        config, dataset, strategy, restored_step
+    )
+    eval_arrays = _eval_arrays(dataset)
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
+    early_stopping = stopping.EarlyStopping(
+        config.early_stopping_patience, config.early_stopping_min_delta
+    )
+    checkpoint = tf.train.Checkpoint(
+        model=model,
+        optimizer=optimizer,
+        step=step_var,
+        rng=recovery.rng_state_variables(model),
+        early_stopping=early_stopping,
+        **({"iterator": iterator} if iterator_in_checkpoint else {}),
+    )
+    manager, best_manager = _checkpoint_managers(
+        config, run_dir, checkpoint, step_var, early_stopping.enabled
+    )
+    state = TrainState(
+        config=config,
+        run_dir=run_dir,
+        dataset=dataset,
+        strategy=strategy,
+        restore_point=restore_point,
+        print_fn=print_fn,
+        model=model,
+        optimizer=optimizer,
+        step_var=step_var,
+        iterator=iterator,
+        checkpoint=checkpoint,
+        manager=manager,
+        best_manager=best_manager,
+        early_stopping=early_stopping,
+        logger=SummaryLogger(run_dir.path, enabled=is_chief),
+        eval_arrays=eval_arrays,
+        train_loop=steps.make_train_loop(
+            steps.make_train_step(model, optimizer, config.batch_size),
+            strategy,
+            jit_compile=use_jit_compile(config),
+        ),
+        evaluate=steps.make_eval_fn(model, input_scale=config.input_scale),
+        gradients=steps.make_gradient_fn(model),
+        model_summary=summary,
+        step=restored_step,
+        last_saved=restored_step,
+    )
+    # Created before the restore: it adds its own counter to the checkpoint.
+    state.preemption = distribute.make_preemption_handler(
+        strategy, manager, state.raise_preempted
+    )
+    state.restore(restore_point)
+    (run_dir.path / MODEL_SUMMARY_NAME).write_text(summary.rstrip("\n") + "\n")
+    recovery.wait_until(writers_not_before)
+    return state
