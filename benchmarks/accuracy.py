@@ -29,18 +29,14 @@ def train_flagfile(name: str, logdir: pathlib.Path):
     from pipeline.runs import rundir
     from pipeline.training import loop as train
 
-    flag_values = flags.FlagValues()
-    config_lib.define_flags(flag_values)
-    flag_values(
+    config = config_lib.config_from_args(
         [
-            "accuracy",
             f"--flagfile={REPO / 'flags' / (name + '.cfg')}",
             "--print_every=0",
             "--histogram_every=0",
             "--eval_every=0",
         ]
     )
-    config = config_lib.config_from_flags(flag_values)
     dataset = data.load_dataset(
         config.dataset, config.data_dir, config.validation_split, config.binary_class
     )
@@ -66,7 +62,7 @@ def main(argv: list[str]) -> None:
             )
             if target is not None and acc < target:
                 failed.append(name)
-            row = f"{name:<20} {config.steps:>6} {acc:>9.4f} {result.wall_time_s:>8.1f}"
+            row = f"{name:<20} {result.step:>6} {acc:>9.4f} {result.wall_time_s:>8.1f}"
             print(f"{row}  {verdict}", flush=True)
     if failed:
         raise SystemExit(f"accuracy target missed: {', '.join(failed)}")

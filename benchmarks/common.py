@@ -7,10 +7,9 @@ the pipeline see the same model, batch size, optimizer and input pipeline.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 import statistics
-
-from absl import flags
 
 from pipeline import config as config_lib
 
@@ -24,19 +23,24 @@ FASHION_TRAIN_SIZE = 60_000
 
 
 def family_config(family: str, *overrides: str) -> config_lib.TrainConfig:
-    """The family's flagfile on Fashion-MNIST, parsed by the real flag definitions."""
-    flag_values = flags.FlagValues()
-    config_lib.define_flags(flag_values)
-    flag_values(
+    """The family's flagfile on Fashion-MNIST, parsed by the real flag definitions.
+
+    Benchmarks set their own step counts (`dataclasses.replace(steps=...)`),
+    so a flagfile's epoch settings are turned into steps of the full-size
+    train split here and the epoch fields cleared.
+    """
+    config = config_lib.config_from_args(
         [
-            "benchmark",
             f"--flagfile={ROOT / 'flags' / FAMILIES[family]}",
             "--dataset=fashion_mnist",
             f"--shuffle_buffer={FASHION_TRAIN_SIZE}",
             *overrides,
         ]
     )
-    return config_lib.config_from_flags(flag_values)
+    in_steps = config_lib.resolve_epochs(config, FASHION_TRAIN_SIZE)
+    return dataclasses.replace(
+        in_steps, **{name: 0 for _, name in config_lib.EPOCH_ALTERNATIVES}
+    )
 
 
 def summarize(values: list[float]) -> tuple[float, float, float]:
