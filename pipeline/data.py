@@ -307,27 +307,25 @@ def make_dataset(
     batch_size: int,
     shuffle_buffer: int | None = None,
     seed: int | None = None,
-    repeat: bool = True,
-    drop_remainder: bool = True,
     input_scale: str = "unit",
 ):
-    """Returns the tf.data pipeline for `split`.
+    """Returns the training pipeline for `split`: endless full batches.
 
-    from_tensor_slices -> shuffle(buffer, seed) -> batch -> normalise -> repeat
-    -> prefetch. Training pipelines drop the last partial batch so every step
-    has the same shape (no retracing); evaluation pipelines
-    (`repeat=False, drop_remainder=False`) cover the split in full.
+    from_tensor_slices -> shuffle(buffer, seed) -> batch -> model_input ->
+    repeat -> prefetch. The last partial batch is dropped so every step has
+    the same shape (no retracing). Evaluation needs no tf.data: it slices the
+    resident arrays in one compiled call (`training.steps.make_eval_fn`).
 
-    When the shuffle buffer holds the whole split (or there is no shuffling
-    and the pipeline repeats), batches are gathered from the resident array by
-    a per-epoch stateless permutation instead (`gathered_batches`): the same
-    uniform reshuffle every epoch that a full buffer gives, 3-5x faster,
-    because no per-example element ever passes through tf.data.
+    When the shuffle buffer holds the whole split (or there is no shuffling),
+    batches are gathered from the resident array by a per-epoch stateless
+    permutation instead (`gathered_batches`): the same uniform reshuffle every
+    epoch that a full buffer gives, 3-5x faster, because no per-example
+    element ever passes through tf.data.
     """
     import tensorflow as tf
 
     shuffle = bool(shuffle_buffer and shuffle_buffer > 1)
-    if repeat and drop_remainder and (not shuffle or shuffle_buffer >= len(split)):
+    if not shuffle or shuffle_buffer >= len(split):
         return gathered_batches(
             split,
             batch_size=batch_size,
@@ -336,18 +334,11 @@ def make_dataset(
             input_scale=input_scale,
         )
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=True)
     normalise = functools.partial(_normalise, scale=input_scale)
-    if repeat:
-        ds = ds.map(normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.repeat()
-    else:
-        # Evaluation datasets are passed into a tf.function; TF 2.21 logs a
-        # spurious NodeDef error for a parallel map there, and a per-batch
-        # cast gains nothing from parallelism.
-        ds = ds.map(normalise)
+    ds = ds.map(normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.repeat()
     options = tf.data.Options()
     # In-memory arrays have no files to shard: each worker takes its share of
     # every global batch.

@@ -6,9 +6,10 @@ which steps it needs, so a chunk always ends exactly on them.
 
 How to add a behaviour to training: subclass `Action`, override what you
 need, and pass an instance in `train_and_evaluate(..., extra_actions=[...])`
-(or add it to `standard_actions` to make it part of every run). Extra actions
-run after the standard ones that log, evaluate and save, and before the two
-that end a run on a signal (`SaveIfPreempted`, `StopOnSignal`).
+(or add it to `run_actions` to make it part of every run). Extra actions run
+after evaluation and early stopping and before the checkpoint, the progress
+line and the signal handling (`run_actions` has the order). To act before
+step A runs (a profiler window A..B), ask for a boundary at A - 1.
 
     class StopAtStep(Action):
         def __init__(self, at): self.at = at
@@ -27,6 +28,7 @@ it (the run is recorded `interrupted` for `TrainingInterruptedError` and
 from __future__ import annotations
 
 import signal
+from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -319,8 +321,14 @@ class StopOnSignal(Action):
             self.stop.uninstall()
 
 
-def standard_actions(state: TrainState) -> list[Action]:
-    """What every run does after a chunk, in order (before any extra actions)."""
+def run_actions(state: TrainState, extra: Sequence[Action] = ()) -> list[Action]:
+    """Every action of a run, in the order they are called after each chunk.
+
+    `extra` actions come after evaluation and early stopping (they see this
+    chunk's metrics in `state.last_test` / `state.last_validation` when
+    `state.last_evaluated == chunk.step`) and before the checkpoint, so a stop
+    they ask for (`state.stop_reason`) is saved; the signal handling comes last.
+    """
     config = state.config
     return [
         RunStartSummaries(),
@@ -333,11 +341,9 @@ def standard_actions(state: TrainState) -> list[Action]:
         ),
         Evaluate(config.eval_every),
         EarlyStop(),
+        *extra,
         SaveCheckpoint(config.checkpoint_every),
         PrintProgress(config.print_every),
+        SaveIfPreempted(),
+        StopOnSignal(),
     ]
-
-
-def stopping_actions() -> list[Action]:
-    """The actions that end a run on a signal: always last."""
-    return [SaveIfPreempted(), StopOnSignal()]

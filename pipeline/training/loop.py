@@ -37,7 +37,7 @@ from pipeline.runs.rundir import RunDir
 from pipeline.tensorboard import budget
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.training import distribute
-from pipeline.training.actions import Action, standard_actions, stopping_actions
+from pipeline.training.actions import Action, run_actions
 from pipeline.training.state import (
     RestorePoint,
     TrainState,
@@ -92,8 +92,8 @@ def train_and_evaluate(
     every worker has to take part in a save). With `resume`, training
     continues from the run's latest checkpoint (model, optimizer, step, data
     position, dropout RNG, early-stopping state); a non-chief worker passes
-    the chief's checkpoint directory as `restore_dir`. `extra_actions` run
-    after each chunk, after the standard ones (see `pipeline.training.actions`).
+    the chief's checkpoint directory as `restore_dir`. `extra_actions` are
+    called after each chunk too (`pipeline.training.actions.run_actions`).
     The run's record is kept by `RunRecord`.
     """
     strategy = strategy or tf.distribute.get_strategy()
@@ -105,7 +105,7 @@ def train_and_evaluate(
         state = record.state = build_train_state(
             config, run_dir, dataset, strategy, restore_point, print_fn
         )
-        actions = [*standard_actions(state), *extra_actions, *stopping_actions()]
+        actions = run_actions(state, extra_actions)
         with started(actions, state):
             while state.step < config.steps and not state.stop_reason:
                 chunk = state.train_until(

@@ -1,0 +1,73 @@
+"""Actions: how a test, a pruner or a profiler plugs into the training loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from conftest import TINY
+
+from pipeline import data
+from pipeline.runs import rundir
+from pipeline.training import loop as train
+from pipeline.training.actions import Action
+
+
+class Observe(Action):
+    """Records what the loop shows an action."""
+
+    def __init__(self):
+        self.started_at = None
+        self.chunks = []
+        self.evaluated = []
+        self.closed = False
+
+    def start(self, state):
+        self.started_at = state.step
+
+    def __call__(self, state, chunk):
+        self.chunks.append((chunk.first_step, chunk.step, len(chunk.outputs["loss"])))
+        if state.last_evaluated == chunk.step:
+            self.evaluated.append((chunk.step, sorted(state.last_test)))
+
+    def close(self, state):
+        self.closed = True
+
+
+class StopAt(Action):
+    """Ends the run cleanly after step `at`."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def next_boundary(self, step):
+        return self.at if step < self.at else None
+
+    def __call__(self, state, chunk):
+        if chunk.step == self.at:
+            state.stop_reason = f"stopped at step {self.at}"
+
+
+def test_an_action_sees_every_chunk_and_can_stop_the_run(tmp_path):
+    config = dataclasses.replace(
+        TINY, model="logreg", steps=40, steps_per_loop=7, histogram_every=0
+    )
+    run_dir = rundir.create_run_dir(tmp_path, "stopped")
+    observe = Observe()
+    result = train.train_and_evaluate(
+        config,
+        run_dir,
+        data.load_dataset(config.dataset),
+        print_fn=lambda _: None,
+        extra_actions=[observe, StopAt(13)],
+    )
+    assert observe.started_at == 0
+    # Chunks of at most 7 steps that end on every evaluation/checkpoint (10)
+    # and on the step the stopping action asked for (13).
+    assert observe.chunks == [(1, 7, 7), (8, 10, 3), (11, 13, 3)]
+    assert observe.evaluated == [(10, ["accuracy", "loss"])]
+    assert observe.closed
+    assert result.step == 13
+    record = json.loads((run_dir.path / "run.json").read_text())
+    assert (record["status"], record["step"]) == ("completed", 13)
+    assert (run_dir.checkpoint_dir / "ckpt-13.index").exists()
