@@ -432,12 +432,17 @@ _KINDS = {str: "string", int: "integer", float: "float", bool: "boolean"}
 
 
 def _field(field: dataclasses.Field, hint: Any) -> Field:
-    opt = field.metadata["option"]
-    base = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    opt = field.metadata.get("option")
+    if opt is None:
+        raise TypeError(f"TrainConfig.{field.name}: declare it with option(...)")
     if typing.get_origin(hint) is tuple:
         return Field(field.name, "list", field.default, opt, typing.get_args(hint)[0])
-    kind = "enum" if opt.choices else _KINDS[base[0]]
-    return Field(field.name, kind, field.default, opt)
+    base = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    if opt.choices:
+        return Field(field.name, "enum", field.default, opt)
+    if base[0] not in _KINDS:
+        raise TypeError(f"TrainConfig.{field.name}: no flag type for {hint}")
+    return Field(field.name, _KINDS[base[0]], field.default, opt)
 
 
 def _fields() -> tuple[Field, ...]:
@@ -489,7 +494,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
             flags.register_validator(
                 field.name,
                 field.option.check,
-                message=field.option.message.format(flag=f"--{field.name}"),
+                message=field.option.message.replace("{flag}", f"--{field.name}"),
                 flag_values=flag_values,
             )
     flags.register_multi_flags_validator(

@@ -1,16 +1,37 @@
-"""Shared fixtures: real models trained once per session on the bundled digits."""
+"""What the tests share: one base config, one way to train, one way to run a program.
+
+- `TINY` is the base config of every test run; a test states what it changes
+  with `dataclasses.replace(TINY, ...)`.
+- `train_run` trains a config with the real loop on the bundled digits, or
+  resumes a run (`signal_at` interrupts one at a step); every fixture below
+  (one run per model family, the eval/predict/export runs, the multi-step
+  loop run) is built with it.
+- `run_cli("pipeline-train", ...)` runs an installed console script in a
+  subprocess, as a user does; `cli_command`/`cli_env` start one by hand.
+- `read_events`, `scalar_series`, `tensor_series`, `raw_step_counts` read
+  event files back with TensorBoard's own loaders; `record`, `snapshot`,
+  `tree_digest` and `copy_run` look at a run directory.
+"""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import functools
+import json
 import os
 import pathlib
+import shutil
+import signal
+import subprocess
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
 from pipeline.config import TrainConfig
+from pipeline.runs.rundir import config_to_flagfile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -32,52 +53,84 @@ TINY = TrainConfig(
     checkpoint_every=10,
     image_count=8,
 )
+# Logistic regression with plain SGD, scalars every 5 steps, no checkpoint
+# but the last: the runs of the hparams, sweep, compare and board tests.
+LOGREG = dataclasses.replace(
+    TINY,
+    model="logreg",
+    shuffle_buffer=256,
+    learning_rate=0.1,
+    optimizer="sgd",
+    log_every=5,
+    checkpoint_every=0,
+)
+# The same run as `pipeline-train`/`pipeline-sweep` flags (logdir left out).
+LOGREG_FLAGS = [
+    line
+    for line in config_to_flagfile(LOGREG).splitlines()
+    if not line.startswith("--logdir=")
+]
 
 
 @dataclasses.dataclass
 class TrainedRun:
-    """A run trained in this session: its config, directory and result."""
+    """A run trained in this session: its config, directory, result, printed lines."""
 
     config: TrainConfig
     path: pathlib.Path
     result: object
+    lines: list[str] = dataclasses.field(default_factory=list)
+
+
+@functools.cache
+def _dataset(data_dir: str | None, validation_split: float, binary_class: int | None):
+    from pipeline import data
+
+    return data.load_dataset("mnist_sample", data_dir, validation_split, binary_class)
 
 
 def train_run(
-    tmp_dir: pathlib.Path,
+    logdir: pathlib.Path,
     config: TrainConfig,
     name: str,
     *,
     resume: bool = False,
-    print_fn=lambda _: None,
+    print_fn=None,
+    **kwargs,
 ) -> TrainedRun:
-    """Trains `config` into `tmp_dir/name` with the real loop and bundled data.
+    """Trains `config` into `logdir/name` with the real loop and the bundled digits.
 
-    With `resume`, continues the run already there from its latest checkpoint.
+    Creates the run directory, or with `resume` continues the run already
+    there from its latest checkpoint; the config's `logdir` and `run_name`
+    say where, as `pipeline-train`'s would. Progress lines go to `print_fn`, or are
+    kept in the result's `lines`; other `kwargs` go to `train_and_evaluate`.
+    Raises what training raises (the run directory is kept).
     """
-    from pipeline import data
     from pipeline.runs import rundir
     from pipeline.training import loop as train
 
-    dataset = data.load_dataset(
-        config.dataset, config.data_dir, config.validation_split, config.binary_class
-    )
+    config = dataclasses.replace(config, logdir=str(logdir), run_name=name)
     if resume:
-        run_dir = rundir.open_run_dir(tmp_dir / name)
+        run_dir = rundir.open_run_dir(pathlib.Path(logdir) / name)
     else:
-        run_dir = rundir.create_run_dir(tmp_dir, name)
+        run_dir = rundir.create_run_dir(logdir, name)
+    lines: list[str] = []
+    dataset = _dataset(config.data_dir, config.validation_split, config.binary_class)
     result = train.train_and_evaluate(
-        config, run_dir, dataset, print_fn=print_fn, resume=resume
+        config,
+        run_dir,
+        dataset,
+        print_fn=print_fn or lines.append,
+        resume=resume,
+        **kwargs,
     )
-    return TrainedRun(config, run_dir.path, result)
+    return TrainedRun(config, run_dir.path, result, lines)
 
 
 @pytest.fixture(scope="session")
 def sample_dataset():
     """The bundled digits, loaded once."""
-    from pipeline import data
-
-    return data.load_dataset("mnist_sample")
+    return _dataset(None, 0.0, None)
 
 
 @pytest.fixture(scope="session")
@@ -87,6 +140,146 @@ def trained_runs(tmp_path_factory) -> dict[str, TrainedRun]:
     return {
         model: train_run(logdir, dataclasses.replace(TINY, model=model), model)
         for model in ("logreg", "mlp", "cnn")
+    }
+
+
+# The runs that eval, predict and export read: checkpoints every 10 steps
+# (all kept), scalars every 10, no histograms or images. 30 mlp steps leave
+# plenty of mistakes for the confusion matrix and the mistakes grid.
+_RESTORABLE = dataclasses.replace(
+    TINY,
+    eval_every=10,
+    checkpoint_every=10,
+    log_every=10,
+    histogram_every=0,
+    image_count=0,
+    max_checkpoints=5,
+)
+MLP_RUN = dataclasses.replace(
+    _RESTORABLE,
+    model="mlp",
+    hidden_units=32,
+    steps=30,
+    shuffle_buffer=10000,
+    learning_rate=0.001,
+)
+BINARY_RUN = dataclasses.replace(
+    _RESTORABLE, model="logreg", binary_class=3, shuffle_buffer=10000
+)
+CHECKPOINT_STEPS = {
+    name: list(
+        range(config.checkpoint_every, config.steps + 1, config.checkpoint_every)
+    )
+    for name, config in (("mlp", MLP_RUN), ("binary", BINARY_RUN))
+}
+
+
+@pytest.fixture(scope="session")
+def mlp_run(tmp_path_factory) -> pathlib.Path:
+    """A finished 30-step MLP run with checkpoints at steps 10, 20 and 30."""
+    logdir = tmp_path_factory.mktemp("logs_mlp")
+    return train_run(logdir, MLP_RUN, "mlp").path
+
+
+@pytest.fixture(scope="session")
+def binary_run(tmp_path_factory) -> pathlib.Path:
+    """A finished 20-step 'is it a 3?' logistic regression, checkpoints at 10, 20."""
+    logdir = tmp_path_factory.mktemp("logs_binary")
+    return train_run(logdir, BINARY_RUN, "binary").path
+
+
+# 37 steps with chunks of 10 and eval every 15: chunk lengths 10, 5, 10, 10,
+# 2 ... nothing divides evenly, so a retrace on a new length would show.
+MULTI_STEP = dataclasses.replace(
+    TINY,
+    model="mlp",
+    steps=37,
+    hidden_units=8,
+    steps_per_loop=10,
+    eval_every=15,
+    checkpoint_every=0,
+    image_count=4,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> TrainedRun:
+    """`MULTI_STEP` trained once per test module, with its printed lines."""
+    return train_run(tmp_path_factory.mktemp("logs"), MULTI_STEP, "tiny")
+
+
+def signal_at(step: int, signum: int):
+    """An action that sends this process `signum` when the chunk ending at
+    `step` is done: what Ctrl-C or `kill` does to a run in the middle."""
+    from pipeline.training.actions import Action
+
+    class SignalAt(Action):
+        def next_boundary(self, current: int) -> int | None:
+            return step if current < step else None
+
+        def __call__(self, state, chunk) -> None:
+            if chunk.step == step:
+                signal.raise_signal(signum)
+
+    return SignalAt()
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for a `pipeline-*` subprocess: quiet TF, unbuffered output."""
+    env = dict(os.environ)
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    return env
+
+
+def cli_command(program: str) -> list[str]:
+    """The command line that starts console script `program` (`pipeline-train`, ...)."""
+    return [str(pathlib.Path(sys.executable).parent / program)]
+
+
+def run_cli(
+    program: str, *args: str, timeout: float = 300, cwd: pathlib.Path = REPO
+) -> subprocess.CompletedProcess:
+    """Runs `program ARGS` (e.g. `pipeline-train --steps=5`) to completion."""
+    return subprocess.run(
+        [*cli_command(program), *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=cwd,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def error_lines(stderr: str, prog: str) -> list[str]:
+    """stderr lines from our error reporter (TF may log other lines first)."""
+    return [line for line in stderr.splitlines() if line.startswith(f"{prog}: error:")]
+
+
+def record(run_path: pathlib.Path) -> dict:
+    """The run's `run.json`."""
+    return json.loads((run_path / "run.json").read_text())
+
+
+def copy_run(run: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    """A private copy, for tests that write into the run."""
+    return pathlib.Path(shutil.copytree(run, tmp_path / run.name))
+
+
+def snapshot(path: pathlib.Path) -> dict[str, tuple[int, int]]:
+    """Every file under `path` with its size and mtime: equal means untouched."""
+    return {
+        str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(path.rglob("*"))
+    }
+
+
+def tree_digest(path: pathlib.Path) -> dict[str, bytes]:
+    """Every file under `path` with its bytes: equal digests = nothing changed."""
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
     }
 
 
@@ -107,3 +300,33 @@ def scalar_series(split_dir: pathlib.Path, tag: str) -> list[tuple[int, float]]:
         (e.step, float(tf.make_ndarray(e.tensor_proto)))
         for e in read_events(split_dir).Tensors(tag)
     ]
+
+
+def tensor_series(split_dir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+    """Each tag's (step, value) points as TensorBoard's Python loader shows them."""
+    from tensorboard.backend.event_processing import plugin_event_accumulator as ea
+    from tensorboard.util import tensor_util
+
+    acc = read_events(split_dir)
+    out = {}
+    for tag in acc.Tags()[ea.TENSORS]:
+        points = []
+        for event in acc.Tensors(tag):
+            value = tensor_util.make_ndarray(event.tensor_proto)
+            scalar = value.size == 1 and value.dtype.kind == "f"
+            points.append((event.step, float(value) if scalar else None))
+        out[tag] = points
+    return out
+
+
+def raw_step_counts(split_dir: pathlib.Path) -> collections.Counter:
+    """(tag, step) -> how many times it is in the files, before any purging."""
+    from tensorboard.backend.event_processing import event_file_loader
+
+    counts: collections.Counter = collections.Counter()
+    for path in sorted(split_dir.glob("events.out.tfevents.*")):
+        for event in event_file_loader.EventFileLoader(str(path)).Load():
+            if event.HasField("summary"):
+                for value in event.summary.value:
+                    counts[(value.tag, event.step)] += 1
+    return counts

@@ -5,11 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from conftest import TINY
+from conftest import TINY, train_run
 
-from pipeline import data
 from pipeline.runs import rundir
-from pipeline.training import loop as train
 from pipeline.training.actions import Action
 
 
@@ -52,15 +50,9 @@ def test_an_action_sees_every_chunk_and_can_stop_the_run(tmp_path):
     config = dataclasses.replace(
         TINY, model="logreg", steps=40, steps_per_loop=7, histogram_every=0
     )
-    run_dir = rundir.create_run_dir(tmp_path, "stopped")
     observe = Observe()
-    result = train.train_and_evaluate(
-        config,
-        run_dir,
-        data.load_dataset(config.dataset),
-        print_fn=lambda _: None,
-        extra_actions=[observe, StopAt(13)],
-    )
+    run = train_run(tmp_path, config, "stopped", extra_actions=[observe, StopAt(13)])
+    result = run.result
     assert observe.started_at == 0
     # Chunks of at most 7 steps that end on every evaluation/checkpoint (10)
     # and on the step the stopping action asked for (13).
@@ -68,6 +60,6 @@ def test_an_action_sees_every_chunk_and_can_stop_the_run(tmp_path):
     assert observe.evaluated == [(10, ["accuracy", "loss"])]
     assert observe.closed
     assert result.step == 13
-    record = json.loads((run_dir.path / "run.json").read_text())
+    record = json.loads((run.path / "run.json").read_text())
     assert (record["status"], record["step"]) == ("completed", 13)
-    assert (run_dir.checkpoint_dir / "ckpt-13.index").exists()
+    assert (run.path / rundir.CHECKPOINT_DIR / "ckpt-13.index").exists()

@@ -17,7 +17,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from recovery_fixtures import record, run_cli, tree_digest
+from conftest import record, run_cli, tree_digest
 
 EXISTING = "existing"
 
@@ -48,6 +48,7 @@ def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_input")
     logdir = root / "logs"
     done = run_cli(
+        "pipeline-train",
         f"--logdir={logdir}",
         f"--run_name={EXISTING}",
         "--model=logreg",
@@ -227,7 +228,9 @@ def test_bad_input_gives_one_line_and_changes_nothing(inputs, flags, expected):
         f.startswith(("--run_name", "--resume", "--replay", "--run=")) for f in flags
     ):
         args.append("--run_name=new")
-    result = run_cli(*args, *(f.format(**fill) for f in flags), timeout=120)
+    result = run_cli(
+        "pipeline-train", *args, *(f.format(**fill) for f in flags), timeout=120
+    )
     _check_rejected(result, expected.format(**fill))
     assert tree_digest(logdir) == before
     assert sorted(os.listdir(logdir)) == runs_before
@@ -260,7 +263,9 @@ def full_logdir(tmp_path):
 
 
 def test_full_logdir_gives_one_line(full_logdir):
-    result = run_cli(f"--logdir={full_logdir}", "--run_name=new", "--steps=5")
+    result = run_cli(
+        "pipeline-train", f"--logdir={full_logdir}", "--run_name=new", "--steps=5"
+    )
     _check_rejected(
         result, f"--logdir={full_logdir}: cannot write (No space left on device)"
     )

@@ -1,5 +1,6 @@
 """The real TensorBoard: its data API fills every tab, and inspect --check says so."""
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -9,9 +10,9 @@ import sys
 import urllib.request
 
 import pytest
+from conftest import LOGREG, run_cli, train_run
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 from tensorboard.util import tensor_util
-from tiny_runs import train_tiny
 
 from pipeline.runs import restore
 from pipeline.tensorboard import board
@@ -21,13 +22,13 @@ from pipeline.tools import evaluate
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("board_logs")
-    good = train_tiny(root, "good")
+    good = train_run(root, LOGREG, "good").path
     # What `pipeline-eval --run=good` does: PR curves and more into good/eval/.
     restored = restore.open_run(good)
     report, outputs, split = evaluate.evaluate_run(restored)
     evaluate.write_summaries(restored, report, outputs, split)
     with pytest.raises(Exception, match="loss is nan"):
-        train_tiny(root, "diverged", learning_rate=1e38)
+        train_run(root, dataclasses.replace(LOGREG, learning_rate=1e38), "diverged")
     return root
 
 
@@ -117,12 +118,7 @@ def test_stop_ends_the_process_and_frees_the_port(logdir):
 
 
 def _inspect(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.inspect", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return run_cli("pipeline-inspect", *args, timeout=180)
 
 
 def test_inspect_check_passes_on_a_complete_run(logdir):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from perf_fixtures import tiny_run  # noqa: F401  (fixture)
 
 from pipeline.tensorboard import budget
 
@@ -80,7 +79,7 @@ def test_schedule_disabled_never_due():
     assert schedule.next_stop(0) is None
 
 
-def test_bytes_per_plugin_matches_files_on_disk(tiny_run):  # noqa: F811
+def test_bytes_per_plugin_matches_files_on_disk(tiny_run):
     per_plugin = budget.bytes_per_plugin(tiny_run.path)
     assert {"scalars", "histograms", "images", "graph_run_metadata_graph"} <= set(
         per_plugin
@@ -93,7 +92,7 @@ def test_bytes_per_plugin_matches_files_on_disk(tiny_run):  # noqa: F811
         assert tiny_run.result.event_bytes[plugin] == per_plugin[plugin]
 
 
-def test_run_prints_bytes_per_plugin(tiny_run):  # noqa: F811
+def test_run_prints_bytes_per_plugin(tiny_run):
     line = next(x for x in tiny_run.lines if x.startswith("event files: "))
     assert "scalars " in line
     assert "histograms " in line

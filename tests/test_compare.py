@@ -1,13 +1,12 @@
 """pipeline-compare: variants, repeats, the data guard, filters and formats."""
 
+import dataclasses
 import json
 import statistics
-import subprocess
-import sys
 
 import pytest
+from conftest import LOGREG, run_cli, train_run
 from PIL import Image
-from tiny_runs import train_tiny
 
 from pipeline.tools import compare
 
@@ -16,10 +15,10 @@ from pipeline.tools import compare
 def logdir(tmp_path_factory):
     """lr 0.1 twice (seeds 0, 1), lr 0.5 once, and a binary run (other data)."""
     root = tmp_path_factory.mktemp("compare_logs")
-    train_tiny(root, "lr0.1-s0", learning_rate=0.1, seed=0)
-    train_tiny(root, "lr0.1-s1", learning_rate=0.1, seed=1)
-    train_tiny(root, "lr0.5-s0", learning_rate=0.5, seed=0)
-    train_tiny(root / "binary", "ones", binary_class=1)
+    train_run(root, dataclasses.replace(LOGREG, learning_rate=0.1, seed=0), "lr0.1-s0")
+    train_run(root, dataclasses.replace(LOGREG, learning_rate=0.1, seed=1), "lr0.1-s1")
+    train_run(root, dataclasses.replace(LOGREG, learning_rate=0.5, seed=0), "lr0.5-s0")
+    train_run(root / "binary", dataclasses.replace(LOGREG, binary_class=1), "ones")
     return root
 
 
@@ -179,18 +178,12 @@ def test_cli_prints_the_table_and_reports_skipped_runs(logdir, tmp_path):
     record = _record(logdir / "lr0.5-s0")
     record.update(status="failed", error="KeyboardInterrupt: ")
     (broken / "run.json").write_text(json.dumps(record))
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli.compare",
-            str(logdir),
-            "--top=1",
-            "--format=markdown",
-            f"--plot={tmp_path / 'c.png'}",
-        ],
-        capture_output=True,
-        text=True,
+    result = run_cli(
+        "pipeline-compare",
+        str(logdir),
+        "--top=1",
+        "--format=markdown",
+        f"--plot={tmp_path / 'c.png'}",
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
@@ -198,12 +191,7 @@ def test_cli_prints_the_table_and_reports_skipped_runs(logdir, tmp_path):
     assert "2 data sets: tables are not comparable" in result.stderr
     assert f"skipped {broken} (failed: KeyboardInterrupt: )" in result.stderr
     assert (tmp_path / "c.png").is_file()
-    missing = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.compare", str(tmp_path / "none")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    missing = run_cli("pipeline-compare", str(tmp_path / "none"), timeout=120)
     assert missing.returncode == 1
     assert missing.stderr.strip().splitlines()[-1] == (
         f"pipeline-compare: error: {tmp_path / 'none'}: no such file or directory"

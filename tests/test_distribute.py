@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, scalar_series
+from conftest import REPO, cli_command, cli_env, scalar_series
 
 from pipeline.training import distribute
 
@@ -29,9 +29,9 @@ JOB = [
 
 
 def train_cli(*args, env_extra=None, **popen):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", **(env_extra or {}))
+    env = {**cli_env(), **(env_extra or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli.train", *JOB, *args],
+        [*cli_command("pipeline-train"), *JOB, *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -3,15 +3,8 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import CHECKPOINT_STEPS, copy_run, error_lines, run_cli, snapshot
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
-from trained_runs import (
-    CHECKPOINT_STEPS,
-    copy_run,
-    error_lines,
-    run_cli,
-    snapshot,
-    trained_run,
-)
 
 from pipeline.runs import restore
 from pipeline.tools import evaluate, predict
@@ -37,11 +30,6 @@ def load_events(directory):
 def logged_value(directory, tag, step):
     (event,) = [e for e in load_events(directory).Tensors(tag) if e.step == step]
     return float(tf.make_ndarray(event.tensor_proto))
-
-
-@pytest.fixture(scope="module")
-def mlp_run(tmp_path_factory):
-    return trained_run(tmp_path_factory, "mlp")
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +171,8 @@ def test_text_report_shows_tables(evaluated):
     assert [int(v) for v in row_3.split()[1:]] == report.confusion[3].tolist()
 
 
-def test_binary_run_uses_true_false_positive_definitions(tmp_path_factory, tmp_path):
-    run = copy_run(trained_run(tmp_path_factory, "binary"), tmp_path)
+def test_binary_run_uses_true_false_positive_definitions(binary_run, tmp_path):
+    run = copy_run(binary_run, tmp_path)
     restored = restore.open_run(run)
     report, outputs, split = evaluate.evaluate_run(restored)
     evaluate.write_summaries(restored, report, outputs, split)

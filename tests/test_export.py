@@ -6,7 +6,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from trained_runs import error_lines, run_cli, snapshot, trained_run
+from conftest import error_lines, run_cli, snapshot
 
 from pipeline import data
 from pipeline.runs import restore
@@ -33,11 +33,6 @@ RELOAD_SCRIPT = textwrap.dedent(
     )
     """
 )
-
-
-@pytest.fixture(scope="module")
-def mlp_run(tmp_path_factory):
-    return trained_run(tmp_path_factory, "mlp")
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +89,8 @@ def test_cli_export_serves_what_pipeline_predict_prints(mlp_run, test_images, tm
     assert served["classes"].tolist() == [int(row["top_class"]) for row in rows]
 
 
-def test_binary_export_returns_one_probability(tmp_path_factory, test_images, tmp_path):
-    restored = restore.open_run(trained_run(tmp_path_factory, "binary"))
+def test_binary_export_returns_one_probability(binary_run, test_images, tmp_path):
+    restored = restore.open_run(binary_run)
     out = export.export_run(restored, tmp_path / "binary_model")
     loaded = tf.saved_model.load(str(out))
     served = loaded.signatures["serving_default"](images=tf.constant(test_images))

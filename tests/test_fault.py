@@ -21,18 +21,17 @@ import time
 import urllib.request
 
 import pytest
-from recovery_fixtures import (
-    PROG,
+from conftest import (
     REPO,
+    cli_command,
     cli_env,
     raw_step_counts,
     record,
     tensor_series,
+    train_run,
 )
 
 from pipeline import config as config_lib
-from pipeline import data as data_lib
-from pipeline.runs import rundir
 
 pytestmark = pytest.mark.slow
 
@@ -60,7 +59,7 @@ class Life:
 
     def __init__(self, *args: str):
         self.proc = subprocess.Popen(
-            [*PROG, *args],
+            [*cli_command("pipeline-train"), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -114,18 +113,8 @@ def _progress_at_least(step: int):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """The same job, uninterrupted, trained in this process."""
-    fv = config_lib.flags.FlagValues()
-    config_lib.define_flags(fv)
-    fv(["test", *FLAGS])
-    config = config_lib.config_from_flags(fv)
-    from pipeline.training import loop as train
-
-    dataset = data_lib.load_dataset(
-        config.dataset, config.data_dir, config.validation_split, config.binary_class
-    )
-    run_dir = rundir.create_run_dir(tmp_path_factory.mktemp("reference"), "reference")
-    train.train_and_evaluate(config, run_dir, dataset, print_fn=lambda _: None)
-    return run_dir.path
+    config = config_lib.config_from_args(FLAGS)
+    return train_run(tmp_path_factory.mktemp("reference"), config, "reference").path
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,13 @@
 """HParams records: the config's domains come from the flags; runs log sessions."""
 
+import dataclasses
 import pathlib
 
 import pytest
+from conftest import LOGREG, train_run
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 from tensorboard.plugins.hparams import api_pb2, metadata
 from tensorboard.util import tensor_util
-from tiny_runs import train_tiny
 
 from pipeline import config as config_lib
 from pipeline.tensorboard import hparams
@@ -16,9 +17,9 @@ from pipeline.tensorboard import hparams
 def runs(tmp_path_factory):
     """One completed and one diverged (NaN) tiny run in one experiment directory."""
     logdir = tmp_path_factory.mktemp("hparams_logs")
-    ok = train_tiny(logdir, "ok")
+    ok = train_run(logdir, LOGREG, "ok").path
     with pytest.raises(Exception, match="loss is nan"):
-        train_tiny(logdir, "nan", learning_rate=1e38)
+        train_run(logdir, dataclasses.replace(LOGREG, learning_rate=1e38), "nan")
     return logdir, ok, logdir / "nan"
 
 

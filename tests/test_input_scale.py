@@ -12,8 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY, train_run
-from trained_runs import run_cli
+from conftest import TINY, run_cli, train_run
 
 from pipeline import data, models
 from pipeline.runs import restore

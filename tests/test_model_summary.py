@@ -1,12 +1,11 @@
 import tensorflow as tf
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
-from trained_runs import trained_run
 
 from pipeline.runs import rundir
 
 
-def test_model_summary_in_run_directory_and_text_tab(tmp_path_factory):
-    run = trained_run(tmp_path_factory, "mlp")
+def test_model_summary_in_run_directory_and_text_tab(mlp_run):
+    run = mlp_run
     saved = (run / rundir.MODEL_SUMMARY_NAME).read_text()
     # mlp 784 -> 32 -> 10: 784*32 + 32 + 32*10 + 10 parameters.
     assert 'Model: "mlp"' in saved

@@ -3,17 +3,12 @@ import pathlib
 
 import numpy as np
 import pytest
+from conftest import error_lines, run_cli, snapshot
 from PIL import Image
-from trained_runs import error_lines, run_cli, snapshot, trained_run
 
 from pipeline import data
 from pipeline.runs import restore
 from pipeline.tools import evaluate, predict
-
-
-@pytest.fixture(scope="module")
-def mlp_run(tmp_path_factory):
-    return trained_run(tmp_path_factory, "mlp")
 
 
 @pytest.fixture(scope="module")
@@ -173,8 +168,8 @@ def test_probabilities_match_eval_outputs(mlp_run, test_digits):
     assert np.array_equal(probs.argmax(axis=1), outputs.predicted[:50])
 
 
-def test_binary_run_rows_name_the_class(tmp_path_factory, test_digits):
-    restored = restore.open_run(trained_run(tmp_path_factory, "binary"))
+def test_binary_run_rows_name_the_class(binary_run, test_digits):
+    restored = restore.open_run(binary_run)
     probs = predict.predict_probabilities(restored.load_model(), test_digits.images[:2])
     assert probs.shape == (2,)
     examples = predict.dataset_examples(

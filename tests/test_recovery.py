@@ -11,16 +11,16 @@ import sys
 
 import numpy as np
 import pytest
-from recovery_fixtures import (
+from conftest import (
     raw_step_counts,
     record,
     run_cli,
     signal_at,
     tensor_series,
+    train_run,
 )
 
 from pipeline import config as config_lib
-from pipeline import data as data_lib
 from pipeline.config import ConfigError, TrainConfig
 from pipeline.runs import rundir
 from pipeline.runs.rundir import RunDirError
@@ -41,37 +41,18 @@ TINY = TrainConfig(
 )
 
 
-def _train(config, run_dir, **kwargs):
-    from pipeline.training import loop as train
-
-    dataset = data_lib.load_dataset(config.dataset)
-    return train.train_and_evaluate(
-        config, run_dir, dataset, print_fn=lambda _: None, **kwargs
-    )
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """An uninterrupted run, and the same run stopped by SIGTERM at 20 and resumed."""
     from pipeline.training import loop as train
 
     logdir = tmp_path_factory.mktemp("resume")
-    whole = rundir.create_run_dir(logdir, "whole")
-    _train(TINY, whole)
+    whole = train_run(logdir, TINY, "whole")
 
-    split = rundir.create_run_dir(logdir, "split")
-
-    dataset = data_lib.load_dataset(TINY.dataset)
     with pytest.raises(train.TrainingInterruptedError) as interrupted:
-        train.train_and_evaluate(
-            TINY,
-            split,
-            dataset,
-            print_fn=lambda _: None,
-            extra_actions=[signal_at(20, signal.SIGTERM)],
-        )
-    after_signal = record(split.path)
-    _train(TINY, split, resume=True)
+        train_run(logdir, TINY, "split", extra_actions=[signal_at(20, signal.SIGTERM)])
+    after_signal = record(logdir / "split")
+    split = train_run(logdir, TINY, "split", resume=True)
     return {
         "whole": whole.path,
         "split": split.path,
@@ -246,6 +227,7 @@ def test_divergence_stops_with_one_line_and_keeps_finite_checkpoints(tmp_path):
     import tensorflow as tf
 
     result = run_cli(
+        "pipeline-train",
         f"--logdir={tmp_path}",
         "--run_name=diverged",
         "--model=mlp",
@@ -315,9 +297,17 @@ def test_mirrored_run_extended_by_resume_equals_one_long_run(tmp_path):
         "--strategy=mirrored",
         "--cpu_devices=2",
     ]
-    assert run_cli(*flags, "--run_name=whole", "--steps=40").returncode == 0
-    assert run_cli(*flags, "--run_name=split", "--steps=20").returncode == 0
-    resumed = run_cli("--resume", f"--run={tmp_path / 'split'}", "--steps=40")
+    assert (
+        run_cli("pipeline-train", *flags, "--run_name=whole", "--steps=40").returncode
+        == 0
+    )
+    assert (
+        run_cli("pipeline-train", *flags, "--run_name=split", "--steps=20").returncode
+        == 0
+    )
+    resumed = run_cli(
+        "pipeline-train", "--resume", f"--run={tmp_path / 'split'}", "--steps=40"
+    )
     assert resumed.returncode == 0, resumed.stderr
     whole, split = record(tmp_path / "whole"), record(tmp_path / "split")
     assert split["resumes"][0]["previous_status"] == "completed"

@@ -6,12 +6,10 @@ import json
 import shutil
 
 import pytest
-from recovery_fixtures import run_cli
+from conftest import copy_run, run_cli, train_run
 
 from pipeline import config as config_lib
-from pipeline import data as data_lib
 from pipeline.config import TrainConfig
-from pipeline.runs import rundir
 from pipeline.training import recovery
 
 ORIGINAL = TrainConfig(
@@ -31,12 +29,9 @@ ORIGINAL = TrainConfig(
 
 @pytest.fixture(scope="module")
 def original(tmp_path_factory):
-    from pipeline.training import loop as train
-
-    run_dir = rundir.create_run_dir(tmp_path_factory.mktemp("replay"), "original")
-    dataset = data_lib.load_dataset(ORIGINAL.dataset)
-    train.train_and_evaluate(ORIGINAL, run_dir, dataset, print_fn=lambda _: None)
-    return run_dir.path
+    """The run to replay, alone in its directory (a replay must add nothing there)."""
+    trained = train_run(tmp_path_factory.mktemp("logs"), ORIGINAL, "original")
+    return copy_run(trained.path, tmp_path_factory.mktemp("replay"))
 
 
 def _launch(*argv: str) -> config_lib.Launch:
@@ -47,7 +42,7 @@ def _launch(*argv: str) -> config_lib.Launch:
 
 
 def test_replay_cli_matches_its_original(original):
-    result = run_cli(f"--replay={original}", "--steps=20")
+    result = run_cli("pipeline-train", f"--replay={original}", "--steps=20")
     assert result.returncode == 0, result.stderr
     assert (
         f"replay matches {original}: 20 logged train losses (steps 1..20) "

@@ -6,11 +6,9 @@ import os
 import signal
 
 import pytest
-from recovery_fixtures import record, signal_at, tensor_series
+from conftest import record, signal_at, tensor_series, train_run
 
-from pipeline import data as data_lib
 from pipeline.config import TrainConfig
-from pipeline.runs import rundir
 
 EARLY = TrainConfig(
     model="mlp",
@@ -29,31 +27,18 @@ EARLY = TrainConfig(
 )
 
 
-def _train(config, run_dir, **kwargs):
-    from pipeline.training import loop as train
-
-    dataset = data_lib.load_dataset(
-        config.dataset, validation_split=config.validation_split
-    )
-    return train.train_and_evaluate(
-        config, run_dir, dataset, print_fn=lambda _: None, **kwargs
-    )
-
-
 @pytest.fixture(scope="module")
 def early_runs(tmp_path_factory):
     """An early-stopped run, and the same run interrupted at step 50 and resumed."""
     from pipeline.training import loop as train
 
     logdir = tmp_path_factory.mktemp("early")
-    whole = rundir.create_run_dir(logdir, "whole")
-    result = _train(EARLY, whole)
-    split = rundir.create_run_dir(logdir, "split")
+    whole = train_run(logdir, EARLY, "whole")
 
     with pytest.raises(train.TrainingInterruptedError):
-        _train(EARLY, split, extra_actions=[signal_at(50, signal.SIGINT)])
-    _train(EARLY, split, resume=True)
-    return {"whole": whole.path, "split": split.path, "result": result}
+        train_run(logdir, EARLY, "split", extra_actions=[signal_at(50, signal.SIGINT)])
+    split = train_run(logdir, EARLY, "split", resume=True)
+    return {"whole": whole.path, "split": split.path, "result": whole.result}
 
 
 def test_early_stopping_records_why_and_when(early_runs):

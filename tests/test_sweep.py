@@ -4,11 +4,10 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from tiny_runs import TINY, TINY_FLAGS
+from conftest import LOGREG, LOGREG_FLAGS, cli_command, run_cli
 
 from pipeline.tensorboard import hparams
 from pipeline.tools import sweep
@@ -42,7 +41,7 @@ def test_parse_grid_axes_and_list_values():
 
 def test_plan_names_seeds_and_configs():
     axes = sweep.parse_grid(["learning_rate=0.1,0.01", "activation=sigmoid,relu"])
-    runs = sweep.plan(TINY, axes, repeats=2, sweep_name="s")
+    runs = sweep.plan(LOGREG, axes, repeats=2, sweep_name="s")
     assert len(runs) == 8
     assert runs[0].name == "learning_rate=0.1,activation=sigmoid,seed=0"
     assert runs[1].name == "learning_rate=0.1,activation=sigmoid,seed=1"
@@ -51,26 +50,22 @@ def test_plan_names_seeds_and_configs():
     assert runs[-1].config.learning_rate == 0.01
     assert runs[-1].config.activation == "relu"
     assert runs[-1].config.logdir == os.path.join("logs", "s")
-    assert runs[-1].config.steps == TINY.steps
+    assert runs[-1].config.steps == LOGREG.steps
     # Planning is deterministic: the same sweep always names the same runs.
-    assert [r.name for r in sweep.plan(TINY, axes, 2, "s")] == [r.name for r in runs]
+    assert [r.name for r in sweep.plan(LOGREG, axes, 2, "s")] == [r.name for r in runs]
 
 
 def test_plan_rejects_values_the_flag_rejects():
     with pytest.raises(sweep.SweepError, match="activation"):
-        sweep.plan(TINY, sweep.parse_grid(["activation=relu,swiggle"]), 1, "s")
+        sweep.plan(LOGREG, sweep.parse_grid(["activation=relu,swiggle"]), 1, "s")
     with pytest.raises(sweep.SweepError, match="learning_rate must be > 0"):
-        sweep.plan(TINY, sweep.parse_grid(["learning_rate=0.1,-1"]), 1, "s")
+        sweep.plan(LOGREG, sweep.parse_grid(["learning_rate=0.1,-1"]), 1, "s")
     with pytest.raises(sweep.SweepError, match="--repeats"):
-        sweep.plan(TINY, sweep.parse_grid(["seed=1,2"]), 2, "s")
+        sweep.plan(LOGREG, sweep.parse_grid(["seed=1,2"]), 2, "s")
 
 
-def _sweep(logdir, *args, **kwargs):
-    command = [sys.executable, "-m", "pipeline.cli.sweep", *TINY_FLAGS]
-    command += [f"--logdir={logdir}", *args]
-    return subprocess.run(
-        command, capture_output=True, text=True, timeout=300, **kwargs
-    )
+def _sweep(logdir, *args):
+    return run_cli("pipeline-sweep", *LOGREG_FLAGS, f"--logdir={logdir}", *args)
 
 
 def _record(path):
@@ -113,7 +108,7 @@ def test_killed_sweep_resumes_and_moves_the_half_done_run_aside(tmp_path):
     experiment = tmp_path / "killed"
     first_run = experiment / "learning_rate=0.1,seed=0"
     args = ["--grid=learning_rate=0.1", "--sweep_name=killed"]
-    command = [sys.executable, "-m", "pipeline.cli.sweep", *TINY_FLAGS]
+    command = [*cli_command("pipeline-sweep"), *LOGREG_FLAGS]
     command += [f"--logdir={tmp_path}", *args, "--steps=1000000", "--eval_every=0"]
     process = subprocess.Popen(
         command,

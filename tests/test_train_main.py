@@ -1,27 +1,13 @@
 """`pipeline-train` as a user runs it: a real subprocess."""
 
 import json
-import os
-import subprocess
-import sys
 
-from conftest import REPO, scalar_series
-
-
-def pipeline_train(*args, cwd=REPO):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.train", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=300,
-    )
+from conftest import REPO, run_cli, scalar_series
 
 
 def test_flagfile_with_override_trains_and_saves_a_rerunnable_flagfile(tmp_path):
-    proc = pipeline_train(
+    proc = run_cli(
+        "pipeline-train",
         f"--flagfile={REPO / 'flags/logreg_is_one.cfg'}",
         "--steps=30",
         "--eval_every=15",
@@ -53,7 +39,9 @@ def test_flagfile_with_override_trains_and_saves_a_rerunnable_flagfile(tmp_path)
 def test_existing_run_is_refused_and_left_untouched(tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "run.json").write_text('{"status": "completed"}')
-    proc = pipeline_train(f"--logdir={tmp_path}", "--run_name=taken", "--steps=1")
+    proc = run_cli(
+        "pipeline-train", f"--logdir={tmp_path}", "--run_name=taken", "--steps=1"
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1] == (
         f"pipeline-train: error: {tmp_path / 'taken'}: run already exists (status "
@@ -65,7 +53,7 @@ def test_existing_run_is_refused_and_left_untouched(tmp_path):
 
 
 def test_bad_flag_is_one_line_naming_it(tmp_path):
-    proc = pipeline_train("--batch_size=0", f"--logdir={tmp_path}")
+    proc = run_cli("pipeline-train", "--batch_size=0", f"--logdir={tmp_path}")
     assert proc.returncode != 0
     assert "--batch_size=0" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -73,7 +61,8 @@ def test_bad_flag_is_one_line_naming_it(tmp_path):
 
 
 def test_missing_data_dir_is_one_line(tmp_path):
-    proc = pipeline_train(
+    proc = run_cli(
+        "pipeline-train",
         "--dataset=fashion_mnist",
         f"--data_dir={tmp_path / 'nope'}",
         f"--logdir={tmp_path}",
@@ -88,7 +77,7 @@ def test_missing_data_dir_is_one_line(tmp_path):
 def test_help_lists_every_training_flag():
     from pipeline import config as config_lib
 
-    proc = pipeline_train("--help")
+    proc = run_cli("pipeline-train", "--help")
     assert "Traceback" not in proc.stderr
     for field in config_lib.FIELDS:
         prefix = "--[no]" if field.kind == "boolean" else "--"
@@ -98,7 +87,7 @@ def test_help_lists_every_training_flag():
 
 
 def test_helpfull_lists_the_public_flags():
-    proc = pipeline_train("--helpfull")
+    proc = run_cli("pipeline-train", "--helpfull")
     assert "Traceback" not in proc.stderr
     for flag in (
         "--model",

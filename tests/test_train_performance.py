@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from perf_fixtures import TINY, tiny_run  # noqa: F401  (fixture)
+from conftest import MULTI_STEP
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 
 
@@ -12,22 +12,22 @@ def _steps(path, tag):
     return [e.step for e in acc.Tensors(tag)], acc
 
 
-def test_each_compiled_function_traces_once(tiny_run):  # noqa: F811
+def test_each_compiled_function_traces_once(tiny_run):
     counts = tiny_run.result.trace_counts
     assert {"train_loop", "train_step", "evaluate", "gradients"} <= set(counts)
     assert counts == {name: 1 for name in counts}
 
 
-def test_every_step_has_its_own_scalars(tiny_run):  # noqa: F811
+def test_every_step_has_its_own_scalars(tiny_run):
     steps, acc = _steps(tiny_run.path / "train", "loss")
-    assert steps == list(range(1, TINY["steps"] + 1))
+    assert steps == list(range(1, MULTI_STEP.steps + 1))
     assert [e.step for e in acc.Tensors("accuracy")] == steps
     assert acc.SummaryMetadata("loss").plugin_data.plugin_name == "scalars"
     # Constant within a chunk: written once, at each chunk's last step.
     assert [e.step for e in acc.Tensors("examples_per_sec")] == [10, 15, 20, 30, 37]
 
 
-def test_histograms_span_first_and_last_step(tiny_run):  # noqa: F811
+def test_histograms_span_first_and_last_step(tiny_run):
     steps, acc = _steps(tiny_run.path / "train", "mlp/logits/kernel")
     assert steps == [0, 10, 20, 30, 37]
     assert acc.SummaryMetadata("mlp/logits/kernel").plugin_data.plugin_name == (
@@ -36,6 +36,6 @@ def test_histograms_span_first_and_last_step(tiny_run):  # noqa: F811
     assert [e.step for e in acc.Tensors("gradients/mlp/logits/kernel")] == steps
 
 
-def test_eval_at_interval_and_end(tiny_run):  # noqa: F811
+def test_eval_at_interval_and_end(tiny_run):
     steps, _ = _steps(tiny_run.path / "test", "loss")
     assert steps == [15, 30, 37]

@@ -248,7 +248,7 @@ def _train_iterator(config, dataset, strategy, restored_step: int):
     if distribute.iterator_is_checkpointable(strategy):
         return iter(train_ds), True
     # A distributed iterator cannot be checkpointed: skip the seeded pipeline
-    # to the restored step instead (bit-identical, TF-FACTS.md).
+    # to the restored step instead (measured bit-identical to restoring it).
     return iter(
         strategy.experimental_distribute_dataset(train_ds.skip(restored_step))
     ), False
