@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint fmt bench board e2e clean fashion-mnist mlp-tuning seeds
+.PHONY: venv demo test lint fmt bench board e2e clean fashion-mnist mlp-tuning postgresql seeds
 
 venv: $(STAMP)
 
@@ -24,8 +24,13 @@ demo: venv
 	@echo
 	@echo "Open the runs in TensorBoard:  $(BIN)/tensorboard --logdir logs --host 127.0.0.1"
 
-test: venv
+# tests/test_study_postgres.py starts a private PostgreSQL server (Debian's
+# package) for two sweep workers sharing one study.
+test: venv postgresql
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+postgresql:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql; }
 
 lint: venv
 	$(BIN)/ruff check .
@@ -39,15 +44,26 @@ fmt: venv
 fashion-mnist:
 	test -f $(FASHION) || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
 
-# Speed, memory and event-size figures (not part of `make test`): ~8-10 min on
-# 2 cores. The table in WORKSPACE.md ("Performance") comes from this target.
+# Speed, accuracy, start-up, memory and event-size figures (not part of
+# `make test`): ~12-15 min on 2 cores. WORKSPACE.md's "Performance" section
+# is this target's output (build/bench/bench.txt keeps a copy).
 BENCH_OUT := build/bench
+bench: SHELL := /bin/bash
+bench: .SHELLFLAGS := -o pipefail -c
 bench: venv fashion-mnist
 	mkdir -p $(BENCH_OUT)
-	$(BIN)/python -m benchmarks.flops
-	$(BIN)/python -m benchmarks.throughput --json_out=$(BENCH_OUT)/throughput.json
-	$(BIN)/python -m benchmarks.input_pipeline --throughput_json=$(BENCH_OUT)/throughput.json
-	$(BIN)/python -m benchmarks.footprint
+	{ \
+	  echo "make bench at commit $$(git rev-parse --short HEAD)$$(git diff --quiet HEAD -- pipeline benchmarks || echo ' (+ uncommitted changes)'), $$(date -u '+%Y-%m-%d %H:%M') UTC, $$(nproc) cores, load average $$(cut -d' ' -f1-3 /proc/loadavg)" && \
+	  $(BIN)/python -m benchmarks.flops && \
+	  $(BIN)/python -m benchmarks.throughput --json_out=$(BENCH_OUT)/throughput.json && \
+	  $(BIN)/python -m benchmarks.input_pipeline --throughput_json=$(BENCH_OUT)/throughput.json && \
+	  $(BIN)/python -m benchmarks.profile && \
+	  $(BIN)/python -m benchmarks.startup && \
+	  $(BIN)/python -m benchmarks.accuracy && \
+	  $(BIN)/python -m benchmarks.footprint && \
+	  echo "load average at the end $$(cut -d' ' -f1-3 /proc/loadavg)"; \
+	} 2>&1 | grep --line-buffered -E -v '^[IW][0-9]{4} |absl::InitializeLog|oneDNN custom operations|cpu_feature_guard|rebuild TensorFlow|UserWarning: .shuffle=True|data_adapters.get_data_adapter' \
+	  | tee $(BENCH_OUT)/bench.txt
 
 # Every tutorial flagfile trained by its own recipe on the bundled digits (and
 # the MLP rows with plain Keras fit): prints the table and writes it into

@@ -1,8 +1,9 @@
-"""FLOPs per example of each family, and this machine's measured matmul ceiling.
+"""FLOPs per example of each family, and this machine's measured matmul ceilings.
 
     python -m benchmarks.flops
 
-The ceiling is the best `tf.matmul` rate over a few square float32 sizes
+The ceiling is the best `tf.matmul` rate over a few square sizes, in float32
+and in bfloat16
 (compiled loop, several trials, the maximum kept: on a shared machine the
 maximum is the least disturbed figure). `throughput.py` divides each
 variant's FLOP rate by it.
@@ -20,22 +21,30 @@ MATMUL_SIZES = (512, 1024, 2048)
 
 
 def matmul_gflops(
-    trials: int = 3, seconds: float = 0.5, sizes: tuple[int, ...] = MATMUL_SIZES
+    trials: int = 3,
+    seconds: float = 0.5,
+    sizes: tuple[int, ...] = MATMUL_SIZES,
+    dtype: str = "float32",
 ) -> dict[int, float]:
-    """Best GFLOP/s of float32 `tf.matmul` per square size."""
+    """Best GFLOP/s of `tf.matmul` in `dtype` (float32, bfloat16) per square size.
+
+    The bfloat16 ceiling is what mixed_bfloat16 layers can reach: oneDNN runs
+    bfloat16 matmuls on AVX512_BF16/AMX where the CPU has them.
+    """
     import tensorflow as tf
 
     @tf.function
-    def repeat_matmul(a, b, n):
-        acc = tf.zeros_like(a)
+    def repeat_matmul(x, b, n):
+        # Each product feeds the next, so no optimiser can hoist the matmul
+        # out of the loop; b's entries average 1/size, so x stays bounded.
         for _ in tf.range(n):
-            acc += tf.matmul(a, b)
-        return acc[0, 0]
+            x = tf.matmul(x, b)
+        return x[0, 0]
 
     best = {}
     for size in sizes:
-        a = tf.random.uniform([size, size])
-        b = tf.random.uniform([size, size])
+        a = tf.cast(tf.random.uniform([size, size]), dtype)
+        b = tf.cast(tf.random.uniform([size, size], maxval=2.0 / size), dtype)
         flops_per = 2.0 * size**3
         repeat_matmul(a, b, tf.constant(1)).numpy()
         t0 = time.perf_counter()
@@ -70,15 +79,16 @@ def main(argv: list[str]) -> None:
             f"{family:7s} forward {forward / 1e6:8.2f} MFLOP/example   "
             f"training ~{train / 1e6:8.2f} MFLOP/example"
         )
-    rates = matmul_gflops()
-    for size, rate in rates.items():
-        print(f"tf.matmul {size}x{size} float32: {rate:6.1f} GFLOP/s")
-    ceiling = max(rates.values())
     _, cnn_train = family_flops()["cnn"]
-    print(
-        f"ceiling {ceiling:.1f} GFLOP/s -> CNN at most "
-        f"{ceiling * 1e9 / cnn_train:,.0f} training examples/s"
-    )
+    for dtype in ("float32", "bfloat16"):
+        rates = matmul_gflops(dtype=dtype)
+        for size, rate in rates.items():
+            print(f"tf.matmul {size}x{size} {dtype}: {rate:6.1f} GFLOP/s")
+        ceiling = max(rates.values())
+        print(
+            f"{dtype} ceiling {ceiling:.1f} GFLOP/s -> CNN at most "
+            f"{ceiling * 1e9 / cnn_train:,.0f} training examples/s"
+        )
 
 
 if __name__ == "__main__":

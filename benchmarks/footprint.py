@@ -1,13 +1,10 @@
-"""Startup time, peak memory, memory over a long run, event files vs budget.
+"""Memory over a long run, event files vs budget (start-up: benchmarks/startup.py).
 
     python -m benchmarks.footprint [--long_steps=10000] [--budget_mb=6]
 
 Runs the real `pipeline-train` console script in subprocesses on full-size
 Fashion-MNIST:
 
-* per family, a 1-step run: seconds from process start to the first step's
-  progress line (import, data load, model build, trace + compile included),
-  and the process's peak resident memory (`ru_maxrss` from `wait4`);
 * one long MLP run at default logging with `--summary_budget_mb`: resident
   memory sampled from /proc every 0.25 s and mapped to steps by the progress
   lines; growth per 1,000 steps is the least-squares slope over the second
@@ -32,7 +29,6 @@ from benchmarks import common
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("long_steps", 10_000, "Steps of the long MLP run.")
 flags.DEFINE_float("budget_mb", 6.0, "--summary_budget_mb of the long run.")
-flags.DEFINE_list("families", list(common.FAMILIES), "Families for the startup runs.")
 
 TRAIN = pathlib.Path(sys.executable).parent / "pipeline-train"
 
@@ -112,27 +108,6 @@ def main(argv: list[str]) -> None:
     from pipeline.tensorboard import budget
 
     with tempfile.TemporaryDirectory(prefix="footprint-") as tmp:
-        print("startup (process start -> first step done) and peak resident memory:")
-        for family in FLAGS.families:
-            flagfile = common.ROOT / "flags" / common.FAMILIES[family]
-            out = run_train(
-                [
-                    f"--flagfile={flagfile}",
-                    "--dataset=fashion_mnist",
-                    f"--shuffle_buffer={common.FASHION_TRAIN_SIZE}",
-                    "--steps=1",
-                    "--print_every=1",
-                    f"--logdir={tmp}",
-                    f"--run_name=startup-{family}",
-                ]
-            )
-            print(
-                f"  {family:7s} first step at {out['step_times'][1]:5.1f} s   "
-                f"process total {out['wall']:5.1f} s   "
-                f"peak RSS {out['peak_rss_mb']:,.0f} MB",
-                flush=True,
-            )
-
         steps = FLAGS.long_steps
         flagfile = common.ROOT / "flags" / common.FAMILIES["mlp"]
         out = run_train(

@@ -1,36 +1,52 @@
-"""Steady-state training examples/s: Keras `fit` variants vs this pipeline.
+"""Steady-state training examples/s: the pipeline against Keras `fit`, paired.
 
     python -m benchmarks.throughput [--families=logreg,mlp,cnn] [--rounds=N]
+        [--variants=pipe_off,pipe_default,pipe_bf16,fit_bf16]
 
 For each family (benchmarks/common.py: the flagfiles users run, on full-size
-Fashion-MNIST), five variants train the same model with the same batch size,
+Fashion-MNIST) the variants train the same model with the same batch size,
 optimizer and tf.data pipeline:
 
-  fit          model.fit, no callbacks (compiled with loss + accuracy metric)
-  fit_spe      fit compiled with steps_per_execution=K (K = --steps_per_loop)
-  fit_tb       fit + keras.callbacks.TensorBoard(update_freq=1, histogram_freq=1)
-  pipe_off     pipeline.training.loop.train_and_evaluate, logging off
-  pipe_default train_and_evaluate with the default logging: scalars every
-               step, test eval every 500 steps, histograms every 100 steps
+  fit           model.fit, no callbacks, float32: the reference every ratio uses
+  fit_bf16      fit of the same model under Keras' mixed_bfloat16 policy
+  fit_tb        fit + keras.callbacks.TensorBoard(update_freq=1, histogram_freq=1)
+  pipe_off      pipeline.training.loop.train_and_evaluate, logging off
+  pipe_default  the real loop at the default logging (scalars every step, weight
+                and gradient histograms every 100 steps, graph, images, progress
+                lines and their flushes) with periodic evaluation off
+  pipe_bf16     pipe_default with --precision=mixed_bfloat16
 
-Steady state excludes compile warm-up: a `fit` variant is timed from
-`on_epoch_begin` to `on_epoch_end` of a one-epoch call after a warm-up call
-(the timer is the last callback, so TensorBoard's epoch-end histograms are
-inside); a pipeline variant is timed between its own progress lines at the
-first and last chunk boundary of the window (the first chunk, which traces and
-compiles, and the final step's end-of-run work are outside). The pipeline runs
-the real loop into a temporary run directory: what is measured is what users
-get. Variants are interleaved and repeated in one process, so load from other
-processes hits them alike; the table shows median, min-max and the ratio of
-medians to plain `fit`.
+Windows are equal: every variant of a family is timed over the same number of
+steps. A round runs the matmul ceilings, one `fit` window, then one window of
+every other variant (their order rotates each round), and the next round starts
+with the next `fit` window, so each variant window sits between two `fit`
+windows. Its ratio is its rate over the geometric mean of those two: load that
+drifts over minutes cancels in each ratio. The table shows the median and the
+min-max of those per-round ratios, and says when the min-max straddles 1.0 (the
+run cannot tell which side of `fit` the variant is on).
+
+Evaluation is work the user asked for, not logging: it is off inside the
+windows (fit evaluates nothing either) and timed on its own (the compiled
+10,000-image evaluation the loop runs every --eval_every steps), then shown as
+a share of --eval_every training steps.
+
+`fit` is timed from `on_epoch_begin` to `on_epoch_end` of a one-epoch call of
+the window's length after a compiling warm-up call; a pipeline variant is one
+real training run into a temporary run directory, timed by an extra action
+(after the standard ones: logging, progress) that waits for its turn between
+windows, after the first chunk (which traces and compiles). Everything runs in
+one process under TensorFlow op determinism (the pipeline's default
+--deterministic; the switch is process-wide).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
+import math
+import os
 import pathlib
+import statistics
 import sys
 import tempfile
 import threading
@@ -42,33 +58,74 @@ from benchmarks import common, flops
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("families", list(common.FAMILIES), "Model families to measure.")
-flags.DEFINE_integer("rounds", 0, "Interleaved rounds (0: per-family default).")
-flags.DEFINE_integer("steps_per_loop", 100, "K for fit_spe and the pipeline.")
+flags.DEFINE_list(
+    "variants",
+    ["pipe_off", "pipe_default", "pipe_bf16"],
+    "Variants besides fit: pipe_off, pipe_default, pipe_bf16, fit_bf16, fit_tb.",
+)
+flags.DEFINE_integer("rounds", 0, "Paired rounds (0: per-family default).")
 flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
-flags.DEFINE_boolean(
-    "compare_xla",
-    False,
-    "Add pipe_off with --jit_compile flipped from its auto value (XLA check).",
-)
 
-# Steady-state window in steps for pipe_default: a multiple of eval_every=500
-# keeps exactly one test evaluation per 500 steps inside it. Variants with no
-# periodic work (fit, fit_spe, pipe_off) may use a shorter window (the CNN
-# needs ~25 s per 500 steps here); fit_tb's epoch, and so its histogram
-# write, is then that window. Rounds per family.
-WINDOW = {"logreg": 1000, "mlp": 1000, "cnn": 500}
-SHORT_WINDOW = {"cnn": 100}
-ROUNDS = {"logreg": 8, "mlp": 6, "cnn": 2}
+# Equal windows per family, a multiple of the default --histogram_every and
+# --print_every (100), so each window holds the same periodic work.
+WINDOW = {"logreg": 2000, "mlp": 1000, "cnn": 100}
+ROUNDS = {"logreg": 7, "mlp": 7, "cnn": 5}
 WARMUP_STEPS = 100  # the first chunk: tracing + compilation
-# Checkpoints are not logging and fit does not save any: only the final one,
-# outside the window, in both pipeline variants.
-NO_CHECKPOINTS = "--checkpoint_every=0"
-LOGGING_OFF = (
-    "--log_every=0",
-    "--histogram_every=0",
-    "--eval_every=0",
-    "--image_count=0",
-)
+PRINT_EVERY = 100  # the default progress interval (a flush each time)
+EVAL_EVERY = 500  # the default --eval_every, for the evaluation share
+BF16 = "mixed_bfloat16"
+# Checkpoints are not logging and fit saves none: only the final one, after
+# the last window. Evaluation is timed separately (see the module docstring).
+NOT_IN_WINDOWS = ("--checkpoint_every=0", "--eval_every=0")
+LOGGING_OFF = ("--log_every=0", "--histogram_every=0", "--image_count=0")
+PIPELINE_VARIANTS = {
+    "pipe_off": (LOGGING_OFF, "float32"),
+    "pipe_default": ((), "float32"),
+    "pipe_bf16": ((), BF16),
+}
+
+
+class Schedule:
+    """Grants turns in a fixed order, so exactly one variant runs at a time.
+
+    Each variant runs in its own thread and holds one turn per window; a
+    pipeline variant keeps one training run (one compile) across all its turns
+    and waits inside the loop's progress callback, so waiting is never timed.
+    """
+
+    def __init__(self, order: list[str]):
+        self._order = order
+        self._position = 0
+        self._aborted = False
+        self._cond = threading.Condition()
+
+    def acquire(self, name: str) -> None:
+        with self._cond:
+            self._cond.wait_for(
+                lambda: self._aborted or self._order[self._position] == name
+            )
+            if self._aborted:
+                raise RuntimeError("schedule aborted")
+
+    def release(self, name: str) -> None:
+        with self._cond:
+            assert self._order[self._position] == name, (name, self._position)
+            self._position += 1
+            self._cond.notify_all()
+
+    def abort(self) -> None:
+        with self._cond:
+            self._aborted = True
+            self._cond.notify_all()
+
+
+def schedule_order(variants: list[str], rounds: int) -> list[str]:
+    """Warm-ups, then per round: ceilings, fit, the variants (rotated); a last fit."""
+    order = ["matmul", "fit", *variants]  # warm-up turns (compile, first chunk)
+    for r in range(rounds):
+        shift = r % len(variants)
+        order += ["matmul", "fit", *variants[shift:], *variants[:shift]]
+    return [*order, "fit"]
 
 
 class EpochTimer:
@@ -87,47 +144,16 @@ class EpochTimer:
         return _Timer()
 
 
-class Baton:
-    """Lets one variant run at a time, in a fixed rotation, so they interleave.
-
-    Each variant runs in its own thread and holds the baton for one
-    measurement window at a time; the pipeline variants keep one training run
-    (one compile) across all their windows and wait for their turn inside the
-    loop's progress callback, so paused time is never counted.
-    """
-
-    def __init__(self, names: list[str]):
-        self._active = list(names)
-        self._index = 0
-        self._cond = threading.Condition()
-
-    def acquire(self, name: str) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: self._active[self._index] == name)
-
-    def release(self, name: str, done: bool = False) -> None:
-        with self._cond:
-            index = self._active.index(name)
-            if done:
-                self._active.remove(name)
-                self._index = index
-            else:
-                self._index = index + 1
-            if self._active:
-                self._index %= len(self._active)
-            self._cond.notify_all()
-
-
-def fit_worker(config, dataset, window: int, spe: int = 1, tensorboard_dir=None):
-    """A worker that trains `window` steps per turn with Keras fit."""
+def fit_worker(config, dataset, window: int, windows: int, tensorboard_dir=None):
+    """Trains `window` steps per turn with Keras fit, `windows` turns."""
     import keras
 
     from pipeline import data as data_lib
     from pipeline import models
     from pipeline.training import steps
 
-    def work(name: str, baton: Baton, rounds: int, rates: list[float]) -> None:
-        baton.acquire(name)
+    def work(name: str, schedule: Schedule, rates: list[float]) -> None:
+        schedule.acquire(name)
         keras.utils.set_random_seed(config.seed)
         model = models.build_model(config)
         model.compile(
@@ -136,7 +162,6 @@ def fit_worker(config, dataset, window: int, spe: int = 1, tensorboard_dir=None)
             ),
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             metrics=["accuracy"],
-            steps_per_execution=spe,
         )
         train_ds = data_lib.make_dataset(
             dataset.train,
@@ -144,10 +169,10 @@ def fit_worker(config, dataset, window: int, spe: int = 1, tensorboard_dir=None)
             shuffle_buffer=config.shuffle_buffer,
             seed=config.seed,
         )
-        model.fit(train_ds, steps_per_epoch=2 * spe, epochs=1, verbose=0)  # compile
-        for round_index in range(rounds):
-            if round_index:
-                baton.acquire(name)
+        model.fit(train_ds, steps_per_epoch=2, epochs=1, verbose=0)  # compile
+        schedule.release(name)
+        for index in range(windows):
+            schedule.acquire(name)
             callbacks = [EpochTimer()]
             if tensorboard_dir is not None:
                 callbacks.insert(
@@ -164,75 +189,79 @@ def fit_worker(config, dataset, window: int, spe: int = 1, tensorboard_dir=None)
                 callbacks=callbacks,
             )
             rates.append(window * config.batch_size / callbacks[-1].seconds)
-            report(name, round_index, rates[-1])
-            baton.release(name, done=round_index == rounds - 1)
+            report(name, index, rates[-1])
+            schedule.release(name)
 
     return work
 
 
-def window_timer(name, baton, rounds: int, window: int, batch_size: int, rates):
-    """An action that times each `window` steps after the warm-up chunk and
-    passes the baton between windows (one window per turn)."""
+def window_timer(
+    name: str, schedule: Schedule, window: int, windows: int, batch, rates
+):
+    """An action timing each `window` steps after the warm-up chunk; it hands
+    the turn on between windows (the run waits inside it, untimed)."""
     from pipeline.training.actions import Action
 
     class WindowTimer(Action):
         window_start = 0.0
 
         def next_boundary(self, step: int) -> int | None:
-            # Chunks end on every window boundary after the warm-up.
             done = max(step - WARMUP_STEPS, -window) // window + 1
             return WARMUP_STEPS + done * window
 
         def __call__(self, state, chunk) -> None:
             now = time.perf_counter()
             done, rest = divmod(chunk.step - WARMUP_STEPS, window)
-            if chunk.step < WARMUP_STEPS or rest or done > rounds:
+            if chunk.step < WARMUP_STEPS or rest or done > windows:
                 return
             if done > 0:
-                rates.append(window * batch_size / (now - self.window_start))
+                rates.append(window * batch / (now - self.window_start))
                 report(name, done - 1, rates[-1])
-                if done == rounds:
-                    return  # keep the baton through the run's end-of-run work
-                baton.release(name)
-                baton.acquire(name)
+                if done == windows:
+                    return  # keep the turn through the run's end-of-run work
+            schedule.release(name)  # the warm-up turn, or the window just timed
+            schedule.acquire(name)
             self.window_start = time.perf_counter()
 
     return WindowTimer()
 
 
-def pipeline_worker(config, dataset, window: int, workdir: pathlib.Path, results):
-    """A worker running one real training run, one window per turn."""
+def pipeline_worker(config, dataset, window: int, windows: int, workdir, results):
+    """One real training run, timed over one window per turn."""
     from pipeline.runs import rundir
     from pipeline.training import loop as train
 
-    def work(name: str, baton: Baton, rounds: int, rates: list[float]) -> None:
+    def work(name: str, schedule: Schedule, rates: list[float]) -> None:
         run_config = dataclasses.replace(
             config,
-            steps=WARMUP_STEPS + rounds * window + 1,
-            print_every=WARMUP_STEPS,
+            steps=WARMUP_STEPS + windows * window + 1,
+            print_every=PRINT_EVERY,
             logdir=str(workdir),
         )
-        baton.acquire(name)
+        schedule.acquire(name)
         run_dir = rundir.create_run_dir(workdir, name)
-        timer = window_timer(name, baton, rounds, window, config.batch_size, rates)
-        try:
-            results.append(
-                train.train_and_evaluate(
-                    run_config,
-                    run_dir,
-                    dataset,
-                    print_fn=lambda _: None,
-                    extra_actions=[timer],
-                )
+        timer = window_timer(name, schedule, window, windows, config.batch_size, rates)
+        results.append(
+            train.train_and_evaluate(
+                run_config,
+                run_dir,
+                dataset,
+                print_fn=lambda _: None,
+                extra_actions=[timer],
             )
-        finally:
-            baton.release(name, done=True)
+        )
+        schedule.release(name)
 
     return work
 
 
-def report(name: str, round_index: int, rate: float) -> None:
-    print(f"  round {round_index + 1} {name:18s} {rate:>10,.0f}")
+def report(name: str, index: int, rate: float) -> None:
+    print(f"  window {index + 1} {name:14s} {rate:>10,.0f} examples/s")
+
+
+def paired_ratios(rates: list[float], fit: list[float]) -> list[float]:
+    """Round r's rate over the geometric mean of the fit windows around it."""
+    return [rate / math.sqrt(fit[r] * fit[r + 1]) for r, rate in enumerate(rates)]
 
 
 @dataclasses.dataclass
@@ -240,157 +269,233 @@ class FamilyResult:
     family: str
     batch_size: int
     window: int
-    short_window: int
+    rounds: int
     rates: dict[str, list[float]]
+    ratios: dict[str, list[float]]
     train_flops: float
+    ceiling_gflops: dict[str, list[float]]
+    eval_seconds: dict[str, float]
     event_bytes_per_1000: dict[str, float]
     trace_counts: dict[str, int]
-    ceiling_gflops: list[float]
+    load_average: tuple[float, float]
 
 
-def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
-    """Builds every variant once, then interleaves them for several rounds."""
-    from pipeline import data as data_lib
+def variant_config(family: str, name: str):
+    """The family's config for one variant (fit variants: the float32 defaults)."""
+    logging, policy = PIPELINE_VARIANTS.get(name, ((), "float32"))
+    if name == "fit_bf16":
+        policy = BF16
+    config = common.family_config(family, *NOT_IN_WINDOWS, *logging)
+    return dataclasses.replace(config, precision=policy)
+
+
+def eval_seconds(config, dataset, repeats: int = 3) -> float:
+    """Median seconds of the loop's compiled full-test-split evaluation."""
+    import tensorflow as tf
+
     from pipeline import models
-    from pipeline.config import use_jit_compile
+    from pipeline.training import steps
 
-    config = common.family_config(
-        family, f"--steps_per_loop={FLAGS.steps_per_loop}", NO_CHECKPOINTS
-    )
-    dataset = data_lib.load_dataset(config.dataset)
-    window = WINDOW[family]
-    short = SHORT_WINDOW.get(family, window)
-    off = common.family_config(
-        family, f"--steps_per_loop={FLAGS.steps_per_loop}", NO_CHECKPOINTS, *LOGGING_OFF
-    )
-    default_runs: list = []
-    workers = {
-        "fit": fit_worker(config, dataset, short),
-        "fit_spe": fit_worker(config, dataset, short, spe=FLAGS.steps_per_loop),
-        "fit_tb": fit_worker(config, dataset, short, tensorboard_dir=workdir / "tb"),
-        "pipe_off": pipeline_worker(off, dataset, short, workdir / "off", []),
-        "pipe_default": pipeline_worker(
-            config, dataset, window, workdir / "default", default_runs
-        ),
-    }
-    if FLAGS.compare_xla:
-        flipped = "false" if use_jit_compile(off) else "true"
-        workers[f"pipe_off_xla_{flipped}"] = pipeline_worker(
-            dataclasses.replace(off, jit_compile=flipped),
-            dataset,
-            short,
-            workdir / "xla",
-            [],
-        )
-    rounds = FLAGS.rounds or ROUNDS[family]
+    evaluate = steps.make_eval_fn(models.build_model(config))
+    images = tf.constant(dataset.test.images)
+    labels = tf.constant(dataset.test.labels, tf.int32)
+    evaluate(images, labels)["loss"].numpy()  # trace + compile
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        evaluate(images, labels)["loss"].numpy()
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def run_schedule(workers: dict, rounds: int, ceiling: dict[str, list[float]]):
+    """Runs every worker thread through the schedule; returns the rates."""
+    variants = [name for name in workers if name != "fit"]
+    schedule = Schedule(schedule_order(variants, rounds))
     rates: dict[str, list[float]] = {name: [] for name in workers}
-    ceiling: list[float] = []
-    baton = Baton([*workers, "matmul"])
     errors: list[BaseException] = []
 
     def matmul_work() -> None:
-        # The ceiling is measured in every round too: load moves it as much as
-        # it moves the training rates.
-        for round_index in range(rounds):
-            baton.acquire("matmul")
-            sizes = (512, 1024)
-            ceiling.append(max(flops.matmul_gflops(2, 0.3, sizes).values()))
-            report("matmul GFLOP/s", round_index, ceiling[-1])
-            baton.release("matmul", done=round_index == rounds - 1)
+        # Measured every round: load moves the ceiling as much as the rates.
+        for index in range(rounds + 1):
+            schedule.acquire("matmul")
+            for dtype in ("float32", "bfloat16"):
+                best = max(flops.matmul_gflops(2, 0.25, (512, 1024), dtype).values())
+                if index:  # the first turn only compiles
+                    ceiling[dtype].append(best)
+            schedule.release("matmul")
 
-    def guarded(name, work) -> None:
+    def guarded(work, *args) -> None:
         try:
-            work()
+            work(*args)
         except BaseException as err:  # surfaced in the main thread below
             errors.append(err)
-            baton.release(name, done=True)
+            schedule.abort()
 
     threads = [
-        threading.Thread(
-            target=guarded,
-            args=(name, functools.partial(work, name, baton, rounds, rates[name])),
-        )
+        threading.Thread(target=guarded, args=(work, name, schedule, rates[name]))
         for name, work in workers.items()
     ]
-    threads.append(threading.Thread(target=guarded, args=("matmul", matmul_work)))
+    threads.append(threading.Thread(target=guarded, args=(matmul_work,)))
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    real = [e for e in errors if str(e) != "schedule aborted"]
     if errors:
-        raise errors[0]
-    last = default_runs[-1]
-    steps_run = WARMUP_STEPS + rounds * window + 1
-    one_time = {"graph_run_metadata_graph", "graph_keras_model", "text", "images"}
-    per_1000 = {
-        plugin: size * 1000 / steps_run
-        for plugin, size in last.event_bytes.items()
-        if plugin not in one_time
+        raise (real or errors)[0]
+    return rates
+
+
+def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
+    """Builds every variant once, then runs the paired rounds."""
+    from pipeline import data as data_lib
+    from pipeline import models
+
+    reference = variant_config(family, "fit")
+    dataset = data_lib.load_dataset(reference.dataset)
+    window = WINDOW.get(family, WINDOW["cnn"])
+    rounds = FLAGS.rounds or ROUNDS.get(family, ROUNDS["cnn"])
+    results: dict[str, list] = {}
+    workers = {"fit": fit_worker(reference, dataset, window, rounds + 1)}
+    for name in FLAGS.variants:
+        config = variant_config(family, name)
+        if name.startswith("fit"):
+            tb_dir = workdir / "tb" if name == "fit_tb" else None
+            workers[name] = fit_worker(config, dataset, window, rounds, tb_dir)
+        else:
+            results[name] = []
+            workers[name] = pipeline_worker(
+                config, dataset, window, rounds, workdir / name, results[name]
+            )
+    ceiling: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    load_before = os.getloadavg()[0]
+    rates = run_schedule(workers, rounds, ceiling)
+    load_after = os.getloadavg()[0]
+    ratios = {
+        name: paired_ratios(values, rates["fit"])
+        for name, values in rates.items()
+        if name != "fit"
     }
-    per_1000["one-time (graph, model, text, images)"] = sum(
-        size for plugin, size in last.event_bytes.items() if plugin in one_time
-    )
-    _, train_flops = common.train_flops_per_example(models.build_model(config))
+    evals = {
+        "float32": eval_seconds(reference, dataset),
+        "bfloat16": eval_seconds(
+            dataclasses.replace(reference, precision=BF16), dataset
+        ),
+    }
+    logged = results.get("pipe_default") or next(iter(results.values()), [])
+    per_1000, traces = {}, {}
+    if logged:
+        steps_run = WARMUP_STEPS + rounds * window + 1
+        one_time = {"graph_run_metadata_graph", "graph_keras_model", "text", "images"}
+        per_1000 = {
+            plugin: size * 1000 / steps_run
+            for plugin, size in logged[-1].event_bytes.items()
+            if plugin not in one_time
+        }
+        traces = logged[-1].trace_counts
+    _, train_flops = common.train_flops_per_example(models.build_model(reference))
     return FamilyResult(
         family,
-        config.batch_size,
+        reference.batch_size,
         window,
-        short,
+        rounds,
         rates,
+        ratios,
         train_flops,
-        per_1000,
-        last.trace_counts,
         ceiling,
+        evals,
+        per_1000,
+        traces,
+        (load_before, load_after),
     )
 
 
-def print_table(results: list[FamilyResult]) -> None:
-    print()
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    median, lo, hi = common.summarize(values)
+    return f"{fmt.format(median)} ({fmt.format(lo)}-{fmt.format(hi)})"
+
+
+def print_family(res: FamilyResult) -> list[str]:
+    """Prints one family's table and lines; returns its stability warnings."""
     print(
-        "% ceiling: training FLOP/s (3x forward, from layer shapes) over the best "
-        "float32 tf.matmul GFLOP/s, median of the same rounds"
+        f"\n{res.family}: batch {res.batch_size}, {res.rounds} paired rounds of "
+        f"{res.window}-step windows, load average {res.load_average[0]:.1f} -> "
+        f"{res.load_average[1]:.1f}"
     )
     header = (
-        f"{'family':7s} {'variant':14s} {'median ex/s':>12s} {'min-max':>21s} "
-        f"{'vs fit':>7s} {'% ceiling':>9s}"
+        f"  {'variant':13s} {'median ex/s':>12s} {'min-max':>19s}   "
+        f"{'paired ratio vs fit (min-max)':>30s} {'% ceiling':>9s}  (bf16 variants: "
+        "of the bfloat16 ceiling)"
     )
     print(header)
-    print("-" * len(header))
-    for res in results:
-        fit_median = common.summarize(res.rates["fit"])[0]
-        ceiling_gflops = common.summarize(res.ceiling_gflops)[0]
-        for name, values in res.rates.items():
-            median, lo, hi = common.summarize(values)
-            share = median * res.train_flops / (ceiling_gflops * 1e9) * 100
+    unstable = []
+    for name, values in res.rates.items():
+        median, lo, hi = common.summarize(values)
+        # Paired too: each window's FLOP rate over its own round's ceiling.
+        ceilings = res.ceiling_gflops["bfloat16" if "bf16" in name else "float32"]
+        share = statistics.median(
+            rate * res.train_flops / (ceiling * 1e9) * 100
+            for rate, ceiling in zip(values, ceilings, strict=False)
+        )
+        ratio = "1.00 (reference)"
+        if name in res.ratios:
+            ratio = spread(res.ratios[name]) + "x"
+            if min(res.ratios[name]) < 1.0 < max(res.ratios[name]):
+                unstable.append(
+                    f"{res.family} {name}: paired ratios {spread(res.ratios[name])} "
+                    f"straddle 1.0: {res.rounds} rounds cannot tell whether it is "
+                    "faster or slower than fit"
+                )
+        print(
+            f"  {name:13s} {median:>12,.0f} {f'{lo:,.0f}-{hi:,.0f}':>19s}   "
+            f"{ratio:>30s} {share:>8.1f}%"
+        )
+    if {"pipe_off", "pipe_default"} <= res.rates.keys():
+        cost = [
+            1 - d / o
+            for d, o in zip(
+                res.rates["pipe_default"], res.rates["pipe_off"], strict=True
+            )
+        ]
+        print(
+            f"  logging cost (pipe_default vs pipe_off, per round): "
+            f"{spread([c * 100 for c in cost], '{:+.1f}')} %"
+        )
+    if {"pipe_default", "pipe_bf16"} <= res.rates.keys():
+        gain = [
+            b / d
+            for b, d in zip(
+                res.rates["pipe_bf16"], res.rates["pipe_default"], strict=True
+            )
+        ]
+        print(
+            f"  bfloat16 speed-up, pipe_bf16 / pipe_default per round: {spread(gain)}x"
+        )
+    if "pipe_default" in res.rates:
+        step_s = res.batch_size / statistics.median(res.rates["pipe_default"])
+        for dtype, seconds in res.eval_seconds.items():
+            share = seconds / (seconds + EVAL_EVERY * step_s) * 100
             print(
-                f"{res.family:7s} {name:14s} {median:>12,.0f} "
-                f"{f'{lo:,.0f}-{hi:,.0f}':>21s} {median / fit_median:>6.2f}x "
-                f"{share:>8.1f}%"
+                f"  evaluation ({dtype}): 10,000 test images in {seconds:.3f} s = "
+                f"{share:.1f}% of a run at --eval_every={EVAL_EVERY} (not logging)"
             )
-        off = common.summarize(res.rates["pipe_off"])[0]
-        default = common.summarize(res.rates["pipe_default"])[0]
-        cost = (1 - default / off) * 100
+    print(
+        f"  tf.matmul ceilings (best of 512, 1024): float32 "
+        f"{spread(res.ceiling_gflops['float32'], '{:.0f}')} GFLOP/s, bfloat16 "
+        f"{spread(res.ceiling_gflops['bfloat16'], '{:.0f}')} GFLOP/s; training "
+        f"{res.train_flops / 1e6:.2f} MFLOP/example"
+    )
+    if res.event_bytes_per_1000:
         print(
-            f"{res.family:7s} default logging cost vs off: {cost:+.1f}%"
-            f"   (batch {res.batch_size}, windows {res.short_window}/{res.window} "
-            "steps, "
-            f"{len(res.rates['fit'])} rounds)"
-        )
-        print(
-            f"{res.family:7s} event bytes per 1,000 steps at default logging: "
+            "  event bytes per 1,000 steps (pipe_default): "
             + ", ".join(
-                f"{k} {v / 1000:,.1f} kB"
-                for k, v in res.event_bytes_per_1000.items()
-                if not k.startswith("one-time")
+                f"{k} {v / 1000:,.1f} kB" for k, v in res.event_bytes_per_1000.items()
             )
         )
-        print(
-            f"{res.family:7s} matmul ceiling {ceiling_gflops:.0f} GFLOP/s "
-            f"(min-max {min(res.ceiling_gflops):.0f}-{max(res.ceiling_gflops):.0f}); "
-            f"training {res.train_flops / 1e6:.2f} MFLOP/example"
-        )
-        print(f"{res.family:7s} trace counts: {res.trace_counts}")
-        print()
+    if res.trace_counts:
+        print(f"  trace counts: {res.trace_counts}")
+    return unstable
 
 
 def main(argv: list[str]) -> None:
@@ -398,25 +503,25 @@ def main(argv: list[str]) -> None:
     sys.stdout.reconfigure(line_buffering=True)
     from pipeline.training import loop as train
 
-    # The pipeline enables op determinism (its default --deterministic) and the
-    # switch is process-wide: turn it on first so every variant runs under it.
     train.seed_everything(0, deterministic=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         for family in FLAGS.families:
             print(f"{family}: measuring", flush=True)
             results.append(measure_family(family, pathlib.Path(tmp) / family))
-    print_table(results)
+    unstable = []
+    for res in results:
+        unstable += print_family(res)
+    print()
+    for line in unstable:
+        print(f"UNSTABLE {line}")
+    if not unstable:
+        print("stable: no paired ratio's min-max straddles 1.0")
     if FLAGS.json_out:
         path = pathlib.Path(FLAGS.json_out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(
-            json.dumps(
-                {
-                    "families": [dataclasses.asdict(r) for r in results],
-                },
-                indent=2,
-            )
+            json.dumps({"families": [dataclasses.asdict(r) for r in results]}, indent=2)
         )
 
 

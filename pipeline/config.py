@@ -54,6 +54,7 @@ KERNEL_INITIALIZERS = (
     "random_uniform",
 )
 SCALED_INITIALIZERS = ("truncated_normal", "random_normal", "random_uniform")
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # Families whose train step XLA made faster on the 2-core benchmark CPU
 # (python -m benchmarks.throughput --compare_xla): none. XLA ran the CNN 8x
 # slower, and logreg and the MLP 0.7-0.8x as fast as without it.
@@ -392,6 +393,20 @@ class TrainConfig:
         "still written at the first and last step); per-step scalars are never "
         "thinned. The bytes written per plugin are printed at exit.",
         lower=0.0,
+    )
+    precision: str = option(
+        "auto",
+        "Keras mixed-precision policy. float32; mixed_bfloat16 / mixed_float16: "
+        "hidden layers compute in 16 bits while variables, optimizer state, "
+        "logits, loss, metrics and summaries stay float32 (float16 adds dynamic "
+        "loss scaling, Keras' LossScaleOptimizer); checkpoints restore at any "
+        "precision. auto: mixed_bfloat16 where the hardware computes bfloat16 "
+        "natively (a GPU of compute capability >= 8.0, or a CPU whose "
+        "/proc/cpuinfo flags list avx512_bf16 or amx_bf16) for the model "
+        "families bfloat16 made faster at equal accuracy in make bench (cnn), "
+        "else float32. The choice and its reason go to run.json and the model "
+        "summary.",
+        choices=PRECISIONS,
     )
 
     @property

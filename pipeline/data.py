@@ -377,6 +377,9 @@ def gathered_batches(
     labels = tf.constant(split.labels)
     seed_value = tf.constant(0 if seed is None else seed, tf.int64)
 
+    # No Python control flow on tensors: skipping AutoGraph's rewrite of these
+    # functions saves start-up time before the first step.
+    @tf.autograph.experimental.do_not_convert
     def epoch_batches(epoch):
         order = tf.range(n, dtype=tf.int64)
         if shuffle:
@@ -388,6 +391,7 @@ def gathered_batches(
         )
         return tf.data.Dataset.from_tensor_slices(order)
 
+    @tf.autograph.experimental.do_not_convert
     def gather(indices):
         return _normalise(
             tf.gather(images, indices), tf.gather(labels, indices), input_scale

@@ -14,6 +14,7 @@ import tensorflow as tf
 from keras import layers
 
 from pipeline.config import TrainConfig
+from pipeline.training import precision as precision_lib
 
 INPUT_SHAPE = (28, 28, 1)
 DEFAULT_KERNEL_INIT = "glorot_uniform"
@@ -194,7 +195,18 @@ def build_cnn(
 
 
 def build_model(config: TrainConfig) -> keras.Model:
-    """Builds the model that `config` names."""
+    """Builds the model that `config` names, under its resolved `--precision`.
+
+    The builders make float32 models; `precision.apply_policy` then gives the
+    hidden layers the run's Keras dtype policy (variables stay float32, so the
+    weights are created exactly as in float32 and a checkpoint restores at any
+    precision) and keeps the logits layer float32.
+    """
+    policy = precision_lib.resolve(config.precision, config.model).policy
+    return precision_lib.apply_policy(_build_float32(config), policy)
+
+
+def _build_float32(config: TrainConfig) -> keras.Model:
     if config.model == "logreg":
         return build_logreg(
             config.num_classes, config.dense_kernel_init, config.bias_init

@@ -61,9 +61,11 @@ def test_histograms_of_every_weight_and_gradient(trained_runs, model):
     keras.utils.set_random_seed(0)
     names = {v.path for v in build_model(run.config).trainable_variables}
     assert tags == names | {f"gradients/{n}" for n in names}
-    for tag in tags:
+    for tag in names:
         # Step 0 (initial weights) and the last step always, --histogram_every between.
         assert [e.step for e in train.Tensors(tag)] == [0, 10, 20]
+        # A gradient is the one applied at that step: none before training.
+        assert [e.step for e in train.Tensors(f"gradients/{tag}")] == [10, 20]
 
 
 def test_checkpoint_marker_at_each_save(trained_runs):

@@ -12,7 +12,7 @@ import sys
 from absl import app, flags
 
 from pipeline import cli
-from pipeline.tools import compare
+from pipeline.tools import compare, study_summary
 from pipeline.tools.compare import FORMATS, METRICS
 
 FLAGS = flags.FLAGS
@@ -42,6 +42,13 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string(
         "plot", None, "Also save the test-accuracy curves to this PNG.", **fv
     )
+    flags.DEFINE_string(
+        "storage",
+        None,
+        "The sweeps' study storage when it is not SWEEP_DIR/study.db "
+        "(e.g. postgresql://USER@HOST:PORT/DB); each directory named is a study.",
+        **fv,
+    )
     flags.DEFINE_boolean(
         "allow_mismatch",
         False,
@@ -60,7 +67,8 @@ def main(argv: list[str]) -> None:
         predicate = compare.parse_filter(FLAGS.filter) if FLAGS.filter else None
         runs = [compare.load_run(path) for path in compare.find_runs(argv[1:])]
         completed = [r for r in runs if r.status == "completed"]
-        skipped = [r for r in runs if r.status != "completed"]
+        pruned = [r for r in runs if r.status == "pruned"]
+        skipped = [r for r in runs if r.status not in ("completed", "pruned")]
         if not completed:
             raise compare.CompareError(
                 f"{' '.join(argv[1:])}: no completed runs "
@@ -73,6 +81,10 @@ def main(argv: list[str]) -> None:
         print(
             compare.format_ranked(ranked, differing, FLAGS.format, FLAGS.allow_mismatch)
         )
+        if pruned:
+            print("\n" + compare.format_pruned(pruned))
+        for url, name, path in study_summary.find_studies(argv[1:], FLAGS.storage):
+            print("\n" + study_summary.describe(url, name, path))
         notes = []
         if len(ranked) > 1:
             notes.append(

@@ -17,6 +17,7 @@ from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline.runs import rundir
 from pipeline.training import distribute, recovery
+from pipeline.training import trial as trial_lib
 
 FLAGS = flags.FLAGS
 PROG = "pipeline-train"
@@ -72,6 +73,13 @@ def main(argv: list[str]) -> None:
                 )
                 run_dir = rundir.create_run_dir(scratch, run_name)
         print(f"run directory: {run_dir.path}", flush=True)
+        extra_actions = []
+        link = trial_lib.TrialLink.from_env()
+        if link is not None and chief and launch.mode == "new":
+            # A sweep worker started this run for one of its study's trials.
+            from pipeline.training import pruning  # TensorFlow import
+
+            extra_actions.append(pruning.ReportToStudy(link))
         try:
             result = train.train_and_evaluate(
                 config,
@@ -80,6 +88,7 @@ def main(argv: list[str]) -> None:
                 strategy=strategy,
                 resume=launch.mode == "resume",
                 restore_dir=restore_dir,
+                extra_actions=extra_actions,
             )
         finally:
             if scratch:

@@ -20,6 +20,8 @@ from tensorboard.compat.proto import event_pb2
 EVENT_FILE_GLOB = "events.out.tfevents.*"
 # TFRecord framing around each event: length (8) + two masked CRCs (4 + 4).
 RECORD_OVERHEAD = 16
+# Histogram writes between two measurements of the event files on disk.
+MEASURE_EVERY = 8
 
 
 def event_bytes(run_dir: str | os.PathLike) -> int:
@@ -81,9 +83,10 @@ class ThinningSchedule:
     """When a periodic, bulky summary is due: step 0, every N (thinning), the end.
 
     The loop ends its chunks on every multiple of the base interval (on every
-    worker alike), asks `due(step)` there, and calls
-    `record(step, spent_bytes, write_bytes)` after each write so the interval
-    can double when the budget is at risk. Writes stay on multiples of the
+    worker alike), asks `due(step)` there, and calls `wrote(step, write_bytes)`
+    after each write and, when `wants_measurement()`, `measure(step,
+    spent_bytes)` so the interval can double when the budget is at risk
+    (`record` does both). Writes stay on multiples of the
     current interval. `next_stop(step)` says where the next write falls.
     """
 
@@ -96,6 +99,8 @@ class ThinningSchedule:
         self._write_bytes_total = 0
         self._writes = 0
         self._writes_since_start = 0
+        self._writes_since_measure = 0
+        self._last_write = 0
         self._next = 0 if every > 0 else None
 
     @property
@@ -119,21 +124,46 @@ class ThinningSchedule:
         return self.total_steps if self.total_steps > step else None
 
     def record(self, step: int, spent_bytes: int, write_bytes: int) -> None:
-        """Notes a write at `step`; re-plans the interval from the sizes seen.
+        """Notes a write at `step` and re-plans from `spent_bytes` on disk."""
+        self.wrote(step, write_bytes)
+        self.measure(step, spent_bytes)
+
+    def wrote(self, step: int, write_bytes: int) -> None:
+        """Notes a write of `write_bytes` at `step` (no disk access)."""
+        self._writes += 1
+        self._write_bytes_total += write_bytes
+        if self._start is not None:
+            self._writes_since_start += 1
+        self._writes_since_measure += 1
+        self._last_write = step
+        self._next = (step // self.interval + 1) * self.interval
+
+    def wants_measurement(self) -> bool:
+        """Whether the last write should be followed by `measure`.
+
+        Measuring needs a flush and a stat of every event file, so it happens
+        at the first write after step 0 (the baseline) and then every
+        `MEASURE_EVERY` writes, never when there is no budget: between two
+        measurements at most that many writes go out at the old interval.
+        """
+        if self.budget_bytes <= 0 or self._last_write <= 0:
+            return False
+        return self._start is None or self._writes_since_measure >= MEASURE_EVERY
+
+    def measure(self, step: int, spent_bytes: int) -> None:
+        """Re-plans the interval from the bytes on disk after the write at `step`.
 
         The per-step rate of everything else is measured from the first write
         after step 0, so one-time events of the first chunk (the op graph can
         be megabytes) are not mistaken for a per-step cost.
         """
-        self._writes += 1
-        self._write_bytes_total += write_bytes
-        per_write = self._write_bytes_total / self._writes
+        self._writes_since_measure = 0
+        per_write = self._write_bytes_total / max(self._writes, 1)
         if self._start is None:
             if step > 0:
                 self._start = (step, spent_bytes)
             per_step = 0.0
         else:
-            self._writes_since_start += 1
             start_step, start_bytes = self._start
             other = spent_bytes - start_bytes - self._writes_since_start * per_write
             per_step = max(other, 0.0) / (step - start_step)

@@ -248,14 +248,18 @@ def write_session_start(
 def write_session_end(
     run_dir: str | os.PathLike, status: str, reason: str | None = None
 ) -> None:
-    """Marks the session finished: `status` is `completed`, `failed` or `running`.
+    """Marks the session finished: `completed`, `failed`, `pruned` or `running`.
 
     SessionEndInfo has no message field, so a failure's reason goes into the
-    run's Text tab (tag `run_status`) as well as `run.json`.
+    run's Text tab (tag `run_status`) as well as `run.json`. The API has no
+    status for a run a sweep's pruner stopped: `pruned` ends the session
+    *Unknown* (neither success nor failure, and filterable as such), with
+    "**pruned**: ..." in the Text tab.
     """
     statuses = {
         "completed": api_pb2.STATUS_SUCCESS,
         "failed": api_pb2.STATUS_FAILURE,
+        "pruned": api_pb2.STATUS_UNKNOWN,
         "running": api_pb2.STATUS_RUNNING,
     }
     end_info = plugin_data_pb2.SessionEndInfo(

@@ -4,11 +4,23 @@ Train and test scalars share tag names (`loss`, `accuracy`) in sibling
 directories (`train/`, `test/`), so TensorBoard overlays the two curves.
 Writers flush at boundaries the loop chooses (checkpoints, the end), not on
 every scalar.
+
+With `background=True` every write is handed to one writer thread
+(`BackgroundWriter`), in call order, so the training loop's next compiled
+chunk runs while the last chunk's summaries are serialized and written: the
+compiled writers release the GIL like any TensorFlow call. Arguments are
+values (NumPy arrays, floats, tensors read before the hand-off), never live
+variables, so what is written is what the caller saw. `flush()` waits for the
+thread and flushes the files (before a checkpoint: what it covers is on disk);
+`flush(wait=False)` queues the flush behind the writes (progress lines).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import pathlib
+import queue
+import threading
 from collections.abc import Callable, Iterable, Mapping
 
 import keras
@@ -30,18 +42,80 @@ SCALAR_METADATA = scalar_metadata.create_summary_metadata(
 ).SerializeToString()
 
 
+class BackgroundWriter:
+    """One daemon thread running submitted writes in order.
+
+    A write that raises stops nothing by itself: the error is re-raised in the
+    caller's thread at the next `submit` or `wait`, so a full disk still ends
+    the run with its own message.
+    """
+
+    def __init__(self):
+        self._queue: queue.Queue = queue.Queue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name="summary-writer", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            work = self._queue.get()
+            try:
+                if work is None:
+                    return
+                if self._error is None:
+                    work()
+            except BaseException as err:  # re-raised in the caller's thread
+                self._error = err
+            finally:
+                self._queue.task_done()
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self._raise_pending()
+        self._queue.put(work)
+
+    def wait(self) -> None:
+        """Returns once everything submitted so far has been written."""
+        self._queue.join()
+        self._raise_pending()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
 class SummaryLogger:
     """Writes scalars, histograms, graphs, images and text for one run.
 
     Writers are created lazily per split (`train`, `test`, `validation`, ...)
-    under `run_dir/<split>/`.
+    under `run_dir/<split>/`. With `background`, writes run on a
+    `BackgroundWriter` thread (see the module docstring).
     """
 
-    def __init__(self, run_dir: pathlib.Path | str, enabled: bool = True):
+    def __init__(
+        self,
+        run_dir: pathlib.Path | str,
+        enabled: bool = True,
+        background: bool = False,
+    ):
         self._run_dir = pathlib.Path(run_dir)
         self._enabled = enabled
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
         self._compiled: dict[tuple, Callable] = {}
+        self._background = BackgroundWriter() if background and enabled else None
+
+    def _write(self, work: Callable[[], None]) -> None:
+        """Runs `work` now, or queues it on the writer thread."""
+        if self._background is None:
+            work()
+        else:
+            self._background.submit(work)
 
     def writer(self, split: str) -> tf.summary.SummaryWriter:
         """The writer for `split`, created on first use."""
@@ -56,9 +130,14 @@ class SummaryLogger:
 
     def scalars(self, split: str, step: int, values: Mapping[str, float]) -> None:
         """One scalar per (tag, value) at `step`."""
-        with self.writer(split).as_default():
-            for tag, value in values.items():
-                tf.summary.scalar(tag, value, step=step)
+        values = {tag: float(value) for tag, value in values.items()}
+
+        def work() -> None:
+            with self.writer(split).as_default():
+                for tag, value in values.items():
+                    tf.summary.scalar(tag, value, step=step)
+
+        self._write(work)
 
     def scalar_series(
         self,
@@ -80,11 +159,13 @@ class SummaryLogger:
         if not keep.any():
             return
         tags = tuple(values)
-        write = self._compiled_writer("scalars", split, tags)
-        series = tuple(
-            tf.constant(np.asarray(values[tag], np.float32)[keep]) for tag in tags
-        )
-        write(tf.constant(steps[keep]), series)
+        series = tuple(np.asarray(values[tag], np.float32)[keep] for tag in tags)
+
+        def work() -> None:
+            write = self._compiled_writer("scalars", split, tags)
+            write(tf.constant(steps[keep]), tuple(tf.constant(v) for v in series))
+
+        self._write(work)
 
     def histograms(
         self, split: str, step: int, named_tensors: Iterable[tuple[str, tf.Tensor]]
@@ -96,8 +177,14 @@ class SummaryLogger:
         if not named:
             return
         names = tuple(name for name, _ in named)
-        write = self._compiled_writer("histograms", split, names)
-        write(tf.constant(step, tf.int64), tuple(tensor for _, tensor in named))
+        # Read variables now: the thread must see this step's values.
+        tensors = tuple(tf.convert_to_tensor(tensor) for _, tensor in named)
+
+        def work() -> None:
+            write = self._compiled_writer("histograms", split, names)
+            write(tf.constant(step, tf.int64), tensors)
+
+        self._write(work)
 
     def _compiled_writer(
         self, kind: str, split: str, tags: tuple[str, ...]
@@ -132,8 +219,8 @@ class SummaryLogger:
                             )
 
         else:
-
-            @tf.function(reduce_retracing=True)
+            # A Python loop over fixed tags: nothing for AutoGraph to convert.
+            @tf.function(reduce_retracing=True, autograph=False)
             def write(step, tensors):
                 with writer.as_default():
                     for tag, tensor in zip(tags, tensors, strict=True):
@@ -154,20 +241,27 @@ class SummaryLogger:
             for (kind, split, tags), fn in self._compiled.items()
         }
 
-    def trace_graph(self, split: str, fn: Callable, *args) -> object:
+    def trace_graph(
+        self, split: str, fn: Callable, *args, name: str | None = None
+    ) -> object:
         """Calls `fn(*args)` once with graph tracing on and writes its op graph.
 
         TensorBoard stores it under the plugin `graph_run_metadata_graph`
-        (Graphs tab, "op graph"). Returns `fn`'s result.
+        (Graphs tab, "op graph"), tagged `name` (default: `fn`'s name).
+        Returns `fn`'s result.
         """
         if not self._enabled:
             return fn(*args)
+        if self._background is not None:
+            self._background.wait()
         tf.summary.trace_on(graph=True, profiler=False)
         try:
             result = fn(*args)
         finally:
             with self.writer(split).as_default():
-                tf.summary.trace_export(name=getattr(fn, "__name__", "step"), step=0)
+                tf.summary.trace_export(
+                    name=name or getattr(fn, "__name__", "step"), step=0
+                )
         return result
 
     def keras_model(self, split: str, model: keras.Model) -> None:
@@ -175,33 +269,49 @@ class SummaryLogger:
         metadata = summary_pb2.SummaryMetadata()
         metadata.plugin_data.plugin_name = KERAS_MODEL_PLUGIN
         metadata.plugin_data.content = b"1"
-        with self.writer(split).as_default():
-            tf.summary.write(
-                tag="keras",
-                tensor=tf.constant(model.to_json()),
-                step=0,
-                metadata=metadata,
-            )
+        model_json = model.to_json()
+
+        def work() -> None:
+            with self.writer(split).as_default():
+                tf.summary.write(
+                    tag="keras",
+                    tensor=tf.constant(model_json),
+                    step=0,
+                    metadata=metadata,
+                )
+
+        self._write(work)
 
     def image_grid(self, split: str, step: int, tag: str, images: np.ndarray) -> None:
         """Tiles [N, 28, 28] uint8 images into one grid image."""
-        with self.writer(split).as_default():
-            tf.summary.image(
-                tag, tile_images(images)[np.newaxis, ..., np.newaxis], step=step
-            )
+        grid = tile_images(images)[np.newaxis, ..., np.newaxis]
+
+        def work() -> None:
+            with self.writer(split).as_default():
+                tf.summary.image(tag, grid, step=step)
+
+        self._write(work)
 
     def text(self, split: str, step: int, tag: str, markdown: str) -> None:
         """Text for TensorBoard's Text tab (rendered as markdown)."""
-        with self.writer(split).as_default():
-            tf.summary.text(tag, markdown, step=step)
+
+        def work() -> None:
+            with self.writer(split).as_default():
+                tf.summary.text(tag, markdown, step=step)
+
+        self._write(work)
 
     def image(self, split: str, step: int, tag: str, image: np.ndarray) -> None:
         """One [H, W] or [H, W, 3] uint8 image (a rendered plot, a labelled grid)."""
         image = np.asarray(image)
         if image.ndim == 2:
             image = image[..., np.newaxis]
-        with self.writer(split).as_default():
-            tf.summary.image(tag, image[np.newaxis], step=step)
+
+        def work() -> None:
+            with self.writer(split).as_default():
+                tf.summary.image(tag, image[np.newaxis], step=step)
+
+        self._write(work)
 
     def pr_curve(
         self, split: str, step: int, tag: str, curve: Mapping[str, np.ndarray]
@@ -223,21 +333,62 @@ class SummaryLogger:
             recall=curve["recall"],
             num_thresholds=len(curve["tp"]),
         ).value[0]
-        with self.writer(split).as_default():
-            tf.summary.write(
-                tag,
-                tf.make_ndarray(proto.tensor),
-                step=step,
-                metadata=proto.metadata.SerializeToString(),
-            )
 
-    def flush(self) -> None:
-        """Flushes every open writer to disk."""
-        for w in self._writers.values():
-            w.flush()
+        def work() -> None:
+            with self.writer(split).as_default():
+                tf.summary.write(
+                    tag,
+                    tf.make_ndarray(proto.tensor),
+                    step=step,
+                    metadata=proto.metadata.SerializeToString(),
+                )
+
+        self._write(work)
+
+    def flush(self, wait: bool = True) -> None:
+        """Flushes every open writer to disk.
+
+        With a background thread and `wait=False` the flush is queued behind
+        the writes already handed over, and this returns at once.
+        """
+
+        def work() -> None:
+            for w in list(self._writers.values()):
+                w.flush()
+
+        if self._background is not None and wait:
+            self._background.wait()
+        if wait:
+            work()
+        else:
+            self._write(work)
+
+    def after_flush(self, measure: Callable[[], object]) -> concurrent.futures.Future:
+        """Flushes the files behind the writes handed over so far, then calls
+        `measure` (a stat of the event files, say) and returns its future.
+
+        Without a background thread this happens now. With one, the caller
+        goes on and reads the result later: what `measure` sees is exactly
+        what was written before this call, however the threads interleave.
+        """
+        future: concurrent.futures.Future = concurrent.futures.Future()
+
+        def work() -> None:
+            for w in list(self._writers.values()):
+                w.flush()
+            future.set_result(measure())
+
+        self._write(work)
+        return future
 
     def close(self) -> None:
-        """Flushes and closes every writer."""
+        """Writes what is queued, then flushes and closes every writer."""
+        if self._background is not None:
+            try:
+                self._background.wait()
+            finally:
+                self._background.stop()
+                self._background = None
         for w in self._writers.values():
             w.close()
         self._writers.clear()

@@ -500,6 +500,22 @@ def format_ranked(
     return "\n\n".join(blocks)
 
 
+def format_pruned(runs: Sequence[RunSummary]) -> str:
+    """Runs a sweep's pruner stopped early: listed apart, never ranked.
+
+    Their metrics are from the step they were stopped at, so ranking them
+    beside runs trained to the end would compare unequal training.
+    """
+    lines = [f"pruned (stopped early by the study's pruner, not ranked): {len(runs)}"]
+    for run in sorted(runs, key=lambda r: r.name):
+        final = run.metrics.get("final/accuracy", math.nan)
+        lines.append(
+            f"  {run.name}  at step {run.metrics.get('steps', math.nan):.0f}  "
+            f"test accuracy {final:.4f}"
+        )
+    return "\n".join(lines)
+
+
 def plot_curves(
     variants: Sequence[Variant], path: str | os.PathLike, differing: Sequence[str]
 ) -> None:

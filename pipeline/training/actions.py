@@ -33,7 +33,6 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from pipeline import data as data_lib
 from pipeline.config import epoch_of, steps_per_epoch
 from pipeline.errors import NonFiniteLossError, TrainingInterruptedError
 from pipeline.tensorboard import budget
@@ -93,11 +92,21 @@ class EveryNSteps(Action):
 
 
 class RunStartSummaries(Action):
-    """The model graph, summary text and input images at step 0; the resume marker."""
+    """The model graph, summary text and input images at step 0; the resume marker.
 
-    def start(self, state: TrainState) -> None:
+    Written after the first chunk (by the writer thread), so they never delay
+    the first step; they still carry step 0 (or the resumed step + 1).
+    """
+
+    def __init__(self) -> None:
+        self.written = False
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        if self.written:
+            return
+        self.written = True
         config, logger = state.config, state.logger
-        if state.step == 0:
+        if state.restore_point.step == 0:
             logger.keras_model("train", state.model)
             logger.text("train", 0, "model_summary", f"```\n{state.model_summary}\n```")
             if config.image_count:
@@ -152,49 +161,59 @@ class WriteHistograms(Action):
     """Weights and their gradients, thinned to fit `--summary_budget_mb`.
 
     Chunks end on every multiple of `every`, on every worker alike
-    (collectives need equal chunks); the budget only decides whether a
-    histogram is written there (thinned steps are multiples). Gradients come
-    from a fixed batch, so they never consume the training iterator (which
-    would change the run they observe).
+    (collectives need equal chunks); such a chunk runs the histogram variant
+    of the train loop (`TrainState.train_until`), which hands back the
+    weights after its last step and the gradients that step applied, so no
+    second gradient pass is needed. The budget only decides whether a
+    histogram is written there (thinned steps are multiples). The initial
+    weights (step 0) are read before the first chunk and written after it, by
+    the writer thread, so they never delay the first step.
     """
 
     def __init__(self, every: int, total_steps: int, budget_bytes: int):
         self.every = every
         self.schedule = budget.ThinningSchedule(every, total_steps, budget_bytes)
-        self.probe: tuple[tf.Tensor, tf.Tensor] | None = None
+        self.initial: list | None = None
+        self.measuring: list = []  # (step, future bytes on disk)
 
     def next_boundary(self, step: int) -> int | None:
         return next_multiple(step, self.every)
 
     def start(self, state: TrainState) -> None:
-        train = state.dataset.train
-        batch = state.config.batch_size
-        self.probe = (
-            data_lib.model_input(train.images[:batch], state.config.input_scale),
-            tf.constant(train.labels[:batch]),
-        )
-        if state.step == 0:
-            self._write(state, 0)  # the initial weights (a resumed run has them)
+        if state.step == 0 and state.is_chief and self.schedule.due(0):
+            self.initial = [tf.identity(v) for v in state.model.trainable_variables]
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
-        self._write(state, chunk.step)
+        if self.initial is not None:
+            initial, self.initial = self.initial, None
+            self._write(state, 0, initial, ())
+        if chunk.gradients and state.is_chief and self.schedule.due(chunk.step):
+            self._write(state, chunk.step, chunk.weights, chunk.gradients)
 
-    def _write(self, state: TrainState, step: int) -> None:
-        if not (state.is_chief and self.schedule.due(step)):
-            return
+    def _write(self, state: TrainState, step: int, weights, gradients) -> None:
         variables = state.model.trainable_variables
-        grads = state.gradients(*self.probe)
-        named = [(variable_name(v), v) for v in variables]
-        named += [
-            (f"gradients/{variable_name(v)}", g)
-            for v, g in zip(variables, grads, strict=True)
-        ]
+        named = [(variable_name(v), w) for v, w in zip(variables, weights, strict=True)]
+        named += (
+            [
+                (f"gradients/{variable_name(v)}", g)
+                for v, g in zip(variables, gradients, strict=True)
+            ]
+            if gradients
+            else []
+        )
         state.logger.histograms("train", step, named)
-        if self.schedule.budget_bytes > 0:
-            state.logger.flush()
-            write_bytes = sum(budget.histogram_event_bytes(n) for n, _ in named)
-            spent = budget.event_bytes(state.run_dir.path)
-            self.schedule.record(step, spent, write_bytes)
+        if self.measuring:  # the last measurement, taken behind its write
+            measured_step, spent = self.measuring.pop()
+            self.schedule.measure(measured_step, spent.result())
+        self.schedule.wrote(
+            step, sum(budget.histogram_event_bytes(n) for n, _ in named)
+        )
+        if self.schedule.wants_measurement():
+            # The first write after step 0 and every few after, by the writer
+            # thread: a flush and a stat of the event files are not free.
+            run_path = state.run_dir.path
+            spent = state.logger.after_flush(lambda: budget.event_bytes(run_path))
+            self.measuring.append((step, spent))
 
 
 class Evaluate(EveryNSteps):
@@ -259,8 +278,9 @@ class PrintProgress(EveryNSteps):
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
         if not self.due(chunk):
             return
-        # What the progress line reports is on the charts too.
-        state.logger.flush()
+        # What the progress line reports reaches the charts right after it:
+        # the flush is queued behind the chunk's writes (the writer thread).
+        state.logger.flush(wait=False)
         test_acc = state.last_test.get("accuracy")
         test_text = "-" if test_acc is None else f"{test_acc:.4f}"
         train_text = " ".join(f"{k}={v:.4f}" for k, v in state.last_train.items())

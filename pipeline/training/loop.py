@@ -242,11 +242,16 @@ class RunRecord:
         return self
 
     def completed(self, outcome: RunOutcome) -> TrainResult:
-        """Records the run `completed` with its final metrics; returns the result."""
+        """Records the run `completed` (or `pruned`: a sweep's pruner stopped it)
+        with its final metrics; returns the result."""
         result = outcome.result
         per_epoch = steps_per_epoch(self.config.batch_size, len(self.dataset.train))
+        status = self.state.end_status if self.state else "completed"
+        extra = dict(outcome.record)
+        if status != "completed":
+            extra["stop_reason"] = self.state.stop_reason
         self.run_dir.finish(
-            "completed",
+            status,
             step=result.step,
             epoch=epoch_of(result.step, per_epoch),
             steps_per_epoch=per_epoch,
@@ -255,10 +260,11 @@ class RunRecord:
             examples_per_sec=round(result.examples_per_sec, 1),
             weights_digest=result.weights_digest,
             event_bytes=result.event_bytes,
-            **outcome.record,
+            **extra,
         )
         if self.is_chief:
-            hparams_lib.write_session_end(self.run_dir.path, "completed")
+            reason = extra.get("stop_reason") if status != "completed" else None
+            hparams_lib.write_session_end(self.run_dir.path, status, reason)
         return result
 
     def __exit__(self, exc_type, err, traceback) -> None:
@@ -312,11 +318,17 @@ def trace_counts(state: TrainState) -> dict[str, int]:
 
     1 each means nothing retraced (a retrace costs a recompile mid-run).
     """
+    train_loop = state.train_loop
     counts = {
-        "train_loop": state.train_loop.experimental_get_tracing_count(),
-        "train_step": state.train_loop.step_fn.experimental_get_tracing_count(),
+        # 0 when every chunk ended on a histogram step (the default).
+        "train_loop": train_loop.experimental_get_tracing_count(),
+        "train_loop_histograms": (
+            train_loop.with_histograms.experimental_get_tracing_count()
+        ),
+        "train_step": train_loop.step_fn.experimental_get_tracing_count(),
         "evaluate": state.evaluate.experimental_get_tracing_count(),
-        "gradients": state.gradients.experimental_get_tracing_count(),
+        # The train step that also returns its gradients (histogram chunks).
+        "gradients": train_loop.gradient_fn.experimental_get_tracing_count(),
     }
     counts.update(state.logger.tracing_counts())
     return counts

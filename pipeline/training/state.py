@@ -28,6 +28,7 @@ from pipeline.errors import NonFiniteLossError, RunDirError, WorkerPreemptedErro
 from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir
 from pipeline.tensorboard.summaries import SummaryLogger
 from pipeline.training import distribute, recovery, steps, stopping
+from pipeline.training import precision as precision_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,10 @@ class Chunk:
     outputs: dict[str, np.ndarray]
     seconds: float
     examples: int
+    # On a histogram chunk (`train_loop.with_histograms`): the trainable
+    # variables after its last step and the gradients that step applied.
+    weights: tuple = ()
+    gradients: tuple = ()
 
     @property
     def is_last(self) -> bool:
@@ -124,7 +129,6 @@ class TrainState:
     eval_arrays: dict[str, tuple[tf.Tensor, tf.Tensor]]
     train_loop: Callable
     evaluate: Callable
-    gradients: Callable  # of a fixed batch, for histograms
     model_summary: str
     preemption: object | None = None
     # What a chunk leaves for the next one. `step` is where the last chunk
@@ -137,6 +141,9 @@ class TrainState:
     last_evaluated: int = -1
     trained_examples: int = 0
     stop_reason: str = ""
+    # How a run that stops without an error is recorded: `completed`, or
+    # `pruned` when a sweep's pruner stopped it (`pipeline.training.pruning`).
+    end_status: str = "completed"
     started_at: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
@@ -147,18 +154,35 @@ class TrainState:
         """Runs steps `step + 1`..`end` in one compiled call; returns what they did."""
         chunk = tf.constant(end - self.step, tf.int32)
         started = time.perf_counter()
+        # Every worker alike (collectives): each multiple of the base interval
+        # and the last step run the histogram variant, whatever the budget
+        # thinned out (it only decides what the chief writes).
+        every = self.config.histogram_every
+        histograms = every > 0 and (end % every == 0 or end == self.config.steps)
+        train_loop = self.train_loop.with_histograms if histograms else self.train_loop
         if self.step == 0:
             outputs = self.logger.trace_graph(
-                "train", self.train_loop, self.iterator, chunk
+                "train", train_loop, self.iterator, chunk, name="train_loop"
             )
         else:
-            outputs = self.train_loop(self.iterator, chunk)
+            outputs = train_loop(self.iterator, chunk)
+        weights = tuple(outputs.pop("weights", ()))
+        gradients = tuple(outputs.pop("gradients", ()))
         series = {name: value.numpy() for name, value in outputs.items()}
         seconds = time.perf_counter() - started
         self.step_var.assign(end)
         examples = (end - self.step) * self.config.batch_size
         self.trained_examples += examples
-        return Chunk(self.step + 1, end, self.config.steps, series, seconds, examples)
+        return Chunk(
+            self.step + 1,
+            end,
+            self.config.steps,
+            series,
+            seconds,
+            examples,
+            weights,
+            gradients,
+        )
 
     def evaluate_splits(self) -> dict[str, dict[str, float]]:
         """Loss and accuracy on every held-out split (test, validation)."""
@@ -228,13 +252,17 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def _model_and_optimizer(config: TrainConfig, strategy) -> tuple:
     seed_everything(config.seed, config.deterministic)
+    precision = precision_lib.resolve(config.precision, config.model)
     with strategy.scope():
         model = models.build_model(config)
         optimizer = steps.make_optimizer(
-            config.optimizer, config.learning_rate, config.momentum
+            config.optimizer,
+            config.learning_rate,
+            config.momentum,
+            loss_scaling=precision.loss_scaling,
         )
         optimizer.build(model.trainable_variables)
-    return model, optimizer
+    return model, optimizer, precision
 
 
 def _train_iterator(config, dataset, strategy, restored_step: int):
@@ -312,8 +340,10 @@ def build_train_state(
             ["train", *_eval_split_names(dataset)],
             recovery.session_start_step(restored_step),
         )
-    model, optimizer = _model_and_optimizer(config, strategy)
-    summary = models.summary_text(model)
+    model, optimizer, precision = _model_and_optimizer(config, strategy)
+    if is_chief:
+        run_dir.update_record(precision=precision.as_record())
+    summary = models.summary_text(model) + "\n" + precision.describe()
     print_fn(summary)
     iterator, iterator_in_checkpoint = _train_iterator(
         config, dataset, strategy, restored_step
@@ -325,7 +355,7 @@ def build_train_state(
     )
     checkpoint = tf.train.Checkpoint(
         model=model,
-        optimizer=optimizer,
+        **steps.optimizer_trackables(optimizer),
         step=step_var,
         rng=recovery.rng_state_variables(model),
         early_stopping=early_stopping,
@@ -349,7 +379,8 @@ def build_train_state(
         manager=manager,
         best_manager=best_manager,
         early_stopping=early_stopping,
-        logger=SummaryLogger(run_dir.path, enabled=is_chief),
+        # Summaries are written by a background thread, off the training path.
+        logger=SummaryLogger(run_dir.path, enabled=is_chief, background=True),
         eval_arrays=eval_arrays,
         train_loop=steps.make_train_loop(
             steps.make_train_step(model, optimizer, config.batch_size),
@@ -357,7 +388,6 @@ def build_train_state(
             jit_compile=use_jit_compile(config),
         ),
         evaluate=steps.make_eval_fn(model, input_scale=config.input_scale),
-        gradients=steps.make_gradient_fn(model),
         model_summary=summary,
         step=restored_step,
         last_saved=restored_step,

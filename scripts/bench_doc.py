@@ -1,0 +1,38 @@
+"""Puts `make bench`'s output into WORKSPACE.md's "Performance" section.
+
+    make bench && .venv/bin/python scripts/bench_doc.py
+
+Replaces the fenced block under "### Results" with build/bench/bench.txt
+(whose first line names the commit, time, cores and load average it ran
+under), so the figures in the map are always one run's real output.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+HEADING = "### Results\n"
+FENCE = "```\n"
+
+
+def main() -> int:
+    bench = ROOT / "build" / "bench" / "bench.txt"
+    workspace = ROOT / "WORKSPACE.md"
+    if not bench.is_file():
+        print(f"bench_doc: error: {bench} not found; run `make bench` first")
+        return 1
+    text = workspace.read_text()
+    start = text.index(HEADING) + len(HEADING)
+    first = text.index(FENCE, start)
+    last = text.index(FENCE, first + len(FENCE)) + len(FENCE)
+    output = bench.read_text().rstrip("\n")
+    block = f"{FENCE}$ make bench\n{output}\n{FENCE}"
+    workspace.write_text(text[:first] + block + text[last:])
+    print(f"bench_doc: {workspace.name} updated from {bench.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
