@@ -3,6 +3,7 @@
 pipeline-compare logs/mlp_tuning
 pipeline-compare 'logs/*' --filter 'model==cnn and best/accuracy>0.98' --top 5
 pipeline-compare logs/mlp_tuning --format=markdown --plot=curves.png
+pipeline-compare logs/mlp_tuning --export=scalars.csv
 """
 
 from __future__ import annotations
@@ -43,6 +44,13 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "plot", None, "Also save the test-accuracy curves to this PNG.", **fv
     )
     flags.DEFINE_string(
+        "export",
+        None,
+        "Also write every scalar series of the runs shown to this CSV file, "
+        "in long form: run, split, tag, step, wall_time, value.",
+        **fv,
+    )
+    flags.DEFINE_string(
         "storage",
         None,
         "The sweeps' study storage when it is not SWEEP_DIR/study.db "
@@ -65,7 +73,9 @@ def main(argv: list[str]) -> None:
 
     def body() -> int:
         predicate = compare.parse_filter(FLAGS.filter) if FLAGS.filter else None
-        runs = [compare.load_run(path) for path in compare.find_runs(argv[1:])]
+        runs = compare.load_runs(
+            compare.find_runs(argv[1:]), cli.warner("pipeline-compare")
+        )
         completed = [r for r in runs if r.status == "completed"]
         pruned = [r for r in runs if r.status == "pruned"]
         skipped = [r for r in runs if r.status not in ("completed", "pruned")]
@@ -99,6 +109,12 @@ def main(argv: list[str]) -> None:
                 [v for group in ranked for v in group], FLAGS.plot, differing
             )
             notes.append(f"curves: {FLAGS.plot}")
+        if FLAGS.export:
+            shown = [run.path for group in ranked for v in group for run in v.runs]
+            rows = compare.export_scalars(shown, FLAGS.export)
+            notes.append(
+                f"scalars: {FLAGS.export} ({rows:,} rows from {len(shown)} runs)"
+            )
         for note in notes:
             print(note, file=sys.stderr)
         return 0
