@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint fmt bench board e2e clean fashion-mnist mlp-tuning
+.PHONY: venv demo test lint fmt bench board e2e clean fashion-mnist mlp-tuning postgresql
 
 venv: $(STAMP)
 
@@ -24,8 +24,13 @@ demo: venv
 	@echo
 	@echo "Open the runs in TensorBoard:  $(BIN)/tensorboard --logdir logs --host 127.0.0.1"
 
-test: venv
+# tests/test_study_postgres.py starts a private PostgreSQL server (Debian's
+# package) for two sweep workers sharing one study.
+test: venv postgresql
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+postgresql:
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql; }
 
 lint: venv
 	$(BIN)/ruff check .

@@ -30,9 +30,15 @@ TF_FREE_MODULES = (
     "pipeline.tensorboard.hparams",
     "pipeline.tools.compare",
     "pipeline.tools.predict",
+    "pipeline.tools.search_space",
+    "pipeline.tools.study",
+    "pipeline.tools.study_summary",
     "pipeline.tools.sweep",
+    "pipeline.tools.sweep_driver",
+    "pipeline.tools.worker",
     "pipeline.training.distribute",
     "pipeline.training.recovery",
+    "pipeline.training.trial",
 )
 
 # Runs in a fresh interpreter: a finder ahead of every other one refuses

@@ -10,12 +10,20 @@ from collections.abc import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
+from pipeline.cli import stderr_filter
 from pipeline.errors import PipelineError
 
 
-def quiet_tensorflow() -> None:
-    """Hides TensorFlow's info logs (C++ and Python) unless the user asked for them."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def quiet_tensorflow(argv: list[str]) -> None:
+    """Hides TensorFlow's info logs and start-up lines unless `--verbosity` asks.
+
+    Call before TensorFlow is imported: its start-up lines are printed on
+    import, by C++, and only a filter on file descriptor 2 keeps them off
+    the console (`stderr_filter`).
+    """
+    if not stderr_filter.wants_logs(argv):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        stderr_filter.install(argv)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
@@ -23,6 +31,15 @@ def default_to_warnings(flag_values) -> None:
     """Call after parsing: absl's app.run logs INFO; keep WARNING unless --verbosity."""
     if not flag_values["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)
+
+
+def warner(prog: str) -> Callable[[str], None]:
+    """Prints `prog: warning: ...` lines on stderr (stdout stays for results)."""
+
+    def warn(message: str) -> None:
+        print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+
+    return warn
 
 
 def run_reporting_errors(prog: str, body: Callable[[], int | None]) -> int:
@@ -42,6 +59,16 @@ def run_reporting_errors(prog: str, body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: error: interrupted (SIGINT)", file=sys.stderr)
         return 130
+    except Exception as err:
+        # A write the disk refused (full, read-only, too large) is one line
+        # naming the path; anything else is a bug and keeps its traceback.
+        from pipeline.runs.rundir import write_failure
+
+        failure = write_failure(err)
+        if failure is None:
+            raise
+        print(f"{prog}: error: {failure}", file=sys.stderr)
+        return 1
 
 
 def one_line_flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
@@ -76,7 +103,7 @@ def start(
     lists them (absl's `--help` shows only the main module's key flags, and
     these are defined in library modules; `--helpfull` adds absl's own).
     """
-    quiet_tensorflow()
+    quiet_tensorflow(sys.argv)
     defined_before = set(flags.FLAGS)
     define_flags(flags.FLAGS)
     for name in sorted(set(flags.FLAGS) - defined_before):

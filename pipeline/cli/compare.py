@@ -3,6 +3,7 @@
 pipeline-compare logs/mlp_tuning
 pipeline-compare 'logs/*' --filter 'model==cnn and best/accuracy>0.98' --top 5
 pipeline-compare logs/mlp_tuning --format=markdown --plot=curves.png
+pipeline-compare logs/mlp_tuning --export=scalars.csv
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from absl import app, flags
 
 from pipeline import cli
-from pipeline.tools import compare
+from pipeline.tools import compare, study_summary
 from pipeline.tools.compare import FORMATS, METRICS
 
 FLAGS = flags.FLAGS
@@ -42,6 +43,20 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string(
         "plot", None, "Also save the test-accuracy curves to this PNG.", **fv
     )
+    flags.DEFINE_string(
+        "export",
+        None,
+        "Also write every scalar series of the runs shown to this CSV file, "
+        "in long form: run, split, tag, step, wall_time, value.",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "storage",
+        None,
+        "The sweeps' study storage when it is not SWEEP_DIR/study.db "
+        "(e.g. postgresql://USER@HOST:PORT/DB); each directory named is a study.",
+        **fv,
+    )
     flags.DEFINE_boolean(
         "allow_mismatch",
         False,
@@ -58,9 +73,12 @@ def main(argv: list[str]) -> None:
 
     def body() -> int:
         predicate = compare.parse_filter(FLAGS.filter) if FLAGS.filter else None
-        runs = [compare.load_run(path) for path in compare.find_runs(argv[1:])]
+        runs = compare.load_runs(
+            compare.find_runs(argv[1:]), cli.warner("pipeline-compare")
+        )
         completed = [r for r in runs if r.status == "completed"]
-        skipped = [r for r in runs if r.status != "completed"]
+        pruned = [r for r in runs if r.status == "pruned"]
+        skipped = [r for r in runs if r.status not in ("completed", "pruned")]
         if not completed:
             raise compare.CompareError(
                 f"{' '.join(argv[1:])}: no completed runs "
@@ -73,6 +91,10 @@ def main(argv: list[str]) -> None:
         print(
             compare.format_ranked(ranked, differing, FLAGS.format, FLAGS.allow_mismatch)
         )
+        if pruned:
+            print("\n" + compare.format_pruned(pruned))
+        for url, name, path in study_summary.find_studies(argv[1:], FLAGS.storage):
+            print("\n" + study_summary.describe(url, name, path))
         notes = []
         if len(ranked) > 1:
             notes.append(
@@ -87,6 +109,12 @@ def main(argv: list[str]) -> None:
                 [v for group in ranked for v in group], FLAGS.plot, differing
             )
             notes.append(f"curves: {FLAGS.plot}")
+        if FLAGS.export:
+            shown = [run.path for group in ranked for v in group for run in v.runs]
+            rows = compare.export_scalars(shown, FLAGS.export)
+            notes.append(
+                f"scalars: {FLAGS.export} ({rows:,} rows from {len(shown)} runs)"
+            )
         for note in notes:
             print(note, file=sys.stderr)
         return 0

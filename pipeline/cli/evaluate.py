@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        restored = run_flags.open_run(FLAGS)
+        restored = run_flags.open_run(FLAGS, "pipeline-eval")
         dataset, split = restored.load_split(FLAGS.split, FLAGS.dataset, FLAGS.data_dir)
         from pipeline.tools import evaluate  # TensorFlow import
 
@@ -51,17 +51,29 @@ def main(argv: list[str]) -> None:
         )
         summaries = None
         if FLAGS.write_summaries:
+            # Writing into the run: not while another process writes it.
+            restored.run_dir.lock("pipeline-eval")
             writer = evaluate.writer_name(restored, report.dataset, report.split)
             evaluate.write_summaries(
                 restored, report, outputs, split, writer=writer, mistakes=FLAGS.mistakes
             )
             summaries = str(restored.run_dir.path / writer)
+            from pipeline.tensorboard import projector  # TensorFlow import
+
+            embedded = projector.write_projector(
+                summaries, restored.load_model(), split, report.class_names, report.step
+            )
         if FLAGS.format == "json":
             print(evaluate.report_json_text(report, summaries))
         else:
             print(evaluate.format_report(report))
             if summaries:
                 print(f"\nTensorBoard summaries: {summaries} (step {report.step})")
+                print(
+                    f"Projector: penultimate-layer embeddings of {embedded:,} of "
+                    f"{report.examples:,} examples (at most "
+                    f"{projector.MAX_EXAMPLES:,})"
+                )
 
     sys.exit(cli.run_reporting_errors("pipeline-eval", body))
 

@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
     def body() -> None:
         from pipeline.tools import predict
 
-        restored = run_flags.open_run(FLAGS)
+        restored = run_flags.open_run(FLAGS, "pipeline-predict")
         examples = predict.load_inputs(FLAGS.image or [])
         if FLAGS.index:
             name, split = restored.load_split(

@@ -1,17 +1,22 @@
-"""`pipeline-sweep`: a grid of training runs over a base flagfile, resumable.
+"""`pipeline-sweep`: a search over training flags on an Optuna study, resumable.
 
     pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg \
         --grid=learning_rate=0.1,0.01 --grid=activation=sigmoid,relu \
-        --grid=hidden_layers=2,10 --repeats=3 --sweep_name=mlp_tuning --parallel=2
+        --grid=hidden_layers=2,10 --repeats=3 --sweep_name=mlp_tuning --workers=2
+
+    pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg --sweep_name=mlp_search \
+        --search=learning_rate=log:1e-4:1e-1 --search=hidden_layers=int:1:10 \
+        --search=activation=choice:relu,sigmoid,tanh --trials=20 --pruner=median
 
 Every training flag is accepted too and sets the base of each run (so
 `--flagfile` may name a training flagfile, or a sweep file under
-`flags/sweeps/` that includes one). Runs go to LOGDIR/SWEEP_NAME/RUN.
+`flags/sweeps/` that includes one). Runs go to LOGDIR/SWEEP_NAME/RUN; the
+study to `--storage` (default LOGDIR/SWEEP_NAME/study.db). The same command
+on another machine, with a shared `--storage`, is one more worker.
 """
 
 from __future__ import annotations
 
-import pathlib
 import signal
 import sys
 
@@ -19,8 +24,7 @@ from absl import app, flags
 
 from pipeline import cli
 from pipeline import config as config_lib
-from pipeline.tensorboard import hparams as hparams_lib
-from pipeline.tools import sweep
+from pipeline.tools import sweep_driver
 
 FLAGS = flags.FLAGS
 
@@ -36,24 +40,91 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "List-valued flags take FLAG=A,B|C,D.",
         **fv,
     )
+    flags.DEFINE_multi_string(
+        "search",
+        [],
+        "FLAG=log:LOW:HIGH, FLAG=float:LOW:HIGH, FLAG=int:LOW:HIGH[:STEP] or "
+        "FLAG=choice:V1,V2: one searched flag (repeat for more).",
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "sampler",
+        None,
+        ["tpe", "random", "grid"],
+        "How the study picks the next trial (default: grid for --grid alone, "
+        "else tpe).",
+        **fv,
+    )
     flags.DEFINE_integer(
-        "repeats",
-        1,
-        "Runs per combination, with seeds SEED, SEED+1, ...",
+        "trials",
+        None,
+        "The study's total number of trials, over all workers and re-runs "
+        "(default for a grid: every point).",
         lower_bound=1,
         **fv,
     )
-    flags.DEFINE_string(
-        "sweep_name", None, "Sweep directory under --logdir (required).", **fv
+    flags.DEFINE_integer(
+        "repeats",
+        1,
+        "Runs per configuration (a trial), with seeds SEED, SEED+1, ...; the "
+        "trial's value is their mean.",
+        lower_bound=1,
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "pruner",
+        "none",
+        ["none", "median", "hyperband"],
+        "Stop hopeless trials early: median (below the median of earlier "
+        "trials at the same step) or hyperband. A stopped run ends `pruned`.",
+        **fv,
     )
     flags.DEFINE_integer(
-        "parallel",
+        "startup_trials",
+        5,
+        "Trials sampled at random before TPE models the space, and finished "
+        "before the median pruner prunes.",
+        lower_bound=0,
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "metric",
+        "test/accuracy",
+        ["test/accuracy", "test/loss"],
+        "What the study optimises: reported at every evaluation, final value "
+        "at the end.",
+        **fv,
+    )
+    flags.DEFINE_enum(
+        "direction",
+        None,
+        ["maximize", "minimize"],
+        "Default: maximize for accuracy, minimize for loss.",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "storage",
+        None,
+        "The study's database: sqlite:///PATH (default "
+        "LOGDIR/SWEEP_NAME/study.db) or postgresql://USER@HOST:PORT/DB for "
+        "workers on several machines (password: PGPASSWORD or ~/.pgpass).",
+        **fv,
+    )
+    flags.DEFINE_string(
+        "sweep_name",
+        None,
+        "Sweep directory under --logdir, and the study's name (required).",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "workers",
         1,
-        "Training processes at once.",
+        "Local workers (each trains one run at a time).",
         lower_bound=1,
         upper_bound=64,
         **fv,
     )
+    flags.DEFINE_alias("parallel", "workers", flag_values=flag_values)
     flags.DEFINE_boolean("dry_run", False, "Print the plan and exit.", **fv)
     flags.register_validator(
         "sweep_name",
@@ -72,61 +143,36 @@ def _raise_keyboard_interrupt(signum, frame):
 
 
 def main(argv: list[str]) -> None:
-    """Plans the grid, skips completed runs, trains the rest."""
+    """Opens (or joins) the study and trains trials until its total is reached."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
         if FLAGS.run_name:
-            raise sweep.SweepError("--run_name: the sweep names its runs; drop it")
-        base = config_lib.config_from_flags(FLAGS)
-        axes = sweep.parse_grid(FLAGS.grid)
-        runs = sweep.plan(base, axes, FLAGS.repeats, FLAGS.sweep_name)
-        experiment = pathlib.Path(base.logdir) / FLAGS.sweep_name
-        print(
-            f"sweep {FLAGS.sweep_name}: {len(runs)} runs "
-            f"({len(runs) // FLAGS.repeats} combinations x {FLAGS.repeats} repeats) "
-            f"in {experiment}"
+            raise sweep_driver.SweepError(
+                "--run_name: the sweep names its runs; drop it"
+            )
+        request = sweep_driver.Request(
+            base=config_lib.config_from_flags(FLAGS),
+            sweep_name=FLAGS.sweep_name,
+            grid=tuple(FLAGS.grid),
+            search=tuple(FLAGS.search),
+            sampler=FLAGS.sampler,
+            trials=FLAGS.trials,
+            repeats=FLAGS.repeats,
+            pruner=FLAGS.pruner,
+            startup_trials=FLAGS.startup_trials,
+            metric=FLAGS.metric,
+            direction=FLAGS.direction,
+            storage=FLAGS.storage,
         )
+        sweep = sweep_driver.plan(request)
         if FLAGS.dry_run:
-            for run in runs:
-                print(f"  {run.name}")
+            sweep_driver.print_plan(sweep)
             return 0
-        done, todo, notes = sweep.triage(runs)
-        for note in notes:
-            print(note)
-        print(
-            f"{len(done)} already completed, {len(todo)} to run, "
-            f"{FLAGS.parallel} at a time"
-        )
-        grid_flags = {axis.flag for axis in axes} | (
-            {"seed"} if FLAGS.repeats > 1 else set()
-        )
-        hparams_lib.write_experiment_config(experiment, grid_flags)
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        try:
-            outcomes = sweep.execute(todo, FLAGS.parallel, len(runs), done)
-        except KeyboardInterrupt:
-            print(
-                "pipeline-sweep: interrupted; run the same command again to finish",
-                file=sys.stderr,
-            )
-            return 130
-        failed = [o for o in outcomes if o.status != "completed"]
-        print(
-            f"sweep {FLAGS.sweep_name}: "
-            f"{len(runs) - len(failed)}/{len(runs)} completed. "
-            f"Compare: pipeline-compare {experiment}"
-        )
-        if failed:
-            print(
-                f"pipeline-sweep: error: {len(failed)} runs failed: "
-                + "; ".join(f"{o.run.name}: {o.message}" for o in failed),
-                file=sys.stderr,
-            )
-            return 1
-        return 0
+        return sweep_driver.run(sweep, FLAGS.workers)
 
     sys.exit(cli.run_reporting_errors("pipeline-sweep", body))
 

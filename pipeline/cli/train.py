@@ -17,6 +17,7 @@ from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline.runs import rundir
 from pipeline.training import distribute, recovery
+from pipeline.training import trial as trial_lib
 
 FLAGS = flags.FLAGS
 PROG = "pipeline-train"
@@ -41,6 +42,8 @@ def main(argv: list[str]) -> None:
         restore_dir = None
         config = launch.config
         chief = distribute.chief_from_tf_config(config.strategy)
+        if launch.mode == "new" and config.run_name:
+            rundir.check_name(config.logdir, config.run_name, "--run_name")
         if launch.mode == "resume" and chief:
             run_dir, config = recovery.prepare_resume(launch)
         elif launch.mode == "resume":
@@ -66,12 +69,20 @@ def main(argv: list[str]) -> None:
             run_name = config.run_name or rundir.default_run_name(config)
             if chief:
                 run_dir = rundir.create_run_dir(config.logdir, run_name)
+                run_dir.lock(PROG)
             else:
                 scratch = tempfile.mkdtemp(
                     prefix=f"pipeline-{distribute.worker_label(strategy)}-"
                 )
                 run_dir = rundir.create_run_dir(scratch, run_name)
         print(f"run directory: {run_dir.path}", flush=True)
+        extra_actions = []
+        link = trial_lib.TrialLink.from_env()
+        if link is not None and chief and launch.mode == "new":
+            # A sweep worker started this run for one of its study's trials.
+            from pipeline.training import pruning  # TensorFlow import
+
+            extra_actions.append(pruning.ReportToStudy(link))
         try:
             result = train.train_and_evaluate(
                 config,
@@ -80,6 +91,7 @@ def main(argv: list[str]) -> None:
                 strategy=strategy,
                 resume=launch.mode == "resume",
                 restore_dir=restore_dir,
+                extra_actions=extra_actions,
             )
         finally:
             if scratch:

@@ -24,14 +24,13 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from pipeline.errors import RunDirError
-from pipeline.runs.rundir import RECORD_NAME
+from pipeline.runs import rundir
 
 URL_PATTERN = re.compile(r"TensorBoard \S+ at (http://\S+?)/? ")
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
 
-class BoardError(RunDirError):
+class BoardError(rundir.RunDirError):
     """TensorBoard cannot serve the log directory (did not start, died, timed out)."""
 
 
@@ -180,14 +179,7 @@ class TabCheck:
 
 
 def _expectations(run_path: pathlib.Path) -> dict[str, Any]:
-    record_path = run_path / RECORD_NAME
-    try:
-        record = json.loads(record_path.read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"{record_path}: not found (not a run directory?)") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise RunDirError(f"{record_path}: unreadable ({err})") from None
-    config = record.get("config", {})
+    config = rundir.load_record(run_path).config
     steps = int(config.get("steps", 0))
     histogram_every = int(config.get("histogram_every", 0))
     return {
@@ -247,18 +239,23 @@ def _judge(
                 f"{len(tags)} tags in {run}/train",
                 f"no tags in {run}/train",
             )
-    graph_tags = snapshot["graphs"].get(f"{run}/train", {}).get("tags", {}).values()
-    for kind, key in (
-        ("op graph", "op_graph"),
-        ("conceptual graph", "conceptual_graph"),
-    ):
-        names = [t["tag"] for t in graph_tags if t.get(key)]
-        add(
-            f"graphs ({kind})",
-            bool(names),
-            f"tag {names[0]}" if names else "",
-            f"no {kind} in {run}/train",
-        )
+    graph_info = snapshot["graphs"].get(f"{run}/train", {})
+    # The op graph is the run-level graph: the one the dashboard opens on.
+    add(
+        "graphs (op graph)",
+        bool(graph_info.get("run_graph")),
+        f"run graph of {run}/train",
+        f"no run-level op graph in {run}/train",
+    )
+    names = [
+        t["tag"] for t in graph_info.get("tags", {}).values() if t["conceptual_graph"]
+    ]
+    add(
+        "graphs (conceptual graph)",
+        bool(names),
+        f"tag {names[0]}" if names else "",
+        f"no conceptual graph in {run}/train",
+    )
     text = snapshot["text"].get(f"{run}/train", [])
     add("text", bool(text), f"tags {', '.join(text)}", f"no text tags in {run}/train")
     sessions = [

@@ -40,6 +40,7 @@ from tensorboard.plugins.text import summary_v2 as text_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from pipeline import config as config_lib
+from pipeline.runs import rundir
 
 # The experiment config's file name; "tfevents" makes it an event file to TensorBoard.
 CONFIG_FILENAME = "events.out.tfevents.hparams_config"
@@ -129,11 +130,9 @@ def differing_flags(experiment_dir: str | os.PathLike) -> set[str]:
     """Hparam flags whose values differ between the runs (`*/run.json`) in a dir."""
     names = {p.name for p in hparam_flags()}
     values: dict[str, set[str]] = {name: set() for name in names}
-    for record_path in pathlib.Path(experiment_dir).glob("*/run.json"):
-        try:
-            config = json.loads(record_path.read_text()).get("config", {})
-        except (OSError, json.JSONDecodeError):
-            continue
+    run_paths = rundir.child_run_paths(experiment_dir)
+    for record in rundir.scan_records(run_paths, report=lambda _: None):
+        config = record.config
         for name in names:
             values[name].add(json.dumps(config.get(name), sort_keys=True))
     return {name for name, seen in values.items() if len(seen) > 1}
@@ -248,14 +247,18 @@ def write_session_start(
 def write_session_end(
     run_dir: str | os.PathLike, status: str, reason: str | None = None
 ) -> None:
-    """Marks the session finished: `status` is `completed`, `failed` or `running`.
+    """Marks the session finished: `completed`, `failed`, `pruned` or `running`.
 
     SessionEndInfo has no message field, so a failure's reason goes into the
-    run's Text tab (tag `run_status`) as well as `run.json`.
+    run's Text tab (tag `run_status`) as well as `run.json`. The API has no
+    status for a run a sweep's pruner stopped: `pruned` ends the session
+    *Unknown* (neither success nor failure, and filterable as such), with
+    "**pruned**: ..." in the Text tab.
     """
     statuses = {
         "completed": api_pb2.STATUS_SUCCESS,
         "failed": api_pb2.STATUS_FAILURE,
+        "pruned": api_pb2.STATUS_UNKNOWN,
         "running": api_pb2.STATUS_RUNNING,
     }
     end_info = plugin_data_pb2.SessionEndInfo(

@@ -29,7 +29,7 @@ from tensorboard.util import tensor_util
 
 from pipeline import config as config_lib
 from pipeline.errors import ConfigError
-from pipeline.runs.rundir import RECORD_NAME
+from pipeline.runs import rundir
 
 METRICS = (
     "final/accuracy",
@@ -102,14 +102,12 @@ def find_runs(patterns: Sequence[str]) -> list[pathlib.Path]:
         if not matches:
             raise CompareError(f"{pattern}: no such file or directory")
         for match in matches:
-            path = pathlib.Path(match)
-            if (path / RECORD_NAME).is_file():
+            for path in rundir.find_run_paths(match):
                 found[path] = None
-            elif path.is_dir():
-                for record in sorted(path.rglob(RECORD_NAME)):
-                    found[record.parent] = None
     if not found:
-        raise CompareError(f"{' '.join(patterns)}: no runs (no {RECORD_NAME} found)")
+        raise CompareError(
+            f"{' '.join(patterns)}: no runs (no {rundir.RECORD_NAME} found)"
+        )
     return list(found)
 
 
@@ -130,11 +128,28 @@ def _data_id(dataset: dict[str, Any]) -> str:
 
 
 def load_run(path: pathlib.Path) -> RunSummary:
-    """Reads `path/run.json` and the `test/` event files of one run."""
+    """Reads `path/run.json` and the `test/` event files of one run.
+
+    Raises:
+      CompareError: the record is missing or damaged.
+    """
     try:
-        record = json.loads((path / RECORD_NAME).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CompareError(f"{path / RECORD_NAME}: unreadable ({err})") from None
+        record = rundir.load_record(path)
+    except rundir.RecordError as err:
+        raise CompareError(str(err)) from None
+    return summarize(record)
+
+
+def load_runs(
+    paths: Sequence[pathlib.Path], report: Callable[[str], None] = rundir.warn
+) -> list[RunSummary]:
+    """The runs whose records load; each damaged one is skipped with one line."""
+    return [summarize(record) for record in rundir.scan_records(paths, report)]
+
+
+def summarize(record: rundir.RunRecord) -> RunSummary:
+    """A run's summary from its record and its `test/` event files."""
+    path = record.path.parent
     accuracy: list[tuple[int, float]] = []
     loss: list[tuple[int, float]] = []
     if (path / "test").is_dir():
@@ -151,20 +166,24 @@ def load_run(path: pathlib.Path) -> RunSummary:
     if loss:
         metrics["final/loss"] = loss[-1][1]
         metrics["best/loss"] = min(v for _, v in loss)
-    config = record.get("config", {})
-    metrics["steps"] = float(record.get("step", config.get("steps", math.nan)))
-    if record.get("wall_time_s") is not None:
-        metrics["wall_time"] = float(record["wall_time_s"])
-    if record.get("examples_per_sec") is not None:
-        metrics["examples_per_sec"] = float(record["examples_per_sec"])
+    config = record.config
+    steps = record.step if record.step is not None else config.get("steps")
+    metrics["steps"] = float(steps) if isinstance(steps, int | float) else math.nan
+    for metric, key in (
+        ("wall_time", "wall_time_s"),
+        ("examples_per_sec", "examples_per_sec"),
+    ):
+        value = record.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            metrics[metric] = float(value)
     return RunSummary(
         path=path,
-        status=record.get("status", "unknown"),
+        status=record.status or "unknown",
         config=config,
-        data=_data_id(record.get("dataset", {})),
+        data=_data_id(record.dataset),
         metrics=metrics,
         accuracy_curve=accuracy,
-        error=record.get("error"),
+        error=record.error,
     )
 
 
@@ -500,6 +519,22 @@ def format_ranked(
     return "\n\n".join(blocks)
 
 
+def format_pruned(runs: Sequence[RunSummary]) -> str:
+    """Runs a sweep's pruner stopped early: listed apart, never ranked.
+
+    Their metrics are from the step they were stopped at, so ranking them
+    beside runs trained to the end would compare unequal training.
+    """
+    lines = [f"pruned (stopped early by the study's pruner, not ranked): {len(runs)}"]
+    for run in sorted(runs, key=lambda r: r.name):
+        final = run.metrics.get("final/accuracy", math.nan)
+        lines.append(
+            f"  {run.name}  at step {run.metrics.get('steps', math.nan):.0f}  "
+            f"test accuracy {final:.4f}"
+        )
+    return "\n".join(lines)
+
+
 def plot_curves(
     variants: Sequence[Variant], path: str | os.PathLike, differing: Sequence[str]
 ) -> None:
@@ -538,3 +573,72 @@ def plot_curves(
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+# --- --export: every scalar series in long form --------------------------------
+
+EXPORT_COLUMNS = ("run", "split", "tag", "step", "wall_time", "value")
+SCALARS_PLUGIN = "scalars"
+
+
+def _split_dirs(run: pathlib.Path) -> list[pathlib.Path]:
+    """The run's writer directories (train, test, eval, ...): those with events."""
+    return sorted(
+        p for p in run.iterdir() if p.is_dir() and any(p.glob("events.out.tfevents.*"))
+    )
+
+
+def scalar_rows(runs: Sequence[pathlib.Path]) -> list[tuple]:
+    """(run, split, tag, step, wall_time, value) for every scalar of `runs`.
+
+    Read with TensorBoard's loader, every point kept. `run` is the path
+    relative to the runs' common parent (the run's name for a sweep).
+    """
+    parent = pathlib.Path(os.path.commonpath([p.parent for p in runs]))
+    rows = []
+    for run in runs:
+        name = run.relative_to(parent).as_posix()
+        for split_dir in _split_dirs(run):
+            accumulator = pea.EventAccumulator(
+                str(split_dir), size_guidance={pea.TENSORS: 0}
+            )
+            accumulator.Reload()
+            for tag in sorted(accumulator.PluginTagToContent(SCALARS_PLUGIN)):
+                for event in accumulator.Tensors(tag):
+                    value = float(tensor_util.make_ndarray(event.tensor_proto))
+                    rows.append(
+                        (name, split_dir.name, tag, event.step, event.wall_time, value)
+                    )
+    return rows
+
+
+def export_scalars(runs: Sequence[pathlib.Path], out: str | os.PathLike) -> int:
+    """Writes `scalar_rows(runs)` as CSV to `out` (atomically); returns the rows.
+
+    Raises:
+      CompareError: naming `--export` if `out` is not a `.csv` file that can
+        be written.
+    """
+    out = pathlib.Path(out)
+    if out.suffix.lower() != ".csv":
+        raise CompareError(
+            f"--export={out}: only .csv is written (no Parquet library is a "
+            "dependency of this pipeline)"
+        )
+    if not out.parent.is_dir():
+        raise CompareError(f"--export={out}: {out.parent} is not a directory")
+    rows = scalar_rows(runs)
+    staging = out.with_name(f".{out.name}.partial")
+    try:
+        with open(staging, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(EXPORT_COLUMNS)
+            for run, split, tag, step, wall_time, value in rows:
+                writer.writerow(
+                    [run, split, tag, step, f"{wall_time:.6f}", repr(value)]
+                )
+        os.replace(staging, out)
+    except OSError as err:
+        staging.unlink(missing_ok=True)
+        raise CompareError(f"--export={out}: cannot write ({err.strerror})") from None
+    return len(rows)

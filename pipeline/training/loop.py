@@ -33,7 +33,7 @@ from pipeline.errors import (
     TrainingInterruptedError,
     WorkerPreemptedError,
 )
-from pipeline.runs.rundir import RunDir
+from pipeline.runs.rundir import RunDir, remove_empty_files, write_failure
 from pipeline.tensorboard import budget
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.training import distribute
@@ -98,7 +98,7 @@ def train_and_evaluate(
     """
     strategy = strategy or tf.distribute.get_strategy()
     check_can_train(config, dataset, strategy)
-    restore_point = choose_restore_point(run_dir, resume, restore_dir, print_fn)
+    restore_point = choose_restore_point(config, run_dir, resume, restore_dir, print_fn)
     with RunRecord(config, run_dir, dataset, strategy, restore_point) as record:
         state = record.state = build_train_state(
             config, run_dir, dataset, strategy, restore_point, print_fn
@@ -240,20 +240,26 @@ class RunRecord:
         return self
 
     def completed(self, outcome: RunOutcome) -> TrainResult:
-        """Records the run `completed` with its final metrics; returns the result."""
+        """Records the run `completed` (or `pruned`: a sweep's pruner stopped it)
+        with its final metrics; returns the result."""
         result = outcome.result
+        status = self.state.end_status if self.state else "completed"
+        extra = dict(outcome.record)
+        if status != "completed":
+            extra["stop_reason"] = self.state.stop_reason
         self.run_dir.finish(
-            "completed",
+            status,
             step=result.step,
             final_metrics={"test": result.test, "train": result.train},
             wall_time_s=round(result.wall_time_s, 3),
             examples_per_sec=round(result.examples_per_sec, 1),
             weights_digest=result.weights_digest,
             event_bytes=result.event_bytes,
-            **outcome.record,
+            **extra,
         )
         if self.is_chief:
-            hparams_lib.write_session_end(self.run_dir.path, "completed")
+            reason = extra.get("stop_reason") if status != "completed" else None
+            hparams_lib.write_session_end(self.run_dir.path, status, reason)
         return result
 
     def __exit__(self, exc_type, err, traceback) -> None:
@@ -263,10 +269,9 @@ class RunRecord:
             _record_end(self.run_dir, "interrupted", step, err)
         elif err is not None:
             step = state.step if state else self.restore_point.step
-            _record_end(self.run_dir, "failed", step, err)
+            reason = _record_end(self.run_dir, "failed", step, err)
             if self.is_chief:
-                reason = f"{type(err).__name__}: {err}"
-                hparams_lib.write_session_end(self.run_dir.path, "failed", reason)
+                _end_session_failed(self.run_dir, reason)
         if state is not None:
             state.logger.close()
 
@@ -281,11 +286,30 @@ def dataset_record(dataset: data_lib.Dataset) -> dict[str, object]:
     }
 
 
-def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> None:
-    """Records how a run ended; if even that fails (a full disk), the record
-    stays `running` with a dead pid, which `--resume` accepts."""
+def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> str:
+    """Records how a run ended and returns the reason recorded.
+
+    A failed write is recorded as its one line (path and OS reason) and the
+    empty event files it left are removed. If even the record cannot be
+    written, it stays `running` with a dead pid, which `--resume` accepts.
+    """
+    failure = write_failure(err)
+    reason = str(failure) if failure else f"{type(err).__name__}: {err}"
+    if failure:
+        remove_empty_files(run_dir.path, "events.out.tfevents.*")
     with contextlib.suppress(RunDirError):
-        run_dir.finish(status, step=step, error=f"{type(err).__name__}: {err}")
+        run_dir.finish(status, step=step, error=reason)
+    return reason
+
+
+def _end_session_failed(run_dir: RunDir, reason: str) -> None:
+    """Marks the HParams session failed, unless the disk refuses that too."""
+    try:
+        hparams_lib.write_session_end(run_dir.path, "failed", reason)
+    except Exception as err:
+        if write_failure(err) is None:
+            raise
+        remove_empty_files(run_dir.path, "events.out.tfevents.*")
 
 
 def weights_digest(model: keras.Model) -> str:

@@ -11,9 +11,9 @@ Which checkpoint a run continues from is chosen in one place,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
-import shutil
 import time
 from collections.abc import Callable
 
@@ -40,20 +40,8 @@ class RestorePoint:
     resumed: bool = False
 
 
-def copy_latest_checkpoint(source: pathlib.Path, target: pathlib.Path) -> None:
-    """Copies `source`'s latest checkpoint into `target` and points its state at it."""
-    latest = tf.train.latest_checkpoint(str(source))
-    if latest is None:
-        return
-    target.mkdir(parents=True, exist_ok=True)
-    for path in pathlib.Path(latest).parent.glob(pathlib.Path(latest).name + ".*"):
-        shutil.copy2(path, target / path.name)
-    tf.compat.v1.train.update_checkpoint_state(
-        str(target), str(target / pathlib.Path(latest).name)
-    )
-
-
 def choose_restore_point(
+    config: TrainConfig,
     run_dir: RunDir,
     resume: bool,
     restore_dir: pathlib.Path | None,
@@ -61,18 +49,33 @@ def choose_restore_point(
 ) -> RestorePoint:
     """The checkpoint a run continues from (the one place that chooses it).
 
-    A non-chief worker passes the chief's checkpoint directory as
-    `restore_dir`: the preemption handler restores its step counter from the
-    worker's own directory, so the worker restores from a copy of the chief's
-    latest checkpoint, and every worker then agrees.
+    The newest checkpoint that restores into `config`'s model, by the rule
+    of `pipeline.runs.checkpoints.choose_restorable`; each newer one that
+    does not is named in a `warning:` line. A non-chief worker passes the
+    chief's checkpoint directory as `restore_dir`: the preemption handler
+    restores its step counter from the worker's own directory, so the worker
+    restores from a copy of the checkpoint the chief chose, and every worker
+    then agrees.
+
+    Raises:
+      CheckpointError: checkpoints exist but none restores.
     """
     if not resume:
         return RestorePoint()
+
+    def restore(prefix: str) -> keras.Model:
+        return models.restore_model(config, prefix)
+
     if restore_dir is not None and restore_dir != run_dir.checkpoint_dir:
-        copy_latest_checkpoint(restore_dir, run_dir.checkpoint_dir)
-    step = recovery.latest_checkpoint_step(run_dir.checkpoint_dir)
+        recovery.copy_chosen_checkpoint(
+            restore_dir, run_dir.checkpoint_dir, config, restore
+        )
+    chosen = recovery.choose_resume_checkpoint(
+        run_dir, config, restore, lambda line: print_fn(f"warning: {line}")
+    )
+    step = chosen.step if chosen else 0
     print_fn(f"resuming {run_dir.name} from step {step}")
-    checkpoint = str(run_dir.checkpoint_dir / f"ckpt-{step}") if step else None
+    checkpoint = str(chosen.prefix) if chosen else None
     return RestorePoint(step, checkpoint, resumed=True)
 
 
@@ -141,6 +144,10 @@ class TrainState:
     last_evaluated: int = -1
     trained_examples: int = 0
     stop_reason: str = ""
+    # How a run that stops without an error is recorded: `completed`, or
+    # `pruned` when a sweep's pruner stopped it (`pipeline.training.pruning`).
+    end_status: str = "completed"
+    profiling: bool = False  # a tf.profiler trace is recording (RecordProfile)
     started_at: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
@@ -157,12 +164,13 @@ class TrainState:
         every = self.config.histogram_every
         histograms = every > 0 and (end % every == 0 or end == self.config.steps)
         train_loop = self.train_loop.with_histograms if histograms else self.train_loop
-        if self.step == 0:
-            outputs = self.logger.trace_graph(
-                "train", train_loop, self.iterator, chunk, name="train_loop"
-            )
-        else:
-            outputs = train_loop(self.iterator, chunk)
+        with self.step_marker(end):
+            if self.step == 0:
+                outputs = self.logger.trace_graph(
+                    "train", train_loop, self.iterator, chunk
+                )
+            else:
+                outputs = train_loop(self.iterator, chunk)
         weights = tuple(outputs.pop("weights", ()))
         gradients = tuple(outputs.pop("gradients", ()))
         series = {name: value.numpy() for name, value in outputs.items()}
@@ -180,6 +188,13 @@ class TrainState:
             weights,
             gradients,
         )
+
+    def step_marker(self, step: int) -> contextlib.AbstractContextManager:
+        """While profiling, marks the call as training step `step` in the trace
+        (the Profile tab's step-time views need these markers)."""
+        if not self.profiling:
+            return contextlib.nullcontext()
+        return tf.profiler.experimental.Trace("train", step_num=step, _r=1)
 
     def evaluate_splits(self) -> dict[str, dict[str, float]]:
         """Loss and accuracy on every held-out split (test, validation)."""
@@ -393,6 +408,6 @@ def build_train_state(
         strategy, manager, state.raise_preempted
     )
     state.restore(restore_point)
-    (run_dir.path / MODEL_SUMMARY_NAME).write_text(summary.rstrip("\n") + "\n")
+    run_dir.write_file(MODEL_SUMMARY_NAME, summary.rstrip("\n") + "\n")
     recovery.wait_until(writers_not_before)
     return state

@@ -1,0 +1,83 @@
+"""Sweep workers as real processes, and what their study and runs say afterwards."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+
+import optuna
+from conftest import LOGREG_FLAGS, cli_command, cli_env
+
+from pipeline.tools import study as study_lib
+
+# A small search over the tiny logreg run's learning rate.
+SEARCH = ["--search=learning_rate=log:0.01:0.5", "--sampler=random"]
+
+
+def sweep_command(logdir: pathlib.Path, *args: str) -> list[str]:
+    """`pipeline-sweep` on the tiny runs; `args` say what to search (e.g. SEARCH)."""
+    return [*cli_command("pipeline-sweep"), *LOGREG_FLAGS, f"--logdir={logdir}", *args]
+
+
+def start_worker(logdir: pathlib.Path, *args: str, **kwargs) -> subprocess.Popen:
+    """One `pipeline-sweep` process: a worker on the study its flags name."""
+    return subprocess.Popen(
+        sweep_command(logdir, *args),
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def run_sweep(logdir: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        sweep_command(logdir, *args),
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def load(storage: str, name: str) -> optuna.Study:
+    study_lib.quiet_optuna()
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def record(path: pathlib.Path) -> dict:
+    return json.loads((path / "run.json").read_text())
+
+
+def run_dirs(experiment: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(p for p in experiment.iterdir() if (p / "run.json").is_file())
+
+
+def check_study_and_runs_agree(
+    study: optuna.Study, experiment: pathlib.Path, local_only: bool = False
+) -> None:
+    """Every trial's runs exist and say what the study says; no other runs.
+
+    With `local_only`, only the trials whose runs are in `experiment` (a
+    worker on another machine trained the rest).
+    """
+    statuses = {
+        "COMPLETE": "completed",
+        "PRUNED": "pruned",
+        "FAIL": "failed",
+    }
+    named = []
+    trials = study.trials
+    if local_only:
+        trials = [t for t in trials if (experiment / t.user_attrs["runs"][0]).exists()]
+        assert trials, f"no trial was trained in {experiment}"
+    for trial in trials:
+        for name in trial.user_attrs["runs"]:
+            named.append(name)
+            run = record(experiment / name)
+            assert run["status"] == statuses[trial.state.name], (trial.number, run)
+            assert run["trial"]["number"] == trial.number
+            assert run["trial"]["study"] == study.study_name
+    assert sorted(named) == [p.name for p in run_dirs(experiment)]

@@ -1,0 +1,260 @@
+"""Sweeps on an Optuna study in SQLite: workers, a killed worker, bad input."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+from conftest import cli_command
+from optuna.trial import TrialState
+from study_fixtures import (
+    SEARCH,
+    check_study_and_runs_agree,
+    load,
+    record,
+    run_dirs,
+    run_sweep,
+    start_worker,
+)
+
+
+def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
+    args = [*SEARCH, "--sweep_name=shared", "--trials=4"]
+    workers = [start_worker(tmp_path, *args) for _ in range(2)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    for worker, (_, stderr) in zip(workers, outputs, strict=True):
+        assert worker.returncode == 0, stderr
+
+    experiment = tmp_path / "shared"
+    study = load(f"sqlite:///{experiment / 'study.db'}", "shared")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    # Both workers trained: each trial once, by one of them.
+    pids = {t.user_attrs["worker"]["pid"] for t in study.trials}
+    assert pids == {w.pid for w in workers}
+    assert [p.name for p in run_dirs(experiment)] == [
+        f"trial={n:04d},seed=0" for n in range(4)
+    ]
+    check_study_and_runs_agree(study, experiment)
+    # The study's best is the best run on disk, and the workers say so.
+    accuracies = {
+        p.name: record(p)["final_metrics"]["test"]["accuracy"]
+        for p in run_dirs(experiment)
+    }
+    best = study.best_trial
+    assert best.value == max(accuracies.values())
+    assert accuracies[best.user_attrs["runs"][0]] == best.value
+    last_lines = [stdout.strip().splitlines()[-1] for stdout, _ in outputs]
+    assert any(
+        f"best {best.value:.4f} trial {best.number} (learning_rate=" in line
+        for line in last_lines
+    )
+
+    # pipeline-compare adds the study's view below the runs table.
+    compared = subprocess.run(
+        [*cli_command("pipeline-compare"), str(experiment)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert compared.returncode == 0, compared.stderr
+    assert (
+        f"study shared (sqlite:///{experiment}/study.db): 4 trials: 4 completed, "
+        "0 pruned, 0 failed, 0 running; random sampler, maximize test/accuracy\n"
+        "steps trained: 80\n"
+        f"best trial {best.number}: test/accuracy={best.value:.4f} (learning_rate="
+    ) in compared.stdout
+
+    # The study is complete: running the command again trains nothing.
+    again = run_sweep(tmp_path, *args)
+    assert again.returncode == 0, again.stderr
+    assert "4 already completed, 0 to run" in again.stdout
+    assert "started" not in again.stdout
+    assert len(load(f"sqlite:///{experiment / 'study.db'}", "shared").trials) == 4
+
+
+def test_a_worker_killed_mid_trial_leaves_study_and_runs_agreeing(tmp_path):
+    experiment = tmp_path / "killed"
+    args = [*SEARCH, "--sweep_name=killed", "--trials=2"]
+    process = start_worker(
+        tmp_path, *args, "--steps=1000000", "--eval_every=0", start_new_session=True
+    )
+    first_run = experiment / "trial=0000,seed=0"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (first_run / "run.json").is_file() and (first_run / "train").is_dir():
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("the first trial never started")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the worker and its training run
+        process.communicate()
+    storage = f"sqlite:///{experiment / 'study.db'}"
+    assert [t.state for t in load(storage, "killed").trials] == [TrialState.RUNNING]
+    assert record(first_run)["status"] == "running"
+
+    resumed = run_sweep(tmp_path, *args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "trial 0: its worker died; failed, queued again" in resumed.stdout
+    study = load(storage, "killed")
+    states = {t.number: t.state for t in study.trials}
+    assert states == {
+        0: TrialState.FAIL,
+        1: TrialState.COMPLETE,
+        2: TrialState.COMPLETE,
+    }
+    # The killed trial was retried with its parameters, under its own number.
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == 0]
+    assert retry.params == study.trials[0].params
+    killed = record(first_run)
+    assert killed["status"] == "failed"
+    assert killed["error"].startswith("interrupted: its sweep worker died")
+    assert list(first_run.glob("*.session_end"))  # HParams shows it failed
+    check_study_and_runs_agree(study, experiment)
+    assert "sweep killed: 2/2 completed, 0 pruned, 0 failed" in resumed.stdout
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 1, result.stdout
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_bad_search_space_is_one_line(tmp_path):
+    unknown = run_sweep(
+        tmp_path, "--sweep_name=bad", "--trials=2", "--search=nope=int:1:3"
+    )
+    assert _one_line_error(unknown) == (
+        "pipeline-sweep: error: --search=nope=int:1:3: 'nope' is not a training flag"
+    )
+    malformed = run_sweep(
+        tmp_path, "--sweep_name=bad", "--trials=2", "--search=hidden_layers=int:5:1"
+    )
+    assert _one_line_error(malformed) == (
+        "pipeline-sweep: error: --search=hidden_layers=int:5:1: LOW must be below HIGH"
+    )
+    assert not (tmp_path / "bad").exists()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_storage_names_the_host_not_the_password(tmp_path):
+    port = _closed_port()
+    url = f"postgresql://sweep:hunter2@127.0.0.1:{port}/studies"
+    result = run_sweep(
+        tmp_path, *SEARCH, "--sweep_name=away", "--trials=2", f"--storage={url}"
+    )
+    line = _one_line_error(result)
+    assert line.startswith(
+        f"pipeline-sweep: error: --storage=postgresql://sweep:***@127.0.0.1:{port}/"
+        f"studies: cannot open the study storage at 127.0.0.1:{port} ("
+    )
+    assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_a_study_with_another_space_or_direction_is_refused(tmp_path):
+    first = run_sweep(tmp_path, *SEARCH, "--sweep_name=fixed", "--trials=1")
+    assert first.returncode == 0, first.stderr
+    storage = f"sqlite:///{tmp_path / 'fixed' / 'study.db'}"
+
+    other_space = run_sweep(
+        tmp_path,
+        *SEARCH,
+        "--sweep_name=fixed",
+        "--trials=1",
+        "--search=hidden_layers=int:1:3",
+    )
+    assert _one_line_error(other_space) == (
+        f"pipeline-sweep: error: study 'fixed' in {storage} has another search "
+        "space (learning_rate=log:0.01:0.5 there, learning_rate=log:0.01:0.5 "
+        "hidden_layers=int:1:3 now); use another --sweep_name"
+    )
+    other_direction = run_sweep(
+        tmp_path, *SEARCH, "--sweep_name=fixed", "--trials=1", "--direction=minimize"
+    )
+    assert _one_line_error(other_direction) == (
+        f"pipeline-sweep: error: --direction=minimize: study 'fixed' in {storage} "
+        "is maximize; use another --sweep_name"
+    )
+    assert len(load(storage, "fixed").trials) == 1
+
+
+def _plugin_content(run_dir):
+    from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+
+    acc = pea.EventAccumulator(str(run_dir), size_guidance={pea.TENSORS: 0})
+    acc.Reload()
+    return acc
+
+
+def test_the_median_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2, metadata
+    from tensorboard.util import tensor_util
+
+    # Optuna's grid order for seed 0: 0.3, then 0.00001 (hopeless); with one
+    # trial completed, the second is judged against it at its first evaluation.
+    result = run_sweep(
+        tmp_path,
+        "--grid=learning_rate=0.5,0.00001,0.3",
+        "--trials=2",
+        "--pruner=median",
+        "--startup_trials=1",
+        "--sweep_name=pruning",
+    )
+    assert result.returncode == 0, result.stderr
+    experiment = tmp_path / "pruning"
+    pruned = experiment / "learning_rate=0.00001,seed=0"
+    assert (
+        "[  2/2] pruned    trial 1 learning_rate=0.00001,seed=0  PRUNED after 10 steps"
+        in result.stdout
+    )
+    study = load(f"sqlite:///{experiment / 'study.db'}", "pruning")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert sorted(study.trials[0].intermediate_values) == [10, 20]
+    assert sorted(study.trials[1].intermediate_values) == [10]
+    check_study_and_runs_agree(study, experiment)
+
+    run = record(pruned)
+    assert (run["status"], run["step"]) == ("pruned", 10)
+    assert run["stop_reason"].startswith(
+        "pruned at step 10 by the study's median pruner (test/accuracy="
+    )
+    assert (pruned / "checkpoints" / "ckpt-10.index").is_file()
+    train = _plugin_content(pruned / "train")
+    (event,) = train.Tensors("events/pruned")
+    assert event.step == 10
+    session = _plugin_content(pruned)
+    end = metadata.parse_session_end_info_plugin_data(
+        session.PluginTagToContent(metadata.PLUGIN_NAME)[metadata.SESSION_END_INFO_TAG]
+    )
+    assert end.status == api_pb2.STATUS_UNKNOWN  # HParams has no "pruned"
+    (text,) = session.Tensors("run_status")
+    assert (
+        tensor_util.make_ndarray(text.tensor_proto)
+        .item()
+        .decode()
+        .startswith("**pruned**: pruned at step 10")
+    )
+
+    compared = subprocess.run(
+        [*cli_command("pipeline-compare"), str(experiment)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert compared.returncode == 0, compared.stderr
+    assert (
+        "pruned (stopped early by the study's pruner, not ranked): 1\n"
+        "  learning_rate=0.00001,seed=0  at step 10  test accuracy "
+    ) in compared.stdout
+    assert "1 completed, 1 pruned, 0 failed" in compared.stdout
