@@ -61,7 +61,12 @@ def main(argv: list[str]) -> None:
             from pipeline.tensorboard import projector  # TensorFlow import
 
             embedded = projector.write_projector(
-                summaries, restored.load_model(), split, report.class_names, report.step
+                summaries,
+                restored.load_model(),
+                split,
+                report.class_names,
+                report.step,
+                input_scale=restored.config.input_scale,
             )
         if FLAGS.format == "json":
             print(evaluate.report_json_text(report, summaries))

@@ -55,7 +55,9 @@ def main(argv: list[str]) -> None:
             examples += predict.dataset_examples(split, FLAGS.index, name, FLAGS.split)
         model = restored.load_model()
         images = [example.image for example in examples]
-        probabilities = predict.predict_probabilities(model, images)
+        probabilities = predict.predict_probabilities(
+            model, images, restored.config.input_scale
+        )
         binary_class = restored.config.binary_class
         rows = predict.prediction_rows(examples, probabilities, binary_class)
         if FLAGS.format == "json":

@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        launch = config_lib.launch_from_flags(FLAGS)
+        launch = config_lib.launch_from_flags(FLAGS, sys.argv)
         # Everything up to the strategy is TensorFlow-free: bad flags, runs and
         # data files are reported in well under a second.
         if launch.mode == "replay":

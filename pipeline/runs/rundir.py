@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pipeline import config as config_lib
-from pipeline.config import TrainConfig, config_to_dict
+from pipeline.config import TrainConfig, config_to_dict, unused_alternatives
 from pipeline.errors import RecordError, RunDirError, RunLockedError
 
 RECORD_NAME = "run.json"
@@ -188,8 +188,11 @@ def config_to_flagfile(config: TrainConfig) -> str:
     The run name is left out on purpose: a re-run must get its own directory.
     """
     lines = []
+    # Each of --steps/--epochs (and the other pairs) is written the way the
+    # run was given it, never both.
+    left_out = {"run_name", *unused_alternatives(config)}
     for key, value in config_to_dict(config).items():
-        if key == "run_name" or value is None:
+        if key in left_out or value is None:
             continue
         if isinstance(value, bool):
             lines.append(f"--{key}" if value else f"--no{key}")

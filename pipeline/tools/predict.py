@@ -248,12 +248,18 @@ def dataset_examples(
     return examples
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """Class probabilities: [N, 10] softmax, or [N] P(class K) for a binary run."""
+def predict_probabilities(
+    model: keras.Model, images: np.ndarray, input_scale: str = "unit"
+) -> np.ndarray:
+    """Class probabilities: [N, 10] softmax, or [N] P(class K) for a binary run.
+
+    `input_scale` is the run's --input_scale: pixels reach the model as in
+    training.
+    """
     from pipeline import models
     from pipeline.training import steps
 
-    logits = steps.model_logits(model, np.asarray(images, np.uint8))
+    logits = steps.model_logits(model, np.asarray(images, np.uint8), input_scale)
     return models.probabilities(logits).numpy()
 
 

@@ -155,7 +155,11 @@ def read_record(path: pathlib.Path) -> dict:
 
 
 def _defining(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in config_lib.NOT_HPARAMS}
+    # A run given in epochs records the steps they came to as well; a plan
+    # knows only the epochs, so each pair is compared the way it was given.
+    unused = config_lib.unused_alternatives(config_lib.config_from_dict(config))
+    skip = config_lib.NOT_HPARAMS | unused
+    return {k: v for k, v in config.items() if k not in skip}
 
 
 def move_aside(path: pathlib.Path, record: dict) -> pathlib.Path:

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
-from pipeline.config import TrainConfig
+from pipeline.config import TrainConfig, epoch_of, resolve_epochs, steps_per_epoch
 from pipeline.errors import (
     NonFiniteLossError,
     RunDirError,
@@ -98,6 +98,8 @@ def train_and_evaluate(
     """
     strategy = strategy or tf.distribute.get_strategy()
     check_can_train(config, dataset, strategy)
+    # Epoch settings become steps here, where the train split is known.
+    config = resolve_epochs(config, len(dataset.train))
     restore_point = choose_restore_point(config, run_dir, resume, restore_dir, print_fn)
     with RunRecord(config, run_dir, dataset, strategy, restore_point) as record:
         state = record.state = build_train_state(
@@ -243,6 +245,7 @@ class RunRecord:
         """Records the run `completed` (or `pruned`: a sweep's pruner stopped it)
         with its final metrics; returns the result."""
         result = outcome.result
+        per_epoch = steps_per_epoch(self.config.batch_size, len(self.dataset.train))
         status = self.state.end_status if self.state else "completed"
         extra = dict(outcome.record)
         if status != "completed":
@@ -250,6 +253,8 @@ class RunRecord:
         self.run_dir.finish(
             status,
             step=result.step,
+            epoch=epoch_of(result.step, per_epoch),
+            steps_per_epoch=per_epoch,
             final_metrics={"test": result.test, "train": result.train},
             wall_time_s=round(result.wall_time_s, 3),
             examples_per_sec=round(result.examples_per_sec, 1),

@@ -85,6 +85,11 @@ def merge_overrides(
         name: getattr(given, name)
         for name in explicit & mutable - config_lib.LOCATION_FLAGS
     }
+    # --steps and --epochs are one setting: `given` holds the one that applies
+    # (the other is 0 or ignored), so a resume given either takes both.
+    for pair in config_lib.EPOCH_ALTERNATIVES:
+        if set(pair) & updates.keys() and set(pair) <= mutable:
+            updates.update({name: getattr(given, name) for name in pair})
     return dataclasses.replace(saved, **updates)
 
 

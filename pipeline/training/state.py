@@ -283,6 +283,7 @@ def _train_iterator(config, dataset, strategy, restored_step: int):
         batch_size=config.batch_size,
         shuffle_buffer=config.shuffle_buffer,
         seed=config.seed,
+        input_scale=config.input_scale,
     )
     if distribute.iterator_is_checkpointable(strategy):
         return iter(train_ds), True
@@ -398,7 +399,7 @@ def build_train_state(
             strategy,
             jit_compile=use_jit_compile(config),
         ),
-        evaluate=steps.make_eval_fn(model),
+        evaluate=steps.make_eval_fn(model, input_scale=config.input_scale),
         model_summary=summary,
         step=restored_step,
         last_saved=restored_step,
