@@ -387,7 +387,7 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
     per_1000, traces = {}, {}
     if logged:
         steps_run = WARMUP_STEPS + rounds * window + 1
-        one_time = {"graph_run_metadata_graph", "graph_keras_model", "text", "images"}
+        one_time = {"graph", "graph_keras_model", "text", "images"}
         per_1000 = {
             plugin: size * 1000 / steps_run
             for plugin, size in logged[-1].event_bytes.items()

@@ -55,6 +55,15 @@ def _positive_ints(values: Sequence[str]) -> bool:
     return all(v.strip().isdigit() and int(v) > 0 for v in values)
 
 
+def _is_step_range(values: Sequence[str]) -> bool:
+    """Empty, or two steps A,B with 1 <= A <= B (as the flag's strings)."""
+    if not values:
+        return True
+    if len(values) != 2 or not _positive_ints(values):
+        return False
+    return int(values[0]) <= int(values[1])
+
+
 def _is_rate(value: float) -> bool:
     return 0.0 <= value < 1.0
 
@@ -220,6 +229,23 @@ class TrainConfig:
         lower=0,
         upper=256,
         hparam=False,
+    )
+    projector: bool = option(
+        True,
+        "At the end of training, write the test split's penultimate-layer "
+        "embeddings (at most 10,000 examples), their digits and labels into the "
+        "run's test/ directory for TensorBoard's Projector.",
+        hparam=False,
+        resume=MAY_CHANGE,
+    )
+    profile_steps: tuple[int, ...] = option(
+        (),
+        "A,B: record a tf.profiler trace of steps A to B into the run's train/ "
+        "directory, for TensorBoard's Profile tab (empty: no trace).",
+        check=_is_step_range,
+        message="--profile_steps must be two steps A,B with 1 <= A <= B",
+        hparam=False,
+        resume=MAY_CHANGE,
     )
     max_checkpoints: int = option(
         3,
@@ -438,6 +464,11 @@ def validate(config: TrainConfig) -> TrainConfig:
                     "image to nothing; use fewer conv layers, 'same' padding or "
                     "a smaller pool"
                 )
+    if config.profile_steps and config.profile_steps[1] > config.steps:
+        raise ConfigError(
+            f"--profile_steps={','.join(map(str, config.profile_steps))} ends "
+            f"after --steps={config.steps}"
+        )
     if config.early_stopping_patience > 0 and config.validation_split <= 0:
         raise ConfigError(
             f"--early_stopping_patience={config.early_stopping_patience} needs "

@@ -52,6 +52,9 @@ TINY = TrainConfig(
     histogram_every=10,
     checkpoint_every=10,
     image_count=8,
+    # The Projector files at the end (tested in test_projector.py): off here,
+    # so the many tiny runs stay lean.
+    projector=False,
 )
 # Logistic regression with plain SGD, scalars every 5 steps, no checkpoint
 # but the last: the runs of the hparams, sweep, compare and board tests.

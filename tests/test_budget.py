@@ -81,14 +81,12 @@ def test_schedule_disabled_never_due():
 
 def test_bytes_per_plugin_matches_files_on_disk(tiny_run):
     per_plugin = budget.bytes_per_plugin(tiny_run.path)
-    assert {"scalars", "histograms", "images", "graph_run_metadata_graph"} <= set(
-        per_plugin
-    )
+    assert {"scalars", "histograms", "images", "graph"} <= set(per_plugin)
     # Record sizes plus framing add up to the files (rounding: 1 B per value).
     on_disk = budget.event_bytes(tiny_run.path)
     assert abs(sum(per_plugin.values()) - on_disk) <= 0.01 * on_disk
     # What the run reported at exit (HParams' session end is written after).
-    for plugin in ("scalars", "histograms", "images", "graph_run_metadata_graph"):
+    for plugin in ("scalars", "histograms", "images", "graph"):
         assert tiny_run.result.event_bytes[plugin] == per_plugin[plugin]
 
 

@@ -52,7 +52,9 @@ def finish(proc, timeout=240):
 
 
 def digest(stdout: str) -> str:
-    return stdout.strip().splitlines()[-1].rsplit("weights ", 1)[1]
+    # The `done:` line; a worker's gRPC teardown may log after it.
+    done = [line for line in stdout.splitlines() if line.startswith("done: ")]
+    return done[-1].rsplit("weights ", 1)[1]
 
 
 def free_ports(n: int) -> list[int]:

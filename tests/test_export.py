@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import error_lines, run_cli, snapshot
+from conftest import MLP_RUN, error_lines, run_cli, snapshot, train_run
 
 from pipeline import data
 from pipeline.runs import restore
@@ -33,6 +34,13 @@ RELOAD_SCRIPT = textwrap.dedent(
     )
     """
 )
+
+
+@pytest.fixture(scope="module")
+def cnn_run(tmp_path_factory):
+    """MLP_RUN's schedule with a small CNN: conv layers through TFLite too."""
+    config = dataclasses.replace(MLP_RUN, model="cnn", learning_rate=0.01)
+    return train_run(tmp_path_factory.mktemp("logs_cnn"), config, "cnn").path
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +148,55 @@ def test_cli_unknown_step_writes_nothing(mlp_run, tmp_path):
     assert "--checkpoint=7: no checkpoint at that step" in line
     assert "(saved steps: 10, 20, 30)" in line
     assert not out.exists()
+
+
+def tflite_probabilities(tflite_bytes, images):
+    """Runs a TensorFlow Lite model's serving_default signature on `images`."""
+    interpreter = tf.lite.Interpreter(model_content=tflite_bytes)
+    serve = interpreter.get_signature_runner("serving_default")
+    return serve(images=images)["probabilities"]
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_tflite_converts_the_saved_model_and_matches_it(
+    request, test_images, tmp_path, model
+):
+    restored = restore.open_run(request.getfixturevalue(f"{model}_run"))
+    out = export.export_run(restored, tmp_path / "model")
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(out))
+    tflite_bytes = converter.convert()
+    saved = tf.saved_model.load(str(out)).signatures["serving_default"]
+    expected = saved(images=tf.constant(test_images))["probabilities"].numpy()
+    got = tflite_probabilities(tflite_bytes, test_images)
+    assert got.shape == (16, 10)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    # ...and both are the checkpoint's model (a converter that lost the
+    # weights gives other numbers).
+    keras_probabilities = predict.predict_probabilities(
+        restored.load_model(), test_images
+    )
+    np.testing.assert_allclose(got, keras_probabilities, atol=1e-5)
+
+
+def test_cli_format_tflite_writes_model_tflite_beside_the_saved_model(
+    mlp_run, test_images, tmp_path
+):
+    out = tmp_path / "model"
+    result = run_cli(
+        "pipeline-export", f"--run={mlp_run}", f"--out={out}", "--format=tflite"
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"TensorFlow Lite: {out / 'model.tflite'} (serving_default)" in result.stdout
+    assert sorted(p.name for p in out.iterdir() if p.is_file()) == [
+        "fingerprint.pb",
+        "model.tflite",
+        export.METADATA_NAME,
+        "saved_model.pb",
+    ]
+    assert json.loads((out / export.METADATA_NAME).read_text())["tflite"] == (
+        "model.tflite"
+    )
+    served = reload_in_fresh_process(out, test_images, tmp_path)
+    got = tflite_probabilities((out / "model.tflite").read_bytes(), test_images)
+    np.testing.assert_allclose(got, served["probabilities"], atol=1e-5)

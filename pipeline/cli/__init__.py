@@ -10,12 +10,20 @@ from collections.abc import Callable
 from absl import app, flags
 from absl import logging as absl_logging
 
+from pipeline.cli import stderr_filter
 from pipeline.errors import PipelineError
 
 
-def quiet_tensorflow() -> None:
-    """Hides TensorFlow's info logs (C++ and Python) unless the user asked for them."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def quiet_tensorflow(argv: list[str]) -> None:
+    """Hides TensorFlow's info logs and start-up lines unless `--verbosity` asks.
+
+    Call before TensorFlow is imported: its start-up lines are printed on
+    import, by C++, and only a filter on file descriptor 2 keeps them off
+    the console (`stderr_filter`).
+    """
+    if not stderr_filter.wants_logs(argv):
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        stderr_filter.install(argv)
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
 
 
@@ -95,7 +103,7 @@ def start(
     lists them (absl's `--help` shows only the main module's key flags, and
     these are defined in library modules; `--helpfull` adds absl's own).
     """
-    quiet_tensorflow()
+    quiet_tensorflow(sys.argv)
     defined_before = set(flags.FLAGS)
     define_flags(flags.FLAGS)
     for name in sorted(set(flags.FLAGS) - defined_before):

@@ -3,6 +3,7 @@
 pipeline-compare logs/mlp_tuning
 pipeline-compare 'logs/*' --filter 'model==cnn and best/accuracy>0.98' --top 5
 pipeline-compare logs/mlp_tuning --format=markdown --plot=curves.png
+pipeline-compare logs/mlp_tuning --export=scalars.csv
 """
 
 from __future__ import annotations
@@ -41,6 +42,13 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_enum("format", "table", FORMATS, "Output format.", **fv)
     flags.DEFINE_string(
         "plot", None, "Also save the test-accuracy curves to this PNG.", **fv
+    )
+    flags.DEFINE_string(
+        "export",
+        None,
+        "Also write every scalar series of the runs shown to this CSV file, "
+        "in long form: run, split, tag, step, wall_time, value.",
+        **fv,
     )
     flags.DEFINE_string(
         "storage",
@@ -101,6 +109,12 @@ def main(argv: list[str]) -> None:
                 [v for group in ranked for v in group], FLAGS.plot, differing
             )
             notes.append(f"curves: {FLAGS.plot}")
+        if FLAGS.export:
+            shown = [run.path for group in ranked for v in group for run in v.runs]
+            rows = compare.export_scalars(shown, FLAGS.export)
+            notes.append(
+                f"scalars: {FLAGS.export} ({rows:,} rows from {len(shown)} runs)"
+            )
         for note in notes:
             print(note, file=sys.stderr)
         return 0

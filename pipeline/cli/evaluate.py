@@ -58,12 +58,22 @@ def main(argv: list[str]) -> None:
                 restored, report, outputs, split, writer=writer, mistakes=FLAGS.mistakes
             )
             summaries = str(restored.run_dir.path / writer)
+            from pipeline.tensorboard import projector  # TensorFlow import
+
+            embedded = projector.write_projector(
+                summaries, restored.load_model(), split, report.class_names, report.step
+            )
         if FLAGS.format == "json":
             print(evaluate.report_json_text(report, summaries))
         else:
             print(evaluate.format_report(report))
             if summaries:
                 print(f"\nTensorBoard summaries: {summaries} (step {report.step})")
+                print(
+                    f"Projector: penultimate-layer embeddings of {embedded:,} of "
+                    f"{report.examples:,} examples (at most "
+                    f"{projector.MAX_EXAMPLES:,})"
+                )
 
     sys.exit(cli.run_reporting_errors("pipeline-eval", body))
 

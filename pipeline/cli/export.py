@@ -22,6 +22,14 @@ def define_export_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         flag_values=flag_values,
     )
     flags.mark_flag_as_required("out", flag_values=flag_values)
+    flags.DEFINE_enum(
+        "format",
+        "saved_model",
+        ["saved_model", "tflite"],
+        "saved_model: a SavedModel; tflite: also OUT/model.tflite, its "
+        "serving_default signature converted for TensorFlow Lite.",
+        flag_values=flag_values,
+    )
 
 
 def main(argv: list[str]) -> None:
@@ -33,12 +41,14 @@ def main(argv: list[str]) -> None:
         restored = run_flags.open_run(FLAGS, "pipeline-export")
         from pipeline.tools import export  # TensorFlow import
 
-        out = export.export_run(restored, FLAGS.out)
+        out = export.export_run(restored, FLAGS.out, tflite=FLAGS.format == "tflite")
         print(
             f"exported {restored.run_dir.path} step {restored.step} -> {out}\n"
             "signatures: serving_default (uint8 [N, 28, 28]), "
             "serving_channels (uint8 [N, 28, 28, 1]) -> probabilities, classes"
         )
+        if FLAGS.format == "tflite":
+            print(f"TensorFlow Lite: {out / export.TFLITE_NAME} (serving_default)")
 
     sys.exit(cli.run_reporting_errors("pipeline-export", body))
 

@@ -239,18 +239,23 @@ def _judge(
                 f"{len(tags)} tags in {run}/train",
                 f"no tags in {run}/train",
             )
-    graph_tags = snapshot["graphs"].get(f"{run}/train", {}).get("tags", {}).values()
-    for kind, key in (
-        ("op graph", "op_graph"),
-        ("conceptual graph", "conceptual_graph"),
-    ):
-        names = [t["tag"] for t in graph_tags if t.get(key)]
-        add(
-            f"graphs ({kind})",
-            bool(names),
-            f"tag {names[0]}" if names else "",
-            f"no {kind} in {run}/train",
-        )
+    graph_info = snapshot["graphs"].get(f"{run}/train", {})
+    # The op graph is the run-level graph: the one the dashboard opens on.
+    add(
+        "graphs (op graph)",
+        bool(graph_info.get("run_graph")),
+        f"run graph of {run}/train",
+        f"no run-level op graph in {run}/train",
+    )
+    names = [
+        t["tag"] for t in graph_info.get("tags", {}).values() if t["conceptual_graph"]
+    ]
+    add(
+        "graphs (conceptual graph)",
+        bool(names),
+        f"tag {names[0]}" if names else "",
+        f"no conceptual graph in {run}/train",
+    )
     text = snapshot["text"].get(f"{run}/train", [])
     add("text", bool(text), f"tags {', '.join(text)}", f"no text tags in {run}/train")
     sessions = [

@@ -247,27 +247,28 @@ class SummaryLogger:
             for (kind, split, tags), fn in self._compiled.items()
         }
 
-    def trace_graph(
-        self, split: str, fn: Callable, *args, name: str | None = None
-    ) -> object:
-        """Calls `fn(*args)` once with graph tracing on and writes its op graph.
+    def trace_graph(self, split: str, fn: Callable, *args) -> object:
+        """Calls the `tf.function` `fn(*args)` and writes its op graph as the run graph.
 
-        TensorBoard stores it under the plugin `graph_run_metadata_graph`
-        (Graphs tab, "op graph"), tagged `name` (default: `fn`'s name).
-        Returns `fn`'s result.
+        The run-level graph (a `graph_def` event, `tf.summary.graph`) is what
+        the Graphs dashboard opens on; an op graph written by `trace_export`
+        lives under a tag beside the Keras conceptual graph instead, and the
+        dashboard opening on the conceptual tag with "op graph" selected
+        shows an error. A train loop from `steps.make_train_loop` gives the
+        graph of one step (`fn.step_graph`), which is the model's, rather
+        than the loop around it. Returns `fn`'s result.
         """
-        if not self._enabled:
-            return fn(*args)
-        if self._background is not None:
-            self._background.wait()
-        tf.summary.trace_on(graph=True, profiler=False)
-        try:
-            result = fn(*args)
-        finally:
+        result = fn(*args)
+        if self._enabled:
+            if self._background is not None:
+                self._background.wait()
+            step_graph = getattr(fn, "step_graph", None)
+            if step_graph is not None:
+                graph = step_graph(args[0])
+            else:
+                graph = fn.get_concrete_function(*args).graph
             with self.writer(split).as_default():
-                tf.summary.trace_export(
-                    name=name or getattr(fn, "__name__", "step"), step=0
-                )
+                tf.summary.graph(graph)
         return result
 
     def keras_model(self, split: str, model: keras.Model) -> None:

@@ -573,3 +573,72 @@ def plot_curves(
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
+
+
+# --- --export: every scalar series in long form --------------------------------
+
+EXPORT_COLUMNS = ("run", "split", "tag", "step", "wall_time", "value")
+SCALARS_PLUGIN = "scalars"
+
+
+def _split_dirs(run: pathlib.Path) -> list[pathlib.Path]:
+    """The run's writer directories (train, test, eval, ...): those with events."""
+    return sorted(
+        p for p in run.iterdir() if p.is_dir() and any(p.glob("events.out.tfevents.*"))
+    )
+
+
+def scalar_rows(runs: Sequence[pathlib.Path]) -> list[tuple]:
+    """(run, split, tag, step, wall_time, value) for every scalar of `runs`.
+
+    Read with TensorBoard's loader, every point kept. `run` is the path
+    relative to the runs' common parent (the run's name for a sweep).
+    """
+    parent = pathlib.Path(os.path.commonpath([p.parent for p in runs]))
+    rows = []
+    for run in runs:
+        name = run.relative_to(parent).as_posix()
+        for split_dir in _split_dirs(run):
+            accumulator = pea.EventAccumulator(
+                str(split_dir), size_guidance={pea.TENSORS: 0}
+            )
+            accumulator.Reload()
+            for tag in sorted(accumulator.PluginTagToContent(SCALARS_PLUGIN)):
+                for event in accumulator.Tensors(tag):
+                    value = float(tensor_util.make_ndarray(event.tensor_proto))
+                    rows.append(
+                        (name, split_dir.name, tag, event.step, event.wall_time, value)
+                    )
+    return rows
+
+
+def export_scalars(runs: Sequence[pathlib.Path], out: str | os.PathLike) -> int:
+    """Writes `scalar_rows(runs)` as CSV to `out` (atomically); returns the rows.
+
+    Raises:
+      CompareError: naming `--export` if `out` is not a `.csv` file that can
+        be written.
+    """
+    out = pathlib.Path(out)
+    if out.suffix.lower() != ".csv":
+        raise CompareError(
+            f"--export={out}: only .csv is written (no Parquet library is a "
+            "dependency of this pipeline)"
+        )
+    if not out.parent.is_dir():
+        raise CompareError(f"--export={out}: {out.parent} is not a directory")
+    rows = scalar_rows(runs)
+    staging = out.with_name(f".{out.name}.partial")
+    try:
+        with open(staging, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(EXPORT_COLUMNS)
+            for run, split, tag, step, wall_time, value in rows:
+                writer.writerow(
+                    [run, split, tag, step, f"{wall_time:.6f}", repr(value)]
+                )
+        os.replace(staging, out)
+    except OSError as err:
+        staging.unlink(missing_ok=True)
+        raise CompareError(f"--export={out}: cannot write ({err.strerror})") from None
+    return len(rows)

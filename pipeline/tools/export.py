@@ -9,8 +9,11 @@ the model inside the graph through `steps.model_logits`, as in training's
 evaluation and `pipeline-predict`, so the served probabilities equal the
 predicted ones.
 
-The SavedModel is written to a temporary sibling directory and renamed into
-place, so `--out` either holds a complete export or is left as it was.
+The SavedModel is Keras' own export (`keras.export.ExportArchive`), so
+TensorFlow Lite converts it: `--format=tflite` also writes `model.tflite` (the
+`serving_default` signature) beside `saved_model.pb`. Everything is written to
+a temporary sibling directory and renamed into place, so `--out` either holds
+a complete export or is left as it was.
 """
 
 from __future__ import annotations
@@ -36,33 +39,43 @@ class ExportError(RunDirError):
     """The export destination cannot be used."""
 
 
-class ServingModule(tf.Module):
-    """The model behind two uint8 serving signatures."""
+IMAGES = tf.TensorSpec([None, 28, 28], tf.uint8, name="images")
+IMAGES_WITH_CHANNEL = tf.TensorSpec([None, 28, 28, 1], tf.uint8, name="images")
+TFLITE_NAME = "model.tflite"
 
-    def __init__(self, model: keras.Model):
-        super().__init__(name="digit_classifier")
-        self.model = model
 
-    def _outputs(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = steps.model_logits(self.model, images)
+def serving_archive(model: keras.Model) -> keras.export.ExportArchive:
+    """Keras' own export of `model` behind the two uint8 serving signatures.
+
+    Keras' `ExportArchive` tracks the model's variables so that TensorFlow
+    Lite's converter finds them (a plain `tf.Module` holding a Keras 3 model
+    converts to a model without weights that outputs NaN).
+    """
+
+    def outputs(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        logits = steps.model_logits(model, images)
         return {
             "probabilities": models.probabilities(logits),
             "classes": steps.predicted_class(logits),
         }
 
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, 28, 28], tf.uint8, name="images")]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", outputs, input_signature=[IMAGES])
+    archive.add_endpoint(
+        "serving_channels",
+        lambda images: outputs(images[..., 0]),
+        input_signature=[IMAGES_WITH_CHANNEL],
     )
-    def serve(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        """uint8 [N, 28, 28] -> probabilities, classes."""
-        return self._outputs(images)
+    return archive
 
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, 28, 28, 1], tf.uint8, name="images")]
+
+def tflite_model(saved_model: str | os.PathLike) -> bytes:
+    """The SavedModel's `serving_default` signature as a TensorFlow Lite model."""
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(saved_model), signature_keys=["serving_default"]
     )
-    def serve_channels(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        """uint8 [N, 28, 28, 1] -> probabilities, classes."""
-        return self._outputs(images[..., 0])
+    return converter.convert()
 
 
 def check_destination(out: str | os.PathLike) -> pathlib.Path:
@@ -84,10 +97,16 @@ def check_destination(out: str | os.PathLike) -> pathlib.Path:
     return out
 
 
-def export_run(restored: RestoredRun, out: str | os.PathLike) -> pathlib.Path:
-    """Writes the checkpoint's model as a SavedModel at `out`; returns the path."""
+def export_run(
+    restored: RestoredRun, out: str | os.PathLike, tflite: bool = False
+) -> pathlib.Path:
+    """Writes the checkpoint's model as a SavedModel at `out`; returns the path.
+
+    With `tflite`, `out/model.tflite` holds the same `serving_default`
+    signature converted for TensorFlow Lite (probabilities within 1e-5).
+    """
     out = check_destination(out)
-    module = ServingModule(restored.load_model())
+    archive = serving_archive(restored.load_model())
     config = restored.config
     metadata = {
         "run": str(restored.run_dir.path),
@@ -114,14 +133,10 @@ def export_run(restored: RestoredRun, out: str | os.PathLike) -> pathlib.Path:
     staging = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     staging.chmod(0o755)  # mkdtemp's 0700 would hide the model from a server user
     try:
-        tf.saved_model.save(
-            module,
-            str(staging),
-            signatures={
-                "serving_default": module.serve,
-                "serving_channels": module.serve_channels,
-            },
-        )
+        archive.write_out(str(staging), verbose=False)
+        if tflite:
+            (staging / TFLITE_NAME).write_bytes(tflite_model(staging))
+            metadata["tflite"] = TFLITE_NAME
         (staging / METADATA_NAME).write_text(json.dumps(metadata, indent=2) + "\n")
         if out.exists():
             out.rmdir()

@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 from pipeline import config as config_lib
 from pipeline.runs.rundir import RECORD_NAME, RunDir
 from pipeline.tensorboard import hparams as hparams_lib
+from pipeline.tensorboard import seed_bands
 from pipeline.tools import search_space
 from pipeline.tools import study as study_lib
 from pipeline.tools import sweep as sweep_lib
@@ -154,6 +155,7 @@ def trial_finished(sweep: Sweep, outcome: TrialOutcome) -> None:
     today; TensorBoard views over the variants' seeds) is refreshed here.
     """
     hparams_lib.write_experiment_config(sweep.experiment)
+    seed_bands.update(sweep.experiment)
 
 
 class Worker:

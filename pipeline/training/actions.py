@@ -28,17 +28,23 @@ it (the run is recorded `interrupted` for `TrainingInterruptedError` and
 from __future__ import annotations
 
 import signal
+import sys
 from collections.abc import Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline import data as data_lib
 from pipeline.errors import NonFiniteLossError, TrainingInterruptedError
-from pipeline.tensorboard import budget
+from pipeline.tensorboard import budget, projector
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard.summaries import variable_name
 from pipeline.training import recovery, stopping
 from pipeline.training.state import Chunk, TrainState
+
+# Shown as they are by the progress bar (not averaged over updates).
+PROGRESS_METRICS = ["loss", "accuracy", "test_accuracy", "examples/s"]
 
 
 def next_multiple(step: int, every: int) -> int | None:
@@ -272,9 +278,46 @@ class SaveCheckpoint(EveryNSteps):
 
 
 class PrintProgress(EveryNSteps):
-    """One progress line every `every` steps and at the end."""
+    """Progress: a live bar on a terminal, else one line every `every` steps.
+
+    On a terminal (the program prints with `print` to a TTY) Keras' `Progbar`
+    redraws after every chunk: steps done of `--steps`, the time left, time
+    per step, train loss and accuracy, the last test accuracy and
+    examples/s. Anywhere else (a log file, a pipe, a sweep's child, a test) it
+    prints one plain line every `every` steps and at the end, so a log holds
+    no redraws.
+    """
+
+    def __init__(self, every: int, live: bool | None = None):
+        super().__init__(every)
+        self.live = live
+        self.bar: keras.utils.Progbar | None = None
+        self.first_step = 0
+
+    def start(self, state: TrainState) -> None:
+        if self.live is None:
+            self.live = state.print_fn is print and sys.stdout.isatty()
+        if self.live:
+            self.first_step = state.step
+            self.bar = keras.utils.Progbar(
+                state.config.steps - state.step,
+                stateful_metrics=PROGRESS_METRICS,
+                unit_name="step",
+            )
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        if self.bar is not None:
+            test_acc = state.last_test.get("accuracy", float("nan"))
+            values = [
+                ("loss", state.last_train.get("loss", float("nan"))),
+                ("accuracy", state.last_train.get("accuracy", float("nan"))),
+                ("test_accuracy", test_acc),
+                ("examples/s", round(chunk.examples_per_sec)),
+            ]
+            self.bar.update(
+                chunk.step - self.first_step, values, finalize=chunk.is_last
+            )
+            return
         if not self.due(chunk):
             return
         # What the progress line reports reaches the charts right after it:
@@ -287,6 +330,85 @@ class PrintProgress(EveryNSteps):
             f"step {chunk.step:>6}/{chunk.last_step}  train {train_text}"
             f"  test_accuracy={test_text}  {chunk.examples_per_sec:,.0f} examples/s"
         )
+
+
+class WriteProjector(Action):
+    """The test split's embeddings for TensorBoard's Projector, at the end.
+
+    Into the run's `test/` directory (`pipeline.tensorboard.projector`): the
+    penultimate layer's output for each test digit (at most
+    `projector.MAX_EXAMPLES`), the digits as a sprite, and each one's label,
+    prediction and correctness. Written when the run reaches its last step
+    or stops early (the model as trained, before a best model is restored).
+    """
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        if not (state.is_chief and (chunk.is_last or state.stop_reason)):
+            return
+        binary = state.config.binary_class
+        names = [f"not {binary}", str(binary)] if binary is not None else None
+        projector.write_projector(
+            state.run_dir.path / "test",
+            state.model,
+            state.dataset.test,
+            names or [str(k) for k in range(data_lib.NUM_CLASSES)],
+            chunk.step,
+        )
+
+
+class RecordProfile(Action):
+    """A `tf.profiler` trace of steps A..B (`--profile_steps=A,B`), chief only.
+
+    A chunk ends at step A - 1, the trace starts after everything done there,
+    steps A..B then run one per compiled call, each marked as a training step
+    (`TrainState.step_marker`) for the Profile tab's step-time views, and the
+    trace stops once step B and its actions are done.
+    It goes to the run's `train/` directory
+    (`plugins/profile/<time>/<host>.xplane.pb`), where TensorBoard's Profile
+    tab (`tensorboard-plugin-profile`) finds it. A run resumed past A traces
+    from where it resumed up to B.
+    """
+
+    def __init__(self, steps: tuple[int, ...]):
+        self.first, self.last = steps if steps else (0, 0)
+        self.tracing_from: int | None = None
+
+    def next_boundary(self, step: int) -> int | None:
+        if self.tracing_from is not None:
+            return step + 1  # one step per call: one step marker each
+        for boundary in (self.first - 1, self.last):
+            if step < boundary:
+                return boundary
+        return None
+
+    def start(self, state: TrainState) -> None:
+        self._maybe_start(state, state.step)
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        if self.tracing_from is not None and chunk.step >= self.last:
+            self._stop(state, chunk.step)
+        else:
+            self._maybe_start(state, chunk.step)
+
+    def close(self, state: TrainState) -> None:
+        if self.tracing_from is not None:
+            self._stop(state, state.step)
+
+    def _maybe_start(self, state: TrainState, step: int) -> None:
+        due = self.last and self.first - 1 <= step < self.last
+        if due and state.is_chief and self.tracing_from is None:
+            tf.profiler.experimental.start(str(state.run_dir.path / "train"))
+            self.tracing_from = step + 1
+            state.profiling = True
+
+    def _stop(self, state: TrainState, step: int) -> None:
+        tf.profiler.experimental.stop()
+        state.profiling = False
+        state.print_fn(
+            f"profile: steps {self.tracing_from}-{step} traced into "
+            f"{state.run_dir.path / 'train'} (TensorBoard's Profile tab)"
+        )
+        self.tracing_from = None
 
 
 class SaveIfPreempted(Action):
@@ -357,7 +479,9 @@ def run_actions(state: TrainState, extra: Sequence[Action] = ()) -> list[Action]
         EarlyStop(),
         *extra,
         SaveCheckpoint(config.checkpoint_every),
+        *([WriteProjector()] if config.projector else []),
         PrintProgress(config.print_every),
+        RecordProfile(config.profile_steps),
         SaveIfPreempted(),
         StopOnSignal(),
     ]

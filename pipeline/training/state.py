@@ -11,6 +11,7 @@ Which checkpoint a run continues from is chosen in one place,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import time
@@ -146,6 +147,7 @@ class TrainState:
     # How a run that stops without an error is recorded: `completed`, or
     # `pruned` when a sweep's pruner stopped it (`pipeline.training.pruning`).
     end_status: str = "completed"
+    profiling: bool = False  # a tf.profiler trace is recording (RecordProfile)
     started_at: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
@@ -162,12 +164,13 @@ class TrainState:
         every = self.config.histogram_every
         histograms = every > 0 and (end % every == 0 or end == self.config.steps)
         train_loop = self.train_loop.with_histograms if histograms else self.train_loop
-        if self.step == 0:
-            outputs = self.logger.trace_graph(
-                "train", train_loop, self.iterator, chunk, name="train_loop"
-            )
-        else:
-            outputs = train_loop(self.iterator, chunk)
+        with self.step_marker(end):
+            if self.step == 0:
+                outputs = self.logger.trace_graph(
+                    "train", train_loop, self.iterator, chunk
+                )
+            else:
+                outputs = train_loop(self.iterator, chunk)
         weights = tuple(outputs.pop("weights", ()))
         gradients = tuple(outputs.pop("gradients", ()))
         series = {name: value.numpy() for name, value in outputs.items()}
@@ -185,6 +188,13 @@ class TrainState:
             weights,
             gradients,
         )
+
+    def step_marker(self, step: int) -> contextlib.AbstractContextManager:
+        """While profiling, marks the call as training step `step` in the trace
+        (the Profile tab's step-time views need these markers)."""
+        if not self.profiling:
+            return contextlib.nullcontext()
+        return tf.profiler.experimental.Trace("train", step_num=step, _r=1)
 
     def evaluate_splits(self) -> dict[str, dict[str, float]]:
         """Loss and accuracy on every held-out split (test, validation)."""

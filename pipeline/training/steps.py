@@ -184,7 +184,21 @@ def make_train_loop(
         losses, accuracies = run_steps(iterator, num_steps, losses, accuracies)
         return {"loss": losses.stack(), "accuracy": accuracies.stack()}
 
+    def step_graph(iterator) -> tf.Graph:
+        """The graph of one training step, as the loop traced it (for TensorBoard).
+
+        Under a distribution strategy the step runs per replica on per-replica
+        inputs; the loop's own graph (the step is in its function library)
+        is returned then.
+        """
+        default = strategy is tf.distribute.get_strategy()
+        if default and not tf.distribute.has_strategy():
+            return step_fn.get_concrete_function(*iterator.element_spec).graph
+        num_steps = tf.TensorSpec([], tf.int32)
+        return train_loop.get_concrete_function(iterator, num_steps).graph
+
     train_loop.step_fn = step_fn  # for trace counts
+    train_loop.step_graph = step_graph
     with_gradients = getattr(train_step, "with_gradients", None)
     if with_gradients is None:
         return train_loop
@@ -206,6 +220,7 @@ def make_train_loop(
             "gradients": grads,
         }
 
+    train_loop_with_histograms.step_graph = step_graph
     train_loop.with_histograms = train_loop_with_histograms
     train_loop.gradient_fn = gradient_fn  # for trace counts
     return train_loop

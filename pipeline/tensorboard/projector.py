@@ -1,0 +1,155 @@
+"""Embeddings for TensorBoard's Projector: the digits as the model sees them.
+
+`write_projector` puts, into one writer directory of a run (`eval/`, `test/`):
+  embedding-STEP.*, checkpoint
+                            a `tf.train.Checkpoint` of one variable: the
+                            penultimate layer's output for each example
+                            (the input of the `logits` layer)
+  embedding_metadata.tsv    one row per example: index, true label,
+                            predicted label, correct (yes/no)
+  embedding_sprite.png      the digits, tiled in the same order
+  projector_config.pbtxt    what the Projector reads (paths relative to it)
+so the Projector tab shows the digits clustering, coloured or searched by
+true label, prediction or correctness (mistakes are `correct: no`).
+
+Keras 3's `TensorBoard(embeddings_freq=...)` writes `.weights.h5`, which the
+Projector cannot read; this writes the TF checkpoint it can. The directory
+must hold event files (a TensorBoard run), so the Projector finds the config;
+the Projector finds the checkpoint through the directory's `checkpoint` file
+(a path in the config would be read relative to the server's working
+directory).
+At most `MAX_EXAMPLES` examples are written (the first ones of the split): a
+sprite holds at most 8192 px a side, and 10,000 digits tile 100 x 28 = 2800.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+from tensorboard.plugins import projector
+
+from pipeline import data as data_lib
+from pipeline.training import steps
+
+MAX_EXAMPLES = 10_000
+CHECKPOINT_NAME = "embedding"
+METADATA_NAME = "embedding_metadata.tsv"
+SPRITE_NAME = "embedding_sprite.png"
+# How the Projector names a variable saved as `Checkpoint(embedding=...)`.
+TENSOR_NAME = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
+IMAGE_SIZE = 28
+BATCH_SIZE = 1000
+
+
+def penultimate_model(model: keras.Model) -> keras.Model:
+    """`model` returning (the input of its `logits` layer, its logits)."""
+    features = model.get_layer("logits").input
+    return keras.Model(model.inputs, [features, model.outputs[0]])
+
+
+def embed(model: keras.Model, split: data_lib.Split) -> tuple[np.ndarray, np.ndarray]:
+    """Penultimate-layer features [N, D] and predicted classes [N] of `split`.
+
+    Pixels reach the model through `data.model_input`, as in every
+    evaluation, so the predictions are `pipeline-eval`'s.
+    """
+    both = penultimate_model(model)
+    features, predicted = [], []
+    for start in range(0, len(split), BATCH_SIZE):
+        images = split.images[start : start + BATCH_SIZE]
+        batch_features, logits = both(data_lib.model_input(images), training=False)
+        features.append(np.reshape(batch_features.numpy(), (len(images), -1)))
+        predicted.append(steps.predicted_class(logits).numpy())
+    return np.concatenate(features), np.concatenate(predicted)
+
+
+def sprite(images: np.ndarray) -> np.ndarray:
+    """[N, 28, 28] digits tiled row by row into a square uint8 image.
+
+    Inverted (dark ink on white) so the digits stand out on the Projector's
+    white background.
+    """
+    n = len(images)
+    side = max(1, math.ceil(math.sqrt(n)))
+    grid = np.zeros((side * side, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    grid[:n] = images
+    grid = grid.reshape(side, side, IMAGE_SIZE, IMAGE_SIZE).swapaxes(1, 2)
+    return 255 - grid.reshape(side * IMAGE_SIZE, side * IMAGE_SIZE)
+
+
+def metadata_rows(
+    labels: np.ndarray, predicted: np.ndarray, class_names: list[str]
+) -> list[str]:
+    """The metadata TSV: a header, then one row per example."""
+    rows = ["index\tlabel\tpredicted\tcorrect"]
+    for i, (label, guess) in enumerate(zip(labels, predicted, strict=True)):
+        correct = "yes" if label == guess else "no"
+        rows.append(f"{i}\t{class_names[label]}\t{class_names[guess]}\t{correct}")
+    return rows
+
+
+def _write_atomically(path: pathlib.Path, write) -> None:
+    fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(staging)
+        os.chmod(staging, 0o644)
+        os.replace(staging, path)
+    except BaseException:
+        pathlib.Path(staging).unlink(missing_ok=True)
+        raise
+
+
+def write_projector(
+    directory: str | os.PathLike,
+    model: keras.Model,
+    split: data_lib.Split,
+    class_names: list[str],
+    step: int,
+    max_examples: int = MAX_EXAMPLES,
+) -> int:
+    """Writes the Projector files for `split` into `directory`; returns how many
+    examples (the first `max_examples` of the split) it holds.
+
+    Rewriting (another evaluation, another step) replaces the previous
+    embedding; the checkpoint is named by `step`.
+    """
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    count = min(len(split), max_examples)
+    shown = data_lib.Split(split.images[:count], split.labels[:count])
+    features, predicted = embed(model, shown)
+    labels = np.asarray(shown.labels, np.int64)
+
+    rows = metadata_rows(labels, predicted, class_names)
+    _write_atomically(
+        directory / METADATA_NAME,
+        lambda path: pathlib.Path(path).write_text("\n".join(rows) + "\n"),
+    )
+    _write_atomically(
+        directory / SPRITE_NAME,
+        lambda path: Image.fromarray(sprite(shown.images)).save(path, format="PNG"),
+    )
+    checkpoint = tf.train.Checkpoint(embedding=tf.Variable(features, name="embedding"))
+    manager = tf.train.CheckpointManager(
+        checkpoint, str(directory), max_to_keep=1, checkpoint_name=CHECKPOINT_NAME
+    )
+    manager.save(checkpoint_number=step)
+
+    # Asset paths are relative to the config's directory, so the run can be
+    # moved or served from anywhere.
+    config = projector.ProjectorConfig()
+    embedding = config.embeddings.add()
+    embedding.tensor_name = TENSOR_NAME
+    embedding.metadata_path = METADATA_NAME
+    embedding.sprite.image_path = SPRITE_NAME
+    embedding.sprite.single_image_dim.extend([IMAGE_SIZE, IMAGE_SIZE])
+    projector.visualize_embeddings(str(directory), config)
+    return count

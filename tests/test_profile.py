@@ -1,0 +1,59 @@
+"""--profile_steps=A,B: a tf.profiler trace of those steps, in the Profile tab."""
+
+import dataclasses
+import gzip
+import time
+import urllib.request
+
+import pytest
+from conftest import TINY, train_run
+
+from pipeline.config import ConfigError, validate
+from pipeline.tensorboard import board
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    config = dataclasses.replace(
+        TINY, model="mlp", steps=20, steps_per_loop=10, profile_steps=(6, 9)
+    )
+    return train_run(tmp_path_factory.mktemp("logs"), config, "profiled")
+
+
+def get(server, path):
+    """The profile plugin answers gzip-compressed JSON."""
+    with urllib.request.urlopen(server.url + path, timeout=30) as response:
+        body = response.read()
+        if response.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+    return body.decode()
+
+
+def test_the_trace_lands_in_the_train_directory(profiled):
+    (trace,) = (profiled.path / "train" / "plugins" / "profile").glob("*/*.xplane.pb")
+    assert trace.stat().st_size > 10_000
+    assert (
+        f"profile: steps 6-9 traced into {profiled.path / 'train'} "
+        "(TensorBoard's Profile tab)"
+    ) in profiled.lines
+    # Every step's scalars are still written, at their own steps.
+    assert profiled.result.step == 20
+
+
+def test_the_profile_tab_lists_the_run(profiled):
+    with board.TensorBoardServer(profiled.path.parent) as server:
+        assert server.get("/data/plugins_listing")["profile"]["enabled"] is True
+        deadline = time.monotonic() + 60
+        while "profiled/train/" not in get(server, "/data/plugin/profile/runs"):
+            assert time.monotonic() < deadline, "the Profile tab lists no run"
+            time.sleep(0.5)
+
+
+def test_no_trace_by_default(tmp_path):
+    run = train_run(tmp_path, dataclasses.replace(TINY, steps=5), "plain")
+    assert not (run.path / "train" / "plugins").exists()
+
+
+def test_a_window_past_the_last_step_is_refused():
+    with pytest.raises(ConfigError, match=r"--profile_steps=5,30 ends after"):
+        validate(dataclasses.replace(TINY, steps=20, profile_steps=(5, 30)))
