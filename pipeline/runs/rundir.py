@@ -62,16 +62,17 @@ RESERVE_BYTES = 64 * 1024
 # (`.NAME.XXXXXXXX.log`, `NAME.incomplete-N`) within the filesystem's NAME_MAX.
 NAME_HEADROOM = 24
 
-STATUSES = ("running", "completed", "failed", "interrupted")
+STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
 # Which status may follow which (None: no record yet). A finished run becomes
 # `running` again only through `RunDir.resume`; a sweep marks a run it moves
 # aside `failed`.
 TRANSITIONS: dict[str | None, frozenset[str]] = {
     None: frozenset({"running"}),
-    "running": frozenset({"running", "completed", "failed", "interrupted"}),
+    "running": frozenset({"running", "completed", "failed", "interrupted", "pruned"}),
     "completed": frozenset({"running", "failed"}),
     "failed": frozenset({"running", "failed"}),
     "interrupted": frozenset({"running", "failed"}),
+    "pruned": frozenset({"running", "failed"}),
 }
 
 
