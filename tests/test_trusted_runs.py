@@ -79,10 +79,21 @@ def _copy_as_latest(source_run, source_step, run):
         shutil.copy(path, run / "checkpoints" / f"ckpt-{LATEST}.{suffix}")
 
 
+def _garble_iterator_state(run, _):
+    # Tensors sit in the data file in key order: the data iterator's state
+    # (`iterator/...`, the largest) comes right after the small object graph.
+    path = data_file(run, LATEST)
+    payload = bytearray(path.read_bytes())
+    start = len(payload) // 20
+    payload[start : start + 64] = b"\x5a" * 64
+    path.write_bytes(bytes(payload))
+
+
 # Damage to the newest checkpoint -> words the skip line must contain.
 DAMAGES = {
     "truncated_data": (_truncate, ""),
     "garbled_data": (_garble, ""),
+    "garbled_iterator_state": (_garble_iterator_state, "does not match"),
     "zero_byte_data": (
         lambda run, _: data_file(run, LATEST).write_bytes(b""),
         "is empty (0 bytes)",
