@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint fmt bench board e2e clean fashion-mnist mlp-tuning postgresql
+.PHONY: venv demo test lint fmt bench board e2e clean fashion-mnist mlp-tuning postgresql seeds
 
 venv: $(STAMP)
 
@@ -64,6 +64,12 @@ bench: venv fashion-mnist
 	  echo "load average at the end $$(cut -d' ' -f1-3 /proc/loadavg)"; \
 	} 2>&1 | grep --line-buffered -E -v '^[IW][0-9]{4} |absl::InitializeLog|oneDNN custom operations|cpu_feature_guard|rebuild TensorFlow|UserWarning: .shuffle=True|data_adapters.get_data_adapter' \
 	  | tee $(BENCH_OUT)/bench.txt
+
+# Every tutorial flagfile trained by its own recipe on the bundled digits (and
+# the MLP rows with plain Keras fit): prints the table and writes it into
+# WORKSPACE.md and README.md. A benchmark, not part of `make test`.
+seeds: venv
+	$(BIN)/python -m benchmarks.seeds
 
 board: venv
 	$(BIN)/pipeline-board --logdir logs

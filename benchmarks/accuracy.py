@@ -58,11 +58,10 @@ def train_flagfile(name: str, precision: str, logdir: pathlib.Path):
     from pipeline.runs import rundir
     from pipeline.training import loop as train
 
-    flag_values = flags.FlagValues()
-    config_lib.define_flags(flag_values)
-    flag_values(
+    # Parsed as pipeline-train parses it: a later --eval_every replaces a
+    # flagfile's --eval_every_epochs.
+    config = config_lib.config_from_args(
         [
-            "accuracy",
             f"--flagfile={REPO / 'flags' / (name + '.cfg')}",
             "--print_every=0",
             "--histogram_every=0",
@@ -71,14 +70,19 @@ def train_flagfile(name: str, precision: str, logdir: pathlib.Path):
             "--image_count=0",
         ]
     )
-    config = config_lib.config_from_flags(flag_values)
-    flagfile_steps = config.steps
-    config = dataclasses.replace(config, precision=precision)
-    if config.model == "cnn" and _CNN_STEPS.value:
-        config = dataclasses.replace(config, steps=min(config.steps, _CNN_STEPS.value))
     dataset = data.load_dataset(
         config.dataset, config.data_dir, config.validation_split, config.binary_class
     )
+    # Epoch settings become steps of this train split, so the cap below holds.
+    config = config_lib.resolve_epochs(config, len(dataset.train))
+    config = dataclasses.replace(
+        config,
+        precision=precision,
+        **{epochs: 0 for _, epochs in config_lib.EPOCH_ALTERNATIVES},
+    )
+    flagfile_steps = config.steps
+    if config.model == "cnn" and _CNN_STEPS.value:
+        config = dataclasses.replace(config, steps=min(config.steps, _CNN_STEPS.value))
     run_dir = rundir.create_run_dir(logdir, f"{name}-{precision}")
     result = train.train_and_evaluate(config, run_dir, dataset, print_fn=lambda _: None)
     return config, config.steps == flagfile_steps, result

@@ -35,6 +35,25 @@ ACTIVATIONS = ("relu", "sigmoid", "tanh", "elu", "selu", "gelu", "swish", "linea
 PADDINGS = ("same", "valid")
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 JIT_COMPILE = ("auto", "true", "false")
+# The pixel range a model sees (`data.INPUT_SCALE_DIVISORS` has the divisor).
+INPUT_SCALES = ("unit", "raw")
+# Kernel initializers by Keras name; the random ones also take a scale
+# (`truncated_normal:0.1`: stddev 0.1, TF1's tf.truncated_normal(stddev=0.1)).
+KERNEL_INITIALIZERS = (
+    "glorot_uniform",
+    "glorot_normal",
+    "he_uniform",
+    "he_normal",
+    "lecun_uniform",
+    "lecun_normal",
+    "orthogonal",
+    "zeros",
+    "ones",
+    "truncated_normal",
+    "random_normal",
+    "random_uniform",
+)
+SCALED_INITIALIZERS = ("truncated_normal", "random_normal", "random_uniform")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # Families whose train step XLA made faster on the 2-core benchmark CPU
 # (python -m benchmarks.throughput --compare_xla): none. XLA ran the CNN 8x
@@ -66,6 +85,39 @@ def _is_step_range(values: Sequence[str]) -> bool:
 
 def _is_rate(value: float) -> bool:
     return 0.0 <= value < 1.0
+
+
+def _are_rates(values: Sequence[str]) -> bool:
+    try:
+        return len(values) > 0 and all(_is_rate(float(v)) for v in values)
+    except ValueError:
+        return False
+
+
+def _is_initializer(spec: str) -> bool:
+    name, colon, scale = spec.partition(":")
+    if name not in KERNEL_INITIALIZERS:
+        return False
+    if not colon:
+        return True
+    try:
+        return name in SCALED_INITIALIZERS and float(scale) > 0
+    except ValueError:
+        return False
+
+
+def _initializer(help: str) -> Any:
+    """A kernel initializer flag (see KERNEL_INITIALIZERS)."""
+    return option(
+        "glorot_uniform",
+        help + " A Keras initializer name (" + ", ".join(KERNEL_INITIALIZERS) + "); "
+        "the random ones take a scale: truncated_normal:S and random_normal:S "
+        "(stddev S), random_uniform:S (in [-S, S]). TF1 tutorials used "
+        "truncated_normal:0.1.",
+        check=_is_initializer,
+        message="{flag} must be a Keras initializer name from the help, or "
+        "truncated_normal:S, random_normal:S or random_uniform:S with S > 0",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,10 +180,29 @@ class TrainConfig:
         lower=0.0,
         upper=0.9,
     )
-    steps: int = option(2000, "Training steps.", lower=1, resume=MAY_CHANGE)
+    steps: int = option(
+        2000, "Training steps (or give --epochs).", lower=1, resume=MAY_CHANGE
+    )
+    epochs: int = option(
+        0,
+        "Train N epochs instead of --steps: an epoch is ceil(train examples / "
+        "--batch_size) steps of the train split left after --validation_split "
+        "(0: train --steps). --steps and --epochs are one setting: give one; a "
+        "command-line one replaces a flagfile's.",
+        lower=0,
+        resume=MAY_CHANGE,
+    )
     batch_size: int = option(100, "Examples per step.", lower=1)
     shuffle_buffer: int = option(
         10000, "tf.data shuffle buffer size (1 means no shuffling).", lower=1
+    )
+    input_scale: str = option(
+        "unit",
+        "Pixel range the model sees: unit = [0, 1] (pixels / 255), raw = the "
+        "0-255 values as floats (what the Keras MLP tuning tutorial fed). "
+        "Recorded with the run; pipeline-eval, pipeline-predict and "
+        "pipeline-export apply it as training did.",
+        choices=INPUT_SCALES,
     )
     learning_rate: float = option(
         0.001,
@@ -143,7 +214,13 @@ class TrainConfig:
     momentum: float = option(
         0.9, "Momentum for --optimizer=momentum.", lower=0.0, upper=0.999
     )
-    hidden_layers: int = option(2, "mlp: number of hidden layers.", lower=0, upper=100)
+    hidden_layers: int = option(
+        2,
+        "mlp: number of hidden layers, the input-side one included (Keras' "
+        "Dense(30, input_dim=784) followed by N more Dense(30) is N+1).",
+        lower=0,
+        upper=100,
+    )
     hidden_units: int = option(30, "mlp: units per hidden layer.", lower=1)
     activation: str = option("relu", "Hidden-layer activation.", choices=ACTIVATIONS)
     dropout: float = _rate("mlp: dropout rate after each hidden layer, in [0, 1).")
@@ -170,8 +247,20 @@ class TrainConfig:
         check=_positive_ints,
         message="--dense_units must be a list of positive integers",
     )
-    dense_dropout: float = _rate(
-        "cnn: dropout rate after each hidden dense layer, in [0, 1)."
+    dense_dropout: tuple[float, ...] = option(
+        (0.0,),
+        "cnn: dropout rate after each hidden dense layer, in [0, 1): one for "
+        "every layer or one per --dense_units entry (TF1's keep_prob 0.2 then "
+        "0.5 is 0.8,0.5).",
+        check=_are_rates,
+        message="--dense_dropout values must be rates in [0, 1)",
+    )
+    conv_kernel_init: str = _initializer("cnn: initializer of the conv kernels.")
+    dense_kernel_init: str = _initializer(
+        "Initializer of every dense layer's kernel, the logits layer included."
+    )
+    bias_init: float = option(
+        0.0, "Constant every bias starts at (TF1 tutorials used 0.1)."
     )
     logdir: str = option(
         "logs",
@@ -210,6 +299,13 @@ class TrainConfig:
         lower=0,
         hparam=False,
     )
+    eval_every_epochs: int = option(
+        0,
+        "Evaluate every N epochs instead of every --eval_every steps (0: use "
+        "--eval_every); one setting with --eval_every, like --steps/--epochs.",
+        lower=0,
+        hparam=False,
+    )
     histogram_every: int = option(
         100,
         "Write weight and gradient histograms every N steps (0: never).",
@@ -220,6 +316,13 @@ class TrainConfig:
         1000,
         "Save a checkpoint every N steps; one is always saved at the end "
         "(0: only then).",
+        lower=0,
+        hparam=False,
+    )
+    checkpoint_every_epochs: int = option(
+        0,
+        "Save a checkpoint every N epochs instead of every --checkpoint_every "
+        "steps (0: use --checkpoint_every); one setting with --checkpoint_every.",
         lower=0,
         hparam=False,
     )
@@ -280,7 +383,8 @@ class TrainConfig:
     early_stopping_patience: int = option(
         0,
         "Stop when the validation loss has not improved for N evaluations "
-        "(every --eval_every steps) and restore the best checkpoint; needs "
+        "(every --eval_every steps or --eval_every_epochs epochs) and restore "
+        "the best checkpoint; needs "
         "--validation_split > 0 (0: off).",
         lower=0,
     )
@@ -440,6 +544,12 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         message="--conv_padding must have one value or one per --conv_filters entry",
         flag_values=flag_values,
     )
+    flags.register_multi_flags_validator(
+        ["dense_dropout", "dense_units"],
+        lambda v: len(v["dense_dropout"]) in (1, len(v["dense_units"])),
+        message="--dense_dropout must have one rate or one per --dense_units entry",
+        flag_values=flag_values,
+    )
     _define_launch_flags(flag_values)
 
 
@@ -464,6 +574,13 @@ def validate(config: TrainConfig) -> TrainConfig:
                     "image to nothing; use fewer conv layers, 'same' padding or "
                     "a smaller pool"
                 )
+    if config.dense_units and len(config.dense_dropout) not in (
+        1,
+        len(config.dense_units),
+    ):
+        raise ConfigError(
+            "--dense_dropout must have one rate or one per --dense_units entry"
+        )
     if config.profile_steps and config.profile_steps[1] > config.steps:
         raise ConfigError(
             f"--profile_steps={','.join(map(str, config.profile_steps))} ends "
@@ -508,11 +625,104 @@ def validate(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def config_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> TrainConfig:
-    """Reads the parsed flags once and returns the frozen, validated config."""
-    return validate(
-        TrainConfig(**{f.name: f.from_flag(flag_values[f.name].value) for f in FIELDS})
+# Settings given either in steps or in epochs of the train split: each pair
+# (steps flag, epochs flag) is one setting, and exactly one of the two applies.
+EPOCH_ALTERNATIVES = (
+    ("steps", "epochs"),
+    ("eval_every", "eval_every_epochs"),
+    ("checkpoint_every", "checkpoint_every_epochs"),
+)
+
+
+def _flag_name(arg: str) -> str:
+    return arg.lstrip("-").split("=", 1)[0] if arg.startswith("-") else ""
+
+
+def _choose_alternatives(
+    values: dict[str, Any],
+    flag_values: flags.FlagValues,
+    argv: Sequence[str] | None,
+    refuse_on_command_line: bool,
+) -> None:
+    """Keeps one of each EPOCH_ALTERNATIVES pair given both ways (in `values`).
+
+    The one given last wins, as absl lets a later flag win (flagfiles count
+    where they are included), so `--flagfile=F --epochs=5` replaces F's
+    `--steps`. Both written on the command line itself is refused, and so is
+    both given when the order is unknown (`argv` None). An epochs flag at 0
+    counts as not given.
+    """
+    order: dict[str, int] = {}
+    if argv is not None:
+        expanded = flag_values.read_flags_from_files(list(argv[1:]))
+        order = {_flag_name(arg): i for i, arg in enumerate(expanded)}
+    direct = {_flag_name(arg) for arg in (argv or ())[1:]}
+    for steps_name, epochs_name in EPOCH_ALTERNATIVES:
+        if not (flag_values[steps_name].present and values[epochs_name]):
+            continue
+        if argv is None or (
+            refuse_on_command_line and {steps_name, epochs_name} <= direct
+        ):
+            raise ConfigError(
+                f"--{steps_name} and --{epochs_name} are one setting given two "
+                f"ways; give exactly one (--{epochs_name}=N: N epochs of the "
+                f"train split)"
+            )
+        if order.get(steps_name, -1) > order.get(epochs_name, -1):
+            values[epochs_name] = 0
+
+
+def config_from_flags(
+    flag_values: flags.FlagValues = flags.FLAGS,
+    argv: Sequence[str] | None = None,
+) -> TrainConfig:
+    """Reads the parsed flags once and returns the frozen, validated config.
+
+    `argv` is the program's command line as parsed (flagfiles unexpanded):
+    it says which of `--steps`/`--epochs` (and the other EPOCH_ALTERNATIVES)
+    came last when both were given; without it, both given is an error.
+    """
+    values = {f.name: f.from_flag(flag_values[f.name].value) for f in FIELDS}
+    _choose_alternatives(values, flag_values, argv, refuse_on_command_line=True)
+    return validate(TrainConfig(**values))
+
+
+def unused_alternatives(config: TrainConfig) -> frozenset[str]:
+    """The member of each EPOCH_ALTERNATIVES pair that does not apply to `config`.
+
+    A config's flags written out without these say each setting one way (a
+    run's flags.cfg, a sweep's child command line).
+    """
+    return frozenset(
+        steps_name if getattr(config, epochs_name) else epochs_name
+        for steps_name, epochs_name in EPOCH_ALTERNATIVES
     )
+
+
+def steps_per_epoch(batch_size: int, train_examples: int) -> int:
+    """Steps in one epoch: ceil(train examples / batch), as Keras counts them."""
+    return -(-train_examples // batch_size)
+
+
+def resolve_epochs(config: TrainConfig, train_examples: int) -> TrainConfig:
+    """`config` with every setting given in epochs turned into steps.
+
+    `train_examples` is the size of the train split after any validation
+    split. A config without epoch settings comes back unchanged; the epoch
+    fields stay, so the run record shows both what was asked and the steps.
+    """
+    per_epoch = steps_per_epoch(config.batch_size, train_examples)
+    updates = {
+        steps_name: getattr(config, epochs_name) * per_epoch
+        for steps_name, epochs_name in EPOCH_ALTERNATIVES
+        if getattr(config, epochs_name)
+    }
+    return dataclasses.replace(config, **updates) if updates else config
+
+
+def epoch_of(step: int, per_epoch: int) -> int:
+    """The epoch `step` falls in (1-based; step 0 is before epoch 1)."""
+    return -(-step // per_epoch)
 
 
 def config_from_args(argv: Sequence[str]) -> TrainConfig:
@@ -528,8 +738,13 @@ def config_from_args(argv: Sequence[str]) -> TrainConfig:
     """
     flag_values = flags.FlagValues()
     define_flags(flag_values)
-    flag_values(["pipeline-train", *argv])
-    return config_from_flags(flag_values)
+    args = ["pipeline-train", *argv]
+    flag_values(args)
+    values = {f.name: f.from_flag(flag_values[f.name].value) for f in FIELDS}
+    # Built argument lists (a sweep's base flags plus its grid values) let a
+    # later --epochs replace an earlier --steps.
+    _choose_alternatives(values, flag_values, args, refuse_on_command_line=False)
+    return validate(TrainConfig(**values))
 
 
 def use_jit_compile(config: TrainConfig) -> bool:
@@ -600,8 +815,12 @@ class Launch:
     replay_rtol: float = 0.0
 
 
-def launch_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Launch:
+def launch_from_flags(
+    flag_values: flags.FlagValues = flags.FLAGS, argv: Sequence[str] | None = None
+) -> Launch:
     """Reads the mode flags (--resume, --run, --replay) and the config.
+
+    `argv` is the command line absl parsed (see `config_from_flags`).
 
     Raises:
       ConfigError: contradictory mode flags.
@@ -623,7 +842,7 @@ def launch_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Launch:
             )
         if f.run is not None and f.run_name is not None:
             raise ConfigError("--resume takes --run=DIR or --run_name=NAME, not both")
-    config = config_from_flags(f)
+    config = config_from_flags(f, argv)
     if f.resume:
         return Launch("resume", config, explicit, f.run, f.replay_rtol)
     if f.replay is not None:
@@ -640,5 +859,7 @@ def config_from_dict(values: dict) -> TrainConfig:
     kwargs = {}
     for key, value in values.items():
         if key in FIELDS_BY_NAME:
+            if FIELDS_BY_NAME[key].kind == "list" and not isinstance(value, list):
+                value = [value]  # recorded before the field took a list
             kwargs[key] = tuple(value) if isinstance(value, list) else value
     return TrainConfig(**kwargs)

@@ -10,6 +10,7 @@ Every reader raises `DataError` with a message naming the offending file.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import hashlib
 import pathlib
@@ -39,8 +40,9 @@ LABEL_MAGIC = 0x00000801
 NUM_CLASSES = 10
 
 
-# What `model_input` divides uint8 pixels by, per input scale.
-INPUT_SCALE_DIVISORS = {"unit": 255.0}
+# What `model_input` divides uint8 pixels by, per input scale
+# (`--input_scale`): [0, 1], or the raw 0-255 values as floats.
+INPUT_SCALE_DIVISORS = {"unit": 255.0, "raw": 1.0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,6 +307,7 @@ def make_dataset(
     batch_size: int,
     shuffle_buffer: int | None = None,
     seed: int | None = None,
+    input_scale: str = "unit",
 ):
     """Returns the training pipeline for `split`: endless full batches.
 
@@ -324,12 +327,17 @@ def make_dataset(
     shuffle = bool(shuffle_buffer and shuffle_buffer > 1)
     if not shuffle or shuffle_buffer >= len(split):
         return gathered_batches(
-            split, batch_size=batch_size, shuffle=shuffle, seed=seed
+            split,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            input_scale=input_scale,
         )
     ds = tf.data.Dataset.from_tensor_slices((split.images, split.labels))
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=True)
-    ds = ds.map(_normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    normalise = functools.partial(_normalise, scale=input_scale)
+    ds = ds.map(normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.repeat()
     options = tf.data.Options()
     # In-memory arrays have no files to shard: each worker takes its share of
@@ -341,7 +349,12 @@ def make_dataset(
 
 
 def gathered_batches(
-    split: Split, *, batch_size: int, shuffle: bool = True, seed: int | None = None
+    split: Split,
+    *,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int | None = None,
+    input_scale: str = "unit",
 ):
     """Endless full batches, gathered from the split by per-epoch permutations.
 
@@ -380,7 +393,9 @@ def gathered_batches(
 
     @tf.autograph.experimental.do_not_convert
     def gather(indices):
-        return _normalise(tf.gather(images, indices), tf.gather(labels, indices))
+        return _normalise(
+            tf.gather(images, indices), tf.gather(labels, indices), input_scale
+        )
 
     ds = tf.data.Dataset.range(2**62).flat_map(epoch_batches)
     ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -392,7 +407,8 @@ def model_input(images, scale: str = "unit"):
 
     The one preprocessing step shared by training, evaluation, prediction and
     export; works on NumPy arrays and on tensors inside a `tf.function`.
-    `scale` names the pixel range (`INPUT_SCALE_DIVISORS`): "unit" is [0, 1].
+    `scale` names the pixel range (`INPUT_SCALE_DIVISORS`): "unit" is [0, 1],
+    "raw" the 0-255 values (the run's `--input_scale`).
     """
     import tensorflow as tf
 
@@ -401,5 +417,5 @@ def model_input(images, scale: str = "unit"):
     return images[..., tf.newaxis]
 
 
-def _normalise(images, labels):
-    return model_input(images), labels
+def _normalise(images, labels, scale: str = "unit"):
+    return model_input(images, scale), labels

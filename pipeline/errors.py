@@ -36,6 +36,22 @@ class RunDirError(PipelineError, RuntimeError):
     """The run directory cannot be created, written or found."""
 
 
+class RecordError(RunDirError):
+    """A run's `run.json` is missing, unreadable or not a run record."""
+
+
+class RunLockedError(RunDirError):
+    """Another live process holds the run's (or sweep's) lock."""
+
+
+class CheckpointError(RunDirError):
+    """No checkpoint (or not the one asked for) can be restored."""
+
+
+class NoCheckpointError(CheckpointError):
+    """The checkpoint directory holds no checkpoint files at all."""
+
+
 class DistributeError(PipelineError, RuntimeError):
     """The requested strategy cannot be set up (bad TF_CONFIG, devices)."""
 

@@ -17,15 +17,77 @@ from pipeline.config import TrainConfig
 from pipeline.training import precision as precision_lib
 
 INPUT_SHAPE = (28, 28, 1)
+DEFAULT_KERNEL_INIT = "glorot_uniform"
 
 
-def build_logreg(num_classes: int = 10) -> keras.Model:
-    """Logistic regression (1 output) or multinomial softmax regression (10)."""
+def initializer(spec: str) -> keras.initializers.Initializer | str:
+    """A Keras kernel initializer from a flag value: `NAME` or `NAME:SCALE`.
+
+    NAME is a Keras initializer identifier (`glorot_uniform`, `zeros`,
+    `he_normal`, ...). SCALE is the standard deviation of `truncated_normal` /
+    `random_normal` or the limit of `random_uniform` (values in [-SCALE,
+    SCALE]): TF1 tutorials wrote `tf.truncated_normal(shape, stddev=0.1)`,
+    which is `truncated_normal:0.1`. A bare name is passed to Keras as is, so
+    the default draws exactly what Keras' own default would.
+    """
+    name, _, scale = spec.partition(":")
+    if not scale:
+        return name
+    value = float(scale)
+    if name == "truncated_normal":
+        return keras.initializers.TruncatedNormal(stddev=value)
+    if name == "random_normal":
+        return keras.initializers.RandomNormal(stddev=value)
+    if name == "random_uniform":
+        return keras.initializers.RandomUniform(-value, value)
+    raise ValueError(f"initializer {name!r} takes no scale (got {spec!r})")
+
+
+def bias_initializer(value: float) -> keras.initializers.Initializer | str:
+    """Constant biases; 0 is Keras' default `zeros` (TF1 tutorials used 0.1)."""
+    return "zeros" if value == 0 else keras.initializers.Constant(value)
+
+
+def initializers(kernel_init: str, bias_init: float) -> dict:
+    """A layer's initializer arguments, made afresh for every layer.
+
+    Keras fixes an unseeded initializer's seed when it is constructed, so one
+    instance shared by two layers would give both the same weights.
+    """
+    return {
+        "kernel_initializer": initializer(kernel_init),
+        "bias_initializer": bias_initializer(bias_init),
+    }
+
+
+def per_layer(values: float | Sequence[float], count: int) -> list[float]:
+    """One rate for every layer, or one per layer (a single value is repeated)."""
+    rates = [float(values)] if isinstance(values, int | float) else list(values)
+    if len(rates) == 1:
+        rates *= count
+    if len(rates) != count:
+        raise ValueError(f"{len(rates)} dropout rates for {count} dense layers")
+    return rates
+
+
+def build_logreg(
+    num_classes: int = 10,
+    dense_kernel_init: str = DEFAULT_KERNEL_INIT,
+    bias_init: float = 0.0,
+) -> keras.Model:
+    """Logistic regression (1 output) or multinomial softmax regression (10).
+
+    TensorFlow's softmax tutorial started from `tf.zeros` weights and biases
+    (`dense_kernel_init="zeros"`); with one linear layer that is as good a
+    start as any.
+    """
     return keras.Sequential(
         [
             keras.Input(INPUT_SHAPE, name="image"),
             layers.Flatten(name="flatten"),
-            layers.Dense(num_classes, name="logits"),
+            layers.Dense(
+                num_classes, name="logits", **initializers(dense_kernel_init, bias_init)
+            ),
         ],
         name="logreg" if num_classes == 1 else "softmax_regression",
     )
@@ -37,19 +99,37 @@ def build_mlp(
     hidden_units: int = 30,
     activation: str = "relu",
     dropout: float = 0.0,
+    dense_kernel_init: str = DEFAULT_KERNEL_INIT,
+    bias_init: float = 0.0,
 ) -> keras.Model:
-    """A multi-layer perceptron on the flat 784 pixels."""
+    """A multi-layer perceptron on the flat 784 pixels.
+
+    `hidden_layers` counts every hidden Dense layer, the input-side one
+    included: the Keras tutorial's `Dense(30, input_dim=784)` followed by
+    `hidden_layers=2` more `Dense(30)`+`Activation` pairs is
+    `hidden_layers=3` here (a Dense with `activation=` computes exactly what
+    Dense followed by Activation does).
+    """
     model_layers: list[layers.Layer] = [
         keras.Input(INPUT_SHAPE, name="image"),
         layers.Flatten(name="flatten"),
     ]
     for i in range(hidden_layers):
         model_layers.append(
-            layers.Dense(hidden_units, activation=activation, name=f"hidden_{i + 1}")
+            layers.Dense(
+                hidden_units,
+                activation=activation,
+                name=f"hidden_{i + 1}",
+                **initializers(dense_kernel_init, bias_init),
+            )
         )
         if dropout > 0:
             model_layers.append(layers.Dropout(dropout, name=f"dropout_{i + 1}"))
-    model_layers.append(layers.Dense(num_classes, name="logits"))
+    model_layers.append(
+        layers.Dense(
+            num_classes, name="logits", **initializers(dense_kernel_init, bias_init)
+        )
+    )
     return keras.Sequential(model_layers, name="mlp")
 
 
@@ -61,18 +141,24 @@ def build_cnn(
     pool_size: int = 2,
     conv_dropout: float = 0.0,
     dense_units: Sequence[int] = (128,),
-    dense_dropout: float = 0.0,
+    dense_dropout: float | Sequence[float] = 0.0,
     activation: str = "relu",
+    conv_kernel_init: str = DEFAULT_KERNEL_INIT,
+    dense_kernel_init: str = DEFAULT_KERNEL_INIT,
+    bias_init: float = 0.0,
 ) -> keras.Model:
     """conv-pool blocks, optional dropout, dense layers with dropout, logits.
 
-    Expresses the three tutorial CNNs (see flags/cnn_*.cfg): e.g. the course
+    Expresses the tutorial CNNs (see flags/cnn_*.cfg): e.g. the course
     network is conv_filters=64,128, conv_padding=same,valid, conv_dropout=0.5,
-    dense_units=128, dense_dropout=0.25 (665,738 parameters).
+    dense_units=128, dense_dropout=0.25 (665,738 parameters). `dense_dropout`
+    is one rate for every hidden dense layer or one per layer (the TF1
+    tutorial's keep_prob 0.2 then 0.5 is `dense_dropout=(0.8, 0.5)`).
     """
     paddings = list(conv_padding)
     if len(paddings) == 1:
         paddings *= len(conv_filters)
+    dense_rates = per_layer(dense_dropout, len(dense_units)) if dense_units else []
     model_layers: list[layers.Layer] = [keras.Input(INPUT_SHAPE, name="image")]
     for i, (filters, padding) in enumerate(zip(conv_filters, paddings, strict=True)):
         model_layers += [
@@ -82,21 +168,29 @@ def build_cnn(
                 padding=padding,
                 activation=activation,
                 name=f"conv_{i + 1}",
+                **initializers(conv_kernel_init, bias_init),
             ),
             layers.MaxPooling2D(pool_size, name=f"pool_{i + 1}"),
         ]
     if conv_dropout > 0:
         model_layers.append(layers.Dropout(conv_dropout, name="conv_dropout"))
     model_layers.append(layers.Flatten(name="flatten"))
-    for i, units in enumerate(dense_units):
+    for i, (units, rate) in enumerate(zip(dense_units, dense_rates, strict=True)):
         model_layers.append(
-            layers.Dense(units, activation=activation, name=f"dense_{i + 1}")
-        )
-        if dense_dropout > 0:
-            model_layers.append(
-                layers.Dropout(dense_dropout, name=f"dense_dropout_{i + 1}")
+            layers.Dense(
+                units,
+                activation=activation,
+                name=f"dense_{i + 1}",
+                **initializers(dense_kernel_init, bias_init),
             )
-    model_layers.append(layers.Dense(num_classes, name="logits"))
+        )
+        if rate > 0:
+            model_layers.append(layers.Dropout(rate, name=f"dense_dropout_{i + 1}"))
+    model_layers.append(
+        layers.Dense(
+            num_classes, name="logits", **initializers(dense_kernel_init, bias_init)
+        )
+    )
     return keras.Sequential(model_layers, name="cnn")
 
 
@@ -114,7 +208,9 @@ def build_model(config: TrainConfig) -> keras.Model:
 
 def _build_float32(config: TrainConfig) -> keras.Model:
     if config.model == "logreg":
-        return build_logreg(config.num_classes)
+        return build_logreg(
+            config.num_classes, config.dense_kernel_init, config.bias_init
+        )
     if config.model == "mlp":
         return build_mlp(
             config.num_classes,
@@ -122,6 +218,8 @@ def _build_float32(config: TrainConfig) -> keras.Model:
             config.hidden_units,
             config.activation,
             config.dropout,
+            config.dense_kernel_init,
+            config.bias_init,
         )
     if config.model == "cnn":
         return build_cnn(
@@ -134,6 +232,9 @@ def _build_float32(config: TrainConfig) -> keras.Model:
             config.dense_units,
             config.dense_dropout,
             config.activation,
+            config.conv_kernel_init,
+            config.dense_kernel_init,
+            config.bias_init,
         )
     raise ValueError(f"unknown model {config.model!r}")
 

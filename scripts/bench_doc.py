@@ -4,7 +4,9 @@
 
 Replaces the fenced block under "### Results" with build/bench/bench.txt
 (whose first line names the commit, time, cores and load average it ran
-under), so the figures in the map are always one run's real output.
+under), so the figures in the map are always one run's real output. The
+per-window lines of the throughput benchmark are left out (the file keeps
+them).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def main() -> int:
     start = text.index(HEADING) + len(HEADING)
     first = text.index(FENCE, start)
     last = text.index(FENCE, first + len(FENCE)) + len(FENCE)
-    output = bench.read_text().rstrip("\n")
+    lines = bench.read_text().rstrip("\n").splitlines()
+    output = "\n".join(line for line in lines if not line.startswith("  window "))
     block = f"{FENCE}$ make bench\n{output}\n{FENCE}"
     workspace.write_text(text[:first] + block + text[last:])
     print(f"bench_doc: {workspace.name} updated from {bench.relative_to(ROOT)}")

@@ -96,9 +96,14 @@ def test_every_flagfile_parses_and_names_its_experiment(path):
             "--optimizer=",
             "--learning_rate=",
             "--batch_size=",
-            "--steps=",
+            "--input_scale=",
         ):
             assert flag in text, f"{path.name} lacks {flag}"
+        # A tutorial's length is in its updates or in epochs: exactly one.
+        given = {line.split("=")[0] for line in text.splitlines() if line[:2] == "--"}
+        assert len(given & {"--steps", "--epochs"}) == 1, path.name
+        assert "\n# Tutorial: " in "\n" + text, path.name
+        assert "\n# Reported: " in text, path.name
 
 
 def test_course_cnn_flagfile_builds_665738_parameters():

@@ -22,7 +22,7 @@ from conftest import (
 
 from pipeline import config as config_lib
 from pipeline.config import ConfigError, TrainConfig
-from pipeline.runs import rundir
+from pipeline.runs import checkpoints, rundir
 from pipeline.runs.rundir import RunDirError
 from pipeline.training import recovery
 
@@ -73,7 +73,7 @@ def test_resumed_run_has_the_uninterrupted_weights(runs):
     from pipeline import models
 
     def weights(path):
-        latest = recovery.latest_checkpoint_step(path / "checkpoints")
+        latest = checkpoints.latest_step(path / "checkpoints")
         model = models.restore_model(TINY, str(path / "checkpoints" / f"ckpt-{latest}"))
         return [v.numpy() for v in model.weights]
 
@@ -158,13 +158,14 @@ def test_session_start_step(restored, marker):
     assert recovery.session_start_step(restored) == marker
 
 
-def test_latest_checkpoint_step_reads_the_state_file(tmp_path):
-    assert recovery.latest_checkpoint_step(tmp_path) == 0
-    (tmp_path / "checkpoint").write_text(
-        'model_checkpoint_path: "ckpt-300"\nall_model_checkpoint_paths: "ckpt-200"\n'
-        'all_model_checkpoint_paths: "ckpt-300"\n'
-    )
-    assert recovery.latest_checkpoint_step(tmp_path) == 300
+def test_latest_step_comes_from_the_files_not_the_state_file(tmp_path):
+    assert checkpoints.latest_step(tmp_path) == 0
+    (tmp_path / "checkpoint").write_text('model_checkpoint_path: "ckpt-300"\n')
+    for step in (100, 200):
+        (tmp_path / f"ckpt-{step}.index").write_bytes(b"i")
+        (tmp_path / f"ckpt-{step}.data-00000-of-00001").write_bytes(b"d")
+    (tmp_path / "ckpt-400.data-00000-of-00001").write_bytes(b"d")  # no .index
+    assert checkpoints.latest_step(tmp_path) == 200
 
 
 def test_clean_temp_checkpoints_removes_only_unfinished_saves(tmp_path):
@@ -256,7 +257,7 @@ def test_divergence_stops_with_one_line_and_keeps_finite_checkpoints(tmp_path):
     assert int(match.group(3)) < int(match.group(1))
     run = tmp_path / "diverged"
     assert record(run)["status"] == "failed"
-    assert recovery.latest_checkpoint_step(run / "checkpoints") == int(match.group(3))
+    assert checkpoints.latest_step(run / "checkpoints") == int(match.group(3))
     for step in range(2, int(match.group(3)) + 1, 2):
         path = str(run / "checkpoints" / f"ckpt-{step}")
         if not os.path.exists(path + ".index"):

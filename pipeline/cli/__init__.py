@@ -33,6 +33,15 @@ def default_to_warnings(flag_values) -> None:
         absl_logging.set_verbosity(absl_logging.WARNING)
 
 
+def warner(prog: str) -> Callable[[str], None]:
+    """Prints `prog: warning: ...` lines on stderr (stdout stays for results)."""
+
+    def warn(message: str) -> None:
+        print(f"{prog}: warning: {message}", file=sys.stderr, flush=True)
+
+    return warn
+
+
 def run_reporting_errors(prog: str, body: Callable[[], int | None]) -> int:
     """Runs `body`; a `PipelineError` becomes `prog: error: ...` on stderr.
 
@@ -50,6 +59,16 @@ def run_reporting_errors(prog: str, body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: error: interrupted (SIGINT)", file=sys.stderr)
         return 130
+    except Exception as err:
+        # A write the disk refused (full, read-only, too large) is one line
+        # naming the path; anything else is a bug and keeps its traceback.
+        from pipeline.runs.rundir import write_failure
+
+        failure = write_failure(err)
+        if failure is None:
+            raise
+        print(f"{prog}: error: {failure}", file=sys.stderr)
+        return 1
 
 
 def one_line_flags_parser(prog: str) -> Callable[[list[str]], list[str]]:

@@ -42,6 +42,12 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
+        from pipeline.runs import rundir
+
+        # Damaged runs are named (one line each); TensorBoard shows the rest.
+        runs = rundir.find_run_paths(FLAGS.logdir)
+        for _ in rundir.scan_records(runs, cli.warner("pipeline-board")):
+            pass
         server = board.TensorBoardServer(
             FLAGS.logdir, host=FLAGS.host, port=FLAGS.port, load_fast=FLAGS.load_fast
         )

@@ -73,7 +73,9 @@ def main(argv: list[str]) -> None:
 
     def body() -> int:
         predicate = compare.parse_filter(FLAGS.filter) if FLAGS.filter else None
-        runs = [compare.load_run(path) for path in compare.find_runs(argv[1:])]
+        runs = compare.load_runs(
+            compare.find_runs(argv[1:]), cli.warner("pipeline-compare")
+        )
         completed = [r for r in runs if r.status == "completed"]
         pruned = [r for r in runs if r.status == "pruned"]
         skipped = [r for r in runs if r.status not in ("completed", "pruned")]

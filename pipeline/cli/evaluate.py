@@ -42,7 +42,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        restored = run_flags.open_run(FLAGS)
+        restored = run_flags.open_run(FLAGS, "pipeline-eval")
         dataset, split = restored.load_split(FLAGS.split, FLAGS.dataset, FLAGS.data_dir)
         from pipeline.tools import evaluate  # TensorFlow import
 
@@ -51,6 +51,8 @@ def main(argv: list[str]) -> None:
         )
         summaries = None
         if FLAGS.write_summaries:
+            # Writing into the run: not while another process writes it.
+            restored.run_dir.lock("pipeline-eval")
             writer = evaluate.writer_name(restored, report.dataset, report.split)
             evaluate.write_summaries(
                 restored, report, outputs, split, writer=writer, mistakes=FLAGS.mistakes
@@ -59,7 +61,12 @@ def main(argv: list[str]) -> None:
             from pipeline.tensorboard import projector  # TensorFlow import
 
             embedded = projector.write_projector(
-                summaries, restored.load_model(), split, report.class_names, report.step
+                summaries,
+                restored.load_model(),
+                split,
+                report.class_names,
+                report.step,
+                input_scale=restored.config.input_scale,
             )
         if FLAGS.format == "json":
             print(evaluate.report_json_text(report, summaries))

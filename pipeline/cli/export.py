@@ -38,7 +38,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        restored = run_flags.open_run(FLAGS)
+        restored = run_flags.open_run(FLAGS, "pipeline-export")
         from pipeline.tools import export  # TensorFlow import
 
         out = export.export_run(restored, FLAGS.out, tflite=FLAGS.format == "tflite")

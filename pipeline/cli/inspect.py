@@ -49,9 +49,13 @@ def main(argv: list[str]) -> None:
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
+        from pipeline.runs import rundir
+
         run_path = pathlib.Path(argv[1]).resolve()
-        if not (run_path / "run.json").is_file():
-            raise board.BoardError(f"{argv[1]}: not a run directory (no run.json)")
+        if not (run_path / rundir.RECORD_NAME).is_file():
+            raise board.BoardError(
+                f"{argv[1]}: not a run directory (no {rundir.RECORD_NAME})"
+            )
         server = board.TensorBoardServer(run_path.parent, load_fast=FLAGS.load_fast)
         with server:
             print(f"TensorBoard {server.url} on {run_path.parent}", flush=True)

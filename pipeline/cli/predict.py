@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
     def body() -> None:
         from pipeline.tools import predict
 
-        restored = run_flags.open_run(FLAGS)
+        restored = run_flags.open_run(FLAGS, "pipeline-predict")
         examples = predict.load_inputs(FLAGS.image or [])
         if FLAGS.index:
             name, split = restored.load_split(
@@ -55,7 +55,9 @@ def main(argv: list[str]) -> None:
             examples += predict.dataset_examples(split, FLAGS.index, name, FLAGS.split)
         model = restored.load_model()
         images = [example.image for example in examples]
-        probabilities = predict.predict_probabilities(model, images)
+        probabilities = predict.predict_probabilities(
+            model, images, restored.config.input_scale
+        )
         binary_class = restored.config.binary_class
         rows = predict.prediction_rows(examples, probabilities, binary_class)
         if FLAGS.format == "json":

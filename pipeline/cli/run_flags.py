@@ -85,9 +85,19 @@ def define_run_data_format_flags(flag_values: flags.FlagValues = flags.FLAGS) ->
     define_format_flag(flag_values)
 
 
-def open_run(flag_values: flags.FlagValues):
-    """The run and checkpoint that --run/--checkpoint name (no TensorFlow)."""
-    return restore.open_run(flag_values.run, checkpoint_value(flag_values.checkpoint))
+def open_run(flag_values: flags.FlagValues, prog: str = "pipeline"):
+    """The run and checkpoint that --run/--checkpoint name (no TensorFlow).
+
+    A checkpoint skipped when the model is loaded is named on stderr as
+    `prog: warning: ...`.
+    """
+    from pipeline import cli
+
+    return restore.open_run(
+        flag_values.run,
+        checkpoint_value(flag_values.checkpoint),
+        report=cli.warner(prog),
+    )
 
 
 def checkpoint_value(value: str) -> str | int:

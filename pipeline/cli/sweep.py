@@ -2,10 +2,10 @@
 
     pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg \
         --grid=learning_rate=0.1,0.01 --grid=activation=sigmoid,relu \
-        --grid=hidden_layers=2,10 --repeats=3 --sweep_name=mlp_tuning --workers=2
+        --grid=hidden_layers=3,11 --repeats=3 --sweep_name=mlp_tuning --workers=2
 
     pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg --sweep_name=mlp_search \
-        --search=learning_rate=log:1e-4:1e-1 --search=hidden_layers=int:1:10 \
+        --search=learning_rate=log:1e-4:1e-1 --search=hidden_layers=int:1:11 \
         --search=activation=choice:relu,sigmoid,tanh --trials=20 --pruner=median
 
 Every training flag is accepted too and sets the base of each run (so
@@ -154,7 +154,7 @@ def main(argv: list[str]) -> None:
                 "--run_name: the sweep names its runs; drop it"
             )
         request = sweep_driver.Request(
-            base=config_lib.config_from_flags(FLAGS),
+            base=config_lib.config_from_flags(FLAGS, sys.argv),
             sweep_name=FLAGS.sweep_name,
             grid=tuple(FLAGS.grid),
             search=tuple(FLAGS.search),

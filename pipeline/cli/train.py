@@ -29,7 +29,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
 
     def body() -> None:
-        launch = config_lib.launch_from_flags(FLAGS)
+        launch = config_lib.launch_from_flags(FLAGS, sys.argv)
         # Everything up to the strategy is TensorFlow-free: bad flags, runs and
         # data files are reported in well under a second.
         if launch.mode == "replay":
@@ -42,6 +42,8 @@ def main(argv: list[str]) -> None:
         restore_dir = None
         config = launch.config
         chief = distribute.chief_from_tf_config(config.strategy)
+        if launch.mode == "new" and config.run_name:
+            rundir.check_name(config.logdir, config.run_name, "--run_name")
         if launch.mode == "resume" and chief:
             run_dir, config = recovery.prepare_resume(launch)
         elif launch.mode == "resume":
@@ -67,6 +69,7 @@ def main(argv: list[str]) -> None:
             run_name = config.run_name or rundir.default_run_name(config)
             if chief:
                 run_dir = rundir.create_run_dir(config.logdir, run_name)
+                run_dir.lock(PROG)
             else:
                 scratch = tempfile.mkdtemp(
                     prefix=f"pipeline-{distribute.worker_label(strategy)}-"

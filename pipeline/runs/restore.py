@@ -9,60 +9,56 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from pipeline import data as data_lib
-from pipeline.config import TrainConfig, config_from_dict
+from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.runs import rundir
+from pipeline.runs import checkpoints, rundir
 
 if TYPE_CHECKING:
     import keras
 
 LATEST = "latest"
 SPLITS = ("train", "validation", "test")
-_CHECKPOINT_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
 
 
-def config_from_record(record: dict[str, Any]) -> TrainConfig:
-    """Rebuilds the TrainConfig a run recorded in run.json (unknown keys ignored)."""
-    values = record.get("config")
-    if not isinstance(values, dict):
-        raise rundir.RunDirError("run.json has no 'config' record")
-    return config_from_dict(values)
-
-
-def checkpoint_steps(checkpoint_dir: pathlib.Path) -> list[int]:
-    """Steps of the complete checkpoints in `checkpoint_dir`, ascending.
-
-    A checkpoint is complete when its `.index` file exists (TensorFlow writes
-    it last); `ckpt-N_temp/` leftovers of a killed save are skipped.
-    """
-    if not checkpoint_dir.is_dir():
-        return []
-    steps = []
-    for path in checkpoint_dir.iterdir():
-        match = _CHECKPOINT_INDEX.match(path.name)
-        if match:
-            steps.append(int(match.group(1)))
-    return sorted(steps)
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class RestoredRun:
-    """A run directory, its recorded config and one chosen checkpoint."""
+    """A run directory, its recorded config and the checkpoint to restore.
+
+    Until `load_model` runs, `step` and `checkpoint_prefix` name the newest
+    checkpoint whose files look complete (or the requested one); `load_model`
+    applies the one rule of `checkpoints.choose_restorable` and updates them
+    to the checkpoint it actually restored.
+    """
 
     run_dir: rundir.RunDir
     config: TrainConfig
     step: int
     checkpoint_prefix: str
+    requested: int | None = None
+    report: Callable[[str], None] = rundir.warn
 
     def load_model(self) -> keras.Model:
-        """Builds the run's model and restores the checkpoint's weights into it."""
+        """Builds the run's model from the newest checkpoint that restores.
+
+        Raises:
+          CheckpointError: no checkpoint (or not the requested one) restores.
+        """
         from pipeline import models
 
-        return models.restore_model(self.config, self.checkpoint_prefix)
+        chosen, model = checkpoints.choose_restorable(
+            self.run_dir.checkpoint_dir,
+            lambda prefix: models.restore_model(self.config, prefix),
+            step=self.requested,
+            max_step=self.config.steps,
+            report=self.report,
+        )
+        self.step = chosen.step
+        self.checkpoint_prefix = str(chosen.prefix)
+        return model
 
     def load_split(
         self,
@@ -101,34 +97,38 @@ class RestoredRun:
         return name, chosen
 
 
-def open_run(path: str | pathlib.Path, checkpoint: str | int = LATEST) -> RestoredRun:
-    """Finds the run at `path` and the checkpoint `checkpoint` names.
+def open_run(
+    path: str | pathlib.Path,
+    checkpoint: str | int = LATEST,
+    report: Callable[[str], None] = rundir.warn,
+) -> RestoredRun:
+    """Finds the run at `path` and the checkpoint `checkpoint` names (no TensorFlow).
 
     Raises:
-      RunDirError: the run directory or its run.json is missing, the run has no
-        checkpoint, or no checkpoint was saved at the requested step (the
-        message lists the steps that exist).
+      RunDirError: the run directory or its run.json is missing or damaged,
+        the run has no checkpoint, or none was saved at the requested step
+        (the message lists the steps that exist).
     """
     run_dir = rundir.open_run_dir(path)
-    config = config_from_record(run_dir.read_record())
-    steps = checkpoint_steps(run_dir.checkpoint_dir)
-    if not steps:
-        raise rundir.RunDirError(
+    config = run_dir.record().train_config()
+    found = checkpoints.list_checkpoints(run_dir.checkpoint_dir)
+    if not found:
+        raise checkpoints.NoCheckpointError(
             f"{run_dir.checkpoint_dir}: no checkpoint saved yet (nothing to restore)"
         )
-    if checkpoint == LATEST:
-        step = steps[-1]
-    elif checkpoint in steps:
-        step = int(checkpoint)
-    else:
-        listed = ", ".join(str(s) for s in steps)
-        raise rundir.RunDirError(
+    requested = None if checkpoint == LATEST else int(checkpoint)
+    if requested is not None and requested not in {c.step for c in found}:
+        listed = ", ".join(str(c.step) for c in found)
+        raise checkpoints.CheckpointError(
             f"--checkpoint={checkpoint}: no checkpoint at that step in "
             f"{run_dir.checkpoint_dir} (saved steps: {listed})"
         )
+    step = requested if requested is not None else found[-1].step
     return RestoredRun(
         run_dir=run_dir,
         config=config,
         step=step,
         checkpoint_prefix=str(run_dir.checkpoint_dir / f"ckpt-{step}"),
+        requested=requested,
+        report=report,
     )

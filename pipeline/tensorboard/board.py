@@ -24,14 +24,13 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from pipeline.errors import RunDirError
-from pipeline.runs.rundir import RECORD_NAME
+from pipeline.runs import rundir
 
 URL_PATTERN = re.compile(r"TensorBoard \S+ at (http://\S+?)/? ")
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
 
-class BoardError(RunDirError):
+class BoardError(rundir.RunDirError):
     """TensorBoard cannot serve the log directory (did not start, died, timed out)."""
 
 
@@ -180,14 +179,7 @@ class TabCheck:
 
 
 def _expectations(run_path: pathlib.Path) -> dict[str, Any]:
-    record_path = run_path / RECORD_NAME
-    try:
-        record = json.loads(record_path.read_text())
-    except FileNotFoundError:
-        raise RunDirError(f"{record_path}: not found (not a run directory?)") from None
-    except (OSError, json.JSONDecodeError) as err:
-        raise RunDirError(f"{record_path}: unreadable ({err})") from None
-    config = record.get("config", {})
+    config = rundir.load_record(run_path).config
     steps = int(config.get("steps", 0))
     histogram_every = int(config.get("histogram_every", 0))
     return {

@@ -40,6 +40,7 @@ from tensorboard.plugins.text import summary_v2 as text_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from pipeline import config as config_lib
+from pipeline.runs import rundir
 
 # The experiment config's file name; "tfevents" makes it an event file to TensorBoard.
 CONFIG_FILENAME = "events.out.tfevents.hparams_config"
@@ -129,11 +130,9 @@ def differing_flags(experiment_dir: str | os.PathLike) -> set[str]:
     """Hparam flags whose values differ between the runs (`*/run.json`) in a dir."""
     names = {p.name for p in hparam_flags()}
     values: dict[str, set[str]] = {name: set() for name in names}
-    for record_path in pathlib.Path(experiment_dir).glob("*/run.json"):
-        try:
-            config = json.loads(record_path.read_text()).get("config", {})
-        except (OSError, json.JSONDecodeError):
-            continue
+    run_paths = rundir.child_run_paths(experiment_dir)
+    for record in rundir.scan_records(run_paths, report=lambda _: None):
+        config = record.config
         for name in names:
             values[name].add(json.dumps(config.get(name), sort_keys=True))
     return {name for name, seen in values.items() if len(seen) > 1}

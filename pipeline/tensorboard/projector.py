@@ -54,17 +54,22 @@ def penultimate_model(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, [features, model.outputs[0]])
 
 
-def embed(model: keras.Model, split: data_lib.Split) -> tuple[np.ndarray, np.ndarray]:
+def embed(
+    model: keras.Model, split: data_lib.Split, input_scale: str = "unit"
+) -> tuple[np.ndarray, np.ndarray]:
     """Penultimate-layer features [N, D] and predicted classes [N] of `split`.
 
-    Pixels reach the model through `data.model_input`, as in every
-    evaluation, so the predictions are `pipeline-eval`'s.
+    Pixels reach the model through `data.model_input` at the run's
+    `input_scale`, as in every evaluation, so the predictions are
+    `pipeline-eval`'s.
     """
     both = penultimate_model(model)
     features, predicted = [], []
     for start in range(0, len(split), BATCH_SIZE):
         images = split.images[start : start + BATCH_SIZE]
-        batch_features, logits = both(data_lib.model_input(images), training=False)
+        batch_features, logits = both(
+            data_lib.model_input(images, input_scale), training=False
+        )
         features.append(np.reshape(batch_features.numpy(), (len(images), -1)))
         predicted.append(steps.predicted_class(logits).numpy())
     return np.concatenate(features), np.concatenate(predicted)
@@ -114,6 +119,7 @@ def write_projector(
     class_names: list[str],
     step: int,
     max_examples: int = MAX_EXAMPLES,
+    input_scale: str = "unit",
 ) -> int:
     """Writes the Projector files for `split` into `directory`; returns how many
     examples (the first `max_examples` of the split) it holds.
@@ -125,7 +131,7 @@ def write_projector(
     directory.mkdir(parents=True, exist_ok=True)
     count = min(len(split), max_examples)
     shown = data_lib.Split(split.images[:count], split.labels[:count])
-    features, predicted = embed(model, shown)
+    features, predicted = embed(model, shown, input_scale)
     labels = np.asarray(shown.labels, np.int64)
 
     rows = metadata_rows(labels, predicted, class_names)

@@ -31,6 +31,8 @@ from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.pr_curve import summary as pr_summary
 from tensorboard.plugins.scalar import metadata as scalar_metadata
 
+from pipeline.runs.rundir import remove_empty_files
+
 KERAS_MODEL_PLUGIN = "graph_keras_model"
 HISTOGRAM_BUCKETS = 30  # tf.summary.histogram's default
 HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(
@@ -121,9 +123,13 @@ class SummaryLogger:
         """The writer for `split`, created on first use."""
         if split not in self._writers:
             if self._enabled:
-                self._writers[split] = tf.summary.create_file_writer(
-                    str(self._run_dir / split), max_queue=1000, flush_millis=60_000
-                )
+                try:
+                    self._writers[split] = tf.summary.create_file_writer(
+                        str(self._run_dir / split), max_queue=1000, flush_millis=60_000
+                    )
+                except Exception:  # a full disk: the new file may be empty
+                    remove_empty_files(self._run_dir / split, "events.out.tfevents.*")
+                    raise
             else:
                 self._writers[split] = tf.summary.create_noop_writer()
         return self._writers[split]
@@ -383,16 +389,30 @@ class SummaryLogger:
         return future
 
     def close(self) -> None:
-        """Writes what is queued, then flushes and closes every writer."""
+        """Writes what is queued, then flushes and closes every writer (all of
+        them, even if one fails).
+
+        A writer that could not write (a full disk) may leave an empty event
+        file; those are removed, then the first error is raised.
+        """
+        first_error = None
         if self._background is not None:
             try:
                 self._background.wait()
+            except Exception as err:  # TensorFlow's errors; re-raised below
+                first_error = err
             finally:
                 self._background.stop()
                 self._background = None
-        for w in self._writers.values():
-            w.close()
+        for split, w in self._writers.items():
+            try:
+                w.close()
+            except Exception as err:  # TensorFlow's errors; re-raised below
+                first_error = first_error or err
+                remove_empty_files(self._run_dir / split, "events.out.tfevents.*")
         self._writers.clear()
+        if first_error is not None:
+            raise first_error
 
     def __enter__(self) -> SummaryLogger:
         return self

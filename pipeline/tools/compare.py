@@ -29,7 +29,7 @@ from tensorboard.util import tensor_util
 
 from pipeline import config as config_lib
 from pipeline.errors import ConfigError
-from pipeline.runs.rundir import RECORD_NAME
+from pipeline.runs import rundir
 
 METRICS = (
     "final/accuracy",
@@ -102,14 +102,12 @@ def find_runs(patterns: Sequence[str]) -> list[pathlib.Path]:
         if not matches:
             raise CompareError(f"{pattern}: no such file or directory")
         for match in matches:
-            path = pathlib.Path(match)
-            if (path / RECORD_NAME).is_file():
+            for path in rundir.find_run_paths(match):
                 found[path] = None
-            elif path.is_dir():
-                for record in sorted(path.rglob(RECORD_NAME)):
-                    found[record.parent] = None
     if not found:
-        raise CompareError(f"{' '.join(patterns)}: no runs (no {RECORD_NAME} found)")
+        raise CompareError(
+            f"{' '.join(patterns)}: no runs (no {rundir.RECORD_NAME} found)"
+        )
     return list(found)
 
 
@@ -130,11 +128,28 @@ def _data_id(dataset: dict[str, Any]) -> str:
 
 
 def load_run(path: pathlib.Path) -> RunSummary:
-    """Reads `path/run.json` and the `test/` event files of one run."""
+    """Reads `path/run.json` and the `test/` event files of one run.
+
+    Raises:
+      CompareError: the record is missing or damaged.
+    """
     try:
-        record = json.loads((path / RECORD_NAME).read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise CompareError(f"{path / RECORD_NAME}: unreadable ({err})") from None
+        record = rundir.load_record(path)
+    except rundir.RecordError as err:
+        raise CompareError(str(err)) from None
+    return summarize(record)
+
+
+def load_runs(
+    paths: Sequence[pathlib.Path], report: Callable[[str], None] = rundir.warn
+) -> list[RunSummary]:
+    """The runs whose records load; each damaged one is skipped with one line."""
+    return [summarize(record) for record in rundir.scan_records(paths, report)]
+
+
+def summarize(record: rundir.RunRecord) -> RunSummary:
+    """A run's summary from its record and its `test/` event files."""
+    path = record.path.parent
     accuracy: list[tuple[int, float]] = []
     loss: list[tuple[int, float]] = []
     if (path / "test").is_dir():
@@ -151,20 +166,24 @@ def load_run(path: pathlib.Path) -> RunSummary:
     if loss:
         metrics["final/loss"] = loss[-1][1]
         metrics["best/loss"] = min(v for _, v in loss)
-    config = record.get("config", {})
-    metrics["steps"] = float(record.get("step", config.get("steps", math.nan)))
-    if record.get("wall_time_s") is not None:
-        metrics["wall_time"] = float(record["wall_time_s"])
-    if record.get("examples_per_sec") is not None:
-        metrics["examples_per_sec"] = float(record["examples_per_sec"])
+    config = record.config
+    steps = record.step if record.step is not None else config.get("steps")
+    metrics["steps"] = float(steps) if isinstance(steps, int | float) else math.nan
+    for metric, key in (
+        ("wall_time", "wall_time_s"),
+        ("examples_per_sec", "examples_per_sec"),
+    ):
+        value = record.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            metrics[metric] = float(value)
     return RunSummary(
         path=path,
-        status=record.get("status", "unknown"),
+        status=record.status or "unknown",
         config=config,
-        data=_data_id(record.get("dataset", {})),
+        data=_data_id(record.dataset),
         metrics=metrics,
         accuracy_curve=accuracy,
-        error=record.get("error"),
+        error=record.error,
     )
 
 

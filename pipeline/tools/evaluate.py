@@ -140,10 +140,14 @@ def class_names(binary_class: int | None) -> list[str]:
 
 
 def predict_outputs(
-    model: keras.Model, split: data_lib.Split, batch_size: int = EVAL_BATCH_SIZE
+    model: keras.Model,
+    split: data_lib.Split,
+    batch_size: int = EVAL_BATCH_SIZE,
+    input_scale: str = "unit",
 ) -> Outputs:
-    """Logits for every example and the mean loss, by training's evaluation."""
-    evaluate = steps.make_eval_fn(model, batch_size)
+    """Logits for every example and the mean loss, by training's evaluation
+    (`input_scale`: the run's --input_scale)."""
+    evaluate = steps.make_eval_fn(model, batch_size, input_scale)
     labels = split.labels.astype(np.int32)
     metrics = evaluate(tf.constant(split.images), tf.constant(labels))
     return Outputs(metrics["logits"].numpy(), labels, float(metrics["loss"]))
@@ -396,7 +400,7 @@ def evaluate_split(
 ) -> tuple[EvalReport, Outputs]:
     """Restores the checkpoint and evaluates `split` in full. Writes nothing."""
     model = restored.load_model()
-    outputs = predict_outputs(model, split, batch_size)
+    outputs = predict_outputs(model, split, batch_size, restored.config.input_scale)
     return build_report(restored, dataset, split_name, outputs), outputs
 
 

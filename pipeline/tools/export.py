@@ -44,8 +44,13 @@ IMAGES_WITH_CHANNEL = tf.TensorSpec([None, 28, 28, 1], tf.uint8, name="images")
 TFLITE_NAME = "model.tflite"
 
 
-def serving_archive(model: keras.Model) -> keras.export.ExportArchive:
+def serving_archive(
+    model: keras.Model, input_scale: str = "unit"
+) -> keras.export.ExportArchive:
     """Keras' own export of `model` behind the two uint8 serving signatures.
+
+    Pixels reach the model as in training: `input_scale` is the run's
+    --input_scale, fixed in the graph.
 
     Keras' `ExportArchive` tracks the model's variables so that TensorFlow
     Lite's converter finds them (a plain `tf.Module` holding a Keras 3 model
@@ -53,7 +58,7 @@ def serving_archive(model: keras.Model) -> keras.export.ExportArchive:
     """
 
     def outputs(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        logits = steps.model_logits(model, images)
+        logits = steps.model_logits(model, images, input_scale)
         return {
             "probabilities": models.probabilities(logits),
             "classes": steps.predicted_class(logits),
@@ -106,7 +111,7 @@ def export_run(
     signature converted for TensorFlow Lite (probabilities within 1e-5).
     """
     out = check_destination(out)
-    archive = serving_archive(restored.load_model())
+    archive = serving_archive(restored.load_model(), restored.config.input_scale)
     config = restored.config
     metadata = {
         "run": str(restored.run_dir.path),
@@ -115,6 +120,7 @@ def export_run(
         "model": config.model,
         "dataset": config.dataset,
         "binary_class": config.binary_class,
+        "input_scale": config.input_scale,
         "signatures": {
             "serving_default": "images: uint8 [N, 28, 28]",
             "serving_channels": "images: uint8 [N, 28, 28, 1]",

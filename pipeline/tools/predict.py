@@ -46,6 +46,20 @@ DIGIT_BOX = 20
 INK_FRACTION = 0.1
 
 
+# The largest image accepted (about 16.8 megapixels, 4096 x 4096): a digit
+# photo needs far fewer, and decoding is bounded to ~64 MiB per image.
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+def _check_pixels(path: pathlib.Path, size: tuple[int, int]) -> None:
+    width, height = size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise DataError(
+            f"{path}: {width}x{height} image is {width * height:,} pixels, over "
+            f"the limit of {MAX_IMAGE_PIXELS:,}"
+        )
+
+
 @dataclasses.dataclass(frozen=True)
 class Example:
     """One input: where it came from, the 28x28 uint8 image, the label if known."""
@@ -111,15 +125,30 @@ def image_to_mnist(image: Any, source: str = "image") -> np.ndarray:
 
 
 def load_image(path: pathlib.Path) -> np.ndarray:
-    """Reads an image file with Pillow and converts it with `image_to_mnist`."""
+    """Reads an image file with Pillow and converts it with `image_to_mnist`.
+
+    The pixel count is checked from the header, before any pixel is decoded:
+    more than `MAX_IMAGE_PIXELS` is refused (a decompression bomb: a small
+    file that decodes to gigabytes).
+    """
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
-            image.load()
-            return image_to_mnist(image, str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                _check_pixels(path, image.size)
+                image.load()
+                return image_to_mnist(image, str(path))
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(
+            f"{path}: refused: Pillow considers it a decompression bomb (over "
+            f"{MAX_IMAGE_PIXELS:,} pixels)"
+        ) from None
     except (OSError, SyntaxError, ValueError) as err:
         if isinstance(err, DataError):
             raise
@@ -219,12 +248,18 @@ def dataset_examples(
     return examples
 
 
-def predict_probabilities(model: keras.Model, images: np.ndarray) -> np.ndarray:
-    """Class probabilities: [N, 10] softmax, or [N] P(class K) for a binary run."""
+def predict_probabilities(
+    model: keras.Model, images: np.ndarray, input_scale: str = "unit"
+) -> np.ndarray:
+    """Class probabilities: [N, 10] softmax, or [N] P(class K) for a binary run.
+
+    `input_scale` is the run's --input_scale: pixels reach the model as in
+    training.
+    """
     from pipeline import models
     from pipeline.training import steps
 
-    logits = steps.model_logits(model, np.asarray(images, np.uint8))
+    logits = steps.model_logits(model, np.asarray(images, np.uint8), input_scale)
     return models.probabilities(logits).numpy()
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
-import json
 import os
 import pathlib
 import re
@@ -29,7 +28,8 @@ from absl import flags
 
 from pipeline import config as config_lib
 from pipeline.errors import ConfigError
-from pipeline.runs.rundir import RECORD_NAME, config_to_flagfile
+from pipeline.runs import rundir
+from pipeline.runs.rundir import config_to_flagfile
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.training import recovery
 
@@ -126,6 +126,7 @@ def plan(
     """
     if repeats > 1 and any(axis.flag == "seed" for axis in axes):
         raise SweepError("--grid=seed=... and --repeats>1 both set the seed; use one")
+    rundir.check_name(base.logdir, sweep_name, "--sweep_name")
     experiment = pathlib.Path(base.logdir) / sweep_name
     runs = []
     for combination in itertools.product(*(axis.values for axis in axes)):
@@ -136,6 +137,8 @@ def plan(
             config = resolve(base, overrides, seed)
             config = dataclasses.replace(config, logdir=str(experiment), run_name=name)
             runs.append(PlannedRun(name, config, overrides, repeat))
+    for run in runs:
+        rundir.check_name(experiment, run.name, f"--grid (run {run.name[:40]}...)")
     counts = collections.Counter(run.name for run in runs)
     clashes = [name for name, n in counts.items() if n > 1]
     if clashes:
@@ -144,15 +147,19 @@ def plan(
 
 
 def read_record(path: pathlib.Path) -> dict:
-    """The run's `run.json`, or {} if it has none (yet) or it is unreadable."""
+    """The run's record as a dict, or {} if it has none (yet) or it is damaged."""
     try:
-        return json.loads((path / RECORD_NAME).read_text())
-    except (OSError, json.JSONDecodeError):
+        return rundir.load_record(path).data
+    except rundir.RecordError:
         return {}
 
 
 def _defining(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in config_lib.NOT_HPARAMS}
+    # A run given in epochs records the steps they came to as well; a plan
+    # knows only the epochs, so each pair is compared the way it was given.
+    unused = config_lib.unused_alternatives(config_lib.config_from_dict(config))
+    skip = config_lib.NOT_HPARAMS | unused
+    return {k: v for k, v in config.items() if k not in skip}
 
 
 def move_aside(path: pathlib.Path, record: dict) -> pathlib.Path:
@@ -171,10 +178,7 @@ def move_aside(path: pathlib.Path, record: dict) -> pathlib.Path:
         "(found by pipeline-sweep)"
     )
     if record:
-        record.update(status="failed", error=reason)
-        (target / RECORD_NAME).write_text(
-            json.dumps(record, indent=2, sort_keys=True) + "\n"
-        )
+        rundir.RunDir(target).update_record(status="failed", error=reason)
     if any(target.glob("*.session_start")) and not any(target.glob("*.session_end")):
         hparams_lib.write_session_end(target, "failed", reason)
     return target

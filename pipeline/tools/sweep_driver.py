@@ -15,6 +15,7 @@ import sys
 from optuna.trial import TrialState
 
 from pipeline import config as config_lib
+from pipeline.runs import rundir
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tools import search_space, worker
 from pipeline.tools import study as study_lib
@@ -72,7 +73,13 @@ def plan(request: Request) -> worker.Sweep:
     sampler = request.sampler or ("tpe" if request.search else "grid")
     total = _total(request, sampler, axes)
     base = request.base
+    rundir.check_name(base.logdir, request.sweep_name, "--sweep_name")
     experiment = pathlib.Path(base.logdir) / request.sweep_name
+    if sampler == "grid" and all(axis.is_choice for axis in axes):
+        # The longest run name the grid gives must fit the filesystem too.
+        longest = [(axis.flag, max(axis.choices, key=len)) for axis in axes]
+        name = sweep_lib.run_name(longest, base.seed + request.repeats - 1)
+        rundir.check_name(experiment, name, f"--grid (run name {name[:40]}...)")
     steps = base.steps * request.repeats
     return worker.Sweep(
         name=request.sweep_name,
@@ -159,7 +166,12 @@ def open_sweep_study(sweep: worker.Sweep):
 
 
 def run(sweep: worker.Sweep, workers: int) -> int:
-    """Runs `workers` local workers on the sweep's study; the exit status."""
+    """Runs `workers` local workers on the sweep's study; the exit status.
+
+    No lock on the sweep directory: several workers (threads here, other
+    `pipeline-sweep` processes, other machines) share one sweep by design;
+    `study.claim_lock` serialises what must not happen twice.
+    """
     print(_headline(sweep))
     study = open_sweep_study(sweep)
     progress = worker.Progress(sweep, study)

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
+from pipeline.config import epoch_of, steps_per_epoch
 from pipeline.errors import NonFiniteLossError, TrainingInterruptedError
 from pipeline.tensorboard import budget, projector
 from pipeline.tensorboard import hparams as hparams_lib
@@ -326,8 +327,13 @@ class PrintProgress(EveryNSteps):
         test_acc = state.last_test.get("accuracy")
         test_text = "-" if test_acc is None else f"{test_acc:.4f}"
         train_text = " ".join(f"{k}={v:.4f}" for k, v in state.last_train.items())
+        config = state.config
+        epoch_text = ""
+        if config.epochs:
+            per_epoch = steps_per_epoch(config.batch_size, len(state.dataset.train))
+            epoch_text = f"epoch {epoch_of(chunk.step, per_epoch)}/{config.epochs}  "
         state.print_fn(
-            f"step {chunk.step:>6}/{chunk.last_step}  train {train_text}"
+            f"step {chunk.step:>6}/{chunk.last_step}  {epoch_text}train {train_text}"
             f"  test_accuracy={test_text}  {chunk.examples_per_sec:,.0f} examples/s"
         )
 
@@ -353,6 +359,7 @@ class WriteProjector(Action):
             state.dataset.test,
             names or [str(k) for k in range(data_lib.NUM_CLASSES)],
             chunk.step,
+            input_scale=state.config.input_scale,
         )
 
 

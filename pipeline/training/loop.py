@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
-from pipeline.config import TrainConfig
+from pipeline.config import TrainConfig, epoch_of, resolve_epochs, steps_per_epoch
 from pipeline.errors import (
     NonFiniteLossError,
     RunDirError,
@@ -33,7 +33,7 @@ from pipeline.errors import (
     TrainingInterruptedError,
     WorkerPreemptedError,
 )
-from pipeline.runs.rundir import RunDir
+from pipeline.runs.rundir import RunDir, remove_empty_files, write_failure
 from pipeline.tensorboard import budget
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.training import distribute
@@ -98,7 +98,9 @@ def train_and_evaluate(
     """
     strategy = strategy or tf.distribute.get_strategy()
     check_can_train(config, dataset, strategy)
-    restore_point = choose_restore_point(run_dir, resume, restore_dir, print_fn)
+    # Epoch settings become steps here, where the train split is known.
+    config = resolve_epochs(config, len(dataset.train))
+    restore_point = choose_restore_point(config, run_dir, resume, restore_dir, print_fn)
     with RunRecord(config, run_dir, dataset, strategy, restore_point) as record:
         state = record.state = build_train_state(
             config, run_dir, dataset, strategy, restore_point, print_fn
@@ -243,6 +245,7 @@ class RunRecord:
         """Records the run `completed` (or `pruned`: a sweep's pruner stopped it)
         with its final metrics; returns the result."""
         result = outcome.result
+        per_epoch = steps_per_epoch(self.config.batch_size, len(self.dataset.train))
         status = self.state.end_status if self.state else "completed"
         extra = dict(outcome.record)
         if status != "completed":
@@ -250,6 +253,8 @@ class RunRecord:
         self.run_dir.finish(
             status,
             step=result.step,
+            epoch=epoch_of(result.step, per_epoch),
+            steps_per_epoch=per_epoch,
             final_metrics={"test": result.test, "train": result.train},
             wall_time_s=round(result.wall_time_s, 3),
             examples_per_sec=round(result.examples_per_sec, 1),
@@ -269,10 +274,9 @@ class RunRecord:
             _record_end(self.run_dir, "interrupted", step, err)
         elif err is not None:
             step = state.step if state else self.restore_point.step
-            _record_end(self.run_dir, "failed", step, err)
+            reason = _record_end(self.run_dir, "failed", step, err)
             if self.is_chief:
-                reason = f"{type(err).__name__}: {err}"
-                hparams_lib.write_session_end(self.run_dir.path, "failed", reason)
+                _end_session_failed(self.run_dir, reason)
         if state is not None:
             state.logger.close()
 
@@ -287,11 +291,30 @@ def dataset_record(dataset: data_lib.Dataset) -> dict[str, object]:
     }
 
 
-def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> None:
-    """Records how a run ended; if even that fails (a full disk), the record
-    stays `running` with a dead pid, which `--resume` accepts."""
+def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> str:
+    """Records how a run ended and returns the reason recorded.
+
+    A failed write is recorded as its one line (path and OS reason) and the
+    empty event files it left are removed. If even the record cannot be
+    written, it stays `running` with a dead pid, which `--resume` accepts.
+    """
+    failure = write_failure(err)
+    reason = str(failure) if failure else f"{type(err).__name__}: {err}"
+    if failure:
+        remove_empty_files(run_dir.path, "events.out.tfevents.*")
     with contextlib.suppress(RunDirError):
-        run_dir.finish(status, step=step, error=f"{type(err).__name__}: {err}")
+        run_dir.finish(status, step=step, error=reason)
+    return reason
+
+
+def _end_session_failed(run_dir: RunDir, reason: str) -> None:
+    """Marks the HParams session failed, unless the disk refuses that too."""
+    try:
+        hparams_lib.write_session_end(run_dir.path, "failed", reason)
+    except Exception as err:
+        if write_failure(err) is None:
+            raise
+        remove_empty_files(run_dir.path, "events.out.tfevents.*")
 
 
 def weights_digest(model: keras.Model) -> str:

@@ -13,11 +13,10 @@ import dataclasses
 import math
 import os
 import pathlib
-import re
 import shutil
 import socket
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from tensorboard.backend.event_processing import plugin_event_accumulator as ea
@@ -28,13 +27,13 @@ from tensorboard.util import tensor_util
 from pipeline import config as config_lib
 from pipeline.config import Launch, TrainConfig
 from pipeline.errors import ConfigError, DataError, RunDirError
-from pipeline.runs.rundir import RunDir, open_run_dir
+from pipeline.runs import checkpoints
+from pipeline.runs.rundir import RunDir, RunRecord, open_run_dir
 
 # tf.train.CheckpointManager writes `ckpt-N_temp/` and renames it when the save
 # is complete; a kill mid-save leaves the directory behind and nothing else
 # removes it.
 TEMP_CHECKPOINT_PATTERN = "*_temp*"
-_STATE_LINE = re.compile(r'^model_checkpoint_path:\s*"(.*)"\s*$', re.MULTILINE)
 
 
 def resolve_run(launch: Launch) -> RunDir:
@@ -48,15 +47,7 @@ def resolve_run(launch: Launch) -> RunDir:
 
 def saved_config(run_dir: RunDir) -> TrainConfig:
     """The config a run was started with, as recorded in its run.json."""
-    record = run_dir.read_record()
-    if not isinstance(record.get("config"), dict):
-        raise RunDirError(f"{run_dir.record_path}: has no saved config")
-    try:
-        return config_lib.validate(config_lib.config_from_dict(record["config"]))
-    except (TypeError, ValueError) as err:
-        raise RunDirError(
-            f"{run_dir.record_path}: saved config unusable ({err})"
-        ) from None
+    return run_dir.record().train_config()
 
 
 def _flag_text(value: object) -> str:
@@ -94,23 +85,12 @@ def merge_overrides(
         name: getattr(given, name)
         for name in explicit & mutable - config_lib.LOCATION_FLAGS
     }
+    # --steps and --epochs are one setting: `given` holds the one that applies
+    # (the other is 0 or ignored), so a resume given either takes both.
+    for pair in config_lib.EPOCH_ALTERNATIVES:
+        if set(pair) & updates.keys() and set(pair) <= mutable:
+            updates.update({name: getattr(given, name) for name in pair})
     return dataclasses.replace(saved, **updates)
-
-
-def latest_checkpoint_step(checkpoint_dir: pathlib.Path) -> int:
-    """Step of the latest complete checkpoint (0 if none), without TensorFlow.
-
-    Reads the `checkpoint` state file that CheckpointManager replaces
-    atomically; checkpoints are named `ckpt-STEP`.
-    """
-    state = checkpoint_dir / "checkpoint"
-    if not state.is_file():
-        return 0
-    match = _STATE_LINE.search(state.read_text())
-    if not match:
-        return 0
-    number = re.search(r"-(\d+)$", match.group(1))
-    return int(number.group(1)) if number else 0
 
 
 def _process_alive(pid: int) -> bool:
@@ -133,7 +113,7 @@ def _process_alive(pid: int) -> bool:
     return not cmdline or b"pipeline" in cmdline
 
 
-def owner_alive(record: dict) -> bool:
+def owner_alive(record: RunRecord | dict) -> bool:
     """Whether the process a run record names is alive on this host.
 
     Used by `--resume` and by sweeps to tell a live run from one whose process
@@ -151,10 +131,10 @@ def check_not_running(run_dir: RunDir) -> None:
     A run left `running` by a process that died (`kill -9`, a crash, a
     reboot) is resumable; only a live process on this host blocks it.
     """
-    record = run_dir.read_record()
-    if record.get("status") != "running":
+    record = run_dir.record()
+    if record.status != "running":
         return
-    pid = record.get("pid")
+    pid = record.pid
     if pid != os.getpid() and owner_alive(record):
         raise RunDirError(
             f"{run_dir.path}: still being trained by pid {pid}; stop it first "
@@ -188,25 +168,63 @@ def _refuse_multi_worker(config: TrainConfig, action: str) -> None:
 
 
 def prepare_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
-    """Finds, checks and cleans the run to resume; returns it and its config.
+    """Finds, checks, locks and cleans the run to resume; returns it and its config.
+
+    The checks run before the lock (a refused resume leaves the run's files
+    as they were) and again once it is held (another process may have
+    finished the run meanwhile). The lock is held for the rest of the process.
 
     Raises:
-      RunDirError: no such run, unreadable record, or a live process owns it.
+      RunDirError: no such run, damaged record, or another process owns it.
       ConfigError: a flag that would change the run, or nothing left to train.
     """
     run_dir = resolve_run(launch)
-    check_not_running(run_dir)
-    config = merge_overrides(saved_config(run_dir), launch.config, launch.explicit)
-    step = latest_checkpoint_step(run_dir.checkpoint_dir)
-    if config.steps <= step:
-        status = run_dir.status
-        raise ConfigError(
-            f"{run_dir.path}: status {status}, latest checkpoint at step {step}; "
-            f"--steps={config.steps} leaves nothing to train (pass --steps > {step} "
-            "to train further)"
-        )
+    _check_resumable(run_dir, launch)
+    run_dir.lock("pipeline-train --resume")
+    config = _check_resumable(run_dir, launch)
     clean_temp_checkpoints(run_dir.checkpoint_dir)
     return run_dir, config
+
+
+def _check_resumable(run_dir: RunDir, launch: Launch) -> TrainConfig:
+    check_not_running(run_dir)
+    config = merge_overrides(saved_config(run_dir), launch.config, launch.explicit)
+    step = checkpoints.latest_step(run_dir.checkpoint_dir)
+    if config.steps <= step:
+        raise ConfigError(
+            f"{run_dir.path}: status {run_dir.status}, latest checkpoint at step "
+            f"{step}; --steps={config.steps} leaves nothing to train (pass --steps > "
+            f"{step} to train further)"
+        )
+    return config
+
+
+def choose_resume_checkpoint(
+    run_dir: RunDir,
+    config: TrainConfig,
+    restore: Callable[[str], object],
+    report: Callable[[str], None],
+) -> checkpoints.Checkpoint | None:
+    """The checkpoint a resume continues from: the newest that restores.
+
+    `restore(prefix)` restores the run's model (it raises if it cannot).
+    Each newer checkpoint that does not restore is skipped with one `report`
+    line; the `checkpoint` state file is then rewritten to name the chosen
+    one, so the checkpoint manager continues from it. None: the run saved no
+    checkpoint yet (it starts again from step 0).
+
+    Raises:
+      CheckpointError: checkpoints exist but none restores (the run is left
+        as it was rather than trained over from step 0).
+    """
+    try:
+        chosen, _ = checkpoints.choose_restorable(
+            run_dir.checkpoint_dir, restore, max_step=config.steps, report=report
+        )
+    except checkpoints.NoCheckpointError:
+        return None
+    checkpoints.write_state(run_dir.checkpoint_dir, chosen)
+    return chosen
 
 
 def prepare_worker_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
@@ -236,6 +254,32 @@ def prepare_replay(launch: Launch) -> tuple[RunDir, TrainConfig]:
             f"--steps={config.steps}: {original.path} trained only {saved.steps} steps"
         )
     return original, config
+
+
+def copy_chosen_checkpoint(
+    source: pathlib.Path,
+    target: pathlib.Path,
+    config: TrainConfig,
+    restore: Callable[[str], object],
+) -> None:
+    """Copies the checkpoint the chief resumes from (same rule) into `target`.
+
+    For a non-chief worker of a multi-worker resume: its own checkpoint
+    directory then holds exactly that checkpoint, so every worker agrees.
+    """
+    try:
+        chosen, _ = checkpoints.choose_restorable(
+            source,
+            restore,
+            max_step=config.steps,
+            report=lambda _: None,  # the chief names what it skipped
+        )
+    except checkpoints.NoCheckpointError:
+        return
+    target.mkdir(parents=True, exist_ok=True)
+    for path in chosen.files:
+        shutil.copy2(path, target / path.name)
+    checkpoints.write_state(target, checkpoints.list_checkpoints(target)[-1])
 
 
 def session_start_step(restored_step: int) -> int:
@@ -322,7 +366,7 @@ def check_same_data(run_dir: RunDir, dataset) -> None:
     Raises:
       DataError: the dataset's fingerprint is not the one in run.json.
     """
-    recorded = (run_dir.read_record().get("dataset") or {}).get("fingerprint")
+    recorded = run_dir.record().dataset.get("fingerprint")
     if recorded and recorded != dataset.fingerprint():
         raise DataError(
             f"{dataset.source}: data differ from the data {run_dir.path} was "

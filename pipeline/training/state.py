@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import pathlib
-import shutil
 import time
 from collections.abc import Callable
 
@@ -41,20 +40,8 @@ class RestorePoint:
     resumed: bool = False
 
 
-def copy_latest_checkpoint(source: pathlib.Path, target: pathlib.Path) -> None:
-    """Copies `source`'s latest checkpoint into `target` and points its state at it."""
-    latest = tf.train.latest_checkpoint(str(source))
-    if latest is None:
-        return
-    target.mkdir(parents=True, exist_ok=True)
-    for path in pathlib.Path(latest).parent.glob(pathlib.Path(latest).name + ".*"):
-        shutil.copy2(path, target / path.name)
-    tf.compat.v1.train.update_checkpoint_state(
-        str(target), str(target / pathlib.Path(latest).name)
-    )
-
-
 def choose_restore_point(
+    config: TrainConfig,
     run_dir: RunDir,
     resume: bool,
     restore_dir: pathlib.Path | None,
@@ -62,18 +49,33 @@ def choose_restore_point(
 ) -> RestorePoint:
     """The checkpoint a run continues from (the one place that chooses it).
 
-    A non-chief worker passes the chief's checkpoint directory as
-    `restore_dir`: the preemption handler restores its step counter from the
-    worker's own directory, so the worker restores from a copy of the chief's
-    latest checkpoint, and every worker then agrees.
+    The newest checkpoint that restores into `config`'s model, by the rule
+    of `pipeline.runs.checkpoints.choose_restorable`; each newer one that
+    does not is named in a `warning:` line. A non-chief worker passes the
+    chief's checkpoint directory as `restore_dir`: the preemption handler
+    restores its step counter from the worker's own directory, so the worker
+    restores from a copy of the checkpoint the chief chose, and every worker
+    then agrees.
+
+    Raises:
+      CheckpointError: checkpoints exist but none restores.
     """
     if not resume:
         return RestorePoint()
+
+    def restore(prefix: str) -> keras.Model:
+        return models.restore_model(config, prefix)
+
     if restore_dir is not None and restore_dir != run_dir.checkpoint_dir:
-        copy_latest_checkpoint(restore_dir, run_dir.checkpoint_dir)
-    step = recovery.latest_checkpoint_step(run_dir.checkpoint_dir)
+        recovery.copy_chosen_checkpoint(
+            restore_dir, run_dir.checkpoint_dir, config, restore
+        )
+    chosen = recovery.choose_resume_checkpoint(
+        run_dir, config, restore, lambda line: print_fn(f"warning: {line}")
+    )
+    step = chosen.step if chosen else 0
     print_fn(f"resuming {run_dir.name} from step {step}")
-    checkpoint = str(run_dir.checkpoint_dir / f"ckpt-{step}") if step else None
+    checkpoint = str(chosen.prefix) if chosen else None
     return RestorePoint(step, checkpoint, resumed=True)
 
 
@@ -281,6 +283,7 @@ def _train_iterator(config, dataset, strategy, restored_step: int):
         batch_size=config.batch_size,
         shuffle_buffer=config.shuffle_buffer,
         seed=config.seed,
+        input_scale=config.input_scale,
     )
     if distribute.iterator_is_checkpointable(strategy):
         return iter(train_ds), True
@@ -396,7 +399,7 @@ def build_train_state(
             strategy,
             jit_compile=use_jit_compile(config),
         ),
-        evaluate=steps.make_eval_fn(model),
+        evaluate=steps.make_eval_fn(model, input_scale=config.input_scale),
         model_summary=summary,
         step=restored_step,
         last_saved=restored_step,
@@ -406,6 +409,6 @@ def build_train_state(
         strategy, manager, state.raise_preempted
     )
     state.restore(restore_point)
-    (run_dir.path / MODEL_SUMMARY_NAME).write_text(summary.rstrip("\n") + "\n")
+    run_dir.write_file(MODEL_SUMMARY_NAME, summary.rstrip("\n") + "\n")
     recovery.wait_until(writers_not_before)
     return state

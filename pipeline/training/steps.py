@@ -226,14 +226,17 @@ def make_train_loop(
     return train_loop
 
 
-def model_logits(model: keras.Model, images: tf.Tensor) -> tf.Tensor:
+def model_logits(
+    model: keras.Model, images: tf.Tensor, input_scale: str = "unit"
+) -> tf.Tensor:
     """Logits for uint8 [N, 28, 28] images: the one way pixels reach a model
-    outside training (evaluation, `pipeline-predict`, the exported SavedModel)."""
-    return model(data_lib.model_input(images), training=False)
+    outside training (evaluation, `pipeline-predict`, the exported SavedModel).
+    `input_scale` is the run's `--input_scale`, as training fed the model."""
+    return model(data_lib.model_input(images, input_scale), training=False)
 
 
 def make_eval_fn(
-    model: keras.Model, batch_size: int = EVAL_BATCH_SIZE
+    model: keras.Model, batch_size: int = EVAL_BATCH_SIZE, input_scale: str = "unit"
 ) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
     """Compiles `evaluate(images, labels) -> {loss, accuracy, count, logits}`.
 
@@ -264,7 +267,9 @@ def make_eval_fn(
         count = tf.shape(labels)[0]
         for start in tf.range(0, count, batch_size):
             batch_labels = labels[start : start + batch_size]
-            logits = model_logits(model, images[start : start + batch_size])
+            logits = model_logits(
+                model, images[start : start + batch_size], input_scale
+            )
             total_loss += tf.reduce_sum(
                 tf.cast(per_example_loss(batch_labels, logits), tf.float64)
             )
