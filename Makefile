@@ -74,10 +74,13 @@ seeds: venv
 board: venv
 	$(BIN)/pipeline-board --logdir logs
 
-# Headless Chromium screenshots of the real TensorBoard (docs/*.png); CI runs it.
+# Every TensorBoard tab in a real browser (e2e/): Selenium drives Debian's
+# chromium through chromium-driver (installed here if missing; no browser
+# download); screenshots into docs/. CI runs it.
 e2e: venv
-	command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
-	$(BIN)/python scripts/e2e.py
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		{ apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
+	$(BIN)/python -m pytest -q -p no:cacheprovider e2e
 
 # The MLP tuning table: 8 variants x 3 seeds, then the comparison.
 mlp-tuning: venv

@@ -43,6 +43,7 @@ DEMO_FLAGS = [
     "--histogram_every=50",
     "--checkpoint_every=50",
     "--print_every=50",
+    "--profile_steps=60,62",
 ]
 SWEEP_FLAGS = [
     "--model=mlp",
@@ -75,7 +76,7 @@ function walk(node) {
   if (node.nodeType === Node.TEXT_NODE) {
     const text = node.textContent.trim();
     if (!text) return;
-    const range = document.createRange();
+    const range = node.ownerDocument.createRange();
     range.selectNodeContents(node);
     if (range.getClientRects().length === 0) return;
     const parent = node.parentElement;
@@ -87,6 +88,7 @@ function walk(node) {
   if (node.nodeType === Node.ELEMENT_NODE) {
     if (['STYLE', 'SCRIPT', 'TEMPLATE', 'NOSCRIPT'].includes(node.tagName)) return;
     if (node.shadowRoot) walk(node.shadowRoot);
+    if (node.tagName === 'IFRAME' && node.contentDocument) walk(node.contentDocument);
   }
   for (const child of node.childNodes) walk(child);
 }
@@ -255,14 +257,15 @@ def check_view(browser, url: str, expected: list[str], shot: str) -> str:
 DEMO_TABS = {
     # fragment: strings the default view shows only once it has the data
     "timeseries": ["accuracy", "cnn/test", "cnn/train", "Smoothed"],
-    "scalars": ["tag: | accuracy", "tag: | loss", "cnn/test"],
+    "scalars": ["tag: | accuracy", "tag: | best/accuracy", "cnn/test"],
     "images": ["tag: | inputs", "tag: | confusion_matrix", "most_confident_mistakes"],
     "graphs": ["Main Graph", "cnn_1", "adam"],
     "distributions": ["tag: | cnn/conv_1/kernel", "gradients/cnn/logits/bias"],
     "histograms": ["tag: | cnn/conv_1/kernel", "gradients/cnn/logits/bias"],
     "text": ["tag: | model_summary", "Total params: 421,642"],
     "pr_curves": ["pr_curve/class_0", "pr_curve/class_9", "cnn/eval is at"],
-    "projector": ["Points: 2000", "Dimension: 128", "embedding_metadata.tsv"],
+    "projector": ["Points: | 2000", "Dimension: | 128", "metadata.tsv", "PCA"],
+    "profile": ["Sessions (1)", "cnn/train/", "Overview Page", "Performance Summary"],
 }
 
 
@@ -284,7 +287,8 @@ def test_sweep_hparams_table(browser, sweep_board):
         ["TABLE VIEW", "learning_rate", "test accuracy", "Success"],
         "hparams",
     )
-    assert "Number of matching session groups: 2" in text
+    # 2 learning rates x 2 seeds (the seed is an hparam: one group each).
+    assert "Number of matching session groups: 4" in text, text[:3000]
 
 
 def test_sweep_hparams_parallel_coordinates(browser, sweep_board):
