@@ -174,7 +174,7 @@ def test_tflite_converts_the_saved_model_and_matches_it(
     # ...and both are the checkpoint's model (a converter that lost the
     # weights gives other numbers).
     keras_probabilities = predict.predict_probabilities(
-        restored.load_model(), test_images
+        restored.load_model(precision=export.SERVING_PRECISION), test_images
     )
     np.testing.assert_allclose(got, keras_probabilities, atol=1e-5)
 

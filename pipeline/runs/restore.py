@@ -41,17 +41,24 @@ class RestoredRun:
     requested: int | None = None
     report: Callable[[str], None] = rundir.warn
 
-    def load_model(self) -> keras.Model:
+    def load_model(self, precision: str | None = None) -> keras.Model:
         """Builds the run's model from the newest checkpoint that restores.
+
+        `precision` overrides the run's `--precision` (its variables are
+        float32 at every precision, so any policy restores them): export
+        serves float32, which TensorFlow Lite converts on every CPU.
 
         Raises:
           CheckpointError: no checkpoint (or not the requested one) restores.
         """
         from pipeline import models
 
+        config = self.config
+        if precision is not None:
+            config = dataclasses.replace(config, precision=precision)
         chosen, model = checkpoints.choose_restorable(
             self.run_dir.checkpoint_dir,
-            lambda prefix: models.restore_model(self.config, prefix),
+            lambda prefix: models.restore_model(config, prefix),
             step=self.requested,
             max_step=self.config.steps,
             report=self.report,

@@ -216,7 +216,8 @@ def update(experiment_dir: str | pathlib.Path) -> dict[str, int]:
     """Rewrites the seed bands of every variant of the sweep in `experiment_dir`.
 
     Call after each finished run. Returns {variant label: seeds}. Writes
-    nothing while no run has completed.
+    nothing until some variant has two completed seeds: a sweep without
+    repeats has no band to draw, and its directory then holds only its runs.
     """
     experiment = pathlib.Path(experiment_dir)
     with _locked(experiment):
@@ -236,7 +237,7 @@ def _locked(experiment: pathlib.Path):
 
 def _update(experiment: pathlib.Path) -> dict[str, int]:
     groups = variants(experiment)
-    if not groups:
+    if max(map(len, groups.values()), default=0) < 2:
         return {}
     bands = experiment / BANDS_DIR
     for label, runs in groups.items():

@@ -42,6 +42,10 @@ class ExportError(RunDirError):
 IMAGES = tf.TensorSpec([None, 28, 28], tf.uint8, name="images")
 IMAGES_WITH_CHANNEL = tf.TensorSpec([None, 28, 28, 1], tf.uint8, name="images")
 TFLITE_NAME = "model.tflite"
+# The SavedModel computes in float32 whatever policy the run trained under:
+# TensorFlow Lite has no bfloat16 kernels without Flex ops, and the weights
+# are float32 at every precision.
+SERVING_PRECISION = "float32"
 
 
 def serving_archive(
@@ -111,7 +115,9 @@ def export_run(
     signature converted for TensorFlow Lite (probabilities within 1e-5).
     """
     out = check_destination(out)
-    archive = serving_archive(restored.load_model(), restored.config.input_scale)
+    archive = serving_archive(
+        restored.load_model(precision=SERVING_PRECISION), restored.config.input_scale
+    )
     config = restored.config
     metadata = {
         "run": str(restored.run_dir.path),
