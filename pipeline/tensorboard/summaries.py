@@ -381,9 +381,15 @@ class SummaryLogger:
         future: concurrent.futures.Future = concurrent.futures.Future()
 
         def work() -> None:
-            for w in list(self._writers.values()):
-                w.flush()
-            future.set_result(measure())
+            try:
+                for w in list(self._writers.values()):
+                    w.flush()
+                future.set_result(measure())
+            except BaseException as err:
+                # A full disk at this flush: whoever waits on the future gets
+                # the error instead of waiting forever.
+                future.set_exception(err)
+                raise
 
         self._write(work)
         return future
