@@ -302,6 +302,10 @@ class PrintProgress(EveryNSteps):
             self.first_step = state.step
             self.bar = keras.utils.Progbar(
                 state.config.steps - state.step,
+                # Every chunk redraws: Keras' default 0.05 s throttle would
+                # skip the redraws of fast chunks, and chunks are already the
+                # throttle (`--steps_per_loop`).
+                interval=0,
                 stateful_metrics=PROGRESS_METRICS,
                 unit_name="step",
             )
