@@ -70,6 +70,45 @@ def per_layer(values: float | Sequence[float], count: int) -> list[float]:
     return rates
 
 
+def dense_stack(
+    units: Sequence[int],
+    dropout_rates: Sequence[float],
+    activation: str,
+    kernel_init: str,
+    bias_init: float,
+    *,
+    name: str,
+    dropout_name: str,
+) -> list[layers.Layer]:
+    """Hidden Dense layers `{name}_1`, `{name}_2`, ..., each followed by a
+    Dropout `{dropout_name}_i` where its rate is above 0.
+
+    The MLP's hidden layers and the CNN's head are this one stack under
+    different layer names (names are checkpoint keys and histogram tags).
+    Layers are made in order, so their initializers' seeds are too.
+    """
+    stack: list[layers.Layer] = []
+    for i, (width, rate) in enumerate(zip(units, dropout_rates, strict=True)):
+        stack.append(
+            layers.Dense(
+                width,
+                activation=activation,
+                name=f"{name}_{i + 1}",
+                **initializers(kernel_init, bias_init),
+            )
+        )
+        if rate > 0:
+            stack.append(layers.Dropout(rate, name=f"{dropout_name}_{i + 1}"))
+    return stack
+
+
+def logits_layer(num_classes: int, kernel_init: str, bias_init: float) -> layers.Dense:
+    """The linear output layer every model ends with."""
+    return layers.Dense(
+        num_classes, name="logits", **initializers(kernel_init, bias_init)
+    )
+
+
 def build_logreg(
     num_classes: int = 10,
     dense_kernel_init: str = DEFAULT_KERNEL_INIT,
@@ -85,9 +124,7 @@ def build_logreg(
         [
             keras.Input(INPUT_SHAPE, name="image"),
             layers.Flatten(name="flatten"),
-            layers.Dense(
-                num_classes, name="logits", **initializers(dense_kernel_init, bias_init)
-            ),
+            logits_layer(num_classes, dense_kernel_init, bias_init),
         ],
         name="logreg" if num_classes == 1 else "softmax_regression",
     )
@@ -114,22 +151,16 @@ def build_mlp(
         keras.Input(INPUT_SHAPE, name="image"),
         layers.Flatten(name="flatten"),
     ]
-    for i in range(hidden_layers):
-        model_layers.append(
-            layers.Dense(
-                hidden_units,
-                activation=activation,
-                name=f"hidden_{i + 1}",
-                **initializers(dense_kernel_init, bias_init),
-            )
-        )
-        if dropout > 0:
-            model_layers.append(layers.Dropout(dropout, name=f"dropout_{i + 1}"))
-    model_layers.append(
-        layers.Dense(
-            num_classes, name="logits", **initializers(dense_kernel_init, bias_init)
-        )
+    model_layers += dense_stack(
+        [hidden_units] * hidden_layers,
+        [dropout] * hidden_layers,
+        activation,
+        dense_kernel_init,
+        bias_init,
+        name="hidden",
+        dropout_name="dropout",
     )
+    model_layers.append(logits_layer(num_classes, dense_kernel_init, bias_init))
     return keras.Sequential(model_layers, name="mlp")
 
 
@@ -175,22 +206,16 @@ def build_cnn(
     if conv_dropout > 0:
         model_layers.append(layers.Dropout(conv_dropout, name="conv_dropout"))
     model_layers.append(layers.Flatten(name="flatten"))
-    for i, (units, rate) in enumerate(zip(dense_units, dense_rates, strict=True)):
-        model_layers.append(
-            layers.Dense(
-                units,
-                activation=activation,
-                name=f"dense_{i + 1}",
-                **initializers(dense_kernel_init, bias_init),
-            )
-        )
-        if rate > 0:
-            model_layers.append(layers.Dropout(rate, name=f"dense_dropout_{i + 1}"))
-    model_layers.append(
-        layers.Dense(
-            num_classes, name="logits", **initializers(dense_kernel_init, bias_init)
-        )
+    model_layers += dense_stack(
+        dense_units,
+        dense_rates,
+        activation,
+        dense_kernel_init,
+        bias_init,
+        name="dense",
+        dropout_name="dense_dropout",
     )
+    model_layers.append(logits_layer(num_classes, dense_kernel_init, bias_init))
     return keras.Sequential(model_layers, name="cnn")
 
 

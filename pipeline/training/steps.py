@@ -150,67 +150,112 @@ def make_train_loop(
     loop) and lets XLA compile the step, which it cannot do for a loop that
     reads a `tf.data` iterator (`IteratorGetNext` has no XLA kernel).
 
-    `train_loop.with_histograms(iterator, num_steps)` (for a step from
-    `make_train_step`) runs the same steps, the last one through
-    `train_step.with_gradients`, and also returns `weights` (the trainable
-    variables after the last step, read inside the call) and `gradients`
-    (what that step applied, summed over replicas): the chunk that ends on a
-    histogram step computes its histograms' inputs itself, with no extra
-    gradient pass and nothing read from live variables afterwards.
+    For a step from `make_train_step`, `train_loop.with_histograms` is the
+    same loop that also returns the histograms' inputs
+    (`_make_histogram_loop`).
     """
     strategy = strategy or tf.distribute.get_strategy()
     # No Python control flow on tensors in a step: AutoGraph would only
     # rewrite Keras' layer code (it is not on AutoGraph's do-not-convert
     # list), which cost 0.6-0.8 s of the first chunk's tracing here.
     step_fn = tf.function(train_step, jit_compile=jit_compile, autograph=False)
+    run_steps = _make_step_runner(step_fn, strategy)
 
-    def reduce(per_replica):
-        return tf.nest.map_structure(
-            lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None),
-            per_replica,
+    @tf.function
+    def train_loop(iterator, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
+        losses, accuracies = run_steps(iterator, num_steps, *_metric_arrays(num_steps))
+        return {"loss": losses.stack(), "accuracy": accuracies.stack()}
+
+    train_loop.step_fn = step_fn  # for trace counts
+    train_loop.step_graph = _make_step_graph(step_fn, train_loop, strategy)
+    if getattr(train_step, "with_gradients", None) is not None:
+        histogram_loop = _make_histogram_loop(
+            train_step, run_steps, strategy, jit_compile
         )
+        histogram_loop.step_graph = train_loop.step_graph
+        train_loop.with_histograms = histogram_loop
+        train_loop.gradient_fn = histogram_loop.gradient_fn  # for trace counts
+    return train_loop
+
+
+def _sum_over_replicas(per_replica, strategy: tf.distribute.Strategy):
+    """Sums every tensor in `per_replica` over the strategy's replicas."""
+    return tf.nest.map_structure(
+        lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None),
+        per_replica,
+    )
+
+
+def _metric_arrays(num_steps: tf.Tensor) -> tuple[tf.TensorArray, tf.TensorArray]:
+    """Empty per-step loss and accuracy arrays for a chunk of `num_steps`."""
+    return (
+        tf.TensorArray(tf.float32, size=num_steps),
+        tf.TensorArray(tf.float32, size=num_steps),
+    )
+
+
+def _make_step_runner(step_fn: Callable, strategy: tf.distribute.Strategy):
+    """`run_steps(iterator, num_steps, losses, accuracies)`: runs `step_fn` on
+    the next `num_steps` batches, writing each step's summed metrics at its
+    index (called inside a compiled loop)."""
 
     def run_steps(iterator, num_steps, losses, accuracies):
         for i in tf.range(num_steps):
-            metrics = reduce(strategy.run(step_fn, args=next(iterator)))
+            per_replica = strategy.run(step_fn, args=next(iterator))
+            metrics = _sum_over_replicas(per_replica, strategy)
             losses = losses.write(i, metrics["loss"])
             accuracies = accuracies.write(i, metrics["accuracy"])
         return losses, accuracies
 
-    @tf.function
-    def train_loop(iterator, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
-        losses = tf.TensorArray(tf.float32, size=num_steps)
-        accuracies = tf.TensorArray(tf.float32, size=num_steps)
-        losses, accuracies = run_steps(iterator, num_steps, losses, accuracies)
-        return {"loss": losses.stack(), "accuracy": accuracies.stack()}
+    return run_steps
+
+
+def _make_step_graph(
+    step_fn: Callable, train_loop: Callable, strategy: tf.distribute.Strategy
+) -> Callable[..., tf.Graph]:
+    """`step_graph(iterator)`: the graph of one training step, as the loop
+    traced it (for TensorBoard)."""
 
     def step_graph(iterator) -> tf.Graph:
-        """The graph of one training step, as the loop traced it (for TensorBoard).
-
-        Under a distribution strategy the step runs per replica on per-replica
-        inputs; the loop's own graph (the step is in its function library)
-        is returned then.
-        """
+        """Under a distribution strategy the step runs per replica on
+        per-replica inputs; the loop's own graph (the step is in its function
+        library) is returned then."""
         default = strategy is tf.distribute.get_strategy()
         if default and not tf.distribute.has_strategy():
             return step_fn.get_concrete_function(*iterator.element_spec).graph
         num_steps = tf.TensorSpec([], tf.int32)
         return train_loop.get_concrete_function(iterator, num_steps).graph
 
-    train_loop.step_fn = step_fn  # for trace counts
-    train_loop.step_graph = step_graph
-    with_gradients = getattr(train_step, "with_gradients", None)
-    if with_gradients is None:
-        return train_loop
-    gradient_fn = tf.function(with_gradients, jit_compile=jit_compile, autograph=False)
+    return step_graph
+
+
+def _make_histogram_loop(
+    train_step: Callable,
+    run_steps: Callable,
+    strategy: tf.distribute.Strategy,
+    jit_compile: bool,
+) -> Callable:
+    """Compiles `with_histograms(iterator, num_steps) -> {loss, accuracy,
+    weights, gradients}`.
+
+    It runs the same steps as the plain loop, the last one through
+    `train_step.with_gradients`, and also returns `weights` (the trainable
+    variables after the last step, read inside the call) and `gradients`
+    (what that step applied, summed over replicas): the chunk that ends on a
+    histogram step computes its histograms' inputs itself, with no extra
+    gradient pass and nothing read from live variables afterwards.
+    """
+    gradient_fn = tf.function(
+        train_step.with_gradients, jit_compile=jit_compile, autograph=False
+    )
     variables = train_step.variables
 
     @tf.function
     def train_loop_with_histograms(iterator, num_steps: tf.Tensor) -> dict:
-        losses = tf.TensorArray(tf.float32, size=num_steps)
-        accuracies = tf.TensorArray(tf.float32, size=num_steps)
+        losses, accuracies = _metric_arrays(num_steps)
         losses, accuracies = run_steps(iterator, num_steps - 1, losses, accuracies)
-        metrics, grads = reduce(strategy.run(gradient_fn, args=next(iterator)))
+        per_replica = strategy.run(gradient_fn, args=next(iterator))
+        metrics, grads = _sum_over_replicas(per_replica, strategy)
         losses = losses.write(num_steps - 1, metrics["loss"])
         accuracies = accuracies.write(num_steps - 1, metrics["accuracy"])
         return {
@@ -220,10 +265,8 @@ def make_train_loop(
             "gradients": grads,
         }
 
-    train_loop_with_histograms.step_graph = step_graph
-    train_loop.with_histograms = train_loop_with_histograms
-    train_loop.gradient_fn = gradient_fn  # for trace counts
-    return train_loop
+    train_loop_with_histograms.gradient_fn = gradient_fn
+    return train_loop_with_histograms
 
 
 def model_logits(
