@@ -53,15 +53,15 @@ bench: .SHELLFLAGS := -o pipefail -c
 bench: venv fashion-mnist
 	mkdir -p $(BENCH_OUT)
 	{ \
-	  echo "make bench at commit $$(git rev-parse --short HEAD)$$(git diff --quiet HEAD -- pipeline benchmarks || echo ' (+ uncommitted changes)'), $$(date -u '+%Y-%m-%d %H:%M') UTC, $$(nproc) cores, load average $$(cut -d' ' -f1-3 /proc/loadavg)" && \
-	  $(BIN)/python -m benchmarks.flops && \
-	  $(BIN)/python -m benchmarks.throughput --json_out=$(BENCH_OUT)/throughput.json && \
-	  $(BIN)/python -m benchmarks.input_pipeline --throughput_json=$(BENCH_OUT)/throughput.json && \
-	  $(BIN)/python -m benchmarks.profile && \
-	  $(BIN)/python -m benchmarks.startup && \
-	  $(BIN)/python -m benchmarks.accuracy && \
-	  $(BIN)/python -m benchmarks.footprint && \
+	  echo "make bench at commit $$(git rev-parse --short HEAD)$$(git diff --quiet HEAD -- pipeline benchmarks || echo ' (+ uncommitted changes)'), $$(date -u '+%Y-%m-%d %H:%M') UTC, $$(nproc) cores, load average $$(cut -d' ' -f1-3 /proc/loadavg)"; \
+	  failed=""; \
+	  for bench in "flops" "throughput --json_out=$(BENCH_OUT)/throughput.json" \
+	      "input_pipeline --throughput_json=$(BENCH_OUT)/throughput.json" \
+	      profile startup accuracy footprint; do \
+	    $(BIN)/python -m benchmarks.$$bench || failed="$$failed $${bench%% *}"; \
+	  done; \
 	  echo "load average at the end $$(cut -d' ' -f1-3 /proc/loadavg)"; \
+	  if [ -n "$$failed" ]; then echo "make bench: exited non-zero:$$failed"; exit 1; fi; \
 	} 2>&1 | grep --line-buffered -E -v '^[IW][0-9]{4} |absl::InitializeLog|oneDNN custom operations|cpu_feature_guard|rebuild TensorFlow|UserWarning: .shuffle=True|data_adapters.get_data_adapter' \
 	  | tee $(BENCH_OUT)/bench.txt
 

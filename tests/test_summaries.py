@@ -1,10 +1,12 @@
 """What a training run shows in TensorBoard, read back with TensorBoard's loader."""
 
+import threading
+
 import numpy as np
 import pytest
 from conftest import read_events, scalar_series
 
-from pipeline.tensorboard.summaries import tile_images
+from pipeline.tensorboard.summaries import BackgroundWriter, tile_images
 
 FAMILIES = ("logreg", "mlp", "cnn")
 
@@ -97,3 +99,25 @@ def test_tile_images_lays_out_a_grid_with_borders():
     assert grid[1, 30] == 1
     assert grid[30, 1] == 4
     assert grid[0, 0] == 128
+
+
+def test_writes_queued_behind_a_failed_write_fail_with_its_error():
+    """A full disk mid-queue: nothing queued behind the failure is left
+    waiting (a measurement the thread skipped would hang the run)."""
+    writer = BackgroundWriter()
+    release = threading.Event()
+
+    def failing_write():
+        release.wait(timeout=30)
+        raise OSError(28, "No space left on device")
+
+    failed = writer.submit(failing_write)
+    behind = writer.submit(lambda: "measured")
+    release.set()
+    with pytest.raises(OSError, match="No space left"):
+        behind.result(timeout=30)
+    with pytest.raises(OSError, match="No space left"):
+        failed.result(timeout=30)
+    with pytest.raises(OSError, match="No space left"):  # and in the caller
+        writer.wait()
+    writer.stop()

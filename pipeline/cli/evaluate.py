@@ -44,15 +44,18 @@ def main(argv: list[str]) -> None:
     def body() -> None:
         restored = run_flags.open_run(FLAGS, "pipeline-eval")
         dataset, split = restored.load_split(FLAGS.split, FLAGS.dataset, FLAGS.data_dir)
+        if FLAGS.write_summaries:
+            # Writing into the run: not while another process writes it (and
+            # refused before the evaluation's work, not after it).
+            restored.run_dir.lock("pipeline-eval")
         from pipeline.tools import evaluate  # TensorFlow import
 
+        model = restored.load_model()
         report, outputs = evaluate.evaluate_split(
-            restored, dataset, FLAGS.split, split, FLAGS.batch_size
+            restored, dataset, FLAGS.split, split, FLAGS.batch_size, model=model
         )
         summaries = None
         if FLAGS.write_summaries:
-            # Writing into the run: not while another process writes it.
-            restored.run_dir.lock("pipeline-eval")
             writer = evaluate.writer_name(restored, report.dataset, report.split)
             evaluate.write_summaries(
                 restored, report, outputs, split, writer=writer, mistakes=FLAGS.mistakes
@@ -62,7 +65,7 @@ def main(argv: list[str]) -> None:
 
             embedded = projector.write_projector(
                 summaries,
-                restored.load_model(),
+                model,
                 split,
                 report.class_names,
                 report.step,

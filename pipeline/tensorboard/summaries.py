@@ -47,9 +47,12 @@ SCALAR_METADATA = scalar_metadata.create_summary_metadata(
 class BackgroundWriter:
     """One daemon thread running submitted writes in order.
 
-    A write that raises stops nothing by itself: the error is re-raised in the
+    Every submitted write has a future. A write that raises stops nothing by
+    itself: its future holds the error, which is also re-raised in the
     caller's thread at the next `submit` or `wait`, so a full disk still ends
-    the run with its own message.
+    the run with its own message. Writes queued behind a failed one are not
+    run: their futures fail with that same error, so no caller waits forever
+    on a measurement the thread skipped.
     """
 
     def __init__(self):
@@ -62,14 +65,19 @@ class BackgroundWriter:
 
     def _run(self) -> None:
         while True:
-            work = self._queue.get()
+            item = self._queue.get()
             try:
-                if work is None:
+                if item is None:
                     return
-                if self._error is None:
-                    work()
-            except BaseException as err:  # re-raised in the caller's thread
-                self._error = err
+                work, future = item
+                if self._error is not None:
+                    future.set_exception(self._error)
+                    continue
+                try:
+                    future.set_result(work())
+                except BaseException as err:  # re-raised in the caller's thread
+                    self._error = err
+                    future.set_exception(err)
             finally:
                 self._queue.task_done()
 
@@ -78,9 +86,12 @@ class BackgroundWriter:
             err, self._error = self._error, None
             raise err
 
-    def submit(self, work: Callable[[], None]) -> None:
+    def submit(self, work: Callable[[], object]) -> concurrent.futures.Future:
+        """Queues `work`; the future holds what it returns or raises."""
         self._raise_pending()
-        self._queue.put(work)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((work, future))
+        return future
 
     def wait(self) -> None:
         """Returns once everything submitted so far has been written."""
@@ -112,12 +123,14 @@ class SummaryLogger:
         self._compiled: dict[tuple, Callable] = {}
         self._background = BackgroundWriter() if background and enabled else None
 
-    def _write(self, work: Callable[[], None]) -> None:
-        """Runs `work` now, or queues it on the writer thread."""
-        if self._background is None:
-            work()
-        else:
-            self._background.submit(work)
+    def _write(self, work: Callable[[], object]) -> concurrent.futures.Future:
+        """Runs `work` now, or queues it on the writer thread; the future
+        holds what it returned or raised."""
+        if self._background is not None:
+            return self._background.submit(work)
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        future.set_result(work())  # an error is raised here, in the caller
+        return future
 
     def writer(self, split: str) -> tf.summary.SummaryWriter:
         """The writer for `split`, created on first use."""
@@ -378,21 +391,13 @@ class SummaryLogger:
         goes on and reads the result later: what `measure` sees is exactly
         what was written before this call, however the threads interleave.
         """
-        future: concurrent.futures.Future = concurrent.futures.Future()
 
-        def work() -> None:
-            try:
-                for w in list(self._writers.values()):
-                    w.flush()
-                future.set_result(measure())
-            except BaseException as err:
-                # A full disk at this flush: whoever waits on the future gets
-                # the error instead of waiting forever.
-                future.set_exception(err)
-                raise
+        def work() -> object:
+            for w in list(self._writers.values()):
+                w.flush()
+            return measure()
 
-        self._write(work)
-        return future
+        return self._write(work)
 
     def close(self) -> None:
         """Writes what is queued, then flushes and closes every writer (all of

@@ -397,9 +397,12 @@ def evaluate_split(
     split_name: str,
     split: data_lib.Split,
     batch_size: int = EVAL_BATCH_SIZE,
+    model: keras.Model | None = None,
 ) -> tuple[EvalReport, Outputs]:
-    """Restores the checkpoint and evaluates `split` in full. Writes nothing."""
-    model = restored.load_model()
+    """Evaluates `split` in full with `model` (by default the restored
+    checkpoint's; pass it when the caller uses the model again, so the
+    checkpoint is read once). Writes nothing."""
+    model = model or restored.load_model()
     outputs = predict_outputs(model, split, batch_size, restored.config.input_scale)
     return build_report(restored, dataset, split_name, outputs), outputs
 

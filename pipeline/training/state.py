@@ -392,7 +392,7 @@ def build_train_state(
         best_manager=best_manager,
         early_stopping=early_stopping,
         # Summaries are written by a background thread, off the training path.
-        logger=SummaryLogger(run_dir.path, enabled=is_chief, background=False),
+        logger=SummaryLogger(run_dir.path, enabled=is_chief, background=True),
         eval_arrays=eval_arrays,
         train_loop=steps.make_train_loop(
             steps.make_train_step(model, optimizer, config.batch_size),
