@@ -258,3 +258,31 @@ def test_the_median_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
         "  learning_rate=0.00001,seed=0  at step 10  test accuracy "
     ) in compared.stdout
     assert "1 completed, 1 pruned, 0 failed" in compared.stdout
+
+
+def test_the_hyperband_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
+    # Hyperband over 20 steps evaluated every 10: one bracket, whose first rung
+    # (step 10) promotes only the best trial there; the hopeless second trial
+    # is below the first one's accuracy at step 10.
+    result = run_sweep(
+        tmp_path,
+        "--grid=learning_rate=0.5,0.00001,0.3",
+        "--trials=2",
+        "--pruner=hyperband",
+        "--sweep_name=halving",
+    )
+    assert result.returncode == 0, result.stderr
+    experiment = tmp_path / "halving"
+    assert (
+        "[  2/2] pruned    trial 1 learning_rate=0.00001,seed=0  PRUNED after 10 steps"
+        in result.stdout
+    )
+    study = load(f"sqlite:///{experiment / 'study.db'}", "halving")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert sorted(study.trials[1].intermediate_values) == [10]
+    check_study_and_runs_agree(study, experiment)
+    run = record(experiment / "learning_rate=0.00001,seed=0")
+    assert (run["status"], run["step"]) == ("pruned", 10)
+    assert run["stop_reason"].startswith(
+        "pruned at step 10 by the study's hyperband pruner (test/accuracy="
+    )
