@@ -57,7 +57,7 @@ PHASES = (
     ("  optimizer build", "keras/src/optimizers/base_optimizer.py", "build"),
     ("  input pipeline", "pipeline/data.py", "make_dataset"),
     ("  summary writers' clock wait", "pipeline/training/recovery.py", "wait_until"),
-    ("actions' start (evaluation compile)", "pipeline/training/actions.py", "start"),
+    ("actions' start", "pipeline/training/actions.py", "start"),
     (
         "first chunk: trace + compile + run",
         "pipeline/tensorboard/summaries.py",

@@ -235,10 +235,9 @@ class Evaluate(EveryNSteps):
             state.run_dir.path / "test", state.step
         ):
             self.best.update(logged_step, values)
-        # Compile the evaluation now (on zero examples), with the train loop,
-        # rather than inside the first evaluation interval.
-        images, labels = next(iter(state.eval_arrays.values()))
-        state.evaluate(images[:0], labels[:0])
+        # The evaluation compiles at its first use, not here: compiling it
+        # before the first step delayed that step by ~1.3 s (logreg,
+        # benchmarks.startup), and the per-chunk examples/s never included it.
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
         if not self.due(chunk):
