@@ -32,9 +32,11 @@ test: venv postgresql
 postgresql:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql; }
 
+# tests/test_style.py: no function in pipeline/ over 80 lines (ruff has no such rule).
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -q tests/test_style.py
 
 fmt: venv
 	$(BIN)/ruff check --fix .

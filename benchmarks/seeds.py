@@ -326,20 +326,17 @@ def replace_between_markers(text: str, body: str) -> str:
     return text[: start + len(BEGIN)] + "\n" + body + "\n" + text[end:]
 
 
+def _git(*args: str) -> str:
+    """What `git ARGS` prints in this checkout ("" outside one)."""
+    return subprocess.run(
+        ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+    ).stdout.strip()
+
+
 def provenance(wall_s: float, load_before: float, load_after: float) -> str:
     """Which commit, how long, how loaded the machine was."""
-    commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
     modified = " (modified)" if dirty else ""
     return (
         f"`make seeds` on commit {commit or 'unknown'}{modified}, "

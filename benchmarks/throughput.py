@@ -15,6 +15,9 @@ optimizer and tf.data pipeline:
                 and gradient histograms every 100 steps, graph, images, progress
                 lines and their flushes) with periodic evaluation off
   pipe_bf16     pipe_default with --precision=mixed_bfloat16
+  pipe_scalars, pipe_histograms
+                pipe_default with only that kind of logging (not run by
+                default: they take the logging cost apart)
 
 Windows are equal: every variant of a family is timed over the same number of
 steps. A round runs the matmul ceilings, one `fit` window, then one window of
@@ -34,9 +37,11 @@ a share of --eval_every training steps.
 the window's length after a compiling warm-up call; a pipeline variant is one
 real training run into a temporary run directory, timed by an extra action
 (after the standard ones: logging, progress) that waits for its turn between
-windows, after the first chunk (which traces and compiles). Everything runs in
-one process under TensorFlow op determinism (the pipeline's default
---deterministic; the switch is process-wide).
+windows, after the first chunk (which traces and compiles). A window ends once
+the background summary writer has written everything handed to it (its queue
+drained and the files flushed), so no write spills into the next window.
+Everything runs in one process under TensorFlow op determinism (the pipeline's
+default --deterministic; the switch is process-wide).
 """
 
 from __future__ import annotations
@@ -68,7 +73,7 @@ flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
 
 # Equal windows per family, a multiple of the default --histogram_every and
 # --print_every (100), so each window holds the same periodic work.
-WINDOW = {"logreg": 2000, "mlp": 1000, "cnn": 100}
+WINDOW = {"logreg": 10000, "mlp": 5000, "cnn": 100}
 ROUNDS = {"logreg": 7, "mlp": 7, "cnn": 5}
 WARMUP_STEPS = 100  # the first chunk: tracing + compilation
 PRINT_EVERY = 100  # the default progress interval (a flush each time)
@@ -82,7 +87,11 @@ PIPELINE_VARIANTS = {
     "pipe_off": (LOGGING_OFF, "float32"),
     "pipe_default": ((), "float32"),
     "pipe_bf16": ((), BF16),
+    # The logging cost taken apart (not run by default): one kind at a time.
+    "pipe_scalars": (("--histogram_every=0", "--image_count=0"), "float32"),
+    "pipe_histograms": (("--log_every=0", "--image_count=0"), "float32"),
 }
+LOGGING_KINDS = ("pipe_default", "pipe_scalars", "pipe_histograms")
 
 
 class Schedule:
@@ -210,10 +219,14 @@ def window_timer(
             return WARMUP_STEPS + done * window
 
         def __call__(self, state, chunk) -> None:
-            now = time.perf_counter()
             done, rest = divmod(chunk.step - WARMUP_STEPS, window)
             if chunk.step < WARMUP_STEPS or rest or done > windows:
                 return
+            # The window ends when its summaries are written: the background
+            # writer's queue is drained inside it, not during the next
+            # variant's window.
+            state.logger.flush()
+            now = time.perf_counter()
             if done > 0:
                 rates.append(window * batch / (now - self.window_start))
                 report(name, done - 1, rates[-1])
@@ -451,15 +464,16 @@ def print_family(res: FamilyResult) -> list[str]:
             f"  {name:13s} {median:>12,.0f} {f'{lo:,.0f}-{hi:,.0f}':>19s}   "
             f"{ratio:>30s} {share:>8.1f}%"
         )
-    if {"pipe_off", "pipe_default"} <= res.rates.keys():
+    for logged in LOGGING_KINDS:
+        if not {"pipe_off", logged} <= res.rates.keys():
+            continue
         cost = [
             1 - d / o
-            for d, o in zip(
-                res.rates["pipe_default"], res.rates["pipe_off"], strict=True
-            )
+            for d, o in zip(res.rates[logged], res.rates["pipe_off"], strict=True)
         ]
+        label = "logging cost" if logged == "pipe_default" else "  of it"
         print(
-            f"  logging cost (pipe_default vs pipe_off, per round): "
+            f"  {label} ({logged} vs pipe_off, per round): "
             f"{spread([c * 100 for c in cost], '{:+.1f}')} %"
         )
     if {"pipe_default", "pipe_bf16"} <= res.rates.keys():

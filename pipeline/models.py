@@ -7,6 +7,7 @@ A binary task ("is it a K?") has one logit (sigmoid); a 10-class task has ten
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 
 import keras
@@ -70,36 +71,39 @@ def per_layer(values: float | Sequence[float], count: int) -> list[float]:
     return rates
 
 
-def dense_stack(
+def dense_head(
     units: Sequence[int],
     dropout_rates: Sequence[float],
+    num_classes: int,
     activation: str,
     kernel_init: str,
     bias_init: float,
-    *,
-    name: str,
-    dropout_name: str,
+    names: tuple[str, str] = ("dense", "dense_dropout"),
 ) -> list[layers.Layer]:
-    """Hidden Dense layers `{name}_1`, `{name}_2`, ..., each followed by a
-    Dropout `{dropout_name}_i` where its rate is above 0.
+    """Hidden Dense layers, each followed by a Dropout where its rate is above
+    0, then the logits.
 
-    The MLP's hidden layers and the CNN's head are this one stack under
-    different layer names (names are checkpoint keys and histogram tags).
-    Layers are made in order, so their initializers' seeds are too.
+    The MLP's hidden layers and the CNN's head are this one stack; `names`
+    are the prefixes of its Dense and Dropout layers (`dense_1`,
+    `dense_dropout_1`, ...; the MLP's are `hidden_1`, `dropout_1`), which are
+    checkpoint keys and histogram tags. Layers are made in order, so their
+    initializers' seeds are too.
     """
-    stack: list[layers.Layer] = []
+    dense_name, dropout_name = names
+    head: list[layers.Layer] = []
     for i, (width, rate) in enumerate(zip(units, dropout_rates, strict=True)):
-        stack.append(
+        head.append(
             layers.Dense(
                 width,
                 activation=activation,
-                name=f"{name}_{i + 1}",
+                name=f"{dense_name}_{i + 1}",
                 **initializers(kernel_init, bias_init),
             )
         )
         if rate > 0:
-            stack.append(layers.Dropout(rate, name=f"{dropout_name}_{i + 1}"))
-    return stack
+            head.append(layers.Dropout(rate, name=f"{dropout_name}_{i + 1}"))
+    head.append(logits_layer(num_classes, kernel_init, bias_init))
+    return head
 
 
 def logits_layer(num_classes: int, kernel_init: str, bias_init: float) -> layers.Dense:
@@ -151,16 +155,15 @@ def build_mlp(
         keras.Input(INPUT_SHAPE, name="image"),
         layers.Flatten(name="flatten"),
     ]
-    model_layers += dense_stack(
+    model_layers += dense_head(
         [hidden_units] * hidden_layers,
         [dropout] * hidden_layers,
+        num_classes,
         activation,
         dense_kernel_init,
         bias_init,
-        name="hidden",
-        dropout_name="dropout",
+        names=("hidden", "dropout"),
     )
-    model_layers.append(logits_layer(num_classes, dense_kernel_init, bias_init))
     return keras.Sequential(model_layers, name="mlp")
 
 
@@ -206,16 +209,9 @@ def build_cnn(
     if conv_dropout > 0:
         model_layers.append(layers.Dropout(conv_dropout, name="conv_dropout"))
     model_layers.append(layers.Flatten(name="flatten"))
-    model_layers += dense_stack(
-        dense_units,
-        dense_rates,
-        activation,
-        dense_kernel_init,
-        bias_init,
-        name="dense",
-        dropout_name="dense_dropout",
+    model_layers += dense_head(
+        dense_units, dense_rates, num_classes, activation, dense_kernel_init, bias_init
     )
-    model_layers.append(logits_layer(num_classes, dense_kernel_init, bias_init))
     return keras.Sequential(model_layers, name="cnn")
 
 
@@ -231,37 +227,17 @@ def build_model(config: TrainConfig) -> keras.Model:
     return precision_lib.apply_policy(_build_float32(config), policy)
 
 
+# The builder of each `--model`. Every builder's parameters are named after
+# the config fields they take, so a new model's flags reach it by name.
+BUILDERS = {"logreg": build_logreg, "mlp": build_mlp, "cnn": build_cnn}
+
+
 def _build_float32(config: TrainConfig) -> keras.Model:
-    if config.model == "logreg":
-        return build_logreg(
-            config.num_classes, config.dense_kernel_init, config.bias_init
-        )
-    if config.model == "mlp":
-        return build_mlp(
-            config.num_classes,
-            config.hidden_layers,
-            config.hidden_units,
-            config.activation,
-            config.dropout,
-            config.dense_kernel_init,
-            config.bias_init,
-        )
-    if config.model == "cnn":
-        return build_cnn(
-            config.num_classes,
-            config.conv_filters,
-            config.kernel_size,
-            config.conv_padding,
-            config.pool_size,
-            config.conv_dropout,
-            config.dense_units,
-            config.dense_dropout,
-            config.activation,
-            config.conv_kernel_init,
-            config.dense_kernel_init,
-            config.bias_init,
-        )
-    raise ValueError(f"unknown model {config.model!r}")
+    builder = BUILDERS.get(config.model)
+    if builder is None:
+        raise ValueError(f"unknown model {config.model!r}")
+    parameters = inspect.signature(builder).parameters
+    return builder(**{name: getattr(config, name) for name in parameters})
 
 
 def restore_model(config: TrainConfig, checkpoint_prefix: str) -> keras.Model:

@@ -7,7 +7,9 @@
   (one run per model family, the eval/predict/export runs, the multi-step
   loop run) is built with it.
 - `run_cli("pipeline-train", ...)` runs an installed console script in a
-  subprocess, as a user does; `cli_command`/`cli_env` start one by hand.
+  subprocess, as a user does; `cli_command`/`cli_env` start one by hand;
+  `sweep_command`/`run_sweep` do so for `pipeline-sweep` on tiny runs, and
+  `kill_once_started` kills one the moment its run starts training.
 - `read_events`, `scalar_series`, `tensor_series`, `raw_step_counts` read
   event files back with TensorBoard's own loaders; `record`, `snapshot`,
   `tree_digest` and `copy_run` look at a run directory.
@@ -25,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -240,9 +243,16 @@ def cli_command(program: str) -> list[str]:
 
 
 def run_cli(
-    program: str, *args: str, timeout: float = 300, cwd: pathlib.Path = REPO
+    program: str,
+    *args: str,
+    timeout: float = 300,
+    cwd: pathlib.Path = REPO,
+    **kwargs,
 ) -> subprocess.CompletedProcess:
-    """Runs `program ARGS` (e.g. `pipeline-train --steps=5`) to completion."""
+    """Runs `program ARGS` (e.g. `pipeline-train --steps=5`) to completion.
+
+    `kwargs` go to `subprocess.run` (e.g. `preexec_fn` to set a limit).
+    """
     return subprocess.run(
         [*cli_command(program), *args],
         capture_output=True,
@@ -251,7 +261,40 @@ def run_cli(
         cwd=cwd,
         timeout=timeout,
         check=False,
+        **kwargs,
     )
+
+
+def sweep_command(logdir: pathlib.Path, *args: str) -> list[str]:
+    """`pipeline-sweep` on the tiny logreg runs; `args` say what to sweep."""
+    return [*cli_command("pipeline-sweep"), *LOGREG_FLAGS, f"--logdir={logdir}", *args]
+
+
+def run_sweep(logdir: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+    """Runs `sweep_command(logdir, *args)` to completion."""
+    return run_cli(
+        "pipeline-sweep", *LOGREG_FLAGS, f"--logdir={logdir}", *args, timeout=600
+    )
+
+
+def kill_once_started(
+    process: subprocess.Popen, run_path: pathlib.Path, what: str
+) -> None:
+    """SIGKILLs `process`'s session (it and its training child, as a crash
+    would) as soon as `run_path` has started training (its run.json and
+    train/ exist); fails naming `what` if that takes over two minutes.
+    `process` must have been started with `start_new_session=True`."""
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (run_path / "run.json").is_file() and (run_path / "train").is_dir():
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"{what} never started")
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
 
 
 def error_lines(stderr: str, prog: str) -> list[str]:

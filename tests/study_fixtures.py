@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import pathlib
 import subprocess
 
 import optuna
-from conftest import LOGREG_FLAGS, cli_command, cli_env
+from conftest import cli_env, record, sweep_command
 
 from pipeline.tools import study as study_lib
 
 # A small search over the tiny logreg run's learning rate.
 SEARCH = ["--search=learning_rate=log:0.01:0.5", "--sampler=random"]
-
-
-def sweep_command(logdir: pathlib.Path, *args: str) -> list[str]:
-    """`pipeline-sweep` on the tiny runs; `args` say what to search (e.g. SEARCH)."""
-    return [*cli_command("pipeline-sweep"), *LOGREG_FLAGS, f"--logdir={logdir}", *args]
 
 
 def start_worker(logdir: pathlib.Path, *args: str, **kwargs) -> subprocess.Popen:
@@ -32,23 +26,9 @@ def start_worker(logdir: pathlib.Path, *args: str, **kwargs) -> subprocess.Popen
     )
 
 
-def run_sweep(logdir: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        sweep_command(logdir, *args),
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
 def load(storage: str, name: str) -> optuna.Study:
     study_lib.quiet_optuna()
     return optuna.load_study(study_name=name, storage=storage)
-
-
-def record(path: pathlib.Path) -> dict:
-    return json.loads((path / "run.json").read_text())
 
 
 def run_dirs(experiment: pathlib.Path) -> list[pathlib.Path]:

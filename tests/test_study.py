@@ -1,21 +1,15 @@
 """Sweeps on an Optuna study in SQLite: workers, a killed worker, bad input."""
 
-import os
-import signal
 import socket
 import subprocess
-import time
 
-import pytest
-from conftest import cli_command
+from conftest import kill_once_started, record, run_cli, run_sweep
 from optuna.trial import TrialState
 from study_fixtures import (
     SEARCH,
     check_study_and_runs_agree,
     load,
-    record,
     run_dirs,
-    run_sweep,
     start_worker,
 )
 
@@ -53,12 +47,7 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
     )
 
     # pipeline-compare adds the study's view below the runs table.
-    compared = subprocess.run(
-        [*cli_command("pipeline-compare"), str(experiment)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    compared = run_cli("pipeline-compare", str(experiment))
     assert compared.returncode == 0, compared.stderr
     assert (
         f"study shared (sqlite:///{experiment}/study.db): 4 trials: 4 completed, "
@@ -82,17 +71,7 @@ def test_a_worker_killed_mid_trial_leaves_study_and_runs_agreeing(tmp_path):
         tmp_path, *args, "--steps=1000000", "--eval_every=0", start_new_session=True
     )
     first_run = experiment / "trial=0000,seed=0"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if (first_run / "run.json").is_file() and (first_run / "train").is_dir():
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the first trial never started")
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the worker and its training run
-        process.communicate()
+    kill_once_started(process, first_run, "the first trial")
     storage = f"sqlite:///{experiment / 'study.db'}"
     assert [t.state for t in load(storage, "killed").trials] == [TrialState.RUNNING]
     assert record(first_run)["status"] == "running"
@@ -246,12 +225,7 @@ def test_the_median_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
         .startswith("**pruned**: pruned at step 10")
     )
 
-    compared = subprocess.run(
-        [*cli_command("pipeline-compare"), str(experiment)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    compared = run_cli("pipeline-compare", str(experiment))
     assert compared.returncode == 0, compared.stderr
     assert (
         "pruned (stopped early by the study's pruner, not ranked): 1\n"

@@ -72,3 +72,24 @@ def test_histogram_buckets_match_tf_summary_histogram(tmp_path):
     for tag, data in cases.items():
         reference = tf.make_ndarray(acc.Tensors(tag)[0].tensor_proto)
         np.testing.assert_allclose(histogram_buckets(tf.constant(data)), reference)
+
+
+def test_histograms_of_many_tensors_at_once_match_one_at_a_time():
+    from pipeline.tensorboard.summaries import histogram_buckets, histogram_buckets_many
+
+    rng = np.random.default_rng(1)
+    tensors = [
+        tf.constant(rng.normal(size=(20, 5)).astype(np.float32)),
+        tf.constant(np.zeros([0])),  # empty: all zeros
+        tf.constant(np.full([7], -3.0)),  # one value
+        tf.constant(rng.uniform(-1, 1, size=300)),
+    ]
+    many = histogram_buckets_many(tensors)
+    assert len(many) == len(tensors)
+    for tensor, histogram in zip(tensors, many, strict=True):
+        assert histogram.shape == (30, 3)
+        np.testing.assert_allclose(histogram, histogram_buckets(tensor))
+    assert float(tf.reduce_sum(many[0][:, 2])) == 100.0
+    assert float(tf.reduce_sum(many[1])) == 0.0
+    np.testing.assert_array_equal(many[2][:, :2], -3.0)
+    assert float(many[2][-1, 2]) == 7.0

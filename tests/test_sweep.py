@@ -1,13 +1,16 @@
 """pipeline-sweep: grid planning, and resume that skips completed runs."""
 
-import json
 import os
-import signal
 import subprocess
-import time
 
 import pytest
-from conftest import LOGREG, LOGREG_FLAGS, cli_command, run_cli
+from conftest import (
+    LOGREG,
+    kill_once_started,
+    record,
+    run_sweep,
+    sweep_command,
+)
 
 from pipeline.tensorboard import hparams
 from pipeline.tools import sweep
@@ -64,39 +67,30 @@ def test_plan_rejects_values_the_flag_rejects():
         sweep.plan(LOGREG, sweep.parse_grid(["seed=1,2"]), 2, "s")
 
 
-def _sweep(logdir, *args):
-    return run_cli("pipeline-sweep", *LOGREG_FLAGS, f"--logdir={logdir}", *args)
-
-
-def _record(path):
-    return json.loads((path / "run.json").read_text())
-
-
 def test_sweep_runs_the_grid_then_skips_completed_runs(tmp_path):
     args = ["--grid=learning_rate=0.1,0.5", "--sweep_name=grid", "--parallel=2"]
-    first = _sweep(tmp_path, *args)
+    first = run_sweep(tmp_path, *args)
     assert first.returncode == 0, first.stderr
     experiment = tmp_path / "grid"
     names = ["learning_rate=0.1,seed=0", "learning_rate=0.5,seed=0"]
     assert sorted(p.name for p in experiment.iterdir() if p.is_dir()) == names
     assert (experiment / hparams.CONFIG_FILENAME).is_file()
     for name in names:
-        record = _record(experiment / name)
-        assert record["status"] == "completed"
+        assert record(experiment / name)["status"] == "completed"
         assert (experiment / name / "train.log").is_file()
     assert "0 already completed, 2 to run, 2 at a time" in first.stdout
     assert "[  2/2] completed" in first.stdout
     assert "best 0." in first.stdout
-    starts = {n: _record(experiment / n)["start_time"] for n in names}
+    starts = {n: record(experiment / n)["start_time"] for n in names}
 
-    again = _sweep(tmp_path, *args)
+    again = run_sweep(tmp_path, *args)
     assert again.returncode == 0, again.stderr
     assert "2 already completed, 0 to run" in again.stdout
     assert "started" not in again.stdout
-    assert {n: _record(experiment / n)["start_time"] for n in names} == starts
+    assert {n: record(experiment / n)["start_time"] for n in names} == starts
 
     # Same sweep name, other base flags: refuse rather than mix two experiments.
-    changed = _sweep(tmp_path, *args, "--steps=30")
+    changed = run_sweep(tmp_path, *args, "--steps=30")
     assert changed.returncode == 1
     assert changed.stderr.strip().splitlines()[-1] == (
         f"pipeline-sweep: error: {experiment / names[0]}: completed with other flags "
@@ -108,42 +102,30 @@ def test_killed_sweep_resumes_and_moves_the_half_done_run_aside(tmp_path):
     experiment = tmp_path / "killed"
     first_run = experiment / "learning_rate=0.1,seed=0"
     args = ["--grid=learning_rate=0.1", "--sweep_name=killed"]
-    command = [*cli_command("pipeline-sweep"), *LOGREG_FLAGS]
-    command += [f"--logdir={tmp_path}", *args, "--steps=1000000", "--eval_every=0"]
     process = subprocess.Popen(
-        command,
+        sweep_command(tmp_path, *args, "--steps=1000000", "--eval_every=0"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if (first_run / "run.json").is_file() and (first_run / "train").is_dir():
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the first run never started")
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the sweep and its training child
-        process.wait()
-    assert _record(first_run)["status"] == "running"
+    kill_once_started(process, first_run, "the first run")
+    assert record(first_run)["status"] == "running"
 
-    resumed = _sweep(tmp_path, *args)
+    resumed = run_sweep(tmp_path, *args)
     assert resumed.returncode == 0, resumed.stderr
     assert f"moved half-done {first_run} aside to {first_run.name}.incomplete-1" in (
         resumed.stdout
     )
     assert "0 already completed, 1 to run" in resumed.stdout
     aside = experiment / f"{first_run.name}.incomplete-1"
-    assert _record(aside)["status"] == "failed"
-    assert _record(aside)["error"].startswith("interrupted")
+    assert record(aside)["status"] == "failed"
+    assert record(aside)["error"].startswith("interrupted")
     assert list(aside.glob("*.session_end"))  # the HParams dashboard shows it failed
-    assert _record(first_run)["status"] == "completed"
+    assert record(first_run)["status"] == "completed"
 
 
 def test_sweep_flag_errors_are_one_line(tmp_path):
-    result = _sweep(tmp_path, "--grid=activation=relu,nope", "--sweep_name=bad")
+    result = run_sweep(tmp_path, "--grid=activation=relu,nope", "--sweep_name=bad")
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("pipeline-sweep: error: --grid (activation=nope):")

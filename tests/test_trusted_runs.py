@@ -527,26 +527,35 @@ def empty_files(root: pathlib.Path) -> list[str]:
     ]
 
 
+def train_writing_histograms_every_step(
+    logdir: pathlib.Path, run_name: str, **kwargs
+) -> subprocess.CompletedProcess:
+    """A 4000-step MLP run whose histograms at every step write megabytes of
+    events long before its only checkpoint (at the end)."""
+    return run_cli(
+        "pipeline-train",
+        f"--logdir={logdir}",
+        f"--run_name={run_name}",
+        "--model=mlp",
+        "--hidden_units=256",
+        "--steps=4000",
+        "--batch_size=8",
+        "--checkpoint_every=0",
+        "--eval_every=0",
+        "--histogram_every=1",
+        "--print_every=5",
+        "--image_count=0",
+        timeout=300,
+        **kwargs,
+    )
+
+
 def test_full_disk_during_event_writes_is_one_line_and_leaves_no_empty_file(
     tmp_path,
 ):
     with tmpfs(tmp_path / "disk", "1m") as disk:
         # Histograms at every step fill 1 MiB long before the only checkpoint.
-        result = run_cli(
-            "pipeline-train",
-            f"--logdir={disk}",
-            "--run_name=full",
-            "--model=mlp",
-            "--hidden_units=256",
-            "--steps=4000",
-            "--batch_size=8",
-            "--checkpoint_every=0",
-            "--eval_every=0",
-            "--histogram_every=1",
-            "--print_every=5",
-            "--image_count=0",
-            timeout=300,
-        )
+        result = train_writing_histograms_every_step(disk, "full")
         line = assert_one_error(
             result, "pipeline-train", "cannot write (No space left on device)"
         )
@@ -563,27 +572,8 @@ def _limit_file_size(limit: int):
 
 
 def test_file_size_limit_during_event_writes_records_the_run_failed(tmp_path):
-    result = subprocess.run(
-        [
-            *cli_command("pipeline-train"),
-            f"--logdir={tmp_path}",
-            "--run_name=limited",
-            "--model=mlp",
-            "--hidden_units=256",
-            "--steps=4000",
-            "--batch_size=8",
-            "--checkpoint_every=0",
-            "--eval_every=0",
-            "--histogram_every=1",
-            "--print_every=5",
-            "--image_count=0",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
-        preexec_fn=_limit_file_size(1_500_000),
-        check=False,
+    result = train_writing_histograms_every_step(
+        tmp_path, "limited", preexec_fn=_limit_file_size(1_500_000)
     )
     line = assert_one_error(result, "pipeline-train", "cannot write (File too large)")
     assert f"{tmp_path}/limited/train/events.out.tfevents." in line

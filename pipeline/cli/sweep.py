@@ -32,6 +32,13 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """The training flags (the base of every run) plus the sweep's own."""
     config_lib.define_flags(flag_values)
+    _define_search_flags(flag_values)
+    _define_study_flags(flag_values)
+    _define_workplace_flags(flag_values)
+
+
+def _define_search_flags(flag_values: flags.FlagValues) -> None:
+    """What is searched: the grid or search space, how trials are picked, how many."""
     fv = {"flag_values": flag_values}
     flags.DEFINE_multi_string(
         "grid",
@@ -71,6 +78,11 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         lower_bound=1,
         **fv,
     )
+
+
+def _define_study_flags(flag_values: flags.FlagValues) -> None:
+    """How trials are judged: the metric, its direction, and early stopping."""
+    fv = {"flag_values": flag_values}
     flags.DEFINE_enum(
         "pruner",
         "none",
@@ -102,6 +114,12 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "Default: maximize for accuracy, minimize for loss.",
         **fv,
     )
+
+
+def _define_workplace_flags(flag_values: flags.FlagValues) -> None:
+    """Where the sweep lives and who works on it: its name, study database,
+    local workers, and a dry run."""
+    fv = {"flag_values": flag_values}
     flags.DEFINE_string(
         "storage",
         None,

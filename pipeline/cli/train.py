@@ -6,9 +6,11 @@ WORKSPACE.md, "Resume, interruption and failures".
 
 from __future__ import annotations
 
+import pathlib
 import shutil
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
 from absl import app, flags
 
@@ -19,6 +21,11 @@ from pipeline.runs import rundir
 from pipeline.training import distribute, recovery
 from pipeline.training import trial as trial_lib
 
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+    from pipeline.training.loop import TrainResult
+
 FLAGS = flags.FLAGS
 PROG = "pipeline-train"
 
@@ -27,86 +34,119 @@ def main(argv: list[str]) -> None:
     """Parses nothing itself: absl has parsed argv into FLAGS already."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(cli.run_reporting_errors(PROG, _train_from_flags))
 
-    def body() -> None:
-        launch = config_lib.launch_from_flags(FLAGS, sys.argv)
-        # Everything up to the strategy is TensorFlow-free: bad flags, runs and
-        # data files are reported in well under a second.
-        if launch.mode == "replay":
-            original, config = recovery.prepare_replay(launch)
-            from pipeline.training import replay  # TensorFlow import
 
-            replay.replay_run(original, config, launch.replay_rtol)
-            return
-        run_dir = None
-        restore_dir = None
-        config = launch.config
-        chief = distribute.chief_from_tf_config(config.strategy)
-        if launch.mode == "new" and config.run_name:
+def _train_from_flags() -> None:
+    """Replays, resumes or starts the run that FLAGS describe.
+
+    Everything up to the strategy is TensorFlow-free: bad flags, runs and data
+    files are reported in well under a second.
+    """
+    launch = config_lib.launch_from_flags(FLAGS, sys.argv)
+    if launch.mode == "replay":
+        original, config = recovery.prepare_replay(launch)
+        from pipeline.training import replay  # TensorFlow import
+
+        replay.replay_run(original, config, launch.replay_rtol)
+        return
+    chief = distribute.chief_from_tf_config(launch.config.strategy)
+    run_dir, restore_dir, config = _resume_target(launch, chief)
+    dataset = data_lib.load_dataset(
+        config.dataset,
+        config.data_dir,
+        config.validation_split,
+        config.binary_class,
+    )
+    if run_dir is not None:
+        recovery.check_same_data(run_dir, dataset)
+    # Strategies configure devices and collectives: before any other TF work.
+    strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
+    from pipeline.training import loop as train
+
+    train.check_data_fits(config, dataset)
+    scratch = None
+    if run_dir is None:
+        run_dir, scratch = _new_run_dir(config, strategy, chief)
+    print(f"run directory: {run_dir.path}", flush=True)
+    extra_actions = _study_actions(launch, chief)
+    try:
+        result = train.train_and_evaluate(
+            config,
+            run_dir,
+            dataset,
+            strategy=strategy,
+            resume=launch.mode == "resume",
+            restore_dir=restore_dir,
+            extra_actions=extra_actions,
+        )
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    _print_done(run_dir, result)
+
+
+def _resume_target(
+    launch: config_lib.Launch, chief: bool
+) -> tuple[rundir.RunDir | None, pathlib.Path | None, config_lib.TrainConfig]:
+    """(run directory to continue, checkpoints to restore from, config).
+
+    A new run has neither yet (its name is checked here, before any work). A
+    resumed run continues its own directory on the chief; a non-chief worker
+    restores the chief's checkpoints and writes only into its own scratch
+    directory.
+    """
+    config = launch.config
+    if launch.mode == "new":
+        if config.run_name:
             rundir.check_name(config.logdir, config.run_name, "--run_name")
-        if launch.mode == "resume" and chief:
-            run_dir, config = recovery.prepare_resume(launch)
-        elif launch.mode == "resume":
-            # A non-chief worker restores the chief's checkpoints and writes
-            # only into its own scratch directory.
-            chief_run, config = recovery.prepare_worker_resume(launch)
-            restore_dir = chief_run.checkpoint_dir
-        dataset = data_lib.load_dataset(
-            config.dataset,
-            config.data_dir,
-            config.validation_split,
-            config.binary_class,
-        )
-        if run_dir is not None:
-            recovery.check_same_data(run_dir, dataset)
-        # Strategies configure devices and collectives: before any other TF work.
-        strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
-        from pipeline.training import loop as train
+        return None, None, config
+    if chief:
+        run_dir, config = recovery.prepare_resume(launch)
+        return run_dir, None, config
+    chief_run, config = recovery.prepare_worker_resume(launch)
+    return None, chief_run.checkpoint_dir, config
 
-        train.check_data_fits(config, dataset)
-        scratch = None
-        if run_dir is None:
-            run_name = config.run_name or rundir.default_run_name(config)
-            if chief:
-                run_dir = rundir.create_run_dir(config.logdir, run_name)
-                run_dir.lock(PROG)
-            else:
-                scratch = tempfile.mkdtemp(
-                    prefix=f"pipeline-{distribute.worker_label(strategy)}-"
-                )
-                run_dir = rundir.create_run_dir(scratch, run_name)
-        print(f"run directory: {run_dir.path}", flush=True)
-        extra_actions = []
-        link = trial_lib.TrialLink.from_env()
-        if link is not None and chief and launch.mode == "new":
-            # A sweep worker started this run for one of its study's trials.
-            from pipeline.training import pruning  # TensorFlow import
 
-            extra_actions.append(pruning.ReportToStudy(link))
-        try:
-            result = train.train_and_evaluate(
-                config,
-                run_dir,
-                dataset,
-                strategy=strategy,
-                resume=launch.mode == "resume",
-                restore_dir=restore_dir,
-                extra_actions=extra_actions,
-            )
-        finally:
-            if scratch:
-                shutil.rmtree(scratch, ignore_errors=True)
-        test = result.test
-        print(
-            f"done: {run_dir.name}  step {result.step}  "
-            f"test_accuracy={test.get('accuracy', float('nan')):.4f}  "
-            f"test_loss={test.get('loss', float('nan')):.4f}  "
-            f"wall {result.wall_time_s:.1f}s  "
-            f"{result.examples_per_sec:,.0f} examples/s  "
-            f"weights {result.weights_digest}"
-        )
+def _new_run_dir(
+    config: config_lib.TrainConfig, strategy: tf.distribute.Strategy, chief: bool
+) -> tuple[rundir.RunDir, str | None]:
+    """(run directory, scratch folder to delete afterwards) for a new run.
 
-    sys.exit(cli.run_reporting_errors(PROG, body))
+    The chief creates and locks the run under --logdir; another worker of a
+    multi-worker strategy writes into a scratch folder of its own.
+    """
+    run_name = config.run_name or rundir.default_run_name(config)
+    if chief:
+        run_dir = rundir.create_run_dir(config.logdir, run_name)
+        run_dir.lock(PROG)
+        return run_dir, None
+    scratch = tempfile.mkdtemp(prefix=f"pipeline-{distribute.worker_label(strategy)}-")
+    return rundir.create_run_dir(scratch, run_name), scratch
+
+
+def _study_actions(launch: config_lib.Launch, chief: bool) -> list:
+    """The loop actions a sweep worker asks for when it started this run for
+    one of its study's trials (reporting to the pruner), else none."""
+    link = trial_lib.TrialLink.from_env()
+    if link is None or not chief or launch.mode != "new":
+        return []
+    from pipeline.training import pruning  # TensorFlow import
+
+    return [pruning.ReportToStudy(link)]
+
+
+def _print_done(run_dir: rundir.RunDir, result: TrainResult) -> None:
+    """The run's one-line summary: the line `make demo` prints."""
+    test = result.test
+    print(
+        f"done: {run_dir.name}  step {result.step}  "
+        f"test_accuracy={test.get('accuracy', float('nan')):.4f}  "
+        f"test_loss={test.get('loss', float('nan')):.4f}  "
+        f"wall {result.wall_time_s:.1f}s  "
+        f"{result.examples_per_sec:,.0f} examples/s  "
+        f"weights {result.weights_digest}"
+    )
 
 
 def run() -> None:

@@ -210,90 +210,139 @@ def _snapshot(server: TensorBoardServer) -> dict[str, Any]:
 def _judge(
     snapshot: dict[str, Any], run: str, expect: dict[str, Any]
 ) -> list[TabCheck]:
-    checks = []
+    """Every tab's verdict for `run` from one snapshot of the server's answers."""
+    checks = [
+        *_scalar_checks(snapshot, run, expect),
+        *_train_tag_checks(snapshot, run, expect),
+        *_graph_checks(snapshot, run),
+        _text_check(snapshot, run),
+        _hparams_check(snapshot, run),
+    ]
+    if expect["pr_curves"]:
+        checks.append(_pr_curve_check(snapshot, run))
+    return _note_disabled_tabs(checks, snapshot["plugins"])
 
-    def add(tab: str, ok: bool, found: str, missing: str) -> None:
-        checks.append(TabCheck(tab, ok, found if ok else missing))
 
+def _verdict(tab: str, ok: bool, found: str, missing: str) -> TabCheck:
+    return TabCheck(tab, ok, found if ok else missing)
+
+
+def _scalar_checks(
+    snapshot: dict[str, Any], run: str, expect: dict[str, Any]
+) -> list[TabCheck]:
+    """Loss and accuracy in every split the run writes."""
     scalars = snapshot["scalars"]
     wanted = {"loss", "accuracy"}
     splits = ["test"] + (["train"] if expect["train_scalars"] else [])
     splits += ["validation"] if expect["validation"] else []
+    checks = []
     for split in splits:
         tags = set(scalars.get(f"{run}/{split}", {}))
-        add(
-            f"scalars ({split})",
-            wanted <= tags,
-            f"{len(tags)} tags in {run}/{split}",
-            f"no {'/'.join(sorted(wanted - tags))} in {run}/{split}",
-        )
-    for tab, needed in (
-        ("histograms", expect["histograms"]),
-        ("images", expect["images"]),
-    ):
-        if needed:
-            tags = snapshot[tab].get(f"{run}/train", {})
-            add(
-                tab,
-                bool(tags),
-                f"{len(tags)} tags in {run}/train",
-                f"no tags in {run}/train",
+        checks.append(
+            _verdict(
+                f"scalars ({split})",
+                wanted <= tags,
+                f"{len(tags)} tags in {run}/{split}",
+                f"no {'/'.join(sorted(wanted - tags))} in {run}/{split}",
             )
+        )
+    return checks
+
+
+def _train_tag_checks(
+    snapshot: dict[str, Any], run: str, expect: dict[str, Any]
+) -> list[TabCheck]:
+    """Histograms and images in the train split, where the run's flags ask for them."""
+    checks = []
+    for tab in ("histograms", "images"):
+        if expect[tab]:
+            tags = snapshot[tab].get(f"{run}/train", {})
+            checks.append(
+                _verdict(
+                    tab,
+                    bool(tags),
+                    f"{len(tags)} tags in {run}/train",
+                    f"no tags in {run}/train",
+                )
+            )
+    return checks
+
+
+def _graph_checks(snapshot: dict[str, Any], run: str) -> list[TabCheck]:
+    """The op graph (the run-level graph the dashboard opens on) and the
+    conceptual (Keras) graph."""
     graph_info = snapshot["graphs"].get(f"{run}/train", {})
-    # The op graph is the run-level graph: the one the dashboard opens on.
-    add(
-        "graphs (op graph)",
-        bool(graph_info.get("run_graph")),
-        f"run graph of {run}/train",
-        f"no run-level op graph in {run}/train",
-    )
     names = [
         t["tag"] for t in graph_info.get("tags", {}).values() if t["conceptual_graph"]
     ]
-    add(
-        "graphs (conceptual graph)",
-        bool(names),
-        f"tag {names[0]}" if names else "",
-        f"no conceptual graph in {run}/train",
-    )
+    return [
+        _verdict(
+            "graphs (op graph)",
+            bool(graph_info.get("run_graph")),
+            f"run graph of {run}/train",
+            f"no run-level op graph in {run}/train",
+        ),
+        _verdict(
+            "graphs (conceptual graph)",
+            bool(names),
+            f"tag {names[0]}" if names else "",
+            f"no conceptual graph in {run}/train",
+        ),
+    ]
+
+
+def _text_check(snapshot: dict[str, Any], run: str) -> TabCheck:
     text = snapshot["text"].get(f"{run}/train", [])
-    add("text", bool(text), f"tags {', '.join(text)}", f"no text tags in {run}/train")
+    return _verdict(
+        "text", bool(text), f"tags {', '.join(text)}", f"no text tags in {run}/train"
+    )
+
+
+def _hparams_check(snapshot: dict[str, Any], run: str) -> TabCheck:
+    """The run's HParams session, with a final test/accuracy metric value."""
     sessions = [
         session
         for group in snapshot["hparams"]
         for session in group.get("sessions", [])
         if session.get("name") == run
     ]
+    if not sessions:
+        return _verdict("hparams", False, "", f"no session for {run}")
     metrics = {
         f"{m['name'].get('group', '')}/{m['name']['tag']}"
         for s in sessions
         for m in s.get("metricValues", [])
     }
-    if not sessions:
-        add("hparams", False, "", f"no session for {run}")
-    else:
-        add(
-            "hparams",
-            "test/accuracy" in metrics,
-            f"session {run}: {sessions[0].get('status')}, {len(metrics)} metric values",
-            f"session {run} has no test/accuracy metric value",
-        )
-    if expect["pr_curves"]:
-        pr_runs = [r for r in snapshot["pr_curves"] if r.startswith(f"{run}/")]
-        add(
-            "pr_curves",
-            bool(pr_runs),
-            f"runs {', '.join(pr_runs)}",
-            f"no PR curves under {run}/",
-        )
-    listing = snapshot["plugins"]
-    for i, check in enumerate(checks):
-        plugin = check.tab.split(" ")[0]
-        if not check.ok and not listing.get(plugin, {}).get("enabled", True):
-            checks[i] = dataclasses.replace(
-                check, detail=check.detail + " (tab disabled)"
-            )
-    return checks
+    return _verdict(
+        "hparams",
+        "test/accuracy" in metrics,
+        f"session {run}: {sessions[0].get('status')}, {len(metrics)} metric values",
+        f"session {run} has no test/accuracy metric value",
+    )
+
+
+def _pr_curve_check(snapshot: dict[str, Any], run: str) -> TabCheck:
+    """PR curves under any of the run's eval directories (pipeline-eval's)."""
+    pr_runs = [r for r in snapshot["pr_curves"] if r.startswith(f"{run}/")]
+    return _verdict(
+        "pr_curves",
+        bool(pr_runs),
+        f"runs {', '.join(pr_runs)}",
+        f"no PR curves under {run}/",
+    )
+
+
+def _note_disabled_tabs(
+    checks: list[TabCheck], listing: dict[str, Any]
+) -> list[TabCheck]:
+    """A failed check whose plugin TensorBoard lists as disabled says so."""
+    return [
+        dataclasses.replace(check, detail=check.detail + " (tab disabled)")
+        if not check.ok
+        and not listing.get(check.tab.split(" ")[0], {}).get("enabled", True)
+        else check
+        for check in checks
+    ]
 
 
 def check_run(

@@ -1,12 +1,13 @@
-"""Grid sweeps: every combination x repeat is a normal `pipeline-train` run.
+"""A sweep's runs: the grid, their names and configs, and what is left to train.
 
 Runs are named from their grid values and seed (`learning_rate=0.1,seed=1`),
 so the same sweep always plans the same names under `LOGDIR/SWEEP_NAME/`.
 Re-running a sweep therefore skips runs whose `run.json` says `completed`
-(after checking they were trained with the same flags), moves a half-done run
-left by a killed sweep aside (`NAME.incomplete-1`, marked failed for the
-HParams dashboard) and trains the rest. Each run is its own process, so a
-crash or NaN in one never takes the others down.
+(after checking they were trained with the same flags) and moves a half-done
+run left by a killed sweep aside (`NAME.incomplete-1`, marked failed for the
+HParams dashboard). The sweep worker (`pipeline.tools.worker`) trains each run
+as its own `pipeline-train` process (`train_command`), so a crash or NaN in
+one never takes the others down.
 """
 
 from __future__ import annotations
@@ -17,12 +18,8 @@ import itertools
 import os
 import pathlib
 import re
-import signal
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from absl import flags
 
@@ -237,125 +234,3 @@ def train_command(run: PlannedRun) -> list[str]:
         *lines,
         f"--run_name={run.name}",
     ]
-
-
-@dataclasses.dataclass
-class Outcome:
-    """How one run of this sweep ended."""
-
-    run: PlannedRun
-    status: str
-    accuracy: float | None
-    message: str
-    seconds: float
-
-
-def _outcome(
-    run: PlannedRun, returncode: int, log: pathlib.Path, seconds: float
-) -> Outcome:
-    record = read_record(run.path)
-    status = record.get("status") or ("completed" if returncode == 0 else "failed")
-    accuracy = record.get("final_metrics", {}).get("test", {}).get("accuracy")
-    message = ""
-    if returncode != 0 or status != "completed":
-        status = "failed"
-        lines = [
-            line
-            for line in log.read_text(errors="replace").splitlines()
-            if line.strip()
-        ]
-        message = lines[-1] if lines else f"exit status {returncode}"
-    if run.path.is_dir():
-        os.replace(log, run.path / "train.log")
-    else:
-        log.unlink(missing_ok=True)
-    return Outcome(run, status, accuracy, message, seconds)
-
-
-def execute(
-    runs: Sequence[PlannedRun],
-    parallel: int,
-    total: int,
-    done_before: Sequence[PlannedRun] = (),
-    print_fn: Callable[[str], None] = print,
-) -> list[Outcome]:
-    """Trains `runs`, `parallel` at a time, printing progress and the best so far.
-
-    A KeyboardInterrupt (or SIGTERM, turned into one by the entry point)
-    interrupts every child with SIGINT, so each records `failed` before
-    exiting; the interrupt is then re-raised.
-    """
-    best: tuple[float, str] | None = None
-    for run in done_before:
-        accuracy = (
-            read_record(run.path)
-            .get("final_metrics", {})
-            .get("test", {})
-            .get("accuracy")
-        )
-        if accuracy is not None and (best is None or accuracy > best[0]):
-            best = (accuracy, run.name)
-    finished = len(done_before)
-    queue = collections.deque(runs)
-    active: dict[subprocess.Popen, tuple[PlannedRun, pathlib.Path, float]] = {}
-    outcomes = []
-    env = dict(
-        os.environ, TF_CPP_MIN_LOG_LEVEL=os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
-    )
-    try:
-        while queue or active:
-            while queue and len(active) < parallel:
-                run = queue.popleft()
-                fd, log_name = tempfile.mkstemp(
-                    prefix=f".{run.name}.", suffix=".log", dir=run.path.parent
-                )
-                with os.fdopen(fd, "w") as log:
-                    process = subprocess.Popen(
-                        train_command(run),
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        env=env,
-                    )
-                active[process] = (run, pathlib.Path(log_name), time.monotonic())
-                print_fn(f"[{finished:>3}/{total}] started   {run.name}")
-            time.sleep(0.2)
-            for process in [p for p in active if p.poll() is not None]:
-                run, log, started = active.pop(process)
-                outcome = _outcome(
-                    run, process.returncode, log, time.monotonic() - started
-                )
-                outcomes.append(outcome)
-                finished += 1
-                if (
-                    outcome.accuracy is not None
-                    and outcome.status == "completed"
-                    and (best is None or outcome.accuracy > best[0])
-                ):
-                    best = (outcome.accuracy, run.name)
-                result = (
-                    f"test_accuracy={outcome.accuracy:.4f}"
-                    if outcome.status == "completed" and outcome.accuracy is not None
-                    else f"FAILED: {outcome.message}"
-                )
-                best_text = (
-                    f"best {best[0]:.4f} {best[1]}" if best else "best: none yet"
-                )
-                print_fn(
-                    f"[{finished:>3}/{total}] {outcome.status:<9} {run.name}  "
-                    f"{result}  ({outcome.seconds:.0f}s)  {best_text}"
-                )
-    except KeyboardInterrupt:
-        for process in active:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-        for process, (run, log, started) in active.items():
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            outcomes.append(
-                _outcome(run, process.returncode, log, time.monotonic() - started)
-            )
-        raise
-    return outcomes
