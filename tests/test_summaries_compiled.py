@@ -93,3 +93,17 @@ def test_histograms_of_many_tensors_at_once_match_one_at_a_time():
     assert float(tf.reduce_sum(many[1])) == 0.0
     np.testing.assert_array_equal(many[2][:, :2], -3.0)
     assert float(many[2][-1, 2]) == 7.0
+
+
+def test_histograms_of_non_finite_weights_are_written_not_raised():
+    """A diverging run's last weights: the histogram must not be what fails
+    (the loop's finiteness check names the problem)."""
+    from pipeline.tensorboard.summaries import histogram_buckets, histogram_buckets_many
+
+    weights = tf.constant([1.0, np.inf, -np.inf, np.nan, 2.0], tf.float32)
+    for histogram in (
+        histogram_buckets(weights),
+        histogram_buckets_many([weights, tf.constant([0.5, 1.5])])[0],
+    ):
+        assert histogram.shape == (30, 3)
+        assert float(tf.reduce_sum(histogram[:, 2])) == 5.0

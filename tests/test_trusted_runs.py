@@ -481,6 +481,28 @@ def test_oversized_image_is_refused_before_decoding(mlp_run, tmp_path, side, wor
     assert_one_error(result, "pipeline-predict", f"{image}: {words}")
 
 
+# --- diverging weights ------------------------------------------------------------
+
+
+def test_weights_diverging_between_histograms_are_one_line_not_a_graph_error(
+    tmp_path,
+):
+    """Histograms at every step see the weights turn Inf/NaN before the loss
+    does; the run still ends with the pipeline's own line."""
+    result = run_cli(
+        "pipeline-train",
+        "--flagfile=flags/mlp_relu_10x30.cfg",
+        "--learning_rate=5",
+        "--steps=300",
+        "--histogram_every=1",
+        f"--logdir={tmp_path}",
+        "--run_name=diverged",
+    )
+    assert_one_error(result, "pipeline-train", "weights are NaN/Inf at step")
+    assert "bincount" not in result.stderr
+    assert record(tmp_path / "diverged")["status"] == "failed"
+
+
 # --- full disks, read-only and size-limited filesystems -------------------------
 
 

@@ -496,7 +496,10 @@ def histogram_buckets_many(
         tf.floor((data - tf.gather(low, segment)) / tf.gather(width, segment)),
         tf.int32,
     )
-    index = tf.minimum(index, bucket_count - 1) + segment * bucket_count
+    # Non-finite values (a diverging run's weights) fall into the edge
+    # buckets instead of making `bincount` fail; the loop's finiteness check
+    # ends such a run with its own message.
+    index = tf.clip_by_value(index, 0, bucket_count - 1) + segment * bucket_count
     counts = tf.reshape(
         tf.math.bincount(
             index,
@@ -531,7 +534,7 @@ def _histogram_buckets_single(data: tf.Tensor, bucket_count: int) -> tf.Tensor:
     span = high - low
     width = tf.where(span > 0, span / bucket_count, 1.0)
     index = tf.cast(tf.floor((data - low) / width), tf.int32)
-    index = tf.minimum(index, bucket_count - 1)
+    index = tf.clip_by_value(index, 0, bucket_count - 1)
     counts = tf.math.bincount(
         index, minlength=bucket_count, maxlength=bucket_count, dtype=tf.float64
     )
