@@ -25,6 +25,8 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
     study = load(f"sqlite:///{experiment / 'study.db'}", "shared")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    # Two processes, one study: four different configurations, not two twice.
+    assert len({t.params["learning_rate"] for t in study.trials}) == 4
     # Both workers trained: each trial once, by one of them.
     pids = {t.user_attrs["worker"]["pid"] for t in study.trials}
     assert pids == {w.pid for w in workers}
@@ -62,6 +64,24 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
     assert "4 already completed, 0 to run" in again.stdout
     assert "started" not in again.stdout
     assert len(load(f"sqlite:///{experiment / 'study.db'}", "shared").trials) == 4
+
+
+def test_a_continued_study_draws_what_one_command_would_have(tmp_path):
+    """Each trial is drawn with a seed of its own (the sweep's seed and the
+    trial's number): continuing a study, or joining it from another process,
+    never replays the first process's draws."""
+    once = run_sweep(tmp_path, *SEARCH, "--sweep_name=once", "--trials=4")
+    first = run_sweep(tmp_path, *SEARCH, "--sweep_name=continued", "--trials=2")
+    second = run_sweep(tmp_path, *SEARCH, "--sweep_name=continued", "--trials=4")
+    for result in (once, first, second):
+        assert result.returncode == 0, result.stderr
+
+    def drawn(name):
+        study = load(f"sqlite:///{tmp_path / name / 'study.db'}", name)
+        return [t.params["learning_rate"] for t in study.trials]
+
+    assert len(set(drawn("once"))) == 4
+    assert drawn("continued") == drawn("once")
 
 
 def test_a_worker_killed_mid_trial_leaves_study_and_runs_agreeing(tmp_path):

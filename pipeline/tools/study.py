@@ -33,6 +33,7 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
@@ -207,6 +208,18 @@ class _AskTellGridSampler(optuna.samplers.GridSampler):
 
     def after_trial(self, study, trial, state, values) -> None:
         del study, trial, state, values
+
+
+def trial_seed(base_seed: int, number: int) -> int:
+    """The sampler's seed for drawing trial `number` of a sweep with `base_seed`.
+
+    Seeding per trial, not per process, is what lets several processes share
+    one study: a sampler seeded once per process replays the same random
+    draws in every process (a second machine, a re-run continuing the study)
+    and trains configurations again. This way trial N's draw depends only on
+    the seed, N and the study's history, whoever draws it.
+    """
+    return int(np.random.SeedSequence([base_seed, number]).generate_state(1)[0])
 
 
 def make_sampler(

@@ -199,6 +199,18 @@ class Worker:
             counts = study_lib.counts(self.study.get_trials(deepcopy=False))
             if counts.waiting == 0 and counts.used >= sweep.total:
                 return None
+            if sweep.sampler != "grid":
+                # Seeded for this trial number (`study.trial_seed`), so no
+                # process replays another's draws. (A grid needs no reseed: it
+                # takes an unvisited point of the grid, read from the study.)
+                self.study.sampler = study_lib.make_sampler(
+                    sweep.sampler,
+                    sweep.axes,
+                    study_lib.trial_seed(
+                        sweep.base.seed, len(self.study.get_trials(deepcopy=False))
+                    ),
+                    sweep.startup_trials,
+                )
             trial = self.study.ask({a.flag: a.distribution for a in sweep.axes})
             runs = trial_runs(sweep, trial.number, trial.params)
             trial.set_user_attr("worker", study_lib.worker_attr())
