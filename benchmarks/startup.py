@@ -20,6 +20,7 @@ is warm:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -93,8 +94,12 @@ def child() -> None:
     flagfile = common.ROOT / "flags" / common.FAMILIES[FLAGS.family]
     # Two steps: the first progress line (step 1) then comes before any
     # end-of-run work (the final evaluation, histograms and checkpoint).
-    flag_values(["startup", f"--flagfile={flagfile}", "--steps=2", "--print_every=1"])
-    config = config_lib.config_from_flags(flag_values)
+    flag_values(["startup", f"--flagfile={flagfile}", "--print_every=1"])
+    config = dataclasses.replace(
+        config_lib.config_from_flags(flag_values),
+        steps=2,
+        **{name: 0 for _, name in config_lib.EPOCH_ALTERNATIVES},
+    )
     dataset = data.load_dataset(config.dataset)
     marks["dataset loaded"] = time.perf_counter() - T0
 
