@@ -196,38 +196,47 @@ def _plugin_content(run_dir):
     return acc
 
 
-def test_the_median_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
-    from tensorboard.plugins.hparams import api_pb2, metadata
-    from tensorboard.util import tensor_util
-
-    # Optuna's grid order for seed 0: 0.3, then 0.00001 (hopeless); with one
-    # trial completed, the second is judged against it at its first evaluation.
+def _sweep_pruning_the_hopeless_second_trial(tmp_path, pruner: str, *flags: str):
+    """Two 20-step trials of a grid: 0.3 (Optuna's grid order for seed 0) then
+    the hopeless 0.00001, which `pruner` must stop at its first evaluation
+    (step 10). Returns the experiment, its study and the pruned run's record."""
     result = run_sweep(
         tmp_path,
         "--grid=learning_rate=0.5,0.00001,0.3",
         "--trials=2",
-        "--pruner=median",
-        "--startup_trials=1",
-        "--sweep_name=pruning",
+        f"--pruner={pruner}",
+        *flags,
+        f"--sweep_name={pruner}",
     )
     assert result.returncode == 0, result.stderr
-    experiment = tmp_path / "pruning"
-    pruned = experiment / "learning_rate=0.00001,seed=0"
+    experiment = tmp_path / pruner
     assert (
         "[  2/2] pruned    trial 1 learning_rate=0.00001,seed=0  PRUNED after 10 steps"
         in result.stdout
     )
-    study = load(f"sqlite:///{experiment / 'study.db'}", "pruning")
+    study = load(f"sqlite:///{experiment / 'study.db'}", pruner)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
-    assert sorted(study.trials[0].intermediate_values) == [10, 20]
     assert sorted(study.trials[1].intermediate_values) == [10]
     check_study_and_runs_agree(study, experiment)
-
-    run = record(pruned)
+    run = record(experiment / "learning_rate=0.00001,seed=0")
     assert (run["status"], run["step"]) == ("pruned", 10)
     assert run["stop_reason"].startswith(
-        "pruned at step 10 by the study's median pruner (test/accuracy="
+        f"pruned at step 10 by the study's {pruner} pruner (test/accuracy="
     )
+    return experiment, study
+
+
+def test_the_median_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
+    from tensorboard.plugins.hparams import api_pb2, metadata
+    from tensorboard.util import tensor_util
+
+    # With one trial completed, the second is judged against it at its first
+    # evaluation.
+    experiment, study = _sweep_pruning_the_hopeless_second_trial(
+        tmp_path, "median", "--startup_trials=1"
+    )
+    assert sorted(study.trials[0].intermediate_values) == [10, 20]
+    pruned = experiment / "learning_rate=0.00001,seed=0"
     assert (pruned / "checkpoints" / "ckpt-10.index").is_file()
     train = _plugin_content(pruned / "train")
     (event,) = train.Tensors("events/pruned")
@@ -256,27 +265,5 @@ def test_the_median_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
 
 def test_the_hyperband_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
     # Hyperband over 20 steps evaluated every 10: one bracket, whose first rung
-    # (step 10) promotes only the best trial there; the hopeless second trial
-    # is below the first one's accuracy at step 10.
-    result = run_sweep(
-        tmp_path,
-        "--grid=learning_rate=0.5,0.00001,0.3",
-        "--trials=2",
-        "--pruner=hyperband",
-        "--sweep_name=halving",
-    )
-    assert result.returncode == 0, result.stderr
-    experiment = tmp_path / "halving"
-    assert (
-        "[  2/2] pruned    trial 1 learning_rate=0.00001,seed=0  PRUNED after 10 steps"
-        in result.stdout
-    )
-    study = load(f"sqlite:///{experiment / 'study.db'}", "halving")
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
-    assert sorted(study.trials[1].intermediate_values) == [10]
-    check_study_and_runs_agree(study, experiment)
-    run = record(experiment / "learning_rate=0.00001,seed=0")
-    assert (run["status"], run["step"]) == ("pruned", 10)
-    assert run["stop_reason"].startswith(
-        "pruned at step 10 by the study's hyperband pruner (test/accuracy="
-    )
+    # (step 10) promotes only the best trial there.
+    _sweep_pruning_the_hopeless_second_trial(tmp_path, "hyperband")
