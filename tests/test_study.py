@@ -267,3 +267,26 @@ def test_the_hyperband_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
     # Hyperband over 20 steps evaluated every 10: one bracket, whose first rung
     # (step 10) promotes only the best trial there.
     _sweep_pruning_the_hopeless_second_trial(tmp_path, "hyperband")
+
+
+def test_a_floor_prunes_a_trial_at_chance_without_completed_trials(tmp_path):
+    # No pruner and nothing completed yet: only the floor judges, from step 10.
+    result = run_sweep(
+        tmp_path,
+        "--grid=learning_rate=0.00001,0.5",
+        "--trials=2",
+        "--prune_worse_than=0.3",
+        "--prune_from_step=10",
+        "--sweep_name=floor",
+    )
+    assert result.returncode == 0, result.stderr
+    experiment = tmp_path / "floor"
+    study = load(f"sqlite:///{experiment / 'study.db'}", "floor")
+    states = {t.params["learning_rate"]: t.state for t in study.trials}
+    assert states == {"0.00001": TrialState.PRUNED, "0.5": TrialState.COMPLETE}
+    run = record(experiment / "learning_rate=0.00001,seed=0")
+    assert (run["status"], run["step"]) == ("pruned", 10)
+    assert run["stop_reason"].startswith(
+        "pruned at step 10 by the study's floor (--prune_worse_than=0.3) "
+        "(test/accuracy="
+    )

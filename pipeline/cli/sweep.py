@@ -99,6 +99,23 @@ def _define_study_flags(flag_values: flags.FlagValues) -> None:
         lower_bound=0,
         **fv,
     )
+    flags.DEFINE_float(
+        "prune_worse_than",
+        None,
+        "A floor, with any --pruner: a trial whose --metric is worse than this "
+        "at an evaluation from --prune_from_step on is pruned (e.g. 0.2 for "
+        "test/accuracy: at chance on ten classes). Unlike the median pruner "
+        "it needs no completed trials to judge.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "prune_from_step",
+        0,
+        "The first step at which --prune_worse_than judges (a run's first "
+        "evaluations may be at chance before it learns).",
+        lower_bound=0,
+        **fv,
+    )
     flags.DEFINE_enum(
         "metric",
         "test/accuracy",
@@ -181,6 +198,8 @@ def main(argv: list[str]) -> None:
             repeats=FLAGS.repeats,
             pruner=FLAGS.pruner,
             startup_trials=FLAGS.startup_trials,
+            prune_worse_than=FLAGS.prune_worse_than,
+            prune_from_step=FLAGS.prune_from_step,
             metric=FLAGS.metric,
             direction=FLAGS.direction,
             storage=FLAGS.storage,

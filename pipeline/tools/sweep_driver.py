@@ -38,6 +38,8 @@ class Request:
     repeats: int = 1
     pruner: str = "none"
     startup_trials: int = 5
+    prune_worse_than: float | None = None
+    prune_from_step: int = 0
     metric: str = "test/accuracy"
     direction: str | None = None
     storage: str | None = None
@@ -81,6 +83,7 @@ def plan(request: Request) -> worker.Sweep:
         name = sweep_lib.run_name(longest, base.seed + request.repeats - 1)
         rundir.check_name(experiment, name, f"--grid (run name {name[:40]}...)")
     steps = base.steps * request.repeats
+    direction = request.direction or study_lib.METRICS[request.metric]
     return worker.Sweep(
         name=request.sweep_name,
         experiment=experiment,
@@ -89,7 +92,7 @@ def plan(request: Request) -> worker.Sweep:
         repeats=request.repeats,
         total=total,
         metric=request.metric,
-        direction=request.direction or study_lib.METRICS[request.metric],
+        direction=direction,
         storage_url=request.storage or study_lib.default_storage(experiment),
         sampler=sampler,
         pruner=trial_lib.PrunerSpec(
@@ -97,6 +100,9 @@ def plan(request: Request) -> worker.Sweep:
             startup_trials=request.startup_trials,
             min_resource=min(base.eval_every or base.steps, base.steps),
             max_resource=steps,
+            worse_than=request.prune_worse_than,
+            floor_from_step=request.prune_from_step,
+            direction=direction,
         ),
         startup_trials=request.startup_trials,
     )
@@ -125,9 +131,17 @@ def _headline(sweep: worker.Sweep) -> str:
             f"({sweep.total} combinations x {sweep.repeats} repeats)"
         )
     else:
+        pruner = sweep.pruner
+        floor = ""
+        if pruner.worse_than is not None:
+            bound = "<" if pruner.direction == "maximize" else ">"
+            floor = (
+                f" + floor {sweep.metric} {bound} {pruner.worse_than:g} "
+                f"from step {pruner.floor_from_step}"
+            )
         size = (
             f"{sweep.total} trials x {sweep.repeats} repeats, {sweep.sampler} "
-            f"sampler, pruner {sweep.pruner.name}, {sweep.direction} {sweep.metric}"
+            f"sampler, pruner {pruner.name}{floor}, {sweep.direction} {sweep.metric}"
         )
     return f"sweep {sweep.name}: {size} in {sweep.experiment}"
 

@@ -37,8 +37,8 @@ class ReportToStudy(Action):
             return  # trained to the end anyway: completed
         value = values[split][self.reporter.name]
         state.stop_reason = (
-            f"pruned at step {chunk.step} by the study's {self.link.pruner.name} "
-            f"pruner ({self.link.metric}={value:.4f}, trial {self.link.number} "
+            f"pruned at step {chunk.step} by the study's {self.reporter.pruned_by} "
+            f"({self.link.metric}={value:.4f}, trial {self.link.number} "
             f"of {self.link.study})"
         )
         state.end_status = "pruned"

@@ -36,6 +36,25 @@ class PrunerSpec:
     startup_trials: int = 5
     min_resource: int = 1
     max_resource: int = 1
+    # The floor: a trial whose metric is worse than `worse_than` at an
+    # evaluation from step `floor_from_step` on is pruned, whatever `name` says.
+    worse_than: float | None = None
+    floor_from_step: int = 0
+    direction: str = "maximize"
+
+    def below_floor(self, step: int, value: float) -> bool:
+        """True if `value` at `step` is worse than the floor (and the floor applies).
+
+        A fixed bound, like Optuna's `ThresholdPruner`, checked here rather
+        than through a pruner wrapper so it combines with any `name`
+        (Hyperband's brackets are read by the sampler from the study's own
+        pruner) and the run can say which rule stopped it.
+        """
+        if self.worse_than is None or step < self.floor_from_step:
+            return False
+        if self.direction == "maximize":
+            return value < self.worse_than
+        return value > self.worse_than
 
     def build(self):
         """The Optuna pruner (`none` never prunes)."""
@@ -123,6 +142,7 @@ class StudyReporter:
         self.trial = optuna.trial.Trial(self.study, trial_id)
         self._trial_id = trial_id
         self.split, _, self.name = link.metric.partition("/")
+        self.pruned_by = ""  # which rule the last `report` consulted
 
     def report(self, step: int, split: str, values: Mapping[str, float]) -> bool:
         """Reports `split`'s `values` at `step` if they hold the metric.
@@ -145,6 +165,12 @@ class StudyReporter:
                 f"ended ({state.name}) while this run trained it"
             )
         self.trial.report(value, self.link.step_offset + step)
+        if self.link.pruner.below_floor(step, value):
+            self.pruned_by = (
+                f"floor (--prune_worse_than={self.link.pruner.worse_than:g})"
+            )
+            return True
         if self.link.pruner.name == "none":
             return False
+        self.pruned_by = f"{self.link.pruner.name} pruner"
         return self.trial.should_prune()
