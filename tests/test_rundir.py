@@ -56,3 +56,13 @@ def test_default_run_name_is_model_and_timestamp():
 
     name = rundir.default_run_name(TINY, datetime.datetime(2026, 1, 2, 3, 4, 5))
     assert name == "cnn-20260102-030405"
+
+
+def test_a_record_from_before_a_field_took_a_list_still_loads(tmp_path):
+    saved = config_lib.config_to_dict(TINY)
+    saved["dense_dropout"] = 0.25  # how runs recorded it before
+    (tmp_path / "run.json").write_text(
+        json.dumps({"status": "completed", "config": saved})
+    )
+    record = rundir.load_record(tmp_path)
+    assert config_lib.config_from_dict(record.config).dense_dropout == (0.25,)

@@ -31,6 +31,7 @@ import dataclasses
 import datetime
 import errno
 import fcntl
+import functools
 import json
 import os
 import pathlib
@@ -233,25 +234,35 @@ def check_name(directory: str | os.PathLike, name: str, flag: str) -> None:
 # --- the typed record ----------------------------------------------------------
 
 
+def _json_types(hint: Any) -> list[type]:
+    """The JSON types a value of type `hint` may be saved as."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    allowed: list[type] = []
+    for part in typing.get_args(hint) if union else (hint,):
+        origin = typing.get_origin(part) or part
+        if origin is type(None):
+            allowed.append(type(None))
+        elif origin in (tuple, list):
+            # A list, or one item: recorded before the field took a list
+            # (`config_from_dict` wraps it).
+            allowed.append(list)
+            for item in typing.get_args(part):
+                if item is not Ellipsis:
+                    allowed += _json_types(item)
+        elif origin is float:
+            allowed += [float, int]
+        elif isinstance(origin, type):
+            allowed.append(origin)
+    return allowed
+
+
+@functools.cache
 def _expected_types() -> dict[str, tuple[type, ...]]:
     """TrainConfig field -> the JSON types its saved value may have."""
-    hints = typing.get_type_hints(TrainConfig)
-    out: dict[str, tuple[type, ...]] = {}
-    for name, hint in hints.items():
-        allowed: list[type] = []
-        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
-        for part in typing.get_args(hint) if union else (hint,):
-            origin = typing.get_origin(part) or part
-            if origin is type(None):
-                allowed.append(type(None))
-            elif origin in (tuple, list):
-                allowed.append(list)
-            elif origin is float:
-                allowed += [float, int]
-            elif isinstance(origin, type):
-                allowed.append(origin)
-        out[name] = tuple(allowed)
-    return out
+    return {
+        name: tuple(_json_types(hint))
+        for name, hint in typing.get_type_hints(TrainConfig).items()
+    }
 
 
 def _check_config_values(values: dict[str, Any], where: str) -> None:
