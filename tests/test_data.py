@@ -171,7 +171,8 @@ def test_evaluation_covers_the_split_in_full(sample_dataset):
 
     model = models.build_model(TrainConfig(model="logreg"))
     test = sample_dataset.test
-    metrics = steps.make_eval_fn(model, batch_size=300)(test.images, test.labels)
+    evaluate = steps.make_eval_fn(model, batch_size=300, with_logits=True)
+    metrics = evaluate(test.images, test.labels)
     assert float(metrics["count"]) == 2000
     assert metrics["logits"].shape == (2000, 10)
     np.testing.assert_allclose(

@@ -147,7 +147,7 @@ def predict_outputs(
 ) -> Outputs:
     """Logits for every example and the mean loss, by training's evaluation
     (`input_scale`: the run's --input_scale)."""
-    evaluate = steps.make_eval_fn(model, batch_size, input_scale)
+    evaluate = steps.make_eval_fn(model, batch_size, input_scale, with_logits=True)
     labels = split.labels.astype(np.int32)
     metrics = evaluate(tf.constant(split.images), tf.constant(labels))
     return Outputs(metrics["logits"].numpy(), labels, float(metrics["loss"]))
@@ -402,7 +402,8 @@ def evaluate_split(
     """Evaluates `split` in full with `model` (by default the restored
     checkpoint's; pass it when the caller uses the model again, so the
     checkpoint is read once). Writes nothing."""
-    model = model or restored.load_model()
+    if model is None:
+        model = restored.load_model()
     outputs = predict_outputs(model, split, batch_size, restored.config.input_scale)
     return build_report(restored, dataset, split_name, outputs), outputs
 

@@ -279,16 +279,20 @@ def model_logits(
 
 
 def make_eval_fn(
-    model: keras.Model, batch_size: int = EVAL_BATCH_SIZE, input_scale: str = "unit"
+    model: keras.Model,
+    batch_size: int = EVAL_BATCH_SIZE,
+    input_scale: str = "unit",
+    with_logits: bool = False,
 ) -> Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]]:
-    """Compiles `evaluate(images, labels) -> {loss, accuracy, count, logits}`.
+    """Compiles `evaluate(images, labels) -> {loss, accuracy, count[, logits]}`.
 
     The one evaluation of a split, shared by training's periodic evaluation
     and `pipeline-eval`. Sums per-example loss and correctness over every
     batch (the last, partial one included), so `loss` and `accuracy` are the
-    exact means over the split; `logits` are float32 [N, classes] in the
-    split's order. Slices uint8 `[N, 28, 28]` images that stay in memory and
-    turns each batch into the model's input in the graph: no tf.data
+    exact means over the split; with `with_logits` (pipeline-eval, not the
+    periodic evaluation, which keeps only the means) also `logits`, float32
+    [N, classes] in the split's order. Slices uint8 `[N, 28, 28]` images that
+    stay in memory and turns each batch into the model's input in the graph: no tf.data
     iterator, prefetch threads or per-call pipeline start-up, which made a
     periodic test evaluation cost 3-10x more than its arithmetic for small
     models. One trace serves every split (`[None, 28, 28]` signature).
@@ -319,15 +323,14 @@ def make_eval_fn(
             total_correct += tf.reduce_sum(
                 tf.cast(correct(batch_labels, logits), tf.float64)
             )
-            all_logits = all_logits.write(
-                start // batch_size, tf.cast(logits, tf.float32)
-            )
+            if with_logits:
+                all_logits = all_logits.write(
+                    start // batch_size, tf.cast(logits, tf.float32)
+                )
         n = tf.cast(count, tf.float64)
-        return {
-            "loss": total_loss / n,
-            "accuracy": total_correct / n,
-            "count": n,
-            "logits": all_logits.concat(),
-        }
+        metrics = {"loss": total_loss / n, "accuracy": total_correct / n, "count": n}
+        if with_logits:
+            metrics["logits"] = all_logits.concat()
+        return metrics
 
     return evaluate
