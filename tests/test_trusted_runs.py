@@ -11,6 +11,7 @@ own loader, and that no checkpoint was lost.
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import json
 import os
@@ -91,8 +92,8 @@ def _garble_iterator_state(run, _):
 
 # Damage to the newest checkpoint -> words the skip line must contain.
 DAMAGES = {
-    "truncated_data": (_truncate, ""),
-    "garbled_data": (_garble, ""),
+    "truncated_data": (_truncate, "Read less bytes than requested"),
+    "garbled_data": (_garble, "Checksum does not match"),
     "garbled_iterator_state": (_garble_iterator_state, "does not match"),
     "zero_byte_data": (
         lambda run, _: data_file(run, LATEST).write_bytes(b""),
@@ -405,7 +406,8 @@ def test_compare_skips_a_damaged_run_and_tables_the_rest(mlp_run, tmp_path):
     )
     rows = result.stdout.strip().splitlines()
     assert len(rows) == 2, result.stdout  # header + the good run's variant
-    assert good.name in rows[1] or "mlp" in rows[1]
+    (row,) = csv.DictReader(rows)
+    assert (row["runs"], row["repeats"]) == (str(good), "1")
 
 
 # --- input limits ---------------------------------------------------------------
@@ -433,7 +435,9 @@ def test_sweep_whose_run_names_would_not_fit_is_refused(tmp_path):
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "Traceback" not in output
-    only_line(result.stderr, "pipeline-sweep: error: ")
+    line = only_line(result.stderr, "pipeline-sweep: error: ")
+    assert line.startswith("pipeline-sweep: error: --grid (run name steps=1000")
+    assert "254 bytes long; at most" in line
     assert not (tmp_path / "long").exists()
 
 
