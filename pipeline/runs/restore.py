@@ -40,9 +40,6 @@ class RestoredRun:
     checkpoint_prefix: str
     requested: int | None = None
     report: Callable[[str], None] = rundir.warn
-    # Lines already reported: a second `load_model` (eval, then its
-    # projector) names a skipped checkpoint once, not twice.
-    reported: set[str] = dataclasses.field(default_factory=set, repr=False)
 
     def load_model(self, precision: str | None = None) -> keras.Model:
         """Builds the run's model from the newest checkpoint that restores.
@@ -64,16 +61,11 @@ class RestoredRun:
             lambda prefix: models.restore_model(config, prefix),
             step=self.requested,
             max_step=self.config.steps,
-            report=self._report_once,
+            report=self.report,
         )
         self.step = chosen.step
         self.checkpoint_prefix = str(chosen.prefix)
         return model
-
-    def _report_once(self, line: str) -> None:
-        if line not in self.reported:
-            self.reported.add(line)
-            self.report(line)
 
     def load_split(
         self,

@@ -239,7 +239,7 @@ class SummaryLogger:
 
         else:
             # A Python loop over fixed tags: nothing for AutoGraph to convert.
-            @tf.function(reduce_retracing=True, autograph=False)
+            @tf.function(autograph=False)
             def write(step, tensors):
                 with writer.as_default():
                     buckets = histogram_buckets_many(list(tensors))
@@ -474,11 +474,11 @@ def histogram_buckets_many(
     of its one-hot `[N, 30]` float64 matrix each: a 590k-weight kernel needs
     no 140 MB temporary, and an 11-layer MLP's 44 weights and gradients cost
     ~20 ops instead of ~700 (per-tensor ops made writing them slower than
-    training the 100 steps between them, benchmarks.profile).
+    training the 100 steps between them, benchmarks.profile). Shapes must be
+    static (weights and gradients always are; the compiled writer traces
+    with concrete shapes).
     """
     flat = [tf.cast(tf.reshape(t, [-1]), tf.float64) for t in tensors]
-    if any(f.shape[0] is None for f in flat):  # dynamic shapes: one at a time
-        return [_histogram_buckets_single(f, bucket_count) for f in flat]
     sizes = [int(f.shape[0]) for f in flat]
     filled = [i for i, n in enumerate(sizes) if n > 0]
     result = [tf.zeros([bucket_count, 3], tf.float64)] * len(flat)
@@ -524,27 +524,3 @@ def histogram_buckets_many(
     for j, i in enumerate(filled):
         result[i] = stacked[j]
     return result
-
-
-def _histogram_buckets_single(data: tf.Tensor, bucket_count: int) -> tf.Tensor:
-    """`histogram_buckets` of one flat float64 tensor of unknown length."""
-    size = tf.size(data)
-    low = tf.reduce_min(data)
-    high = tf.reduce_max(data)
-    span = high - low
-    width = tf.where(span > 0, span / bucket_count, 1.0)
-    index = tf.cast(tf.floor((data - low) / width), tf.int32)
-    index = tf.clip_by_value(index, 0, bucket_count - 1)
-    counts = tf.math.bincount(
-        index, minlength=bucket_count, maxlength=bucket_count, dtype=tf.float64
-    )
-    edges = tf.concat([tf.linspace(low, high, bucket_count + 1)[:-1], [high]], 0)
-    single = tf.fill([bucket_count], high)
-    single_counts = tf.concat(
-        [tf.zeros([bucket_count - 1], tf.float64), [tf.cast(size, tf.float64)]], 0
-    )
-    return tf.where(
-        span > 0,
-        tf.stack([edges[:-1], edges[1:], counts], axis=1),
-        tf.stack([single, single, single_counts], axis=1),
-    )

@@ -324,7 +324,6 @@ class Counts:
     failed: int
     running: int
     waiting: int
-    retried: int
 
     @property
     def finished(self) -> int:
@@ -355,7 +354,6 @@ def counts(trials: Sequence[FrozenTrial]) -> Counts:
         failed=by_state[TrialState.FAIL],
         running=by_state[TrialState.RUNNING],
         waiting=by_state[TrialState.WAITING],
-        retried=len(retried),
     )
 
 

@@ -63,9 +63,6 @@ class Sweep:
     def named_by_values(self) -> bool:
         return self.sampler == "grid"
 
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.direction == "maximize" else a < b
-
 
 def trial_runs(
     sweep: Sweep, number: int, params: dict[str, Any]

@@ -288,16 +288,13 @@ class PrintProgress(EveryNSteps):
     no redraws.
     """
 
-    def __init__(self, every: int, live: bool | None = None):
+    def __init__(self, every: int):
         super().__init__(every)
-        self.live = live
         self.bar: keras.utils.Progbar | None = None
         self.first_step = 0
 
     def start(self, state: TrainState) -> None:
-        if self.live is None:
-            self.live = state.print_fn is print and sys.stdout.isatty()
-        if self.live:
+        if state.print_fn is print and sys.stdout.isatty():
             self.first_step = state.step
             self.bar = keras.utils.Progbar(
                 state.config.steps - state.step,

@@ -31,13 +31,14 @@ class ReportToStudy(Action):
             return
         values = {"test": state.last_test, "validation": state.last_validation}
         split = self.reporter.split
-        if not self.reporter.report(chunk.step, split, values.get(split, {})):
+        pruned_by = self.reporter.report(chunk.step, split, values.get(split, {}))
+        if not pruned_by:
             return
         if chunk.is_last:
             return  # trained to the end anyway: completed
         value = values[split][self.reporter.name]
         state.stop_reason = (
-            f"pruned at step {chunk.step} by the study's {self.reporter.pruned_by} "
+            f"pruned at step {chunk.step} by the study's {pruned_by} "
             f"({self.link.metric}={value:.4f}, trial {self.link.number} "
             f"of {self.link.study})"
         )

@@ -142,22 +142,22 @@ class StudyReporter:
         self.trial = optuna.trial.Trial(self.study, trial_id)
         self._trial_id = trial_id
         self.split, _, self.name = link.metric.partition("/")
-        self.pruned_by = ""  # which rule the last `report` consulted
 
-    def report(self, step: int, split: str, values: Mapping[str, float]) -> bool:
+    def report(self, step: int, split: str, values: Mapping[str, float]) -> str:
         """Reports `split`'s `values` at `step` if they hold the metric.
 
         Returns:
-          True if the pruner says stop.
+          What says stop (`"median pruner"`, `"floor (--prune_worse_than=F)"`),
+          or "" to go on.
 
         Raises:
           TrialFinishedError: the study ended the trial already.
         """
         if split != self.split or self.name not in values:
-            return False
+            return ""
         value = float(values[self.name])
         if not math.isfinite(value):
-            return False
+            return ""
         state = self.study._storage.get_trial(self._trial_id).state
         if state.is_finished():
             raise TrialFinishedError(
@@ -165,12 +165,9 @@ class StudyReporter:
                 f"ended ({state.name}) while this run trained it"
             )
         self.trial.report(value, self.link.step_offset + step)
-        if self.link.pruner.below_floor(step, value):
-            self.pruned_by = (
-                f"floor (--prune_worse_than={self.link.pruner.worse_than:g})"
-            )
-            return True
-        if self.link.pruner.name == "none":
-            return False
-        self.pruned_by = f"{self.link.pruner.name} pruner"
-        return self.trial.should_prune()
+        pruner = self.link.pruner
+        if pruner.below_floor(step, value):
+            return f"floor (--prune_worse_than={pruner.worse_than:g})"
+        if pruner.name != "none" and self.trial.should_prune():
+            return f"{pruner.name} pruner"
+        return ""
