@@ -12,9 +12,10 @@ TensorBoard's Profile tab.
 
 For `--loop_families` (default logreg, whose steps are short enough for the
 loop's own work to matter) it also runs the real loop at the default logging
-(evaluation off, as in `throughput`) under Python's profiler and splits the
-main thread's time into the compiled chunks, each action, and waiting for the
-summary writer thread, whose own CPU time is shown beside it.
+(periodic evaluation off, as in `throughput`; the end-of-run evaluation,
+projector and checkpoint stay, and show as their actions) under Python's
+profiler and splits the main thread's time into the compiled chunks and each
+action (waiting for the summary writer thread shows in the action that waits).
 """
 
 from __future__ import annotations
@@ -162,8 +163,8 @@ def profile_loop(family: str) -> None:
         ):
             parts[f"  of which SummaryLogger/BackgroundWriter.{name}"] = cumulative
     print(
-        f"{family} loop under cProfile: {FLAGS.loop_steps} steps, default logging "
-        f"without evaluation, {wall:.2f} s wall ({result.examples_per_sec:,.0f} "
+        f"{family} loop under cProfile: {FLAGS.loop_steps} steps, default logging, "
+        f"periodic evaluation off, {wall:.2f} s wall ({result.examples_per_sec:,.0f} "
         "examples/s incl. start-up); main thread, cumulative seconds:"
     )
     for label, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):

@@ -1,7 +1,8 @@
 """Steady-state training examples/s: the pipeline against Keras `fit`, paired.
 
     python -m benchmarks.throughput [--families=logreg,mlp,cnn] [--rounds=N]
-        [--variants=pipe_off,pipe_default,pipe_bf16,fit_bf16]
+        [--variants=pipe_off,pipe_default,pipe_bf16]  (also: fit_bf16, fit_tb,
+                                                        pipe_scalars, pipe_histograms)
 
 For each family (benchmarks/common.py: the flagfiles users run, on full-size
 Fashion-MNIST) the variants train the same model with the same batch size,
