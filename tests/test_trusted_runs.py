@@ -93,7 +93,7 @@ def _garble_iterator_state(run, _):
 # Damage to the newest checkpoint -> words the skip line must contain.
 DAMAGES = {
     "truncated_data": (_truncate, "Read less bytes than requested"),
-    "garbled_data": (_garble, "Checksum does not match"),
+    "garbled_data": (_garble, "does not match"),  # a checksum, worded by where
     "garbled_iterator_state": (_garble_iterator_state, "does not match"),
     "zero_byte_data": (
         lambda run, _: data_file(run, LATEST).write_bytes(b""),
