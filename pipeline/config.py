@@ -60,6 +60,8 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # slower, and logreg and the MLP 0.7-0.8x as fast as without it.
 JIT_AUTO_MODELS: tuple[str, ...] = ()
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
+# A tag is one word: it is shown comma-joined in tables and the HParams column.
+TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]*$")
 
 # What `--resume` (and `--replay`) may do with a field that differs from the
 # run's saved config: refuse it (the default: it would change the math), take
@@ -81,6 +83,11 @@ def _is_step_range(values: Sequence[str]) -> bool:
     if len(values) != 2 or not _positive_ints(values):
         return False
     return int(values[0]) <= int(values[1])
+
+
+def is_tag(value: str) -> bool:
+    """A tag is a word of letters, digits and . _ : / + - (no comma, no space)."""
+    return bool(TAG_PATTERN.match(value))
 
 
 def _is_rate(value: float) -> bool:
@@ -127,7 +134,9 @@ class Option:
     `choices` makes a string field an enum flag (and a discrete HParams
     domain); `lower`/`upper` are the flag's bounds (both set: an HParams
     interval); `check` is one more validator, reported as `message` (where
-    `{flag}` stands for `--NAME`).
+    `{flag}` stands for `--NAME`). `repeatable` makes a `tuple[str, ...]`
+    field a flag given once per value (`--tag=a --tag=b`) rather than a
+    comma-separated list.
     """
 
     help: str
@@ -138,6 +147,7 @@ class Option:
     message: str = ""
     hparam: bool = True
     resume: str = FIXED
+    repeatable: bool = False
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -380,6 +390,29 @@ class TrainConfig:
         upper=64,
         hparam=False,
     )
+    # What the user says about a run: not what is trained (no variant is
+    # defined by it), and changeable later (`pipeline-runs note|tag`).
+    note: str | None = option(
+        None,
+        "A note on why this run was made; shown in TensorBoard's Text tab for "
+        "the run and by pipeline-runs. Change it later with pipeline-runs note.",
+        check=lambda v: v is None or "\n" not in v,
+        message="{flag} must be one line (flags.cfg holds one flag a line)",
+        hparam=False,
+        resume=MAY_CHANGE,
+    )
+    tag: tuple[str, ...] = option(
+        (),
+        "A tag for the run; repeat the flag for more (--tag=baseline "
+        "--tag=bf16). pipeline-runs list --tag and pipeline-compare --filter "
+        "'tag==NAME' select by it; pipeline-runs tag changes them later.",
+        check=lambda v: all(is_tag(t) for t in v),
+        message="{flag} must be a word of letters, digits and . _ : / + - "
+        "(no comma or space)",
+        hparam=False,
+        resume=MAY_CHANGE,
+        repeatable=True,
+    )
     early_stopping_patience: int = option(
         0,
         "Stop when the validation loss has not improved for N evaluations "
@@ -445,8 +478,9 @@ class TrainConfig:
 class Field:
     """A TrainConfig field as the generators see it: name, type, default, Option.
 
-    `kind` is the flag type: enum, string, integer, float, boolean or list
-    (a comma-separated flag whose items have type `item`).
+    `kind` is the flag type: enum, string, integer, float, boolean, list
+    (a comma-separated flag whose items have type `item`) or multi (a string
+    flag given once per value).
     """
 
     name: str
@@ -464,8 +498,8 @@ class Field:
 
     def from_flag(self, value: Any) -> Any:
         """A parsed flag value as the config holds it (lists become tuples)."""
-        if self.kind == "list":
-            return tuple(self.item(v) for v in value)
+        if self.kind in ("list", "multi"):
+            return tuple(self.item(v) for v in value or ())
         return value
 
 
@@ -477,7 +511,8 @@ def _field(field: dataclasses.Field, hint: Any) -> Field:
     if opt is None:
         raise TypeError(f"TrainConfig.{field.name}: declare it with option(...)")
     if typing.get_origin(hint) is tuple:
-        return Field(field.name, "list", field.default, opt, typing.get_args(hint)[0])
+        kind = "multi" if opt.repeatable else "list"
+        return Field(field.name, kind, field.default, opt, typing.get_args(hint)[0])
     base = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
     if opt.choices:
         return Field(field.name, "enum", field.default, opt)
@@ -517,6 +552,8 @@ def _define(field: Field, flag_values: flags.FlagValues) -> None:
         flags.DEFINE_float(field.name, field.default, opt.help, **bounds, **fv)
     elif field.kind == "boolean":
         flags.DEFINE_boolean(field.name, field.default, opt.help, **fv)
+    elif field.kind == "multi":
+        flags.DEFINE_multi_string(field.name, list(field.default), opt.help, **fv)
     else:
         default = [str(v) for v in field.default]
         flags.DEFINE_list(field.name, default, opt.help, **fv)
@@ -859,7 +896,8 @@ def config_from_dict(values: dict) -> TrainConfig:
     kwargs = {}
     for key, value in values.items():
         if key in FIELDS_BY_NAME:
-            if FIELDS_BY_NAME[key].kind == "list" and not isinstance(value, list):
+            kind = FIELDS_BY_NAME[key].kind
+            if kind in ("list", "multi") and not isinstance(value, list):
                 value = [value]  # recorded before the field took a list
             kwargs[key] = tuple(value) if isinstance(value, list) else value
     return TrainConfig(**kwargs)
