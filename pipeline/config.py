@@ -800,7 +800,7 @@ def config_to_dict(config: TrainConfig) -> dict:
 
 
 def _define_launch_flags(flag_values: flags.FlagValues) -> None:
-    """--resume, --run, --replay, --replay_rtol: what to do with the config."""
+    """--resume, --run, --replay, --rerun, --replay_rtol: what to do with the config."""
     fv = {"flag_values": flag_values}
     may_change = [f"--{f.name}" for f in FIELDS if f.option.resume == MAY_CHANGE]
     flags.DEFINE_boolean(
@@ -826,6 +826,15 @@ def _define_launch_flags(flag_values: flags.FlagValues) -> None:
         "step that differs.",
         **fv,
     )
+    flags.DEFINE_string(
+        "rerun",
+        None,
+        "Start a new run with the flags of the run in this directory (e.g. "
+        "logs/NAME); flags given here replace its values, --logdir/--run_name/"
+        "--note are this run's own. Warns in one line when the code or the "
+        "installed packages differ from what that run recorded.",
+        **fv,
+    )
     flags.DEFINE_float(
         "replay_rtol",
         0.0,
@@ -845,7 +854,7 @@ class Launch:
     replay can tell a deliberate override from a default.
     """
 
-    mode: str  # "new", "resume" or "replay"
+    mode: str  # "new", "resume", "replay" or "rerun"
     config: TrainConfig
     explicit: frozenset[str]
     run_path: str | None = None
@@ -868,6 +877,10 @@ def launch_from_flags(
         raise ConfigError("--run is only used with --resume (or use --replay=DIR)")
     if f.resume and f.replay is not None:
         raise ConfigError("--resume and --replay contradict each other; pick one")
+    if f.rerun is not None and (f.resume or f.replay is not None):
+        raise ConfigError(
+            "--rerun starts a new run; it cannot be combined with --resume or --replay"
+        )
     if f.replay is not None and "run_name" in explicit:
         raise ConfigError(
             "--replay runs in a temporary directory and keeps nothing; drop --run_name"
@@ -884,6 +897,8 @@ def launch_from_flags(
         return Launch("resume", config, explicit, f.run, f.replay_rtol)
     if f.replay is not None:
         return Launch("replay", config, explicit, f.replay, f.replay_rtol)
+    if f.rerun is not None:
+        return Launch("rerun", config, explicit, f.rerun)
     return Launch("new", config, explicit)
 
 

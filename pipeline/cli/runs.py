@@ -16,7 +16,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from pipeline import cli
 from pipeline.errors import ConfigError, RunDirError
@@ -25,14 +25,17 @@ from pipeline.runs import annotations, archive, listing, rundiff, rundir
 FLAGS = flags.FLAGS
 PROG = "pipeline-runs"
 COMMANDS = ("list", "note", "tag", "diff", "archive", "delete")
-USAGE = "usage: pipeline-runs list|note|tag|diff|archive|delete ... (see --help)"
+USAGE = "give one of list, note, tag, diff, archive, delete (see --help)"
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """Flags of pipeline-runs (each names the subcommand it serves)."""
     fv = {"flag_values": flag_values}
     flags.DEFINE_string(
-        "logdir", "logs", "Where runs are: list's default DIR; RUN names under it.", **fv
+        "logdir",
+        "logs",
+        "Where runs are: list's default DIR; RUN names under it.",
+        **fv,
     )
     flags.DEFINE_string(
         "since",
@@ -157,7 +160,9 @@ HANDLERS = {
 def main(argv: list[str]) -> None:
     """Dispatches to the subcommand named by the first argument."""
     if len(argv) < 2 or argv[1] not in COMMANDS:
-        raise app.UsageError(USAGE)
+        given = f"unknown command {argv[1]!r}; " if len(argv) > 1 else ""
+        print(f"{PROG}: error: {given}{USAGE}", file=sys.stderr)
+        sys.exit(1)
     command, args = argv[1], argv[2:]
     sys.exit(cli.run_reporting_errors(PROG, lambda: HANDLERS[command](args)))
 

@@ -17,7 +17,7 @@ from absl import app, flags
 from pipeline import cli
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline.runs import rundir
+from pipeline.runs import provenance, rundir
 from pipeline.training import distribute, recovery
 from pipeline.training import trial as trial_lib
 
@@ -44,6 +44,8 @@ def _train_from_flags() -> None:
     files are reported in well under a second.
     """
     launch = config_lib.launch_from_flags(FLAGS, sys.argv)
+    if launch.mode == "rerun":
+        launch = _rerun_launch(launch)
     if launch.mode == "replay":
         original, config = recovery.prepare_replay(launch)
         from pipeline.training import replay  # TensorFlow import
@@ -84,6 +86,19 @@ def _train_from_flags() -> None:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     _print_done(run_dir, result)
+
+
+def _rerun_launch(launch: config_lib.Launch) -> config_lib.Launch:
+    """A new run with the flags of the run --rerun names; one warning line when
+    the code or the installed packages here differ from what it recorded."""
+    original, launch = recovery.prepare_rerun(launch)
+    changes = provenance.changes_since(original.sessions)
+    if changes:
+        cli.warner(PROG)(
+            f"--rerun={original.path.parent}: {'; '.join(changes)}; results may "
+            "differ (pipeline-runs diff compares the two runs afterwards)"
+        )
+    return launch
 
 
 def _resume_target(

@@ -324,3 +324,30 @@ def short_commit(code: dict[str, Any] | None) -> str:
     if not git or not git.get("commit"):
         return "-"
     return git["commit"][:7] + ("+" if git.get("dirty") else "")
+
+
+def changes_since(sessions: Sequence[dict[str, Any]]) -> list[str]:
+    """How the code and packages here differ from a run's last session.
+
+    [] when both match (or the run recorded neither). Saves nothing.
+    """
+    if not sessions:
+        return []
+    last = sessions[-1]
+    changes = []
+    then = (last.get("code") or {}).get("git") or {}
+    now = code_state(source_root()).get("git") or {}
+    # Uncommitted changes on either side count: equal diffs cannot be told
+    # from the record alone.
+    moved = then.get("commit") != now.get("commit")
+    if then and (moved or then.get("dirty") or now.get("dirty")):
+        changes.append(
+            f"code {short_commit(last.get('code'))} then, "
+            f"{short_commit({'git': now}) if now else 'no commit'} now"
+        )
+    recorded = (last.get("environment") or {}).get("sha256")
+    if recorded:
+        current = hashlib.sha256(environment_text().encode()).hexdigest()
+        if current != recorded:
+            changes.append("installed packages differ")
+    return changes

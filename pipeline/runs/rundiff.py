@@ -43,7 +43,8 @@ def _text(value: Any) -> str:
 def flag_lines(a: rundir.RunRecord, b: rundir.RunRecord) -> list[str]:
     """`  --name: A -> B` for each flag that applies to either run and differs."""
     ca, cb = a.config, b.config
-    skip = {"run_name"}
+    # The note and tags say what the user thinks of a run, not how it ran.
+    skip = {"run_name", "note", "tag"}
     for config in (ca, cb):
         with contextlib.suppress(TypeError, ValueError):
             skip |= config_lib.unused_alternatives(config_lib.config_from_dict(config))
@@ -205,9 +206,18 @@ def data_lines(a: rundir.RunRecord, b: rundir.RunRecord) -> list[str]:
     ]
 
 
+def _title(label: str, record: rundir.RunRecord) -> str:
+    parts = [f"{label}: {record.path.parent}  ({record.status}"]
+    if record.tags:
+        parts.append(f"; tags {','.join(record.tags)}")
+    if record.note:
+        parts.append(f"; note: {record.note}")
+    return "".join(parts) + ")"
+
+
 def diff_runs(a: rundir.RunRecord, b: rundir.RunRecord) -> str:
     """The report `pipeline-runs diff A B` prints."""
-    out = [f"A: {a.path.parent}", f"B: {b.path.parent}"]
+    out = [_title("A", a), _title("B", b)]
     for title, lines in (
         ("flags", flag_lines(a, b)),
         ("code", code_lines(a, b)),
