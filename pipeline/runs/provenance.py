@@ -127,6 +127,8 @@ def code_state(
     git, no checkout or no commit.
     """
     directory = pathlib.Path(directory)
+    if directory.is_file():
+        directory = directory.parent
     git = shutil.which("git")
     if git is None:
         return _no_git("git is not installed")

@@ -33,6 +33,7 @@ import optuna
 from optuna.trial import TrialState
 
 from pipeline import config as config_lib
+from pipeline.runs import archive
 from pipeline.runs.rundir import RECORD_NAME, RunDir
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard import seed_bands
@@ -294,6 +295,15 @@ class Worker:
         Raises:
           SweepError: it is being trained by a live process.
         """
+        gone = archive.entry(run.path)
+        if gone is not None and not run.path.exists():
+            # Archived or deleted by the user (pipeline-runs): its recorded
+            # outcome stands, and it is never trained again.
+            self.progress.note(f"{run.path}: {gone['action']}; not trained again")
+            if gone.get("status") == "completed":
+                value = metric_value(gone, self.sweep.metric)
+                return TrialState.COMPLETE, value, "", 0
+            return TrialState.FAIL, None, f"{gone['action']} by the user", 0
         if not run.path.exists():
             return None
         done, _, notes = sweep_lib.triage([run])
