@@ -69,7 +69,8 @@ def test_clean_and_dirty_trees_with_a_diff_that_reapplies(tmp_path):
         "dirty": False,
         "root": str(repo),
     }
-    assert "diff" not in clean and not (tmp_path / "clean.diff").exists()
+    assert "diff" not in clean
+    assert not (tmp_path / "clean.diff").exists()
 
     (repo / "model.py").write_text("units = 64  # wider\n")
     (repo / "data.bin").write_bytes(b"\0\1\2\3")
@@ -77,7 +78,8 @@ def test_clean_and_dirty_trees_with_a_diff_that_reapplies(tmp_path):
     saved = tmp_path / "run" / "code.diff"
     saved.parent.mkdir()
     dirty = provenance.code_state(repo / "model.py", saved)
-    assert dirty["git"]["commit"] == head and dirty["git"]["dirty"] is True
+    assert dirty["git"]["commit"] == head
+    assert dirty["git"]["dirty"] is True
     assert dirty["untracked"] == 1
     assert dirty["diff"]["file"] == "code.diff"
     assert dirty["diff"]["truncated"] is False
@@ -243,7 +245,8 @@ def test_a_dirty_run_records_its_commit_and_a_diff_that_reapplies(
     repo, logdir, first, _ = two_commits
     run = logdir / "dirty"
     start, resume = record(run)["sessions"]
-    assert start["kind"] == "start" and resume["kind"] == "resume"
+    assert start["kind"] == "start"
+    assert resume["kind"] == "resume"
     assert start["code"]["git"]["commit"] == first
     assert start["code"]["git"]["dirty"] is True
     assert start["code"]["diff"]["file"] == "code.diff"
@@ -268,7 +271,8 @@ def test_a_dirty_run_records_its_commit_and_a_diff_that_reapplies(
     assert start["environment"]["packages"] == len(environment.splitlines())
     machine = start["machine"]
     assert machine["tensorflow_version"].startswith("2.21")
-    assert machine["cpu"]["cores"] >= 1 and "gpus" in machine
+    assert machine["cpu"]["cores"] >= 1
+    assert "gpus" in machine
     # Nothing secret: no environment variables in the record.
     text = (run / "run.json").read_text()
     assert os.environ["PATH"] not in text
@@ -304,8 +308,10 @@ def test_list_shows_short_commits_dirty_marked(two_commits):
         "run", "status", "started", "model", "test", "acc", "commit", "tags"
     ]  # fmt: skip
     dirty, clean = (ln.split() for ln in lines[1:])
-    assert dirty[0] == "dirty" and dirty[-2:] == [first[:7] + "+", "-"]
-    assert clean[0] == "clean" and clean[-2:] == [second[:7], "v2"]
+    assert dirty[0] == "dirty"
+    assert dirty[-2:] == [first[:7] + "+", "-"]
+    assert clean[0] == "clean"
+    assert clean[-2:] == [second[:7], "v2"]
 
 
 def test_rerun_warns_when_the_code_differs(two_commits):
@@ -318,7 +324,8 @@ def test_rerun_warns_when_the_code_differs(two_commits):
     )
     warnings = [ln for ln in proc.stderr.splitlines() if "warning" in ln]
     assert len(warnings) == 1
-    assert "code" in warnings[0] and "then," in warnings[0]
+    assert "code" in warnings[0]
+    assert "then," in warnings[0]
     again = record(logdir / "again")
     assert again["config"]["steps"] == 20
     assert again["config"]["run_name"] == "again"
