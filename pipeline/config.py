@@ -134,9 +134,10 @@ class Option:
     `choices` makes a string field an enum flag (and a discrete HParams
     domain); `lower`/`upper` are the flag's bounds (both set: an HParams
     interval); `check` is one more validator, reported as `message` (where
-    `{flag}` stands for `--NAME`). `repeatable` makes a `tuple[str, ...]`
-    field a flag given once per value (`--tag=a --tag=b`) rather than a
-    comma-separated list.
+    `{flag}` stands for `--NAME`). `hparam=False` keeps a field out of what
+    defines a variant; `column` still shows it in the HParams table.
+    `repeatable` makes a `tuple[str, ...]` field a flag given once per value
+    (`--tag=a --tag=b`) rather than a comma-separated list.
     """
 
     help: str
@@ -148,6 +149,13 @@ class Option:
     hparam: bool = True
     resume: str = FIXED
     repeatable: bool = False
+    # Shown as a column of TensorBoard's HParams table (None: when `hparam`).
+    # A run's tags are a column to filter by without defining a variant.
+    column: bool | None = None
+
+    @property
+    def hparams_column(self) -> bool:
+        return self.hparam if self.column is None else self.column
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -412,6 +420,7 @@ class TrainConfig:
         hparam=False,
         resume=MAY_CHANGE,
         repeatable=True,
+        column=True,
     )
     early_stopping_patience: int = option(
         0,

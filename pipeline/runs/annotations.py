@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pipeline import config as config_lib
 from pipeline.errors import ConfigError
 from pipeline.runs import rundir
+from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard import notes as notes_lib
 
 PROGRAM = "pipeline-runs"
@@ -61,4 +62,8 @@ def annotate(
         # flags.cfg is the resolved flags, note and tags included.
         run_dir.write_flagfile(updated.train_config())
         notes_lib.write_note(run_dir.path, updated.note, updated.tags)
+        # The HParams table's `tag` column: the experiment config lists it
+        # (runs from before tags existed get it now), the session holds it.
+        hparams_lib.write_experiment_config(run_dir.path.parent)
+        hparams_lib.rewrite_session_start(run_dir.path, {"tag": ",".join(tags)})
         return updated

@@ -34,7 +34,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pipeline
@@ -67,6 +67,9 @@ KERNEL_FLAGS = (
 )
 PACKAGE = "tb-pipeline"
 GIT_TIMEOUT_S = 20
+# How files are written into the run directory (`rundir.write_bytes_atomic`,
+# passed in: the run record owns its files and this module is below it).
+Writer = Callable[[pathlib.Path, bytes], None]
 _URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]+):[^@\s]+@")
 
 
@@ -116,13 +119,15 @@ def _no_git(reason: str) -> dict[str, Any]:
 def code_state(
     directory: str | os.PathLike,
     diff_path: pathlib.Path | None = None,
+    write: Writer | None = None,
     cap: int = DIFF_CAP_BYTES,
 ) -> dict[str, Any]:
     """The git state of the checkout holding `directory`; saves a dirty diff.
 
     Returns `{"git": {"commit", "branch", "dirty", "root"}, "untracked": N}`
     plus `"diff": {"file", "bytes", "saved_bytes", "truncated", "cap_bytes"}`
-    when tracked files differ from the commit and `diff_path` is given; or
+    when tracked files differ from the commit and `diff_path` is given (it is
+    written with `write`); or
     `{"git": None, "reason": ..., "package_version": ...}` where there is no
     git, no checkout or no commit.
     """
@@ -154,20 +159,20 @@ def code_state(
         },
         "untracked": len(untracked.stdout.decode().splitlines()),
     }
-    if diff.stdout and diff_path is not None:
-        state["diff"] = save_diff(diff.stdout, diff_path, cap)
+    if diff.stdout and diff_path is not None and write is not None:
+        state["diff"] = save_diff(diff.stdout, diff_path, write, cap)
     return state
 
 
-def save_diff(diff: bytes, path: pathlib.Path, cap: int) -> dict[str, Any]:
+def save_diff(
+    diff: bytes, path: pathlib.Path, write: Writer, cap: int
+) -> dict[str, Any]:
     """Writes `diff` to `path`, cut at the last line end within `cap` bytes."""
-    from pipeline.runs.rundir import write_bytes_atomic
-
     saved = diff
     if len(diff) > cap:
         cut = diff.rfind(b"\n", 0, cap)
         saved = diff[: cut + 1] if cut >= 0 else diff[:cap]
-    write_bytes_atomic(path, saved)
+    write(path, saved)
     return {
         "file": path.name,
         "bytes": len(diff),
@@ -269,6 +274,7 @@ def record_session(
     run_path: pathlib.Path,
     previous: Sequence[dict[str, Any]],
     time: str,
+    write: Writer,
     argv: Sequence[str] | None = None,
     with_tensorflow: bool = True,
 ) -> dict[str, Any]:
@@ -276,9 +282,8 @@ def record_session(
 
     `previous` are the sessions already recorded (none at the start); a new
     environment file is written only when the packages changed since them.
+    Files are written with `write`.
     """
-    from pipeline.runs.rundir import write_text_atomic
-
     index = len(previous)
     run_path = pathlib.Path(run_path)
     environment = environment_text()
@@ -289,7 +294,7 @@ def record_session(
         env_file = same["file"]
     else:
         env_file = _session_file(ENVIRONMENT_NAME, index)
-        write_text_atomic(run_path / env_file, environment)
+        write(run_path / env_file, environment.encode())
     machine: dict[str, Any] = {"cpu": cpu_info()}
     if with_tensorflow:
         machine.update(tensorflow_info())
@@ -298,7 +303,9 @@ def record_session(
         "time": time,
         "command": command_line(sys.argv if argv is None else argv),
         "cwd": home_relative(os.getcwd()),
-        "code": code_state(source_root(), run_path / _session_file(DIFF_NAME, index)),
+        "code": code_state(
+            source_root(), run_path / _session_file(DIFF_NAME, index), write
+        ),
         "environment": {
             "file": env_file,
             "packages": environment.count("\n"),
@@ -306,7 +313,7 @@ def record_session(
         },
         "machine": machine,
     }
-    write_text_atomic(run_path / COMMAND_NAME, command_text([*previous, session]))
+    write(run_path / COMMAND_NAME, command_text([*previous, session]).encode())
     return session
 
 

@@ -618,7 +618,9 @@ class RunDir:
             },
             host=socket.gethostname(),
             pid=os.getpid(),
-            sessions=[provenance.record_session(self.path, [], now)],
+            sessions=[
+                provenance.record_session(self.path, [], now, write_bytes_atomic)
+            ],
         )
 
     def write_flagfile(self, config: TrainConfig) -> None:
@@ -641,7 +643,9 @@ class RunDir:
         record = self.read_record()
         now = utc_now()
         sessions = list(record.get("sessions") or [])
-        sessions.append(provenance.record_session(self.path, sessions, now))
+        sessions.append(
+            provenance.record_session(self.path, sessions, now, write_bytes_atomic)
+        )
         resumes = list(record.get("resumes") or [])
         resumes.append(
             {

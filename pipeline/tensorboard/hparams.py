@@ -100,11 +100,12 @@ def _domain(field: config_lib.Field) -> hp.Domain:
 
 
 def hparam_flags() -> list[hp.HParam]:
-    """One `hp.HParam` per training flag that defines a run, from its declaration."""
+    """One `hp.HParam` per HParams column (the flags that define a run, and the
+    run's tags), from their declaration."""
     return [
         hp.HParam(field.name, _domain(field), description=field.description)
         for field in config_lib.FIELDS
-        if field.option.hparam
+        if field.option.hparams_column
     ]
 
 
@@ -242,6 +243,62 @@ def write_session_start(
         session_hparams(config), trial_id=trial_id, start_time_secs=time.time()
     )
     _write(run_dir, summary, ".session_start")
+
+
+def rewrite_session_start(
+    run_dir: str | os.PathLike, values: Mapping[str, bool | float | str]
+) -> bool:
+    """Replaces hparam `values` in the run's recorded session (e.g. its tags).
+
+    TensorBoard keeps the first session start it reads for a run, so the
+    file is rewritten under its own name (the trial id and start time kept)
+    rather than a second one added. False when the run has no session.
+    """
+    run_dir = pathlib.Path(run_dir)
+    for path in sorted(run_dir.glob("events.out.tfevents.*.session_start")):
+        for event in event_file_loader.EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag != metadata.SESSION_START_INFO_TAG:
+                    continue
+                data = metadata.parse_session_start_info_plugin_data(
+                    value.metadata.plugin_data.content
+                )
+                for name, new in values.items():
+                    _set_value(data.hparams[name], new)
+                summary = _summary(
+                    metadata.SESSION_START_INFO_TAG,
+                    plugin_data_pb2.HParamsPluginData(session_start_info=data),
+                )
+                _replace(path, summary, event.wall_time)
+                return True
+    return False
+
+
+def _set_value(proto, value: bool | float | str) -> None:
+    """Sets a `google.protobuf.Value` as `hp.hparams_pb` would."""
+    if isinstance(value, bool):
+        proto.bool_value = value
+    elif isinstance(value, int | float):
+        proto.number_value = float(value)
+    else:
+        proto.string_value = str(value)
+
+
+def _replace(
+    path: pathlib.Path, summary: summary_pb2.Summary, wall_time: float
+) -> None:
+    """Writes one event holding `summary` over the event file at `path`."""
+    staging = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=".hparams-"))
+    try:
+        writer = EventFileWriter(str(staging))
+        writer.add_event(event_pb2.Event(wall_time=wall_time, step=0, summary=summary))
+        writer.close()
+        (written,) = staging.iterdir()
+        os.replace(written, path)
+    finally:
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
 
 
 def write_session_end(
