@@ -108,6 +108,8 @@ def archive(
       RunDirError: no runs at `path`, or the target already exists.
     """
     path = pathlib.Path(path)
+    if any(part.endswith(ARCHIVE_SUFFIX) for part in path.absolute().parts):
+        raise RunDirError(f"{path}: already in an archive folder")
     runs = _runs_in(path)
     default_root, top = default_archive_root(path)
     root = pathlib.Path(archive_root) if archive_root else default_root
