@@ -49,7 +49,9 @@ def test_config_domains_come_from_flag_definitions():
     assert infos["learning_rate"].type == api_pb2.DATA_TYPE_FLOAT64
     assert not infos["learning_rate"].HasField("domain_interval")
     assert infos["conv_filters"].type == api_pb2.DATA_TYPE_STRING
-    assert "seed" in infos
+    # Issue 19: a variant's seeds are one session group, which shows only
+    # what its sessions share, so the seed is no column.
+    assert "seed" not in infos
     for bookkeeping in ("logdir", "run_name", "print_every", "checkpoint_every"):
         assert bookkeeping not in infos
 
@@ -89,9 +91,12 @@ def test_flags_that_differ_between_runs_are_marked_and_never_unmarked(runs):
     infos = hparams.read_experiment(logdir).hparam_infos
     assert [i.name for i in infos if i.differs] == ["learning_rate"]
     assert hparams.write_experiment_config(logdir) is False
-    assert hparams.write_experiment_config(logdir, {"seed"}) is True
+    assert hparams.write_experiment_config(logdir, {"batch_size"}) is True
     infos = hparams.read_experiment(logdir).hparam_infos
-    assert sorted(i.name for i in infos if i.differs) == ["learning_rate", "seed"]
+    assert sorted(i.name for i in infos if i.differs) == [
+        "batch_size",
+        "learning_rate",
+    ]
     assert hparams.write_experiment_config(logdir) is False
 
 
@@ -102,7 +107,10 @@ def test_session_values_are_the_defining_flags():
     values = hparams.session_hparams(config)
     assert values["model"] == "mlp"
     assert values["learning_rate"] == 0.01
-    assert values["conv_filters"] == "16,32"
+    # Issue 19: only flags that apply to the model (no conv filters on an
+    # MLP), and not the seed.
+    assert "conv_filters" not in values
+    assert "seed" not in values
     assert values["deterministic"] is True
     assert "binary_class" not in values  # None: not set for this run
     assert "logdir" not in values

@@ -20,7 +20,6 @@ without importing TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -40,6 +39,7 @@ from tensorboard.plugins.text import summary_v2 as text_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from pipeline import config as config_lib
+from pipeline import variants as variants_lib
 from pipeline.runs import rundir
 
 # The experiment config's file name; "tfevents" makes it an event file to TensorBoard.
@@ -100,11 +100,15 @@ def _domain(field: config_lib.Field) -> hp.Domain:
 
 
 def hparam_flags() -> list[hp.HParam]:
-    """One `hp.HParam` per training flag that defines a run, from its declaration."""
+    """One `hp.HParam` per training flag that defines a variant, from its declaration.
+
+    Not the seed: a variant's repeats are one session group (one row, its
+    metrics averaged), and a group shows only what its sessions share.
+    """
     return [
         hp.HParam(field.name, _domain(field), description=field.description)
         for field in config_lib.FIELDS
-        if field.option.hparam
+        if field.option.hparam and field.name not in variants_lib.REPEAT_FIELDS
     ]
 
 
@@ -127,23 +131,22 @@ def experiment_pb(differing: Iterable[str] = ()) -> api_pb2.Experiment:
 
 
 def differing_flags(experiment_dir: str | os.PathLike) -> set[str]:
-    """Hparam flags whose values differ between the runs (`*/run.json`) in a dir."""
-    names = {p.name for p in hparam_flags()}
-    values: dict[str, set[str]] = {name: set() for name in names}
+    """Flags that tell the runs (`*/run.json`) in a dir apart (`pipeline.variants`)."""
     run_paths = rundir.child_run_paths(experiment_dir)
-    for record in rundir.scan_records(run_paths, report=lambda _: None):
-        config = record.config
-        for name in names:
-            values[name].add(json.dumps(config.get(name), sort_keys=True))
-    return {name for name, seen in values.items() if len(seen) > 1}
+    records = rundir.scan_records(run_paths, report=lambda _: None)
+    return set(variants_lib.differing_fields(r.config for r in records))
 
 
 def session_hparams(config: config_lib.TrainConfig) -> dict[str, bool | float | str]:
-    """The run's hparam values: numbers, bools, strings (lists as `32,64`)."""
-    names = {p.name for p in hparam_flags()}
+    """The run's variant as hparam values: numbers, bools, strings (`32,64`).
+
+    Only the flags that define its variant (`pipeline.variants`): a logreg
+    row has no conv filters, and the seed is not among them.
+    """
+    defining = variants_lib.defining_config(config_lib.config_to_dict(config))
     values: dict[str, bool | float | str] = {}
-    for key, value in config_lib.config_to_dict(config).items():
-        if key not in names or value is None:
+    for key, value in defining.items():
+        if value is None:
             continue
         if isinstance(value, list):
             value = ",".join(str(v) for v in value)

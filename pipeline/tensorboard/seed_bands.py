@@ -4,7 +4,7 @@ A sweep with repeats trains every variant (the same flags) with several
 seeds. TensorBoard draws one curve per run, so a variant's spread is left to
 the eye. `update(experiment_dir)` reads every completed run of the sweep
 (`run.json` says `completed`) with TensorBoard's loader, groups them into
-variants (equal flags but the seed, as `pipeline-compare` does) and writes,
+variants (`pipeline.variants`, as `pipeline-compare` does) and writes,
 for each variant, a run `seed_bands/<variant>/` with the tags
 
   test/accuracy/mean, test/accuracy/mean_minus_std, test/accuracy/mean_plus_std,
@@ -44,7 +44,7 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
-from pipeline.config import NOT_HPARAMS
+from pipeline import variants as variants_lib
 
 BANDS_DIR = "seed_bands"
 SPLIT = "test"
@@ -111,10 +111,8 @@ def _completed_runs(experiment: pathlib.Path) -> list[tuple[pathlib.Path, dict]]
 
 
 def _variant_key(record: dict) -> str:
-    config = record.get("config", {})
-    defining = {k: v for k, v in config.items() if k not in NOT_HPARAMS and k != "seed"}
     dataset = record.get("dataset", {}).get("fingerprint", "")
-    return json.dumps([defining, dataset], sort_keys=True)
+    return variants_lib.variant_key(record.get("config", {}), dataset)
 
 
 def variant_label(run_name: str) -> str:
