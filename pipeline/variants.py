@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ from pipeline import config as config_lib
 
 # Fields that never define a variant, whatever the model: repeats differ in it.
 REPEAT_FIELDS = frozenset({"seed"})
+_SEED_PART = re.compile(r"(^|,)seed=[^,]*")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")
 
 
 @functools.cache
@@ -100,6 +103,16 @@ def differing_fields(configs: Iterable[Mapping[str, Any]]) -> list[str]:
         for name, value in defining_config(config).items():
             seen.setdefault(name, set()).add(_text(value))
     return [f.name for f in config_lib.FIELDS if len(seen.get(f.name, ())) > 1]
+
+
+def variant_label(run_name: str) -> str:
+    """The run's name without its `seed=N` part (`lr=0.1,seed=2` -> `lr=0.1`).
+
+    A sweep names its runs `flag=value,...,seed=N`, so the repeats of one
+    variant share this label (seed bands' run names, HParams' trial IDs).
+    """
+    label = _SEED_PART.sub("", run_name).strip(",")
+    return _UNSAFE.sub("+", label) or "all"
 
 
 def inapplicable_flags(model: str, names: Iterable[str]) -> list[str]:

@@ -31,7 +31,6 @@ import fcntl
 import json
 import math
 import pathlib
-import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -51,8 +50,6 @@ SPLIT = "test"
 METRICS = ("accuracy", "loss")
 STATS = ("mean", "mean_minus_std", "mean_plus_std", "min", "max", "seeds")
 RECORD_NAME = "run.json"
-_SEED_PART = re.compile(r"(^|,)seed=[^,]*")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")
 
 
 def tag(metric: str, stat: str) -> str:
@@ -115,12 +112,6 @@ def _variant_key(record: dict) -> str:
     return variants_lib.variant_key(record.get("config", {}), dataset)
 
 
-def variant_label(run_name: str) -> str:
-    """The run's name without its `seed=N` part (`lr=0.1,seed=2` -> `lr=0.1`)."""
-    label = _SEED_PART.sub("", run_name).strip(",")
-    return _UNSAFE.sub("+", label) or "all"
-
-
 def variants(experiment: pathlib.Path) -> dict[str, list[pathlib.Path]]:
     """Completed runs of the sweep grouped by variant, labelled by run name."""
     groups: dict[str, list[pathlib.Path]] = {}
@@ -128,10 +119,10 @@ def variants(experiment: pathlib.Path) -> dict[str, list[pathlib.Path]]:
         groups.setdefault(_variant_key(record), []).append(run)
     labelled = {}
     for runs in groups.values():
-        label = variant_label(runs[0].name)
+        label = variants_lib.variant_label(runs[0].name)
         n = 2
         while label in labelled:  # names that do not tell variants apart
-            label = f"{variant_label(runs[0].name)}-{n}"
+            label = f"{variants_lib.variant_label(runs[0].name)}-{n}"
             n += 1
         labelled[label] = runs
     return labelled
