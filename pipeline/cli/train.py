@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from absl import app, flags
 
-from pipeline import cli
+from pipeline import cli, variants
 from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline.runs import provenance, rundir
@@ -46,6 +46,9 @@ def _train_from_flags() -> None:
     launch = config_lib.launch_from_flags(FLAGS, sys.argv)
     if launch.mode == "rerun":
         launch = _rerun_launch(launch)
+    unused = variants.inapplicable_warning(launch.config.model, sys.argv)
+    if unused and launch.mode == "new":
+        cli.warner(PROG)(unused)
     if launch.mode == "replay":
         original, config = recovery.prepare_replay(launch)
         from pipeline.training import replay  # TensorFlow import

@@ -64,6 +64,6 @@ def annotate(
         notes_lib.write_note(run_dir.path, updated.note, updated.tags)
         # The HParams table's `tag` column: the experiment config lists it
         # (runs from before tags existed get it now), the session holds it.
-        hparams_lib.write_experiment_config(run_dir.path.parent)
+        hparams_lib.refresh_experiment_configs(run_dir.path)
         hparams_lib.rewrite_session_start(run_dir.path, {"tag": ",".join(tags)})
         return updated
