@@ -35,7 +35,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string(
         "filter",
         None,
-        "Keep rows matching e.g. 'model==cnn and best/accuracy>0.98' "
+        "Keep rows matching e.g. 'model==cnn and best/accuracy>0.98' or "
+        "'tag==baseline' (a row whose runs carry that tag) "
         "(and/or/not, parentheses, == != < <= > >=).",
         **fv,
     )
@@ -96,6 +97,9 @@ def main(argv: list[str]) -> None:
         for url, name, path in study_summary.find_studies(argv[1:], FLAGS.storage):
             print("\n" + study_summary.describe(url, name, path))
         notes = []
+        different_code = compare.code_note(ranked)
+        if different_code:
+            notes.append(different_code)
         if len(ranked) > 1:
             notes.append(
                 f"{len(ranked)} data sets: tables are not comparable with each other "

@@ -175,6 +175,7 @@ def save_diff(
     write(path, saved)
     return {
         "file": path.name,
+        "sha256": hashlib.sha256(diff).hexdigest(),
         "bytes": len(diff),
         "saved_bytes": len(saved),
         "truncated": len(saved) < len(diff),
@@ -360,3 +361,12 @@ def changes_since(sessions: Sequence[dict[str, Any]]) -> list[str]:
         if current != recorded:
             changes.append("installed packages differ")
     return changes
+
+
+def code_identity(code: dict[str, Any] | None) -> str:
+    """`short_commit`, plus the first digits of the saved diff's sha256 when
+    dirty (`1a2b3c4+9f8e7d`): equal exactly when two runs ran the same code
+    as far as their records tell."""
+    text = short_commit(code)
+    digest = ((code or {}).get("diff") or {}).get("sha256")
+    return text + digest[:6] if text.endswith("+") and digest else text

@@ -30,7 +30,7 @@ from tensorboard.util import tensor_util
 
 from pipeline import variants as variants_lib
 from pipeline.errors import ConfigError
-from pipeline.runs import rundir
+from pipeline.runs import provenance, rundir
 
 METRICS = (
     "final/accuracy",
@@ -61,6 +61,9 @@ class RunSummary:
     metrics: dict[str, float]
     accuracy_curve: list[tuple[int, float]]
     error: str | None = None
+    # The code it ran (`provenance.code_identity`) and its tags.
+    commit: str = "-"
+    tags: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -87,9 +90,17 @@ class Variant:
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         return statistics.fmean(values), std
 
+    @property
+    def commits(self) -> str:
+        """The code its repeats ran: `1a2b3c4`, or several joined by commas."""
+        return ",".join(dict.fromkeys(run.commit for run in self.runs))
+
     def fields(self) -> dict[str, Any]:
         """What `--filter` and `--sort` see: the flags, `repeats` and metric means."""
         out = {k: v for k, v in self.runs[0].config.items() if k != "seed"}
+        # `tag==x`: a repeat carries tag x (a set matches by membership).
+        out["tag"] = frozenset(t for run in self.runs for t in run.tags)
+        out["commit"] = self.commits
         out["repeats"] = len(self.runs)
         out.update({m: self.stat(m)[0] for m in METRICS})
         return out
@@ -185,6 +196,8 @@ def summarize(record: rundir.RunRecord) -> RunSummary:
         metrics=metrics,
         accuracy_curve=accuracy,
         error=record.error,
+        commit=provenance.code_identity(record.code),
+        tags=tuple(record.tags),
     )
 
 
@@ -310,7 +323,8 @@ def parse_filter(text: str) -> Predicate:
             return inner
         field = take("word")
         op = take("op")
-        value = _coerce(take("value") if peek() == "value" else take("word"))
+        raw = take("value") if peek() == "value" else take("word")
+        value = _coerce(raw)
 
         def compare(row: dict[str, Any]) -> bool:
             if field not in row:
@@ -318,6 +332,8 @@ def parse_filter(text: str) -> Predicate:
                 raise CompareError(
                     f"--filter: unknown field {field!r} (known: {known})"
                 )
+            if isinstance(row[field], frozenset) and op in ("==", "!="):
+                return (raw in row[field]) == (op == "==")
             left = _coerce(row[field])
             if isinstance(left, float) != isinstance(value, float):
                 left, right = str(row[field]), str(value)
@@ -417,7 +433,10 @@ def _flag_text(value: Any) -> str:
 
 
 def _rows(
-    group: Sequence[Variant], differing: Sequence[str], with_data: bool
+    group: Sequence[Variant],
+    differing: Sequence[str],
+    with_data: bool,
+    with_commit: bool = False,
 ) -> list[list[str]]:
     rows = []
     for variant in group:
@@ -426,8 +445,27 @@ def _rows(
         row += [_cell(variant, m) for m in METRICS]
         if with_data:
             row.append(variant.data)
+        if with_commit:
+            row.append(variant.commits)
         rows.append(row)
     return rows
+
+
+def ran_different_code(ranked: Sequence[Sequence[Variant]]) -> list[str]:
+    """The code identities of the runs shown, when there are several."""
+    seen = dict.fromkeys(r.commit for g in ranked for v in g for r in v.runs)
+    return list(seen) if len(seen) > 1 else []
+
+
+def code_note(ranked: Sequence[Sequence[Variant]]) -> str | None:
+    """One line when the runs compared ran different code, else None."""
+    commits = ran_different_code(ranked)
+    if not commits:
+        return None
+    return (
+        f"these runs ran different code ({', '.join(commits)}; '+' marks "
+        "uncommitted changes): pipeline-runs diff RUN_A RUN_B shows what changed"
+    )
 
 
 def _text_table(headers: list[str], rows: list[list[str]]) -> str:
@@ -482,6 +520,11 @@ def format_ranked(
         records = [
             _record(v, differing, i) for i, group in enumerate(ranked) for v in group
         ]
+        if ran_different_code(ranked):
+            for record, variant in zip(
+                records, [v for g in ranked for v in g], strict=True
+            ):
+                record["commit"] = variant.commits
         if fmt == "json":
             return json.dumps(records, indent=2)
         buffer = io.StringIO()
@@ -493,9 +536,12 @@ def format_ranked(
             writer.writerow(record)
         return buffer.getvalue().rstrip("\n")
     with_data = allow_mismatch and len({v.data for g in ranked for v in g}) > 1
+    with_commit = bool(ran_different_code(ranked))
     headers = [*differing, "runs", *(_HEADERS[m] for m in METRICS)]
     if with_data:
         headers.append("data")
+    if with_commit:
+        headers.append("commit")
     render = _markdown_table if fmt == "markdown" else _text_table
     blocks = []
     for i, group in enumerate(ranked):
@@ -505,7 +551,8 @@ def format_ranked(
             if i > 0:
                 title += "  -- NOT COMPARABLE with the table above (different data)"
             title = f"**{title}**\n\n" if fmt == "markdown" else title + "\n"
-        blocks.append(title + render(headers, _rows(group, differing, with_data)))
+        rows = _rows(group, differing, with_data, with_commit)
+        blocks.append(title + render(headers, rows))
     return "\n\n".join(blocks)
 
 
