@@ -228,7 +228,7 @@ def test_archive_moves_out_of_the_logdir_and_delete_removes(tmp_path):
 
 def test_an_archived_trial_is_not_trained_again_and_the_study_counts_it(tmp_path):
     experiment = tmp_path / "swept"
-    args = ["--grid=learning_rate=0.1,0.05", "--sweep_name=swept"]
+    args = ["--grid=learning_rate=0.1,0.05", "--sweep_name=swept", "--tag=swept"]
     process = subprocess.Popen(
         sweep_command(tmp_path, *args, "--steps=1000000", "--eval_every=0"),
         stdout=subprocess.DEVNULL,
@@ -259,6 +259,8 @@ def test_an_archived_trial_is_not_trained_again_and_the_study_counts_it(tmp_path
     assert not first.exists()
     assert not list(experiment.glob(f"{first.name}*"))
     assert record(experiment / second)["status"] == "completed"
+    # A tag given to the sweep is on every run it trains.
+    assert record(experiment / second)["config"]["tag"] == ["swept"]
     summary = run_cli("pipeline-compare", str(experiment))
     assert summary.returncode == 0, summary.stderr
     # The killed trial's retry failed (archived), the other completed; the
