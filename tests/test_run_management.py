@@ -266,3 +266,19 @@ def test_an_archived_trial_is_not_trained_again_and_the_study_counts_it(tmp_path
     # The killed trial's retry failed (archived), the other completed; the
     # first, retried attempt is not counted again.
     assert "1 completed, 0 pruned, 1 failed, 0 running" in summary.stdout
+
+
+def test_diff_names_only_the_flags_that_apply_and_differ(tmp_path):
+    from pipeline.runs import rundiff
+
+    def mlp(**changes):
+        config = {"model": "mlp", "steps": 20, "epochs": 0, "hidden_units": 30}
+        config.update(changes)
+        return rundir.RunRecord(tmp_path / "run.json", {"config": config})
+
+    lines = rundiff.flag_lines(
+        mlp(conv_filters=[4, 8], note="a", tag=["x"]),
+        mlp(conv_filters=[16, 32], hidden_units=64, note="b", tag=["y"]),
+    )
+    # conv_filters means nothing to an MLP; note and tags are not flags of the math.
+    assert lines == ["  --hidden_units: 30 -> 64"]

@@ -18,20 +18,15 @@ import subprocess
 from typing import Any
 
 from pipeline import config as config_lib
+from pipeline import variants as variants_lib
 from pipeline.runs import provenance, rundir
-
-# A flag whose help starts `cnn:` or `mlp:` shapes only that model family.
-_FAMILY_PREFIXES = tuple(f"{model}:" for model in config_lib.MODELS)
 
 
 def _applies(name: str, config: dict[str, Any]) -> bool:
-    field = config_lib.FIELDS_BY_NAME.get(name)
-    if field is None:
+    """Whether flag `name` means something for the run's model family."""
+    if name not in config_lib.FIELDS_BY_NAME:
         return True
-    family = field.option.help.split(" ", 1)[0]
-    if family in _FAMILY_PREFIXES:
-        return config.get("model") == family[:-1]
-    return True
+    return name in variants_lib.applicable_fields(str(config.get("model")))
 
 
 def _text(value: Any) -> str:
