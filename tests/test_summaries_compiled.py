@@ -57,7 +57,7 @@ def test_bulk_scalar_events_read_back_as_tf_summary_scalar_writes_them(tmp_path)
             assert tf.make_ndarray(a.tensor_proto).dtype == np.float32
             assert tf.make_ndarray(a.tensor_proto) == tf.make_ndarray(b.tensor_proto)
         assert bulk.SummaryMetadata(tag) == reference.SummaryMetadata(tag)
-    (path,) = (tmp_path / "bulk" / "train").glob("events.out.tfevents.*.scalars.v2")
+    (path,) = (tmp_path / "bulk" / "train").glob("events.out.tfevents.*.records.v2")
     from tensorboard.backend.event_processing import event_file_loader
 
     events = list(event_file_loader.EventFileLoader(str(path)).Load())

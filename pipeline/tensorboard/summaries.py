@@ -15,11 +15,12 @@ thread and flushes the files (before a checkpoint: what it covers is on disk);
 `flush(wait=False)` queues the flush behind the writes (progress lines).
 
 Per-step scalars (`scalar_series`: a chunk's loss and accuracy at every
-step) are written in bulk: one pre-serialized event per step, all tags in
-it, appended by one C++ record writer to a file of their own in the split's
-directory (`ScalarEventFile`). A `tf.summary` write is a TensorFlow op of
-~10 us; a whole 100-step chunk costs ~0.5 ms of the writer thread this way,
-against ~2 ms before. TensorBoard reads every event file of a directory.
+step) and histograms are written in bulk: pre-serialized events (one per
+step with every scalar tag; one per histogram) appended by one C++ record
+writer to a file of their own in the split's directory (`EventRecordFile`).
+A `tf.summary` write is a TensorFlow op of ~10 us; a whole 100-step chunk's
+scalars cost ~0.5 ms of the writer thread this way, against ~2 ms before.
+TensorBoard reads every event file of a directory.
 """
 
 from __future__ import annotations
@@ -172,21 +173,35 @@ def scalar_event_records(
     return records
 
 
-class ScalarEventFile:
-    """An event file of one split's per-step scalars, written in bulk.
+def tensor_event_record(
+    step: int, wall_time: float, tag: str, metadata: bytes, array: np.ndarray
+) -> bytes:
+    """A serialized `Event` of one tensor summary, as `tf.summary.write`
+    stores it."""
+    tensor = tf.make_tensor_proto(array).SerializeToString()
+    value = _field(1, tag.encode()) + _field(9, metadata) + _field(8, tensor)
+    head = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
+    return head + _field(5, _field(1, value))
+
+
+class EventRecordFile:
+    """An event file of one split's frequent summaries (per-step scalars,
+    histograms), written in bulk as pre-serialized events.
 
     Named like TensorFlow's (`events.out.tfevents.<second>.<host>.<pid>...`),
     so it sorts after the session-start marker of its run's start
     (`training.recovery.write_session_start`) and TensorBoard reads it with
     the split's other files. Records go through TensorFlow's C++ record
-    writer (framing and CRCs), many per call of `write`.
+    writer (framing and CRCs), many per call of `write`; a failed write (a
+    full disk, a file-size limit) raises at once with the file's name, where
+    a `tf.summary` writer can drop events without a word.
     """
 
     def __init__(self, directory: pathlib.Path):
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / (
             f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
-            f"{os.getpid()}.scalars.v2"
+            f"{os.getpid()}.records.v2"
         )
         try:
             self._records = tf.io.TFRecordWriter(str(self.path))
@@ -226,7 +241,7 @@ class SummaryLogger:
         self._run_dir = pathlib.Path(run_dir)
         self._enabled = enabled
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
-        self._scalar_files: dict[str, ScalarEventFile] = {}
+        self._record_files: dict[str, EventRecordFile] = {}
         self._compiled: dict[tuple, Callable] = {}
         self._background = BackgroundWriter() if background and enabled else None
 
@@ -289,10 +304,8 @@ class SummaryLogger:
         steps = steps[keep]
 
         def work() -> None:
-            if split not in self._scalar_files:
-                self._scalar_files[split] = ScalarEventFile(self._run_dir / split)
             records = scalar_event_records(tags, steps, series, time.time())
-            self._scalar_files[split].write(records)
+            self._record_file(split).write(records)
 
         self._write(work)
 
@@ -302,9 +315,14 @@ class SummaryLogger:
         without one)."""
         return self._background.busy_seconds if self._background else 0.0
 
+    def _record_file(self, split: str) -> EventRecordFile:
+        if split not in self._record_files:
+            self._record_files[split] = EventRecordFile(self._run_dir / split)
+        return self._record_files[split]
+
     def _files(self) -> list:
-        """Every open file writer: the `tf.summary` ones and the scalar files."""
-        return [*self._writers.values(), *self._scalar_files.values()]
+        """Every open file writer: the `tf.summary` ones and the record files."""
+        return [*self._writers.values(), *self._record_files.values()]
 
     def histograms(
         self, split: str, step: int, named_tensors: Iterable[tuple[str, tf.Tensor]]
@@ -320,37 +338,32 @@ class SummaryLogger:
         tensors = tuple(tf.convert_to_tensor(tensor) for _, tensor in named)
 
         def work() -> None:
-            write = self._compiled_writer("histograms", split, names)
-            write(tf.constant(step, tf.int64), tensors)
+            buckets = self._compiled_buckets(split, names)(tensors)
+            wall_time = time.time()
+            self._record_file(split).write(
+                [
+                    tensor_event_record(
+                        step, wall_time, name, HISTOGRAM_METADATA, bucket.numpy()
+                    )
+                    for name, bucket in zip(names, buckets, strict=True)
+                ]
+            )
 
         self._write(work)
 
-    def _compiled_writer(
-        self, kind: str, split: str, tags: tuple[str, ...]
-    ) -> Callable:
-        """A `tf.function` writing one kind of summary for fixed tags.
+    def _compiled_buckets(self, split: str, tags: tuple[str, ...]) -> Callable:
+        """A `tf.function` computing every histogram of a step at once.
 
-        Eager `tf.summary` calls cost ~0.3 ms each here; one compiled call
-        writes every histogram of a step. Cached per (kind, split, tags), so
-        each traces once.
+        Eager ops cost ~0.3 ms each here; one compiled call buckets every
+        tensor. Cached per (split, tags), so each traces once.
         """
-        key = (kind, split, tags)
-        if key in self._compiled:
-            return self._compiled[key]
-        writer = self.writer(split)
-
-        # A Python loop over fixed tags: nothing for AutoGraph to convert.
-        @tf.function(autograph=False)
-        def write(step, tensors):
-            with writer.as_default():
-                buckets = histogram_buckets_many(list(tensors))
-                for tag, histogram in zip(tags, buckets, strict=True):
-                    tf.summary.write(
-                        tag, histogram, step=step, metadata=HISTOGRAM_METADATA
-                    )
-
-        self._compiled[key] = write
-        return write
+        key = ("histograms", split, tags)
+        if key not in self._compiled:
+            # A Python loop over fixed tensors: nothing for AutoGraph to convert.
+            self._compiled[key] = tf.function(
+                lambda tensors: histogram_buckets_many(list(tensors)), autograph=False
+            )
+        return self._compiled[key]
 
     def tracing_counts(self) -> dict[str, int]:
         """How often each compiled writer traced (1 each when nothing retraces)."""
@@ -514,14 +527,14 @@ class SummaryLogger:
             finally:
                 self._background.stop()
                 self._background = None
-        for split, w in [*self._writers.items(), *self._scalar_files.items()]:
+        for split, w in [*self._writers.items(), *self._record_files.items()]:
             try:
                 w.close()
             except Exception as err:  # TensorFlow's errors; re-raised below
                 first_error = first_error or err
                 remove_empty_files(self._run_dir / split, "events.out.tfevents.*")
         self._writers.clear()
-        self._scalar_files.clear()
+        self._record_files.clear()
         if first_error is not None:
             raise first_error
 
