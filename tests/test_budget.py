@@ -98,7 +98,7 @@ def test_run_prints_bytes_per_plugin(tiny_run):
 
 def test_run_prints_its_whole_directory_bytes(tiny_run):
     """Checkpoints and artifacts count too, not only the event files."""
-    line = next(x for x in tiny_run.lines if x.startswith("run directory: "))
+    line = next(x for x in tiny_run.lines if x.startswith("on disk: "))
     for part in ("events ", "checkpoints ", "artifacts "):
         assert part in line, line
     parts = tiny_run.result.disk_bytes

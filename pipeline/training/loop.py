@@ -192,7 +192,7 @@ def finish(state: TrainState) -> RunOutcome:
     state.logger.close()
     plugin_bytes = budget.bytes_per_plugin(state.run_dir.path)
     disk_bytes = budget.disk_bytes(state.run_dir.path, state.run_dir.checkpoint_dir)
-    state.print_fn("run directory: " + budget.describe(disk_bytes))
+    state.print_fn("on disk: " + budget.describe(disk_bytes))
     state.print_fn("event files: " + budget.describe(plugin_bytes))
     result = TrainResult(
         step=state.step,
