@@ -336,7 +336,7 @@ class TrainConfig:
     projector: bool = option(
         True,
         "At the end of training, write the test split's penultimate-layer "
-        "embeddings (at most 10,000 examples), their digits and labels into the "
+        "embeddings (at most 2,000 examples), their digits and labels into the "
         "run's test/ directory for TensorBoard's Projector.",
         hparam=False,
         resume=MAY_CHANGE,
