@@ -80,7 +80,8 @@ board: venv
 
 # Every TensorBoard tab in a real browser (e2e/): Selenium drives Debian's
 # chromium through chromium-driver (installed here if missing; no browser
-# download); screenshots into docs/. CI runs it.
+# download); screenshots into docs/, their captions and docs/screenshots.md
+# name the commit (e2e/conftest.py). CI runs it.
 e2e: venv
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }
