@@ -56,8 +56,8 @@ KERNEL_INITIALIZERS = (
 SCALED_INITIALIZERS = ("truncated_normal", "random_normal", "random_uniform")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # Families whose train step XLA made faster on the 2-core benchmark CPU
-# (python -m benchmarks.throughput --compare_xla): none. XLA ran the CNN 8x
-# slower, and logreg and the MLP 0.7-0.8x as fast as without it.
+# (benchmarks/throughput.py's compare_xla option, removed in 52321a5): none.
+# XLA ran the CNN 8x slower, and logreg and the MLP 0.7-0.8x as fast.
 JIT_AUTO_MODELS: tuple[str, ...] = ()
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
@@ -486,8 +486,7 @@ class TrainConfig:
         "XLA-compile the train step (the step only: the loop reads a tf.data "
         "iterator, which XLA cannot compile). true/false force it; auto turns it "
         "on for the model families in config.JIT_AUTO_MODELS, those XLA made "
-        "faster in benchmarks/throughput.py --compare_xla (none on the benchmark "
-        "CPU: docs/performance.md).",
+        "faster on the benchmark CPU: none (docs/performance.md).",
         choices=JIT_COMPILE,
         group="devices and speed",
     )
