@@ -193,6 +193,25 @@ def test_named_programs_are_console_scripts(doc):
     assert not unknown, f"{_doc_id(doc)} names programs pyproject lacks: {unknown}"
 
 
+IMAGE = re.compile(r"!\[[^\]]*\]\(([^)]+\.png)\)")
+CAPTION = re.compile(r"^\*[^*]*`[^`]+`[^*]*\bcommit [0-9a-f]{7,}")
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_doc_id)
+def test_every_picture_says_which_command_and_commit_made_it(doc):
+    lines = doc.read_text().splitlines()
+    uncaptioned = [
+        image.group(1)
+        for i, line in enumerate(lines)
+        for image in [IMAGE.search(line)]
+        if image and not (i + 1 < len(lines) and CAPTION.match(lines[i + 1]))
+    ]
+    assert not uncaptioned, (
+        f"{_doc_id(doc)}: pictures without a caption line naming the `command` "
+        f"and the commit that made them: {uncaptioned}"
+    )
+
+
 def test_the_checks_find_what_they_look_for():
     """The patterns see a file, a flag and a program in the docs at all."""
     text = (REPO / "WORKSPACE.md").read_text()
