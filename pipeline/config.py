@@ -120,7 +120,7 @@ def _is_initializer(spec: str) -> bool:
         return False
 
 
-def _initializer(help: str, group: str) -> Any:
+def _initializer(help: str, **kwargs: Any) -> Any:
     """A kernel initializer flag (see KERNEL_INITIALIZERS)."""
     return option(
         "glorot_uniform",
@@ -131,7 +131,7 @@ def _initializer(help: str, group: str) -> Any:
         check=_is_initializer,
         message="{flag} must be a Keras initializer name from the help, or "
         "truncated_normal:S, random_normal:S or random_uniform:S with S > 0",
-        group=group,
+        **kwargs,
     )
 
 
@@ -142,8 +142,11 @@ class Option:
     `choices` makes a string field an enum flag (and a discrete HParams
     domain); `lower`/`upper` are the flag's bounds (both set: an HParams
     interval); `check` is one more validator, reported as `message` (where
-    `{flag}` stands for `--NAME`). `group` is the heading `--help` lists the
-    flag under (one of HELP_GROUPS).
+    `{flag}` stands for `--NAME`). `applies_to` names the model families
+    the field means something for (an MLP has no conv layers, logreg no
+    hidden layers): `pipeline.variants` reads it, and each family's builder
+    in `models.py` takes exactly its family-specific fields.
+    `group` is the heading `--help` lists the flag under (one of HELP_GROUPS).
     """
 
     help: str
@@ -155,6 +158,7 @@ class Option:
     message: str = ""
     hparam: bool = True
     resume: str = FIXED
+    applies_to: tuple[str, ...] = MODELS
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -164,10 +168,10 @@ def option(default: Any, help: str, **kwargs: Any) -> Any:
     )
 
 
-def _rate(help: str, group: str) -> Any:
+def _rate(help: str, **kwargs: Any) -> Any:
     """A dropout rate in [0, 1), checked by a validator (no HParams bounds)."""
     return option(
-        0.0, help, check=_is_rate, message="{flag} must be in [0, 1)", group=group
+        0.0, help, check=_is_rate, message="{flag} must be in [0, 1)", **kwargs
     )
 
 
@@ -256,37 +260,54 @@ class TrainConfig:
         "Dense(30, input_dim=784) followed by N more Dense(30) is N+1).",
         lower=0,
         upper=100,
+        applies_to=("mlp",),
         group="model",
     )
     hidden_units: int = option(
-        30, "mlp: units per hidden layer.", lower=1, group="model"
+        30, "mlp: units per hidden layer.", lower=1, applies_to=("mlp",), group="model"
     )
     activation: str = option(
-        "relu", "Hidden-layer activation.", choices=ACTIVATIONS, group="model"
+        "relu",
+        "Hidden-layer activation.",
+        choices=ACTIVATIONS,
+        applies_to=("mlp", "cnn"),
+        group="model",
     )
     dropout: float = _rate(
-        "mlp: dropout rate after each hidden layer, in [0, 1).", group="model"
+        "mlp: dropout rate after each hidden layer, in [0, 1).",
+        applies_to=("mlp",),
+        group="model",
     )
     conv_filters: tuple[int, ...] = option(
         (32, 64),
         "cnn: filters of each conv layer; each conv is followed by max pooling.",
         check=lambda v: len(v) > 0 and _positive_ints(v),
         message="--conv_filters must be a non-empty list of positive integers",
+        applies_to=("cnn",),
         group="model",
     )
     kernel_size: int = option(
-        3, "cnn: conv kernel size.", lower=1, upper=28, group="model"
+        3,
+        "cnn: conv kernel size.",
+        lower=1,
+        upper=28,
+        applies_to=("cnn",),
+        group="model",
     )
     conv_padding: tuple[str, ...] = option(
         ("same",),
         "cnn: 'same' or 'valid', one value for all conv layers or one per layer.",
         check=lambda v: len(v) > 0 and all(p in PADDINGS for p in v),
         message="--conv_padding values must be 'same' or 'valid'",
+        applies_to=("cnn",),
         group="model",
     )
-    pool_size: int = option(2, "cnn: max-pool size.", lower=1, upper=14, group="model")
+    pool_size: int = option(
+        2, "cnn: max-pool size.", lower=1, upper=14, applies_to=("cnn",), group="model"
+    )
     conv_dropout: float = _rate(
         "cnn: dropout rate after the conv stack, before the dense layers, in [0, 1).",
+        applies_to=("cnn",),
         group="model",
     )
     dense_units: tuple[int, ...] = option(
@@ -294,6 +315,7 @@ class TrainConfig:
         "cnn: units of each hidden dense layer (empty for none).",
         check=_positive_ints,
         message="--dense_units must be a list of positive integers",
+        applies_to=("cnn",),
         group="model",
     )
     dense_dropout: tuple[float, ...] = option(
@@ -303,10 +325,11 @@ class TrainConfig:
         "0.5 is 0.8,0.5).",
         check=_are_rates,
         message="--dense_dropout values must be rates in [0, 1)",
+        applies_to=("cnn",),
         group="model",
     )
     conv_kernel_init: str = _initializer(
-        "cnn: initializer of the conv kernels.", group="model"
+        "cnn: initializer of the conv kernels.", applies_to=("cnn",), group="model"
     )
     dense_kernel_init: str = _initializer(
         "Initializer of every dense layer's kernel, the logits layer included.",

@@ -52,11 +52,14 @@ def main(argv: list[str]) -> None:
 
     def body() -> int:
         from pipeline.runs import rundir
+        from pipeline.tensorboard import hparams
 
         # Damaged runs are named (one line each); TensorBoard shows the rest.
         runs = rundir.find_run_paths(FLAGS.logdir)
         for _ in rundir.scan_records(runs, cli.warner("pipeline-board")):
             pass
+        if runs:  # HParams: one table of every run below, sweeps included
+            hparams.write_experiment_config(FLAGS.logdir)
         server = board.TensorBoardServer(
             FLAGS.logdir, host=FLAGS.host, port=FLAGS.port, load_fast=FLAGS.load_fast
         )

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from absl import flags
 
-from pipeline import cli
+from pipeline import cli, variants
 from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline.runs import rundir
@@ -50,6 +50,9 @@ def _train_from_flags() -> None:
     files are reported in well under a second.
     """
     launch = config_lib.launch_from_flags(FLAGS, sys.argv)
+    unused = variants.inapplicable_warning(launch.config.model, sys.argv)
+    if unused and launch.mode == "new":
+        cli.warner(PROG)(unused)
     if launch.mode == "replay":
         original, config = recovery.prepare_replay(launch)
         from pipeline.training import replay  # TensorFlow import
