@@ -8,9 +8,10 @@ second).
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
-from conftest import run_cli
+from conftest import cli_command, cli_env, run_cli
 
 from pipeline import config as config_lib
 
@@ -121,3 +122,17 @@ def test_a_missing_positional_argument_is_one_line():
         "pipeline-compare: error: usage: pipeline-compare [flags] "
         "RUN_OR_DIR_OR_GLOB ... (see pipeline-compare --help)"
     ]
+
+
+def test_help_into_a_pipe_closed_early_is_no_error():
+    """`pipeline-train --help | head -1`: the reader may leave before it is written."""
+    proc = subprocess.Popen(
+        [*cli_command("pipeline-train"), "--help"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    proc.stdout.close()  # before the program starts writing (it starts in ~0.3 s)
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0, stderr
+    assert "Traceback" not in stderr

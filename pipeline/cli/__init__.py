@@ -147,7 +147,13 @@ def start(
     define_flags(flags.FLAGS)
     wanted = help_request(sys.argv)
     if wanted:
-        print(help_text(doc, flags.FLAGS, full=wanted == "full", full_only=full_only))
+        text = help_text(doc, flags.FLAGS, full=wanted == "full", full_only=full_only)
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            # `pipeline-train --help | head`: the reader had enough. Point
+            # stdout at /dev/null so the exit's flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     app.run(
         _one_line_usage_errors(prog, main), flags_parser=one_line_flags_parser(prog)
