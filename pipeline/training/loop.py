@@ -269,7 +269,7 @@ class RunRecord:
         )
         if self.is_chief:
             reason = extra.get("stop_reason") if status != "completed" else None
-            hparams_lib.write_session_end(self.run_dir.path, status, reason)
+            hparams_lib.end_run(self.run_dir.path, status, reason)
         return result
 
     def __exit__(self, exc_type, err, traceback) -> None:
@@ -315,7 +315,7 @@ def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> 
 def _end_session_failed(run_dir: RunDir, reason: str) -> None:
     """Marks the HParams session failed, unless the disk refuses that too."""
     try:
-        hparams_lib.write_session_end(run_dir.path, "failed", reason)
+        hparams_lib.end_run(run_dir.path, "failed", reason)
     except Exception as err:
         if write_failure(err) is None:
             raise
