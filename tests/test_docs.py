@@ -36,6 +36,7 @@ ALLOWED_FLAGS = {
     "dist",  # pytest-xdist's --dist (how `make test` schedules files)
     "owner",  # PostgreSQL's createdb --owner (docs/search.md, several machines)
     "pwprompt",  # PostgreSQL's createuser --pwprompt (the same)
+    "reload_multifile",  # TensorBoard's own flag, which pipeline-board passes
 }
 # Path prefixes that are examples, not files of the repo.
 ALLOWED_PATH_PREFIXES = (
