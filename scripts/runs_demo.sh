@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The runs behind docs/runs.md: a copy of this package committed in a fresh
+# The runs behind docs/run-tracking.md: a copy of this package committed in a fresh
 # git repository (under $1, default /tmp/runs-demo), three short logreg runs
 # (one on a dirty tree, one re-run on the next commit), then the run list,
 # two diffs and pipeline-compare, as printed there.

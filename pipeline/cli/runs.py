@@ -1,14 +1,16 @@
-"""`pipeline-runs`: list, annotate, compare, archive and delete runs.
+"""pipeline-runs: list, annotate, compare, archive and delete runs.
 
-pipeline-runs list [DIR] [--since=7d] [--status=completed] [--tag=baseline]
-pipeline-runs note RUN "why this run was made"     ('' removes the note)
-pipeline-runs tag RUN NAME... [--remove=NAME] [--clear]
-pipeline-runs diff RUN_A RUN_B
-pipeline-runs archive RUN_OR_SWEEP... [--archive_dir=DIR]
-pipeline-runs delete RUN_OR_SWEEP... --yes
+usage: pipeline-runs COMMAND [flags] ARGS
+  pipeline-runs list [DIR] [--since=7d] [--status=completed] [--tag=baseline]
+  pipeline-runs note RUN "why this run was made"     ('' removes the note)
+  pipeline-runs tag RUN NAME... [--remove=NAME] [--clear]
+  pipeline-runs diff RUN_A RUN_B
+  pipeline-runs archive RUN_OR_SWEEP... [--archive_dir=DIR]
+  pipeline-runs delete RUN_OR_SWEEP... --yes
 
-RUN is a run directory (logs/NAME) or a name under --logdir. Nothing here
-imports TensorFlow.
+RUN is a run directory (logs/NAME) or a name under --logdir. note, tag,
+archive and delete take each run's lock: a run being trained is refused.
+Nothing here imports TensorFlow (docs/run-tracking.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from absl import flags
 
 from pipeline import cli
+from pipeline.config import help_group
 from pipeline.errors import ConfigError, RunDirError
 from pipeline.runs import annotations, archive, listing, rundiff, rundir
 
@@ -63,6 +66,10 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_boolean(
         "yes", False, "delete: really delete (without it, nothing is removed).", **fv
     )
+    help_group(flag_values, "where", ["logdir"])
+    help_group(flag_values, "list", ["since", "status", "tag", "notes"])
+    help_group(flag_values, "tag (the command)", ["remove", "clear"])
+    help_group(flag_values, "archive and delete", ["archive_dir", "yes"])
 
 
 def run_path(name: str) -> pathlib.Path:
@@ -169,7 +176,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.start(PROG, define_flags, main)
+    cli.start(PROG, define_flags, main, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,17 @@
-"""`pipeline-sweep`: a search over training flags on an Optuna study, resumable.
+"""pipeline-sweep: train many runs over a grid or search space (an Optuna study).
 
-    pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg \
-        --grid=learning_rate=0.1,0.01 --grid=activation=sigmoid,relu \
-        --grid=hidden_layers=3,11 --repeats=3 --sweep_name=mlp_tuning --workers=2
+usage: pipeline-sweep --sweep_name=NAME (--grid=FLAG=V1,V2 | --search=FLAG=SPACE)...
+                      [--flagfile=TRAINING_OR_SWEEP_FILE] [--TRAINING_FLAG=VALUE ...]
+  pipeline-sweep --flagfile=flags/sweeps/mlp_tuning.cfg
+  pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg --sweep_name=mlp_search \\
+      --search=learning_rate=log:1e-4:1e-1 --search=hidden_layers=int:1:11 \\
+      --trials=20 --pruner=median --workers=2
 
-    pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg --sweep_name=mlp_search \
-        --search=learning_rate=log:1e-4:1e-1 --search=hidden_layers=int:1:11 \
-        --search=activation=choice:relu,sigmoid,tanh --trials=20 --pruner=median
-
-Every training flag is accepted too and sets the base of each run (so
-`--flagfile` may name a training flagfile, or a sweep file under
-`flags/sweeps/` that includes one). Runs go to LOGDIR/SWEEP_NAME/RUN; the
-study to `--storage` (default LOGDIR/SWEEP_NAME/study.db). The same command
-on another machine, with a shared `--storage`, is one more worker.
+Every pipeline-train flag is accepted too and sets the base of each run
+(pipeline-train --help lists them; --helpfull lists them here). Runs go to
+LOGDIR/SWEEP_NAME/RUN, the study to --storage; the same command on another
+machine, with a shared --storage, is one more worker. Re-running it
+continues the study. docs/search.md has the details.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from pipeline import cli
 from pipeline import config as config_lib
@@ -78,6 +77,11 @@ def _define_search_flags(flag_values: flags.FlagValues) -> None:
         lower_bound=1,
         **fv,
     )
+    config_lib.help_group(
+        flag_values,
+        "sweep: what is searched",
+        ["grid", "search", "sampler", "trials", "repeats"],
+    )
 
 
 def _define_study_flags(flag_values: flags.FlagValues) -> None:
@@ -131,6 +135,18 @@ def _define_study_flags(flag_values: flags.FlagValues) -> None:
         "Default: maximize for accuracy, minimize for loss.",
         **fv,
     )
+    config_lib.help_group(
+        flag_values,
+        "sweep: judging and pruning trials",
+        [
+            "metric",
+            "direction",
+            "pruner",
+            "startup_trials",
+            "prune_worse_than",
+            "prune_from_step",
+        ],
+    )
 
 
 def _define_workplace_flags(flag_values: flags.FlagValues) -> None:
@@ -171,6 +187,11 @@ def _define_workplace_flags(flag_values: flags.FlagValues) -> None:
         message="--sweep_name is required: letters, digits and . _ = , + - only",
         flag_values=flag_values,
     )
+    config_lib.help_group(
+        flag_values,
+        "sweep: name, storage and workers",
+        ["sweep_name", "storage", "workers", "dry_run"],
+    )
 
 
 def _raise_keyboard_interrupt(signum, frame):
@@ -179,8 +200,7 @@ def _raise_keyboard_interrupt(signum, frame):
 
 def main(argv: list[str]) -> None:
     """Opens (or joins) the study and trains trials until its total is reached."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
@@ -216,7 +236,9 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.start("pipeline-sweep", define_flags, main)
+    cli.start(
+        "pipeline-sweep", define_flags, main, __doc__, full_only=config_lib.HELP_GROUPS
+    )
 
 
 if __name__ == "__main__":

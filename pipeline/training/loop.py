@@ -73,6 +73,8 @@ class TrainResult:
     # How often each compiled function traced: 1 each means no retracing.
     trace_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     event_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
+    # The whole run directory at the end: events, checkpoints, artifacts.
+    disk_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def train_and_evaluate(
@@ -190,6 +192,8 @@ def finish(state: TrainState) -> RunOutcome:
     wall = time.perf_counter() - state.started_at
     state.logger.close()
     plugin_bytes = budget.bytes_per_plugin(state.run_dir.path)
+    disk_bytes = budget.disk_bytes(state.run_dir.path, state.run_dir.checkpoint_dir)
+    state.print_fn("on disk: " + budget.describe(disk_bytes))
     state.print_fn("event files: " + budget.describe(plugin_bytes))
     result = TrainResult(
         step=state.step,
@@ -201,6 +205,7 @@ def finish(state: TrainState) -> RunOutcome:
         weights_digest=weights_digest(state.model),
         trace_counts=trace_counts(state),
         event_bytes=plugin_bytes,
+        disk_bytes=disk_bytes,
     )
     return RunOutcome(result, record)
 
