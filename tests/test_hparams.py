@@ -178,23 +178,6 @@ def test_best_metrics_tracker_keeps_step_of_best():
     assert best.loss_step == 20
 
 
-@pytest.fixture(scope="module")
-def readme_layout(tmp_path_factory):
-    """The README's layout: single runs in a logdir and a sweep with repeats in it.
-
-    The sweep's runs are named as `pipeline-sweep` names them; two variants
-    (learning rates) x two seeds.
-    """
-    logdir = tmp_path_factory.mktemp("readme_logs")
-    train_run(logdir, LOGREG, "logreg-1")
-    train_run(logdir, dataclasses.replace(LOGREG, model="mlp"), "mlp-1")
-    for rate in ("0.05", "0.1"):
-        for seed in (0, 1):
-            config = dataclasses.replace(LOGREG, learning_rate=float(rate), seed=seed)
-            train_run(logdir / "s", config, f"learning_rate={rate},seed={seed}")
-    return logdir
-
-
 def test_logdir_config_covers_the_sweep_inside_it(readme_layout):
     # Written by the runs' ends, with no board started.
     infos = {i.name: i for i in hparams.read_experiment(readme_layout).hparam_infos}
