@@ -2,7 +2,10 @@
 
 import dataclasses
 import gzip
+import json
+import re
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
@@ -57,3 +60,25 @@ def test_no_trace_by_default(tmp_path):
 def test_a_window_past_the_last_step_is_refused():
     with pytest.raises(ConfigError, match=r"--profile_steps=5,30 ends after"):
         validate(dataclasses.replace(TINY, steps=20, profile_steps=(5, 30)))
+
+
+def test_the_overview_page_shows_the_step_time(profiled):
+    """Its default tool: a step time, not "No step marker observed" (issue 19)."""
+    with board.TensorBoardServer(profiled.path.parent) as server:
+        deadline = time.monotonic() + 60
+        while "profiled/train/" not in (
+            runs := get(server, "/data/plugin/profile/runs")
+        ):
+            assert time.monotonic() < deadline, "the Profile tab lists no run"
+            time.sleep(0.5)
+        (run,) = json.loads(runs)
+        (host,) = json.loads(get(server, f"/data/plugin/profile/hosts?{_query(run)}"))
+        query = _query(run, host=host["hostname"])
+        overview = get(server, f"/data/plugin/profile/data?{query}")
+    assert "No step marker observed" not in overview
+    (average,) = re.findall(r'"steptime_ms_average": ?"([\d.]+)"', overview)
+    assert float(average) > 0
+
+
+def _query(run, **more):
+    return urllib.parse.urlencode({"run": run, "tag": "overview_page", **more})

@@ -367,9 +367,10 @@ class RecordProfile(Action):
     """A `tf.profiler` trace of steps A..B (`--profile_steps=A,B`), chief only.
 
     A chunk ends at step A - 1, the trace starts after everything done there,
-    steps A..B then run one per compiled call, each marked as a training step
-    (`TrainState.step_marker`) for the Profile tab's step-time views, and the
-    trace stops once step B and its actions are done.
+    steps A..B then run one per compiled call outside the compiled loop
+    (`train_loop.one_step`), each marked as a training step
+    (`TrainState.step_marker`), so the Profile tab's Overview shows their step
+    time, and the trace stops once step B and its actions are done.
     It goes to the run's `train/` directory
     (`plugins/profile/<time>/<host>.xplane.pb`), where TensorBoard's Profile
     tab (`tensorboard-plugin-profile`) finds it. A run resumed past A traces
@@ -404,6 +405,8 @@ class RecordProfile(Action):
     def _maybe_start(self, state: TrainState, step: int) -> None:
         due = self.last and self.first - 1 <= step < self.last
         if due and state.is_chief and self.tracing_from is None:
+            # Traced now, so its compilation is not timed as step A.
+            state.train_loop.one_step.get_concrete_function(state.iterator)
             tf.profiler.experimental.start(str(state.run_dir.path / "train"))
             self.tracing_from = step + 1
             state.profiling = True
