@@ -223,3 +223,23 @@ def test_a_variants_seeds_are_one_row_with_their_mean(readme_layout):
         if m["name"] == {"group": "test", "tag": "accuracy"}
     ]
     assert mean == pytest.approx(sum(accuracy) / 2, abs=1e-6)
+
+
+def test_the_swept_flag_is_marked_first_and_at_most_five_are():
+    demo = [
+        {"model": m, "hidden_units": 128, "hidden_layers": 2, "steps": 500}
+        for m in ("logreg", "mlp", "cnn")
+    ]
+    sweep = [
+        {"model": "mlp", "hidden_units": 30, "hidden_layers": 10, "steps": 600}
+        | {"activation": "sigmoid", "batch_size": 10, "input_scale": "raw"}
+        | {"learning_rate": rate, "seed": seed}
+        for rate in (0.01, 0.05)
+        for seed in (0, 1)
+    ]
+    marked = hparams.marked_flags({"logs": demo, "logs/s": sweep})
+    assert marked[:2] == ["model", "learning_rate"]  # vary inside a directory
+    assert len(marked) == hparams.VISIBLE_HPARAMS
+    assert "seed" not in marked
+    # A sweep's axes come first, whatever else varies.
+    assert hparams.marked_flags({"logs": demo}, given=["batch_size"])[0] == "batch_size"
