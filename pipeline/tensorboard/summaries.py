@@ -184,7 +184,14 @@ class SummaryLogger:
             write = self._compiled_writer("scalars", split, tags)
             write(tf.constant(steps[keep]), tuple(tf.constant(v) for v in series))
 
-        self._write(work)
+        def work_one() -> None:
+            # A one-step chunk (a profiled step) is written without a loop:
+            # the profiler takes a compiled loop's iterations for the steps
+            # and would ignore the step markers (`TrainState.step_marker`).
+            write = self._compiled_writer("scalar", split, tags)
+            write(tf.constant(steps[0]), tuple(tf.constant(v[0]) for v in series))
+
+        self._write(work_one if length == 1 else work)
 
     def histograms(
         self, split: str, step: int, named_tensors: Iterable[tuple[str, tf.Tensor]]
@@ -219,7 +226,17 @@ class SummaryLogger:
         if key in self._compiled:
             return self._compiled[key]
         writer = self.writer(split)
-        if kind == "scalars":
+        if kind == "scalar":
+
+            @tf.function(autograph=False)
+            def write(step, values):
+                with writer.as_default():
+                    for tag, value in zip(tags, values, strict=True):
+                        tf.summary.write(
+                            tag, value, step=step, metadata=SCALAR_METADATA
+                        )
+
+        elif kind == "scalars":
 
             @tf.function(
                 input_signature=[

@@ -277,15 +277,43 @@ class SaveCheckpoint(EveryNSteps):
             state.save_checkpoint(chunk.step)
 
 
+class _Progbar(keras.utils.Progbar):
+    """Keras' `Progbar`, showing text values as they are.
+
+    It prints a list value as a float with four decimals (`examples/s:
+    1782.0000`) and any other value as it is; a text value is stored as such.
+    """
+
+    def update(self, current, values=None, finalize=None):
+        numbers = []
+        for name, value in values or ():
+            if isinstance(value, str):
+                if name not in self._values_order:
+                    self._values_order.append(name)
+                self._values[name] = value
+            else:
+                numbers.append((name, value))
+        super().update(current, numbers, finalize)
+
+
+def test_accuracy_text(state: TrainState) -> str:
+    """The last test accuracy with the step it is from (`0.9625 (step 63)`)."""
+    accuracy = state.last_test.get("accuracy")
+    if accuracy is None or state.last_evaluated < 0:
+        return "-"
+    return f"{accuracy:.4f} (step {state.last_evaluated})"
+
+
 class PrintProgress(EveryNSteps):
     """Progress: a live bar on a terminal, else one line every `every` steps.
 
     On a terminal (the program prints with `print` to a TTY) Keras' `Progbar`
     redraws after every chunk: steps done of `--steps`, the time left, time
-    per step, train loss and accuracy, the last test accuracy and
-    examples/s. Anywhere else (a log file, a pipe, a sweep's child, a test) it
-    prints one plain line every `every` steps and at the end, so a log holds
-    no redraws.
+    per step, train loss and accuracy, the last test accuracy with the step it
+    is from, and examples/s as an integer. Anywhere else (a log file, a pipe,
+    a sweep's child, a test) it prints one plain line every `every` steps and
+    at the end, so a log holds no redraws. Before the first step it says that
+    the train step is compiling, the seconds it takes are not silent.
     """
 
     def __init__(self, every: int):
@@ -294,9 +322,14 @@ class PrintProgress(EveryNSteps):
         self.first_step = 0
 
     def start(self, state: TrainState) -> None:
+        if state.step < state.config.steps:
+            state.print_fn(
+                f"step {state.step:>6}/{state.config.steps}  compiling the "
+                f"{state.config.model} train step (its first call waits for it)"
+            )
         if state.print_fn is print and sys.stdout.isatty():
             self.first_step = state.step
-            self.bar = keras.utils.Progbar(
+            self.bar = _Progbar(
                 state.config.steps - state.step,
                 # Every chunk redraws: Keras' default 0.05 s throttle would
                 # skip the redraws of fast chunks, and chunks are already the
@@ -308,12 +341,11 @@ class PrintProgress(EveryNSteps):
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
         if self.bar is not None:
-            test_acc = state.last_test.get("accuracy", float("nan"))
             values = [
                 ("loss", state.last_train.get("loss", float("nan"))),
                 ("accuracy", state.last_train.get("accuracy", float("nan"))),
-                ("test_accuracy", test_acc),
-                ("examples/s", round(chunk.examples_per_sec)),
+                ("test_accuracy", test_accuracy_text(state)),
+                ("examples/s", f"{chunk.examples_per_sec:,.0f}"),
             ]
             self.bar.update(
                 chunk.step - self.first_step, values, finalize=chunk.is_last
@@ -324,8 +356,7 @@ class PrintProgress(EveryNSteps):
         # What the progress line reports reaches the charts right after it:
         # the flush is queued behind the chunk's writes (the writer thread).
         state.logger.flush(wait=False)
-        test_acc = state.last_test.get("accuracy")
-        test_text = "-" if test_acc is None else f"{test_acc:.4f}"
+        test_text = test_accuracy_text(state)
         train_text = " ".join(f"{k}={v:.4f}" for k, v in state.last_train.items())
         config = state.config
         epoch_text = ""
