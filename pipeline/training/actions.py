@@ -376,11 +376,14 @@ class WriteProjector(Action):
     penultimate layer's output for each test digit (at most
     `projector.MAX_EXAMPLES`), the digits as a sprite, and each one's label,
     prediction and correctness. Written when the run reaches its last step
-    or stops early (the model as trained, before a best model is restored).
+    or stops early (the model as trained, before a best model is restored),
+    for models with a learned embedding (`projector.has_learned_embedding`).
     """
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
         if not (state.is_chief and (chunk.is_last or state.stop_reason)):
+            return
+        if not projector.has_learned_embedding(state.model):
             return
         binary = state.config.binary_class
         names = [f"not {binary}", str(binary)] if binary is not None else None
