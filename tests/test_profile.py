@@ -9,7 +9,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
-from conftest import TINY, train_run
+from conftest import TINY, run_cli, train_run
 
 from pipeline.config import ConfigError, validate
 from pipeline.tensorboard import board
@@ -82,3 +82,20 @@ def test_the_overview_page_shows_the_step_time(profiled):
 
 def _query(run, **more):
     return urllib.parse.urlencode({"run": run, "tag": "overview_page", **more})
+
+
+def test_inspect_checks_the_overview_step_time(profiled):
+    result = run_cli(
+        "pipeline-inspect", "--check", "profiled", cwd=profiled.path.parent, timeout=240
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith(" on .")  # paths relative to where it was called
+    (profile,) = [line for line in lines if line.split()[1] == "profile"]
+    assert re.fullmatch(
+        r"ok     profile +session profiled/train/\S+: Overview step time [\d.]+ ms",
+        profile,
+    )
+    assert float(profile.split()[-2]) > 0
+    (distributions,) = [line for line in lines if line.split()[1] == "distributions"]
+    assert distributions.startswith("ok ")
