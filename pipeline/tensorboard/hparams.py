@@ -34,7 +34,6 @@ without importing TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -179,26 +178,18 @@ def marked_flags(
     then those marked before, then those that vary only between directories;
     within each, the flags with more distinct values first.
     """
-    configs = [c for cs in by_directory.values() for c in cs]
-    defining = [variants_lib.defining_config(c) for c in configs]
+    groups = list(by_directory.values())
+    configs = [c for cs in groups for c in cs]
     names = {h.name for h in hparam_flags()}
-    order = [f.name for f in config_lib.FIELDS]
-
-    def key(flag: str) -> tuple[int, int]:
-        values = {
-            json.dumps(d.get(flag), sort_keys=True) for d in defining if flag in d
-        }
-        return -len(values), order.index(flag)
-
     tiers = (
         set(given),
-        {f for cs in by_directory.values() for f in variants_lib.differing_fields(cs)},
+        variants_lib.varying_within(groups),
         set(marked_before),
         set(variants_lib.differing_fields(configs)),
     )
     marked: list[str] = []
     for tier in tiers:
-        marked += sorted((tier & names) - set(marked), key=key)
+        marked += variants_lib.most_telling((tier & names) - set(marked), groups)
     return marked[:VISIBLE_HPARAMS]
 
 

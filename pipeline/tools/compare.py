@@ -654,17 +654,17 @@ def fit(
 ) -> tuple[list[Column], list[str]]:
     """`cols` without the flag columns that do not fit in `width`; and those left out.
 
-    The flags with the fewest distinct values go first (the swept flag,
-    varied most, stays), the last declared first among equals.
+    The least telling flags go first (`variants.most_telling`: a flag that
+    varies inside one directory, a sweep's axis, stays longest).
     """
     variants = [v for g in ranked for v in g]
-
-    def distinct(flag: str) -> int:
-        return len({_flag_text(v.flags.get(flag)) for v in variants})
-
+    by_directory: dict[pathlib.Path, list[dict[str, Any]]] = {}
+    for run in (r for v in variants for r in v.runs):
+        by_directory.setdefault(run.path.parent, []).append(run.config)
+    telling = variants_lib.most_telling(differing, list(by_directory.values()))
     order = sorted(
         (c for c in cols if c.is_flag and c.header in differing),
-        key=lambda c: (distinct(c.header), -differing.index(c.header)),
+        key=lambda c: -telling.index(c.header),
     )
     left_out = []
     while order and _table_width(cols, variants) > width:
