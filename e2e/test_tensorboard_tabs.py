@@ -2,7 +2,9 @@
 
 `make e2e` runs this (not `make test`): it trains a demo CNN (with a profiled
 step range), evaluates it (PR curves, Projector), runs a small sweep with
-repeats (HParams, seed bands in Custom Scalars), serves each with the real
+repeats (HParams, seed bands in Custom Scalars) and the README's layout (the
+three demo runs and a 2-variant x 2-seed sweep in one logdir: HParams shows
+the swept flag, one row per variant), serves each with the real
 TensorBoard and opens every tab's default view in headless Chromium, driven
 by Selenium through Debian's `chromium-driver` (no browser download). Each
 tab is read from the DOM, shadow roots included: the visible text must show
@@ -13,6 +15,8 @@ TensorBoard as relative paths, so no machine path shows in them.
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import pathlib
 import re
@@ -20,12 +24,15 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 
 import pytest
 from PIL import Image
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
+from pipeline import variants
 from pipeline.tensorboard import board
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -112,6 +119,25 @@ function find(node) {
 const hit = find(document);
 if (hit) hit.click();
 return hit !== null;
+"""
+
+# The HParams query pane's checkboxes, shadow roots included: [label, checked].
+CHECKBOXES = """
+const out = [];
+function walk(node) {
+  if (node.nodeType === Node.ELEMENT_NODE) {
+    if (node.tagName === 'PAPER-CHECKBOX' || node.tagName === 'MAT-CHECKBOX'
+        || (node.tagName === 'INPUT' && node.type === 'checkbox')) {
+      const checked = node.checked === true || node.hasAttribute('checked')
+        || node.getAttribute('aria-checked') === 'true';
+      out.push([(node.textContent || '').trim(), checked]);
+    }
+    if (node.shadowRoot) walk(node.shadowRoot);
+  }
+  for (const child of node.childNodes) walk(child);
+}
+walk(document);
+return out;
 """
 
 
@@ -271,7 +297,30 @@ DEMO_TABS = {
 
 @pytest.mark.parametrize("tab", list(DEMO_TABS))
 def test_demo_run_tab(browser, demo_board, tab):
-    check_view(browser, f"{demo_board.url}/#{tab}", DEMO_TABS[tab], tab)
+    text = check_view(browser, f"{demo_board.url}/#{tab}", DEMO_TABS[tab], tab)
+    if tab == "profile":  # the Overview measured the profiled steps (issue 19)
+        assert "No step marker observed" not in text, text[:3000]
+        print("PROFILE TEXT", text[:3000])
+
+
+def test_demo_profile_overview_has_a_step_time(demo_board):
+    (run,) = [r for r in json.loads(profile_get(demo_board, "runs")) if "cnn" in r]
+    query = urllib.parse.urlencode({"run": run, "tag": "overview_page"})
+    (host,) = json.loads(profile_get(demo_board, f"hosts?{query}"))
+    query += "&" + urllib.parse.urlencode({"host": host["hostname"]})
+    overview = profile_get(demo_board, f"data?{query}")
+    (average,) = re.findall(r'"steptime_ms_average": ?"([\d.]+)"', overview)
+    assert float(average) > 0, overview[:2000]
+
+
+def profile_get(server, path: str) -> str:
+    """The Profile plugin's data API answers gzip-compressed JSON."""
+    url = f"{server.url}/data/plugin/profile/{path}"
+    with urllib.request.urlopen(url, timeout=60) as response:
+        body = response.read()
+        if response.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+    return body.decode()
 
 
 def test_demo_graph_is_the_train_step(demo_board):
@@ -285,10 +334,90 @@ def test_sweep_hparams_table(browser, sweep_board):
         browser,
         f"{sweep_board.url}/#hparams",
         ["TABLE VIEW", "learning_rate", "test accuracy", "Success"],
+        "hparams-sweep",
+    )
+    # 2 learning rates x 2 seeds: a variant's seeds are one session group
+    # (issue 19; before, the seed was an hparam and each run a group of its own).
+    assert "Number of matching session groups: 2" in text, text[:3000]
+
+
+@pytest.fixture(scope="session")
+def readme_logs(logs) -> pathlib.Path:
+    """The README's layout: the three demo runs and a 2x2 sweep in one logdir."""
+    root = logs / "readme"
+    for model in ("logreg", "mlp", "cnn"):
+        run(
+            "pipeline-train",
+            "--flagfile=flags/demo.cfg",
+            f"--model={model}",
+            "--steps=60",
+            "--eval_every=30",
+            "--histogram_every=0",
+            "--checkpoint_every=0",
+            "--noprojector",
+            f"--logdir={root}",
+            f"--run_name=demo-{model}",
+        )
+    run("pipeline-sweep", *SWEEP_FLAGS, f"--logdir={root}", "--sweep_name=s")
+    return root
+
+
+@pytest.fixture(scope="session")
+def readme_board(readme_logs):
+    yield from serve(readme_logs, "/data/runs")
+
+
+def test_readme_layout_hparams_shows_the_swept_flag_one_row_per_variant(
+    browser, readme_board
+):
+    deadline = time.monotonic() + TIMEOUT_S
+    while len(readme_board.session_groups()) < 5:
+        assert time.monotonic() < deadline, readme_board.session_groups()
+        time.sleep(0.5)
+    experiment = readme_board.get(
+        "/data/plugin/hparams/experiment", {"experimentName": ""}
+    )
+    names = [h["name"] for h in experiment["hparamInfos"]]
+    # What the dashboard checks: the first five, differing ones first.
+    assert "learning_rate" in names[:5], names
+    used = set().union(
+        *(variants.applicable_fields(m) for m in ("logreg", "mlp", "cnn"))
+    )
+    assert set(names) <= used
+    groups = {g["name"]: g for g in readme_board.session_groups()}
+    assert sorted(groups) == [
+        "readme/demo-cnn",
+        "readme/demo-logreg",
+        "readme/demo-mlp",
+        "s/learning_rate=0.001",
+        "s/learning_rate=0.01",
+    ]
+    for rate in ("0.001", "0.01"):
+        group = groups[f"s/learning_rate={rate}"]
+        assert len(group["sessions"]) == 2
+        (mean,) = [
+            m["value"]
+            for m in group["metricValues"]
+            if m["name"] == {"group": "test", "tag": "accuracy"}
+        ]
+        finals = [
+            m["value"]
+            for s in group["sessions"]
+            for m in s["metricValues"]
+            if m["name"] == {"group": "test", "tag": "accuracy"}
+        ]
+        assert mean == pytest.approx(sum(finals) / 2, abs=1e-6)
+    text = check_view(
+        browser,
+        f"{readme_board.url}/#hparams",
+        ["TABLE VIEW", "learning_rate", "test accuracy", "s/learning_rate=0.01"],
         "hparams",
     )
-    # 2 learning rates x 2 seeds (the seed is an hparam: one group each).
-    assert "Number of matching session groups: 4" in text, text[:3000]
+    assert "Number of matching session groups: 5" in text, text[:3000]
+    # The visible columns are the checked hyperparameters.
+    checked = [label for label, on in browser.execute_script(CHECKBOXES) if on]
+    assert "learning_rate" in checked, browser.execute_script(CHECKBOXES)
+    assert not set(checked) & {"conv_filters", "hidden_units"} - set(names[:5])
 
 
 def test_sweep_hparams_parallel_coordinates(browser, sweep_board):

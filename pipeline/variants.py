@@ -105,6 +105,34 @@ def differing_fields(configs: Iterable[Mapping[str, Any]]) -> list[str]:
     return [f.name for f in config_lib.FIELDS if len(seen.get(f.name, ())) > 1]
 
 
+def varying_within(groups: Iterable[Sequence[Mapping[str, Any]]]) -> set[str]:
+    """Fields that differ inside one group of configs (the runs of one
+    directory: a sweep's axes, runs trained side by side)."""
+    return {f for configs in groups for f in differing_fields(configs)}
+
+
+def most_telling(
+    fields: Iterable[str],
+    groups: Sequence[Sequence[Mapping[str, Any]]],
+) -> list[str]:
+    """`fields` ordered most telling first, for views that show only a few.
+
+    Fields that vary inside a group (a sweep's axes) come before those that
+    vary only between groups; then those with more distinct values; then
+    declaration order. HParams' visible columns and `pipeline-compare`'s
+    120-column table both keep the first ones.
+    """
+    configs = [defining_config(c) for g in groups for c in g]
+    within = varying_within(groups)
+    order = [f.name for f in config_lib.FIELDS]
+
+    def key(field: str) -> tuple[bool, int, int]:
+        values = {_text(c.get(field)) for c in configs if field in c}
+        return field not in within, -len(values), order.index(field)
+
+    return sorted(set(fields), key=key)
+
+
 def variant_label(run_name: str) -> str:
     """The run's name without its `seed=N` part (`lr=0.1,seed=2` -> `lr=0.1`).
 

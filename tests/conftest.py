@@ -376,3 +376,20 @@ def raw_step_counts(split_dir: pathlib.Path) -> collections.Counter:
                 for value in event.summary.value:
                     counts[(value.tag, event.step)] += 1
     return counts
+
+
+@pytest.fixture(scope="session")
+def readme_layout(tmp_path_factory) -> pathlib.Path:
+    """The README's layout: single runs in a logdir and a sweep with repeats in it.
+
+    The sweep's runs are named as `pipeline-sweep` names them: two variants
+    (learning rates) x two seeds in `s/`; beside them a logreg and an MLP.
+    """
+    logdir = tmp_path_factory.mktemp("readme_logs")
+    train_run(logdir, dataclasses.replace(LOGREG, learning_rate=0.2), "logreg-1")
+    train_run(logdir, dataclasses.replace(LOGREG, model="mlp"), "mlp-1")
+    for rate in ("0.05", "0.1"):
+        for seed in (0, 1):
+            config = dataclasses.replace(LOGREG, learning_rate=float(rate), seed=seed)
+            train_run(logdir / "s", config, f"learning_rate={rate},seed={seed}")
+    return logdir

@@ -51,10 +51,13 @@ def test_server_binds_loopback_on_a_free_port(server):
 
 def test_check_run_finds_every_tab_filled(server, logdir):
     checks = board.check_run(server, "good", logdir / "good", timeout_s=60)
-    assert [c.tab for c in checks] == [
+    # Issue 19: Distributions is checked too, and the tabs this run is not
+    # expected to fill are listed as skipped with their reason.
+    assert [c.tab for c in checks if not c.skipped] == [
         "scalars (test)",
         "scalars (train)",
         "histograms",
+        "distributions",
         "images",
         "graphs (op graph)",
         "graphs (conceptual graph)",
@@ -63,6 +66,13 @@ def test_check_run_finds_every_tab_filled(server, logdir):
         "pr_curves",
     ]
     assert all(c.ok for c in checks), checks
+    skipped = {c.tab: c.detail for c in checks if c.skipped}
+    assert skipped == {
+        "projector": "none written (--noprojector, no learned embedding, or not "
+        "finished)",
+        "profile": "not traced (--profile_steps)",
+        "custom_scalars": "not in a sweep with repeats",
+    }
 
 
 def test_endpoints_serve_the_run(server, logdir):

@@ -2,13 +2,16 @@
 
 import dataclasses
 import json
+import re
+import shutil
 import statistics
 
 import pytest
 from conftest import LOGREG, run_cli, train_run
 from PIL import Image
 
-from pipeline.tools import compare
+from pipeline.runs import restore
+from pipeline.tools import compare, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +199,150 @@ def test_cli_prints_the_table_and_reports_skipped_runs(logdir, tmp_path):
     assert missing.stderr.strip().splitlines()[-1] == (
         f"pipeline-compare: error: {tmp_path / 'none'}: no such file or directory"
     )
+
+
+def test_readme_layout_names_each_row_and_fits_120_columns(readme_layout, tmp_path):
+    layout = tmp_path / "logs"
+    shutil.copytree(readme_layout, layout)
+    restored = restore.open_run(layout / "mlp-1")
+    report, outputs, split = evaluate.evaluate_run(restored)
+    evaluate.write_summaries(restored, report, outputs, split)
+    result = run_cli("pipeline-compare", str(layout), timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 120, result.stdout
+    assert lines[0].split() == [
+        "model",
+        "learning_rate",
+        "runs",
+        "final",
+        "acc",
+        "eval",
+        "acc",
+        "eval",
+        "F1",
+        "status",
+        "started",
+    ]
+    rows = {line.split()[2]: line for line in lines[2:]}
+    assert sorted(rows) == [
+        "logreg-1",
+        "mlp-1",
+        "s/learning_rate=0.05",
+        "s/learning_rate=0.1",
+    ]
+    assert "s/learning_rate=0.1 (2 runs)" in rows["s/learning_rate=0.1"]
+    assert f"{report.accuracy:.4f}" in rows["mlp-1"]
+    assert rows["logreg-1"].split()[-3:-2] == ["completed"]
+    assert re.search(r"completed  \d\d-\d\d \d\d:\d\d$", rows["mlp-1"])
+
+    each = run_cli(
+        "pipeline-compare", str(layout / "s"), "--runs", "--columns=final/loss"
+    )
+    assert each.returncode == 0, each.stderr
+    each_lines = each.stdout.splitlines()
+    at = each_lines[0].index("runs")
+    names = [line[at:].split()[0] for line in each_lines[2:]]
+    assert names == [
+        "learning_rate=0.1",
+        "learning_rate=0.1,seed=0",
+        "learning_rate=0.1,seed=1",
+        "learning_rate=0.05",
+        "learning_rate=0.05,seed=0",
+        "learning_rate=0.05,seed=1",
+    ] or names == [
+        "learning_rate=0.05",
+        "learning_rate=0.05,seed=0",
+        "learning_rate=0.05,seed=1",
+        "learning_rate=0.1",
+        "learning_rate=0.1,seed=0",
+        "learning_rate=0.1,seed=1",
+    ]
+    assert "final loss" in each_lines[0]
+
+
+def _summary(path, **config):
+    return compare.RunSummary(
+        path=path,
+        status="completed",
+        config={"model": "cnn", **config},
+        data="d",
+        metrics={"final/accuracy": 0.9, "best/accuracy": 0.95},
+        accuracy_curve=[],
+        start_time="2026-12-06T19:40:12+00:00",
+    )
+
+
+def test_flags_that_do_not_fit_are_left_out_and_named(tmp_path):
+    runs = [
+        _summary(
+            tmp_path / f"run-{i}",
+            learning_rate=0.1 * (i + 1),
+            batch_size=100 + i % 2,
+            optimizer=("adam", "sgd")[i % 2],
+            conv_filters=[32 + i % 2, 64],
+            dense_units=[128 + i % 2],
+            kernel_size=3 + i % 2,
+            pool_size=2 + i % 2,
+            conv_kernel_init=("glorot_uniform", "truncated_normal:0.1")[i % 2],
+        )
+        for i in range(4)
+    ]
+    variants, differing = compare.group_variants(runs)
+    notes = []
+    table = compare.format_ranked(compare.rank(variants), differing, notes=notes)
+    assert max(len(line) for line in table.splitlines()) <= 120
+    header = table.splitlines()[0].split()
+    assert "learning_rate" in header  # the most varied flag stays
+    (note,) = notes
+    assert note.startswith("not shown to fit 120 columns: ")
+    left_out = note.split(": ")[1].split(" (")[0].split(", ")
+    assert set(left_out) | (set(header) & set(differing)) == set(differing)
+    wide = compare.format_ranked(
+        compare.rank(variants), differing, extra_columns=left_out
+    )
+    assert set(differing) <= set(wide.splitlines()[0].split())
+    with pytest.raises(compare.CompareError, match="--columns=bogus: unknown column"):
+        compare.format_ranked(
+            compare.rank(variants), differing, extra_columns=["bogus"]
+        )
+
+
+def test_the_commit_column_counts_in_the_fit(tmp_path):
+    runs = [
+        dataclasses.replace(
+            _summary(
+                tmp_path / f"run-{i}",
+                learning_rate=0.1 * (i + 1),
+                batch_size=100 + i,
+                optimizer=("adam", "sgd")[i % 2],
+                kernel_size=3 + i,
+                pool_size=2 + i,
+                dense_units=[128 + i],
+            ),
+            commit=f"{i}a2b3c4+9f8e7d",
+            tags=("exp1",) if i else (),
+        )
+        for i in range(3)
+    ]
+    variants, differing = compare.group_variants(runs)
+    notes = []
+    table = compare.format_ranked(compare.rank(variants), differing, notes=notes)
+    lines = table.splitlines()
+    assert lines[0].split()[-1] == "commit"
+    assert max(len(line) for line in lines) <= 120
+    (note,) = notes
+    assert note.startswith("not shown to fit 120 columns: ")
+    assert compare.code_note(compare.rank(variants)).startswith(
+        "these runs ran different code (0a2b3c4+9f8e7d, 1a2b3c4+9f8e7d"
+    )
+    records = json.loads(
+        compare.format_ranked(compare.rank(variants), differing, "json")
+    )
+    assert {r["commit"] for r in records} == {f"{i}a2b3c4+9f8e7d" for i in range(3)}
+    tagged = compare.rank(variants, predicate=compare.parse_filter("tag==exp1"))
+    assert len([v for g in tagged for v in g]) == 2
+    same = [dataclasses.replace(r, commit="1a2b3c4") for r in runs]
+    variants, differing = compare.group_variants(same)
+    assert "commit" not in compare.format_ranked(compare.rank(variants), differing)
+    assert compare.code_note(compare.rank(variants)) is None

@@ -178,23 +178,6 @@ def test_best_metrics_tracker_keeps_step_of_best():
     assert best.loss_step == 20
 
 
-@pytest.fixture(scope="module")
-def readme_layout(tmp_path_factory):
-    """The README's layout: single runs in a logdir and a sweep with repeats in it.
-
-    The sweep's runs are named as `pipeline-sweep` names them; two variants
-    (learning rates) x two seeds.
-    """
-    logdir = tmp_path_factory.mktemp("readme_logs")
-    train_run(logdir, LOGREG, "logreg-1")
-    train_run(logdir, dataclasses.replace(LOGREG, model="mlp"), "mlp-1")
-    for rate in ("0.05", "0.1"):
-        for seed in (0, 1):
-            config = dataclasses.replace(LOGREG, learning_rate=float(rate), seed=seed)
-            train_run(logdir / "s", config, f"learning_rate={rate},seed={seed}")
-    return logdir
-
-
 def test_logdir_config_covers_the_sweep_inside_it(readme_layout):
     # Written by the runs' ends, with no board started.
     infos = {i.name: i for i in hparams.read_experiment(readme_layout).hparam_infos}
@@ -240,3 +223,43 @@ def test_a_variants_seeds_are_one_row_with_their_mean(readme_layout):
         if m["name"] == {"group": "test", "tag": "accuracy"}
     ]
     assert mean == pytest.approx(sum(accuracy) / 2, abs=1e-6)
+
+
+def test_the_swept_flag_is_marked_first_and_at_most_five_are():
+    demo = [
+        {"model": m, "hidden_units": 128, "hidden_layers": 2, "steps": 500}
+        for m in ("logreg", "mlp", "cnn")
+    ]
+    sweep = [
+        {"model": "mlp", "hidden_units": 30, "hidden_layers": 10, "steps": 600}
+        | {"activation": "sigmoid", "batch_size": 10, "input_scale": "raw"}
+        | {"learning_rate": rate, "seed": seed}
+        for rate in (0.01, 0.05)
+        for seed in (0, 1)
+    ]
+    marked = hparams.marked_flags({"logs": demo, "logs/s": sweep})
+    assert marked[:2] == ["model", "learning_rate"]  # vary inside a directory
+    assert len(marked) == hparams.VISIBLE_HPARAMS
+    assert "seed" not in marked
+    # A sweep's axes come first, whatever else varies.
+    assert hparams.marked_flags({"logs": demo}, given=["batch_size"])[0] == "batch_size"
+
+
+def test_differing_tags_are_marked_last_in_their_tier():
+    side = [
+        {"model": "mlp", "learning_rate": rate, "tag": [tag]}
+        for rate, tag in ((0.1, "baseline"), (0.05, "exp1"))
+    ]
+    assert hparams.marked_flags({"logs": side}) == ["learning_rate", "tag"]
+    # Tags differing only between directories rank with such flags.
+    other = [{"model": "cnn", "learning_rate": 0.1, "tag": ["b"]}]
+    marked = hparams.marked_flags({"logs": side, "logs/x": other})
+    assert marked == ["learning_rate", "tag", "model"]
+    # Five flags swept side by side keep every mark: the tag gets none.
+    swept = [
+        {"model": "mlp", "learning_rate": 0.1 * i, "batch_size": 10 * i}
+        | {"hidden_units": 30 + i, "dropout": 0.1 * i, "hidden_layers": i}
+        | {"tag": [f"t{i}"]}
+        for i in (1, 2, 3)
+    ]
+    assert "tag" not in hparams.marked_flags({"s": swept})

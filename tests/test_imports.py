@@ -40,6 +40,7 @@ TF_FREE_MODULES = (
     "pipeline.training.distribute",
     "pipeline.training.recovery",
     "pipeline.training.trial",
+    "pipeline.variants",
 )
 
 # Runs in a fresh interpreter: a finder ahead of every other one refuses

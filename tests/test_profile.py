@@ -2,11 +2,14 @@
 
 import dataclasses
 import gzip
+import json
+import re
 import time
+import urllib.parse
 import urllib.request
 
 import pytest
-from conftest import TINY, train_run
+from conftest import TINY, run_cli, train_run
 
 from pipeline.config import ConfigError, validate
 from pipeline.tensorboard import board
@@ -57,3 +60,42 @@ def test_no_trace_by_default(tmp_path):
 def test_a_window_past_the_last_step_is_refused():
     with pytest.raises(ConfigError, match=r"--profile_steps=5,30 ends after"):
         validate(dataclasses.replace(TINY, steps=20, profile_steps=(5, 30)))
+
+
+def test_the_overview_page_shows_the_step_time(profiled):
+    """Its default tool: a step time, not "No step marker observed" (issue 19)."""
+    with board.TensorBoardServer(profiled.path.parent) as server:
+        deadline = time.monotonic() + 60
+        while "profiled/train/" not in (
+            runs := get(server, "/data/plugin/profile/runs")
+        ):
+            assert time.monotonic() < deadline, "the Profile tab lists no run"
+            time.sleep(0.5)
+        (run,) = json.loads(runs)
+        (host,) = json.loads(get(server, f"/data/plugin/profile/hosts?{_query(run)}"))
+        query = _query(run, host=host["hostname"])
+        overview = get(server, f"/data/plugin/profile/data?{query}")
+    assert "No step marker observed" not in overview
+    (average,) = re.findall(r'"steptime_ms_average": ?"([\d.]+)"', overview)
+    assert float(average) > 0
+
+
+def _query(run, **more):
+    return urllib.parse.urlencode({"run": run, "tag": "overview_page", **more})
+
+
+def test_inspect_checks_the_overview_step_time(profiled):
+    result = run_cli(
+        "pipeline-inspect", "--check", "profiled", cwd=profiled.path.parent, timeout=240
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith(" on .")  # paths relative to where it was called
+    (profile,) = [line for line in lines if line.split()[1] == "profile"]
+    assert re.fullmatch(
+        r"ok     profile +session profiled/train/\S+: Overview step time [\d.]+ ms",
+        profile,
+    )
+    assert float(profile.split()[-2]) > 0
+    (distributions,) = [line for line in lines if line.split()[1] == "distributions"]
+    assert distributions.startswith("ok ")

@@ -8,7 +8,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import MLP_RUN, copy_run, run_cli, train_run
+from conftest import LOGREG, MLP_RUN, copy_run, run_cli, train_run
 from PIL import Image
 
 from pipeline import data
@@ -138,3 +138,12 @@ def test_noprojector_writes_none(tmp_path):
     run = train_run(tmp_path, dataclasses.replace(MLP_RUN, steps=10), "plain")
     assert not (run.path / "test" / "projector_config.pbtxt").exists()
     assert tf.train.latest_checkpoint(str(run.path / "test")) is None
+
+
+def test_no_projector_for_a_model_without_a_learned_embedding(tmp_path):
+    """Logistic regression's penultimate layer is its input (issue 19)."""
+    config = dataclasses.replace(LOGREG, projector=True, steps=10)
+    run = train_run(tmp_path, config, "logreg").path
+    assert (run / "test").is_dir()
+    assert not list((run / "test").glob("embedding*"))
+    assert not (run / "test" / "projector_config.pbtxt").exists()

@@ -2,10 +2,11 @@
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
-from conftest import TINY, scalar_series, train_run
+from conftest import LOGREG, TINY, scalar_series, train_run
 
 from pipeline import data, models
 from pipeline.training import actions
@@ -120,3 +121,23 @@ def test_batch_larger_than_train_split_is_an_error(tmp_path):
     )
     with pytest.raises(train.TrainingError, match="--batch_size=32 is larger"):
         train.train_and_evaluate(TINY, rundir.create_run_dir(tmp_path, "x"), tiny)
+
+
+def test_progress_says_when_it_compiles_and_which_step_test_accuracy_is_from(
+    tmp_path,
+):
+    config = dataclasses.replace(
+        LOGREG, steps=20, eval_every=15, print_every=10, steps_per_loop=5
+    )
+    lines = train_run(tmp_path, config, "progress").lines
+    compiling = [line for line in lines if "compiling" in line]
+    assert compiling == [
+        "step      0/20  compiling the logreg train step (its first call waits for it)"
+    ]
+    assert lines.index(compiling[0]) < min(
+        i for i, line in enumerate(lines) if line.startswith("step     10/20")
+    )
+    (at_10,) = [line for line in lines if line.startswith("step     10/20  ")]
+    assert at_10.endswith(" test_accuracy=-  " + at_10.split("  ")[-1])
+    (at_20,) = [line for line in lines if line.startswith("step     20/20  ")]
+    assert re.search(r" test_accuracy=\d\.\d{4} \(step 20\)  [\d,]+ examples/s$", at_20)

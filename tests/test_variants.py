@@ -95,3 +95,21 @@ def test_warning_names_command_line_flags_the_model_does_not_use():
     assert variants.inapplicable_warning("cnn", ["p", "--hidden_units=3"]) == (
         "--hidden_units does not apply to --model=cnn; ignored"
     )
+
+
+def test_most_telling_puts_a_flag_varied_inside_a_directory_first():
+    demo = [{"model": m, "hidden_layers": 2} for m in ("logreg", "mlp", "cnn")]
+    sweep = [
+        {"model": "mlp", "hidden_layers": h, "learning_rate": r}
+        for h in (1,)
+        for r in (0.01, 0.05)
+    ]
+    fields = variants.differing_fields(demo + sweep)
+    assert set(fields) == {"model", "hidden_layers", "learning_rate"}
+    # model varies inside the demo runs (3 values), learning_rate inside the
+    # sweep (2 values, as many as hidden_layers, which varies only between).
+    assert variants.most_telling(fields, [demo, sweep]) == [
+        "model",
+        "learning_rate",
+        "hidden_layers",
+    ]

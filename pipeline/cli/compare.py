@@ -1,13 +1,19 @@
 """pipeline-compare: one row per variant of the runs named, repeats as mean +/- std.
 
-usage: pipeline-compare [--sort=FIELD] [--filter=EXPR] [...] RUN_OR_DIR_OR_GLOB ...
+usage: pipeline-compare [--runs] [--columns=A,B] [--filter=EXPR] [...] RUN_OR_DIR ...
   pipeline-compare logs/mlp_tuning
+  pipeline-compare logs --runs --columns=final/loss,wall_time
   pipeline-compare 'logs/*' --filter 'model==cnn and best/accuracy>0.98' --top 5
   pipeline-compare logs/mlp_tuning --format=markdown --plot=curves.png
   pipeline-compare logs/mlp_tuning --export=scalars.csv
 
-Runs equal in every defining flag but --seed are repeats of one variant. For
-a sweep directory it adds the study's view: trials, steps, the best trial.
+Runs equal in every defining flag but --seed are repeats of one variant
+(pipeline/variants.py). Each row names its run, or its variant with the run
+count (--runs lists each run under it), with status and start time, and
+the commit when the runs shown ran different code; the table fits 120
+columns (--columns adds more). --filter 'tag==X' keeps the rows whose runs
+carry tag X. For a sweep directory it adds the study's view: trials, steps,
+the best trial.
 """
 
 from __future__ import annotations
@@ -46,6 +52,21 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         **fv,
     )
     flags.DEFINE_enum("format", "table", FORMATS, "Output format.", **fv)
+    flags.DEFINE_list(
+        "columns",
+        [],
+        "More table columns: metrics (final/loss, best/loss, steps, wall_time, "
+        "examples_per_sec, best/accuracy_step, eval/... from pipeline-eval), "
+        "'all' for every metric, or flag names. Without it the table fits "
+        "120 characters and says which differing flags it left out.",
+        **fv,
+    )
+    flags.DEFINE_boolean(
+        "runs",
+        False,
+        "Also list each run of a variant (its repeats) under the variant's row.",
+        **fv,
+    )
     flags.DEFINE_string(
         "plot", None, "Also save the test-accuracy curves to this PNG.", **fv
     )
@@ -97,14 +118,22 @@ def main(argv: list[str]) -> None:
         ranked = compare.rank(
             variants, FLAGS.sort, FLAGS.top, predicate, FLAGS.allow_mismatch
         )
+        notes: list[str] = []
         print(
-            compare.format_ranked(ranked, differing, FLAGS.format, FLAGS.allow_mismatch)
+            compare.format_ranked(
+                ranked,
+                differing,
+                FLAGS.format,
+                FLAGS.allow_mismatch,
+                extra_columns=FLAGS.columns,
+                each_run=FLAGS.runs,
+                notes=notes,
+            )
         )
         if pruned:
             print("\n" + compare.format_pruned(pruned))
         for url, name, path in study_summary.find_studies(argv[1:], FLAGS.storage):
             print("\n" + study_summary.describe(url, name, path))
-        notes = []
         different_code = compare.code_note(ranked)
         if different_code:
             notes.append(different_code)

@@ -74,25 +74,33 @@ def main(argv: list[str]) -> None:
             summaries = str(restored.run_dir.path / writer)
             from pipeline.tensorboard import projector  # TensorFlow import
 
-            embedded = projector.write_projector(
-                summaries,
-                model,
-                split,
-                report.class_names,
-                report.step,
-                input_scale=restored.config.input_scale,
-            )
+            embedded = 0
+            if projector.has_learned_embedding(model):
+                embedded = projector.write_projector(
+                    summaries,
+                    model,
+                    split,
+                    report.class_names,
+                    report.step,
+                    input_scale=restored.config.input_scale,
+                )
         if FLAGS.format == "json":
             print(evaluate.report_json_text(report, summaries))
         else:
             print(evaluate.format_report(report))
             if summaries:
                 print(f"\nTensorBoard summaries: {summaries} (step {report.step})")
-                print(
-                    f"Projector: penultimate-layer embeddings of {embedded:,} of "
-                    f"{report.examples:,} examples (at most "
-                    f"{projector.MAX_EXAMPLES:,})"
-                )
+                if embedded:
+                    print(
+                        f"Projector: penultimate-layer embeddings of {embedded:,} "
+                        f"of {report.examples:,} examples (at most "
+                        f"{projector.MAX_EXAMPLES:,})"
+                    )
+                else:
+                    print(
+                        "Projector: none (the model has no learned embedding: "
+                        "its penultimate layer is the input)"
+                    )
 
     sys.exit(cli.run_reporting_errors("pipeline-eval", body))
 

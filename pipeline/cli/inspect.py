@@ -6,12 +6,17 @@ usage: pipeline-inspect [--check] [--timeout=60] RUN_DIR
 
 Starts TensorBoard on the run's parent directory (the experiment root, where
 the HParams config lives) on a free loopback port, asks its data API what
-each tab would show, prints one line per tab and stops the server. With
---check, any empty tab makes it exit 1 with one line naming what is empty.
+each tab would show, prints one line per tab and stops the server: `ok`,
+`EMPTY`, or `skip` with the reason the run is not expected to fill it (the
+Projector after eval where written, the Profile's Overview step time when
+traced, Custom Scalars in a sweep with repeats, Distributions with
+histograms). With `--check`, any empty tab makes it exit 1 with one line
+naming what is empty. Paths are shown relative to the current directory.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
@@ -64,10 +69,12 @@ def main(argv: list[str]) -> None:
             )
         server = board.TensorBoardServer(run_path.parent, load_fast=FLAGS.load_fast)
         with server:
-            print(f"TensorBoard {server.url} on {run_path.parent}", flush=True)
+            where = os.path.relpath(run_path.parent)
+            print(f"TensorBoard {server.url} on {where}", flush=True)
             checks = board.check_run(server, run_path.name, run_path, FLAGS.timeout)
         for check in checks:
-            print(f"{'ok   ' if check.ok else 'EMPTY'}  {check.tab:<26} {check.detail}")
+            verdict = "skip " if check.skipped else "ok   " if check.ok else "EMPTY"
+            print(f"{verdict}  {check.tab:<26} {check.detail}")
         empty = [f"{c.tab}: {c.detail}" for c in checks if not c.ok]
         if empty and FLAGS.check:
             print(

@@ -11,6 +11,7 @@ show up for users.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import pathlib
@@ -21,6 +22,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -148,7 +150,10 @@ class TensorBoardServer:
         )
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
-                return json.loads(response.read().decode())
+                body = response.read()
+                if response.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)  # the Profile plugin's answers
+                return json.loads(body.decode())
         except (urllib.error.URLError, OSError) as err:
             raise BoardError(f"{self.url}{path}: {err}") from None
 
@@ -180,21 +185,37 @@ class TabCheck:
     tab: str
     ok: bool
     detail: str
+    skipped: bool = False
 
 
 def _expectations(run_path: pathlib.Path) -> dict[str, Any]:
+    """Which tabs the run should fill, each with why when it should not.
+
+    A tab maps to True (expected) or to the reason it is not expected, which
+    `pipeline-inspect` prints: no tab is skipped silently.
+    """
     config = rundir.load_record(run_path).config
-    steps = int(config.get("steps", 0))
-    histogram_every = int(config.get("histogram_every", 0))
+    evals = [p for p in run_path.iterdir() if p.is_dir() and p.name.startswith("eval")]
+    projector_dirs = [
+        p.name
+        for p in [run_path / "test", *evals]
+        if (p / "projector_config.pbtxt").is_file()
+    ]
+    bands = run_path.parent / "seed_bands"
     return {
         "train_scalars": int(config.get("log_every", 1)) > 0,
-        "histograms": 0 < histogram_every <= steps,
-        "images": int(config.get("image_count", 0)) > 0,
+        # Written at the first and last step whatever the interval.
+        "histograms": int(config.get("histogram_every", 0)) > 0
+        or "--histogram_every=0",
+        "images": int(config.get("image_count", 0)) > 0 or "--image_count=0",
         "validation": (run_path / "validation").is_dir(),
         # pipeline-eval writes `eval/` (or `eval_<dataset>_<split>/`).
-        "pr_curves": any(
-            p.is_dir() and p.name.startswith("eval") for p in run_path.iterdir()
-        ),
+        "pr_curves": bool(evals) or "no pipeline-eval output",
+        "projector": projector_dirs
+        or "none written (--noprojector, no learned embedding, or not finished)",
+        "profile": (run_path / "train" / "plugins" / "profile").is_dir()
+        or "not traced (--profile_steps)",
+        "custom_scalars": bands.is_dir() or "not in a sweep with repeats",
     }
 
 
@@ -208,6 +229,10 @@ def _snapshot(server: TensorBoardServer) -> dict[str, Any]:
         "text": server.get("/data/plugin/text/tags"),
         "pr_curves": server.get("/data/plugin/pr_curves/tags"),
         "hparams": server.session_groups(),
+        "distributions": server.get("/data/plugin/distributions/tags"),
+        "projector": server.get("/data/plugin/projector/runs"),
+        "custom_scalars": server.get("/data/plugin/custom_scalars/layout"),
+        "profile": server.get("/data/plugin/profile/runs"),
     }
 
 
@@ -222,9 +247,28 @@ def _judge(
         _text_check(snapshot, run),
         _hparams_check(snapshot, run),
     ]
-    if expect["pr_curves"]:
-        checks.append(_pr_curve_check(snapshot, run))
-    return _note_disabled_tabs(checks, snapshot["plugins"])
+    optional = {
+        "pr_curves": _pr_curve_check,
+        "projector": _projector_check,
+        "custom_scalars": _custom_scalars_check,
+        "profile": _profile_check,
+    }
+    for tab, check in optional.items():
+        if expect[tab] is True or isinstance(expect[tab], list):
+            checks.append(check(snapshot, run, expect))
+    checks = _note_disabled_tabs(checks, snapshot["plugins"])
+    return checks + _skipped(expect)
+
+
+def _skipped(expect: dict[str, Any]) -> list[TabCheck]:
+    """The tabs the run is not expected to fill, each with its reason."""
+    tabs = ("histograms", "images", "pr_curves", "projector", "profile")
+    tabs += ("custom_scalars",)
+    return [
+        TabCheck(tab, True, expect[tab], skipped=True)
+        for tab in tabs
+        if isinstance(expect[tab], str)
+    ]
 
 
 def _verdict(tab: str, ok: bool, found: str, missing: str) -> TabCheck:
@@ -258,8 +302,8 @@ def _train_tag_checks(
 ) -> list[TabCheck]:
     """Histograms and images in the train split, where the run's flags ask for them."""
     checks = []
-    for tab in ("histograms", "images"):
-        if expect[tab]:
+    for tab in ("histograms", "distributions", "images"):
+        if expect["histograms" if tab == "distributions" else tab] is True:
             tags = snapshot[tab].get(f"{run}/train", {})
             checks.append(
                 _verdict(
@@ -325,7 +369,69 @@ def _hparams_check(snapshot: dict[str, Any], run: str) -> TabCheck:
     )
 
 
-def _pr_curve_check(snapshot: dict[str, Any], run: str) -> TabCheck:
+def _projector_check(
+    snapshot: dict[str, Any], run: str, expect: dict[str, Any]
+) -> TabCheck:
+    """Each directory holding a Projector config is a Projector run."""
+    wanted = {f"{run}/{name}" for name in expect["projector"]}
+    missing = wanted - set(snapshot["projector"])
+    return _verdict(
+        "projector",
+        not missing,
+        f"runs {', '.join(sorted(wanted))}",
+        f"no Projector for {', '.join(sorted(missing))}",
+    )
+
+
+def _custom_scalars_check(
+    snapshot: dict[str, Any], run: str, expect: dict[str, Any]
+) -> TabCheck:
+    """The sweep's seed bands layout (in the directory served)."""
+    layout = snapshot["custom_scalars"]
+    titles = [c.get("title") for c in layout.get("category", [])]
+    return _verdict(
+        "custom_scalars",
+        bool(titles),
+        f"layout {', '.join(titles)}",
+        "no Custom Scalars layout (seed bands) served",
+    )
+
+
+def _profile_check(
+    snapshot: dict[str, Any], run: str, expect: dict[str, Any]
+) -> TabCheck:
+    """A traced session of the run, and whether the Overview measured steps.
+
+    The Overview is the tab's default tool; without step markers it opens on
+    "No step marker observed" and 0.0 ms.
+    """
+    sessions = [r for r in snapshot["profile"] if r.startswith(f"{run}/train/")]
+    if not sessions:
+        return _verdict("profile", False, "", f"no profile session under {run}/train")
+    step_ms = snapshot.get("profile_step_ms", {}).get(sessions[-1])
+    return _verdict(
+        "profile",
+        bool(step_ms),
+        f"session {sessions[-1]}: Overview step time {step_ms} ms",
+        f"session {sessions[-1]}: the Overview measured no step time",
+    )
+
+
+def profile_step_ms(server: TensorBoardServer, session: str) -> float:
+    """The Overview's average step time of a Profile session (0.0: unmeasured)."""
+    query = {"run": session, "tag": "overview_page"}
+    hosts = server.get("/data/plugin/profile/hosts?" + urllib.parse.urlencode(query))
+    if not hosts:
+        return 0.0
+    query["host"] = hosts[0]["hostname"]
+    overview = server.get("/data/plugin/profile/data?" + urllib.parse.urlencode(query))
+    found = re.search(r'"steptime_ms_average": ?"([\d.]+)"', json.dumps(overview))
+    return float(found.group(1)) if found else 0.0
+
+
+def _pr_curve_check(
+    snapshot: dict[str, Any], run: str, expect: dict[str, Any]
+) -> TabCheck:
     """PR curves under any of the run's eval directories (pipeline-eval's)."""
     pr_runs = [r for r in snapshot["pr_curves"] if r.startswith(f"{run}/")]
     return _verdict(
@@ -361,13 +467,20 @@ def check_run(
       timeout_s: Give up waiting for data after this long.
 
     Returns:
-      One `TabCheck` per expected tab.
+      One `TabCheck` per expected tab, then one `skipped` per tab the run is
+      not expected to fill, its `detail` saying why.
     """
     expect = _expectations(run_path)
     deadline = time.monotonic() + timeout_s
     previous = None
     while True:
         snapshot = _snapshot(server)
+        if expect["profile"] is True:
+            snapshot["profile_step_ms"] = {
+                session: profile_step_ms(server, session)
+                for session in snapshot["profile"]
+                if session.startswith(f"{run}/train/")
+            }
         checks = _judge(snapshot, run, expect)
         # An unchanged answer after the run's splits are all listed means the
         # loader has finished: an empty tab is then really empty.
@@ -378,7 +491,8 @@ def check_run(
         if any(run_path.glob("*tfevents*")):
             subdirs.add(run)
         loaded = subdirs <= runs and snapshot == previous
-        if all(c.ok for c in checks) or loaded or time.monotonic() > deadline:
+        done = all(c.ok for c in checks)
+        if done or loaded or time.monotonic() > deadline:
             return checks
         if not server.running:
             raise BoardError("TensorBoard exited while being checked")

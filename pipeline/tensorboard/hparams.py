@@ -59,6 +59,8 @@ from pipeline.runs import rundir
 
 # The experiment config's file name; "tfevents" makes it an event file to TensorBoard.
 CONFIG_FILENAME = "events.out.tfevents.hparams_config"
+# The dashboard checks the first five hparams (tensorflow/tensorboard#4770).
+VISIBLE_HPARAMS = 5
 STATUS_TAG = "run_status"
 METRICS = (
     hp.Metric("accuracy", group="test", display_name="test accuracy"),
@@ -155,10 +157,14 @@ def experiment_pb(
     return experiment
 
 
-def _run_configs(experiment_dir: str | os.PathLike) -> list[dict]:
-    """The configs of the runs under `experiment_dir`, at any depth (readable ones)."""
+def _configs_by_directory(experiment_dir: str | os.PathLike) -> dict[str, list[dict]]:
+    """The configs of the runs under `experiment_dir` at any depth, by the
+    directory holding them (a sweep, or the logdir itself); readable ones only."""
     run_paths = rundir.find_run_paths(experiment_dir)
-    return [r.config for r in rundir.scan_records(run_paths, report=lambda _: None)]
+    out: dict[str, list[dict]] = {}
+    for record in rundir.scan_records(run_paths, report=lambda _: None):
+        out.setdefault(str(record.path.parent.parent), []).append(record.config)
+    return out
 
 
 # Fields shown as HParams columns without defining a variant (the run's tags).
@@ -176,9 +182,39 @@ def differing_columns(configs: Iterable[dict]) -> set[str]:
     return {name for name, values in seen.items() if len(values) > 1}
 
 
-def differing_flags(experiment_dir: str | os.PathLike) -> set[str]:
-    """Flags telling the runs under a dir apart, at any depth (`pipeline.variants`)."""
-    return set(variants_lib.differing_fields(_run_configs(experiment_dir)))
+def marked_flags(
+    by_directory: Mapping[str, list[dict]],
+    given: Iterable[str] = (),
+    marked_before: Iterable[str] = (),
+) -> list[str]:
+    """The flags to mark `differs`: at most `VISIBLE_HPARAMS`, most telling first.
+
+    The dashboard checks only the first few hparams, sorted by `differs` and
+    then by name, so marking every flag that varies can push the swept one
+    out of view. First come the flags `given` (a sweep's axes), then those
+    that vary inside one directory (a sweep's runs, or runs side by side),
+    then those marked before, then those that vary only between directories;
+    within each, the flags with more distinct values first.
+
+    The `tag` column (`COLUMN_ONLY`) is marked like a flag where tags differ:
+    with the flags varying inside a directory when runs side by side carry
+    different tags, else with those varying only between directories; last
+    in its tier (`most_telling` ranks a field that defines no variant after
+    those that do), so tags never push a swept flag out of view.
+    """
+    groups = list(by_directory.values())
+    configs = [c for cs in groups for c in cs]
+    names = {h.name for h in hparam_flags()}
+    tiers = (
+        set(given),
+        variants_lib.varying_within(groups).union(*map(differing_columns, groups)),
+        set(marked_before),
+        set(variants_lib.differing_fields(configs)) | differing_columns(configs),
+    )
+    marked: list[str] = []
+    for tier in tiers:
+        marked += variants_lib.most_telling((tier & names) - set(marked), groups)
+    return marked[:VISIBLE_HPARAMS]
 
 
 def session_hparams(config: config_lib.TrainConfig) -> dict[str, bool | float | str]:
@@ -242,7 +278,8 @@ def write_experiment_config(
     The config lives in one file with a fixed name, replaced atomically when
     the flag definitions changed or more flags differ between runs
     (TensorBoard keeps the *first* metadata it reads for a tag, so appending a
-    second config would be ignored). The set of differing flags only grows.
+    second config would be ignored). The flags marked `differs` are
+    `marked_flags`': those marked before stay marked while there is room.
 
     Args:
       experiment_dir: The experiment root; runs are its subdirectories.
@@ -253,15 +290,15 @@ def write_experiment_config(
       True if the file was (re)written.
     """
     experiment_dir = pathlib.Path(experiment_dir)
-    configs = _run_configs(experiment_dir)
-    differing = set(differing) | set(variants_lib.differing_fields(configs))
-    differing |= differing_columns(configs)
-    models = {c.get("model") for c in configs} & set(config_lib.MODELS)
+    by_directory = _configs_by_directory(experiment_dir)
+    models = {c.get("model") for cs in by_directory.values() for c in cs}
     existing = read_experiment(experiment_dir)
+    before = set()
     if existing is not None:
-        differing |= {info.name for info in existing.hparam_infos if info.differs}
+        before = {info.name for info in existing.hparam_infos if info.differs}
         existing.ClearField("time_created_secs")
-    wanted = experiment_pb(differing, models or config_lib.MODELS)
+    marked = marked_flags(by_directory, differing, before)
+    wanted = experiment_pb(marked, models & set(config_lib.MODELS) or config_lib.MODELS)
     if existing == wanted:
         return False
     _replace_config(experiment_dir, wanted)

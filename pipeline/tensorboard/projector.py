@@ -52,6 +52,14 @@ IMAGE_SIZE = 28
 BATCH_SIZE = 1000
 
 
+def has_learned_embedding(model: keras.Model) -> bool:
+    """True if a layer before the logits learned something: the penultimate
+    layer is then an embedding worth a Projector. Logistic regression's (and
+    an MLP's without hidden layers) is the flattened input itself: 784 raw
+    pixels, 30 MB for the test split, which the Projector would open on."""
+    return any(layer.weights for layer in model.layers if layer.name != "logits")
+
+
 def penultimate_model(model: keras.Model) -> keras.Model:
     """`model` returning (the input of its `logits` layer, its logits)."""
     features = model.get_layer("logits").input

@@ -307,6 +307,8 @@ class SummaryLogger:
             records = scalar_event_records(tags, steps, series, time.time())
             self._record_file(split).write(records)
 
+        # No compiled loop here, so a profiled one-step chunk keeps its step
+        # markers (the profiler takes a loop's iterations for the steps).
         self._write(work)
 
     @property

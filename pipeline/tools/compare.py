@@ -12,6 +12,7 @@ gets its own table, marked not comparable, unless the user allows it.
 
 from __future__ import annotations
 
+import collections
 import csv
 import dataclasses
 import glob
@@ -28,6 +29,7 @@ from typing import Any
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 from tensorboard.util import tensor_util
 
+from pipeline import config as config_lib
 from pipeline import variants as variants_lib
 from pipeline.errors import ConfigError
 from pipeline.runs import provenance, rundir
@@ -41,6 +43,23 @@ METRICS = (
     "wall_time",
     "examples_per_sec",
 )
+# Step of the best test accuracy: a value read from the curve, shown here
+# rather than logged as a scalar series.
+BEST_STEP = "best/accuracy_step"
+# What `pipeline-eval` writes into a run's eval/ writer (tools/evaluate.py):
+# accuracy and loss, and precision/recall/F1 (macro means, or the binary
+# class's own).
+EVAL_TAGS = (
+    "accuracy",
+    "loss",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "precision",
+    "recall",
+    "f1",
+)
+EVAL_METRICS = tuple(f"eval/{tag}" for tag in EVAL_TAGS)
 # Metrics where smaller is better; everything else sorts largest first.
 SMALLER_IS_BETTER = ("final/loss", "best/loss", "wall_time")
 FORMATS = ("table", "csv", "json", "markdown")
@@ -61,6 +80,7 @@ class RunSummary:
     metrics: dict[str, float]
     accuracy_curve: list[tuple[int, float]]
     error: str | None = None
+    start_time: str = ""
     # The code it ran (`provenance.code_identity`) and its tags.
     commit: str = "-"
     tags: tuple[str, ...] = ()
@@ -95,6 +115,19 @@ class Variant:
         """The code its repeats ran: `1a2b3c4`, or several joined by commas."""
         return ",".join(dict.fromkeys(run.commit for run in self.runs))
 
+    @property
+    def start_time(self) -> str:
+        """When its first run started (ISO-8601 UTC, as `run.json` says)."""
+        return min((r.start_time for r in self.runs if r.start_time), default="")
+
+    @property
+    def status(self) -> str:
+        """`completed`, or each status with its count when they differ."""
+        counts = collections.Counter(r.status for r in self.runs)
+        if len(counts) == 1:
+            return next(iter(counts))
+        return ",".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
     def fields(self) -> dict[str, Any]:
         """What `--filter` and `--sort` see: the flags, `repeats` and metric means."""
         out = {k: v for k, v in self.runs[0].config.items() if k != "seed"}
@@ -103,7 +136,12 @@ class Variant:
         out["commit"] = self.commits
         out["repeats"] = len(self.runs)
         out.update({m: self.stat(m)[0] for m in METRICS})
+        out.update({m: self.stat(m)[0] for m in self.eval_metrics()})
         return out
+
+    def eval_metrics(self) -> list[str]:
+        """The `eval/...` metrics (pipeline-eval's) some of its runs have."""
+        return sorted({m for r in self.runs for m in r.metrics if m in EVAL_METRICS})
 
 
 def find_runs(patterns: Sequence[str]) -> list[pathlib.Path]:
@@ -175,9 +213,13 @@ def summarize(record: rundir.RunRecord) -> RunSummary:
     if accuracy:
         metrics["final/accuracy"] = accuracy[-1][1]
         metrics["best/accuracy"] = max(v for _, v in accuracy)
+    if accuracy:
+        best = max(v for _, v in accuracy)
+        metrics["best/accuracy_step"] = float(next(s for s, v in accuracy if v == best))
     if loss:
         metrics["final/loss"] = loss[-1][1]
         metrics["best/loss"] = min(v for _, v in loss)
+    metrics.update(_eval_metrics(path))
     config = record.config
     steps = record.step if record.step is not None else config.get("steps")
     metrics["steps"] = float(steps) if isinstance(steps, int | float) else math.nan
@@ -196,9 +238,26 @@ def summarize(record: rundir.RunRecord) -> RunSummary:
         metrics=metrics,
         accuracy_curve=accuracy,
         error=record.error,
+        start_time=str(record.get("start_time") or ""),
         commit=provenance.code_identity(record.code),
         tags=tuple(record.tags),
     )
+
+
+def _eval_metrics(path: pathlib.Path) -> dict[str, float]:
+    """The last value of each `pipeline-eval` scalar in the run's `eval/` writer."""
+    if not (path / "eval").is_dir():
+        return {}
+    accumulator = pea.EventAccumulator(
+        str(path / "eval"), size_guidance={pea.TENSORS: 0}
+    )
+    accumulator.Reload()
+    out = {}
+    for tag in EVAL_TAGS:
+        series = _series(accumulator, tag)
+        if series:
+            out[f"eval/{tag}"] = series[-1][1]
+    return out
 
 
 def group_variants(runs: Sequence[RunSummary]) -> tuple[list[Variant], list[str]]:
@@ -407,12 +466,31 @@ _HEADERS = {
     "steps": "last step",
     "wall_time": "wall s",
     "examples_per_sec": "examples/s",
+    BEST_STEP: "best at",
+    "eval/accuracy": "eval acc",
+    "eval/loss": "eval loss",
+    "eval/f1_macro": "eval F1",
+    "eval/f1": "eval F1",
+    "eval/precision_macro": "eval precision",
+    "eval/precision": "eval precision",
+    "eval/recall_macro": "eval recall",
+    "eval/recall": "eval recall",
 }
 _DIGITS = {
     "steps": 0,
     "wall_time": 1,
     "examples_per_sec": 0,
+    BEST_STEP: 0,
 }
+# The table's width unless --columns asks for more: flag columns that do not
+# fit are left out (and named on stderr), most varied flags kept first.
+WIDTH = 120
+# Test accuracy, final and best; where pipeline-eval ran, its accuracy and F1
+# take the place of the best (which --columns=best/accuracy brings back).
+DEFAULT_METRICS = ("final/accuracy", "best/accuracy")
+DEFAULT_EVAL = ("eval/accuracy", "eval/f1_macro", "eval/f1")
+NAME_WIDTH = 36
+VALUE_WIDTH = 14
 
 
 def _cell(variant: Variant, metric: str) -> str:
@@ -432,23 +510,130 @@ def _flag_text(value: Any) -> str:
     return "-" if value is None else str(value)
 
 
-def _rows(
-    group: Sequence[Variant],
+def shorten(text: str, width: int) -> str:
+    """`text` cut in the middle to `width` characters (`…` marks the cut)."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head) :]
+
+
+def variant_name(variant: Variant, root: pathlib.Path) -> str:
+    """The run (its path under `root`), or the variant with its run count.
+
+    A sweep's repeats share their name but the `seed=N` part
+    (`s/learning_rate=0.1 (2 runs)`); other repeats are named by their first
+    run (`lr0.1-s0 +1 run`); `--runs` lists every run.
+    """
+    paths = [r.path.relative_to(root).as_posix() for r in variant.runs]
+    if len(paths) == 1:
+        return paths[0]
+    labels = {
+        f"{pathlib.PurePosixPath(p).parent}/{variants_lib.variant_label(r.name)}"
+        for p, r in zip(paths, variant.runs, strict=True)
+    }
+    label = labels.pop().removeprefix("./")
+    if not labels and label not in paths:
+        return f"{label} ({len(paths)} runs)"
+    more = len(paths) - 1
+    return f"{paths[0]} +{more} run{'s' if more > 1 else ''}"
+
+
+def _started(value: str) -> str:
+    """`2026-12-06T19:40:12+00:00` -> `12-06 19:40` (UTC, as recorded)."""
+    return f"{value[5:10]} {value[11:16]}" if len(value) >= 16 else "-"
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One table column: its header and how a variant's cell reads."""
+
+    header: str
+    cell: Callable[[Variant], str]
+    is_flag: bool = False
+
+
+def _flag_column(flag: str) -> Column:
+    def cell(variant: Variant) -> str:
+        if flag in variant.flags:
+            value = variant.flags[flag]
+        else:
+            value = variants_lib.defining_config(variant.runs[0].config).get(flag)
+        return shorten(_flag_text(value), VALUE_WIDTH)
+
+    return Column(flag, cell, is_flag=True)
+
+
+def _metric_column(metric: str) -> Column:
+    return Column(_HEADERS.get(metric, metric), lambda v: _cell(v, metric))
+
+
+def columns(
     differing: Sequence[str],
-    with_data: bool,
-    with_commit: bool = False,
+    ranked: Sequence[Sequence[Variant]],
+    extra: Sequence[str] = (),
+) -> list[Column]:
+    """The table's columns: differing flags, runs, metrics, status, start.
+
+    `extra` (`--columns`) adds metrics (`final/loss`, `eval/recall_macro`,
+    `all` for every one) or flags.
+    """
+    root = _common_root(ranked)
+    present = {m for g in ranked for v in g for m in v.eval_metrics()}
+    every = [*METRICS, BEST_STEP, *sorted(present)]
+    evals = [m for m in DEFAULT_EVAL if m in present]
+    metrics = [DEFAULT_METRICS[0], *evals] if evals else list(DEFAULT_METRICS)
+    flags = list(differing)
+    for name in extra:
+        if name == "all":
+            metrics += [m for m in every if m not in metrics]
+        elif name in every or name in EVAL_METRICS:
+            metrics += [name] if name not in metrics else []
+        elif name in config_lib.FIELDS_BY_NAME:
+            flags += [name] if name not in flags else []
+        else:
+            raise CompareError(
+                f"--columns={name}: unknown column (a flag, all, or one of "
+                f"{', '.join(every)})"
+            )
+    return [
+        *(_flag_column(f) for f in flags),
+        Column("runs", lambda v: shorten(variant_name(v, root), NAME_WIDTH)),
+        *(_metric_column(m) for m in metrics),
+        Column("status", lambda v: v.status),
+        Column("started", lambda v: _started(v.start_time)),
+    ]
+
+
+def _common_root(ranked: Sequence[Sequence[Variant]]) -> pathlib.Path:
+    parents = [r.path.parent for g in ranked for v in g for r in v.runs]
+    return pathlib.Path(os.path.commonpath(parents)) if parents else pathlib.Path()
+
+
+def _rows(
+    group: Sequence[Variant], cols: Sequence[Column], each_run: bool
 ) -> list[list[str]]:
+    """A row per variant; with `each_run` (`--runs`) its runs' rows under it."""
     rows = []
     for variant in group:
-        row = [_flag_text(variant.flags.get(k)) for k in differing]
-        row.append(str(len(variant.runs)))
-        row += [_cell(variant, m) for m in METRICS]
-        if with_data:
-            row.append(variant.data)
-        if with_commit:
-            row.append(variant.commits)
-        rows.append(row)
+        rows.append([c.cell(variant) for c in cols])
+        if not each_run or len(variant.runs) == 1:
+            continue
+        for run in variant.runs:
+            alone = Variant(variant.flags, [run])
+            rows.append(
+                [
+                    ""
+                    if c.is_flag
+                    else ("  " if c.header == "runs" else "") + c.cell(alone)
+                    for c in cols
+                ]
+            )
     return rows
+
+
+def _widths(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[int]:
+    return [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
 
 def ran_different_code(ranked: Sequence[Sequence[Variant]]) -> list[str]:
@@ -469,9 +654,9 @@ def code_note(ranked: Sequence[Sequence[Variant]]) -> str | None:
 
 
 def _text_table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    widths = _widths(headers, rows)
     numeric = [
-        all(re.match(r"^[-\d.,± ]+$", r[i]) for r in rows) for i in range(len(headers))
+        all(re.match(r"^[-\d.,± ]*$", r[i]) for r in rows) for i in range(len(headers))
     ]
 
     def line(cells: Sequence[str]) -> str:
@@ -494,19 +679,86 @@ def _markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
+def fit(
+    cols: list[Column],
+    ranked: Sequence[Sequence[Variant]],
+    differing: Sequence[str],
+    width: int = WIDTH,
+) -> tuple[list[Column], list[str]]:
+    """`cols` without the flag columns that do not fit in `width`; and those left out.
+
+    The least telling flags go first (`variants.most_telling`: a flag that
+    varies inside one directory, a sweep's axis, stays longest).
+    """
+    variants = [v for g in ranked for v in g]
+    by_directory: dict[pathlib.Path, list[dict[str, Any]]] = {}
+    for run in (r for v in variants for r in v.runs):
+        by_directory.setdefault(run.path.parent, []).append(run.config)
+    telling = variants_lib.most_telling(differing, list(by_directory.values()))
+    order = sorted(
+        (c for c in cols if c.is_flag and c.header in differing),
+        key=lambda c: -telling.index(c.header),
+    )
+    left_out = []
+    while order and _table_width(cols, variants) > width:
+        dropped = order.pop(0)
+        cols = [c for c in cols if c is not dropped]
+        left_out.append(dropped.header)
+    return cols, sorted(left_out, key=list(differing).index)
+
+
+def _table_width(cols: Sequence[Column], variants: Sequence[Variant]) -> int:
+    widths = _widths(
+        [c.header for c in cols], [[c.cell(v) for c in cols] for v in variants]
+    )
+    return sum(widths) + 2 * (len(widths) - 1)
+
+
 def _record(
-    variant: Variant, differing: Sequence[str], comparable_group: int
+    variant: Variant,
+    differing: Sequence[str],
+    comparable_group: int,
+    root: pathlib.Path,
+    with_commit: bool = False,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {k: variant.flags.get(k) for k in differing}
     out["repeats"] = len(variant.runs)
-    for metric in METRICS:
+    for metric in (*METRICS, BEST_STEP, *variant.eval_metrics()):
         mean, std = variant.stat(metric)
         out[f"{metric}_mean"] = None if math.isnan(mean) else mean
         out[f"{metric}_std"] = None if math.isnan(std) else std
     out["data"] = variant.data
     out["comparable_group"] = comparable_group
     out["runs"] = [str(r.path) for r in variant.runs]
+    out["name"] = variant_name(variant, root)
+    out["status"] = variant.status
+    out["start_time"] = variant.start_time
+    if with_commit:
+        out["commit"] = variant.commits
     return out
+
+
+def _machine_readable(
+    ranked: Sequence[Sequence[Variant]], differing: Sequence[str], fmt: str
+) -> str:
+    root = _common_root(ranked)
+    # A `commit` field only when the runs shown ran different code.
+    with_commit = bool(ran_different_code(ranked))
+    records = [
+        _record(v, differing, i, root, with_commit)
+        for i, group in enumerate(ranked)
+        for v in group
+    ]
+    if fmt == "json":
+        return json.dumps(records, indent=2)
+    fieldnames = list(dict.fromkeys(k for r in records for k in r)) or ["repeats"]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        record["runs"] = " ".join(record["runs"])
+        writer.writerow(record)
+    return buffer.getvalue().rstrip("\n")
 
 
 def format_ranked(
@@ -514,34 +766,36 @@ def format_ranked(
     differing: Sequence[str],
     fmt: str = "table",
     allow_mismatch: bool = False,
+    extra_columns: Sequence[str] = (),
+    each_run: bool = False,
+    notes: list[str] | None = None,
 ) -> str:
-    """Renders ranked variant groups as `table`, `markdown`, `csv` or `json`."""
+    """Renders ranked variant groups as `table`, `markdown`, `csv` or `json`.
+
+    A table fits `WIDTH` characters unless `extra_columns` (`--columns`) ask
+    for more: flag columns that do not fit are left out and named in
+    `notes`. `each_run` (`--runs`) lists every run under its variant. When
+    the runs shown ran different code, a last `commit` column (a `commit`
+    field in csv/json) says which; the fit counts it like any other column.
+    """
     if fmt in ("csv", "json"):
-        records = [
-            _record(v, differing, i) for i, group in enumerate(ranked) for v in group
-        ]
-        if ran_different_code(ranked):
-            for record, variant in zip(
-                records, [v for g in ranked for v in g], strict=True
-            ):
-                record["commit"] = variant.commits
-        if fmt == "json":
-            return json.dumps(records, indent=2)
-        buffer = io.StringIO()
-        fieldnames = list(records[0]) if records else ["repeats"]
-        writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
-        writer.writeheader()
-        for record in records:
-            record["runs"] = " ".join(record["runs"])
-            writer.writerow(record)
-        return buffer.getvalue().rstrip("\n")
+        return _machine_readable(ranked, differing, fmt)
+    cols = columns(differing, ranked, extra_columns)
     with_data = allow_mismatch and len({v.data for g in ranked for v in g}) > 1
-    with_commit = bool(ran_different_code(ranked))
-    headers = [*differing, "runs", *(_HEADERS[m] for m in METRICS)]
     if with_data:
-        headers.append("data")
-    if with_commit:
-        headers.append("commit")
+        cols.append(Column("data", lambda v: v.data))
+    if ran_different_code(ranked):
+        # Counted in the fit like any other column: flags make room for it.
+        # Cut like a run's name (the stderr note and csv/json list them all).
+        cols.append(Column("commit", lambda v: shorten(v.commits, NAME_WIDTH)))
+    if fmt == "table" and not extra_columns:
+        cols, left_out = fit(cols, ranked, differing)
+        if left_out and notes is not None:
+            notes.append(
+                f"not shown to fit {WIDTH} columns: {', '.join(left_out)} "
+                f"(--columns={','.join(left_out)} adds them)"
+            )
+    headers = [c.header for c in cols]
     render = _markdown_table if fmt == "markdown" else _text_table
     blocks = []
     for i, group in enumerate(ranked):
@@ -551,8 +805,7 @@ def format_ranked(
             if i > 0:
                 title += "  -- NOT COMPARABLE with the table above (different data)"
             title = f"**{title}**\n\n" if fmt == "markdown" else title + "\n"
-        rows = _rows(group, differing, with_data, with_commit)
-        blocks.append(title + render(headers, rows))
+        blocks.append(title + render(headers, _rows(group, cols, each_run)))
     return "\n\n".join(blocks)
 
 

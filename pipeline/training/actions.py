@@ -277,15 +277,43 @@ class SaveCheckpoint(EveryNSteps):
             state.save_checkpoint(chunk.step)
 
 
+class _Progbar(keras.utils.Progbar):
+    """Keras' `Progbar`, showing text values as they are.
+
+    It prints a list value as a float with four decimals (`examples/s:
+    1782.0000`) and any other value as it is; a text value is stored as such.
+    """
+
+    def update(self, current, values=None, finalize=None):
+        numbers = []
+        for name, value in values or ():
+            if isinstance(value, str):
+                if name not in self._values_order:
+                    self._values_order.append(name)
+                self._values[name] = value
+            else:
+                numbers.append((name, value))
+        super().update(current, numbers, finalize)
+
+
+def test_accuracy_text(state: TrainState) -> str:
+    """The last test accuracy with the step it is from (`0.9625 (step 63)`)."""
+    accuracy = state.last_test.get("accuracy")
+    if accuracy is None or state.last_evaluated < 0:
+        return "-"
+    return f"{accuracy:.4f} (step {state.last_evaluated})"
+
+
 class PrintProgress(EveryNSteps):
     """Progress: a live bar on a terminal, else one line every `every` steps.
 
     On a terminal (the program prints with `print` to a TTY) Keras' `Progbar`
     redraws after every chunk: steps done of `--steps`, the time left, time
-    per step, train loss and accuracy, the last test accuracy and
-    examples/s. Anywhere else (a log file, a pipe, a sweep's child, a test) it
-    prints one plain line every `every` steps and at the end, so a log holds
-    no redraws.
+    per step, train loss and accuracy, the last test accuracy with the step it
+    is from, and examples/s as an integer. Anywhere else (a log file, a pipe,
+    a sweep's child, a test) it prints one plain line every `every` steps and
+    at the end, so a log holds no redraws. Before the first step it says that
+    the train step is compiling, the seconds it takes are not silent.
     """
 
     def __init__(self, every: int):
@@ -294,9 +322,14 @@ class PrintProgress(EveryNSteps):
         self.first_step = 0
 
     def start(self, state: TrainState) -> None:
+        if state.step < state.config.steps:
+            state.print_fn(
+                f"step {state.step:>6}/{state.config.steps}  compiling the "
+                f"{state.config.model} train step (its first call waits for it)"
+            )
         if state.print_fn is print and sys.stdout.isatty():
             self.first_step = state.step
-            self.bar = keras.utils.Progbar(
+            self.bar = _Progbar(
                 state.config.steps - state.step,
                 # Every chunk redraws: Keras' default 0.05 s throttle would
                 # skip the redraws of fast chunks, and chunks are already the
@@ -308,12 +341,11 @@ class PrintProgress(EveryNSteps):
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
         if self.bar is not None:
-            test_acc = state.last_test.get("accuracy", float("nan"))
             values = [
                 ("loss", state.last_train.get("loss", float("nan"))),
                 ("accuracy", state.last_train.get("accuracy", float("nan"))),
-                ("test_accuracy", test_acc),
-                ("examples/s", round(chunk.examples_per_sec)),
+                ("test_accuracy", test_accuracy_text(state)),
+                ("examples/s", f"{chunk.examples_per_sec:,.0f}"),
             ]
             self.bar.update(
                 chunk.step - self.first_step, values, finalize=chunk.is_last
@@ -324,8 +356,7 @@ class PrintProgress(EveryNSteps):
         # What the progress line reports reaches the charts right after it:
         # the flush is queued behind the chunk's writes (the writer thread).
         state.logger.flush(wait=False)
-        test_acc = state.last_test.get("accuracy")
-        test_text = "-" if test_acc is None else f"{test_acc:.4f}"
+        test_text = test_accuracy_text(state)
         train_text = " ".join(f"{k}={v:.4f}" for k, v in state.last_train.items())
         config = state.config
         epoch_text = ""
@@ -345,11 +376,14 @@ class WriteProjector(Action):
     penultimate layer's output for each test digit (at most
     `projector.MAX_EXAMPLES`), the digits as a sprite, and each one's label,
     prediction and correctness. Written when the run reaches its last step
-    or stops early (the model as trained, before a best model is restored).
+    or stops early (the model as trained, before a best model is restored),
+    for models with a learned embedding (`projector.has_learned_embedding`).
     """
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
         if not (state.is_chief and (chunk.is_last or state.stop_reason)):
+            return
+        if not projector.has_learned_embedding(state.model):
             return
         binary = state.config.binary_class
         names = [f"not {binary}", str(binary)] if binary is not None else None
@@ -367,9 +401,10 @@ class RecordProfile(Action):
     """A `tf.profiler` trace of steps A..B (`--profile_steps=A,B`), chief only.
 
     A chunk ends at step A - 1, the trace starts after everything done there,
-    steps A..B then run one per compiled call, each marked as a training step
-    (`TrainState.step_marker`) for the Profile tab's step-time views, and the
-    trace stops once step B and its actions are done.
+    steps A..B then run one per compiled call outside the compiled loop
+    (`train_loop.one_step`), each marked as a training step
+    (`TrainState.step_marker`), so the Profile tab's Overview shows their step
+    time, and the trace stops once step B and its actions are done.
     It goes to the run's `train/` directory
     (`plugins/profile/<time>/<host>.xplane.pb`), where TensorBoard's Profile
     tab (`tensorboard-plugin-profile`) finds it. A run resumed past A traces
@@ -404,6 +439,8 @@ class RecordProfile(Action):
     def _maybe_start(self, state: TrainState, step: int) -> None:
         due = self.last and self.first - 1 <= step < self.last
         if due and state.is_chief and self.tracing_from is None:
+            # Traced now, so its compilation is not timed as step A.
+            state.train_loop.one_step.get_concrete_function(state.iterator)
             tf.profiler.experimental.start(str(state.run_dir.path / "train"))
             self.tracing_from = step + 1
             state.profiling = True

@@ -165,7 +165,10 @@ class TrainState:
         histograms = every > 0 and (end % every == 0 or end == self.config.steps)
         train_loop = self.train_loop.with_histograms if histograms else self.train_loop
         with self.step_marker(end):
-            if self.step == 0:
+            if self.profiling and end == self.step + 1 and not histograms:
+                # A histogram loop of one step runs no loop iteration either.
+                outputs = self.train_loop.one_step(self.iterator)
+            elif self.step == 0:
                 outputs = self.logger.trace_graph(
                     "train", train_loop, self.iterator, chunk
                 )
@@ -227,7 +230,8 @@ class TrainState:
                 f"{self.manager.latest_checkpoint or 'none'}"
             ) from None
         self.last_saved = step
-        self.logger.scalars("train", step, {"events/checkpoint_saved": float(step)})
+        # No scalar marks the save: a step number drawn as a curve reads as a
+        # measurement; the checkpoints are named by step (checkpoints/ckpt-N).
         self.logger.flush()
 
     def restore(self, point: RestorePoint) -> None:

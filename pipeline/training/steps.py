@@ -166,7 +166,20 @@ def make_train_loop(
         losses, accuracies = run_steps(iterator, num_steps, *_metric_arrays(num_steps))
         return {"loss": losses.stack(), "accuracy": accuracies.stack()}
 
+    @tf.function
+    def one_step(iterator) -> dict[str, tf.Tensor]:
+        """One step, outside any compiled loop (for a profiled step).
+
+        The profiler's Overview takes the iterations of a compiled while loop
+        as the steps (xprof's `ProcessTensorFlowLoop`) and then finds none of
+        the loop's step markers: "No step marker observed", 0.0 ms.
+        """
+        per_replica = strategy.run(step_fn, args=next(iterator))
+        metrics = _sum_over_replicas(per_replica, strategy)
+        return {k: tf.reshape(metrics[k], [1]) for k in ("loss", "accuracy")}
+
     train_loop.step_fn = step_fn  # for trace counts
+    train_loop.one_step = one_step
     train_loop.step_graph = _make_step_graph(step_fn, train_loop, strategy)
     if getattr(train_step, "with_gradients", None) is not None:
         histogram_loop = _make_histogram_loop(
