@@ -19,6 +19,7 @@ code receives the config, never `FLAGS`. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from collections.abc import Callable, Sequence
@@ -59,6 +60,11 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # (python -m benchmarks.throughput --compare_xla): none. XLA ran the CNN 8x
 # slower, and logreg and the MLP 0.7-0.8x as fast as without it.
 JIT_AUTO_MODELS: tuple[str, ...] = ()
+# NumPy's RandomState (used to shuffle and split) takes seeds below 2**32.
+SEED_MAX = 2**32 - 1
+# The bound of an integer flag that declares none: steps and counters live in
+# TensorFlow int64 variables, so a larger value would fail once training ran.
+INT64_MAX = 2**63 - 1
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
 # What `--resume` (and `--replay`) may do with a field that differs from the
@@ -278,7 +284,12 @@ class TrainConfig:
         hparam=False,
         resume=LOCATES_RUN,
     )
-    seed: int = option(0, "Seed for shuffling, initialisers, dropout.")
+    seed: int = option(
+        0,
+        "Seed for shuffling, initialisers, dropout (0 to 2**32-1: NumPy's seed range).",
+        lower=0,
+        upper=SEED_MAX,
+    )
     deterministic: bool = option(
         True, "Enable TensorFlow op determinism: same flags + seed -> same metrics."
     )
@@ -507,6 +518,8 @@ def _define(field: Field, flag_values: flags.FlagValues) -> None:
     opt = field.option
     fv = {"flag_values": flag_values}
     bounds = {"lower_bound": opt.lower, "upper_bound": opt.upper}
+    if field.kind == "integer" and opt.upper is None:
+        bounds["upper_bound"] = INT64_MAX
     if field.kind == "enum":
         flags.DEFINE_enum(field.name, field.default, opt.choices, opt.help, **fv)
     elif field.kind == "string":
@@ -531,6 +544,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     for field in FIELDS:
         _define(field, flag_values)
     for field in FIELDS:
+        if field.kind == "float":
+            # absl parses `inf` and `nan`; neither trains anything.
+            flags.register_validator(
+                field.name,
+                lambda v: v is None or math.isfinite(v),
+                message=f"--{field.name} must be a finite number",
+                flag_values=flag_values,
+            )
         if field.option.check is not None:
             flags.register_validator(
                 field.name,
@@ -553,12 +574,30 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     _define_launch_flags(flag_values)
 
 
+def _check_bounds(config: TrainConfig) -> None:
+    """The declared bounds, for configs built in code (flags check their own)."""
+    for field in FIELDS:
+        value = getattr(config, field.name)
+        if field.kind not in ("integer", "float") or value is None:
+            continue
+        lower, upper = field.option.lower, field.option.upper
+        if field.kind == "integer" and upper is None:
+            upper = INT64_MAX
+        too_low = lower is not None and value < lower
+        if too_low or (upper is not None and value > upper) or not math.isfinite(value):
+            raise ConfigError(
+                f"--{field.name}={value} is out of range"
+                + (f" [{lower}, {upper}]" if None not in (lower, upper) else "")
+            )
+
+
 def validate(config: TrainConfig) -> TrainConfig:
     """Checks rules that span several values; raises ConfigError naming the flags.
 
     Flag validators already cover single flags; this catches what only the
     whole config can tell (and configs built in code rather than from flags).
     """
+    _check_bounds(config)
     if config.model == "cnn":
         size = 28
         paddings = config.conv_padding

@@ -28,10 +28,12 @@ from pipeline import data as data_lib
 from pipeline.config import TrainConfig, epoch_of, resolve_epochs, steps_per_epoch
 from pipeline.errors import (
     NonFiniteLossError,
+    PipelineError,
     RunDirError,
     TrainingError,
     TrainingInterruptedError,
     WorkerPreemptedError,
+    one_line,
 )
 from pipeline.runs.rundir import RunDir, remove_empty_files, write_failure
 from pipeline.tensorboard import budget
@@ -299,9 +301,17 @@ def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> 
     written, it stays `running` with a dead pid, which `--resume` accepts.
     """
     failure = write_failure(err)
-    reason = str(failure) if failure else f"{type(err).__name__}: {err}"
     if failure:
+        reason = str(failure)
         remove_empty_files(run_dir.path, "events.out.tfevents.*")
+    elif isinstance(err, PipelineError | KeyboardInterrupt):
+        reason = str(err) or type(err).__name__
+    else:
+        # Unexpected: one line in run.json, the whole trace beside it.
+        reason = f"{type(err).__name__}: {one_line(str(err))}"
+        log = run_dir.write_error_log(err)
+        if log is not None:
+            reason += f" (full trace: {log})"
     with contextlib.suppress(RunDirError):
         run_dir.finish(status, step=step, error=reason)
     return reason
