@@ -802,7 +802,8 @@ def config_to_dict(config: TrainConfig) -> dict:
 
 
 def _define_launch_flags(flag_values: flags.FlagValues) -> None:
-    """--resume, --run, --replay, --replay_rtol: what to do with the config."""
+    """--resume, --run, --replay, --replay_rtol, --peer_timeout: what to do
+    with the config (and how long a multi-worker start waits)."""
     fv = {"flag_values": flag_values}
     may_change = [f"--{f.name}" for f in FIELDS if f.option.resume == MAY_CHANGE]
     flags.DEFINE_boolean(
@@ -826,6 +827,16 @@ def _define_launch_flags(flag_values: flags.FlagValues) -> None:
         "temporary directory, for --steps steps, default all) and compare its "
         "train losses with the original's event file; exit 1 at the first "
         "step that differs.",
+        **fv,
+    )
+    flags.DEFINE_integer(
+        "peer_timeout",
+        600,
+        "--strategy=multi_worker: seconds to wait for every worker of TF_CONFIG "
+        "to join before giving up (naming the ones missing); Ctrl-C or SIGTERM "
+        "stops the wait at once.",
+        lower_bound=1,
+        upper_bound=7 * 24 * 3600,
         **fv,
     )
     flags.DEFINE_float(
@@ -852,6 +863,7 @@ class Launch:
     explicit: frozenset[str]
     run_path: str | None = None
     replay_rtol: float = 0.0
+    peer_timeout: int = 600
 
 
 def launch_from_flags(
@@ -882,11 +894,12 @@ def launch_from_flags(
         if f.run is not None and f.run_name is not None:
             raise ConfigError("--resume takes --run=DIR or --run_name=NAME, not both")
     config = config_from_flags(f, argv)
+    timeout = {"peer_timeout": f.peer_timeout}
     if f.resume:
-        return Launch("resume", config, explicit, f.run, f.replay_rtol)
+        return Launch("resume", config, explicit, f.run, f.replay_rtol, **timeout)
     if f.replay is not None:
-        return Launch("replay", config, explicit, f.replay, f.replay_rtol)
-    return Launch("new", config, explicit)
+        return Launch("replay", config, explicit, f.replay, f.replay_rtol, **timeout)
+    return Launch("new", config, explicit, **timeout)
 
 
 def config_from_dict(values: dict) -> TrainConfig:

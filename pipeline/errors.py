@@ -72,6 +72,15 @@ class TrainingInterruptedError(TrainingError):
         self.exit_code = 128 + signum
 
 
+class PeerLostError(TrainingInterruptedError):
+    """Another worker of a multi-worker job is gone: this one stops, the run
+    is recorded `interrupted` at its last checkpoint; exits 1."""
+
+    def __init__(self, message: str):
+        super().__init__(message, signum=0)
+        self.exit_code = 1
+
+
 class WorkerPreemptedError(TrainingInterruptedError):
     """A worker of a multi-worker job got SIGTERM: all saved; exits 42."""
 

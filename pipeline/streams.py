@@ -19,6 +19,7 @@ No TensorFlow; usable by any program of the pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import stat
@@ -69,10 +70,8 @@ def _point_at_devnull(stream: TextIO) -> None:
         os.dup2(devnull, fd)
     finally:
         os.close(devnull)
-    try:
+    with contextlib.suppress(OSError, ValueError):
         stream.flush()
-    except (OSError, ValueError):
-        pass
 
 
 def guard_output() -> None:

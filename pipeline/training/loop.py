@@ -103,7 +103,12 @@ def train_and_evaluate(
     # Epoch settings become steps here, where the train split is known.
     config = resolve_epochs(config, len(dataset.train))
     restore_point = choose_restore_point(config, run_dir, resume, restore_dir, print_fn)
-    with RunRecord(config, run_dir, dataset, strategy, restore_point) as record:
+    # The chief's run, named the same on every worker (--run_name is required).
+    run_path = pathlib.Path(config.logdir) / (config.run_name or run_dir.name)
+    with (
+        RunRecord(config, run_dir, dataset, strategy, restore_point) as record,
+        distribute.peers_watched(strategy, run_path, lambda: record.step),
+    ):
         state = record.state = build_train_state(
             config, run_dir, dataset, strategy, restore_point, print_fn
         )
@@ -242,6 +247,11 @@ class RunRecord:
         if self.is_chief and point.step == 0:
             hparams_lib.start_run(run_dir.path, self.config)
         return self
+
+    @property
+    def step(self) -> int:
+        """The last step whose actions all ran (the restored one before)."""
+        return self.state.step if self.state else self.restore_point.step
 
     def completed(self, outcome: RunOutcome) -> TrainResult:
         """Records the run `completed` (or `pruned`: a sweep's pruner stopped it)
