@@ -101,7 +101,11 @@ CASES = [
     ("seed_negative", ["--seed=-1"], "--seed=-1: -1 is not an integer in the range"),
     ("seed_2_32", ["--seed=4294967296"], "--seed=4294967296"),
     ("steps_over_int64", ["--steps=9223372036854775808"], "--steps="),
-    ("learning_rate_inf", ["--learning_rate=inf"], "--learning_rate must be a finite number"),
+    (
+        "learning_rate_inf",
+        ["--learning_rate=inf"],
+        "--learning_rate must be a finite number",
+    ),
     ("bias_init_nan", ["--bias_init=nan"], "--bias_init must be a finite number"),
     ("dropout_one", ["--dropout=1.0"], "--dropout"),
     ("dropout_negative", ["--dropout=-0.1"], "--dropout"),

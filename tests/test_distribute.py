@@ -370,7 +370,8 @@ def test_a_worker_alone_gives_up_naming_its_peer_and_honours_signals(tmp_path):
         deadline = time.monotonic() + 60
         # It is waiting once it listens on its own port.
         while not distribute._listening(f"127.0.0.1:{ports[0]}"):
-            assert time.monotonic() < deadline and waiting.poll() is None
+            assert time.monotonic() < deadline
+            assert waiting.poll() is None
             time.sleep(0.1)
         waiting.send_signal(signum)
         rc, _, err = finish(waiting, timeout=30)
@@ -430,4 +431,5 @@ def test_a_lost_worker_is_one_line_and_the_printed_command_continues(tmp_path):
     assert [r[0] for r in results] == [0, 0], results
     assert f"resuming mw from step {saved['step']}" in results[0][1]
     done = json.loads((logdir / "mw" / "run.json").read_text())
-    assert done["status"] == "completed" and done["step"] == 3000
+    assert done["status"] == "completed"
+    assert done["step"] == 3000
