@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 import subprocess
-import tomllib
 
 import pytest
+import tomllib
 from conftest import LOGREG_FLAGS, REPO, cli_command, cli_env, record, run_cli
 
 
