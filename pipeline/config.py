@@ -62,9 +62,6 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 JIT_AUTO_MODELS: tuple[str, ...] = ()
 # NumPy's RandomState (used to shuffle and split) takes seeds below 2**32.
 SEED_MAX = 2**32 - 1
-# The bound of an integer flag that declares none: steps and counters live in
-# TensorFlow int64 variables, so a larger value would fail once training ran.
-INT64_MAX = 2**63 - 1
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 
 # What `--resume` (and `--replay`) may do with a field that differs from the
@@ -518,8 +515,6 @@ def _define(field: Field, flag_values: flags.FlagValues) -> None:
     opt = field.option
     fv = {"flag_values": flag_values}
     bounds = {"lower_bound": opt.lower, "upper_bound": opt.upper}
-    if field.kind == "integer" and opt.upper is None:
-        bounds["upper_bound"] = INT64_MAX
     if field.kind == "enum":
         flags.DEFINE_enum(field.name, field.default, opt.choices, opt.help, **fv)
     elif field.kind == "string":
@@ -581,8 +576,6 @@ def _check_bounds(config: TrainConfig) -> None:
         if field.kind not in ("integer", "float") or value is None:
             continue
         lower, upper = field.option.lower, field.option.upper
-        if field.kind == "integer" and upper is None:
-            upper = INT64_MAX
         too_low = lower is not None and value < lower
         if too_low or (upper is not None and value > upper) or not math.isfinite(value):
             raise ConfigError(

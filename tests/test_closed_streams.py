@@ -68,12 +68,13 @@ def test_training_whose_reader_quits_stops_interrupted_and_resumes(tmp_path):
     assert saved["status"] == "interrupted"
     step = saved["step"]
     assert 0 < step < 20000
-    assert saved["error"] == (
+    message = (
         f"interrupted because its output was closed at step {step}; checkpoint "
         f"{run}/checkpoints/ckpt-{step} saved; continue with: "
         f"pipeline-train --resume --run={run}"
     )
-    assert err.strip().splitlines()[-1] == f"pipeline-train: error: {saved['error']}"
+    assert saved["error"] == f"TrainingInterruptedError: {message}"
+    assert err.strip().splitlines()[-1] == f"pipeline-train: error: {message}"
     resumed = run_cli("pipeline-train", "--resume", f"--run={run}", "--steps=20000")
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming piped from step {step}" in resumed.stdout

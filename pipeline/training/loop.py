@@ -315,7 +315,7 @@ def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> 
         reason = str(failure)
         remove_empty_files(run_dir.path, "events.out.tfevents.*")
     elif isinstance(err, PipelineError | KeyboardInterrupt):
-        reason = str(err) or type(err).__name__
+        reason = f"{type(err).__name__}: {one_line(str(err))}"
     else:
         # Unexpected: one line in run.json, the whole trace beside it.
         reason = f"{type(err).__name__}: {one_line(str(err))}"

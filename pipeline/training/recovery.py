@@ -202,7 +202,8 @@ def check_files_match_record(run_dir: RunDir) -> None:
     step = record.step or 0
     if record.status not in SAVED_STATUSES or step <= 0:
         return
-    if checkpoints.latest_step(run_dir.checkpoint_dir) == 0:
+    # Files without their index still count: the restore names what is wrong.
+    if not checkpoints.list_checkpoints(run_dir.checkpoint_dir):
         raise RunDirError(
             f"{run_dir.path}: run.json says {record.status} at step {step}, but "
             f"{run_dir.checkpoint_dir} holds no checkpoint (deleted?); a resume "
