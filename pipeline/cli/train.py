@@ -70,7 +70,9 @@ def _train_from_flags() -> None:
     if run_dir is not None:
         recovery.check_same_data(run_dir, dataset)
     # Strategies configure devices and collectives: before any other TF work.
-    strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
+    strategy = distribute.make_strategy(
+        config.strategy, config.cpu_devices, launch.peer_timeout
+    )
     from pipeline.training import loop as train
 
     train.check_data_fits(config, dataset)

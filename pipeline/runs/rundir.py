@@ -8,6 +8,8 @@ Layout of `LOGDIR/RUN_NAME/`:
   model_summary.txt            layers, output shapes, parameter counts
   run.json                     versions, dataset + fingerprint, times, status,
                                final metrics
+  error.log                    the full trace of an unexpected error that
+                               ended the run (run.json's `error` is one line)
   run.lock                     held (`fcntl.flock`) by the process writing the run
   .space-reserve               64 KiB held back while the run is written, so
                                its final record fits on a disk it filled
@@ -47,13 +49,15 @@ from typing import Any
 
 from pipeline import config as config_lib
 from pipeline.config import TrainConfig, config_to_dict, unused_alternatives
-from pipeline.errors import RecordError, RunDirError, RunLockedError
+from pipeline.errors import RecordError, RunDirError, RunLockedError, one_line
 
 RECORD_NAME = "run.json"
 FLAGFILE_NAME = "flags.cfg"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_SUMMARY_NAME = "model_summary.txt"
 LOCK_NAME = "run.lock"
+# The full trace of the error that ended a run (run.json keeps one line).
+ERROR_LOG_NAME = "error.log"
 PROBE_BYTES = 64 * 1024
 # Space held back while a run is written, so its final record fits even when
 # the run's own writes filled the disk.
@@ -534,8 +538,11 @@ class RunDir:
         """Merges `fields` into the record and rewrites it atomically.
 
         A `status` in `fields` must be allowed after the current one
-        (`TRANSITIONS`).
+        (`TRANSITIONS`). An `error` is kept to one line (`errors.one_line`):
+        the record is read by people and tables, a trace belongs in a log.
         """
+        if fields.get("error"):
+            fields["error"] = one_line(str(fields["error"]))
         record = self.read_record() if self.record_path.exists() else {}
         if "status" in fields:
             current = record.get("status")
@@ -652,6 +659,22 @@ class RunDir:
         except OSError:
             return False
         return True
+
+    def write_error_log(self, err: BaseException) -> pathlib.Path | None:
+        """Appends `err`'s full traceback to `error.log`; None if it cannot.
+
+        run.json's `error` is one line; this keeps what a bug report needs.
+        """
+        import traceback
+
+        path = self.path / ERROR_LOG_NAME
+        text = "".join(traceback.format_exception(err))
+        try:
+            with open(path, "a", encoding="utf-8") as log:
+                log.write(f"--- {utc_now()} pid {os.getpid()}\n{text}")
+        except OSError:
+            return None
+        return path
 
     def mark_failed(self, reason: str) -> bool:
         """Best effort: records `failed` with `reason`; False if even that fails."""

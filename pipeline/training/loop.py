@@ -28,10 +28,12 @@ from pipeline import data as data_lib
 from pipeline.config import TrainConfig, epoch_of, resolve_epochs, steps_per_epoch
 from pipeline.errors import (
     NonFiniteLossError,
+    PipelineError,
     RunDirError,
     TrainingError,
     TrainingInterruptedError,
     WorkerPreemptedError,
+    one_line,
 )
 from pipeline.runs.rundir import RunDir, remove_empty_files, write_failure
 from pipeline.tensorboard import budget
@@ -103,7 +105,12 @@ def train_and_evaluate(
     # Epoch settings become steps here, where the train split is known.
     config = resolve_epochs(config, len(dataset.train))
     restore_point = choose_restore_point(config, run_dir, resume, restore_dir, print_fn)
-    with RunRecord(config, run_dir, dataset, strategy, restore_point) as record:
+    # The chief's run, named the same on every worker (--run_name is required).
+    run_path = pathlib.Path(config.logdir) / (config.run_name or run_dir.name)
+    with (
+        RunRecord(config, run_dir, dataset, strategy, restore_point) as record,
+        distribute.peers_watched(strategy, run_path, lambda: record.step),
+    ):
         state = record.state = build_train_state(
             config, run_dir, dataset, strategy, restore_point, print_fn
         )
@@ -246,6 +253,11 @@ class RunRecord:
             hparams_lib.start_run(run_dir.path, self.config)
         return self
 
+    @property
+    def step(self) -> int:
+        """The last step whose actions all ran (the restored one before)."""
+        return self.state.step if self.state else self.restore_point.step
+
     def completed(self, outcome: RunOutcome) -> TrainResult:
         """Records the run `completed` (or `pruned`: a sweep's pruner stopped it)
         with its final metrics; returns the result."""
@@ -304,9 +316,17 @@ def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> 
     written, it stays `running` with a dead pid, which `--resume` accepts.
     """
     failure = write_failure(err)
-    reason = str(failure) if failure else f"{type(err).__name__}: {err}"
     if failure:
+        reason = str(failure)
         remove_empty_files(run_dir.path, "events.out.tfevents.*")
+    elif isinstance(err, PipelineError | KeyboardInterrupt):
+        reason = f"{type(err).__name__}: {one_line(str(err))}"
+    else:
+        # Unexpected: one line in run.json, the whole trace beside it.
+        reason = f"{type(err).__name__}: {one_line(str(err))}"
+        log = run_dir.write_error_log(err)
+        if log is not None:
+            reason += f" (full trace: {log})"
     with contextlib.suppress(RunDirError):
         run_dir.finish(status, step=step, error=reason)
     return reason
