@@ -13,7 +13,8 @@ import sys
 from absl import app, flags
 
 from pipeline import cli
-from pipeline.tools import compare, study_summary
+from pipeline.sweep import summary as study_summary
+from pipeline.tools import compare
 from pipeline.tools.compare import FORMATS, METRICS
 
 FLAGS = flags.FLAGS

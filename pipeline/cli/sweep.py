@@ -1,18 +1,21 @@
-"""`pipeline-sweep`: a search over training flags on an Optuna study, resumable.
+"""pipeline-sweep: a search over training flags on an Optuna study, resumable.
 
-    pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg \
-        --grid=learning_rate=0.1,0.01 --grid=activation=sigmoid,relu \
-        --grid=hidden_layers=3,11 --repeats=3 --sweep_name=mlp_tuning --workers=2
-
+    pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg --sweep_name=mlp_tuning \
+        --grid=learning_rate=0.1,0.01 --grid=activation=sigmoid,relu --repeats=3
     pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg --sweep_name=mlp_search \
         --search=learning_rate=log:1e-4:1e-1 --search=hidden_layers=int:1:11 \
-        --search=activation=choice:relu,sigmoid,tanh --trials=20 --pruner=median
+        --trials=20 --pruner=median --workers=2
 
-Every training flag is accepted too and sets the base of each run (so
-`--flagfile` may name a training flagfile, or a sweep file under
-`flags/sweeps/` that includes one). Runs go to LOGDIR/SWEEP_NAME/RUN; the
-study to `--storage` (default LOGDIR/SWEEP_NAME/study.db). The same command
-on another machine, with a shared `--storage`, is one more worker.
+Every training flag sets the base of each run. Runs go to LOGDIR/SWEEP_NAME/;
+the study to --storage (default LOGDIR/SWEEP_NAME/study.db). The same command
+again continues the study; on another machine, with a shared --storage, it is
+one more worker.
+
+Exit status: 0 when every trial ended as a trial can: completed, pruned, or
+diverged (its loss or weights turned NaN/Inf: a result the search found,
+recorded `diverged` and counted apart). Non-zero when the search itself went
+wrong: 1 for a crashed trial (named on stderr), bad input or a storage that
+cannot be opened; 130 when interrupted (run the same command to continue).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from absl import app, flags
 
 from pipeline import cli
 from pipeline import config as config_lib
-from pipeline.tools import sweep_driver
+from pipeline.sweep import SweepError, driver
 
 FLAGS = flags.FLAGS
 
@@ -32,40 +35,32 @@ FLAGS = flags.FLAGS
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """The training flags (the base of every run) plus the sweep's own."""
     config_lib.define_flags(flag_values)
-    _define_search_flags(flag_values)
-    _define_study_flags(flag_values)
-    _define_workplace_flags(flag_values)
-
-
-def _define_search_flags(flag_values: flags.FlagValues) -> None:
-    """What is searched: the grid or search space, how trials are picked, how many."""
     fv = {"flag_values": flag_values}
     flags.DEFINE_multi_string(
         "grid",
         [],
-        "FLAG=V1,V2,...: one axis of the grid (repeat the flag for more axes). "
-        "List-valued flags take FLAG=A,B|C,D.",
+        "FLAG=V1,V2,...: one grid axis (repeat for more; list-valued "
+        "flags take FLAG=A,B|C,D).",
         **fv,
     )
     flags.DEFINE_multi_string(
         "search",
         [],
-        "FLAG=log:LOW:HIGH, FLAG=float:LOW:HIGH, FLAG=int:LOW:HIGH[:STEP] or "
-        "FLAG=choice:V1,V2: one searched flag (repeat for more).",
+        "FLAG=log:LOW:HIGH, FLAG=float:LOW:HIGH, "
+        "FLAG=int:LOW:HIGH[:STEP] or FLAG=choice:V1,V2: one searched flag.",
         **fv,
     )
     flags.DEFINE_enum(
         "sampler",
         None,
         ["tpe", "random", "grid"],
-        "How the study picks the next trial (default: grid for --grid alone, "
-        "else tpe).",
+        "How the study picks trials (default: grid for --grid alone, else tpe).",
         **fv,
     )
     flags.DEFINE_integer(
         "trials",
         None,
-        "The study's total number of trials, over all workers and re-runs "
+        "The study's total trials over all workers and re-runs "
         "(default for a grid: every point).",
         lower_bound=1,
         **fv,
@@ -73,46 +68,39 @@ def _define_search_flags(flag_values: flags.FlagValues) -> None:
     flags.DEFINE_integer(
         "repeats",
         1,
-        "Runs per configuration (a trial), with seeds SEED, SEED+1, ...; the "
+        "Runs per trial (variant), seeds SEED, SEED+1, ...; the "
         "trial's value is their mean.",
         lower_bound=1,
         **fv,
     )
-
-
-def _define_study_flags(flag_values: flags.FlagValues) -> None:
-    """How trials are judged: the metric, its direction, and early stopping."""
-    fv = {"flag_values": flag_values}
     flags.DEFINE_enum(
         "pruner",
         "none",
         ["none", "median", "hyperband"],
-        "Stop hopeless trials early: median (below the median of earlier "
-        "trials at the same step) or hyperband. A stopped run ends `pruned`.",
+        "Stop hopeless trials early; a stopped run ends `pruned`.",
         **fv,
     )
     flags.DEFINE_integer(
         "startup_trials",
         5,
-        "Trials sampled at random before TPE models the space, and finished "
-        "before the median pruner prunes.",
+        "Random trials before TPE models the space, and "
+        "finished trials before the median pruner prunes.",
         lower_bound=0,
         **fv,
     )
     flags.DEFINE_float(
         "prune_worse_than",
         None,
-        "A floor, with any --pruner: a trial whose --metric is worse than this "
-        "at an evaluation from --prune_from_step on is pruned (e.g. 0.2 for "
-        "test/accuracy: at chance on ten classes). Unlike the median pruner "
-        "it needs no completed trials to judge.",
+        "A floor, with any --pruner: a trial whose "
+        "--metric is worse than this at an evaluation from --prune_from_step on "
+        "is pruned (e.g. 0.2 for test/accuracy); needs no completed trials.",
         **fv,
     )
     flags.DEFINE_integer(
         "prune_from_step",
         0,
-        "The first step at which --prune_worse_than judges (a run's first "
-        "evaluations may be at chance before it learns).",
+        "The first trial step at which --prune_worse_than "
+        "judges (repeats count on: seed 2 starts at --steps).",
         lower_bound=0,
         **fv,
     )
@@ -120,8 +108,7 @@ def _define_study_flags(flag_values: flags.FlagValues) -> None:
         "metric",
         "test/accuracy",
         ["test/accuracy", "test/loss"],
-        "What the study optimises: reported at every evaluation, final value "
-        "at the end.",
+        "What the study optimises (reported at every evaluation).",
         **fv,
     )
     flags.DEFINE_enum(
@@ -131,18 +118,18 @@ def _define_study_flags(flag_values: flags.FlagValues) -> None:
         "Default: maximize for accuracy, minimize for loss.",
         **fv,
     )
+    _define_workplace_flags(flag_values)
 
 
 def _define_workplace_flags(flag_values: flags.FlagValues) -> None:
-    """Where the sweep lives and who works on it: its name, study database,
-    local workers, and a dry run."""
     fv = {"flag_values": flag_values}
     flags.DEFINE_string(
         "storage",
         None,
-        "The study's database: sqlite:///PATH (default "
-        "LOGDIR/SWEEP_NAME/study.db) or postgresql://USER@HOST:PORT/DB for "
-        "workers on several machines (password: PGPASSWORD or ~/.pgpass).",
+        "The study's storage: sqlite:///PATH (default "
+        "LOGDIR/SWEEP_NAME/study.db, one machine), postgresql://USER@HOST:PORT/DB "
+        "(several machines; password: PGPASSWORD or ~/.pgpass) or journal:PATH "
+        "(Optuna's journal file, several machines on a shared filesystem).",
         **fv,
     )
     flags.DEFINE_string(
@@ -181,41 +168,33 @@ def main(argv: list[str]) -> None:
     """Opens (or joins) the study and trains trials until its total is reached."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.default_to_warnings(FLAGS)
 
     def body() -> int:
         if FLAGS.run_name:
-            raise sweep_driver.SweepError(
-                "--run_name: the sweep names its runs; drop it"
-            )
-        request = sweep_driver.Request(
+            raise SweepError("--run_name: the sweep names its runs; drop it")
+        names = ("sampler", "trials", "repeats", "pruner", "startup_trials")
+        names += ("prune_worse_than", "prune_from_step", "metric", "direction")
+        request = driver.Request(
             base=config_lib.config_from_flags(FLAGS, sys.argv),
             sweep_name=FLAGS.sweep_name,
             grid=tuple(FLAGS.grid),
             search=tuple(FLAGS.search),
-            sampler=FLAGS.sampler,
-            trials=FLAGS.trials,
-            repeats=FLAGS.repeats,
-            pruner=FLAGS.pruner,
-            startup_trials=FLAGS.startup_trials,
-            prune_worse_than=FLAGS.prune_worse_than,
-            prune_from_step=FLAGS.prune_from_step,
-            metric=FLAGS.metric,
-            direction=FLAGS.direction,
             storage=FLAGS.storage,
+            **{name: FLAGS[name].value for name in names},
         )
-        sweep = sweep_driver.plan(request)
+        sweep = driver.plan(request)
         if FLAGS.dry_run:
-            sweep_driver.print_plan(sweep)
+            driver.print_plan(sweep)
             return 0
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        return sweep_driver.run(sweep, FLAGS.workers)
+        return driver.run(sweep, FLAGS.workers)
 
     sys.exit(cli.run_reporting_errors("pipeline-sweep", body))
 
 
 def run() -> None:
-    """Console-script entry point."""
+    """Console-script entry point; `--help` opens with this module's text."""
+    sys.modules["__main__"].__doc__ = __doc__
     cli.start("pipeline-sweep", define_flags, main)
 
 
