@@ -83,9 +83,7 @@ def test_malformed_specs_are_refused_naming_the_spec(spec, message):
 
 def test_a_flag_searched_twice_is_refused():
     with pytest.raises(SweepError, match="learning_rate is already searched"):
-        space.parse_search(
-            ["learning_rate=log:0.1:1", "learning_rate=float:0:1"]
-        )
+        space.parse_search(["learning_rate=log:0.1:1", "learning_rate=float:0:1"])
 
 
 def test_values_the_flag_refuses_are_caught_before_any_trial():
@@ -126,13 +124,9 @@ def test_plans_pick_the_sampler_and_the_total():
         driver.plan(dataclasses.replace(tpe_request(), trials=None))
     with pytest.raises(SweepError, match="--trials=5: the grid has 4 points"):
         driver.plan(
-            driver.Request(
-                base=TINY, sweep_name="g", grid=("seed=1,2,3,4",), trials=5
-            )
+            driver.Request(base=TINY, sweep_name="g", grid=("seed=1,2,3,4",), trials=5)
         )
-    with pytest.raises(
-        SweepError, match="--sampler=grid: --search=learning_rate"
-    ):
+    with pytest.raises(SweepError, match="--sampler=grid: --search=learning_rate"):
         driver.plan(dataclasses.replace(tpe_request(), sampler="grid"))
 
 

@@ -115,7 +115,9 @@ def test_a_worker_killed_mid_trial_leaves_study_and_runs_agreeing(tmp_path):
     assert killed["error"].startswith("interrupted: its sweep worker died")
     assert list(first_run.glob("*.session_end"))  # HParams shows it failed
     check_study_and_runs_agree(study, experiment)
-    assert "sweep killed: 2/2 completed, 0 diverged, 0 pruned, 0 failed" in resumed.stdout
+    assert (
+        "sweep killed: 2/2 completed, 0 diverged, 0 pruned, 0 failed" in resumed.stdout
+    )
 
 
 def _one_line_error(result: subprocess.CompletedProcess) -> str:

@@ -56,12 +56,16 @@ def test_plan_names_seeds_and_configs():
     assert runs[-1].config.logdir == os.path.join("logs", "s")
     assert runs[-1].config.steps == LOGREG.steps
     # Planning is deterministic: the same sweep always names the same runs.
-    assert [r.name for r in sweep_runs.grid_runs(LOGREG, axes, 2, "s")] == [r.name for r in runs]
+    assert [r.name for r in sweep_runs.grid_runs(LOGREG, axes, 2, "s")] == [
+        r.name for r in runs
+    ]
 
 
 def test_plan_rejects_values_the_flag_rejects():
     with pytest.raises(SweepError, match="activation"):
-        sweep_runs.grid_runs(LOGREG, space.parse_grid(["activation=relu,swiggle"]), 1, "s")
+        sweep_runs.grid_runs(
+            LOGREG, space.parse_grid(["activation=relu,swiggle"]), 1, "s"
+        )
     with pytest.raises(SweepError, match="learning_rate must be > 0"):
         sweep_runs.grid_runs(LOGREG, space.parse_grid(["learning_rate=0.1,-1"]), 1, "s")
     with pytest.raises(SweepError, match="--repeats"):
