@@ -62,7 +62,7 @@ def test_a_crashed_trial_fails_the_sweep_naming_it(tmp_path):
     trials = load(f"sqlite:///{tmp_path / 'crash' / 'study.db'}", "crash").trials
     states = {t.params["batch_size"]: t.state for t in trials}
     assert states == {"32": TrialState.COMPLETE, "20000": TrialState.FAIL}
-    assert "1 completed, 0 diverged, 0 pruned, 1 failed" in result.stdout
+    assert "sweep crash: 1/2 completed, 0 diverged, 0 pruned, 1 failed" in result.stdout
 
 
 def test_two_workers_share_one_journal_study(tmp_path):

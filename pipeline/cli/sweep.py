@@ -30,124 +30,55 @@ from pipeline import config as config_lib
 from pipeline.sweep import SweepError, driver
 
 FLAGS = flags.FLAGS
+_INT = flags.DEFINE_integer
+_ENUM = flags.DEFINE_enum
+# (define, name, default, help, extra): the sweep's own flags.
+_SWEEP_FLAGS = (
+    (flags.DEFINE_multi_string, "grid", [], "FLAG=V1,V2,...: one grid axis "
+     "(repeat for more; list-valued flags take FLAG=A,B|C,D).", {}),
+    (flags.DEFINE_multi_string, "search", [], "FLAG=log:LOW:HIGH, "
+     "FLAG=float:LOW:HIGH, FLAG=int:LOW:HIGH[:STEP] or FLAG=choice:V1,V2.", {}),
+    (_ENUM, "sampler", None, "How the study picks trials (default: grid for "
+     "--grid alone, else tpe).", {"enum_values": ["tpe", "random", "grid"]}),
+    (_INT, "trials", None, "The study's total trials over all workers and "
+     "re-runs (default for a grid: every point).", {"lower_bound": 1}),
+    (_INT, "repeats", 1, "Runs per trial (variant), seeds SEED, SEED+1, ...; "
+     "the trial's value is their mean.", {"lower_bound": 1}),
+    (_ENUM, "pruner", "none", "Stop hopeless trials early; a stopped run ends "
+     "`pruned`.", {"enum_values": ["none", "median", "hyperband"]}),
+    (_INT, "startup_trials", 5, "Random trials before TPE models the space, "
+     "and finished trials before the median pruner prunes.", {"lower_bound": 0}),
+    (flags.DEFINE_float, "prune_worse_than", None, "A floor, with any --pruner: "
+     "a trial whose --metric is worse than this at an evaluation from "
+     "--prune_from_step on is pruned (e.g. 0.2 for test/accuracy).", {}),
+    (_INT, "prune_from_step", 0, "The first trial step at which "
+     "--prune_worse_than judges (seed 2 of --repeats starts at --steps).",
+     {"lower_bound": 0}),
+    (_ENUM, "metric", "test/accuracy", "What the study optimises (reported at "
+     "every evaluation).", {"enum_values": ["test/accuracy", "test/loss"]}),
+    (_ENUM, "direction", None, "Default: maximize for accuracy, minimize for "
+     "loss.", {"enum_values": ["maximize", "minimize"]}),
+    (flags.DEFINE_string, "storage", None, "The study's storage: sqlite:///PATH "
+     "(default LOGDIR/SWEEP_NAME/study.db; one machine), "
+     "postgresql://USER@HOST:PORT/DB (several machines; password: PGPASSWORD or "
+     "~/.pgpass) or journal:PATH (Optuna's journal file on a filesystem several "
+     "machines share).", {}),
+    (flags.DEFINE_string, "sweep_name", None, "Sweep directory under --logdir, "
+     "and the study's name (required).", {}),
+    (_INT, "workers", 1, "Local workers (each trains one run at a time).",
+     {"lower_bound": 1, "upper_bound": 64}),
+    (flags.DEFINE_boolean, "dry_run", False, "Print the plan and exit.", {}),
+)  # fmt: skip
+_REQUEST_FLAGS = ("sampler", "trials", "repeats", "pruner", "startup_trials")
+_REQUEST_FLAGS += ("prune_worse_than", "prune_from_step", "metric", "direction")
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """The training flags (the base of every run) plus the sweep's own."""
     config_lib.define_flags(flag_values)
-    fv = {"flag_values": flag_values}
-    flags.DEFINE_multi_string(
-        "grid",
-        [],
-        "FLAG=V1,V2,...: one grid axis (repeat for more; list-valued "
-        "flags take FLAG=A,B|C,D).",
-        **fv,
-    )
-    flags.DEFINE_multi_string(
-        "search",
-        [],
-        "FLAG=log:LOW:HIGH, FLAG=float:LOW:HIGH, "
-        "FLAG=int:LOW:HIGH[:STEP] or FLAG=choice:V1,V2: one searched flag.",
-        **fv,
-    )
-    flags.DEFINE_enum(
-        "sampler",
-        None,
-        ["tpe", "random", "grid"],
-        "How the study picks trials (default: grid for --grid alone, else tpe).",
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "trials",
-        None,
-        "The study's total trials over all workers and re-runs "
-        "(default for a grid: every point).",
-        lower_bound=1,
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "repeats",
-        1,
-        "Runs per trial (variant), seeds SEED, SEED+1, ...; the "
-        "trial's value is their mean.",
-        lower_bound=1,
-        **fv,
-    )
-    flags.DEFINE_enum(
-        "pruner",
-        "none",
-        ["none", "median", "hyperband"],
-        "Stop hopeless trials early; a stopped run ends `pruned`.",
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "startup_trials",
-        5,
-        "Random trials before TPE models the space, and "
-        "finished trials before the median pruner prunes.",
-        lower_bound=0,
-        **fv,
-    )
-    flags.DEFINE_float(
-        "prune_worse_than",
-        None,
-        "A floor, with any --pruner: a trial whose "
-        "--metric is worse than this at an evaluation from --prune_from_step on "
-        "is pruned (e.g. 0.2 for test/accuracy); needs no completed trials.",
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "prune_from_step",
-        0,
-        "The first trial step at which --prune_worse_than "
-        "judges (repeats count on: seed 2 starts at --steps).",
-        lower_bound=0,
-        **fv,
-    )
-    flags.DEFINE_enum(
-        "metric",
-        "test/accuracy",
-        ["test/accuracy", "test/loss"],
-        "What the study optimises (reported at every evaluation).",
-        **fv,
-    )
-    flags.DEFINE_enum(
-        "direction",
-        None,
-        ["maximize", "minimize"],
-        "Default: maximize for accuracy, minimize for loss.",
-        **fv,
-    )
-    _define_workplace_flags(flag_values)
-
-
-def _define_workplace_flags(flag_values: flags.FlagValues) -> None:
-    fv = {"flag_values": flag_values}
-    flags.DEFINE_string(
-        "storage",
-        None,
-        "The study's storage: sqlite:///PATH (default "
-        "LOGDIR/SWEEP_NAME/study.db, one machine), postgresql://USER@HOST:PORT/DB "
-        "(several machines; password: PGPASSWORD or ~/.pgpass) or journal:PATH "
-        "(Optuna's journal file, several machines on a shared filesystem).",
-        **fv,
-    )
-    flags.DEFINE_string(
-        "sweep_name",
-        None,
-        "Sweep directory under --logdir, and the study's name (required).",
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "workers",
-        1,
-        "Local workers (each trains one run at a time).",
-        lower_bound=1,
-        upper_bound=64,
-        **fv,
-    )
+    for define, name, default, help_text, extra in _SWEEP_FLAGS:
+        define(name, default, help=help_text, flag_values=flag_values, **extra)
     flags.DEFINE_alias("parallel", "workers", flag_values=flag_values)
-    flags.DEFINE_boolean("dry_run", False, "Print the plan and exit.", **fv)
     flags.register_validator(
         "sweep_name",
         lambda v: (
@@ -172,15 +103,13 @@ def main(argv: list[str]) -> None:
     def body() -> int:
         if FLAGS.run_name:
             raise SweepError("--run_name: the sweep names its runs; drop it")
-        names = ("sampler", "trials", "repeats", "pruner", "startup_trials")
-        names += ("prune_worse_than", "prune_from_step", "metric", "direction")
         request = driver.Request(
             base=config_lib.config_from_flags(FLAGS, sys.argv),
             sweep_name=FLAGS.sweep_name,
             grid=tuple(FLAGS.grid),
             search=tuple(FLAGS.search),
             storage=FLAGS.storage,
-            **{name: FLAGS[name].value for name in names},
+            **{name: FLAGS[name].value for name in _REQUEST_FLAGS},
         )
         sweep = driver.plan(request)
         if FLAGS.dry_run:

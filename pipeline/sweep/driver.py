@@ -22,7 +22,13 @@ from pipeline.runs import rundir
 from pipeline.sweep import SweepError, runs, space
 from pipeline.sweep import storage as storage_lib
 from pipeline.sweep import study as study_lib
-from pipeline.sweep.worker import Progress, Sweep, dead_trial_runs_failed, run_workers
+from pipeline.sweep.worker import (
+    Progress,
+    Sweep,
+    dead_trial_runs_failed,
+    run_workers,
+    seeds,
+)
 from pipeline.tensorboard import hparams as hparams_lib
 
 
@@ -105,7 +111,7 @@ def plan(request: Request) -> Sweep:
 
 def headline(sweep: Sweep) -> str:
     """`sweep NAME: 8 trials x 2 seeds (16 runs), tpe sampler, ...`."""
-    runs_text = f"{sweep.total} trials x {sweep.repeats} seeds"
+    runs_text = f"{sweep.total} trials x {seeds(sweep.repeats)}"
     runs_text += f" ({sweep.total * sweep.repeats} runs), {sweep.sampler} sampler"
     pruner = sweep.pruner
     floor = ""
@@ -196,12 +202,11 @@ def run(sweep: Sweep, workers: int) -> int:
         )
         return 130
     counts = progress.counts()
-    seeds = f"mean of {sweep.repeats} seed{'s' if sweep.repeats > 1 else ''}"
     print(
         f"sweep {sweep.name}: {counts.completed}/{sweep.total} completed, "
         f"{counts.diverged} diverged, {counts.pruned} pruned, {counts.failed} failed, "
         f"{counts.running} running; {progress.best_text()} by {sweep.metric}, "
-        f"{seeds}. Compare: pipeline-compare {sweep.experiment}"
+        f"mean of {seeds(sweep.repeats)}. Compare: pipeline-compare {sweep.experiment}"
     )
     failed = [o for o in outcomes if o.state == "failed"]
     if failed:

@@ -194,8 +194,12 @@ def describe(axes: Sequence[Axis]) -> dict[str, str]:
 
 
 def params_text(params: Mapping[str, Any]) -> str:
-    """`learning_rate=0.01, hidden_layers=3`: a variant, as the log names it."""
-    return ", ".join(f"{k}={value_text(v)}" for k, v in params.items())
+    """`learning_rate=0.01234, hidden_layers=3`: a variant, as the log names it
+    (floats to 4 significant digits; run.json and the study keep them whole)."""
+    return ", ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in params.items()
+    )
 
 
 def run_name(pairs: Sequence[tuple[str, str]], seed: int) -> str:

@@ -166,12 +166,14 @@ def claim_lock(url: str, study_name: str) -> Iterator[None]:
     `study_name` "" locks the whole storage (while its tables are created).
     """
     with _PROCESS_LOCK:
-        path = journal_path(url)
-        parsed = _parse(url) if path is None else None
+        journal = journal_path(url)
+        parsed = _parse(url) if journal is None else None
+        # Not `JOURNAL.lock`: Optuna's own journal lock is a symlink of that name.
+        path = pathlib.Path(f"{journal}.sweep-lock") if journal else None
         if path is None and parsed.get_backend_name() == "sqlite":
-            path = pathlib.Path(parsed.database)
+            path = pathlib.Path(f"{parsed.database}.lock")
         if path is not None:
-            with _file_lock(pathlib.Path(f"{path}.lock")):
+            with _file_lock(path):
                 yield
             return
         yield from _database_lock(url, parsed.get_backend_name(), study_name)

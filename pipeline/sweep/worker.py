@@ -332,6 +332,11 @@ class Worker:
             process.send_signal(signal.SIGINT)
 
 
+def seeds(n: int) -> str:
+    """`1 seed`, `3 seeds`."""
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def _last_line(log: pathlib.Path) -> str:
     try:
         text = log.read_text(errors="replace")
@@ -381,12 +386,9 @@ class Progress:
 
     def trial_finished(self, trial: TrialOutcome) -> None:
         counts = self.counts()
-        seeds = len(trial.runs)
         if trial.state == "completed":
-            result = (
-                f"{self.sweep.metric}={trial.value:.4f}, mean of {seeds} "
-                f"seed{'s' if seeds > 1 else ''}"
-            )
+            mean = f"mean of {seeds(len(trial.runs))}"
+            result = f"{self.sweep.metric}={trial.value:.4f}, {mean}"
         elif trial.state == "pruned":
             result = f"pruned after {sum(r.steps for r in trial.runs)} steps"
         else:
