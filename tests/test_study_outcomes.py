@@ -2,6 +2,12 @@
 a crashed trial is not (exit 1, named); Optuna's journal storage shared by
 two workers; the one adapter below Optuna's public API, pinned."""
 
+import contextlib
+import os
+import pathlib
+import signal
+import time
+
 import optuna
 import pytest
 from conftest import record, run_sweep
@@ -139,3 +145,74 @@ def test_storage_paths_stay_paths_and_bad_urls_are_one_line(tmp_path, monkeypatc
         f"--storage=sqlite:///{damaged}: cannot open the study storage at "
         f"{damaged} (file is not a database)"
     )
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_a_killed_sweep_takes_its_training_process_with_it(tmp_path):
+    """`kill -9` of pipeline-sweep alone: its pipeline-train gets SIGTERM
+    (the parent-death signal) and ends, recording `interrupted` once its
+    handler is in place, instead of training on unseen."""
+    args = [*SEARCH, "--sweep_name=orphan", "--trials=1", "--steps=1000000"]
+    sweep = start_worker(tmp_path, *args, "--eval_every=0", start_new_session=True)
+    run = tmp_path / "orphan" / "trial=0000,seed=0"
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / "run.json").is_file() and (run / "train").is_dir()):
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+        time.sleep(2)  # into the training loop
+        child = record(run)["pid"]
+        os.kill(sweep.pid, signal.SIGKILL)
+        sweep.communicate()
+        deadline = time.monotonic() + 60
+        while _alive(child):
+            assert time.monotonic() < deadline, "the training process lives on"
+            time.sleep(0.2)
+        assert record(run)["status"] == "interrupted"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
+
+
+def test_an_interrupted_sweep_continues_its_runs_from_their_checkpoints(tmp_path):
+    """SIGTERM to a two-worker sweep: each run saves and records
+    `interrupted`; the same command continues those runs from their
+    checkpoints (no run trained again from step 0, none left behind)."""
+    args = [*SEARCH, "--sweep_name=again", "--trials=2", "--workers=2"]
+    args += ["--steps=4000", "--checkpoint_every=50", "--eval_every=1000"]
+    sweep = start_worker(tmp_path, *args)
+    experiment = tmp_path / "again"
+    runs = [experiment / f"trial={n:04d},seed=0" for n in range(2)]
+    deadline = time.monotonic() + 180
+    while not all(list((r / "checkpoints").glob("ckpt-*.index")) for r in runs):
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        assert sweep.poll() is None, sweep.communicate()
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGTERM)
+    _, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, stderr
+    interrupted = {r.name: record(r) for r in runs}
+    assert {r["status"] for r in interrupted.values()} == {"interrupted"}
+
+    again = run_sweep(tmp_path, *args)
+    assert again.returncode == 0, again.stderr
+    for run in runs:
+        assert f"{run}: interrupted; continuing it" in again.stdout
+        final = record(run)
+        assert final["status"] == "completed"
+        (resume,) = final["resumes"]
+        assert resume["previous_status"] == "interrupted"
+        assert resume["from_step"] == interrupted[run.name]["step"] > 0
+    study = load(f"sqlite:///{experiment / 'study.db'}", "again")
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]  # 2 retried
+    check_study_and_runs_agree(study, experiment)
+    assert "sweep again: 2/2 completed, 0 diverged, 0 pruned, 0 failed" in again.stdout

@@ -129,7 +129,7 @@ def _study_actions(launch: config_lib.Launch, chief: bool) -> list:
     """The loop actions a sweep worker asks for when it started this run for
     one of its study's trials (reporting to the pruner), else none."""
     link = trial_link.TrialLink.from_env()
-    if link is None or not chief or launch.mode != "new":
+    if link is None or not chief or launch.mode == "replay":
         return []
     from pipeline.sweep import pruning  # TensorFlow import
 

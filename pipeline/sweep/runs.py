@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline import config as config_lib
-from pipeline.runs import rundir
+from pipeline.runs import checkpoints, rundir
 from pipeline.runs.rundir import config_to_flagfile
 from pipeline.sweep import SweepError, space
 from pipeline.tensorboard import hparams as hparams_lib
@@ -113,6 +113,17 @@ def defining(config: dict) -> dict:
     return {k: v for k, v in config.items() if k not in skip}
 
 
+def resumable(path: pathlib.Path) -> bool:
+    """Whether an interrupted sweep left this run to continue: recorded
+    `interrupted` (or `running`, its process gone) with a checkpoint."""
+    record = read_record(path)
+    status = record.get("status")
+    if status == "running" and recovery.owner_alive(record):
+        return False
+    has_checkpoint = checkpoints.latest_step(path / rundir.CHECKPOINT_DIR) > 0
+    return status in ("interrupted", "running") and has_checkpoint
+
+
 def mark_failed(path: pathlib.Path, reason: str) -> None:
     """Marks a run whose process is gone `failed` (record and HParams session)."""
     record = read_record(path)
@@ -188,13 +199,11 @@ def metric_value(record: dict[str, Any], metric: str) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def train_command(run: PlannedRun) -> list[str]:
-    """The `pipeline-train` command line of `run` (its full resolved flags)."""
+def train_command(run: PlannedRun, resume: bool = False) -> list[str]:
+    """The `pipeline-train` command line of `run` (its full resolved flags),
+    or the one that continues it from its checkpoint."""
+    program = [sys.executable, "-m", "pipeline.cli.train"]
+    if resume:
+        return [*program, "--resume", f"--run={run.path}"]
     lines = config_to_flagfile(run.config).splitlines()
-    return [
-        sys.executable,
-        "-m",
-        "pipeline.cli.train",
-        *lines,
-        f"--run_name={run.name}",
-    ]
+    return [*program, *lines, f"--run_name={run.name}"]

@@ -142,7 +142,9 @@ def connect(url: str) -> optuna.storages.BaseStorage:
                 heartbeat_interval=HEARTBEAT_INTERVAL_S,
                 grace_period=GRACE_PERIOD_S,
                 heartbeat_stale_trial_callback=(
-                    optuna.storages.RetryHeartbeatStaleTrialCallback()
+                    optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        inherit_intermediate_values=True
+                    )
                 ),
             )
         except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:

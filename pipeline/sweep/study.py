@@ -270,7 +270,8 @@ def fail_dead_trials(
             storage, study.study_name, trial.number
         )
         if dead is not None:
-            optuna.storages.RetryHeartbeatStaleTrialCallback()(study, dead)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback
+            retry(inherit_intermediate_values=True)(study, dead)
             failed.append(dead)
     before = {t.number for t in study.get_trials(states=(TrialState.FAIL,))}
     optuna.storages.fail_stale_trials(study)

@@ -125,9 +125,13 @@ def dead_trial_runs_failed(
     progress.note(f"trial {trial.number}: its worker died; failed, queued again")
     for repeat, name in enumerate(trial.user_attrs.get("runs", [])):
         path = sweep.experiment / name
-        runs_lib.mark_failed(
-            path, "interrupted: its sweep worker died (found by pipeline-sweep)"
-        )
+        if runs_lib.resumable(path):  # its retry continues it
+            if runs_lib.read_record(path).get("status") == "running":
+                RunDir(path).update_record(status="interrupted")
+        else:
+            runs_lib.mark_failed(
+                path, "interrupted: its sweep worker died (found by pipeline-sweep)"
+            )
         if (path / RECORD_NAME).is_file():
             RunDir(path).update_record(
                 trial=_link(sweep, trial.number, repeat).record()
@@ -201,25 +205,36 @@ class Worker:
                 )
 
             def objective(trial: optuna.Trial) -> float:
-                params = space.suggest(trial, sweep.axes)
-                names = [r.name for r in sweep.trial_runs(trial.number, params)]
-                trial.set_user_attr("worker", study_lib.worker_attr())
-                trial.set_user_attr("runs", names)
+                runs = self.claim_runs(trial)
                 claim.close()  # the trial is ours: let other workers take theirs
-                return self.objective(trial, outcome)
+                return self.objective(trial, runs, outcome)
 
             try:
                 study.optimize(objective, n_trials=1, catch=(TrialCrashedError,))
             except _InterruptedError:
                 # Stopped by the user, not by the trial itself: train it again.
                 (frozen,) = [t for t in study.trials if t.number == outcome.number]
-                optuna.storages.RetryHeartbeatStaleTrialCallback()(study, frozen)
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback
+                retry(inherit_intermediate_values=True)(study, frozen)
         return outcome
 
-    def objective(self, trial: optuna.Trial, outcome: TrialOutcome) -> float:
+    def claim_runs(self, trial: optuna.Trial) -> list:
+        """The trial's runs, recorded on it. A retry of an interrupted trial
+        (Optuna copies its attributes) keeps the runs it can continue."""
+        params = space.suggest(trial, self.sweep.axes)
+        named = trial.user_attrs.get("named_as", trial.number)
+        runs = self.sweep.trial_runs(named, params)
+        if not any(runs_lib.resumable(run.path) for run in runs):
+            named, runs = trial.number, self.sweep.trial_runs(trial.number, params)
+        trial.set_user_attr("named_as", named)
+        trial.set_user_attr("worker", study_lib.worker_attr())
+        trial.set_user_attr("runs", [run.name for run in runs])
+        return runs
+
+    def objective(self, trial: optuna.Trial, runs: list, outcome) -> float:
         started = time.monotonic()
         outcome.number, outcome.params = trial.number, dict(trial.params)
-        for run in self.sweep.trial_runs(trial.number, trial.params):
+        for run in runs:
             self.progress.run_started(trial.number, run.name)
             result = self.train_run(trial, run)
             outcome.runs.append(result)
@@ -244,7 +259,10 @@ class Worker:
     def train_run(self, trial: optuna.Trial, run) -> RunOutcome:
         """Trains one run (or takes the one an earlier life completed)."""
         seed = run.config.seed
-        if run.path.exists():
+        resume = runs_lib.resumable(run.path)
+        if resume:
+            self.progress.note(f"{run.path}: interrupted; continuing it")
+        elif run.path.exists():
             done, _, notes = runs_lib.triage([run])
             for note in notes:
                 self.progress.note(note)
@@ -254,7 +272,7 @@ class Worker:
                     runs_lib.read_record(run.path), self.sweep.metric
                 )
                 return RunOutcome(run.name, seed, "completed", value)
-        returncode, log = self.train_process(trial, run)
+        returncode, log = self.train_process(trial, run, resume)
         if (run.path / RECORD_NAME).is_file():
             # The process is gone: nothing else writes the record now.
             link = _link(self.sweep, trial.number, run.repeat)
@@ -271,6 +289,9 @@ class Worker:
             reason = record.get("stop_reason") or record.get("error", "")
             reason = reason.removeprefix("NonFiniteLossError: ")
             return RunOutcome(run.name, seed, status, None, reason, steps)
+        if status == "interrupted" and runs_lib.resumable(run.path):
+            message = f"interrupted at step {steps}; the next sweep continues it"
+            return RunOutcome(run.name, seed, "interrupted", None, message, steps)
         message = "interrupted" if self.stop.is_set() else _last_line(log)
         message = message or f"exit status {returncode}"
         if run.path.is_dir():
@@ -280,7 +301,7 @@ class Worker:
         status = "interrupted" if self.stop.is_set() else "failed"
         return RunOutcome(run.name, seed, status, None, message, steps)
 
-    def train_process(self, trial: optuna.Trial, run) -> tuple[int, pathlib.Path]:
+    def train_process(self, trial, run, resume: bool) -> tuple[int, pathlib.Path]:
         """Runs `pipeline-train` for `run`, answering its reports.
 
         Returns:
@@ -293,7 +314,7 @@ class Worker:
         link = _link(self.sweep, trial.number, run.repeat, theirs.fileno())
         with theirs, os.fdopen(fd, "w") as log:
             self.process = subprocess.Popen(
-                runs_lib.train_command(run),
+                runs_lib.train_command(run, resume),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**self.env, **link.to_env()},
