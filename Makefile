@@ -47,8 +47,9 @@ fashion-mnist:
 	test -f $(FASHION) || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; }
 
 # Speed, accuracy, start-up, memory and event-size figures (not part of
-# `make test`): ~12-15 min on 2 cores. WORKSPACE.md's "Performance" section
-# is this target's output (build/bench/bench.txt keeps a copy).
+# `make test`): ~12-15 min on 2 cores. docs/performance.md's "Results" is this
+# target's output (build/bench/bench.txt keeps a copy; scripts/bench_doc.py
+# copies it there, also when a benchmark failed, which the output names).
 BENCH_OUT := build/bench
 bench: SHELL := /bin/bash
 bench: .SHELLFLAGS := -o pipefail -c
@@ -65,7 +66,8 @@ bench: venv fashion-mnist
 	  echo "load average at the end $$(cut -d' ' -f1-3 /proc/loadavg)"; \
 	  if [ -n "$$failed" ]; then echo "make bench: exited non-zero:$$failed"; exit 1; fi; \
 	} 2>&1 | grep --line-buffered -E -v '^[IW][0-9]{4} |absl::InitializeLog|oneDNN custom operations|cpu_feature_guard|rebuild TensorFlow|UserWarning: .shuffle=True|data_adapters.get_data_adapter' \
-	  | tee $(BENCH_OUT)/bench.txt
+	  | tee $(BENCH_OUT)/bench.txt; \
+	status=$$?; $(BIN)/python scripts/bench_doc.py || status=1; exit $$status
 
 # Every tutorial flagfile trained by its own recipe on the bundled digits (and
 # the MLP rows with plain Keras fit): prints the table and writes it into
@@ -78,7 +80,8 @@ board: venv
 
 # Every TensorBoard tab in a real browser (e2e/): Selenium drives Debian's
 # chromium through chromium-driver (installed here if missing; no browser
-# download); screenshots into docs/. CI runs it.
+# download); screenshots into docs/, their captions and docs/screenshots.md
+# name the commit (e2e/conftest.py). CI runs it.
 e2e: venv
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		{ apt-get update -qq && apt-get install -y -qq chromium chromium-driver; }

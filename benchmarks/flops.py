@@ -7,10 +7,21 @@ and in bfloat16
 (compiled loop, several trials, the maximum kept: on a shared machine the
 maximum is the least disturbed figure). `throughput.py` divides each
 variant's FLOP rate by it.
+
+The ceiling is checked three ways, so a wrong one shows: its FLOP count
+(2*M*N*K a product) against TensorFlow's profiler's float-op count of the
+same op; its timing against the CPU seconds the process spent (the cores
+TensorFlow really kept busy); and its rate against the documented peak of
+the CPU the machine reports (`cpu_peak`: cores x FLOP per cycle per core x
+clock). These sessions run on different cloud CPUs: a figure is only
+comparable with the peak of the CPU it was measured on.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import pathlib
 import time
 
 from absl import app
@@ -18,6 +29,8 @@ from absl import app
 from benchmarks import common
 
 MATMUL_SIZES = (512, 1024, 2048)
+# /proc/cpuinfo's clock is the nominal one in a VM; turbo runs up to ~1.5x it.
+TURBO_ALLOWANCE = 1.6
 
 
 def matmul_gflops(
@@ -60,6 +73,80 @@ def matmul_gflops(
     return best
 
 
+@dataclasses.dataclass(frozen=True)
+class CpuPeak:
+    """The documented peak of the CPU this process runs on."""
+
+    description: str  # vendor, family/model, the flags that decide the peak
+    cores: int  # CPUs this process may run on
+    ghz: float  # /proc/cpuinfo's clock (nominal in a VM; turbo may be higher)
+    flop_per_cycle: dict[str, int]  # per core, by dtype
+
+    def gflops(self, dtype: str) -> float:
+        return self.cores * self.flop_per_cycle[dtype] * self.ghz
+
+
+def cpu_peak(cpuinfo: str | None = None) -> CpuPeak:
+    """Cores x FLOP/cycle/core x GHz from /proc/cpuinfo, by the vendors' figures.
+
+    float32 FLOP/cycle/core: two FMA units of the widest vector width, x2 for
+    multiply+add. AMD Zen 4 (family 25 with AVX-512) runs 512-bit FMAs on two
+    256-bit pipes: 32; Zen 5 (family 26): 64; Intel Xeon with AVX-512 (two
+    512-bit FMA units): 64; AVX2 + FMA: 32. bfloat16: AMX tiles 1024 per
+    core (Intel), AVX512_BF16's dot products twice float32, otherwise
+    float32's (bfloat16 is computed in float32).
+    """
+    text = cpuinfo if cpuinfo is not None else pathlib.Path("/proc/cpuinfo").read_text()
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    vendor, family = fields.get("vendor_id", "?"), int(fields.get("cpu family", 0))
+    if vendor == "AuthenticAMD":
+        fp32 = 64 if family >= 26 and "avx512f" in flags else 32
+    elif "avx512f" in flags:
+        fp32 = 64
+    else:
+        fp32 = 32 if "fma" in flags else 16
+    if "amx_bf16" in flags:
+        bf16 = 1024
+    elif "avx512_bf16" in flags:
+        bf16 = 2 * fp32
+    else:
+        bf16 = fp32
+    shown = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return CpuPeak(
+        description=f"{vendor} family {family} model {fields.get('model', '?')} "
+        f"({fields.get('model name', '?')}; {', '.join(shown) or 'no AVX-512'})",
+        cores=len(os.sched_getaffinity(0)),
+        ghz=float(fields.get("cpu MHz", 0.0)) / 1000,
+        flop_per_cycle={"float32": fp32, "bfloat16": bf16},
+    )
+
+
+def profiler_matmul_flops(size: int) -> int:
+    """TensorFlow's profiler's float-op count of one [size, size] product."""
+    import tensorflow as tf
+
+    graph = tf.Graph()
+    with graph.as_default():
+        a = tf.compat.v1.placeholder(tf.float32, [size, size])
+        tf.matmul(a, a)
+        options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+        options["output"] = "none"
+        return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+
+
+def matmul_cores_busy(size: int = 1024, seconds: float = 0.5) -> tuple[float, float]:
+    """(GFLOP/s, cores busy) of float32 `tf.matmul` over `seconds`: the
+    process's CPU seconds over the wall seconds, an independent check that
+    the timing saw no more than the cores there are."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    rate = matmul_gflops(1, seconds, (size,))[size]
+    return rate, (time.process_time() - cpu) / (time.perf_counter() - wall)
+
+
 def family_flops() -> dict[str, tuple[float, float]]:
     """(forward, training) FLOPs per example for each family's model."""
     from pipeline import models
@@ -80,14 +167,38 @@ def main(argv: list[str]) -> None:
             f"training ~{train / 1e6:8.2f} MFLOP/example"
         )
     _, cnn_train = family_flops()["cnn"]
+    for size in MATMUL_SIZES:
+        counted = profiler_matmul_flops(size)
+        print(
+            f"FLOP count of a {size}x{size} product: 2*M*N*K = {2 * size**3:,}, "
+            f"tf.profiler {counted:,}" + ("" if counted == 2 * size**3 else " DIFFER")
+        )
+    peak = cpu_peak()
+    print(f"CPU: {peak.description}, {peak.cores} cores at {peak.ghz:.2f} GHz")
+    rate, busy = matmul_cores_busy()
+    per_cycle = rate / max(busy, 1e-9) / peak.ghz
+    print(
+        f"tf.matmul 1024x1024 float32: {rate:.1f} GFLOP/s with {busy:.2f} cores busy "
+        f"(CPU seconds / wall seconds) = {per_cycle:.0f} FLOP/cycle per busy core "
+        f"at {peak.ghz:.2f} GHz, documented {peak.flop_per_cycle['float32']}"
+        + (
+            ""
+            if busy <= peak.cores * 1.05
+            and per_cycle <= TURBO_ALLOWANCE * peak.flop_per_cycle["float32"]
+            else ": ABOVE what this CPU can do - the timing or the count is wrong"
+        )
+    )
     for dtype in ("float32", "bfloat16"):
         rates = matmul_gflops(dtype=dtype)
         for size, rate in rates.items():
             print(f"tf.matmul {size}x{size} {dtype}: {rate:6.1f} GFLOP/s")
         ceiling = max(rates.values())
+        documented = peak.gflops(dtype)
         print(
-            f"{dtype} ceiling {ceiling:.1f} GFLOP/s -> CNN at most "
-            f"{ceiling * 1e9 / cnn_train:,.0f} training examples/s"
+            f"{dtype} ceiling {ceiling:.1f} GFLOP/s = {ceiling / documented:.0%} of "
+            f"the documented peak {documented:.0f} GFLOP/s ({peak.cores} cores x "
+            f"{peak.flop_per_cycle[dtype]} FLOP/cycle x {peak.ghz:.2f} GHz) -> CNN "
+            f"at most {ceiling * 1e9 / cnn_train:,.0f} training examples/s"
         )
 
 

@@ -93,6 +93,10 @@ PIPELINE_VARIANTS = {
     "pipe_histograms": (("--log_every=0", "--image_count=0"), "float32"),
 }
 LOGGING_KINDS = ("pipe_default", "pipe_scalars", "pipe_histograms")
+# Per pipeline variant: the summary writer thread's CPU seconds in each
+# window, as % of the window's wall time (what logging takes from training
+# on a machine with few cores).
+WRITER_SHARES: dict[str, list[float]] = {}
 
 
 class Schedule:
@@ -214,6 +218,7 @@ def window_timer(
 
     class WindowTimer(Action):
         window_start = 0.0
+        busy_start = 0.0
 
         def next_boundary(self, step: int) -> int | None:
             done = max(step - WARMUP_STEPS, -window) // window + 1
@@ -228,14 +233,18 @@ def window_timer(
             # variant's window.
             state.logger.flush()
             now = time.perf_counter()
+            busy = state.logger.writer_busy_seconds
             if done > 0:
                 rates.append(window * batch / (now - self.window_start))
-                report(name, done - 1, rates[-1])
+                share = (busy - self.busy_start) / (now - self.window_start)
+                WRITER_SHARES.setdefault(name, []).append(share * 100)
+                report(name, done - 1, rates[-1], share)
                 if done == windows:
                     return  # keep the turn through the run's end-of-run work
             schedule.release(name)  # the warm-up turn, or the window just timed
             schedule.acquire(name)
             self.window_start = time.perf_counter()
+            self.busy_start = state.logger.writer_busy_seconds
 
     return WindowTimer()
 
@@ -269,8 +278,11 @@ def pipeline_worker(config, dataset, window: int, windows: int, workdir, results
     return work
 
 
-def report(name: str, index: int, rate: float) -> None:
-    print(f"  window {index + 1} {name:14s} {rate:>10,.0f} examples/s")
+def report(
+    name: str, index: int, rate: float, writer_share: float | None = None
+) -> None:
+    writer = "" if writer_share is None else f"  writer thread {writer_share:.1%}"
+    print(f"  window {index + 1} {name:14s} {rate:>10,.0f} examples/s{writer}")
 
 
 def paired_ratios(rates: list[float], fit: list[float]) -> list[float]:
@@ -292,6 +304,7 @@ class FamilyResult:
     event_bytes_per_1000: dict[str, float]
     trace_counts: dict[str, int]
     load_average: tuple[float, float]
+    writer_shares: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
 
 def variant_config(family: str, name: str):
@@ -383,6 +396,7 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
                 config, dataset, window, rounds, workdir / name, results[name]
             )
     ceiling: dict[str, list[float]] = {"float32": [], "bfloat16": []}
+    WRITER_SHARES.clear()
     load_before = os.getloadavg()[0]
     rates = run_schedule(workers, rounds, ceiling)
     load_after = os.getloadavg()[0]
@@ -422,6 +436,7 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
         per_1000,
         traces,
         (load_before, load_after),
+        {name: list(shares) for name, shares in WRITER_SHARES.items()},
     )
 
 
@@ -477,6 +492,13 @@ def print_family(res: FamilyResult) -> list[str]:
             f"  {label} ({logged} vs pipe_off, per round): "
             f"{spread([c * 100 for c in cost], '{:+.1f}')} %"
         )
+    for logged in LOGGING_KINDS:
+        shares = res.writer_shares.get(logged)
+        if shares:
+            print(
+                f"  writer thread CPU ({logged}, per window): "
+                f"{spread(shares, '{:.1f}')} % of the window"
+            )
     if {"pipe_default", "pipe_bf16"} <= res.rates.keys():
         gain = [
             b / d
@@ -500,6 +522,14 @@ def print_family(res: FamilyResult) -> list[str]:
         f"{spread(res.ceiling_gflops['float32'], '{:.0f}')} GFLOP/s, bfloat16 "
         f"{spread(res.ceiling_gflops['bfloat16'], '{:.0f}')} GFLOP/s; training "
         f"{res.train_flops / 1e6:.2f} MFLOP/example"
+    )
+    peak = flops.cpu_peak()
+    measured = statistics.median(res.ceiling_gflops["float32"])
+    print(
+        f"  documented peaks of this CPU ({peak.description}): float32 "
+        f"{peak.gflops('float32'):.0f}, bfloat16 {peak.gflops('bfloat16'):.0f} "
+        f"GFLOP/s at {peak.ghz:.2f} GHz; the float32 ceiling is "
+        f"{measured / peak.gflops('float32'):.0%} of it"
     )
     if res.event_bytes_per_1000:
         print(

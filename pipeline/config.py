@@ -56,10 +56,24 @@ KERNEL_INITIALIZERS = (
 SCALED_INITIALIZERS = ("truncated_normal", "random_normal", "random_uniform")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # Families whose train step XLA made faster on the 2-core benchmark CPU
-# (python -m benchmarks.throughput --compare_xla): none. XLA ran the CNN 8x
-# slower, and logreg and the MLP 0.7-0.8x as fast as without it.
+# (benchmarks/throughput.py's compare_xla option, removed in 52321a5): none.
+# XLA ran the CNN 8x slower, and logreg and the MLP 0.7-0.8x as fast.
 JIT_AUTO_MODELS: tuple[str, ...] = ()
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
+
+# The headings `pipeline-train --help` lists its flags under, in this order;
+# every field names one with `option(..., group=...)`.
+HELP_GROUPS = (
+    "model",
+    "data",
+    "optimiser",
+    "training",
+    "logging",
+    "run management",
+    "devices and speed",
+)
+# The group of pipeline-train's launch flags (--resume, --run, --replay).
+LAUNCH_GROUP = "run management"
 
 # What `--resume` (and `--replay`) may do with a field that differs from the
 # run's saved config: refuse it (the default: it would change the math), take
@@ -106,7 +120,7 @@ def _is_initializer(spec: str) -> bool:
         return False
 
 
-def _initializer(help: str) -> Any:
+def _initializer(help: str, **kwargs: Any) -> Any:
     """A kernel initializer flag (see KERNEL_INITIALIZERS)."""
     return option(
         "glorot_uniform",
@@ -117,6 +131,7 @@ def _initializer(help: str) -> Any:
         check=_is_initializer,
         message="{flag} must be a Keras initializer name from the help, or "
         "truncated_normal:S, random_normal:S or random_uniform:S with S > 0",
+        **kwargs,
     )
 
 
@@ -127,10 +142,15 @@ class Option:
     `choices` makes a string field an enum flag (and a discrete HParams
     domain); `lower`/`upper` are the flag's bounds (both set: an HParams
     interval); `check` is one more validator, reported as `message` (where
-    `{flag}` stands for `--NAME`).
+    `{flag}` stands for `--NAME`). `applies_to` names the model families
+    the field means something for (an MLP has no conv layers, logreg no
+    hidden layers): `pipeline.variants` reads it, and each family's builder
+    in `models.py` takes exactly its family-specific fields.
+    `group` is the heading `--help` lists the flag under (one of HELP_GROUPS).
     """
 
     help: str
+    group: str = ""
     choices: tuple[str, ...] | None = None
     lower: float | None = None
     upper: float | None = None
@@ -138,6 +158,7 @@ class Option:
     message: str = ""
     hparam: bool = True
     resume: str = FIXED
+    applies_to: tuple[str, ...] = MODELS
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -147,16 +168,18 @@ def option(default: Any, help: str, **kwargs: Any) -> Any:
     )
 
 
-def _rate(help: str) -> Any:
+def _rate(help: str, **kwargs: Any) -> Any:
     """A dropout rate in [0, 1), checked by a validator (no HParams bounds)."""
-    return option(0.0, help, check=_is_rate, message="{flag} must be in [0, 1)")
+    return option(
+        0.0, help, check=_is_rate, message="{flag} must be in [0, 1)", **kwargs
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run, as plain values."""
 
-    model: str = option("cnn", "Model family.", choices=MODELS)
+    model: str = option("cnn", "Model family.", choices=MODELS, group="model")
     dataset: str = option(
         "mnist_sample",
         "mnist_sample: the bundled official MNIST test set (10,000 digits; first "
@@ -164,24 +187,31 @@ class TrainConfig:
         "--data_dir, else Keras' downloader (needs a network). fashion_mnist: IDX "
         "files under --data_dir, default /usr/share/datasets/fashion-mnist.",
         choices=DATASETS,
+        group="data",
     )
     data_dir: str | None = option(
-        None, "Directory holding the dataset's files.", hparam=False
+        None, "Directory holding the dataset's files.", hparam=False, group="data"
     )
     binary_class: int | None = option(
         None,
         "If set to K, train a binary 'is it class K?' classifier (one logit).",
         lower=0,
         upper=9,
+        group="data",
     )
     validation_split: float = option(
         0.0,
         "Fraction of the training data (its last part) held out for validation.",
         lower=0.0,
         upper=0.9,
+        group="data",
     )
     steps: int = option(
-        2000, "Training steps (or give --epochs).", lower=1, resume=MAY_CHANGE
+        2000,
+        "Training steps (or give --epochs).",
+        lower=1,
+        resume=MAY_CHANGE,
+        group="training",
     )
     epochs: int = option(
         0,
@@ -191,10 +221,14 @@ class TrainConfig:
         "command-line one replaces a flagfile's.",
         lower=0,
         resume=MAY_CHANGE,
+        group="training",
     )
-    batch_size: int = option(100, "Examples per step.", lower=1)
+    batch_size: int = option(100, "Examples per step.", lower=1, group="optimiser")
     shuffle_buffer: int = option(
-        10000, "tf.data shuffle buffer size (1 means no shuffling).", lower=1
+        10000,
+        "tf.data shuffle buffer size (1 means no shuffling).",
+        lower=1,
+        group="data",
     )
     input_scale: str = option(
         "unit",
@@ -203,16 +237,22 @@ class TrainConfig:
         "Recorded with the run; pipeline-eval, pipeline-predict and "
         "pipeline-export apply it as training did.",
         choices=INPUT_SCALES,
+        group="data",
     )
     learning_rate: float = option(
         0.001,
         "Optimizer learning rate (> 0).",
         check=lambda v: v > 0.0,
         message="--learning_rate must be > 0",
+        group="optimiser",
     )
-    optimizer: str = option("adam", "Optimizer.", choices=OPTIMIZERS)
+    optimizer: str = option("adam", "Optimizer.", choices=OPTIMIZERS, group="optimiser")
     momentum: float = option(
-        0.9, "Momentum for --optimizer=momentum.", lower=0.0, upper=0.999
+        0.9,
+        "Momentum for --optimizer=momentum.",
+        lower=0.0,
+        upper=0.999,
+        group="optimiser",
     )
     hidden_layers: int = option(
         2,
@@ -220,32 +260,63 @@ class TrainConfig:
         "Dense(30, input_dim=784) followed by N more Dense(30) is N+1).",
         lower=0,
         upper=100,
+        applies_to=("mlp",),
+        group="model",
     )
-    hidden_units: int = option(30, "mlp: units per hidden layer.", lower=1)
-    activation: str = option("relu", "Hidden-layer activation.", choices=ACTIVATIONS)
-    dropout: float = _rate("mlp: dropout rate after each hidden layer, in [0, 1).")
+    hidden_units: int = option(
+        30, "mlp: units per hidden layer.", lower=1, applies_to=("mlp",), group="model"
+    )
+    activation: str = option(
+        "relu",
+        "Hidden-layer activation.",
+        choices=ACTIVATIONS,
+        applies_to=("mlp", "cnn"),
+        group="model",
+    )
+    dropout: float = _rate(
+        "mlp: dropout rate after each hidden layer, in [0, 1).",
+        applies_to=("mlp",),
+        group="model",
+    )
     conv_filters: tuple[int, ...] = option(
         (32, 64),
         "cnn: filters of each conv layer; each conv is followed by max pooling.",
         check=lambda v: len(v) > 0 and _positive_ints(v),
         message="--conv_filters must be a non-empty list of positive integers",
+        applies_to=("cnn",),
+        group="model",
     )
-    kernel_size: int = option(3, "cnn: conv kernel size.", lower=1, upper=28)
+    kernel_size: int = option(
+        3,
+        "cnn: conv kernel size.",
+        lower=1,
+        upper=28,
+        applies_to=("cnn",),
+        group="model",
+    )
     conv_padding: tuple[str, ...] = option(
         ("same",),
         "cnn: 'same' or 'valid', one value for all conv layers or one per layer.",
         check=lambda v: len(v) > 0 and all(p in PADDINGS for p in v),
         message="--conv_padding values must be 'same' or 'valid'",
+        applies_to=("cnn",),
+        group="model",
     )
-    pool_size: int = option(2, "cnn: max-pool size.", lower=1, upper=14)
+    pool_size: int = option(
+        2, "cnn: max-pool size.", lower=1, upper=14, applies_to=("cnn",), group="model"
+    )
     conv_dropout: float = _rate(
-        "cnn: dropout rate after the conv stack, before the dense layers, in [0, 1)."
+        "cnn: dropout rate after the conv stack, before the dense layers, in [0, 1).",
+        applies_to=("cnn",),
+        group="model",
     )
     dense_units: tuple[int, ...] = option(
         (128,),
         "cnn: units of each hidden dense layer (empty for none).",
         check=_positive_ints,
         message="--dense_units must be a list of positive integers",
+        applies_to=("cnn",),
+        group="model",
     )
     dense_dropout: tuple[float, ...] = option(
         (0.0,),
@@ -254,19 +325,25 @@ class TrainConfig:
         "0.5 is 0.8,0.5).",
         check=_are_rates,
         message="--dense_dropout values must be rates in [0, 1)",
+        applies_to=("cnn",),
+        group="model",
     )
-    conv_kernel_init: str = _initializer("cnn: initializer of the conv kernels.")
+    conv_kernel_init: str = _initializer(
+        "cnn: initializer of the conv kernels.", applies_to=("cnn",), group="model"
+    )
     dense_kernel_init: str = _initializer(
-        "Initializer of every dense layer's kernel, the logits layer included."
+        "Initializer of every dense layer's kernel, the logits layer included.",
+        group="model",
     )
     bias_init: float = option(
-        0.0, "Constant every bias starts at (TF1 tutorials used 0.1)."
+        0.0, "Constant every bias starts at (TF1 tutorials used 0.1).", group="model"
     )
     logdir: str = option(
         "logs",
         "TensorBoard log directory; runs go in LOGDIR/RUN_NAME.",
         hparam=False,
         resume=LOCATES_RUN,
+        group="run management",
     )
     run_name: str | None = option(
         None,
@@ -277,13 +354,22 @@ class TrainConfig:
         "(no '/', no '..')",
         hparam=False,
         resume=LOCATES_RUN,
+        group="run management",
     )
-    seed: int = option(0, "Seed for shuffling, initialisers, dropout.")
+    seed: int = option(
+        0, "Seed for shuffling, initialisers, dropout.", group="training"
+    )
     deterministic: bool = option(
-        True, "Enable TensorFlow op determinism: same flags + seed -> same metrics."
+        True,
+        "Enable TensorFlow op determinism: same flags + seed -> same metrics.",
+        group="training",
     )
     log_every: int = option(
-        1, "Write train scalars every N steps (0: never).", lower=0, hparam=False
+        1,
+        "Write train scalars every N steps (0: never).",
+        lower=0,
+        hparam=False,
+        group="logging",
     )
     print_every: int = option(
         100,
@@ -291,6 +377,7 @@ class TrainConfig:
         lower=0,
         hparam=False,
         resume=MAY_CHANGE,
+        group="logging",
     )
     eval_every: int = option(
         500,
@@ -298,6 +385,7 @@ class TrainConfig:
         "(0: only at the end).",
         lower=0,
         hparam=False,
+        group="logging",
     )
     eval_every_epochs: int = option(
         0,
@@ -305,12 +393,14 @@ class TrainConfig:
         "--eval_every); one setting with --eval_every, like --steps/--epochs.",
         lower=0,
         hparam=False,
+        group="logging",
     )
     histogram_every: int = option(
         100,
         "Write weight and gradient histograms every N steps (0: never).",
         lower=0,
         hparam=False,
+        group="logging",
     )
     checkpoint_every: int = option(
         1000,
@@ -318,6 +408,7 @@ class TrainConfig:
         "(0: only then).",
         lower=0,
         hparam=False,
+        group="run management",
     )
     checkpoint_every_epochs: int = option(
         0,
@@ -325,6 +416,7 @@ class TrainConfig:
         "steps (0: use --checkpoint_every); one setting with --checkpoint_every.",
         lower=0,
         hparam=False,
+        group="run management",
     )
     image_count: int = option(
         32,
@@ -332,14 +424,16 @@ class TrainConfig:
         lower=0,
         upper=256,
         hparam=False,
+        group="logging",
     )
     projector: bool = option(
         True,
         "At the end of training, write the test split's penultimate-layer "
-        "embeddings (at most 10,000 examples), their digits and labels into the "
+        "embeddings (at most 2,000 examples), their digits and labels into the "
         "run's test/ directory for TensorBoard's Projector.",
         hparam=False,
         resume=MAY_CHANGE,
+        group="logging",
     )
     profile_steps: tuple[int, ...] = option(
         (),
@@ -349,6 +443,7 @@ class TrainConfig:
         message="--profile_steps must be two steps A,B with 1 <= A <= B",
         hparam=False,
         resume=MAY_CHANGE,
+        group="logging",
     )
     max_checkpoints: int = option(
         3,
@@ -356,6 +451,7 @@ class TrainConfig:
         lower=1,
         hparam=False,
         resume=MAY_CHANGE,
+        group="run management",
     )
     # How the job is spread over devices is not an hparam: tf.distribute
     # computes the same math.
@@ -371,6 +467,7 @@ class TrainConfig:
         "as on one device with that batch.",
         choices=STRATEGIES,
         hparam=False,
+        group="devices and speed",
     )
     cpu_devices: int = option(
         0,
@@ -379,6 +476,7 @@ class TrainConfig:
         lower=0,
         upper=64,
         hparam=False,
+        group="devices and speed",
     )
     early_stopping_patience: int = option(
         0,
@@ -387,30 +485,33 @@ class TrainConfig:
         "the best checkpoint; needs "
         "--validation_split > 0 (0: off).",
         lower=0,
+        group="training",
     )
     early_stopping_min_delta: float = option(
         0.0,
         "Smallest decrease of the validation loss that counts as an improvement.",
         lower=0.0,
+        group="training",
     )
     steps_per_loop: int = option(
         100,
         "Training steps per compiled call (Orbit's steps_per_loop, Keras' "
-        "steps_per_execution). Every step's scalars are still written at their own "
-        "step; a call also ends at each eval/histogram/checkpoint/print boundary. "
-        "Larger values cut per-step Python overhead (what makes small models "
-        "faster than Keras fit); 1 is a plain per-step loop.",
+        "steps_per_execution); 1 is a plain per-step loop. Every step's scalars are "
+        "still written at their own step, and a call also ends at each eval, "
+        "histogram, checkpoint or print boundary. Larger values cut per-step Python "
+        "overhead (docs/performance.md).",
         lower=1,
         upper=100_000,
+        group="devices and speed",
     )
     jit_compile: str = option(
         "auto",
         "XLA-compile the train step (the step only: the loop reads a tf.data "
-        "iterator, which XLA cannot compile). auto: on only for model families "
-        "that XLA made faster in benchmarks/throughput.py --compare_xla; on the "
-        "2-core benchmark CPU none did (cnn 8x slower, logreg and mlp 0.7-0.8x "
-        "as fast), so auto is off. true/false force it.",
+        "iterator, which XLA cannot compile). true/false force it; auto turns it "
+        "on for the model families in config.JIT_AUTO_MODELS, those XLA made "
+        "faster on the benchmark CPU: none (docs/performance.md).",
         choices=JIT_COMPILE,
+        group="devices and speed",
     )
     summary_budget_mb: float = option(
         100.0,
@@ -419,6 +520,7 @@ class TrainConfig:
         "still written at the first and last step); per-step scalars are never "
         "thinned. The bytes written per plugin are printed at exit.",
         lower=0.0,
+        group="logging",
     )
     precision: str = option(
         "auto",
@@ -429,10 +531,11 @@ class TrainConfig:
         "precision. auto: mixed_bfloat16 where the hardware computes bfloat16 "
         "natively (a GPU of compute capability >= 8.0, or a CPU whose "
         "/proc/cpuinfo flags list avx512_bf16 or amx_bf16) for the model "
-        "families bfloat16 made faster at equal accuracy in make bench (cnn), "
-        "else float32. The choice and its reason go to run.json and the model "
-        "summary.",
+        "families in precision.AUTO_MODELS (cnn), else float32 "
+        "(docs/performance.md has the measurements). The choice and its reason "
+        "go to run.json and the model summary.",
         choices=PRECISIONS,
+        group="devices and speed",
     )
 
     @property
@@ -476,6 +579,11 @@ def _field(field: dataclasses.Field, hint: Any) -> Field:
     opt = field.metadata.get("option")
     if opt is None:
         raise TypeError(f"TrainConfig.{field.name}: declare it with option(...)")
+    if opt.group not in HELP_GROUPS:
+        raise TypeError(
+            f"TrainConfig.{field.name}: option(..., group=) must be one of "
+            f"{', '.join(HELP_GROUPS)} (the --help heading it is listed under)"
+        )
     if typing.get_origin(hint) is tuple:
         return Field(field.name, "list", field.default, opt, typing.get_args(hint)[0])
     base = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
@@ -522,14 +630,32 @@ def _define(field: Field, flag_values: flags.FlagValues) -> None:
         flags.DEFINE_list(field.name, default, opt.help, **fv)
 
 
+def help_group(
+    flag_values: flags.FlagValues, heading: str, names: Sequence[str]
+) -> None:
+    """Lists the flags `names` under `heading` in a program's `--help`.
+
+    A group is an absl key-flag pseudo-module named after its heading
+    (absl's help renders a module's key flags as one block);
+    `pipeline.cli.usage` prints the groups in the order they were first
+    registered.
+    """
+    for name in names:
+        flag_values.register_key_flag_for_module(heading, flag_values[name])
+
+
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines every training flag, with help text and validators, on `flag_values`.
 
     Also defines the launch flags of `pipeline-train` (--resume, --run,
-    --replay, --replay_rtol), which say what to do with the config.
+    --replay, --replay_rtol), which say what to do with the config. Each
+    flag is listed in `--help` under its field's group.
     """
     for field in FIELDS:
         _define(field, flag_values)
+    for group in HELP_GROUPS:
+        names = [field.name for field in FIELDS if field.option.group == group]
+        help_group(flag_values, group, names)
     for field in FIELDS:
         if field.option.check is not None:
             flags.register_validator(
@@ -797,6 +923,7 @@ def _define_launch_flags(flag_values: flags.FlagValues) -> None:
         lower_bound=0.0,
         **fv,
     )
+    help_group(flag_values, LAUNCH_GROUP, ["resume", "run", "replay", "replay_rtol"])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,7 +5,8 @@
 Lists the study's trials in start order (state, value, steps trained from
 each trial's runs' run.json, parameters), then the first completed trial
 whose value is at least TARGET and the steps trained by every trial started
-before it finished. WORKSPACE.md's "Grid against TPE" tables come from it.
+before it finished. The tables of
+docs/experiments/2026-12-01-grid-against-tpe.md come from it.
 `pipeline-compare LOGDIR/SWEEP_NAME` gives the study's totals and best.
 """
 

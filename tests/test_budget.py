@@ -96,6 +96,21 @@ def test_run_prints_bytes_per_plugin(tiny_run):
     assert "histograms " in line
 
 
+def test_run_prints_its_whole_directory_bytes(tiny_run):
+    """Checkpoints and artifacts count too, not only the event files."""
+    line = next(x for x in tiny_run.lines if x.startswith("on disk: "))
+    for part in ("events ", "checkpoints ", "artifacts "):
+        assert part in line, line
+    parts = tiny_run.result.disk_bytes
+    checkpoints = tiny_run.path / "checkpoints"
+    assert parts["checkpoints"] == sum(
+        p.stat().st_size for p in checkpoints.rglob("*") if p.is_file()
+    )
+    events = sum(tiny_run.result.event_bytes.values())
+    assert abs(parts["events"] - events) <= 0.01 * events
+    assert parts["artifacts"] >= (tiny_run.path / "run.json").stat().st_size // 2
+
+
 def test_histogram_event_bytes_estimate_matches_disk(tmp_path):
     import numpy as np
 

@@ -68,6 +68,29 @@ def test_iterator_checkpoint_restores_position(small_split, tmp_path):
     assert _epoch(restored, 4) == expected
 
 
+@pytest.mark.parametrize("shuffle_buffer", [250, 100, 1])
+def test_start_step_continues_the_uninterrupted_order(small_split, shuffle_buffer):
+    """A resumed run's input position is its step: the pipeline built at step
+    7 (epoch 1, batch 2 of 5) gives the batches an uninterrupted one gives
+    from there, on the gathered (250), the tf.data shuffle (100) and the
+    unshuffled (1) paths."""
+
+    def pipeline(start_step):
+        return iter(
+            data_lib.make_dataset(
+                small_split,
+                batch_size=50,
+                shuffle_buffer=shuffle_buffer,
+                seed=4,
+                start_step=start_step,
+            )
+        )
+
+    whole = pipeline(0)
+    _epoch(whole, 7)
+    assert _epoch(pipeline(7), 6) == _epoch(whole, 6)
+
+
 def test_batch_larger_than_split_is_a_data_error(small_split):
     with pytest.raises(data_lib.DataError, match="batch size 300"):
         data_lib.gathered_batches(small_split, batch_size=300)

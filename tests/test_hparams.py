@@ -10,7 +10,7 @@ from tensorboard.plugins.hparams import api_pb2, metadata
 from tensorboard.util import tensor_util
 
 from pipeline import config as config_lib
-from pipeline.tensorboard import hparams
+from pipeline.tensorboard import board, hparams
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,9 @@ def test_config_domains_come_from_flag_definitions():
     assert infos["learning_rate"].type == api_pb2.DATA_TYPE_FLOAT64
     assert not infos["learning_rate"].HasField("domain_interval")
     assert infos["conv_filters"].type == api_pb2.DATA_TYPE_STRING
-    assert "seed" in infos
+    # Issue 19: a variant's seeds are one session group, which shows only
+    # what its sessions share, so the seed is no column.
+    assert "seed" not in infos
     for bookkeeping in ("logdir", "run_name", "print_every", "checkpoint_every"):
         assert bookkeeping not in infos
 
@@ -60,10 +62,11 @@ def test_config_metrics_read_the_test_writer():
         ("test", "accuracy"),
         ("test", "loss"),
         ("test", "best/accuracy"),
-        ("test", "best/accuracy_step"),
         ("test", "best/loss"),
         ("train", "accuracy"),
     } <= names
+    # Issue 19: no step numbers as metrics.
+    assert not [tag for _, tag in names if tag.endswith("_step")]
 
 
 def test_experiment_config_is_written_once_and_replaced_only_when_stale(tmp_path):
@@ -89,9 +92,12 @@ def test_flags_that_differ_between_runs_are_marked_and_never_unmarked(runs):
     infos = hparams.read_experiment(logdir).hparam_infos
     assert [i.name for i in infos if i.differs] == ["learning_rate"]
     assert hparams.write_experiment_config(logdir) is False
-    assert hparams.write_experiment_config(logdir, {"seed"}) is True
+    assert hparams.write_experiment_config(logdir, {"batch_size"}) is True
     infos = hparams.read_experiment(logdir).hparam_infos
-    assert sorted(i.name for i in infos if i.differs) == ["learning_rate", "seed"]
+    assert sorted(i.name for i in infos if i.differs) == [
+        "batch_size",
+        "learning_rate",
+    ]
     assert hparams.write_experiment_config(logdir) is False
 
 
@@ -102,7 +108,10 @@ def test_session_values_are_the_defining_flags():
     values = hparams.session_hparams(config)
     assert values["model"] == "mlp"
     assert values["learning_rate"] == 0.01
-    assert values["conv_filters"] == "16,32"
+    # Issue 19: only flags that apply to the model (no conv filters on an
+    # MLP), and not the seed.
+    assert "conv_filters" not in values
+    assert "seed" not in values
     assert values["deterministic"] is True
     assert "binary_class" not in values  # None: not set for this run
     assert "logdir" not in values
@@ -139,8 +148,8 @@ def test_best_metrics_are_the_running_best_of_the_test_curve(runs):
     best = _values(acc, "best/accuracy")
     assert [s for s, _ in best] == [10, 20]
     assert best[-1][1] == pytest.approx(max(v for _, v in accuracy))
-    best_step = _values(acc, "best/accuracy_step")[-1][1]
-    assert dict(accuracy)[int(best_step)] == pytest.approx(best[-1][1])
+    # Issue 19: the step of the best is no scalar series.
+    assert "best/accuracy_step" not in acc.Tags()["tensors"]
     assert _values(acc, "best/loss")[-1][1] == pytest.approx(min(v for _, v in loss))
 
 
@@ -161,11 +170,73 @@ def test_best_metrics_tracker_keeps_step_of_best():
     best = hparams.BestMetrics()
     assert best.update(10, {"accuracy": 0.5, "loss": 2.0}) == {
         "best/accuracy": 0.5,
-        "best/accuracy_step": 10.0,
         "best/loss": 2.0,
-        "best/loss_step": 10.0,
     }
     out = best.update(20, {"accuracy": 0.4, "loss": 1.0})
     assert out["best/accuracy"] == 0.5
-    assert out["best/accuracy_step"] == 10.0
-    assert out["best/loss_step"] == 20.0
+    assert best.accuracy_step == 10
+    assert best.loss_step == 20
+
+
+@pytest.fixture(scope="module")
+def readme_layout(tmp_path_factory):
+    """The README's layout: single runs in a logdir and a sweep with repeats in it.
+
+    The sweep's runs are named as `pipeline-sweep` names them; two variants
+    (learning rates) x two seeds.
+    """
+    logdir = tmp_path_factory.mktemp("readme_logs")
+    train_run(logdir, LOGREG, "logreg-1")
+    train_run(logdir, dataclasses.replace(LOGREG, model="mlp"), "mlp-1")
+    for rate in ("0.05", "0.1"):
+        for seed in (0, 1):
+            config = dataclasses.replace(LOGREG, learning_rate=float(rate), seed=seed)
+            train_run(logdir / "s", config, f"learning_rate={rate},seed={seed}")
+    return logdir
+
+
+def test_logdir_config_covers_the_sweep_inside_it(readme_layout):
+    # Written by the runs' ends, with no board started.
+    infos = {i.name: i for i in hparams.read_experiment(readme_layout).hparam_infos}
+    assert sorted(n for n, i in infos.items() if i.differs) == [
+        "learning_rate",
+        "model",
+    ]
+    assert "hidden_units" in infos  # the MLP's
+    assert not {"conv_filters", "kernel_size", "seed"} & set(infos)
+    metrics = {m.name.tag for m in hparams.read_experiment(readme_layout).metric_infos}
+    assert not {t for t in metrics if t.endswith("_step")}
+
+
+def test_a_variants_seeds_are_one_row_with_their_mean(readme_layout):
+    name = readme_layout.name
+    with board.TensorBoardServer(readme_layout) as server:
+        experiment = server.get(
+            "/data/plugin/hparams/experiment", {"experimentName": ""}
+        )
+        first = [h["name"] for h in experiment["hparamInfos"]][:2]
+        assert first == ["learning_rate", "model"]  # what the dashboard checks
+        groups = {g["name"]: g for g in server.session_groups()}
+    assert sorted(groups) == [
+        f"{name}/logreg-1",
+        f"{name}/mlp-1",
+        "s/learning_rate=0.05",
+        "s/learning_rate=0.1",
+    ]
+    group = groups["s/learning_rate=0.1"]
+    assert sorted(s["name"] for s in group["sessions"]) == [
+        "s/learning_rate=0.1,seed=0",
+        "s/learning_rate=0.1,seed=1",
+    ]
+    assert group["hparams"]["learning_rate"] == pytest.approx(0.1)
+    assert "seed" not in group["hparams"]
+    accuracy = [
+        _values(_accumulator(readme_layout / s["name"] / "test"), "accuracy")[-1][1]
+        for s in group["sessions"]
+    ]
+    (mean,) = [
+        m["value"]
+        for m in group["metricValues"]
+        if m["name"] == {"group": "test", "tag": "accuracy"}
+    ]
+    assert mean == pytest.approx(sum(accuracy) / 2, abs=1e-6)

@@ -1,5 +1,7 @@
 """Model builders: shapes, parameter counts, logits out."""
 
+import inspect
+
 import numpy as np
 import pytest
 
@@ -85,3 +87,18 @@ def test_summary_text_lists_layers_and_counts():
     text = models.summary_text(models.build_logreg(10))
     assert "logits" in text
     assert "7,850" in text
+
+
+def test_each_builder_takes_exactly_its_familys_flags():
+    """`option(applies_to=...)` in config.py and the builders' parameters agree.
+
+    The family-specific flags (those not shared by every family) that a
+    model applies are exactly those its builder takes.
+    """
+    from pipeline import variants
+    from pipeline.config import FIELDS, MODELS
+
+    specific = {f.name for f in FIELDS if set(f.option.applies_to) != set(MODELS)}
+    for model, builder in models.BUILDERS.items():
+        parameters = set(inspect.signature(builder).parameters)
+        assert parameters & specific == variants.applicable_fields(model) & specific

@@ -25,7 +25,7 @@ def evaluated_run(mlp_run, tmp_path_factory):
     assert result.returncode == 0, result.stderr
     assert (
         "Projector: penultimate-layer embeddings of 2,000 of 2,000 examples "
-        "(at most 10,000)"
+        "(at most 2,000)"
     ) in result.stdout
     return run
 

@@ -99,6 +99,47 @@ def test_resumed_series_continue_without_duplicates(runs):
     )
 
 
+def test_checkpoint_holds_the_input_position_not_the_iterator(runs):
+    """The data position is the step: no iterator state (its shuffle buffer)
+    in a checkpoint, which stays in proportion to the model."""
+    import tensorflow as tf
+
+    prefix = runs["split"] / "checkpoints" / "ckpt-20"
+    names = [name for name, _ in tf.train.list_variables(str(prefix))]
+    assert not [n for n in names if n.startswith("iterator")], names
+    assert "step/.ATTRIBUTES/VARIABLE_VALUE" in names
+    data = prefix.parent / "ckpt-20.data-00000-of-00001"
+    # 784*32 + 32*10 (+ biases) weights, with Adam's two slots: ~0.3 MB.
+    assert data.stat().st_size < 400_000
+
+
+def test_checkpoint_with_iterator_state_from_older_runs_resumes_exactly(runs, tmp_path):
+    """Runs saved before the input position was recomputed also checkpointed
+    the data iterator; they resume from their step all the same."""
+    import tensorflow as tf
+
+    from pipeline.training import loop as train
+    from pipeline.training.actions import Action
+
+    class CheckpointTheIterator(Action):
+        """What every checkpoint held before: the `iterator` object."""
+
+        def start(self, state) -> None:
+            state.checkpoint.iterator = state.iterator
+
+    with pytest.raises(train.TrainingInterruptedError):
+        train_run(
+            tmp_path,
+            TINY,
+            "older",
+            extra_actions=[CheckpointTheIterator(), signal_at(20, signal.SIGTERM)],
+        )
+    prefix = str(tmp_path / "older" / "checkpoints" / "ckpt-20")
+    assert any(n.startswith("iterator") for n, _ in tf.train.list_variables(prefix))
+    resumed = train_run(tmp_path, TINY, "older", resume=True)
+    assert resumed.result.weights_digest == record(runs["whole"])["weights_digest"]
+
+
 def test_dropout_rng_state_is_checkpointed_and_advances(runs):
     import tensorflow as tf
 

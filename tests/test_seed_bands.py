@@ -12,6 +12,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 from tensorboard.util import tensor_util
 
+from pipeline import variants
 from pipeline.tensorboard import board, seed_bands
 
 
@@ -42,7 +43,7 @@ def test_aggregate_over_the_steps_every_seed_logged():
     ],
 )
 def test_variant_label_drops_the_seed(name, label):
-    assert seed_bands.variant_label(name) == label
+    assert variants.variant_label(name) == label
 
 
 def sweep(logdir, trials):

@@ -30,7 +30,39 @@ def test_scalar_series_writes_due_steps_with_plain_tags(tmp_path):
     assert [e.step for e in events] == [3, 6, 9, 12, 15]
     assert [float(tf.make_ndarray(e.tensor_proto)) for e in events] == [3, 6, 9, 12, 15]
     assert acc.SummaryMetadata("loss").plugin_data.plugin_name == "scalars"
-    assert counts == {"scalars:train:loss": 1}
+    # Written in bulk as serialized events: no TensorFlow function to trace.
+    assert counts == {}
+
+
+def test_bulk_scalar_events_read_back_as_tf_summary_scalar_writes_them(tmp_path):
+    """Same tag, step, value, dtype and plugin metadata as `tf.summary.scalar`,
+    for TensorBoard's loader, every tag of a step in one event."""
+    values = np.array([0.25, 1e-8, 3.5e7, -2.0], np.float32)
+    with SummaryLogger(tmp_path / "bulk") as logger:
+        logger.scalar_series("train", 2**40, {"loss": values, "other/tag": -values})
+    writer = tf.summary.create_file_writer(str(tmp_path / "tf" / "train"))
+    with writer.as_default():
+        for i, value in enumerate(values):
+            tf.summary.scalar("loss", value, step=2**40 + i)
+            tf.summary.scalar("other/tag", -value, step=2**40 + i)
+    writer.close()
+    bulk, reference = (
+        _read(tmp_path / "bulk" / "train"),
+        _read(tmp_path / "tf" / "train"),
+    )
+    for tag in ("loss", "other/tag"):
+        got, want = bulk.Tensors(tag), reference.Tensors(tag)
+        assert [e.step for e in got] == [e.step for e in want]
+        for a, b in zip(got, want, strict=True):
+            assert tf.make_ndarray(a.tensor_proto).dtype == np.float32
+            assert tf.make_ndarray(a.tensor_proto) == tf.make_ndarray(b.tensor_proto)
+        assert bulk.SummaryMetadata(tag) == reference.SummaryMetadata(tag)
+    (path,) = (tmp_path / "bulk" / "train").glob("events.out.tfevents.*.records.v2")
+    from tensorboard.backend.event_processing import event_file_loader
+
+    events = list(event_file_loader.EventFileLoader(str(path)).Load())
+    assert events[0].file_version == "brain.Event:2"
+    assert [len(e.summary.value) for e in events[1:]] == [2] * 4
 
 
 def test_histograms_compiled_once(tmp_path):

@@ -108,3 +108,23 @@ def test_helpfull_lists_the_public_flags():
         "--flagfile",
     ):
         assert f"  {flag}" in proc.stdout, flag
+
+
+def test_flag_the_model_does_not_use_is_one_warning_line(tmp_path):
+    flagfile = tmp_path / "shared.cfg"
+    flagfile.write_text("--hidden_units=64\n--kernel_size=5\n")
+    proc = run_cli(
+        "pipeline-train",
+        f"--flagfile={flagfile}",
+        "--model=mlp",
+        "--conv_filters=16",
+        "--dataset=fashion_mnist",
+        f"--data_dir={tmp_path / 'nope'}",
+        f"--logdir={tmp_path}",
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "pipeline-train: warning: --conv_filters does not apply to --model=mlp; "
+        "ignored",
+        f"pipeline-train: error: {tmp_path / 'nope'}: data directory not found",
+    ]

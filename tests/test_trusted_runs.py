@@ -80,9 +80,9 @@ def _copy_as_latest(source_run, source_step, run):
         shutil.copy(path, run / "checkpoints" / f"ckpt-{LATEST}.{suffix}")
 
 
-def _garble_iterator_state(run, _):
-    # Tensors sit in the data file in key order: the data iterator's state
-    # (`iterator/...`, the largest) comes right after the small object graph.
+def _garble_first_tensors(run, _):
+    # Tensors sit in the data file in key order, right after the small object
+    # graph (checkpoints of older runs held the data iterator's state here).
     path = data_file(run, LATEST)
     payload = bytearray(path.read_bytes())
     start = len(payload) // 20
@@ -94,7 +94,7 @@ def _garble_iterator_state(run, _):
 DAMAGES = {
     "truncated_data": (_truncate, "Read less bytes than requested"),
     "garbled_data": (_garble, "does not match"),  # a checksum, worded by where
-    "garbled_iterator_state": (_garble_iterator_state, "does not match"),
+    "garbled_first_tensors": (_garble_first_tensors, "does not match"),
     "zero_byte_data": (
         lambda run, _: data_file(run, LATEST).write_bytes(b""),
         "is empty (0 bytes)",

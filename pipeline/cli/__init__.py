@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
 
 from pipeline.cli import stderr_filter
+from pipeline.cli.usage import help_request, help_text
 from pipeline.errors import PipelineError
 
 
@@ -84,28 +85,76 @@ def one_line_flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
             return flags.FLAGS(argv)
         except flags.Error as err:
             message = " ".join(str(err).split()).removeprefix("ERROR:: ")
-            print(f"{prog}: error: {message} (see --helpfull)", file=sys.stderr)
+            print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
             sys.exit(1)
 
     return parse
+
+
+def no_arguments(argv: list[str]) -> None:
+    """Refuses positional arguments (the program takes flags only).
+
+    `learning_rate=0.1` without its `--` is the usual slip: the message
+    shows the flag it probably meant.
+    """
+    if len(argv) <= 1:
+        return
+    hints = [
+        f"--{arg}"
+        for arg in argv[1:]
+        if arg.partition("=")[0] in flags.FLAGS and not arg.startswith("-")
+    ]
+    meant = f"did you mean {' '.join(hints)}?" if hints else "it takes flags only"
+    raise app.UsageError(
+        f"unexpected argument{'s' if len(argv) > 2 else ''} "
+        f"{' '.join(argv[1:])} ({meant})"
+    )
+
+
+def _one_line_usage_errors(
+    prog: str, main: Callable[[list[str]], None]
+) -> Callable[[list[str]], None]:
+    """`main`, with absl's `UsageError` reported in one line plus a pointer to
+    --help (absl itself prints the whole help before the message)."""
+
+    def run_main(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except app.UsageError as err:
+            print(f"{prog}: error: {err} (see {prog} --help)", file=sys.stderr)
+            sys.exit(err.exitcode)
+
+    return run_main
 
 
 def start(
     prog: str,
     define_flags: Callable[..., None],
     main: Callable[[list[str]], None],
+    doc: str,
+    full_only: Sequence[str] = (),
 ) -> None:
     """Console-script entry point shared by every `pipeline-*` program.
 
     Quiets TensorFlow's logs, defines the program's flags on absl's FLAGS,
     and runs `main` with a parser that reports a bad flag in one line.
-    The program's flags are made key flags of the main module, so `--help`
-    lists them (absl's `--help` shows only the main module's key flags, and
-    these are defined in library modules; `--helpfull` adds absl's own).
+    `doc` (the program module's docstring: what it does, usage, examples)
+    opens `--help`, which lists the flags by help group and exits 0;
+    `full_only` names groups that only `--helpfull` lists (a sweep's
+    training flags).
     """
     quiet_tensorflow(sys.argv)
-    defined_before = set(flags.FLAGS)
     define_flags(flags.FLAGS)
-    for name in sorted(set(flags.FLAGS) - defined_before):
-        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-    app.run(main, flags_parser=one_line_flags_parser(prog))
+    wanted = help_request(sys.argv)
+    if wanted:
+        text = help_text(doc, flags.FLAGS, full=wanted == "full", full_only=full_only)
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            # `pipeline-train --help | head`: the reader had enough. Point
+            # stdout at /dev/null so the exit's flush does not fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    app.run(
+        _one_line_usage_errors(prog, main), flags_parser=one_line_flags_parser(prog)
+    )

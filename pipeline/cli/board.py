@@ -1,12 +1,21 @@
-"""`pipeline-board`: TensorBoard on the log directory, on localhost, on a free port."""
+"""pipeline-board: TensorBoard on the log directory, on localhost, on a free port.
+
+usage: pipeline-board [--logdir=logs] [--port=0] [--host=127.0.0.1]
+  pipeline-board
+  pipeline-board --logdir=logs/mlp_tuning --port=6006
+
+Prints the address and serves until Ctrl-C; runs whose run.json is damaged
+are named, one line each.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from pipeline import cli
+from pipeline.config import help_group
 from pipeline.tensorboard import board
 
 FLAGS = flags.FLAGS
@@ -33,21 +42,24 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "TensorBoard's --load_fast.",
         **fv,
     )
+    help_group(flag_values, "server", ["logdir", "host", "port", "load_fast"])
 
 
 def main(argv: list[str]) -> None:
     """Starts TensorBoard, prints its address, serves until Ctrl-C."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     cli.default_to_warnings(FLAGS)
 
     def body() -> int:
         from pipeline.runs import rundir
+        from pipeline.tensorboard import hparams
 
         # Damaged runs are named (one line each); TensorBoard shows the rest.
         runs = rundir.find_run_paths(FLAGS.logdir)
         for _ in rundir.scan_records(runs, cli.warner("pipeline-board")):
             pass
+        if runs:  # HParams: one table of every run below, sweeps included
+            hparams.write_experiment_config(FLAGS.logdir)
         server = board.TensorBoardServer(
             FLAGS.logdir, host=FLAGS.host, port=FLAGS.port, load_fast=FLAGS.load_fast
         )
@@ -68,7 +80,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.start("pipeline-board", define_flags, main)
+    cli.start("pipeline-board", define_flags, main, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
-"""`pipeline-compare LOGDIR_OR_GLOB ...`: one row per variant, repeats as mean +/- std.
+"""pipeline-compare: one row per variant of the runs named, repeats as mean +/- std.
 
-pipeline-compare logs/mlp_tuning
-pipeline-compare 'logs/*' --filter 'model==cnn and best/accuracy>0.98' --top 5
-pipeline-compare logs/mlp_tuning --format=markdown --plot=curves.png
-pipeline-compare logs/mlp_tuning --export=scalars.csv
+usage: pipeline-compare [--sort=FIELD] [--filter=EXPR] [...] RUN_OR_DIR_OR_GLOB ...
+  pipeline-compare logs/mlp_tuning
+  pipeline-compare 'logs/*' --filter 'model==cnn and best/accuracy>0.98' --top 5
+  pipeline-compare logs/mlp_tuning --format=markdown --plot=curves.png
+  pipeline-compare logs/mlp_tuning --export=scalars.csv
+
+Runs equal in every defining flag but --seed are repeats of one variant. For
+a sweep directory it adds the study's view: trials, steps, the best trial.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import sys
 from absl import app, flags
 
 from pipeline import cli
+from pipeline.config import help_group
 from pipeline.sweep import summary as study_summary
 from pipeline.tools import compare
 from pipeline.tools.compare import FORMATS, METRICS
@@ -64,6 +69,9 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "Rank runs trained or evaluated on different data in one table.",
         **fv,
     )
+    help_group(flag_values, "ranking", ["sort", "top", "filter", "allow_mismatch"])
+    help_group(flag_values, "output", ["format", "plot", "export"])
+    help_group(flag_values, "sweeps", ["storage"])
 
 
 def main(argv: list[str]) -> None:
@@ -125,7 +133,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.start("pipeline-compare", define_flags, main)
+    cli.start("pipeline-compare", define_flags, main, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,24 @@
-"""`pipeline-eval`: evaluate a checkpoint on a full split and log it to TensorBoard."""
+"""pipeline-eval: evaluate a run's checkpoint on a full split; log it to TensorBoard.
+
+usage: pipeline-eval --run=RUN_DIR [--checkpoint=latest|STEP] [--split=test] [...]
+  pipeline-eval --run=logs/demo-cnn
+  pipeline-eval --run=logs/demo-cnn --checkpoint=200 --format=json
+  pipeline-eval --run=logs/demo-cnn --split=train --nowrite_summaries
+
+Prints loss, accuracy, per-class precision/recall/F1 and the confusion
+matrix; writes scalars, images, PR curves and Projector embeddings into
+RUN_DIR/eval/ (another split or dataset: RUN_DIR/eval_DATASET_SPLIT/).
+"""
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from pipeline import cli
 from pipeline.cli import run_flags
+from pipeline.config import help_group
 
 FLAGS = flags.FLAGS
 
@@ -34,12 +45,12 @@ def define_eval_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "eval_<dataset>_<split>/ otherwise) at the checkpoint's step.",
         **fv,
     )
+    help_group(flag_values, "evaluation", ["batch_size", "mistakes", "write_summaries"])
 
 
 def main(argv: list[str]) -> None:
     """Reads FLAGS once, evaluates, writes summaries, prints the report."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
 
     def body() -> None:
         restored = run_flags.open_run(FLAGS, "pipeline-eval")
@@ -88,7 +99,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.start("pipeline-eval", define_eval_flags, main)
+    cli.start("pipeline-eval", define_eval_flags, main, __doc__)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,23 @@
-"""`pipeline-export`: write a run's checkpoint as a SavedModel serving uint8 digits."""
+"""pipeline-export: write a run's checkpoint as a SavedModel serving uint8 digits.
+
+usage: pipeline-export --run=RUN_DIR --out=DIR [--checkpoint=latest|STEP]
+                       [--format=saved_model|tflite]
+  pipeline-export --run=logs/demo-cnn --out=export/demo-cnn
+  pipeline-export --run=logs/demo-cnn --out=export/demo-cnn-lite --format=tflite
+
+Signatures serving_default (uint8 [N, 28, 28]) and serving_channels
+(uint8 [N, 28, 28, 1]) return probabilities and classes.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from pipeline import cli
 from pipeline.cli import run_flags
+from pipeline.config import help_group
 
 FLAGS = flags.FLAGS
 
@@ -30,12 +40,12 @@ def define_export_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "serving_default signature converted for TensorFlow Lite.",
         flag_values=flag_values,
     )
+    help_group(flag_values, "output", ["out", "format"])
 
 
 def main(argv: list[str]) -> None:
     """Reads FLAGS once, checks the run and destination, exports."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
 
     def body() -> None:
         restored = run_flags.open_run(FLAGS, "pipeline-export")
@@ -55,7 +65,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.start("pipeline-export", define_export_flags, main)
+    cli.start("pipeline-export", define_export_flags, main, __doc__)
 
 
 if __name__ == "__main__":

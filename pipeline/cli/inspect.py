@@ -1,9 +1,13 @@
-"""`pipeline-inspect --check RUN_DIR`: does the real TensorBoard fill every tab?
+"""pipeline-inspect: does the real TensorBoard fill every tab a run should fill?
+
+usage: pipeline-inspect [--check] [--timeout=60] RUN_DIR
+  pipeline-inspect logs/demo-cnn
+  pipeline-inspect --check logs/demo-cnn
 
 Starts TensorBoard on the run's parent directory (the experiment root, where
 the HParams config lives) on a free loopback port, asks its data API what
 each tab would show, prints one line per tab and stops the server. With
-`--check`, any empty tab makes it exit 1 with one line naming what is empty.
+--check, any empty tab makes it exit 1 with one line naming what is empty.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import sys
 from absl import app, flags
 
 from pipeline import cli
+from pipeline.config import help_group
 from pipeline.tensorboard import board
 
 FLAGS = flags.FLAGS
@@ -40,6 +45,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         "Rust data server.",
         **fv,
     )
+    help_group(flag_values, "check", ["check", "timeout", "load_fast"])
 
 
 def main(argv: list[str]) -> None:
@@ -76,7 +82,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.start("pipeline-inspect", define_flags, main)
+    cli.start("pipeline-inspect", define_flags, main, __doc__)
 
 
 if __name__ == "__main__":

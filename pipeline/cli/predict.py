@@ -1,13 +1,22 @@
-"""`pipeline-predict`: class probabilities for images, .npy arrays or dataset rows."""
+"""pipeline-predict: class probabilities for images, .npy arrays or dataset rows.
+
+usage: pipeline-predict --run=RUN_DIR (--image=FILE_OR_DIR | --index=N)... [...]
+  pipeline-predict --run=logs/demo-cnn --image=eight.png --image=more_digits/
+  pipeline-predict --run=logs/demo-cnn --index=9 --index=10 --format=json
+
+Images of any size and colour are made to look like MNIST digits (grayscale,
+inverted when the background is light, centred in 28x28) first.
+"""
 
 from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from pipeline import cli
 from pipeline.cli import run_flags
+from pipeline.config import help_group
 
 FLAGS = flags.FLAGS
 
@@ -36,12 +45,12 @@ def define_predict_flags(flag_values: flags.FlagValues = FLAGS) -> None:
         message="give at least one --image or --index",
         flag_values=flag_values,
     )
+    help_group(flag_values, "inputs", ["image", "index"])
 
 
 def main(argv: list[str]) -> None:
     """Reads FLAGS once, loads the inputs, restores the model, prints one row each."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
 
     def body() -> None:
         from pipeline.tools import predict
@@ -76,7 +85,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.start("pipeline-predict", define_predict_flags, main)
+    cli.start("pipeline-predict", define_predict_flags, main, __doc__)
 
 
 if __name__ == "__main__":

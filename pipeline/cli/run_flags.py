@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from pipeline.config import DATASETS
+from pipeline.config import DATASETS, help_group
 from pipeline.runs import restore
 from pipeline.runs.restore import SPLITS
 
@@ -43,6 +43,7 @@ def define_run_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         message="--checkpoint must be 'latest' or a step number",
         flag_values=flag_values,
     )
+    help_group(flag_values, "run", ["run", "checkpoint"])
 
 
 def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -65,6 +66,7 @@ def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "Split, cut the way the run cut it (validation only if it held one out).",
         **fv,
     )
+    help_group(flag_values, "data", ["dataset", "data_dir", "split"])
 
 
 def define_format_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
@@ -76,6 +78,7 @@ def define_format_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         "text: aligned tables for people; json: one JSON document for scripts.",
         flag_values=flag_values,
     )
+    help_group(flag_values, "output", ["format"])
 
 
 def define_run_data_format_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:

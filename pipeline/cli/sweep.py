@@ -1,15 +1,17 @@
-"""pipeline-sweep: a search over training flags on an Optuna study, resumable.
+"""pipeline-sweep: train many runs over a grid or search space (an Optuna study).
 
-    pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg --sweep_name=mlp_tuning \
-        --grid=learning_rate=0.1,0.01 --grid=activation=sigmoid,relu --repeats=3
-    pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg --sweep_name=mlp_search \
-        --search=learning_rate=log:1e-4:1e-1 --search=hidden_layers=int:1:11 \
-        --trials=20 --pruner=median --workers=2
+usage: pipeline-sweep --sweep_name=NAME (--grid=FLAG=V1,V2 | --search=FLAG=SPACE)...
+                      [--flagfile=TRAINING_OR_SWEEP_FILE] [--TRAINING_FLAG=VALUE ...]
+  pipeline-sweep --flagfile=flags/sweeps/mlp_tuning.cfg
+  pipeline-sweep --flagfile=flags/mlp_relu_10x30.cfg --sweep_name=mlp_search \\
+      --search=learning_rate=log:1e-4:1e-1 --search=hidden_layers=int:1:11 \\
+      --trials=20 --pruner=median --workers=2
 
-Every training flag sets the base of each run. Runs go to LOGDIR/SWEEP_NAME/;
-the study to --storage (default LOGDIR/SWEEP_NAME/study.db). The same command
-again continues the study; on another machine, with a shared --storage, it is
-one more worker.
+Every pipeline-train flag is accepted too and sets the base of each run
+(pipeline-train --help lists them; --helpfull lists them here). Runs go to
+LOGDIR/SWEEP_NAME/RUN, the study to --storage; the same command on another
+machine, with a shared --storage, is one more worker. Re-running it
+continues the study. docs/search.md has the details.
 
 Exit status: 0 when every trial ended as a trial can: completed, pruned, or
 diverged (its loss or weights turned NaN/Inf: a result the search found,
@@ -23,7 +25,7 @@ from __future__ import annotations
 import signal
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from pipeline import cli
 from pipeline import config as config_lib
@@ -69,6 +71,14 @@ _SWEEP_FLAGS = (
      {"lower_bound": 1, "upper_bound": 64}),
     (flags.DEFINE_boolean, "dry_run", False, "Print the plan and exit.", {}),
 )  # fmt: skip
+_HELP_GROUPS = {
+    "sweep: what is searched": ["grid", "search", "sampler", "trials", "repeats"],
+    "sweep: judging and pruning trials": [
+        "metric", "direction", "pruner", "startup_trials", "prune_worse_than",
+        "prune_from_step",
+    ],
+    "sweep: name, storage and workers": ["sweep_name", "storage", "workers", "dry_run"],
+}  # fmt: skip
 _REQUEST_FLAGS = ("sampler", "trials", "repeats", "pruner", "startup_trials")
 _REQUEST_FLAGS += ("prune_worse_than", "prune_from_step", "metric", "direction")
 
@@ -79,6 +89,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     for define, name, default, help_text, extra in _SWEEP_FLAGS:
         define(name, default, help=help_text, flag_values=flag_values, **extra)
     flags.DEFINE_alias("parallel", "workers", flag_values=flag_values)
+    for heading, names in _HELP_GROUPS.items():
+        config_lib.help_group(flag_values, heading, names)
     flags.register_validator(
         "sweep_name",
         lambda v: (
@@ -97,8 +109,8 @@ def _raise_keyboard_interrupt(signum, frame):
 
 def main(argv: list[str]) -> None:
     """Opens (or joins) the study and trains trials until its total is reached."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
+    cli.default_to_warnings(FLAGS)
 
     def body() -> int:
         if FLAGS.run_name:
@@ -122,9 +134,10 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """Console-script entry point; `--help` opens with this module's text."""
-    sys.modules["__main__"].__doc__ = __doc__
-    cli.start("pipeline-sweep", define_flags, main)
+    """Console-script entry point."""
+    cli.start(
+        "pipeline-sweep", define_flags, main, __doc__, full_only=config_lib.HELP_GROUPS
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,14 @@
-"""`pipeline-train`: train one model from absl flags (`--flagfile`, `--helpfull`).
+"""pipeline-train: train one model from flags into a run directory under --logdir.
 
-Also continues a run (`--resume`) and replays one (`--replay`); see
-WORKSPACE.md, "Resume, interruption and failures".
+usage: pipeline-train [--flagfile=FILE] [--FLAG=VALUE ...]
+  pipeline-train --flagfile=flags/cnn_course.cfg
+  pipeline-train --flagfile=flags/demo.cfg --model=mlp --run_name=my-mlp
+  pipeline-train --resume --run=logs/my-mlp --steps=600
+  pipeline-train --replay=logs/my-mlp --steps=50
+
+A run directory holds TensorBoard's event files, checkpoints, run.json (the
+config and final metrics) and flags.cfg (the flags to train it again); open
+the runs with pipeline-board. docs/resilience.md: resume, replay, signals.
 """
 
 from __future__ import annotations
@@ -12,9 +19,9 @@ import sys
 import tempfile
 from typing import TYPE_CHECKING
 
-from absl import app, flags
+from absl import flags
 
-from pipeline import cli
+from pipeline import cli, variants
 from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline.runs import rundir
@@ -32,8 +39,7 @@ PROG = "pipeline-train"
 
 def main(argv: list[str]) -> None:
     """Parses nothing itself: absl has parsed argv into FLAGS already."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.no_arguments(argv)
     sys.exit(cli.run_reporting_errors(PROG, _train_from_flags))
 
 
@@ -44,6 +50,9 @@ def _train_from_flags() -> None:
     files are reported in well under a second.
     """
     launch = config_lib.launch_from_flags(FLAGS, sys.argv)
+    unused = variants.inapplicable_warning(launch.config.model, sys.argv)
+    if unused and launch.mode == "new":
+        cli.warner(PROG)(unused)
     if launch.mode == "replay":
         original, config = recovery.prepare_replay(launch)
         from pipeline.training import replay  # TensorFlow import
@@ -151,7 +160,7 @@ def _print_done(run_dir: rundir.RunDir, result: TrainResult) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.start(PROG, config_lib.define_flags, main)
+    cli.start(PROG, config_lib.define_flags, main, __doc__)
 
 
 if __name__ == "__main__":

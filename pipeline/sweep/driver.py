@@ -142,7 +142,9 @@ def open_sweep_study(sweep: Sweep) -> tuple[optuna.Study, optuna.storages.BaseSt
     """Connects, creates or joins the study, and checks it is this sweep's."""
     study_lib.quiet_optuna()
     storage = storage_lib.connect(sweep.storage_url)
+    # A variant's flags, and the seed: it seeds every trial's draw.
     base = runs.defining(config_lib.config_to_dict(sweep.base))
+    base["seed"] = sweep.base.seed
     definition = study_lib.StudyDefinition(
         space=space.describe(sweep.axes),
         sampler=sweep.sampler,

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline import config as config_lib
+from pipeline import variants
 from pipeline.runs import checkpoints, rundir
 from pipeline.runs.rundir import config_to_flagfile
 from pipeline.sweep import SweepError, space
@@ -102,15 +103,8 @@ def read_record(path: pathlib.Path) -> dict:
 
 
 def defining(config: dict) -> dict:
-    """The flags that define a variant: what a study and its runs must agree on.
-
-    The sweep's one rule for it (the study's base flags, completed runs).
-    A run given in epochs records the steps they came to as well; each pair
-    is compared the way it was given.
-    """
-    unused = config_lib.unused_alternatives(config_lib.config_from_dict(config))
-    skip = config_lib.NOT_HPARAMS | unused
-    return {k: v for k, v in config.items() if k not in skip}
+    """The flags that define a variant (`pipeline.variants`, the one rule)."""
+    return variants.defining_config(config)
 
 
 def resumable(path: pathlib.Path) -> bool:

@@ -186,9 +186,8 @@ def check_base(study: optuna.Study, url: str, definition: StudyDefinition) -> No
     where = f"study {study.study_name!r} in {safe_url(url)}"
     theirs = study.user_attrs.get(DEFINITION_ATTR, {}).get("base", {})
     ours = definition.base
-    differ = sorted(
-        k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k)
-    )
+    # Flags both define: a study recorded by an older version may name more.
+    differ = sorted(k for k in ours.keys() & theirs.keys() if ours[k] != theirs[k])
     if not differ:
         return
     finished = study.get_trials(

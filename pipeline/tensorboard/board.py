@@ -62,6 +62,10 @@ class TensorBoardServer:
             f"--host={host}",
             f"--port={port}",
             f"--load_fast={load_fast}",
+            # A split directory has two growing event files (per-step scalars
+            # are written in bulk into their own, `summaries.ScalarEventFile`):
+            # the Python loaders follow both only with this (the Rust one does).
+            "--reload_multifile=true",
             *extra_args,
         ]
         self.url: str | None = None

@@ -29,6 +29,32 @@ def event_bytes(run_dir: str | os.PathLike) -> int:
     return sum(p.stat().st_size for p in pathlib.Path(run_dir).rglob(EVENT_FILE_GLOB))
 
 
+def disk_bytes(
+    run_dir: str | os.PathLike, checkpoint_dir: str | os.PathLike
+) -> dict[str, int]:
+    """Bytes on disk under `run_dir`: {events, checkpoints, artifacts}.
+
+    The whole run directory, so a run's cost beside its model shows: event
+    files anywhere, everything under `checkpoint_dir`, and the rest (the
+    Projector's files, run.json, the model summary) as artifacts. Hidden
+    files (the space held back for the final record, staging copies) go
+    when the run ends and are left out.
+    """
+    run_dir, checkpoint_dir = pathlib.Path(run_dir), pathlib.Path(checkpoint_dir)
+    totals = {"events": 0, "checkpoints": 0, "artifacts": 0}
+    for path in run_dir.rglob("*"):
+        if path.name.startswith(".") or not path.is_file() or path.is_symlink():
+            continue
+        if path.match(EVENT_FILE_GLOB):
+            part = "events"
+        elif path.is_relative_to(checkpoint_dir):
+            part = "checkpoints"
+        else:
+            part = "artifacts"
+        totals[part] += path.stat().st_size
+    return totals
+
+
 def histogram_event_bytes(tag: str, buckets: int = 30) -> int:
     """Bytes one histogram event takes on disk (30 buckets: ~810 measured).
 

@@ -4,13 +4,27 @@ TensorBoard's HParams plugin shows a run (a "session") with its metric values
 only when an experiment config (`hparams_config`) sits at the experiment root
 and each run has its own directory under it. Its metric values are the *last*
 value of a scalar tag in `<run>/<group>`, so the loop also logs running bests
-(`best/accuracy`, `best/loss` and their steps) into the test writer.
+(`best/accuracy`, `best/loss`) into the test writer.
 
-The config is built from the training flags' declaration in `pipeline.config`
-(enums -> discrete domains, flags with both bounds -> intervals), not from the
-values seen so far:
-every run writes exactly the same config, so runs from different days, sweeps
-and branches of the experiment directory line up in one table.
+The config's domains come from the training flags' declaration in
+`pipeline.config` (enums -> discrete domains, flags with both bounds ->
+intervals). Which flags it lists and marks `differs` comes from the runs
+under the config's directory, at any depth (a logdir holding single runs and
+sweeps is one table): only flags that apply to some run's model
+(`pipeline.variants`), and `differs` only where their values really vary.
+TensorBoard sorts hparams by `differs`, then by name, and the dashboard checks
+only the first five, so this decides the visible columns. When TensorBoard
+serves a directory holding several configs (a logdir and a sweep inside it),
+the served root's wins (checked with both loaders), so each directory's
+config describes everything under it.
+
+A run's start only makes sure a config exists (no scan of sibling runs); its
+end refreshes the configs of its logdir and of every ancestor holding one;
+`pipeline-board` refreshes the one at the directory it serves.
+
+Each run's session carries its variant's defining flags and a group name
+shared by its repeats (`EXPERIMENT/VARIANT`, the run name without its
+`seed=N`): TensorBoard shows a session group as one row, its metrics averaged.
 
 Everything here writes raw `Event` protos with TensorBoard's own
 `EventFileWriter`, so the sweep driver can mark an interrupted run as failed
@@ -20,7 +34,6 @@ without importing TensorFlow.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -40,6 +53,7 @@ from tensorboard.plugins.text import summary_v2 as text_summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from pipeline import config as config_lib
+from pipeline import variants as variants_lib
 from pipeline.runs import rundir
 
 # The experiment config's file name; "tfevents" makes it an event file to TensorBoard.
@@ -49,9 +63,7 @@ METRICS = (
     hp.Metric("accuracy", group="test", display_name="test accuracy"),
     hp.Metric("loss", group="test", display_name="test loss"),
     hp.Metric("best/accuracy", group="test", display_name="best test accuracy"),
-    hp.Metric("best/accuracy_step", group="test", display_name="step of best accuracy"),
     hp.Metric("best/loss", group="test", display_name="best test loss"),
-    hp.Metric("best/loss_step", group="test", display_name="step of best loss"),
     hp.Metric("accuracy", group="train", display_name="train accuracy"),
     hp.Metric("loss", group="train", display_name="train loss"),
     hp.Metric("accuracy", group="validation", display_name="validation accuracy"),
@@ -99,25 +111,39 @@ def _domain(field: config_lib.Field) -> hp.Domain:
     return _Typed(str)
 
 
-def hparam_flags() -> list[hp.HParam]:
-    """One `hp.HParam` per training flag that defines a run, from its declaration."""
+def hparam_flags(models: Iterable[str] = config_lib.MODELS) -> list[hp.HParam]:
+    """One `hp.HParam` per flag defining a variant of `models`, from its declaration.
+
+    Not the seed: a variant's repeats are one session group (one row, its
+    metrics averaged), and a group shows only what its sessions share. Not a
+    flag none of `models` uses (an MLP-only logdir has no conv columns).
+    """
+    applicable = set().union(*(variants_lib.applicable_fields(m) for m in models))
     return [
         hp.HParam(field.name, _domain(field), description=field.description)
         for field in config_lib.FIELDS
         if field.option.hparam
+        and field.name not in variants_lib.REPEAT_FIELDS
+        and field.name in applicable
     ]
 
 
-def experiment_pb(differing: Iterable[str] = ()) -> api_pb2.Experiment:
+def experiment_pb(
+    differing: Iterable[str] = (), models: Iterable[str] = config_lib.MODELS
+) -> api_pb2.Experiment:
     """The experiment proto this pipeline writes (time left unset).
 
     Args:
       differing: Flags whose values differ between the experiment's runs. They
         are marked `differs`, which the dashboard lists first (it sorts by
         `differs`, then by name, and shows only the first few columns).
+      models: The model families of the experiment's runs: only flags that
+        apply to one of them are listed.
     """
     differing = set(differing)
-    summary = hp.hparams_config_pb(hparam_flags(), list(METRICS), time_created_secs=0)
+    summary = hp.hparams_config_pb(
+        hparam_flags(models), list(METRICS), time_created_secs=0
+    )
     experiment = metadata.parse_experiment_plugin_data(
         summary.value[0].metadata.plugin_data.content
     )
@@ -126,24 +152,27 @@ def experiment_pb(differing: Iterable[str] = ()) -> api_pb2.Experiment:
     return experiment
 
 
+def _run_configs(experiment_dir: str | os.PathLike) -> list[dict]:
+    """The configs of the runs under `experiment_dir`, at any depth (readable ones)."""
+    run_paths = rundir.find_run_paths(experiment_dir)
+    return [r.config for r in rundir.scan_records(run_paths, report=lambda _: None)]
+
+
 def differing_flags(experiment_dir: str | os.PathLike) -> set[str]:
-    """Hparam flags whose values differ between the runs (`*/run.json`) in a dir."""
-    names = {p.name for p in hparam_flags()}
-    values: dict[str, set[str]] = {name: set() for name in names}
-    run_paths = rundir.child_run_paths(experiment_dir)
-    for record in rundir.scan_records(run_paths, report=lambda _: None):
-        config = record.config
-        for name in names:
-            values[name].add(json.dumps(config.get(name), sort_keys=True))
-    return {name for name, seen in values.items() if len(seen) > 1}
+    """Flags telling the runs under a dir apart, at any depth (`pipeline.variants`)."""
+    return set(variants_lib.differing_fields(_run_configs(experiment_dir)))
 
 
 def session_hparams(config: config_lib.TrainConfig) -> dict[str, bool | float | str]:
-    """The run's hparam values: numbers, bools, strings (lists as `32,64`)."""
-    names = {p.name for p in hparam_flags()}
+    """The run's variant as hparam values: numbers, bools, strings (`32,64`).
+
+    Only the flags that define its variant (`pipeline.variants`): a logreg
+    row has no conv filters, and the seed is not among them.
+    """
+    defining = variants_lib.defining_config(config_lib.config_to_dict(config))
     values: dict[str, bool | float | str] = {}
-    for key, value in config_lib.config_to_dict(config).items():
-        if key not in names or value is None:
+    for key, value in defining.items():
+        if value is None:
             continue
         if isinstance(value, list):
             value = ",".join(str(v) for v in value)
@@ -202,14 +231,22 @@ def write_experiment_config(
       True if the file was (re)written.
     """
     experiment_dir = pathlib.Path(experiment_dir)
-    differing = set(differing) | differing_flags(experiment_dir)
+    configs = _run_configs(experiment_dir)
+    differing = set(differing) | set(variants_lib.differing_fields(configs))
+    models = {c.get("model") for c in configs} & set(config_lib.MODELS)
     existing = read_experiment(experiment_dir)
     if existing is not None:
         differing |= {info.name for info in existing.hparam_infos if info.differs}
         existing.ClearField("time_created_secs")
-    wanted = experiment_pb(differing)
+    wanted = experiment_pb(differing, models or config_lib.MODELS)
     if existing == wanted:
         return False
+    _replace_config(experiment_dir, wanted)
+    return True
+
+
+def _replace_config(experiment_dir: pathlib.Path, wanted: api_pb2.Experiment) -> None:
+    """Writes `wanted` as the directory's config file, atomically."""
     wanted.time_created_secs = time.time()
     experiment_dir.mkdir(parents=True, exist_ok=True)
     summary = _summary(
@@ -224,20 +261,54 @@ def write_experiment_config(
         for leftover in staging.iterdir():
             leftover.unlink()
         staging.rmdir()
-    return True
+
+
+def ensure_experiment_config(experiment_dir: str | os.PathLike) -> None:
+    """Writes a config at `experiment_dir` if it has none, without reading any run.
+
+    A run's start calls this, so its session shows at once; the run's end
+    (`end_run`) fills in what varies.
+    """
+    experiment_dir = pathlib.Path(experiment_dir)
+    if not (experiment_dir / CONFIG_FILENAME).is_file():
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        wanted = experiment_pb()
+        wanted.time_created_secs = time.time()
+        _replace_config(experiment_dir, wanted)
+
+
+def refresh_experiment_configs(run_dir: str | os.PathLike) -> None:
+    """Refreshes the config of the run's logdir and of every ancestor holding one.
+
+    A sweep's run lives in `LOGDIR/SWEEP/RUN`: the sweep's config and, when
+    the logdir above it has one (the README's layout), the logdir's.
+    """
+    directory = pathlib.Path(run_dir).resolve().parent
+    write_experiment_config(directory)
+    for ancestor in directory.parents:
+        if (ancestor / CONFIG_FILENAME).is_file():
+            write_experiment_config(ancestor)
+
+
+def group_name(run_dir: str | os.PathLike) -> str:
+    """The run's session group: `EXPERIMENT/VARIANT`, shared by its repeats.
+
+    EXPERIMENT is the directory holding the run (the logdir, or a sweep in
+    it), VARIANT the run name without its `seed=N` part: a sweep's repeats
+    `lr=0.1,seed=0` and `lr=0.1,seed=1` are one group, shown as one row
+    (TensorBoard averages a group's metrics). The dashboard shows it as the
+    "Trial ID"; distinct for equal run names in two sweeps shown together.
+    """
+    run_dir = pathlib.Path(run_dir).resolve()
+    return f"{run_dir.parent.name}/{variants_lib.variant_label(run_dir.name)}"
 
 
 def write_session_start(
     run_dir: str | os.PathLike, config: config_lib.TrainConfig
 ) -> None:
-    """Records the run's hparams in the run's own directory (its session).
-
-    The trial id (the dashboard's "Trial ID" column) is `EXPERIMENT/RUN`:
-    readable, and distinct for runs of the same name in two sweeps shown side
-    by side (the default is a hash of the values, opaque to a reader).
-    """
+    """Records the run's variant (`session_hparams`) in its own directory."""
     run_dir = pathlib.Path(run_dir)
-    trial_id = f"{pathlib.Path(config.logdir).resolve().name}/{run_dir.name}"
+    trial_id = group_name(run_dir)
     summary = hp.hparams_pb(
         session_hparams(config), trial_id=trial_id, start_time_secs=time.time()
     )
@@ -278,14 +349,27 @@ def write_session_end(
 
 
 def start_run(run_dir: str | os.PathLike, config: config_lib.TrainConfig) -> None:
-    """Makes the run visible in the HParams dashboard before its first step."""
-    write_experiment_config(config.logdir)
+    """Makes the run visible in the HParams dashboard before its first step.
+
+    Reads no other run: start-up does not grow with the logdir.
+    """
+    ensure_experiment_config(config.logdir)
     write_session_start(run_dir, config)
+
+
+def end_run(run_dir: str | os.PathLike, status: str, reason: str | None) -> None:
+    """Ends the run's session and refreshes the configs that cover it."""
+    write_session_end(run_dir, status, reason)
+    refresh_experiment_configs(run_dir)
 
 
 @dataclasses.dataclass
 class BestMetrics:
-    """Running best test accuracy (max) and loss (min), with their steps."""
+    """Running best test accuracy (max) and loss (min), with their steps.
+
+    Only the values are logged as scalars: a step number drawn as a curve
+    reads as a measurement (`pipeline-compare` shows the step of the best).
+    """
 
     accuracy: float = -math.inf
     accuracy_step: int = 0
@@ -299,10 +383,8 @@ class BestMetrics:
             if values["accuracy"] > self.accuracy:
                 self.accuracy, self.accuracy_step = values["accuracy"], step
             out["best/accuracy"] = self.accuracy
-            out["best/accuracy_step"] = float(self.accuracy_step)
         if "loss" in values:
             if values["loss"] < self.loss:
                 self.loss, self.loss_step = values["loss"], step
             out["best/loss"] = self.loss
-            out["best/loss_step"] = float(self.loss_step)
         return out

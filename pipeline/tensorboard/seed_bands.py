@@ -4,7 +4,7 @@ A sweep with repeats trains every variant (the same flags) with several
 seeds. TensorBoard draws one curve per run, so a variant's spread is left to
 the eye. `update(experiment_dir)` reads every completed run of the sweep
 (`run.json` says `completed`) with TensorBoard's loader, groups them into
-variants (equal flags but the seed, as `pipeline-compare` does) and writes,
+variants (`pipeline.variants`, as `pipeline-compare` does) and writes,
 for each variant, a run `seed_bands/<variant>/` with the tags
 
   test/accuracy/mean, test/accuracy/mean_minus_std, test/accuracy/mean_plus_std,
@@ -31,7 +31,6 @@ import fcntl
 import json
 import math
 import pathlib
-import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -44,15 +43,13 @@ from tensorboard.plugins.scalar import metadata as scalar_metadata
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
-from pipeline.config import NOT_HPARAMS
+from pipeline import variants as variants_lib
 
 BANDS_DIR = "seed_bands"
 SPLIT = "test"
 METRICS = ("accuracy", "loss")
 STATS = ("mean", "mean_minus_std", "mean_plus_std", "min", "max", "seeds")
 RECORD_NAME = "run.json"
-_SEED_PART = re.compile(r"(^|,)seed=[^,]*")
-_UNSAFE = re.compile(r"[^A-Za-z0-9._+=,-]")
 
 
 def tag(metric: str, stat: str) -> str:
@@ -111,16 +108,8 @@ def _completed_runs(experiment: pathlib.Path) -> list[tuple[pathlib.Path, dict]]
 
 
 def _variant_key(record: dict) -> str:
-    config = record.get("config", {})
-    defining = {k: v for k, v in config.items() if k not in NOT_HPARAMS and k != "seed"}
     dataset = record.get("dataset", {}).get("fingerprint", "")
-    return json.dumps([defining, dataset], sort_keys=True)
-
-
-def variant_label(run_name: str) -> str:
-    """The run's name without its `seed=N` part (`lr=0.1,seed=2` -> `lr=0.1`)."""
-    label = _SEED_PART.sub("", run_name).strip(",")
-    return _UNSAFE.sub("+", label) or "all"
+    return variants_lib.variant_key(record.get("config", {}), dataset)
 
 
 def variants(experiment: pathlib.Path) -> dict[str, list[pathlib.Path]]:
@@ -130,10 +119,10 @@ def variants(experiment: pathlib.Path) -> dict[str, list[pathlib.Path]]:
         groups.setdefault(_variant_key(record), []).append(run)
     labelled = {}
     for runs in groups.values():
-        label = variant_label(runs[0].name)
+        label = variants_lib.variant_label(runs[0].name)
         n = 2
         while label in labelled:  # names that do not tell variants apart
-            label = f"{variant_label(runs[0].name)}-{n}"
+            label = f"{variants_lib.variant_label(runs[0].name)}-{n}"
             n += 1
         labelled[label] = runs
     return labelled

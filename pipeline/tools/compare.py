@@ -2,8 +2,9 @@
 
 Runs are read with TensorBoard's own loader (`plugin_event_accumulator` with
 `size_guidance={TENSORS: 0}`, so no point is sampled away) plus their
-`run.json`. A *variant* is a set of runs whose defining flags are equal except
-the seed: its repeats. Rows show only the flags that differ between variants.
+`run.json`. A *variant* (`pipeline.variants`) is a set of runs whose defining
+flags are equal except the seed: its repeats. Rows show only the flags that
+differ between variants and apply to a row's model.
 Runs trained or evaluated on different data (their `run.json` dataset
 fingerprint or split sizes differ) are never ranked together: each data set
 gets its own table, marked not comparable, unless the user allows it.
@@ -27,7 +28,7 @@ from typing import Any
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 from tensorboard.util import tensor_util
 
-from pipeline import config as config_lib
+from pipeline import variants as variants_lib
 from pipeline.errors import ConfigError
 from pipeline.runs import rundir
 
@@ -187,30 +188,19 @@ def summarize(record: rundir.RunRecord) -> RunSummary:
     )
 
 
-def _defining(config: dict[str, Any]) -> dict[str, Any]:
-    return {
-        k: v
-        for k, v in config.items()
-        if k not in config_lib.NOT_HPARAMS and k != "seed"
-    }
-
-
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
 def group_variants(runs: Sequence[RunSummary]) -> tuple[list[Variant], list[str]]:
-    """Groups runs into variants; returns them and the flags that tell them apart."""
-    configs = [_defining(r.config) for r in runs]
-    keys = sorted(set().union(*configs)) if configs else []
-    differing = [
-        k for k in keys if len({repr(_hashable(c.get(k))) for c in configs}) > 1
-    ]
-    groups: dict[tuple, Variant] = {}
-    for run, config in zip(runs, configs, strict=True):
-        key = (run.data, *(repr(_hashable(config.get(k))) for k in differing))
+    """Groups runs into variants; returns them and the flags that tell them apart.
+
+    Both come from `pipeline.variants`: a flag that does not apply to a
+    run's model is neither part of its variant nor shown for it (`-`).
+    """
+    differing = variants_lib.differing_fields(r.config for r in runs)
+    groups: dict[tuple[str, str], Variant] = {}
+    for run in runs:
+        key = (run.data, variants_lib.variant_key(run.config))
         if key not in groups:
-            groups[key] = Variant({k: config.get(k) for k in differing}, [])
+            defining = variants_lib.defining_config(run.config)
+            groups[key] = Variant({k: defining.get(k) for k in differing}, [])
         groups[key].runs.append(run)
     return list(groups.values()), differing
 

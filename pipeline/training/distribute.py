@@ -154,10 +154,6 @@ def worker_label(strategy) -> str:
     return f"{resolver.task_type}-{resolver.task_id}"
 
 
-def iterator_is_checkpointable(strategy) -> bool:
-    """A distributed dataset iterator cannot go into a tf.train.Checkpoint.
-
-    For those strategies the data position is restored by skipping the seeded
-    pipeline to the restored step instead.
-    """
+def is_single_device(strategy) -> bool:
+    """One replica in one process: the input pipeline needs no distributing."""
     return strategy.num_replicas_in_sync == 1 and not is_multi_worker(strategy)

@@ -72,6 +72,8 @@ class TrainResult:
     # How often each compiled function traced: 1 each means no retracing.
     trace_counts: dict[str, int] = dataclasses.field(default_factory=dict)
     event_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
+    # The whole run directory at the end: events, checkpoints, artifacts.
+    disk_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def train_and_evaluate(
@@ -189,6 +191,8 @@ def finish(state: TrainState) -> RunOutcome:
     wall = time.perf_counter() - state.started_at
     state.logger.close()
     plugin_bytes = budget.bytes_per_plugin(state.run_dir.path)
+    disk_bytes = budget.disk_bytes(state.run_dir.path, state.run_dir.checkpoint_dir)
+    state.print_fn("on disk: " + budget.describe(disk_bytes))
     state.print_fn("event files: " + budget.describe(plugin_bytes))
     result = TrainResult(
         step=state.step,
@@ -200,6 +204,7 @@ def finish(state: TrainState) -> RunOutcome:
         weights_digest=weights_digest(state.model),
         trace_counts=trace_counts(state),
         event_bytes=plugin_bytes,
+        disk_bytes=disk_bytes,
     )
     return RunOutcome(result, record)
 
@@ -264,7 +269,7 @@ class RunRecord:
         )
         if self.is_chief:
             reason = extra.get("stop_reason") if status != "completed" else None
-            hparams_lib.write_session_end(self.run_dir.path, status, reason)
+            hparams_lib.end_run(self.run_dir.path, status, reason)
         return result
 
     def __exit__(self, exc_type, err, traceback) -> None:
@@ -313,7 +318,7 @@ def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> 
 def _end_session_failed(run_dir: RunDir, reason: str, status: str = "failed") -> None:
     """Marks the HParams session failed (or diverged), unless the disk refuses."""
     try:
-        hparams_lib.write_session_end(run_dir.path, status, reason)
+        hparams_lib.end_run(run_dir.path, status, reason)
     except Exception as err:
         if write_failure(err) is None:
             raise

@@ -234,7 +234,11 @@ class TrainState:
         """Restores `point`'s checkpoint into the run (the one place a run's
         checkpoint is restored); a fresh start restores nothing."""
         if point.checkpoint is not None:
-            self.checkpoint.restore(point.checkpoint).assert_existing_objects_matched()
+            status = self.checkpoint.restore(point.checkpoint)
+            # Every object of the run must come back; a checkpoint from before
+            # the input position was recomputed also holds the data iterator's
+            # state, which is left unread (expect_partial: no exit warning).
+            status.assert_existing_objects_matched().expect_partial()
 
     def raise_preempted(self) -> None:
         """The preemption handler's exit: every worker has saved this step."""
@@ -278,20 +282,24 @@ def _model_and_optimizer(config: TrainConfig, strategy) -> tuple:
 
 
 def _train_iterator(config, dataset, strategy, restored_step: int):
+    """The training batches from `restored_step` on.
+
+    The input position is not in the checkpoint: the order is recomputed from
+    the seed and the pipeline starts at the restored step (`make_dataset`),
+    for one device and for a distributed dataset (whose iterator could not be
+    checkpointed anyway) alike.
+    """
     train_ds = data_lib.make_dataset(
         dataset.train,
         batch_size=config.batch_size,
         shuffle_buffer=config.shuffle_buffer,
         seed=config.seed,
         input_scale=config.input_scale,
+        start_step=restored_step,
     )
-    if distribute.iterator_is_checkpointable(strategy):
-        return iter(train_ds), True
-    # A distributed iterator cannot be checkpointed: skip the seeded pipeline
-    # to the restored step instead (measured bit-identical to restoring it).
-    return iter(
-        strategy.experimental_distribute_dataset(train_ds.skip(restored_step))
-    ), False
+    if distribute.is_single_device(strategy):
+        return iter(train_ds)
+    return iter(strategy.experimental_distribute_dataset(train_ds))
 
 
 def _eval_split_names(dataset: data_lib.Dataset) -> list[str]:
@@ -357,9 +365,7 @@ def build_train_state(
         run_dir.update_record(precision=precision.as_record())
     summary = models.summary_text(model) + "\n" + precision.describe()
     print_fn(summary)
-    iterator, iterator_in_checkpoint = _train_iterator(
-        config, dataset, strategy, restored_step
-    )
+    iterator = _train_iterator(config, dataset, strategy, restored_step)
     eval_arrays = _eval_arrays(dataset)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
     early_stopping = stopping.EarlyStopping(
@@ -371,7 +377,6 @@ def build_train_state(
         step=step_var,
         rng=recovery.rng_state_variables(model),
         early_stopping=early_stopping,
-        **({"iterator": iterator} if iterator_in_checkpoint else {}),
     )
     manager, best_manager = _checkpoint_managers(
         config, run_dir, checkpoint, step_var, early_stopping.enabled
