@@ -158,8 +158,7 @@ def _alive(pid: int) -> bool:
 
 def test_a_killed_sweep_takes_its_training_process_with_it(tmp_path):
     """`kill -9` of pipeline-sweep alone: its pipeline-train gets SIGTERM
-    (the parent-death signal) and ends, recording `interrupted` once its
-    handler is in place, instead of training on unseen."""
+    (the parent-death signal) and ends instead of training on unseen."""
     args = [*SEARCH, "--sweep_name=orphan", "--trials=1", "--steps=1000000"]
     sweep = start_worker(tmp_path, *args, "--eval_every=0", start_new_session=True)
     run = tmp_path / "orphan" / "trial=0000,seed=0"
@@ -176,7 +175,10 @@ def test_a_killed_sweep_takes_its_training_process_with_it(tmp_path):
         while _alive(child):
             assert time.monotonic() < deadline, "the training process lives on"
             time.sleep(0.2)
-        assert record(run)["status"] == "interrupted"
+        # `interrupted` once its SIGTERM handler is in place; a signal that
+        # comes earlier ends it at once, leaving `running` with a dead pid,
+        # which the next sweep finds dead.
+        assert record(run)["status"] in ("interrupted", "running")
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(sweep.pid, signal.SIGKILL)
