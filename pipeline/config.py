@@ -6,7 +6,7 @@ whether it is a hyperparameter (a column of TensorBoard's HParams table) and
 whether `--resume` may change it. Everything else is generated from that
 declaration: the absl flags and their validators (`define_flags`), the
 parsed-flags -> config copy (`config_from_flags`), the HParams domains
-(`tensorboard/hparams.py`), a sweep's checks (`tools/sweep.py`) and the
+(`tensorboard/hparams.py`), a sweep's checks (`sweep/space.py`) and the
 resume rules (`training/recovery.py`), via `FIELDS`, `NOT_HPARAMS` and
 `RESUME_MUTABLE_FLAGS`. Adding a field is one `option(...)` line here.
 

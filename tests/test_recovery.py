@@ -298,7 +298,7 @@ def test_divergence_stops_with_one_line_and_keeps_finite_checkpoints(tmp_path):
     assert match, lines[0]
     assert int(match.group(3)) < int(match.group(1))
     run = tmp_path / "diverged"
-    assert record(run)["status"] == "failed"
+    assert record(run)["status"] == "diverged"
     assert checkpoints.latest_step(run / "checkpoints") == int(match.group(3))
     for step in range(2, int(match.group(3)) + 1, 2):
         path = str(run / "checkpoints" / f"ckpt-{step}")

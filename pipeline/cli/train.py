@@ -25,8 +25,8 @@ from pipeline import cli, variants
 from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline.runs import rundir
+from pipeline.sweep import link as trial_link
 from pipeline.training import distribute, recovery
-from pipeline.training import trial as trial_lib
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -139,10 +139,10 @@ def _new_run_dir(
 def _study_actions(launch: config_lib.Launch, chief: bool) -> list:
     """The loop actions a sweep worker asks for when it started this run for
     one of its study's trials (reporting to the pruner), else none."""
-    link = trial_lib.TrialLink.from_env()
-    if link is None or not chief or launch.mode != "new":
+    link = trial_link.TrialLink.from_env()
+    if link is None or not chief or launch.mode == "replay":
         return []
-    from pipeline.training import pruning  # TensorFlow import
+    from pipeline.sweep import pruning  # TensorFlow import
 
     return [pruning.ReportToStudy(link)]
 

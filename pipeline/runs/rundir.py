@@ -68,17 +68,22 @@ RESERVE_BYTES = 64 * 1024
 NAME_HEADROOM = 24
 
 # `pruned`: a sweep's pruner stopped the run early (a clean end, not a failure).
-STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
+# `diverged`: its loss or weights became NaN/Inf (the model's outcome, which a
+# sweep counts as a result; the pipeline did not fail).
+STATUSES = ("running", "completed", "failed", "interrupted", "pruned", "diverged")
 # Which status may follow which (None: no record yet). A finished run becomes
 # `running` again only through `RunDir.resume`; a sweep marks a run it moves
 # aside `failed`.
 TRANSITIONS: dict[str | None, frozenset[str]] = {
     None: frozenset({"running"}),
-    "running": frozenset({"running", "completed", "failed", "interrupted", "pruned"}),
+    "running": frozenset(
+        {"running", "completed", "failed", "interrupted", "pruned", "diverged"}
+    ),
     "completed": frozenset({"running", "failed"}),
     "failed": frozenset({"running", "failed"}),
     "interrupted": frozenset({"running", "failed"}),
     "pruned": frozenset({"running", "failed"}),
+    "diverged": frozenset({"running", "failed"}),
 }
 
 

@@ -290,10 +290,13 @@ class RunRecord:
             step = state.last_saved if state else self.restore_point.step
             _record_end(self.run_dir, "interrupted", step, err)
         elif err is not None:
+            # A NaN/Inf loss or weights is the model's own outcome (a search
+            # looks for where that happens), not a fault of the pipeline.
+            status = "diverged" if isinstance(err, NonFiniteLossError) else "failed"
             step = state.step if state else self.restore_point.step
-            reason = _record_end(self.run_dir, "failed", step, err)
+            reason = _record_end(self.run_dir, status, step, err)
             if self.is_chief:
-                _end_session_failed(self.run_dir, reason)
+                _end_session_failed(self.run_dir, reason, status)
         if state is not None:
             state.logger.close()
 
@@ -332,10 +335,10 @@ def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> 
     return reason
 
 
-def _end_session_failed(run_dir: RunDir, reason: str) -> None:
-    """Marks the HParams session failed, unless the disk refuses that too."""
+def _end_session_failed(run_dir: RunDir, reason: str, status: str = "failed") -> None:
+    """Marks the HParams session failed (or diverged), unless the disk refuses."""
     try:
-        hparams_lib.end_run(run_dir.path, "failed", reason)
+        hparams_lib.end_run(run_dir.path, status, reason)
     except Exception as err:
         if write_failure(err) is None:
             raise
