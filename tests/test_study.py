@@ -66,6 +66,22 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
     assert "started" not in again.stdout
     assert len(load(f"sqlite:///{experiment / 'study.db'}", "shared").trials) == 4
 
+    # The best trial's run deleted: compare names the best run still there,
+    # and says why the study's best is not counted.
+    import shutil
+
+    best_run = best.user_attrs["runs"][0]
+    shutil.rmtree(experiment / best_run)
+    runner_up = max(v for k, v in accuracies.items() if k != best_run)
+    compared = run_cli("pipeline-compare", str(experiment))
+    assert compared.returncode == 0, compared.stderr
+    assert f"best trial {best.number}:" not in compared.stdout
+    assert f"test/accuracy={runner_up:.4f}" in compared.stdout
+    assert (
+        f"not counted as best, their runs are gone from {experiment}: "
+        f"trial {best.number} ({best_run})"
+    ) in compared.stdout
+
 
 def test_a_continued_study_draws_what_one_command_would_have(tmp_path):
     """Each trial is drawn with a seed of its own (the sweep's seed and the

@@ -79,15 +79,47 @@ def describe(url: str, name: str, experiment: pathlib.Path | None = None) -> str
     if experiment is not None:
         lines.append(f"steps trained: {steps_trained(trials, experiment):,}")
     completed = [t for t in trials if t.state == TrialState.COMPLETE]
-    if completed:
-        best = study.best_trial
-        runs = " ".join(best.user_attrs.get("runs", []))
-        lines.append(
-            f"best trial {best.number}: {metric}={best.value:.4f} "
-            f"({space.params_text(best.params)})" + (f"  {runs}" if runs else "")
-        )
+    lines += _best(study, completed, metric, experiment)
     lines.append(_importances(study, completed))
     return "\n".join(line for line in lines if line)
+
+
+def missing_runs(trial: optuna.trial.FrozenTrial, experiment: pathlib.Path) -> list:
+    """The trial's runs whose directories are gone from `experiment`."""
+    names = trial.user_attrs.get("runs", [])
+    return [n for n in names if not (experiment / n / "run.json").is_file()]
+
+
+def _best(
+    study: optuna.Study,
+    completed: Sequence,
+    metric: str,
+    experiment: pathlib.Path | None,
+) -> list[str]:
+    """The best completed trial whose runs are all still in `experiment`,
+    and one line naming the better trials whose runs were deleted or moved
+    (the study still holds their values; the logdir no longer has them)."""
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    gone_lines = []
+    for trial in sorted(completed, key=lambda t: t.value, reverse=reverse):
+        gone = missing_runs(trial, experiment) if experiment is not None else []
+        if gone:
+            gone_lines.append(f"trial {trial.number} ({', '.join(gone)})")
+            continue
+        runs = " ".join(trial.user_attrs.get("runs", []))
+        best = (
+            f"best trial {trial.number}: {metric}={trial.value:.4f} "
+            f"({space.params_text(trial.params)})" + (f"  {runs}" if runs else "")
+        )
+        break
+    else:
+        best = ""
+    if gone_lines:
+        gone_lines = [
+            "not counted as best, their runs are gone from "
+            f"{experiment}: {'; '.join(gone_lines)}"
+        ]
+    return [best, *gone_lines]
 
 
 def _importances(study: optuna.Study, completed: Sequence) -> str:
