@@ -6,7 +6,7 @@ whether it is a hyperparameter (a column of TensorBoard's HParams table) and
 whether `--resume` may change it. Everything else is generated from that
 declaration: the absl flags and their validators (`define_flags`), the
 parsed-flags -> config copy (`config_from_flags`), the HParams domains
-(`tensorboard/hparams.py`), a sweep's checks (`tools/sweep.py`) and the
+(`tensorboard/hparams.py`), a sweep's checks (`sweep/space.py`) and the
 resume rules (`training/recovery.py`), via `FIELDS`, `NOT_HPARAMS` and
 `RESUME_MUTABLE_FLAGS`. Adding a field is one `option(...)` line here.
 
@@ -19,6 +19,7 @@ code receives the config, never `FLAGS`. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from collections.abc import Callable, Sequence
@@ -59,6 +60,8 @@ PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 # (benchmarks/throughput.py's compare_xla option, removed in 52321a5): none.
 # XLA ran the CNN 8x slower, and logreg and the MLP 0.7-0.8x as fast.
 JIT_AUTO_MODELS: tuple[str, ...] = ()
+# NumPy's RandomState (used to shuffle and split) takes seeds below 2**32.
+SEED_MAX = 2**32 - 1
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
 # A tag is one word: it is shown comma-joined in tables and the HParams column.
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]*$")
@@ -376,7 +379,11 @@ class TrainConfig:
         group="run management",
     )
     seed: int = option(
-        0, "Seed for shuffling, initialisers, dropout.", group="training"
+        0,
+        "Seed for shuffling, initialisers, dropout (0 to 2**32-1: NumPy's seed range).",
+        lower=0,
+        upper=SEED_MAX,
+        group="training",
     )
     deterministic: bool = option(
         True,
@@ -706,6 +713,14 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         names = [field.name for field in FIELDS if field.option.group == group]
         help_group(flag_values, group, names)
     for field in FIELDS:
+        if field.kind == "float":
+            # absl parses `inf` and `nan`; neither trains anything.
+            flags.register_validator(
+                field.name,
+                lambda v: v is None or math.isfinite(v),
+                message=f"--{field.name} must be a finite number",
+                flag_values=flag_values,
+            )
         if field.option.check is not None:
             flags.register_validator(
                 field.name,
@@ -728,12 +743,28 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     _define_launch_flags(flag_values)
 
 
+def _check_bounds(config: TrainConfig) -> None:
+    """The declared bounds, for configs built in code (flags check their own)."""
+    for field in FIELDS:
+        value = getattr(config, field.name)
+        if field.kind not in ("integer", "float") or value is None:
+            continue
+        lower, upper = field.option.lower, field.option.upper
+        too_low = lower is not None and value < lower
+        if too_low or (upper is not None and value > upper) or not math.isfinite(value):
+            raise ConfigError(
+                f"--{field.name}={value} is out of range"
+                + (f" [{lower}, {upper}]" if None not in (lower, upper) else "")
+            )
+
+
 def validate(config: TrainConfig) -> TrainConfig:
     """Checks rules that span several values; raises ConfigError naming the flags.
 
     Flag validators already cover single flags; this catches what only the
     whole config can tell (and configs built in code rather than from flags).
     """
+    _check_bounds(config)
     if config.model == "cnn":
         size = 28
         paddings = config.conv_padding
@@ -938,7 +969,8 @@ def config_to_dict(config: TrainConfig) -> dict:
 
 
 def _define_launch_flags(flag_values: flags.FlagValues) -> None:
-    """--resume, --run, --replay, --rerun, --replay_rtol: what to do with the config."""
+    """--resume, --run, --replay, --rerun, --replay_rtol, --peer_timeout: what
+    to do with the config (and how long a multi-worker start waits)."""
     fv = {"flag_values": flag_values}
     may_change = [f"--{f.name}" for f in FIELDS if f.option.resume == MAY_CHANGE]
     flags.DEFINE_boolean(
@@ -973,6 +1005,16 @@ def _define_launch_flags(flag_values: flags.FlagValues) -> None:
         "installed packages differ from what that run recorded.",
         **fv,
     )
+    flags.DEFINE_integer(
+        "peer_timeout",
+        600,
+        "--strategy=multi_worker: seconds to wait for every worker of TF_CONFIG "
+        "to join before giving up (naming the ones missing); Ctrl-C or SIGTERM "
+        "stops the wait at once.",
+        lower_bound=1,
+        upper_bound=7 * 24 * 3600,
+        **fv,
+    )
     flags.DEFINE_float(
         "replay_rtol",
         0.0,
@@ -982,7 +1024,9 @@ def _define_launch_flags(flag_values: flags.FlagValues) -> None:
         **fv,
     )
     help_group(
-        flag_values, LAUNCH_GROUP, ["resume", "run", "replay", "replay_rtol", "rerun"]
+        flag_values,
+        LAUNCH_GROUP,
+        ["resume", "run", "replay", "replay_rtol", "rerun", "peer_timeout"],
     )
 
 
@@ -1000,6 +1044,7 @@ class Launch:
     explicit: frozenset[str]
     run_path: str | None = None
     replay_rtol: float = 0.0
+    peer_timeout: int = 600
 
 
 def launch_from_flags(
@@ -1034,13 +1079,14 @@ def launch_from_flags(
         if f.run is not None and f.run_name is not None:
             raise ConfigError("--resume takes --run=DIR or --run_name=NAME, not both")
     config = config_from_flags(f, argv)
+    timeout = {"peer_timeout": f.peer_timeout}
     if f.resume:
-        return Launch("resume", config, explicit, f.run, f.replay_rtol)
+        return Launch("resume", config, explicit, f.run, f.replay_rtol, **timeout)
     if f.replay is not None:
-        return Launch("replay", config, explicit, f.replay, f.replay_rtol)
+        return Launch("replay", config, explicit, f.replay, f.replay_rtol, **timeout)
     if f.rerun is not None:
-        return Launch("rerun", config, explicit, f.rerun)
-    return Launch("new", config, explicit)
+        return Launch("rerun", config, explicit, f.rerun, **timeout)
+    return Launch("new", config, explicit, **timeout)
 
 
 def config_from_dict(values: dict) -> TrainConfig:

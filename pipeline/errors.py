@@ -72,9 +72,36 @@ class TrainingInterruptedError(TrainingError):
         self.exit_code = 128 + signum
 
 
+class PeerLostError(TrainingInterruptedError):
+    """Another worker of a multi-worker job is gone: this one stops, the run
+    is recorded `interrupted` at its last checkpoint; exits 1."""
+
+    def __init__(self, message: str):
+        super().__init__(message, signum=0)
+        self.exit_code = 1
+
+
 class WorkerPreemptedError(TrainingInterruptedError):
     """A worker of a multi-worker job got SIGTERM: all saved; exits 42."""
 
     def __init__(self, message: str):
         super().__init__(message, signum=0)
         self.exit_code = PREEMPTED_EXIT_CODE
+
+
+# The longest message kept in a one-line record (run.json's `error`, a
+# study's attribute); the whole text goes to a log file where one exists.
+ONE_LINE_LIMIT = 400
+
+
+def one_line(text: str, limit: int = ONE_LINE_LIMIT) -> str:
+    """`text` as one line of at most `limit` characters.
+
+    TensorFlow's errors carry a multi-line op trace after their first line,
+    and a traceback is many lines: a record keeps the first non-empty line
+    (the error itself; a chained message's first line names it), cut at
+    `limit` with an ellipsis. Shared by every writer of a one-line error.
+    """
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    first = " ".join(first.split())
+    return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."

@@ -8,7 +8,7 @@ import subprocess
 import optuna
 from conftest import cli_env, record, sweep_command
 
-from pipeline.tools import study as study_lib
+from pipeline.sweep import study as study_lib
 
 # A small search over the tiny logreg run's learning rate.
 SEARCH = ["--search=learning_rate=log:0.01:0.5", "--sampler=random"]
@@ -43,21 +43,23 @@ def check_study_and_runs_agree(
     With `local_only`, only the trials whose runs are in `experiment` (a
     worker on another machine trained the rest).
     """
-    statuses = {
-        "COMPLETE": "completed",
-        "PRUNED": "pruned",
-        "FAIL": "failed",
-    }
-    named = []
     trials = study.trials
     if local_only:
         trials = [t for t in trials if (experiment / t.user_attrs["runs"][0]).exists()]
         assert trials, f"no trial was trained in {experiment}"
+    # A run an interrupted trial left is continued by that trial's retry,
+    # which names it too: the last trial naming a run is the one it reports to.
+    owner = {}
     for trial in trials:
-        for name in trial.user_attrs["runs"]:
-            named.append(name)
-            run = record(experiment / name)
-            assert run["status"] == statuses[trial.state.name], (trial.number, run)
-            assert run["trial"]["number"] == trial.number
-            assert run["trial"]["study"] == study.study_name
-    assert sorted(named) == [p.name for p in run_dirs(experiment)]
+        for repeat, name in enumerate(trial.user_attrs["runs"]):
+            if repeat and not (experiment / name).exists():
+                continue  # a seed after one pruned, diverged or failed: untrained
+            owner[name] = trial
+    for name, trial in owner.items():
+        run = record(experiment / name)
+        # `diverged` is a FAIL trial whose outcome says so (Optuna's rule for
+        # a NaN objective); completed, pruned and failed match states.
+        assert run["status"] == study_lib.outcome(trial), (trial.number, run)
+        assert run["trial"]["number"] == trial.number
+        assert run["trial"]["study"] == study.study_name
+    assert sorted(owner) == [p.name for p in run_dirs(experiment)]

@@ -82,6 +82,11 @@ def inputs(tmp_path_factory):
     )
     (root / "a_file").write_text("a regular file, not a directory\n")
     (root / "unknown.cfg").write_text("--model=mlp\n--no_such_flag=3\n")
+    (root / "latin1.cfg").write_bytes(b"--model=mlp\n# caf\xe9 au lait\n")
+    (root / "outer.cfg").write_text(f"--flagfile={root / 'latin1.cfg'}\n")
+    # A completed run whose checkpoints/ folder was deleted.
+    shutil.copytree(logdir / EXISTING, logdir / "no_checkpoints")
+    shutil.rmtree(logdir / "no_checkpoints" / "checkpoints")
     return {"root": root, "logdir": logdir}
 
 
@@ -93,6 +98,14 @@ CASES = [
     ("learning_rate_zero", ["--learning_rate=0"], "--learning_rate"),
     ("learning_rate_negative", ["--learning_rate=-1"], "--learning_rate"),
     ("steps_zero", ["--steps=0"], "--steps=0"),
+    ("seed_negative", ["--seed=-1"], "--seed=-1: -1 is not an integer in the range"),
+    ("seed_2_32", ["--seed=4294967296"], "--seed=4294967296"),
+    (
+        "learning_rate_inf",
+        ["--learning_rate=inf"],
+        "--learning_rate must be a finite number",
+    ),
+    ("bias_init_nan", ["--bias_init=nan"], "--bias_init must be a finite number"),
     ("dropout_one", ["--dropout=1.0"], "--dropout"),
     ("dropout_negative", ["--dropout=-0.1"], "--dropout"),
     ("shuffle_buffer_zero", ["--shuffle_buffer=0"], "--shuffle_buffer=0"),
@@ -179,6 +192,22 @@ CASES = [
         "'{root}/missing.cfg'",
     ),
     ("flagfile_unknown_flag", ["--flagfile={root}/unknown.cfg"], "no_such_flag"),
+    (
+        "flagfile_not_utf8",
+        ["--flagfile={root}/latin1.cfg"],
+        "{root}/latin1.cfg: not a UTF-8 text file",
+    ),
+    (
+        "nested_flagfile_not_utf8",
+        ["--flagfile={root}/outer.cfg"],
+        "{root}/latin1.cfg: not a UTF-8 text file",
+    ),
+    (
+        "resume_completed_run_without_checkpoints",
+        ["--resume", "--run_name=no_checkpoints", "--steps=20"],
+        "no_checkpoints: run.json says completed at step 10, but "
+        "{logdir}/no_checkpoints/checkpoints holds no checkpoint",
+    ),
     (
         "resume_missing_run",
         ["--resume", "--run={logdir}/nope"],
@@ -270,3 +299,26 @@ def test_full_logdir_gives_one_line(full_logdir):
         result, f"--logdir={full_logdir}: cannot write (No space left on device)"
     )
     assert sorted(os.listdir(full_logdir)) == ["filler"]
+
+
+def test_address_space_too_small_for_tensorflow_is_one_line(inputs):
+    """`ulimit -v` below what TensorFlow needs: one line before it loads
+    (under 1.2 GB TensorFlow aborted in C++ after creating the run)."""
+    import resource
+
+    limit = 1_200_000 * 1024
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    logdir = inputs["logdir"]
+    before = tree_digest(logdir)
+    result = run_cli(
+        "pipeline-train",
+        f"--logdir={logdir}",
+        "--run_name=small_memory",
+        timeout=120,
+        preexec_fn=limit_memory,
+    )
+    _check_rejected(result, "the address-space limit (ulimit -v) is 1,171 MiB")
+    assert tree_digest(logdir) == before

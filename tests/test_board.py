@@ -2,11 +2,13 @@
 
 import dataclasses
 import json
+import pathlib
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 
 import pytest
@@ -180,6 +182,50 @@ def test_pipeline_board_prints_a_loopback_address_and_stops_on_ctrl_c(logdir):
             assert {"scalars", "hparams"} <= set(json.load(answer))
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return [int(p) for p in children.read().split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
+def test_tensorboard_dies_with_pipeline_board(logdir, signum):
+    """kill -9 (or a plain SIGTERM, which skips every `finally`) of
+    pipeline-board must not leave its TensorBoard server running."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli.board", f"--logdir={logdir}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("TensorBoard: http://127.0.0.1:"), line
+        servers = [p for p in _children(process.pid) if _alive(p)]
+        servers = [
+            p
+            for p in servers
+            if b"tensorboard.main" in pathlib.Path(f"/proc/{p}/cmdline").read_bytes()
+        ]
+        assert len(servers) == 1
+        process.send_signal(signum)
+        process.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while _alive(servers[0]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(servers[0]), "TensorBoard outlived pipeline-board"
     finally:
         process.kill()
         process.wait()

@@ -28,10 +28,10 @@ JOB = [
 ]
 
 
-def train_cli(*args, env_extra=None, **popen):
+def train_cli(*args, env_extra=None, job=JOB, **popen):
     env = {**cli_env(), **(env_extra or {})}
     return subprocess.Popen(
-        [*cli_command("pipeline-train"), *JOB, *args],
+        [*cli_command("pipeline-train"), *job, *args],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -225,3 +225,211 @@ def test_sigterm_to_one_worker_saves_everywhere_and_resume_finishes(tmp_path):
     assert [r["from_step"] for r in record["resumes"]] == [saved]
     assert [s for s, _ in scalar_series(run / "train", "loss")] == list(range(1, 301))
     assert sorted(p.name for p in logdir.iterdir() if p.is_dir()) == ["pre"]
+
+
+# --- workers that wait, peers that are lost, TF_CONFIG that is wrong -------
+
+LOGREG_JOB = [
+    "--model=logreg",
+    "--batch_size=64",
+    "--eval_every=0",
+    "--histogram_every=0",
+    "--image_count=0",
+    "--projector=false",
+    "--steps_per_loop=50",
+    "--print_every=100",
+    "--checkpoint_every=200",
+    "--run_name=mw",
+    "--strategy=multi_worker",
+]
+
+
+def tf_config(ports: list[int], index: int) -> str:
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    return json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
+
+
+def one_worker(logdir, ports, index, *args, **popen):
+    return train_cli(
+        f"--logdir={logdir}",
+        *LOGREG_JOB,
+        *args,
+        env_extra={"TF_CONFIG": tf_config(ports, index)},
+        job=[],
+        **popen,
+    )
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "pipeline-train: error:" in line]
+
+
+BAD_TF_CONFIGS = [
+    (
+        "index_is_a_string",
+        {
+            "cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+            "task": {"type": "worker", "index": "0"},
+        },
+        "TF_CONFIG: task.index '0' must be an integer",
+    ),
+    (
+        "index_out_of_range",
+        {
+            "cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+            "task": {"type": "worker", "index": 2},
+        },
+        "TF_CONFIG: task.index 2 is out of range: cluster.worker has 2 address(es)",
+    ),
+    (
+        "index_negative",
+        {
+            "cluster": {"worker": ["127.0.0.1:1"]},
+            "task": {"type": "worker", "index": -1},
+        },
+        "TF_CONFIG: task.index -1 is out of range",
+    ),
+    (
+        "worker_list_is_a_string",
+        {
+            "cluster": {"worker": "127.0.0.1:1,127.0.0.1:2"},
+            "task": {"type": "worker", "index": 0},
+        },
+        "TF_CONFIG: cluster.worker must be a non-empty list of 'host:port' strings",
+    ),
+    (
+        "port_not_a_number",
+        {
+            "cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:http"]},
+            "task": {"type": "worker", "index": 0},
+        },
+        "TF_CONFIG: cluster.worker[1] '127.0.0.1:http': port 'http' is not a number",
+    ),
+    (
+        "port_out_of_range",
+        {
+            "cluster": {"worker": ["127.0.0.1:70000"]},
+            "task": {"type": "worker", "index": 0},
+        },
+        "port '70000' is not a number 1-65535",
+    ),
+    (
+        "task_type_not_in_cluster",
+        {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "ps", "index": 0}},
+        "TF_CONFIG: task.type 'ps' is not a job of 'cluster'",
+    ),
+    (
+        "not_an_object",
+        ["127.0.0.1:1"],
+        "TF_CONFIG: it must be a JSON object",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("tf_config_value", "expected"),
+    [c[1:] for c in BAD_TF_CONFIGS],
+    ids=[c[0] for c in BAD_TF_CONFIGS],
+)
+def test_wrong_tf_config_is_one_line_before_tensorflow(
+    tmp_path, tf_config_value, expected
+):
+    proc = train_cli(
+        f"--logdir={tmp_path / 'logs'}",
+        *LOGREG_JOB,
+        env_extra={"TF_CONFIG": json.dumps(tf_config_value)},
+    )
+    rc, out, err = finish(proc, timeout=120)
+    assert rc == 1, err
+    assert "Traceback" not in out + err
+    assert error_lines(err) == [
+        f"pipeline-train: error: {err.split('error: ', 1)[1].strip()}"
+    ]
+    assert expected in error_lines(err)[0], err
+    assert not (tmp_path / "logs").exists()
+
+
+def test_a_worker_alone_gives_up_naming_its_peer_and_honours_signals(tmp_path):
+    """Start one of two workers: it says whom it waits for, gives up after
+    --peer_timeout, and SIGINT/SIGTERM end the wait at once; nothing is written."""
+    logdir = tmp_path / "logs"
+    ports = free_ports(2)
+    peer = f"worker 1 at 127.0.0.1:{ports[1]}"
+    alone = one_worker(logdir, ports, 0, "--peer_timeout=8")
+    rc, _, err = finish(alone, timeout=120)
+    assert rc == 1, err
+    assert "Traceback" not in err
+    assert f"worker 0: waiting for {peer} to start" in err
+    assert error_lines(err) == [
+        f"pipeline-train: error: gave up after 8 s (--peer_timeout) waiting for "
+        f"{peer}: start it with the same flags and its own TF_CONFIG task, or "
+        "check that address; nothing was trained or written"
+    ]
+    for signum, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        waiting = one_worker(logdir, ports, 0)
+        deadline = time.monotonic() + 60
+        # It is waiting once it listens on its own port.
+        while not distribute._listening(f"127.0.0.1:{ports[0]}"):
+            assert time.monotonic() < deadline
+            assert waiting.poll() is None
+            time.sleep(0.1)
+        waiting.send_signal(signum)
+        rc, _, err = finish(waiting, timeout=30)
+        assert rc == code, err
+        assert error_lines(err) == [
+            f"pipeline-train: error: interrupted by {signal.Signals(signum).name} "
+            f"while waiting for {peer} to start; nothing was trained or written"
+        ]
+    assert not logdir.exists()
+
+
+def test_a_lost_worker_is_one_line_and_the_printed_command_continues(tmp_path):
+    """kill -9 one of two workers mid-run: the other names it and the command
+    that continues the run; run.json says interrupted with that one line;
+    running the command on both workers finishes the run."""
+    logdir = tmp_path / "logs"
+    ports = free_ports(2)
+    workers = [one_worker(logdir, ports, i, "--steps=3000") for i in range(2)]
+    deadline = time.monotonic() + 240
+    # Wait for the chief's checkpoint at step 400 (printed lines lag behind).
+    while not (logdir / "mw" / "checkpoints" / "ckpt-400.index").exists():
+        assert time.monotonic() < deadline, "no checkpoint at step 400"
+        assert all(w.poll() is None for w in workers)
+        time.sleep(0.1)
+    workers[1].kill()
+    finish(workers[1])
+    rc, out, err = finish(workers[0], timeout=120)
+    assert rc == 1, err
+    assert "Traceback" not in err
+    command = (
+        "pipeline-train --resume --strategy=multi_worker "
+        f"--logdir={logdir} --run_name=mw"
+    )
+    [line] = error_lines(err)
+    assert line.startswith(
+        f"pipeline-train: error: worker 1 at 127.0.0.1:{ports[1]} is gone (at step "
+    ), line
+    assert line.endswith(
+        "the run stops at its last checkpoint; continue it by running on every "
+        f"worker, each with its own TF_CONFIG: {command}"
+    ), line
+    saved = json.loads((logdir / "mw" / "run.json").read_text())
+    assert saved["status"] == "interrupted"
+    assert saved["error"] == "PeerLostError: " + line.split("error: ", 1)[1]
+    assert saved["step"] >= 400
+    assert (logdir / "mw" / "checkpoints" / f"ckpt-{saved['step']}.index").exists()
+
+    resumed = [
+        train_cli(
+            *command.split()[1:],
+            env_extra={"TF_CONFIG": tf_config(ports, i)},
+            job=[],
+        )
+        for i in range(2)
+    ]
+    results = [finish(w, timeout=300) for w in resumed]
+    assert [r[0] for r in results] == [0, 0], results
+    assert f"resuming mw from step {saved['step']}" in results[0][1]
+    done = json.loads((logdir / "mw" / "run.json").read_text())
+    assert done["status"] == "completed"
+    assert done["step"] == 3000

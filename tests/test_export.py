@@ -138,6 +138,19 @@ def test_cli_refuses_non_empty_out_and_keeps_it(mlp_run, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+@pytest.mark.parametrize("content", [b"", b"data"])
+def test_a_file_at_out_is_named_as_a_file_and_kept(tmp_path, content):
+    out = tmp_path / "model"
+    out.write_bytes(content)
+    with pytest.raises(export.ExportError) as raised:
+        export.check_destination(out)
+    assert str(raised.value) == (
+        f"--out={out}: is a file, not a directory; the export is a SavedModel "
+        "directory: give a new path or an empty directory (not overwritten)"
+    )
+    assert out.read_bytes() == content
+
+
 def test_cli_unknown_step_writes_nothing(mlp_run, tmp_path):
     out = tmp_path / "model"
     result = run_cli(

@@ -163,7 +163,7 @@ def test_failed_run_shows_as_failed_with_the_reason(runs):
     assert end.status == api_pb2.STATUS_FAILURE
     (event,) = acc.Tensors(hparams.STATUS_TAG)
     text = tensor_util.make_ndarray(event.tensor_proto).item().decode()
-    assert text.startswith("**failed**: NonFiniteLossError: loss is nan at step")
+    assert text.startswith("**diverged**: NonFiniteLossError: loss is nan at step")
 
 
 def test_best_metrics_tracker_keeps_step_of_best():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 import signal
@@ -297,7 +298,7 @@ def test_divergence_stops_with_one_line_and_keeps_finite_checkpoints(tmp_path):
     assert match, lines[0]
     assert int(match.group(3)) < int(match.group(1))
     run = tmp_path / "diverged"
-    assert record(run)["status"] == "failed"
+    assert record(run)["status"] == "diverged"
     assert checkpoints.latest_step(run / "checkpoints") == int(match.group(3))
     for step in range(2, int(match.group(3)) + 1, 2):
         path = str(run / "checkpoints" / f"ckpt-{step}")
@@ -355,3 +356,37 @@ def test_mirrored_run_extended_by_resume_equals_one_long_run(tmp_path):
     assert split["resumes"][0]["previous_status"] == "completed"
     assert split["weights_digest"] == whole["weights_digest"]
     assert split["final_metrics"] == whole["final_metrics"]
+
+
+def test_an_unexpected_error_is_one_line_in_run_json_with_its_trace_beside(tmp_path):
+    """A multi-line error (TensorFlow's carry an op trace) is recorded as its
+    first line; the whole traceback goes to the run's error.log."""
+    from pipeline.training.actions import Action
+
+    class Explode(Action):
+        def next_boundary(self, step):
+            return 3 if step < 3 else None
+
+        def __call__(self, state, chunk):
+            if chunk.step == 3:
+                raise RuntimeError("collective failed\n\t [[{{node while/x}}]]\nmore")
+
+    with pytest.raises(RuntimeError):
+        train_run(tmp_path, TINY, "boom", extra_actions=[Explode()])
+    saved = json.loads((tmp_path / "boom" / "run.json").read_text())
+    log = tmp_path / "boom" / "error.log"
+    assert saved["status"] == "failed"
+    assert saved["error"] == (f"RuntimeError: collective failed (full trace: {log})")
+    trace = log.read_text()
+    assert "Traceback (most recent call last):" in trace
+    assert "[[{{node while/x}}]]" in trace
+
+
+def test_any_error_written_to_run_json_is_one_line(tmp_path):
+    """Whoever records an error (a sweep marking a trial's run failed too)."""
+    from pipeline.runs.rundir import RunDir
+
+    run_dir = RunDir(tmp_path)
+    run_dir.update_record(status="running")
+    run_dir.update_record(status="failed", error="first line\n  second\nthird")
+    assert run_dir.read_record()["error"] == "first line"

@@ -265,7 +265,7 @@ def test_an_archived_trial_is_not_trained_again_and_the_study_counts_it(tmp_path
     assert summary.returncode == 0, summary.stderr
     # The killed trial's retry failed (archived), the other completed; the
     # first, retried attempt is not counted again.
-    assert "1 completed, 0 pruned, 1 failed, 0 running" in summary.stdout
+    assert "1 completed, 0 diverged, 0 pruned, 1 failed, 0 running" in summary.stdout
 
 
 def test_diff_names_only_the_flags_that_apply_and_differ(tmp_path):

@@ -6,11 +6,11 @@ import pytest
 from conftest import LOGREG as TINY
 from optuna import distributions
 
-from pipeline.tools import search_space, sweep, sweep_driver
+from pipeline.sweep import SweepError, driver, space
 
 
 def test_each_kind_becomes_its_distribution():
-    axes = search_space.parse_search(
+    axes = space.parse_search(
         [
             "learning_rate=log:1e-4:1e-1",
             "dropout=float:0:0.5",
@@ -28,16 +28,16 @@ def test_each_kind_becomes_its_distribution():
         distributions.CategoricalDistribution(["relu", "sigmoid", "tanh"]),
         distributions.CategoricalDistribution(["32,64", "128"]),
     ]
-    assert search_space.describe(axes)["learning_rate"] == "log:1e-4:1e-1"
+    assert space.describe(axes)["learning_rate"] == "log:1e-4:1e-1"
 
 
 def test_grid_axes_are_choices_with_the_values_as_typed():
-    (axis,) = search_space.from_grid(sweep.parse_grid(["learning_rate=0.1,0.01"]))
+    (axis,) = space.parse_grid(["learning_rate=0.1,0.01"])
     assert axis.choices == ("0.1", "0.01")
     params = {"learning_rate": "0.01"}
-    assert search_space.overrides([axis], params) == (("learning_rate", "0.01"),)
+    assert space.overrides([axis], params) == (("learning_rate", "0.01"),)
     # The run names grid sweeps always had.
-    assert sweep.run_name(search_space.overrides([axis], params), 0) == (
+    assert space.run_name(space.overrides([axis], params), 0) == (
         "learning_rate=0.01,seed=0"
     )
 
@@ -75,21 +75,19 @@ def test_grid_axes_are_choices_with_the_values_as_typed():
     ],
 )
 def test_malformed_specs_are_refused_naming_the_spec(spec, message):
-    with pytest.raises(sweep.SweepError, match=None) as caught:
-        search_space.parse_search([spec])
+    with pytest.raises(SweepError, match=None) as caught:
+        space.parse_search([spec])
     assert message in str(caught.value)
     assert "\n" not in str(caught.value)
 
 
 def test_a_flag_searched_twice_is_refused():
-    with pytest.raises(sweep.SweepError, match="learning_rate is already searched"):
-        search_space.parse_search(
-            ["learning_rate=log:0.1:1", "learning_rate=float:0:1"]
-        )
+    with pytest.raises(SweepError, match="learning_rate is already searched"):
+        space.parse_search(["learning_rate=log:0.1:1", "learning_rate=float:0:1"])
 
 
 def test_values_the_flag_refuses_are_caught_before_any_trial():
-    request = sweep_driver.Request(base=TINY, sweep_name="s", trials=3)
+    request = driver.Request(base=TINY, sweep_name="s", trials=3)
     bad = {
         "activation=choice:relu,swiggle": "--search=activation=choice:relu,swiggle: "
         "flag --activation=swiggle: value should be one of",
@@ -98,22 +96,22 @@ def test_values_the_flag_refuses_are_caught_before_any_trial():
         "learning_rate=float:-1:1": "learning_rate must be > 0",
     }
     for spec, message in bad.items():
-        with pytest.raises(sweep.SweepError) as caught:
-            sweep_driver.plan(dataclasses.replace(request, search=(spec,)))
+        with pytest.raises(SweepError) as caught:
+            driver.plan(dataclasses.replace(request, search=(spec,)))
         assert message in str(caught.value), spec
 
 
 def test_plans_pick_the_sampler_and_the_total():
-    grid = sweep_driver.plan(
-        sweep_driver.Request(
+    grid = driver.plan(
+        driver.Request(
             base=TINY, sweep_name="g", grid=("learning_rate=0.1,0.01", "seed=1,2")
         )
     )
     assert (grid.sampler, grid.total, grid.named_by_values) == ("grid", 4, True)
     assert grid.storage_url.endswith("/logs/g/study.db")
     assert grid.storage_url.startswith("sqlite:////")
-    tpe = sweep_driver.plan(
-        sweep_driver.Request(
+    tpe = driver.plan(
+        driver.Request(
             base=TINY,
             sweep_name="t",
             search=("learning_rate=log:1e-3:1",),
@@ -122,29 +120,25 @@ def test_plans_pick_the_sampler_and_the_total():
         )
     )
     assert (tpe.sampler, tpe.total, tpe.direction) == ("tpe", 7, "minimize")
-    with pytest.raises(sweep.SweepError, match="--trials: required with --sampler=tpe"):
-        sweep_driver.plan(dataclasses.replace(tpe_request(), trials=None))
-    with pytest.raises(sweep.SweepError, match="--trials=5: the grid has 4 points"):
-        sweep_driver.plan(
-            sweep_driver.Request(
-                base=TINY, sweep_name="g", grid=("seed=1,2,3,4",), trials=5
-            )
+    with pytest.raises(SweepError, match="--trials: required with --sampler=tpe"):
+        driver.plan(dataclasses.replace(tpe_request(), trials=None))
+    with pytest.raises(SweepError, match="--trials=5: the grid has 4 points"):
+        driver.plan(
+            driver.Request(base=TINY, sweep_name="g", grid=("seed=1,2,3,4",), trials=5)
         )
-    with pytest.raises(
-        sweep.SweepError, match="--sampler=grid: --search=learning_rate"
-    ):
-        sweep_driver.plan(dataclasses.replace(tpe_request(), sampler="grid"))
+    with pytest.raises(SweepError, match="--sampler=grid: --search=learning_rate"):
+        driver.plan(dataclasses.replace(tpe_request(), sampler="grid"))
 
 
 def tpe_request():
-    return sweep_driver.Request(
+    return driver.Request(
         base=TINY, sweep_name="t", search=("learning_rate=log:1e-3:1",), trials=7
     )
 
 
 def test_trial_runs_are_named_by_trial_number_or_by_grid_values():
-    tpe = sweep_driver.plan(dataclasses.replace(tpe_request(), repeats=2))
-    runs = sweep_driver.worker.trial_runs(tpe, 7, {"learning_rate": 0.05})
+    tpe = driver.plan(dataclasses.replace(tpe_request(), repeats=2))
+    runs = tpe.trial_runs(7, {"learning_rate": 0.05})
     assert [r.name for r in runs] == ["trial=0007,seed=0", "trial=0007,seed=1"]
     assert [r.config.learning_rate for r in runs] == [0.05, 0.05]
     assert [r.config.seed for r in runs] == [0, 1]
@@ -154,7 +148,7 @@ def test_trial_runs_are_named_by_trial_number_or_by_grid_values():
 def test_compare_shows_parameter_importances_once_enough_trials_completed(tmp_path):
     import optuna
 
-    from pipeline.tools import study_summary
+    from pipeline.sweep import summary as study_summary
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="imp", storage=url, direction="maximize")

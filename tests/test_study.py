@@ -53,7 +53,8 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
     assert compared.returncode == 0, compared.stderr
     assert (
         f"study shared (sqlite:///{experiment}/study.db): 4 trials: 4 completed, "
-        "0 pruned, 0 failed, 0 running; random sampler, maximize test/accuracy\n"
+        "0 diverged, 0 pruned, 0 failed, 0 running; random sampler, maximize "
+        "test/accuracy\n"
         "steps trained: 80\n"
         f"best trial {best.number}: test/accuracy={best.value:.4f} (learning_rate="
     ) in compared.stdout
@@ -64,6 +65,22 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
     assert "4 already completed, 0 to run" in again.stdout
     assert "started" not in again.stdout
     assert len(load(f"sqlite:///{experiment / 'study.db'}", "shared").trials) == 4
+
+    # The best trial's run deleted: compare names the best run still there,
+    # and says why the study's best is not counted.
+    import shutil
+
+    best_run = best.user_attrs["runs"][0]
+    shutil.rmtree(experiment / best_run)
+    runner_up = max(v for k, v in accuracies.items() if k != best_run)
+    compared = run_cli("pipeline-compare", str(experiment))
+    assert compared.returncode == 0, compared.stderr
+    assert f"best trial {best.number}:" not in compared.stdout
+    assert f"test/accuracy={runner_up:.4f}" in compared.stdout
+    assert (
+        f"not counted as best, their runs are gone from {experiment}: "
+        f"trial {best.number} ({best_run})"
+    ) in compared.stdout
 
 
 def test_a_continued_study_draws_what_one_command_would_have(tmp_path):
@@ -114,7 +131,9 @@ def test_a_worker_killed_mid_trial_leaves_study_and_runs_agreeing(tmp_path):
     assert killed["error"].startswith("interrupted: its sweep worker died")
     assert list(first_run.glob("*.session_end"))  # HParams shows it failed
     check_study_and_runs_agree(study, experiment)
-    assert "sweep killed: 2/2 completed, 0 pruned, 0 failed" in resumed.stdout
+    assert (
+        "sweep killed: 2/2 completed, 0 diverged, 0 pruned, 0 failed" in resumed.stdout
+    )
 
 
 def _one_line_error(result: subprocess.CompletedProcess) -> str:
@@ -211,7 +230,7 @@ def _sweep_pruning_the_hopeless_second_trial(tmp_path, pruner: str, *flags: str)
     assert result.returncode == 0, result.stderr
     experiment = tmp_path / pruner
     assert (
-        "[  2/2] pruned    trial 1 learning_rate=0.00001,seed=0  PRUNED after 10 steps"
+        "[  2/2] pruned    trial 1 (learning_rate=0.00001): pruned after 10 steps"
         in result.stdout
     )
     study = load(f"sqlite:///{experiment / 'study.db'}", pruner)
@@ -260,7 +279,7 @@ def test_the_median_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
         "pruned (stopped early by the study's pruner, not ranked): 1\n"
         "  learning_rate=0.00001,seed=0  at step 10  test accuracy "
     ) in compared.stdout
-    assert "1 completed, 1 pruned, 0 failed" in compared.stdout
+    assert "1 completed, 0 diverged, 1 pruned, 0 failed" in compared.stdout
 
 
 def test_the_hyperband_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):

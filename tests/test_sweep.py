@@ -12,8 +12,9 @@ from conftest import (
     sweep_command,
 )
 
+from pipeline.sweep import SweepError, space
+from pipeline.sweep import runs as sweep_runs
 from pipeline.tensorboard import hparams
-from pipeline.tools import sweep
 
 
 @pytest.mark.parametrize(
@@ -28,23 +29,23 @@ from pipeline.tools import sweep
     ],
 )
 def test_parse_grid_rejects_bad_specs(spec, message):
-    with pytest.raises(sweep.SweepError, match=message):
-        sweep.parse_grid([spec])
+    with pytest.raises(SweepError, match=message):
+        space.parse_grid([spec])
 
 
 def test_parse_grid_axes_and_list_values():
-    axes = sweep.parse_grid(["learning_rate=0.1,0.01", "conv_filters=16,32|32,64"])
-    assert axes == [
-        sweep.GridAxis("learning_rate", ("0.1", "0.01")),
-        sweep.GridAxis("conv_filters", ("16,32", "32,64")),
+    axes = space.parse_grid(["learning_rate=0.1,0.01", "conv_filters=16,32|32,64"])
+    assert [(axis.flag, axis.choices) for axis in axes] == [
+        ("learning_rate", ("0.1", "0.01")),
+        ("conv_filters", ("16,32", "32,64")),
     ]
-    with pytest.raises(sweep.SweepError, match="already a grid axis"):
-        sweep.parse_grid(["seed=1,2", "seed=3"])
+    with pytest.raises(SweepError, match="already a grid axis"):
+        space.parse_grid(["seed=1,2", "seed=3"])
 
 
 def test_plan_names_seeds_and_configs():
-    axes = sweep.parse_grid(["learning_rate=0.1,0.01", "activation=sigmoid,relu"])
-    runs = sweep.plan(LOGREG, axes, repeats=2, sweep_name="s")
+    axes = space.parse_grid(["learning_rate=0.1,0.01", "activation=sigmoid,relu"])
+    runs = sweep_runs.grid_runs(LOGREG, axes, repeats=2, sweep_name="s")
     assert len(runs) == 8
     assert runs[0].name == "learning_rate=0.1,activation=sigmoid,seed=0"
     assert runs[1].name == "learning_rate=0.1,activation=sigmoid,seed=1"
@@ -55,16 +56,20 @@ def test_plan_names_seeds_and_configs():
     assert runs[-1].config.logdir == os.path.join("logs", "s")
     assert runs[-1].config.steps == LOGREG.steps
     # Planning is deterministic: the same sweep always names the same runs.
-    assert [r.name for r in sweep.plan(LOGREG, axes, 2, "s")] == [r.name for r in runs]
+    assert [r.name for r in sweep_runs.grid_runs(LOGREG, axes, 2, "s")] == [
+        r.name for r in runs
+    ]
 
 
 def test_plan_rejects_values_the_flag_rejects():
-    with pytest.raises(sweep.SweepError, match="activation"):
-        sweep.plan(LOGREG, sweep.parse_grid(["activation=relu,swiggle"]), 1, "s")
-    with pytest.raises(sweep.SweepError, match="learning_rate must be > 0"):
-        sweep.plan(LOGREG, sweep.parse_grid(["learning_rate=0.1,-1"]), 1, "s")
-    with pytest.raises(sweep.SweepError, match="--repeats"):
-        sweep.plan(LOGREG, sweep.parse_grid(["seed=1,2"]), 2, "s")
+    with pytest.raises(SweepError, match="activation"):
+        sweep_runs.grid_runs(
+            LOGREG, space.parse_grid(["activation=relu,swiggle"]), 1, "s"
+        )
+    with pytest.raises(SweepError, match="learning_rate must be > 0"):
+        sweep_runs.grid_runs(LOGREG, space.parse_grid(["learning_rate=0.1,-1"]), 1, "s")
+    with pytest.raises(SweepError, match="--repeats"):
+        sweep_runs.grid_runs(LOGREG, space.parse_grid(["seed=1,2"]), 2, "s")
 
 
 def test_sweep_runs_the_grid_then_skips_completed_runs(tmp_path):

@@ -4,15 +4,26 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import sys
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
 
+from pipeline import streams
 from pipeline.cli import stderr_filter
 from pipeline.cli.usage import help_request, help_text
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, one_line
+
+# The smallest address-space limit (`ulimit -v`) the programs are let start
+# under: TensorFlow maps ~1 GB of libraries and reserves memory per thread.
+# Measured on the 2-core test machine (pipeline-train --model=logreg
+# --steps=5): 2,000,000 KiB failed, 1,600,000 KiB hung in C++ and
+# 1,200,000 KiB aborted after creating the run; 2,400,000 KiB trained.
+MIN_ADDRESS_SPACE = 2 * 1024**3
+# How an exhausted address space shows in an ImportError of a native library.
+_NO_MEMORY_WORDS = ("failed to map segment", "cannot allocate memory")
 
 
 def quiet_tensorflow(argv: list[str]) -> None:
@@ -60,6 +71,11 @@ def run_reporting_errors(prog: str, body: Callable[[], int | None]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: error: interrupted (SIGINT)", file=sys.stderr)
         return 130
+    except (ImportError, MemoryError) as err:
+        if isinstance(err, ImportError) and not _is_out_of_memory(err):
+            raise
+        print(f"{prog}: error: {out_of_memory_line(err)}", file=sys.stderr)
+        return 1
     except Exception as err:
         # A write the disk refused (full, read-only, too large) is one line
         # naming the path; anything else is a bug and keeps its traceback.
@@ -70,6 +86,48 @@ def run_reporting_errors(prog: str, body: Callable[[], int | None]) -> int:
             raise
         print(f"{prog}: error: {failure}", file=sys.stderr)
         return 1
+
+
+def _is_out_of_memory(err: ImportError) -> bool:
+    text = str(err).lower()
+    return any(words in text for words in _NO_MEMORY_WORDS)
+
+
+def _address_space_limit() -> int | None:
+    """The soft `ulimit -v` in bytes; None when there is none."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return None if soft == resource.RLIM_INFINITY else soft
+
+
+def out_of_memory_line(err: BaseException) -> str:
+    """One line for a library that could not load or allocate: what failed
+    and, when one is set, the address-space limit that made it fail."""
+    limit = _address_space_limit()
+    what = one_line(str(err)) or type(err).__name__
+    if limit is None:
+        return f"out of memory ({what})"
+    return (
+        f"out of memory under the address-space limit of {limit // 2**20:,} MiB "
+        f"(ulimit -v) ({what}); raise or remove the limit"
+    )
+
+
+def check_address_space(prog: str) -> None:
+    """Exits with one line when `ulimit -v` is too low for TensorFlow to load.
+
+    Below `MIN_ADDRESS_SPACE` TensorFlow fails in C++ (an abort, a hang, an
+    ImportError) at a point that depends on the limit, maybe after a run
+    directory exists; refusing first leaves nothing behind.
+    """
+    limit = _address_space_limit()
+    if limit is not None and limit < MIN_ADDRESS_SPACE:
+        print(
+            f"{prog}: error: the address-space limit (ulimit -v) is "
+            f"{limit // 2**20:,} MiB; TensorFlow needs at least "
+            f"{MIN_ADDRESS_SPACE // 2**20:,} MiB to load: raise or remove it",
+            file=sys.stderr,
+        )
+        sys.exit(1)
 
 
 def one_line_flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
@@ -86,6 +144,15 @@ def one_line_flags_parser(prog: str) -> Callable[[list[str]], list[str]]:
         except flags.Error as err:
             message = " ".join(str(err).split()).removeprefix("ERROR:: ")
             print(f"{prog}: error: {message} (see {prog} --help)", file=sys.stderr)
+            sys.exit(1)
+        except UnicodeDecodeError as err:
+            # absl reads flagfiles as text and does not say which one failed.
+            where = undecodable_flagfile(argv) or "a --flagfile"
+            print(
+                f"{prog}: error: {where}: not a UTF-8 text file ({err.reason} at "
+                f"byte {err.start})",
+                file=sys.stderr,
+            )
             sys.exit(1)
 
     return parse
@@ -127,6 +194,37 @@ def _one_line_usage_errors(
     return run_main
 
 
+def _flagfile_args(args: list[str]) -> list[str]:
+    """The files `--flagfile=F` / `--flagfile F` arguments name, in order."""
+    found = []
+    for i, arg in enumerate(args):
+        name, eq, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("-") or name != "flagfile":
+            continue
+        if eq:
+            found.append(value)
+        elif i + 1 < len(args):
+            found.append(args[i + 1])
+    return found
+
+
+def undecodable_flagfile(argv: list[str], depth: int = 0) -> str | None:
+    """The first flagfile (nested ones included) that is not UTF-8 text."""
+    for path in _flagfile_args(argv):
+        try:
+            with open(path, "rb") as file:
+                text = file.read().decode("utf-8")
+        except UnicodeDecodeError:
+            return path
+        except OSError:
+            continue
+        nested = [line.strip() for line in text.splitlines()]
+        found = depth < 10 and undecodable_flagfile(["", *nested], depth + 1)
+        if found:
+            return found
+    return None
+
+
 def start(
     prog: str,
     define_flags: Callable[..., None],
@@ -136,13 +234,17 @@ def start(
 ) -> None:
     """Console-script entry point shared by every `pipeline-*` program.
 
-    Quiets TensorFlow's logs, defines the program's flags on absl's FLAGS,
+    Makes a closed output stream end the output, not the program
+    (`pipeline.streams`), refuses an address-space limit TensorFlow cannot
+    load under, quiets TensorFlow's logs, defines the program's flags on absl's FLAGS,
     and runs `main` with a parser that reports a bad flag in one line.
     `doc` (the program module's docstring: what it does, usage, examples)
     opens `--help`, which lists the flags by help group and exits 0;
     `full_only` names groups that only `--helpfull` lists (a sweep's
     training flags).
     """
+    streams.guard_output()
+    check_address_space(prog)
     quiet_tensorflow(sys.argv)
     define_flags(flags.FLAGS)
     wanted = help_request(sys.argv)

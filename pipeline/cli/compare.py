@@ -24,7 +24,8 @@ from absl import app, flags
 
 from pipeline import cli
 from pipeline.config import help_group
-from pipeline.tools import compare, study_summary
+from pipeline.sweep import summary as study_summary
+from pipeline.tools import compare
 from pipeline.tools.compare import FORMATS, METRICS
 
 FLAGS = flags.FLAGS

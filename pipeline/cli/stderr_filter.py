@@ -35,6 +35,15 @@ NOISE = (
     re.compile(
         rb"To enable the following instructions: .* appropriate compiler flags\."
     ),
+    # A multi-worker collective aborted because a peer died: C++ logs these
+    # (and their gRPC continuation lines) before the program reports the lost
+    # worker in one line (`distribute.peers_watched`).
+    re.compile(
+        rb"E\d{4} [\d:.]+ +\d+ (ring_alg|base_collective_executor)\.cc:\d+\] "
+        rb".*(UNAVAILABLE|CANCELLED|ABORTED).*"
+    ),
+    re.compile(rb"Additional GRPC error information from remote target .*"),
+    re.compile(rb":UNKNOWN:Error received from peer .*"),
 )
 # Flags that ask for TensorFlow's and absl's log lines: nothing is filtered.
 VERBOSE_FLAGS = ("--verbosity", "-v", "--v")

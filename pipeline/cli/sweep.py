@@ -12,6 +12,12 @@ Every pipeline-train flag is accepted too and sets the base of each run
 LOGDIR/SWEEP_NAME/RUN, the study to --storage; the same command on another
 machine, with a shared --storage, is one more worker. Re-running it
 continues the study. docs/search.md has the details.
+
+Exit status: 0 when every trial ended as a trial can: completed, pruned, or
+diverged (its loss or weights turned NaN/Inf: a result the search found,
+recorded `diverged` and counted apart). Non-zero when the search itself went
+wrong: 1 for a crashed trial (named on stderr), bad input or a storage that
+cannot be opened; 130 when interrupted (run the same command to continue).
 """
 
 from __future__ import annotations
@@ -23,160 +29,68 @@ from absl import flags
 
 from pipeline import cli
 from pipeline import config as config_lib
-from pipeline.tools import sweep_driver
+from pipeline.sweep import SweepError, driver
 
 FLAGS = flags.FLAGS
+_INT = flags.DEFINE_integer
+_ENUM = flags.DEFINE_enum
+# (define, name, default, help, extra): the sweep's own flags.
+_SWEEP_FLAGS = (
+    (flags.DEFINE_multi_string, "grid", [], "FLAG=V1,V2,...: one grid axis "
+     "(repeat for more; list-valued flags take FLAG=A,B|C,D).", {}),
+    (flags.DEFINE_multi_string, "search", [], "FLAG=log:LOW:HIGH, "
+     "FLAG=float:LOW:HIGH, FLAG=int:LOW:HIGH[:STEP] or FLAG=choice:V1,V2.", {}),
+    (_ENUM, "sampler", None, "How the study picks trials (default: grid for "
+     "--grid alone, else tpe).", {"enum_values": ["tpe", "random", "grid"]}),
+    (_INT, "trials", None, "The study's total trials over all workers and "
+     "re-runs (default for a grid: every point).", {"lower_bound": 1}),
+    (_INT, "repeats", 1, "Runs per trial (variant), seeds SEED, SEED+1, ...; "
+     "the trial's value is their mean.", {"lower_bound": 1}),
+    (_ENUM, "pruner", "none", "Stop hopeless trials early; a stopped run ends "
+     "`pruned`.", {"enum_values": ["none", "median", "hyperband"]}),
+    (_INT, "startup_trials", 5, "Random trials before TPE models the space, "
+     "and finished trials before the median pruner prunes.", {"lower_bound": 0}),
+    (flags.DEFINE_float, "prune_worse_than", None, "A floor, with any --pruner: "
+     "a trial whose --metric is worse than this at an evaluation from "
+     "--prune_from_step on is pruned (e.g. 0.2 for test/accuracy).", {}),
+    (_INT, "prune_from_step", 0, "The first trial step at which "
+     "--prune_worse_than judges (seed 2 of --repeats starts at --steps).",
+     {"lower_bound": 0}),
+    (_ENUM, "metric", "test/accuracy", "What the study optimises (reported at "
+     "every evaluation).", {"enum_values": ["test/accuracy", "test/loss"]}),
+    (_ENUM, "direction", None, "Default: maximize for accuracy, minimize for "
+     "loss.", {"enum_values": ["maximize", "minimize"]}),
+    (flags.DEFINE_string, "storage", None, "The study's storage: sqlite:///PATH "
+     "(default LOGDIR/SWEEP_NAME/study.db; one machine), "
+     "postgresql://USER@HOST:PORT/DB (several machines; password: PGPASSWORD or "
+     "~/.pgpass) or journal:PATH (Optuna's journal file on a filesystem several "
+     "machines share).", {}),
+    (flags.DEFINE_string, "sweep_name", None, "Sweep directory under --logdir, "
+     "and the study's name (required).", {}),
+    (_INT, "workers", 1, "Local workers (each trains one run at a time).",
+     {"lower_bound": 1, "upper_bound": 64}),
+    (flags.DEFINE_boolean, "dry_run", False, "Print the plan and exit.", {}),
+)  # fmt: skip
+_HELP_GROUPS = {
+    "sweep: what is searched": ["grid", "search", "sampler", "trials", "repeats"],
+    "sweep: judging and pruning trials": [
+        "metric", "direction", "pruner", "startup_trials", "prune_worse_than",
+        "prune_from_step",
+    ],
+    "sweep: name, storage and workers": ["sweep_name", "storage", "workers", "dry_run"],
+}  # fmt: skip
+_REQUEST_FLAGS = ("sampler", "trials", "repeats", "pruner", "startup_trials")
+_REQUEST_FLAGS += ("prune_worse_than", "prune_from_step", "metric", "direction")
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     """The training flags (the base of every run) plus the sweep's own."""
     config_lib.define_flags(flag_values)
-    _define_search_flags(flag_values)
-    _define_study_flags(flag_values)
-    _define_workplace_flags(flag_values)
-
-
-def _define_search_flags(flag_values: flags.FlagValues) -> None:
-    """What is searched: the grid or search space, how trials are picked, how many."""
-    fv = {"flag_values": flag_values}
-    flags.DEFINE_multi_string(
-        "grid",
-        [],
-        "FLAG=V1,V2,...: one axis of the grid (repeat the flag for more axes). "
-        "List-valued flags take FLAG=A,B|C,D.",
-        **fv,
-    )
-    flags.DEFINE_multi_string(
-        "search",
-        [],
-        "FLAG=log:LOW:HIGH, FLAG=float:LOW:HIGH, FLAG=int:LOW:HIGH[:STEP] or "
-        "FLAG=choice:V1,V2: one searched flag (repeat for more).",
-        **fv,
-    )
-    flags.DEFINE_enum(
-        "sampler",
-        None,
-        ["tpe", "random", "grid"],
-        "How the study picks the next trial (default: grid for --grid alone, "
-        "else tpe).",
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "trials",
-        None,
-        "The study's total number of trials, over all workers and re-runs "
-        "(default for a grid: every point).",
-        lower_bound=1,
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "repeats",
-        1,
-        "Runs per configuration (a trial), with seeds SEED, SEED+1, ...; the "
-        "trial's value is their mean.",
-        lower_bound=1,
-        **fv,
-    )
-    config_lib.help_group(
-        flag_values,
-        "sweep: what is searched",
-        ["grid", "search", "sampler", "trials", "repeats"],
-    )
-
-
-def _define_study_flags(flag_values: flags.FlagValues) -> None:
-    """How trials are judged: the metric, its direction, and early stopping."""
-    fv = {"flag_values": flag_values}
-    flags.DEFINE_enum(
-        "pruner",
-        "none",
-        ["none", "median", "hyperband"],
-        "Stop hopeless trials early: median (below the median of earlier "
-        "trials at the same step) or hyperband. A stopped run ends `pruned`.",
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "startup_trials",
-        5,
-        "Trials sampled at random before TPE models the space, and finished "
-        "before the median pruner prunes.",
-        lower_bound=0,
-        **fv,
-    )
-    flags.DEFINE_float(
-        "prune_worse_than",
-        None,
-        "A floor, with any --pruner: a trial whose --metric is worse than this "
-        "at an evaluation from --prune_from_step on is pruned (e.g. 0.2 for "
-        "test/accuracy: at chance on ten classes). Unlike the median pruner "
-        "it needs no completed trials to judge.",
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "prune_from_step",
-        0,
-        "The first step at which --prune_worse_than judges (a run's first "
-        "evaluations may be at chance before it learns).",
-        lower_bound=0,
-        **fv,
-    )
-    flags.DEFINE_enum(
-        "metric",
-        "test/accuracy",
-        ["test/accuracy", "test/loss"],
-        "What the study optimises: reported at every evaluation, final value "
-        "at the end.",
-        **fv,
-    )
-    flags.DEFINE_enum(
-        "direction",
-        None,
-        ["maximize", "minimize"],
-        "Default: maximize for accuracy, minimize for loss.",
-        **fv,
-    )
-    config_lib.help_group(
-        flag_values,
-        "sweep: judging and pruning trials",
-        [
-            "metric",
-            "direction",
-            "pruner",
-            "startup_trials",
-            "prune_worse_than",
-            "prune_from_step",
-        ],
-    )
-
-
-def _define_workplace_flags(flag_values: flags.FlagValues) -> None:
-    """Where the sweep lives and who works on it: its name, study database,
-    local workers, and a dry run."""
-    fv = {"flag_values": flag_values}
-    flags.DEFINE_string(
-        "storage",
-        None,
-        "The study's database: sqlite:///PATH (default "
-        "LOGDIR/SWEEP_NAME/study.db) or postgresql://USER@HOST:PORT/DB for "
-        "workers on several machines (password: PGPASSWORD or ~/.pgpass).",
-        **fv,
-    )
-    flags.DEFINE_string(
-        "sweep_name",
-        None,
-        "Sweep directory under --logdir, and the study's name (required).",
-        **fv,
-    )
-    flags.DEFINE_integer(
-        "workers",
-        1,
-        "Local workers (each trains one run at a time).",
-        lower_bound=1,
-        upper_bound=64,
-        **fv,
-    )
+    for define, name, default, help_text, extra in _SWEEP_FLAGS:
+        define(name, default, help=help_text, flag_values=flag_values, **extra)
     flags.DEFINE_alias("parallel", "workers", flag_values=flag_values)
-    flags.DEFINE_boolean("dry_run", False, "Print the plan and exit.", **fv)
+    for heading, names in _HELP_GROUPS.items():
+        config_lib.help_group(flag_values, heading, names)
     flags.register_validator(
         "sweep_name",
         lambda v: (
@@ -186,11 +100,6 @@ def _define_workplace_flags(flag_values: flags.FlagValues) -> None:
         ),
         message="--sweep_name is required: letters, digits and . _ = , + - only",
         flag_values=flag_values,
-    )
-    config_lib.help_group(
-        flag_values,
-        "sweep: name, storage and workers",
-        ["sweep_name", "storage", "workers", "dry_run"],
     )
 
 
@@ -205,31 +114,21 @@ def main(argv: list[str]) -> None:
 
     def body() -> int:
         if FLAGS.run_name:
-            raise sweep_driver.SweepError(
-                "--run_name: the sweep names its runs; drop it"
-            )
-        request = sweep_driver.Request(
+            raise SweepError("--run_name: the sweep names its runs; drop it")
+        request = driver.Request(
             base=config_lib.config_from_flags(FLAGS, sys.argv),
             sweep_name=FLAGS.sweep_name,
             grid=tuple(FLAGS.grid),
             search=tuple(FLAGS.search),
-            sampler=FLAGS.sampler,
-            trials=FLAGS.trials,
-            repeats=FLAGS.repeats,
-            pruner=FLAGS.pruner,
-            startup_trials=FLAGS.startup_trials,
-            prune_worse_than=FLAGS.prune_worse_than,
-            prune_from_step=FLAGS.prune_from_step,
-            metric=FLAGS.metric,
-            direction=FLAGS.direction,
             storage=FLAGS.storage,
+            **{name: FLAGS[name].value for name in _REQUEST_FLAGS},
         )
-        sweep = sweep_driver.plan(request)
+        sweep = driver.plan(request)
         if FLAGS.dry_run:
-            sweep_driver.print_plan(sweep)
+            driver.print_plan(sweep)
             return 0
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        return sweep_driver.run(sweep, FLAGS.workers)
+        return driver.run(sweep, FLAGS.workers)
 
     sys.exit(cli.run_reporting_errors("pipeline-sweep", body))
 

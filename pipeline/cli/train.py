@@ -25,8 +25,8 @@ from pipeline import cli, variants
 from pipeline import config as config_lib
 from pipeline import data as data_lib
 from pipeline.runs import provenance, rundir
+from pipeline.sweep import link as trial_link
 from pipeline.training import distribute, recovery
-from pipeline.training import trial as trial_lib
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -72,7 +72,9 @@ def _train_from_flags() -> None:
     if run_dir is not None:
         recovery.check_same_data(run_dir, dataset)
     # Strategies configure devices and collectives: before any other TF work.
-    strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
+    strategy = distribute.make_strategy(
+        config.strategy, config.cpu_devices, launch.peer_timeout
+    )
     from pipeline.training import loop as train
 
     train.check_data_fits(config, dataset)
@@ -152,10 +154,10 @@ def _new_run_dir(
 def _study_actions(launch: config_lib.Launch, chief: bool) -> list:
     """The loop actions a sweep worker asks for when it started this run for
     one of its study's trials (reporting to the pruner), else none."""
-    link = trial_lib.TrialLink.from_env()
-    if link is None or not chief or launch.mode != "new":
+    link = trial_link.TrialLink.from_env()
+    if link is None or not chief or launch.mode == "replay":
         return []
-    from pipeline.training import pruning  # TensorFlow import
+    from pipeline.sweep import pruning  # TensorFlow import
 
     return [pruning.ReportToStudy(link)]
 

@@ -8,6 +8,8 @@ Layout of `LOGDIR/RUN_NAME/`:
   model_summary.txt            layers, output shapes, parameter counts
   run.json                     versions, dataset + fingerprint, times, status,
                                final metrics
+  error.log                    the full trace of an unexpected error that
+                               ended the run (run.json's `error` is one line)
   run.lock                     held (`fcntl.flock`) by the process writing the run
   .space-reserve               64 KiB held back while the run is written, so
                                its final record fits on a disk it filled
@@ -47,7 +49,7 @@ from typing import Any
 
 from pipeline import config as config_lib
 from pipeline.config import TrainConfig, config_to_dict, unused_alternatives
-from pipeline.errors import RecordError, RunDirError, RunLockedError
+from pipeline.errors import RecordError, RunDirError, RunLockedError, one_line
 from pipeline.runs import provenance
 
 RECORD_NAME = "run.json"
@@ -55,6 +57,8 @@ FLAGFILE_NAME = "flags.cfg"
 CHECKPOINT_DIR = "checkpoints"
 MODEL_SUMMARY_NAME = "model_summary.txt"
 LOCK_NAME = "run.lock"
+# The full trace of the error that ended a run (run.json keeps one line).
+ERROR_LOG_NAME = "error.log"
 PROBE_BYTES = 64 * 1024
 # Space held back while a run is written, so its final record fits even when
 # the run's own writes filled the disk.
@@ -65,17 +69,22 @@ RESERVE_BYTES = 64 * 1024
 NAME_HEADROOM = 24
 
 # `pruned`: a sweep's pruner stopped the run early (a clean end, not a failure).
-STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
+# `diverged`: its loss or weights became NaN/Inf (the model's outcome, which a
+# sweep counts as a result; the pipeline did not fail).
+STATUSES = ("running", "completed", "failed", "interrupted", "pruned", "diverged")
 # Which status may follow which (None: no record yet). A finished run becomes
 # `running` again only through `RunDir.resume`; a sweep marks a run it moves
 # aside `failed`.
 TRANSITIONS: dict[str | None, frozenset[str]] = {
     None: frozenset({"running"}),
-    "running": frozenset({"running", "completed", "failed", "interrupted", "pruned"}),
+    "running": frozenset(
+        {"running", "completed", "failed", "interrupted", "pruned", "diverged"}
+    ),
     "completed": frozenset({"running", "failed"}),
     "failed": frozenset({"running", "failed"}),
     "interrupted": frozenset({"running", "failed"}),
     "pruned": frozenset({"running", "failed"}),
+    "diverged": frozenset({"running", "failed"}),
 }
 
 
@@ -566,8 +575,11 @@ class RunDir:
         """Merges `fields` into the record and rewrites it atomically.
 
         A `status` in `fields` must be allowed after the current one
-        (`TRANSITIONS`).
+        (`TRANSITIONS`). An `error` is kept to one line (`errors.one_line`):
+        the record is read by people and tables, a trace belongs in a log.
         """
+        if fields.get("error"):
+            fields["error"] = one_line(str(fields["error"]))
         record = self.read_record() if self.record_path.exists() else {}
         if "status" in fields:
             current = record.get("status")
@@ -694,6 +706,22 @@ class RunDir:
         except OSError:
             return False
         return True
+
+    def write_error_log(self, err: BaseException) -> pathlib.Path | None:
+        """Appends `err`'s full traceback to `error.log`; None if it cannot.
+
+        run.json's `error` is one line; this keeps what a bug report needs.
+        """
+        import traceback
+
+        path = self.path / ERROR_LOG_NAME
+        text = "".join(traceback.format_exception(err))
+        try:
+            with open(path, "a", encoding="utf-8") as log:
+                log.write(f"--- {utc_now()} pid {os.getpid()}\n{text}")
+        except OSError:
+            return None
+        return path
 
     def mark_failed(self, reason: str) -> bool:
         """Best effort: records `failed` with `reason`; False if even that fails."""

@@ -26,6 +26,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from pipeline import processes
 from pipeline.runs import rundir
 
 URL_PATTERN = re.compile(r"TensorBoard \S+ at (http://\S+?)/? ")
@@ -86,6 +87,9 @@ class TensorBoardServer:
             stderr=subprocess.PIPE,
             text=True,
             env=env,
+            # A `kill -9` or SIGTERM of this program must not leave the
+            # server running (nothing here would stop it).
+            preexec_fn=processes.die_with_parent(),
         )
         self._reader = threading.Thread(target=self._read_output, daemon=True)
         self._reader.start()

@@ -434,7 +434,8 @@ def _replace(
 def write_session_end(
     run_dir: str | os.PathLike, status: str, reason: str | None = None
 ) -> None:
-    """Marks the session finished: `completed`, `failed`, `pruned` or `running`.
+    """Marks the session finished: `completed`, `failed`, `pruned`, `diverged`
+    or `running`.
 
     SessionEndInfo has no message field, so a failure's reason goes into the
     run's Text tab (tag `run_status`) as well as `run.json`. The API has no
@@ -446,6 +447,8 @@ def write_session_end(
         "completed": api_pb2.STATUS_SUCCESS,
         "failed": api_pb2.STATUS_FAILURE,
         "pruned": api_pb2.STATUS_UNKNOWN,
+        # HParams has no "diverged": a failure, with "**diverged**" in Text.
+        "diverged": api_pb2.STATUS_FAILURE,
         "running": api_pb2.STATUS_RUNNING,
     }
     end_info = plugin_data_pb2.SessionEndInfo(

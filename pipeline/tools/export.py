@@ -94,7 +94,15 @@ def check_destination(out: str | os.PathLike) -> pathlib.Path:
       ExportError: naming `--out` and what is wrong with it.
     """
     out = pathlib.Path(out)
-    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+    if out.exists() and not out.is_dir():
+        # Even an empty file is refused: the export is a directory, and a
+        # file at --out says the user expected something else there.
+        raise ExportError(
+            f"--out={out}: is a file, not a directory; the export is a "
+            "SavedModel directory: give a new path or an empty directory "
+            "(not overwritten)"
+        )
+    if out.exists() and any(out.iterdir()):
         raise ExportError(
             f"--out={out}: already exists and is not empty (not overwritten)"
         )

@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
+from pipeline import streams
 from pipeline.config import epoch_of, steps_per_epoch
 from pipeline.errors import NonFiniteLossError, TrainingInterruptedError
 from pipeline.tensorboard import budget, projector
@@ -469,7 +470,8 @@ class SaveIfPreempted(Action):
 
 
 class StopOnSignal(Action):
-    """SIGINT/SIGTERM: finish the chunk, save a checkpoint, end `interrupted`.
+    """SIGINT/SIGTERM, or a closed stdout: finish the chunk, save a checkpoint,
+    end `interrupted`.
 
     Under multi_worker, SIGTERM belongs to the preemption handler, which stops
     every worker at the same step; SIGINT still stops only this process.
@@ -484,16 +486,24 @@ class StopOnSignal(Action):
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
         stop = self.stop
-        if not stop.requested or chunk.is_last or state.stop_reason:
+        if chunk.is_last or state.stop_reason:
+            return
+        if stop.requested:
+            cause, signum = f"by {stop.signal_name}", stop.signum
+        elif state.preemption is None and streams.output_closed():
+            # `| head` or `less` quit: stop as SIGPIPE stops a shell's writer,
+            # but with a checkpoint (exit 141, like a process SIGPIPE ended).
+            cause, signum = "because its output was closed", signal.SIGPIPE
+        else:
             return
         if chunk.step > state.last_saved:
             state.save_checkpoint(chunk.step)
         state.logger.flush()
         raise TrainingInterruptedError(
-            f"interrupted by {stop.signal_name} at step {chunk.step}; checkpoint "
+            f"interrupted {cause} at step {chunk.step}; checkpoint "
             f"{state.manager.latest_checkpoint or 'none'} saved; continue with: "
             f"pipeline-train --resume --run={state.run_dir.path}",
-            stop.signum,
+            signum,
         )
 
     def close(self, state: TrainState) -> None:

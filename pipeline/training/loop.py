@@ -28,10 +28,12 @@ from pipeline import data as data_lib
 from pipeline.config import TrainConfig, epoch_of, resolve_epochs, steps_per_epoch
 from pipeline.errors import (
     NonFiniteLossError,
+    PipelineError,
     RunDirError,
     TrainingError,
     TrainingInterruptedError,
     WorkerPreemptedError,
+    one_line,
 )
 from pipeline.runs.rundir import RunDir, remove_empty_files, write_failure
 from pipeline.tensorboard import budget
@@ -104,7 +106,12 @@ def train_and_evaluate(
     # Epoch settings become steps here, where the train split is known.
     config = resolve_epochs(config, len(dataset.train))
     restore_point = choose_restore_point(config, run_dir, resume, restore_dir, print_fn)
-    with RunRecord(config, run_dir, dataset, strategy, restore_point) as record:
+    # The chief's run, named the same on every worker (--run_name is required).
+    run_path = pathlib.Path(config.logdir) / (config.run_name or run_dir.name)
+    with (
+        RunRecord(config, run_dir, dataset, strategy, restore_point) as record,
+        distribute.peers_watched(strategy, run_path, lambda: record.step),
+    ):
         state = record.state = build_train_state(
             config, run_dir, dataset, strategy, restore_point, print_fn
         )
@@ -249,6 +256,11 @@ class RunRecord:
             notes_lib.write_note(run_dir.path, self.config.note or "", self.config.tag)
         return self
 
+    @property
+    def step(self) -> int:
+        """The last step whose actions all ran (the restored one before)."""
+        return self.state.step if self.state else self.restore_point.step
+
     def completed(self, outcome: RunOutcome) -> TrainResult:
         """Records the run `completed` (or `pruned`: a sweep's pruner stopped it)
         with its final metrics; returns the result."""
@@ -281,10 +293,13 @@ class RunRecord:
             step = state.last_saved if state else self.restore_point.step
             _record_end(self.run_dir, "interrupted", step, err)
         elif err is not None:
+            # A NaN/Inf loss or weights is the model's own outcome (a search
+            # looks for where that happens), not a fault of the pipeline.
+            status = "diverged" if isinstance(err, NonFiniteLossError) else "failed"
             step = state.step if state else self.restore_point.step
-            reason = _record_end(self.run_dir, "failed", step, err)
+            reason = _record_end(self.run_dir, status, step, err)
             if self.is_chief:
-                _end_session_failed(self.run_dir, reason)
+                _end_session_failed(self.run_dir, reason, status)
         if state is not None:
             state.logger.close()
 
@@ -307,18 +322,26 @@ def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> 
     written, it stays `running` with a dead pid, which `--resume` accepts.
     """
     failure = write_failure(err)
-    reason = str(failure) if failure else f"{type(err).__name__}: {err}"
     if failure:
+        reason = str(failure)
         remove_empty_files(run_dir.path, "events.out.tfevents.*")
+    elif isinstance(err, PipelineError | KeyboardInterrupt):
+        reason = f"{type(err).__name__}: {one_line(str(err))}"
+    else:
+        # Unexpected: one line in run.json, the whole trace beside it.
+        reason = f"{type(err).__name__}: {one_line(str(err))}"
+        log = run_dir.write_error_log(err)
+        if log is not None:
+            reason += f" (full trace: {log})"
     with contextlib.suppress(RunDirError):
         run_dir.finish(status, step=step, error=reason)
     return reason
 
 
-def _end_session_failed(run_dir: RunDir, reason: str) -> None:
-    """Marks the HParams session failed, unless the disk refuses that too."""
+def _end_session_failed(run_dir: RunDir, reason: str, status: str = "failed") -> None:
+    """Marks the HParams session failed (or diverged), unless the disk refuses."""
     try:
-        hparams_lib.end_run(run_dir.path, "failed", reason)
+        hparams_lib.end_run(run_dir.path, status, reason)
     except Exception as err:
         if write_failure(err) is None:
             raise

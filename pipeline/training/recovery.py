@@ -186,8 +186,35 @@ def prepare_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
     return run_dir, config
 
 
+# Statuses whose recorded `step` was saved in a checkpoint (a completed or
+# pruned run saves at its end; an interrupted one records its last save).
+SAVED_STATUSES = ("completed", "pruned", "interrupted")
+
+
+def check_files_match_record(run_dir: RunDir) -> None:
+    """Refuses a resume the run's files cannot back: its record says a
+    checkpoint was saved at step S > 0, and `checkpoints/` holds none.
+
+    Resuming would train from step 0 and write a start marker that hides the
+    run's curves in TensorBoard: its history lost without a word.
+    """
+    record = run_dir.record()
+    step = record.step or 0
+    if record.status not in SAVED_STATUSES or step <= 0:
+        return
+    # Files without their index still count: the restore names what is wrong.
+    if not checkpoints.list_checkpoints(run_dir.checkpoint_dir):
+        raise RunDirError(
+            f"{run_dir.path}: run.json says {record.status} at step {step}, but "
+            f"{run_dir.checkpoint_dir} holds no checkpoint (deleted?); a resume "
+            "would retrain from step 0 over its history, so the run is left as "
+            "it is: restore the checkpoints, or start a new run with --run_name"
+        )
+
+
 def _check_resumable(run_dir: RunDir, launch: Launch) -> TrainConfig:
     check_not_running(run_dir)
+    check_files_match_record(run_dir)
     config = merge_overrides(saved_config(run_dir), launch.config, launch.explicit)
     step = checkpoints.latest_step(run_dir.checkpoint_dir)
     if config.steps <= step:
@@ -234,6 +261,7 @@ def prepare_worker_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
     is resuming it right now) nor cleans anything: the chief does that.
     """
     run_dir = resolve_run(launch)
+    check_files_match_record(run_dir)
     config = merge_overrides(saved_config(run_dir), launch.config, launch.explicit)
     return run_dir, config
 

@@ -145,7 +145,7 @@ class TrainState:
     trained_examples: int = 0
     stop_reason: str = ""
     # How a run that stops without an error is recorded: `completed`, or
-    # `pruned` when a sweep's pruner stopped it (`pipeline.training.pruning`).
+    # `pruned` when a sweep's pruner stopped it (`pipeline.sweep.pruning`).
     end_status: str = "completed"
     profiling: bool = False  # a tf.profiler trace is recording (RecordProfile)
     started_at: float = dataclasses.field(default_factory=time.perf_counter)

@@ -1,28 +1,30 @@
-"""Pruning as a loop action: report each evaluation to the sweep's trial, maybe stop.
+"""The sweep trial's side of training (a loop action): after each evaluation,
+ask the worker whether to go on (`link.RunEnd`); stop `pruned` when told.
 
-`ReportToStudy` runs after the standard actions, so on an evaluation step
-the test metrics are fresh. When the study's pruner says stop, the run
-saves a checkpoint at that step, logs `events/pruned` and a `pruned` text,
-and ends cleanly with status `pruned` (`TrainState.end_status`): its record,
-its HParams session and `pipeline-compare` say so, and it is not `failed`.
+A pruned run saves a checkpoint at that step, logs `events/pruned` and a
+`pruned` text, and ends cleanly with status `pruned`: its record, its HParams
+session and `pipeline-compare` say so, and it is not `failed`.
 """
 
 from __future__ import annotations
 
+import math
+
+from pipeline.sweep.link import RunEnd, TrialLink
 from pipeline.training.actions import Action
 from pipeline.training.state import Chunk, TrainState
-from pipeline.training.trial import StudyReporter, TrialLink
 
 
 class ReportToStudy(Action):
-    """The sweep trial's side of training: report, and stop when pruned."""
+    """Reports each evaluation of the sweep's metric; stops when pruned."""
 
     def __init__(self, link: TrialLink):
         self.link = link
-        self.reporter: StudyReporter | None = None
+        self.split, _, self.name = link.metric.partition("/")
+        self.worker: RunEnd | None = None
 
     def start(self, state: TrainState) -> None:
-        self.reporter = StudyReporter(self.link)
+        self.worker = RunEnd(self.link.fd)
         # The run record names its trial from the first step on.
         state.run_dir.update_record(trial=self.link.record())
 
@@ -30,13 +32,12 @@ class ReportToStudy(Action):
         if state.last_evaluated != chunk.step:
             return
         values = {"test": state.last_test, "validation": state.last_validation}
-        split = self.reporter.split
-        pruned_by = self.reporter.report(chunk.step, split, values.get(split, {}))
-        if not pruned_by:
+        value = values.get(self.split, {}).get(self.name)
+        if value is None or not math.isfinite(value):
             return
-        if chunk.is_last:
-            return  # trained to the end anyway: completed
-        value = values[split][self.reporter.name]
+        pruned_by = self.worker.ask(chunk.step, float(value))
+        if not pruned_by or chunk.is_last:
+            return  # go on; or trained to the end anyway: completed
         state.stop_reason = (
             f"pruned at step {chunk.step} by the study's {pruned_by} "
             f"({self.link.metric}={value:.4f}, trial {self.link.number} "

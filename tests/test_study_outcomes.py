@@ -1,0 +1,220 @@
+"""What a sweep's exit status says: a diverged trial is a result (exit 0),
+a crashed trial is not (exit 1, named); Optuna's journal storage shared by
+two workers; the one adapter below Optuna's public API, pinned."""
+
+import contextlib
+import os
+import pathlib
+import signal
+import time
+
+import optuna
+import pytest
+from conftest import record, run_sweep
+from optuna.trial import TrialState
+from study_fixtures import (
+    SEARCH,
+    check_study_and_runs_agree,
+    load,
+    run_dirs,
+    start_worker,
+)
+
+from pipeline.sweep import SweepError, optuna_adapter, storage, study
+
+
+def test_a_diverged_trial_is_a_result_and_the_sweep_exits_0(tmp_path):
+    # 1e38 makes the tiny logreg's loss NaN within a few steps.
+    result = run_sweep(
+        tmp_path, "--grid=learning_rate=0.1,1e38", "--sweep_name=lr", "--repeats=2"
+    )
+    assert result.returncode == 0, result.stderr
+    experiment = tmp_path / "lr"
+    diverged = experiment / "learning_rate=1e38,seed=0"
+    run = record(diverged)
+    assert run["status"] == "diverged"
+    assert run["error"].startswith("NonFiniteLossError: loss is nan at step")
+    # Its second seed is not trained: the variant diverged.
+    assert not (experiment / "learning_rate=1e38,seed=1").exists()
+    trials = load(f"sqlite:///{experiment / 'study.db'}", "lr").trials
+    by_lr = {t.params["learning_rate"]: t for t in trials}
+    # Optuna's rule for a NaN objective: the trial FAILs, the study goes on.
+    assert by_lr["1e38"].state == TrialState.FAIL
+    assert by_lr["1e38"].user_attrs["outcome"] == "diverged"
+    assert by_lr["1e38"].user_attrs["error"].startswith("loss is nan at step")
+    assert by_lr["0.1"].state == TrialState.COMPLETE
+    check_study_and_runs_agree(
+        load(f"sqlite:///{experiment / 'study.db'}", "lr"), experiment
+    )
+    out = result.stdout
+    assert "finished  run learning_rate=0.1,seed=1 (seed 1): test/accuracy=" in out
+    assert "(learning_rate=0.1): test/accuracy=" in out
+    assert ", mean of 2 seeds" in out
+    assert "diverged  trial" in out
+    assert "(learning_rate=1e38): diverged: loss is nan" in out
+    assert "sweep lr: 1/2 completed, 1 diverged, 0 pruned, 0 failed, 0 running;" in out
+    assert "error" not in result.stderr
+
+
+def test_a_crashed_trial_fails_the_sweep_naming_it(tmp_path):
+    # A batch larger than the data passes the flags' checks but cannot train.
+    result = run_sweep(tmp_path, "--grid=batch_size=32,20000", "--sweep_name=crash")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("pipeline-sweep: error: 1 trials failed: trial "), (
+        result.stderr
+    )
+    assert "(batch_size=20000,seed=0): " in last
+    trials = load(f"sqlite:///{tmp_path / 'crash' / 'study.db'}", "crash").trials
+    states = {t.params["batch_size"]: t.state for t in trials}
+    assert states == {"32": TrialState.COMPLETE, "20000": TrialState.FAIL}
+    assert "sweep crash: 1/2 completed, 0 diverged, 0 pruned, 1 failed" in result.stdout
+
+
+def test_two_workers_share_one_journal_study(tmp_path):
+    journal = tmp_path / "shared-fs" / "studies.log"
+    args = [*SEARCH, "--sweep_name=j", "--trials=4", f"--storage=journal:{journal}"]
+    logdirs = [tmp_path / "machine-a", tmp_path / "machine-b"]
+    workers = [start_worker(logdir, *args) for logdir in logdirs]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=600)
+        assert worker.returncode == 0, stderr
+    loaded = optuna.load_study(
+        study_name="j", storage=storage.connect(f"journal:{journal}")
+    )
+    assert [t.state for t in loaded.trials] == [TrialState.COMPLETE] * 4
+    assert len({t.params["learning_rate"] for t in loaded.trials}) == 4
+    names = [p.name for logdir in logdirs for p in run_dirs(logdir / "j")]
+    assert sorted(names) == [f"trial={n:04d},seed=0" for n in range(4)]
+    assert {t.user_attrs["worker"]["pid"] for t in loaded.trials} == {
+        w.pid for w in workers
+    }
+    for logdir in logdirs:
+        check_study_and_runs_agree(loaded, logdir / "j", local_only=True)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_the_adapter_fails_a_trial_another_process_holds(tmp_path, kind):
+    """Pins what `optuna_adapter` relies on: a trial asked by one Study object
+    is failed by trial number through the storage, once, and Optuna's retry
+    callback queues its parameters again."""
+    url = (
+        f"sqlite:///{tmp_path / 'a.db'}"
+        if kind == "sqlite"
+        else f"journal:{tmp_path / 'a.log'}"
+    )
+    study.quiet_optuna()
+    holder = optuna.create_study(study_name="s", storage=storage.connect(url))
+    trial = holder.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    other = storage.connect(url)
+    failed = optuna_adapter.fail_running_trial(other, "s", trial.number)
+    assert (failed.number, failed.state) == (trial.number, TrialState.FAIL)
+    assert optuna_adapter.fail_running_trial(other, "s", trial.number) is None
+    joined = optuna.load_study(study_name="s", storage=other)
+    optuna.storages.RetryHeartbeatStaleTrialCallback()(joined, failed)
+    retry = joined.trials[-1]
+    assert (retry.state, retry.params) == (TrialState.WAITING, trial.params)
+    assert retry.system_attrs["failed_trial"] == trial.number
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        trial.report(0.5, 1)  # the holder's reports are refused from now on
+
+
+def test_storage_paths_stay_paths_and_bad_urls_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # A `?` or `%` in --logdir is part of the path, not a URL's query or escape.
+    experiment = tmp_path / "q?x=1" / "p%41" / "s"
+    storage.connect(storage.default_storage(experiment))
+    assert (experiment / "study.db").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q?x=1"]
+    refusals = {
+        "sqlite://relative.db": "--storage=sqlite://relative.db: names no database "
+        "file; write sqlite:///RELATIVE/PATH or sqlite:////ABSOLUTE/PATH",
+        "mysql://u@h/db": "--storage=mysql://u@h/db: cannot use mysql here (No "
+        "module named 'MySQLdb'); use sqlite, postgresql or journal",
+    }
+    for url, message in refusals.items():
+        with pytest.raises(SweepError) as caught:
+            storage.connect(url)
+        assert str(caught.value) == message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q?x=1"]  # no None.lock
+    damaged = tmp_path / "damaged.db"
+    damaged.write_bytes(b"this is not a database\n" * 200)
+    with pytest.raises(SweepError) as caught:
+        storage.connect(f"sqlite:///{damaged}")
+    assert str(caught.value) == (
+        f"--storage=sqlite:///{damaged}: cannot open the study storage at "
+        f"{damaged} (file is not a database)"
+    )
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def test_a_killed_sweep_takes_its_training_process_with_it(tmp_path):
+    """`kill -9` of pipeline-sweep alone: its pipeline-train gets SIGTERM
+    (the parent-death signal) and ends instead of training on unseen."""
+    args = [*SEARCH, "--sweep_name=orphan", "--trials=1", "--steps=1000000"]
+    sweep = start_worker(tmp_path, *args, "--eval_every=0", start_new_session=True)
+    run = tmp_path / "orphan" / "trial=0000,seed=0"
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / "run.json").is_file() and (run / "train").is_dir()):
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+        time.sleep(2)  # into the training loop
+        child = record(run)["pid"]
+        os.kill(sweep.pid, signal.SIGKILL)
+        sweep.communicate()
+        deadline = time.monotonic() + 60
+        while _alive(child):
+            assert time.monotonic() < deadline, "the training process lives on"
+            time.sleep(0.2)
+        # `interrupted` once its SIGTERM handler is in place; a signal that
+        # comes earlier ends it at once, leaving `running` with a dead pid,
+        # which the next sweep finds dead.
+        assert record(run)["status"] in ("interrupted", "running")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sweep.pid, signal.SIGKILL)
+
+
+def test_an_interrupted_sweep_continues_its_runs_from_their_checkpoints(tmp_path):
+    """SIGTERM to a two-worker sweep: each run saves and records
+    `interrupted`; the same command continues those runs from their
+    checkpoints (no run trained again from step 0, none left behind)."""
+    args = [*SEARCH, "--sweep_name=again", "--trials=2", "--workers=2"]
+    args += ["--steps=4000", "--checkpoint_every=50", "--eval_every=1000"]
+    sweep = start_worker(tmp_path, *args)
+    experiment = tmp_path / "again"
+    runs = [experiment / f"trial={n:04d},seed=0" for n in range(2)]
+    deadline = time.monotonic() + 180
+    while not all(list((r / "checkpoints").glob("ckpt-*.index")) for r in runs):
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        assert sweep.poll() is None, sweep.communicate()
+        time.sleep(0.2)
+    sweep.send_signal(signal.SIGTERM)
+    _, stderr = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, stderr
+    interrupted = {r.name: record(r) for r in runs}
+    assert {r["status"] for r in interrupted.values()} == {"interrupted"}
+
+    again = run_sweep(tmp_path, *args)
+    assert again.returncode == 0, again.stderr
+    for run in runs:
+        assert f"{run}: interrupted; continuing it" in again.stdout
+        final = record(run)
+        assert final["status"] == "completed"
+        (resume,) = final["resumes"]
+        assert resume["previous_status"] == "interrupted"
+        assert resume["from_step"] == interrupted[run.name]["step"] > 0
+    study = load(f"sqlite:///{experiment / 'study.db'}", "again")
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL", "FAIL"]  # 2 retried
+    check_study_and_runs_agree(study, experiment)
+    assert "sweep again: 2/2 completed, 0 diverged, 0 pruned, 0 failed" in again.stdout
