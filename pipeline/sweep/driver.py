@@ -72,6 +72,7 @@ def plan(request: Request) -> Sweep:
     grid = space.parse_grid(request.grid)
     axes = grid + space.parse_search(request.search, seen=grid)
     space.check_repeats(axes, request.repeats)
+    space.check_last_seed(request.base, request.repeats)
     space.check_against_flags(request.base, axes)
     sampler = request.sampler or ("tpe" if request.search else "grid")
     total = _total(request, sampler, axes)
