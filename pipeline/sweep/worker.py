@@ -86,6 +86,17 @@ class _InterruptedError(Exception):
     """The sweep was interrupted while the trial trained."""
 
 
+class _StorageLostError(BaseException):
+    """The study storage stopped answering while the trial trained. Not an
+    `Exception`: Optuna would try to tell the storage the trial failed, fail
+    again, and chain three tracebacks; the trial stays RUNNING instead, and
+    the next sweep finds its worker dead and continues its runs."""
+
+    def __init__(self, err: BaseException):
+        super().__init__(str(err))
+        self.err = err
+
+
 @dataclasses.dataclass
 class RunOutcome:
     """How one run (one seed) ended: `completed`, `pruned`, `diverged`, ..."""
@@ -166,6 +177,7 @@ class Worker:
         if sweep.sampler == "grid":  # a grid takes unvisited points: seed once
             self.study.sampler = self.sampler(sweep.base.seed)
         self.process: subprocess.Popen | None = None
+        self.lost: BaseException | None = None  # the storage's error, once lost
         level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
         self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level)
 
@@ -211,6 +223,8 @@ class Worker:
 
             try:
                 study.optimize(objective, n_trials=1, catch=(TrialCrashedError,))
+            except _StorageLostError as lost:
+                raise storage_lib.lost(sweep.storage_url, lost.err) from None
             except _InterruptedError:
                 # Stopped by the user, not by the trial itself: train it again.
                 (frozen,) = [t for t in study.trials if t.number == outcome.number]
@@ -239,6 +253,9 @@ class Worker:
             result = self.train_run(trial, run)
             outcome.runs.append(result)
             self.progress.run_finished(result)
+            if self.lost is not None:
+                self.record_lost(run)
+                raise _StorageLostError(self.lost)
             if result.status != "completed":
                 break
         outcome.seconds = time.monotonic() - started
@@ -255,6 +272,12 @@ class Worker:
         if result.status == study_lib.DIVERGED:
             return float("nan")  # Optuna's rule: FAIL, and the study goes on
         raise TrialCrashedError(result.message)
+
+    def record_lost(self, run) -> None:
+        """The run's record says why it stopped (it stays `interrupted`)."""
+        if runs_lib.read_record(run.path).get("status") not in (None, "completed"):
+            line = storage_lib.lost(self.sweep.storage_url, self.lost)
+            RunDir(run.path).update_record(error=f"StorageLostError: {line}")
 
     def train_run(self, trial: optuna.Trial, run) -> RunOutcome:
         """Trains one run (or takes the one an earlier life completed)."""
@@ -335,10 +358,18 @@ class Worker:
     def judge(self, trial: optuna.Trial, question: dict, repeat: int) -> dict:
         """Reports a run's evaluation to the trial; the answer for the run."""
         step = repeat * self.sweep.base.steps + int(question["step"])
+        if self.lost is not None:
+            return {}  # already stopping it
         try:
             trial.report(float(question["value"]), step)
             if trial.should_prune():
                 return {"prune": self.sweep.pruner.said_stop(self.study.pruner)}
+        except storage_lib.STORAGE_ERRORS as err:
+            # The run saves a checkpoint and stops `interrupted`; the next
+            # sweep continues it inside the same trial.
+            self.lost = storage_lib.storage_failure(err) or err
+            self.interrupt()
+            return {}
         except optuna.exceptions.UpdateFinishedTrialError:
             return {
                 "ended": f"trial {trial.number} of study {self.sweep.name!r} was "
@@ -422,6 +453,18 @@ class Progress:
         )
 
 
+def _storage_errors_quiet_in_threads() -> None:
+    """Optuna's heartbeat thread dies with a traceback when the storage stops
+    answering; the worker that notices reports it in one line instead."""
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if storage_lib.storage_failure(args.exc_value) is None:
+            default(args)
+
+    threading.excepthook = hook
+
+
 def run_workers(
     sweep: Sweep, storage, workers: int, progress: Progress
 ) -> list[TrialOutcome]:
@@ -432,6 +475,7 @@ def run_workers(
     is failed and queued again, and the KeyboardInterrupt is re-raised.
     """
     stop = threading.Event()
+    _storage_errors_quiet_in_threads()
     pool = [Worker(sweep, storage, progress, stop) for _ in range(workers)]
     results: list[list[TrialOutcome]] = [[] for _ in pool]
     errors: list[BaseException] = []
@@ -442,6 +486,8 @@ def run_workers(
         except BaseException as err:  # reported by the main thread
             errors.append(err)
             stop.set()
+            for worker in pool:  # they save and stop; the next sweep continues
+                worker.interrupt()
 
     threads = [
         threading.Thread(target=target, args=(i,), daemon=True) for i in range(workers)
