@@ -146,8 +146,9 @@ def lost(url: str, err: BaseException) -> SweepError:
     """The one line for a storage that stopped answering mid-sweep."""
     return SweepError(
         f"--storage={safe_url(url)}: the study storage at {where(url)} stopped "
-        f"answering ({_reason(err)}); runs stopped at their last checkpoint: run the "
-        "same command again when it is back, to continue them"
+        f"answering ({_reason(err)}); a run in training stopped at its last "
+        "checkpoint: run the same command again when the storage is back, to "
+        "continue"
     )
 
 

@@ -234,11 +234,13 @@ class Worker:
 
     def claim_runs(self, trial: optuna.Trial) -> list:
         """The trial's runs, recorded on it. A retry of an interrupted trial
-        (Optuna copies its attributes) keeps the runs it can continue."""
+        (Optuna copies its attributes) keeps the runs it can continue or take
+        as they are (completed, say, when the storage stopped before the
+        study heard it): they are not trained again under a new name."""
         params = space.suggest(trial, self.sweep.axes)
         named = trial.user_attrs.get("named_as", trial.number)
         runs = self.sweep.trial_runs(named, params)
-        if not any(runs_lib.resumable(run.path) for run in runs):
+        if not any(_continued(run.path) for run in runs):
             named, runs = trial.number, self.sweep.trial_runs(trial.number, params)
         trial.set_user_attr("named_as", named)
         trial.set_user_attr("worker", study_lib.worker_attr())
@@ -291,10 +293,12 @@ class Worker:
                 self.progress.note(note)
             if done:
                 self.progress.note(f"{run.path}: completed before; taken as it is")
-                value = runs_lib.metric_value(
-                    runs_lib.read_record(run.path), self.sweep.metric
-                )
-                return RunOutcome(run.name, seed, "completed", value)
+                link = _link(self.sweep, trial.number, run.repeat)  # now this trial's
+                RunDir(run.path).update_record(trial=link.record())
+                record = runs_lib.read_record(run.path)
+                value = runs_lib.metric_value(record, self.sweep.metric)
+                steps = int(record.get("step") or 0)
+                return RunOutcome(run.name, seed, "completed", value, "", steps)
         returncode, log = self.train_process(trial, run, resume)
         if (run.path / RECORD_NAME).is_file():
             # The process is gone: nothing else writes the record now.
@@ -382,6 +386,13 @@ class Worker:
         process = self.process
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)
+
+
+def _continued(path: pathlib.Path) -> bool:
+    """Whether a retried trial keeps this run: resumable, or completed."""
+    return runs_lib.resumable(path) or (
+        runs_lib.read_record(path).get("status") == "completed"
+    )
 
 
 def seeds(n: int) -> str:
