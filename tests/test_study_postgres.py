@@ -28,6 +28,8 @@ from study_fixtures import (
     start_worker,
 )
 
+from pipeline.sweep import runs as runs_lib
+
 PASSWORD = "s3cret-sweep"
 
 
@@ -192,3 +194,37 @@ def test_postgresql_down_before_the_sweep_is_one_line(tmp_path, postgres_server)
     line = _error_line(result.stderr)
     assert "cannot open the study storage at 127.0.0.1:" in line
     assert not (tmp_path / "down").exists()
+
+
+@pytest.mark.slow
+def test_postgresql_stopped_as_a_trial_ends_trains_nothing_twice(
+    tmp_path, postgres_server
+):
+    """The server stops as trial 0's run completes: while the sweep tells the
+    study, lists its trials or takes the next (whichever it is doing)."""
+    args = [*SEARCH, "--sweep_name=between", "--trials=2", "--steps=200",
+            f"--storage={postgres_server.url}"]  # fmt: skip
+    first = tmp_path / "between" / "trial=0000,seed=0"
+    worker = start_worker(tmp_path, *args)
+    try:
+        deadline = time.monotonic() + 180
+        while runs_lib.read_record(first).get("status") != "completed":
+            if time.monotonic() > deadline or worker.poll() is not None:
+                pytest.fail(f"{first} did not complete: {worker.poll()=}")
+            time.sleep(0.02)
+        postgres_server.stop()
+        _, stderr = worker.communicate(timeout=300)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        postgres_server.start()
+    assert worker.returncode == 1
+    assert "stopped answering" in _error_line(stderr)
+
+    rerun = run_sweep(tmp_path, *args)
+    assert rerun.returncode == 0, rerun.stderr
+    study = load(postgres_server.url, "between")
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 2
+    check_study_and_runs_agree(study, tmp_path / "between")
+    # Trial 0's parameters were trained once: its retry took the completed run.
+    assert len(run_dirs(tmp_path / "between")) == 2
