@@ -63,6 +63,8 @@ JIT_AUTO_MODELS: tuple[str, ...] = ()
 # NumPy's RandomState (used to shuffle and split) takes seeds below 2**32.
 SEED_MAX = 2**32 - 1
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
+# A tag is one word: it is shown comma-joined in tables and the HParams column.
+TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/+-]*$")
 
 # The headings `pipeline-train --help` lists its flags under, in this order;
 # every field names one with `option(..., group=...)`.
@@ -98,6 +100,11 @@ def _is_step_range(values: Sequence[str]) -> bool:
     if len(values) != 2 or not _positive_ints(values):
         return False
     return int(values[0]) <= int(values[1])
+
+
+def is_tag(value: str) -> bool:
+    """A tag is a word of letters, digits and . _ : / + - (no comma, no space)."""
+    return bool(TAG_PATTERN.match(value))
 
 
 def _is_rate(value: float) -> bool:
@@ -150,6 +157,10 @@ class Option:
     hidden layers): `pipeline.variants` reads it, and each family's builder
     in `models.py` takes exactly its family-specific fields.
     `group` is the heading `--help` lists the flag under (one of HELP_GROUPS).
+    `hparam=False` keeps a field out of what defines a variant; `column`
+    still shows it in the HParams table. `repeatable` makes a
+    `tuple[str, ...]` field a flag given once per value (`--tag=a --tag=b`)
+    rather than a comma-separated list.
     """
 
     help: str
@@ -162,6 +173,14 @@ class Option:
     hparam: bool = True
     resume: str = FIXED
     applies_to: tuple[str, ...] = MODELS
+    repeatable: bool = False
+    # Shown as a column of TensorBoard's HParams table (None: when `hparam`).
+    # A run's tags are a column to filter by without defining a variant.
+    column: bool | None = None
+
+    @property
+    def hparams_column(self) -> bool:
+        return self.hparam if self.column is None else self.column
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
@@ -485,6 +504,32 @@ class TrainConfig:
         hparam=False,
         group="devices and speed",
     )
+    # What the user says about a run: not what is trained (no variant is
+    # defined by it), and changeable later (`pipeline-runs note|tag`).
+    note: str | None = option(
+        None,
+        "A note on why this run was made; shown in TensorBoard's Text tab for "
+        "the run and by pipeline-runs. Change it later with pipeline-runs note.",
+        check=lambda v: v is None or "\n" not in v,
+        message="{flag} must be one line (flags.cfg holds one flag a line)",
+        hparam=False,
+        resume=MAY_CHANGE,
+        group="run management",
+    )
+    tag: tuple[str, ...] = option(
+        (),
+        "A tag for the run; repeat the flag for more (--tag=baseline "
+        "--tag=bf16). pipeline-runs list --tag and pipeline-compare --filter "
+        "'tag==NAME' select by it; pipeline-runs tag changes them later.",
+        check=lambda v: all(is_tag(t) for t in v),
+        message="{flag} must be a word of letters, digits and . _ : / + - "
+        "(no comma or space)",
+        hparam=False,
+        resume=MAY_CHANGE,
+        repeatable=True,
+        column=True,
+        group="run management",
+    )
     early_stopping_patience: int = option(
         0,
         "Stop when the validation loss has not improved for N evaluations "
@@ -555,8 +600,9 @@ class TrainConfig:
 class Field:
     """A TrainConfig field as the generators see it: name, type, default, Option.
 
-    `kind` is the flag type: enum, string, integer, float, boolean or list
-    (a comma-separated flag whose items have type `item`).
+    `kind` is the flag type: enum, string, integer, float, boolean, list
+    (a comma-separated flag whose items have type `item`) or multi (a string
+    flag given once per value).
     """
 
     name: str
@@ -574,8 +620,8 @@ class Field:
 
     def from_flag(self, value: Any) -> Any:
         """A parsed flag value as the config holds it (lists become tuples)."""
-        if self.kind == "list":
-            return tuple(self.item(v) for v in value)
+        if self.kind in ("list", "multi"):
+            return tuple(self.item(v) for v in value or ())
         return value
 
 
@@ -592,7 +638,8 @@ def _field(field: dataclasses.Field, hint: Any) -> Field:
             f"{', '.join(HELP_GROUPS)} (the --help heading it is listed under)"
         )
     if typing.get_origin(hint) is tuple:
-        return Field(field.name, "list", field.default, opt, typing.get_args(hint)[0])
+        kind = "multi" if opt.repeatable else "list"
+        return Field(field.name, kind, field.default, opt, typing.get_args(hint)[0])
     base = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
     if opt.choices:
         return Field(field.name, "enum", field.default, opt)
@@ -632,6 +679,8 @@ def _define(field: Field, flag_values: flags.FlagValues) -> None:
         flags.DEFINE_float(field.name, field.default, opt.help, **bounds, **fv)
     elif field.kind == "boolean":
         flags.DEFINE_boolean(field.name, field.default, opt.help, **fv)
+    elif field.kind == "multi":
+        flags.DEFINE_multi_string(field.name, list(field.default), opt.help, **fv)
     else:
         default = [str(v) for v in field.default]
         flags.DEFINE_list(field.name, default, opt.help, **fv)
@@ -925,8 +974,8 @@ def config_to_dict(config: TrainConfig) -> dict:
 
 
 def _define_launch_flags(flag_values: flags.FlagValues) -> None:
-    """--resume, --run, --replay, --replay_rtol, --peer_timeout: what to do
-    with the config (and how long a multi-worker start waits)."""
+    """--resume, --run, --replay, --rerun, --replay_rtol, --peer_timeout: what
+    to do with the config (and how long a multi-worker start waits)."""
     fv = {"flag_values": flag_values}
     may_change = [f"--{f.name}" for f in FIELDS if f.option.resume == MAY_CHANGE]
     flags.DEFINE_boolean(
@@ -952,6 +1001,15 @@ def _define_launch_flags(flag_values: flags.FlagValues) -> None:
         "step that differs.",
         **fv,
     )
+    flags.DEFINE_string(
+        "rerun",
+        None,
+        "Start a new run with the flags of the run in this directory (e.g. "
+        "logs/NAME); flags given here replace its values, --logdir/--run_name/"
+        "--note are this run's own. Warns in one line when the code or the "
+        "installed packages differ from what that run recorded.",
+        **fv,
+    )
     flags.DEFINE_integer(
         "peer_timeout",
         600,
@@ -970,7 +1028,11 @@ def _define_launch_flags(flag_values: flags.FlagValues) -> None:
         lower_bound=0.0,
         **fv,
     )
-    help_group(flag_values, LAUNCH_GROUP, ["resume", "run", "replay", "replay_rtol"])
+    help_group(
+        flag_values,
+        LAUNCH_GROUP,
+        ["resume", "run", "replay", "replay_rtol", "rerun", "peer_timeout"],
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -982,7 +1044,7 @@ class Launch:
     replay can tell a deliberate override from a default.
     """
 
-    mode: str  # "new", "resume" or "replay"
+    mode: str  # "new", "resume", "replay" or "rerun"
     config: TrainConfig
     explicit: frozenset[str]
     run_path: str | None = None
@@ -1006,6 +1068,10 @@ def launch_from_flags(
         raise ConfigError("--run is only used with --resume (or use --replay=DIR)")
     if f.resume and f.replay is not None:
         raise ConfigError("--resume and --replay contradict each other; pick one")
+    if f.rerun is not None and (f.resume or f.replay is not None):
+        raise ConfigError(
+            "--rerun starts a new run; it cannot be combined with --resume or --replay"
+        )
     if f.replay is not None and "run_name" in explicit:
         raise ConfigError(
             "--replay runs in a temporary directory and keeps nothing; drop --run_name"
@@ -1023,6 +1089,8 @@ def launch_from_flags(
         return Launch("resume", config, explicit, f.run, f.replay_rtol, **timeout)
     if f.replay is not None:
         return Launch("replay", config, explicit, f.replay, f.replay_rtol, **timeout)
+    if f.rerun is not None:
+        return Launch("rerun", config, explicit, f.rerun, **timeout)
     return Launch("new", config, explicit, **timeout)
 
 
@@ -1035,7 +1103,8 @@ def config_from_dict(values: dict) -> TrainConfig:
     kwargs = {}
     for key, value in values.items():
         if key in FIELDS_BY_NAME:
-            if FIELDS_BY_NAME[key].kind == "list" and not isinstance(value, list):
+            kind = FIELDS_BY_NAME[key].kind
+            if kind in ("list", "multi") and not isinstance(value, list):
                 value = [value]  # recorded before the field took a list
             kwargs[key] = tuple(value) if isinstance(value, list) else value
     return TrainConfig(**kwargs)

@@ -306,3 +306,43 @@ def test_flags_that_do_not_fit_are_left_out_and_named(tmp_path):
         compare.format_ranked(
             compare.rank(variants), differing, extra_columns=["bogus"]
         )
+
+
+def test_the_commit_column_counts_in_the_fit(tmp_path):
+    runs = [
+        dataclasses.replace(
+            _summary(
+                tmp_path / f"run-{i}",
+                learning_rate=0.1 * (i + 1),
+                batch_size=100 + i,
+                optimizer=("adam", "sgd")[i % 2],
+                kernel_size=3 + i,
+                pool_size=2 + i,
+                dense_units=[128 + i],
+            ),
+            commit=f"{i}a2b3c4+9f8e7d",
+            tags=("exp1",) if i else (),
+        )
+        for i in range(3)
+    ]
+    variants, differing = compare.group_variants(runs)
+    notes = []
+    table = compare.format_ranked(compare.rank(variants), differing, notes=notes)
+    lines = table.splitlines()
+    assert lines[0].split()[-1] == "commit"
+    assert max(len(line) for line in lines) <= 120
+    (note,) = notes
+    assert note.startswith("not shown to fit 120 columns: ")
+    assert compare.code_note(compare.rank(variants)).startswith(
+        "these runs ran different code (0a2b3c4+9f8e7d, 1a2b3c4+9f8e7d"
+    )
+    records = json.loads(
+        compare.format_ranked(compare.rank(variants), differing, "json")
+    )
+    assert {r["commit"] for r in records} == {f"{i}a2b3c4+9f8e7d" for i in range(3)}
+    tagged = compare.rank(variants, predicate=compare.parse_filter("tag==exp1"))
+    assert len([v for g in tagged for v in g]) == 2
+    same = [dataclasses.replace(r, commit="1a2b3c4") for r in runs]
+    variants, differing = compare.group_variants(same)
+    assert "commit" not in compare.format_ranked(compare.rank(variants), differing)
+    assert compare.code_note(compare.rank(variants)) is None

@@ -32,11 +32,13 @@ DOCS = sorted(
 
 # Names the docs may use although nothing here defines them, each with why.
 ALLOWED_FLAGS = {
+    "binary",  # git diff --binary: a dirty run's code.diff (docs/run-tracking.md)
     "bind_all",  # TensorBoard's own flag (docs/tensorboard.md, security notes)
     "dist",  # pytest-xdist's --dist (how `make test` schedules files)
     "owner",  # PostgreSQL's createdb --owner (docs/search.md, several machines)
     "pwprompt",  # PostgreSQL's createuser --pwprompt (the same)
     "reload_multifile",  # TensorBoard's own flag, which pipeline-board passes
+    "stat",  # git diff --stat, which pipeline-runs diff shows (the same)
 }
 # Path prefixes that are examples, not files of the repo.
 ALLOWED_PATH_PREFIXES = (

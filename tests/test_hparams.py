@@ -243,3 +243,23 @@ def test_the_swept_flag_is_marked_first_and_at_most_five_are():
     assert "seed" not in marked
     # A sweep's axes come first, whatever else varies.
     assert hparams.marked_flags({"logs": demo}, given=["batch_size"])[0] == "batch_size"
+
+
+def test_differing_tags_are_marked_last_in_their_tier():
+    side = [
+        {"model": "mlp", "learning_rate": rate, "tag": [tag]}
+        for rate, tag in ((0.1, "baseline"), (0.05, "exp1"))
+    ]
+    assert hparams.marked_flags({"logs": side}) == ["learning_rate", "tag"]
+    # Tags differing only between directories rank with such flags.
+    other = [{"model": "cnn", "learning_rate": 0.1, "tag": ["b"]}]
+    marked = hparams.marked_flags({"logs": side, "logs/x": other})
+    assert marked == ["learning_rate", "tag", "model"]
+    # Five flags swept side by side keep every mark: the tag gets none.
+    swept = [
+        {"model": "mlp", "learning_rate": 0.1 * i, "batch_size": 10 * i}
+        | {"hidden_units": 30 + i, "dropout": 0.1 * i, "hidden_layers": i}
+        | {"tag": [f"t{i}"]}
+        for i in (1, 2, 3)
+    ]
+    assert "tag" not in hparams.marked_flags({"s": swept})

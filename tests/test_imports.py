@@ -28,6 +28,7 @@ TF_FREE_MODULES = (
     "pipeline.tensorboard.board",
     "pipeline.tensorboard.budget",
     "pipeline.tensorboard.hparams",
+    "pipeline.tensorboard.notes",
     "pipeline.tools.compare",
     "pipeline.tools.predict",
     "pipeline.sweep",

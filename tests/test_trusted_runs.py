@@ -504,7 +504,7 @@ def test_weights_diverging_between_histograms_are_one_line_not_a_graph_error(
     )
     assert_one_error(result, "pipeline-train", "weights are NaN/Inf at step")
     assert "bincount" not in result.stderr
-    assert record(tmp_path / "diverged")["status"] == "failed"
+    assert record(tmp_path / "diverged")["status"] == "diverged"
 
 
 # --- full disks, read-only and size-limited filesystems -------------------------

@@ -9,9 +9,11 @@ usage: pipeline-compare [--runs] [--columns=A,B] [--filter=EXPR] [...] RUN_OR_DI
 
 Runs equal in every defining flag but --seed are repeats of one variant
 (pipeline/variants.py). Each row names its run, or its variant with the run
-count (--runs lists each run under it), with status and start time; the
-table fits 120 columns (--columns adds more). For a sweep directory it adds
-the study's view: trials, steps, the best trial.
+count (--runs lists each run under it), with status and start time, and
+the commit when the runs shown ran different code; the table fits 120
+columns (--columns adds more). --filter 'tag==X' keeps the rows whose runs
+carry tag X. For a sweep directory it adds the study's view: trials, steps,
+the best trial.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_string(
         "filter",
         None,
-        "Keep rows matching e.g. 'model==cnn and best/accuracy>0.98' "
+        "Keep rows matching e.g. 'model==cnn and best/accuracy>0.98' or "
+        "'tag==baseline' (a row whose runs carry that tag) "
         "(and/or/not, parentheses, == != < <= > >=).",
         **fv,
     )
@@ -132,6 +135,9 @@ def main(argv: list[str]) -> None:
             print("\n" + compare.format_pruned(pruned))
         for url, name, path in study_summary.find_studies(argv[1:], FLAGS.storage):
             print("\n" + study_summary.describe(url, name, path))
+        different_code = compare.code_note(ranked)
+        if different_code:
+            notes.append(different_code)
         if len(ranked) > 1:
             notes.append(
                 f"{len(ranked)} data sets: tables are not comparable with each other "

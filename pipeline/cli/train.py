@@ -24,7 +24,7 @@ from absl import flags
 from pipeline import cli, variants
 from pipeline import config as config_lib
 from pipeline import data as data_lib
-from pipeline.runs import rundir
+from pipeline.runs import provenance, rundir
 from pipeline.sweep import link as trial_link
 from pipeline.training import distribute, recovery
 
@@ -50,6 +50,8 @@ def _train_from_flags() -> None:
     files are reported in well under a second.
     """
     launch = config_lib.launch_from_flags(FLAGS, sys.argv)
+    if launch.mode == "rerun":
+        launch = _rerun_launch(launch)
     unused = variants.inapplicable_warning(launch.config.model, sys.argv)
     if unused and launch.mode == "new":
         cli.warner(PROG)(unused)
@@ -95,6 +97,19 @@ def _train_from_flags() -> None:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
     _print_done(run_dir, result)
+
+
+def _rerun_launch(launch: config_lib.Launch) -> config_lib.Launch:
+    """A new run with the flags of the run --rerun names; one warning line when
+    the code or the installed packages here differ from what it recorded."""
+    original, launch = recovery.prepare_rerun(launch)
+    changes = provenance.changes_since(original.sessions)
+    if changes:
+        cli.warner(PROG)(
+            f"--rerun={original.path.parent}: {'; '.join(changes)}; results may "
+            "differ (pipeline-runs diff compares the two runs afterwards)"
+        )
+    return launch
 
 
 def _resume_target(

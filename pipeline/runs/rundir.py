@@ -50,6 +50,7 @@ from typing import Any
 from pipeline import config as config_lib
 from pipeline.config import TrainConfig, config_to_dict, unused_alternatives
 from pipeline.errors import RecordError, RunDirError, RunLockedError, one_line
+from pipeline.runs import provenance
 
 RECORD_NAME = "run.json"
 FLAGFILE_NAME = "flags.cfg"
@@ -206,6 +207,8 @@ def config_to_flagfile(config: TrainConfig) -> str:
             continue
         if isinstance(value, bool):
             lines.append(f"--{key}" if value else f"--no{key}")
+        elif config_lib.FIELDS_BY_NAME[key].kind == "multi":
+            lines += [f"--{key}={item}" for item in value]
         elif isinstance(value, list):
             lines.append(f"--{key}={','.join(str(v) for v in value)}")
         else:
@@ -339,6 +342,35 @@ class RunRecord:
     def step(self) -> int | None:
         step = self.data.get("step")
         return step if isinstance(step, int) and not isinstance(step, bool) else None
+
+    @property
+    def sessions(self) -> list[dict[str, Any]]:
+        """What made the run, per start and resume (`pipeline.runs.provenance`);
+        [] for a run recorded before sessions were."""
+        sessions = self.data.get("sessions")
+        return (
+            [s for s in sessions if isinstance(s, dict)]
+            if isinstance(sessions, list)
+            else []
+        )
+
+    @property
+    def code(self) -> dict[str, Any]:
+        """The code the run started with (its first session's), {} if unknown."""
+        sessions = self.sessions
+        return (sessions[0].get("code") or {}) if sessions else {}
+
+    @property
+    def note(self) -> str:
+        """What the user said about the run (`--note`, `pipeline-runs note`)."""
+        note = self.config.get("note")
+        return note if isinstance(note, str) else ""
+
+    @property
+    def tags(self) -> list[str]:
+        """The run's tags (`--tag`, `pipeline-runs tag`)."""
+        tags = self.config.get("tag")
+        return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
@@ -581,10 +613,11 @@ class RunDir:
 
         self.write_flagfile(config)
         self.reserve_space()
+        now = utc_now()
         self.update_record(
             run_name=self.name,
             status="running",
-            start_time=utc_now(),
+            start_time=now,
             end_time=None,
             config=config_to_dict(config),
             dataset=dataset_info,
@@ -597,6 +630,9 @@ class RunDir:
             },
             host=socket.gethostname(),
             pid=os.getpid(),
+            sessions=[
+                provenance.record_session(self.path, [], now, write_bytes_atomic)
+            ],
         )
 
     def write_flagfile(self, config: TrainConfig) -> None:
@@ -617,10 +653,15 @@ class RunDir:
         self.write_flagfile(config)
         self.reserve_space()
         record = self.read_record()
+        now = utc_now()
+        sessions = list(record.get("sessions") or [])
+        sessions.append(
+            provenance.record_session(self.path, sessions, now, write_bytes_atomic)
+        )
         resumes = list(record.get("resumes") or [])
         resumes.append(
             {
-                "time": utc_now(),
+                "time": now,
                 "from_step": from_step,
                 "previous_status": record.get("status"),
                 "pid": os.getpid(),
@@ -632,6 +673,7 @@ class RunDir:
             error=None,
             config=config_to_dict(config),
             resumes=resumes,
+            sessions=sessions,
             host=socket.gethostname(),
             pid=os.getpid(),
         )

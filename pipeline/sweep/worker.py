@@ -36,6 +36,7 @@ from typing import Any
 import optuna
 
 from pipeline import config as config_lib
+from pipeline.runs import archive
 from pipeline.runs.rundir import RECORD_NAME, RunDir
 from pipeline.sweep import link as link_lib
 from pipeline.sweep import runs as runs_lib
@@ -284,6 +285,9 @@ class Worker:
     def train_run(self, trial: optuna.Trial, run) -> RunOutcome:
         """Trains one run (or takes the one an earlier life completed)."""
         seed = run.config.seed
+        archived = self.archived_outcome(run)
+        if archived is not None:
+            return archived
         resume = runs_lib.resumable(run.path)
         if resume:
             self.progress.note(f"{run.path}: interrupted; continuing it")
@@ -327,6 +331,21 @@ class Worker:
             log.unlink(missing_ok=True)
         status = "interrupted" if self.stop.is_set() else "failed"
         return RunOutcome(run.name, seed, status, None, message, steps)
+
+    def archived_outcome(self, run) -> RunOutcome | None:
+        """The outcome `pipeline-runs archive|delete` recorded for a run the
+        user moved away: a completed run's value stands, anything else fails
+        its trial; either way it is never trained again."""
+        gone = archive.entry(run.path)
+        if gone is None or run.path.exists():
+            return None
+        self.progress.note(f"{run.path}: {gone['action']}; not trained again")
+        seed = run.config.seed
+        if gone.get("status") == "completed":
+            value = runs_lib.metric_value(gone, self.sweep.metric)
+            return RunOutcome(run.name, seed, "completed", value)
+        message = f"{gone['action']} by the user"
+        return RunOutcome(run.name, seed, "failed", None, message)
 
     def train_process(self, trial, run, resume: bool) -> tuple[int, pathlib.Path]:
         """Runs `pipeline-train` for `run`, answering its reports.

@@ -34,6 +34,7 @@ without importing TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import pathlib
@@ -114,7 +115,9 @@ def _domain(field: config_lib.Field) -> hp.Domain:
 
 
 def hparam_flags(models: Iterable[str] = config_lib.MODELS) -> list[hp.HParam]:
-    """One `hp.HParam` per flag defining a variant of `models`, from its declaration.
+    """One `hp.HParam` per HParams column of `models`, from its declaration:
+    the flags defining a variant, and the run's tags (a column to filter by,
+    `option(column=True)`, that defines no variant).
 
     Not the seed: a variant's repeats are one session group (one row, its
     metrics averaged), and a group shows only what its sessions share. Not a
@@ -124,7 +127,7 @@ def hparam_flags(models: Iterable[str] = config_lib.MODELS) -> list[hp.HParam]:
     return [
         hp.HParam(field.name, _domain(field), description=field.description)
         for field in config_lib.FIELDS
-        if field.option.hparam
+        if field.option.hparams_column
         and field.name not in variants_lib.REPEAT_FIELDS
         and field.name in applicable
     ]
@@ -164,6 +167,21 @@ def _configs_by_directory(experiment_dir: str | os.PathLike) -> dict[str, list[d
     return out
 
 
+# Fields shown as HParams columns without defining a variant (the run's tags).
+COLUMN_ONLY = tuple(
+    f.name for f in config_lib.FIELDS if f.option.hparams_column and not f.option.hparam
+)
+
+
+def differing_columns(configs: Iterable[dict]) -> set[str]:
+    """`COLUMN_ONLY` fields whose values differ between `configs` (tags)."""
+    seen: dict[str, set[str]] = {name: set() for name in COLUMN_ONLY}
+    for config in configs:
+        for name in COLUMN_ONLY:
+            seen[name].add(json.dumps(config.get(name) or [], sort_keys=True))
+    return {name for name, values in seen.items() if len(values) > 1}
+
+
 def marked_flags(
     by_directory: Mapping[str, list[dict]],
     given: Iterable[str] = (),
@@ -177,15 +195,21 @@ def marked_flags(
     that vary inside one directory (a sweep's runs, or runs side by side),
     then those marked before, then those that vary only between directories;
     within each, the flags with more distinct values first.
+
+    The `tag` column (`COLUMN_ONLY`) is marked like a flag where tags differ:
+    with the flags varying inside a directory when runs side by side carry
+    different tags, else with those varying only between directories; last
+    in its tier (`most_telling` ranks a field that defines no variant after
+    those that do), so tags never push a swept flag out of view.
     """
     groups = list(by_directory.values())
     configs = [c for cs in groups for c in cs]
     names = {h.name for h in hparam_flags()}
     tiers = (
         set(given),
-        variants_lib.varying_within(groups),
+        variants_lib.varying_within(groups).union(*map(differing_columns, groups)),
         set(marked_before),
-        set(variants_lib.differing_fields(configs)),
+        set(variants_lib.differing_fields(configs)) | differing_columns(configs),
     )
     marked: list[str] = []
     for tier in tiers:
@@ -197,9 +221,13 @@ def session_hparams(config: config_lib.TrainConfig) -> dict[str, bool | float | 
     """The run's variant as hparam values: numbers, bools, strings (`32,64`).
 
     Only the flags that define its variant (`pipeline.variants`): a logreg
-    row has no conv filters, and the seed is not among them.
+    row has no conv filters, and the seed is not among them. Plus its tags
+    (`tag=a,b`), a column that defines no variant.
     """
-    defining = variants_lib.defining_config(config_lib.config_to_dict(config))
+    recorded = config_lib.config_to_dict(config)
+    defining = variants_lib.defining_config(recorded)
+    # Columns that define no variant (the run's tags) are shown all the same.
+    defining.update({name: recorded[name] for name in COLUMN_ONLY})
     values: dict[str, bool | float | str] = {}
     for key, value in defining.items():
         if value is None:
@@ -345,6 +373,62 @@ def write_session_start(
         session_hparams(config), trial_id=trial_id, start_time_secs=time.time()
     )
     _write(run_dir, summary, ".session_start")
+
+
+def rewrite_session_start(
+    run_dir: str | os.PathLike, values: Mapping[str, bool | float | str]
+) -> bool:
+    """Replaces hparam `values` in the run's recorded session (e.g. its tags).
+
+    TensorBoard keeps the first session start it reads for a run, so the
+    file is rewritten under its own name (the trial id and start time kept)
+    rather than a second one added. False when the run has no session.
+    """
+    run_dir = pathlib.Path(run_dir)
+    for path in sorted(run_dir.glob("events.out.tfevents.*.session_start")):
+        for event in event_file_loader.EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag != metadata.SESSION_START_INFO_TAG:
+                    continue
+                data = metadata.parse_session_start_info_plugin_data(
+                    value.metadata.plugin_data.content
+                )
+                for name, new in values.items():
+                    _set_value(data.hparams[name], new)
+                summary = _summary(
+                    metadata.SESSION_START_INFO_TAG,
+                    plugin_data_pb2.HParamsPluginData(session_start_info=data),
+                )
+                _replace(path, summary, event.wall_time)
+                return True
+    return False
+
+
+def _set_value(proto, value: bool | float | str) -> None:
+    """Sets a `google.protobuf.Value` as `hp.hparams_pb` would."""
+    if isinstance(value, bool):
+        proto.bool_value = value
+    elif isinstance(value, int | float):
+        proto.number_value = float(value)
+    else:
+        proto.string_value = str(value)
+
+
+def _replace(
+    path: pathlib.Path, summary: summary_pb2.Summary, wall_time: float
+) -> None:
+    """Writes one event holding `summary` over the event file at `path`."""
+    staging = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=".hparams-"))
+    try:
+        writer = EventFileWriter(str(staging))
+        writer.add_event(event_pb2.Event(wall_time=wall_time, step=0, summary=summary))
+        writer.close()
+        (written,) = staging.iterdir()
+        os.replace(written, path)
+    finally:
+        for leftover in staging.iterdir():
+            leftover.unlink()
+        staging.rmdir()
 
 
 def write_session_end(

@@ -32,7 +32,7 @@ from tensorboard.util import tensor_util
 from pipeline import config as config_lib
 from pipeline import variants as variants_lib
 from pipeline.errors import ConfigError
-from pipeline.runs import rundir
+from pipeline.runs import provenance, rundir
 
 METRICS = (
     "final/accuracy",
@@ -81,6 +81,9 @@ class RunSummary:
     accuracy_curve: list[tuple[int, float]]
     error: str | None = None
     start_time: str = ""
+    # The code it ran (`provenance.code_identity`) and its tags.
+    commit: str = "-"
+    tags: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -108,6 +111,11 @@ class Variant:
         return statistics.fmean(values), std
 
     @property
+    def commits(self) -> str:
+        """The code its repeats ran: `1a2b3c4`, or several joined by commas."""
+        return ",".join(dict.fromkeys(run.commit for run in self.runs))
+
+    @property
     def start_time(self) -> str:
         """When its first run started (ISO-8601 UTC, as `run.json` says)."""
         return min((r.start_time for r in self.runs if r.start_time), default="")
@@ -123,6 +131,9 @@ class Variant:
     def fields(self) -> dict[str, Any]:
         """What `--filter` and `--sort` see: the flags, `repeats` and metric means."""
         out = {k: v for k, v in self.runs[0].config.items() if k != "seed"}
+        # `tag==x`: a repeat carries tag x (a set matches by membership).
+        out["tag"] = frozenset(t for run in self.runs for t in run.tags)
+        out["commit"] = self.commits
         out["repeats"] = len(self.runs)
         out.update({m: self.stat(m)[0] for m in METRICS})
         out.update({m: self.stat(m)[0] for m in self.eval_metrics()})
@@ -228,6 +239,8 @@ def summarize(record: rundir.RunRecord) -> RunSummary:
         accuracy_curve=accuracy,
         error=record.error,
         start_time=str(record.get("start_time") or ""),
+        commit=provenance.code_identity(record.code),
+        tags=tuple(record.tags),
     )
 
 
@@ -369,7 +382,8 @@ def parse_filter(text: str) -> Predicate:
             return inner
         field = take("word")
         op = take("op")
-        value = _coerce(take("value") if peek() == "value" else take("word"))
+        raw = take("value") if peek() == "value" else take("word")
+        value = _coerce(raw)
 
         def compare(row: dict[str, Any]) -> bool:
             if field not in row:
@@ -377,6 +391,8 @@ def parse_filter(text: str) -> Predicate:
                 raise CompareError(
                     f"--filter: unknown field {field!r} (known: {known})"
                 )
+            if isinstance(row[field], frozenset) and op in ("==", "!="):
+                return (raw in row[field]) == (op == "==")
             left = _coerce(row[field])
             if isinstance(left, float) != isinstance(value, float):
                 left, right = str(row[field]), str(value)
@@ -620,6 +636,23 @@ def _widths(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[int]:
     return [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
 
 
+def ran_different_code(ranked: Sequence[Sequence[Variant]]) -> list[str]:
+    """The code identities of the runs shown, when there are several."""
+    seen = dict.fromkeys(r.commit for g in ranked for v in g for r in v.runs)
+    return list(seen) if len(seen) > 1 else []
+
+
+def code_note(ranked: Sequence[Sequence[Variant]]) -> str | None:
+    """One line when the runs compared ran different code, else None."""
+    commits = ran_different_code(ranked)
+    if not commits:
+        return None
+    return (
+        f"these runs ran different code ({', '.join(commits)}; '+' marks "
+        "uncommitted changes): pipeline-runs diff RUN_A RUN_B shows what changed"
+    )
+
+
 def _text_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = _widths(headers, rows)
     numeric = [
@@ -686,6 +719,7 @@ def _record(
     differing: Sequence[str],
     comparable_group: int,
     root: pathlib.Path,
+    with_commit: bool = False,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {k: variant.flags.get(k) for k in differing}
     out["repeats"] = len(variant.runs)
@@ -699,6 +733,8 @@ def _record(
     out["name"] = variant_name(variant, root)
     out["status"] = variant.status
     out["start_time"] = variant.start_time
+    if with_commit:
+        out["commit"] = variant.commits
     return out
 
 
@@ -706,8 +742,12 @@ def _machine_readable(
     ranked: Sequence[Sequence[Variant]], differing: Sequence[str], fmt: str
 ) -> str:
     root = _common_root(ranked)
+    # A `commit` field only when the runs shown ran different code.
+    with_commit = bool(ran_different_code(ranked))
     records = [
-        _record(v, differing, i, root) for i, group in enumerate(ranked) for v in group
+        _record(v, differing, i, root, with_commit)
+        for i, group in enumerate(ranked)
+        for v in group
     ]
     if fmt == "json":
         return json.dumps(records, indent=2)
@@ -734,7 +774,9 @@ def format_ranked(
 
     A table fits `WIDTH` characters unless `extra_columns` (`--columns`) ask
     for more: flag columns that do not fit are left out and named in
-    `notes`. `each_run` (`--runs`) lists every run under its variant.
+    `notes`. `each_run` (`--runs`) lists every run under its variant. When
+    the runs shown ran different code, a last `commit` column (a `commit`
+    field in csv/json) says which; the fit counts it like any other column.
     """
     if fmt in ("csv", "json"):
         return _machine_readable(ranked, differing, fmt)
@@ -742,6 +784,10 @@ def format_ranked(
     with_data = allow_mismatch and len({v.data for g in ranked for v in g}) > 1
     if with_data:
         cols.append(Column("data", lambda v: v.data))
+    if ran_different_code(ranked):
+        # Counted in the fit like any other column: flags make room for it.
+        # Cut like a run's name (the stderr note and csv/json list them all).
+        cols.append(Column("commit", lambda v: shorten(v.commits, NAME_WIDTH)))
     if fmt == "table" and not extra_columns:
         cols, left_out = fit(cols, ranked, differing)
         if left_out and notes is not None:

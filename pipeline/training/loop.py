@@ -38,6 +38,7 @@ from pipeline.errors import (
 from pipeline.runs.rundir import RunDir, remove_empty_files, write_failure
 from pipeline.tensorboard import budget
 from pipeline.tensorboard import hparams as hparams_lib
+from pipeline.tensorboard import notes as notes_lib
 from pipeline.training import distribute
 from pipeline.training.actions import Action, run_actions
 from pipeline.training.state import (
@@ -251,6 +252,8 @@ class RunRecord:
             run_dir.start(self.config, dataset_record(self.dataset))
         if self.is_chief and point.step == 0:
             hparams_lib.start_run(run_dir.path, self.config)
+        if self.is_chief:
+            notes_lib.write_note(run_dir.path, self.config.note or "", self.config.tag)
         return self
 
     @property

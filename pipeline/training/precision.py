@@ -26,12 +26,12 @@ import pathlib
 import tensorflow as tf
 
 from pipeline.config import PRECISIONS
+from pipeline.runs import provenance
 
 # Families whose training mixed_bfloat16 made faster on the benchmark CPU
 # (AVX512_BF16) at test accuracy within 0.5 points of float32 (`make bench`).
 AUTO_MODELS: tuple[str, ...] = ("cnn",)
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-CPUINFO = pathlib.Path("/proc/cpuinfo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,20 +74,14 @@ class Precision:
 
 
 @functools.cache
-def cpu_bf16_flag(cpuinfo: pathlib.Path = CPUINFO) -> str | None:
-    """The CPU flag that says the cores compute bfloat16 natively, if any."""
-    try:
-        text = cpuinfo.read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            present = set(line.split(":", 1)[1].split())
-            for flag in CPU_BF16_FLAGS:
-                if flag in present:
-                    return flag
-            return None
-    return None
+def cpu_bf16_flag(cpuinfo: pathlib.Path = provenance.CPUINFO) -> str | None:
+    """The CPU flag that says the cores compute bfloat16 natively, if any.
+
+    Read by `provenance.cpu_info`, the one reader of /proc/cpuinfo (a run
+    records the same flags).
+    """
+    present = provenance.cpu_info(cpuinfo)["kernel_flags"]
+    return next((flag for flag in CPU_BF16_FLAGS if flag in present), None)
 
 
 @functools.cache

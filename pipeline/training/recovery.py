@@ -284,6 +284,27 @@ def prepare_replay(launch: Launch) -> tuple[RunDir, TrainConfig]:
     return original, config
 
 
+def prepare_rerun(launch: Launch) -> tuple[RunRecord, Launch]:
+    """The run to re-run and a new-run launch with its flags.
+
+    Every flag given on the command line replaces the run's value; where the
+    new run lives (--logdir, --run_name) and its --note are its own.
+
+    Raises:
+      RunDirError, RecordError: no such run, or its record is damaged.
+      ConfigError: the merged flags do not make a valid run.
+    """
+    original = open_run_dir(launch.run_path).record()
+    saved = original.train_config()
+    own = config_lib.LOCATION_FLAGS | {"note"}
+    updates = {name: getattr(launch.config, name) for name in launch.explicit | own}
+    for pair in config_lib.EPOCH_ALTERNATIVES:
+        if set(pair) & launch.explicit:
+            updates.update({name: getattr(launch.config, name) for name in pair})
+    config = config_lib.validate(dataclasses.replace(saved, **updates))
+    return original, Launch("new", config, launch.explicit | own)
+
+
 def copy_chosen_checkpoint(
     source: pathlib.Path,
     target: pathlib.Path,
