@@ -700,6 +700,17 @@ def help_group(
         flag_values.register_key_flag_for_module(heading, flag_values[name])
 
 
+def require_finite(flag_values: flags.FlagValues, name: str) -> None:
+    """Refuses `inf` and `nan` for float flag `name`: absl parses both, and
+    neither trains anything (nor prunes sensibly)."""
+    flags.register_validator(
+        name,
+        lambda v: v is None or math.isfinite(v),
+        message=f"--{name} must be a finite number",
+        flag_values=flag_values,
+    )
+
+
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
     """Defines every training flag, with help text and validators, on `flag_values`.
 
@@ -714,13 +725,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         help_group(flag_values, group, names)
     for field in FIELDS:
         if field.kind == "float":
-            # absl parses `inf` and `nan`; neither trains anything.
-            flags.register_validator(
-                field.name,
-                lambda v: v is None or math.isfinite(v),
-                message=f"--{field.name} must be a finite number",
-                flag_values=flag_values,
-            )
+            require_finite(flag_values, field.name)
         if field.option.check is not None:
             flags.register_validator(
                 field.name,

@@ -6,8 +6,10 @@ import subprocess
 import pytest
 from conftest import (
     LOGREG,
+    LOGREG_FLAGS,
     kill_once_started,
     record,
+    run_cli,
     run_sweep,
     sweep_command,
 )
@@ -136,3 +138,40 @@ def test_sweep_flag_errors_are_one_line(tmp_path):
     assert lines[-1].startswith("pipeline-sweep: error: --grid (activation=nope):")
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--seed=4294967296"], "--seed=4294967296"),
+        (["--seed=4294967295", "--repeats=2"], "--repeats=2 with --seed=4294967295"),
+        (["--prune_worse_than=nan"], "--prune_worse_than=nan"),
+        (["--trials=3"], "--trials=3"),
+        (["--storage=sqlite://relative.db"], "--storage=sqlite://relative.db"),
+        (["--storage=mysql://u@127.0.0.1/d"], "--storage=mysql://u@127.0.0.1/d"),
+        (["--grid=seed=4294967296"], "--grid (seed=4294967296)"),
+        (["--search=learning_rate=log:1:0"], "--search=learning_rate=log:1:0"),
+        (["extra"], "unexpected argument extra"),
+    ],
+)
+def test_a_sweep_flag_error_leaves_nothing_on_disk(tmp_path, args, names):
+    """Any flag or argument the sweep refuses is refused before its study,
+    logdir or lock files exist (here or in the current directory)."""
+    cwd, logdir = tmp_path / "cwd", tmp_path / "logs"
+    cwd.mkdir()
+    result = run_cli(
+        "pipeline-sweep",
+        *LOGREG_FLAGS,
+        f"--logdir={logdir}",
+        "--sweep_name=s",
+        "--grid=learning_rate=0.1",
+        *args,
+        cwd=cwd,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("pipeline-sweep: error: "), line
+    assert names in line
+    assert not logdir.exists()
+    assert list(cwd.iterdir()) == []

@@ -91,6 +91,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
     flags.DEFINE_alias("parallel", "workers", flag_values=flag_values)
     for heading, names in _HELP_GROUPS.items():
         config_lib.help_group(flag_values, heading, names)
+    config_lib.require_finite(flag_values, "prune_worse_than")
     flags.register_validator(
         "sweep_name",
         lambda v: (

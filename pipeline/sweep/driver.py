@@ -72,6 +72,7 @@ def plan(request: Request) -> Sweep:
     grid = space.parse_grid(request.grid)
     axes = grid + space.parse_search(request.search, seen=grid)
     space.check_repeats(axes, request.repeats)
+    space.check_last_seed(request.base, request.repeats)
     space.check_against_flags(request.base, axes)
     sampler = request.sampler or ("tpe" if request.search else "grid")
     total = _total(request, sampler, axes)
@@ -168,8 +169,19 @@ def open_sweep_study(sweep: Sweep) -> tuple[optuna.Study, optuna.storages.BaseSt
 
 
 def run(sweep: Sweep, workers: int) -> int:
-    """Runs `workers` local workers on the sweep's study; the exit status."""
+    """Runs `workers` local workers on the sweep's study; the exit status.
+
+    Raises:
+      SweepError: one line for bad input, or a storage that cannot be opened
+        or stops answering (its runs stop at their last checkpoint; the same
+        command continues them).
+    """
     print(headline(sweep))
+    with storage_lib.lost_is_one_line(sweep.storage_url):
+        return _run(sweep, workers)
+
+
+def _run(sweep: Sweep, workers: int) -> int:
     study, storage = open_sweep_study(sweep)
     progress = Progress(sweep, study)
     with storage_lib.claim_lock(sweep.storage_url, sweep.name):

@@ -157,6 +157,27 @@ def check_repeats(axes: Sequence[Axis], repeats: int) -> None:
         raise SweepError("--grid=seed=... and --repeats>1 both set the seed; use one")
 
 
+def check_last_seed(base: config_lib.TrainConfig, repeats: int) -> None:
+    """Resolves the last repeat's seed (SEED + repeats - 1) with the flag's own
+    bounds, so `--seed` near its upper bound is refused before the study is
+    created rather than failing every trial.
+
+    Raises:
+      SweepError: naming --repeats and --seed and the flag's own message.
+    """
+    if repeats <= 1:
+        return
+    last = base.seed + repeats - 1
+    try:
+        resolve(base, [], last)
+    except SweepError as err:
+        reason = str(err).split(": ", 1)[-1]
+        raise SweepError(
+            f"--repeats={repeats} with --seed={base.seed}: the last run's seed "
+            f"would be {last}: {reason}"
+        ) from None
+
+
 def value_text(value: Any) -> str:
     """A sampled value as flag text: `0.0123`, `3`, `relu`."""
     return repr(value) if isinstance(value, float) else str(value)

@@ -105,13 +105,66 @@ def where(url: str) -> str:
 
 def unreachable(url: str, err: BaseException) -> SweepError:
     """The one line for a storage that cannot be opened or read."""
-    original = getattr(err, "orig", None) or err
-    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
-    reason = re.sub(r"^\([\w.]+\) ", "", lines[0] if lines else type(err).__name__)
     return SweepError(
         f"--storage={safe_url(url)}: cannot open the study storage at "
-        f"{where(url)} ({reason})"
+        f"{where(url)} ({_reason(err)})"
     )
+
+
+def _reason(err: BaseException) -> str:
+    """The driver's first line (`connection failed: ...`), without SQLAlchemy's
+    `(module.Error)` prefix."""
+    original = getattr(err, "orig", None) or err
+    lines = [line.strip() for line in str(original).splitlines() if line.strip()]
+    return re.sub(r"^\([\w.]+\) ", "", lines[0] if lines else type(err).__name__)
+
+
+# What a storage that stopped answering raises through Optuna (a server
+# stopped, a connection dropped): SQLAlchemy's errors, or Optuna's own wrapper
+# of them ("... e.g. exceeding max length", whatever the cause).
+STORAGE_ERRORS = (
+    sqlalchemy.exc.SQLAlchemyError,
+    optuna.exceptions.StorageInternalError,
+)
+
+
+def storage_failure(err: BaseException | None) -> BaseException | None:
+    """The storage error behind `err` (itself, or its cause or context: Optuna
+    may raise another error while handling one), else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, STORAGE_ERRORS):
+            # Optuna's wrapper hides the reason: prefer the error it wraps.
+            inner = storage_failure(err.__cause__ or err.__context__)
+            return inner if isinstance(inner, sqlalchemy.exc.SQLAlchemyError) else err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def lost(url: str, err: BaseException) -> SweepError:
+    """The one line for a storage that stopped answering mid-sweep."""
+    return SweepError(
+        f"--storage={safe_url(url)}: the study storage at {where(url)} stopped "
+        f"answering ({_reason(err)}); a run in training stopped at its last "
+        "checkpoint: run the same command again when the storage is back, to "
+        "continue"
+    )
+
+
+@contextlib.contextmanager
+def lost_is_one_line(url: str) -> Iterator[None]:
+    """A storage error raised inside (however Optuna wrapped it) becomes
+    `lost(url, ...)`: one line, no chained tracebacks."""
+    try:
+        yield
+    except SweepError:
+        raise
+    except Exception as err:
+        failure = storage_failure(err)
+        if failure is None:
+            raise
+        raise lost(url, failure) from None
 
 
 def connect(url: str) -> optuna.storages.BaseStorage:

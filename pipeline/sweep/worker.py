@@ -87,6 +87,17 @@ class _InterruptedError(Exception):
     """The sweep was interrupted while the trial trained."""
 
 
+class _StorageLostError(BaseException):
+    """The study storage stopped answering while the trial trained. Not an
+    `Exception`: Optuna would try to tell the storage the trial failed, fail
+    again, and chain three tracebacks; the trial stays RUNNING instead, and
+    the next sweep finds its worker dead and continues its runs."""
+
+    def __init__(self, err: BaseException):
+        super().__init__(str(err))
+        self.err = err
+
+
 @dataclasses.dataclass
 class RunOutcome:
     """How one run (one seed) ended: `completed`, `pruned`, `diverged`, ..."""
@@ -167,6 +178,7 @@ class Worker:
         if sweep.sampler == "grid":  # a grid takes unvisited points: seed once
             self.study.sampler = self.sampler(sweep.base.seed)
         self.process: subprocess.Popen | None = None
+        self.lost: BaseException | None = None  # the storage's error, once lost
         level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
         self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level)
 
@@ -212,6 +224,8 @@ class Worker:
 
             try:
                 study.optimize(objective, n_trials=1, catch=(TrialCrashedError,))
+            except _StorageLostError as lost:
+                raise storage_lib.lost(sweep.storage_url, lost.err) from None
             except _InterruptedError:
                 # Stopped by the user, not by the trial itself: train it again.
                 (frozen,) = [t for t in study.trials if t.number == outcome.number]
@@ -221,11 +235,13 @@ class Worker:
 
     def claim_runs(self, trial: optuna.Trial) -> list:
         """The trial's runs, recorded on it. A retry of an interrupted trial
-        (Optuna copies its attributes) keeps the runs it can continue."""
+        (Optuna copies its attributes) keeps the runs it can continue or take
+        as they are (completed, say, when the storage stopped before the
+        study heard it): they are not trained again under a new name."""
         params = space.suggest(trial, self.sweep.axes)
         named = trial.user_attrs.get("named_as", trial.number)
         runs = self.sweep.trial_runs(named, params)
-        if not any(runs_lib.resumable(run.path) for run in runs):
+        if not any(_continued(run.path) for run in runs):
             named, runs = trial.number, self.sweep.trial_runs(trial.number, params)
         trial.set_user_attr("named_as", named)
         trial.set_user_attr("worker", study_lib.worker_attr())
@@ -240,6 +256,9 @@ class Worker:
             result = self.train_run(trial, run)
             outcome.runs.append(result)
             self.progress.run_finished(result)
+            if self.lost is not None:
+                self.record_lost(run)
+                raise _StorageLostError(self.lost)
             if result.status != "completed":
                 break
         outcome.seconds = time.monotonic() - started
@@ -257,6 +276,12 @@ class Worker:
             return float("nan")  # Optuna's rule: FAIL, and the study goes on
         raise TrialCrashedError(result.message)
 
+    def record_lost(self, run) -> None:
+        """The run's record says why it stopped (it stays `interrupted`)."""
+        if runs_lib.read_record(run.path).get("status") not in (None, "completed"):
+            line = storage_lib.lost(self.sweep.storage_url, self.lost)
+            RunDir(run.path).update_record(error=f"StorageLostError: {line}")
+
     def train_run(self, trial: optuna.Trial, run) -> RunOutcome:
         """Trains one run (or takes the one an earlier life completed)."""
         seed = run.config.seed
@@ -272,10 +297,12 @@ class Worker:
                 self.progress.note(note)
             if done:
                 self.progress.note(f"{run.path}: completed before; taken as it is")
-                value = runs_lib.metric_value(
-                    runs_lib.read_record(run.path), self.sweep.metric
-                )
-                return RunOutcome(run.name, seed, "completed", value)
+                link = _link(self.sweep, trial.number, run.repeat)  # now this trial's
+                RunDir(run.path).update_record(trial=link.record())
+                record = runs_lib.read_record(run.path)
+                value = runs_lib.metric_value(record, self.sweep.metric)
+                steps = int(record.get("step") or 0)
+                return RunOutcome(run.name, seed, "completed", value, "", steps)
         returncode, log = self.train_process(trial, run, resume)
         if (run.path / RECORD_NAME).is_file():
             # The process is gone: nothing else writes the record now.
@@ -354,10 +381,18 @@ class Worker:
     def judge(self, trial: optuna.Trial, question: dict, repeat: int) -> dict:
         """Reports a run's evaluation to the trial; the answer for the run."""
         step = repeat * self.sweep.base.steps + int(question["step"])
+        if self.lost is not None:
+            return {}  # already stopping it
         try:
             trial.report(float(question["value"]), step)
             if trial.should_prune():
                 return {"prune": self.sweep.pruner.said_stop(self.study.pruner)}
+        except storage_lib.STORAGE_ERRORS as err:
+            # The run saves a checkpoint and stops `interrupted`; the next
+            # sweep continues it inside the same trial.
+            self.lost = storage_lib.storage_failure(err) or err
+            self.interrupt()
+            return {}
         except optuna.exceptions.UpdateFinishedTrialError:
             return {
                 "ended": f"trial {trial.number} of study {self.sweep.name!r} was "
@@ -370,6 +405,13 @@ class Worker:
         process = self.process
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGINT)
+
+
+def _continued(path: pathlib.Path) -> bool:
+    """Whether a retried trial keeps this run: resumable, or completed."""
+    return runs_lib.resumable(path) or (
+        runs_lib.read_record(path).get("status") == "completed"
+    )
 
 
 def seeds(n: int) -> str:
@@ -441,6 +483,18 @@ class Progress:
         )
 
 
+def _storage_errors_quiet_in_threads() -> None:
+    """Optuna's heartbeat thread dies with a traceback when the storage stops
+    answering; the worker that notices reports it in one line instead."""
+    default = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if storage_lib.storage_failure(args.exc_value) is None:
+            default(args)
+
+    threading.excepthook = hook
+
+
 def run_workers(
     sweep: Sweep, storage, workers: int, progress: Progress
 ) -> list[TrialOutcome]:
@@ -451,6 +505,7 @@ def run_workers(
     is failed and queued again, and the KeyboardInterrupt is re-raised.
     """
     stop = threading.Event()
+    _storage_errors_quiet_in_threads()
     pool = [Worker(sweep, storage, progress, stop) for _ in range(workers)]
     results: list[list[TrialOutcome]] = [[] for _ in pool]
     errors: list[BaseException] = []
@@ -461,6 +516,8 @@ def run_workers(
         except BaseException as err:  # reported by the main thread
             errors.append(err)
             stop.set()
+            for worker in pool:  # they save and stop; the next sweep continues
+                worker.interrupt()
 
     threads = [
         threading.Thread(target=target, args=(i,), daemon=True) for i in range(workers)
