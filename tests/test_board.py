@@ -165,13 +165,18 @@ def test_inspect_rejects_a_directory_that_is_not_a_run(tmp_path):
     )
 
 
-def test_pipeline_board_prints_a_loopback_address_and_stops_on_ctrl_c(logdir):
-    process = subprocess.Popen(
+def _start_board(logdir) -> subprocess.Popen:
+    """`pipeline-board` on `logdir`; its first stdout line is the address."""
+    return subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli.board", f"--logdir={logdir}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
+
+
+def test_pipeline_board_prints_a_loopback_address_and_stops_on_ctrl_c(logdir):
+    process = _start_board(logdir)
     try:
         line = process.stdout.readline()
         assert line.startswith("TensorBoard: http://127.0.0.1:"), line
@@ -204,12 +209,7 @@ def _alive(pid: int) -> bool:
 def test_tensorboard_dies_with_pipeline_board(logdir, signum):
     """kill -9 (or a plain SIGTERM, which skips every `finally`) of
     pipeline-board must not leave its TensorBoard server running."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli.board", f"--logdir={logdir}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+    process = _start_board(logdir)
     try:
         line = process.stdout.readline()
         assert line.startswith("TensorBoard: http://127.0.0.1:"), line

@@ -399,7 +399,7 @@ def rewrite_session_start(
                     metadata.SESSION_START_INFO_TAG,
                     plugin_data_pb2.HParamsPluginData(session_start_info=data),
                 )
-                _replace(path, summary, event.wall_time)
+                replace_event_file(path, summary, event.wall_time)
                 return True
     return False
 
@@ -414,10 +414,11 @@ def _set_value(proto, value: bool | float | str) -> None:
         proto.string_value = str(value)
 
 
-def _replace(
+def replace_event_file(
     path: pathlib.Path, summary: summary_pb2.Summary, wall_time: float
 ) -> None:
-    """Writes one event holding `summary` over the event file at `path`."""
+    """Writes one event holding `summary` over the event file at `path`, atomically
+    (written beside it, then renamed), so a reader never sees half a file."""
     staging = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=".hparams-"))
     try:
         writer = EventFileWriter(str(staging))

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Sequence
 
-from tensorboard.compat.proto import event_pb2
 from tensorboard.plugins.text import summary_v2 as text_summary
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from pipeline.tensorboard import hparams as hparams_lib
 
 NOTE_FILENAME = "events.out.tfevents.note"
 NOTE_TAG = "note"
@@ -40,17 +39,5 @@ def write_note(run_dir: str | os.PathLike, note: str, tags: Sequence[str]) -> bo
         target.unlink(missing_ok=True)
         return False
     summary = text_summary.text_pb(NOTE_TAG, text)
-    staging = pathlib.Path(tempfile.mkdtemp(dir=run_dir, prefix=".note-"))
-    try:
-        writer = EventFileWriter(str(staging))
-        writer.add_event(
-            event_pb2.Event(wall_time=time.time(), step=0, summary=summary)
-        )
-        writer.close()
-        (written,) = staging.iterdir()
-        os.replace(written, target)
-    finally:
-        for leftover in staging.iterdir():
-            leftover.unlink()
-        staging.rmdir()
+    hparams_lib.replace_event_file(target, summary, time.time())
     return True
