@@ -112,6 +112,10 @@ def train_and_evaluate(
         RunRecord(config, run_dir, dataset, strategy, restore_point) as record,
         distribute.peers_watched(strategy, run_path, lambda: record.step),
     ):
+        if restore_point.resumed:
+            # Said once the record has the resume: a process killed after
+            # this line has left its restart in `run.json`.
+            print_fn(f"resuming {run_dir.name} from step {restore_point.step}")
         state = record.state = build_train_state(
             config, run_dir, dataset, strategy, restore_point, print_fn
         )

@@ -74,7 +74,6 @@ def choose_restore_point(
         run_dir, config, restore, lambda line: print_fn(f"warning: {line}")
     )
     step = chosen.step if chosen else 0
-    print_fn(f"resuming {run_dir.name} from step {step}")
     checkpoint = str(chosen.prefix) if chosen else None
     return RestorePoint(step, checkpoint, resumed=True)
 
