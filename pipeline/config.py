@@ -56,10 +56,12 @@ KERNEL_INITIALIZERS = (
 )
 SCALED_INITIALIZERS = ("truncated_normal", "random_normal", "random_uniform")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
-# Families whose train step XLA made faster on the 2-core benchmark CPU
-# (benchmarks/throughput.py's compare_xla option, removed in 52321a5): none.
-# XLA ran the CNN 8x slower, and logreg and the MLP 0.7-0.8x as fast.
+# The families `--jit_compile=auto` and `--precision=auto` turn a speed-up
+# on for, from the benchmark CPU's measurements (docs/performance.md has the
+# figures): XLA made no family's train step faster; mixed_bfloat16 made the
+# CNN faster at test accuracy within 0.5 points of float32 (`make bench`).
 JIT_AUTO_MODELS: tuple[str, ...] = ()
+BF16_AUTO_MODELS: tuple[str, ...] = ("cnn",)
 # NumPy's RandomState (used to shuffle and split) takes seeds below 2**32.
 SEED_MAX = 2**32 - 1
 RUN_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=,+-]*$")
@@ -550,8 +552,8 @@ class TrainConfig:
         "Training steps per compiled call (Orbit's steps_per_loop, Keras' "
         "steps_per_execution); 1 is a plain per-step loop. Every step's scalars are "
         "still written at their own step, and a call also ends at each eval, "
-        "histogram, checkpoint or print boundary. Larger values cut per-step Python "
-        "overhead (docs/performance.md).",
+        "histogram, checkpoint or print boundary (docs/performance.md has its "
+        "measured effect).",
         lower=1,
         upper=100_000,
         group="devices and speed",
@@ -560,8 +562,9 @@ class TrainConfig:
         "auto",
         "XLA-compile the train step (the step only: the loop reads a tf.data "
         "iterator, which XLA cannot compile). true/false force it; auto turns it "
-        "on for the model families in config.JIT_AUTO_MODELS, those XLA made "
-        "faster on the benchmark CPU: none (docs/performance.md).",
+        "on for the model families in config.JIT_AUTO_MODELS: "
+        f"{', '.join(JIT_AUTO_MODELS) or 'none'} (docs/performance.md has the "
+        "measurements behind the list).",
         choices=JIT_COMPILE,
         group="devices and speed",
     )
@@ -583,9 +586,9 @@ class TrainConfig:
         "precision. auto: mixed_bfloat16 where the hardware computes bfloat16 "
         "natively (a GPU of compute capability >= 8.0, or a CPU whose "
         "/proc/cpuinfo flags list avx512_bf16 or amx_bf16) for the model "
-        "families in precision.AUTO_MODELS (cnn), else float32 "
-        "(docs/performance.md has the measurements). The choice and its reason "
-        "go to run.json and the model summary.",
+        f"families in config.BF16_AUTO_MODELS ({', '.join(BF16_AUTO_MODELS)}), "
+        "else float32 (docs/performance.md has the measurements behind the "
+        "list). The choice and its reason go to run.json and the model summary.",
         choices=PRECISIONS,
         group="devices and speed",
     )
@@ -594,6 +597,35 @@ class TrainConfig:
     def num_classes(self) -> int:
         """Width of the model's output: 1 logit for a binary task, else 10."""
         return 1 if self.binary_class is not None else 10
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedRule:
+    """A rule between two flags: `holds` gets their values by name.
+
+    Declared once: `define_flags` registers it as an absl validator (so a
+    bad pair is a flags error, as a bad value is) and `validate` applies it
+    to configs built in code. `holds` sees lists as the flag has them
+    (strings) or as the config does (numbers), so it compares lengths only.
+    """
+
+    names: tuple[str, str]
+    holds: Callable[[dict[str, Any]], bool]
+    message: str
+
+
+PAIRED_RULES = (
+    PairedRule(
+        ("conv_padding", "conv_filters"),
+        lambda v: len(v["conv_padding"]) in (1, len(v["conv_filters"])),
+        "--conv_padding must have one value or one per --conv_filters entry",
+    ),
+    PairedRule(
+        ("dense_dropout", "dense_units"),
+        lambda v: len(v["dense_dropout"]) in (1, len(v["dense_units"])),
+        "--dense_dropout must have one rate or one per --dense_units entry",
+    ),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -733,25 +765,28 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                 message=field.option.message.replace("{flag}", f"--{field.name}"),
                 flag_values=flag_values,
             )
-    flags.register_multi_flags_validator(
-        ["conv_padding", "conv_filters"],
-        lambda v: len(v["conv_padding"]) in (1, len(v["conv_filters"])),
-        message="--conv_padding must have one value or one per --conv_filters entry",
-        flag_values=flag_values,
-    )
-    flags.register_multi_flags_validator(
-        ["dense_dropout", "dense_units"],
-        lambda v: len(v["dense_dropout"]) in (1, len(v["dense_units"])),
-        message="--dense_dropout must have one rate or one per --dense_units entry",
-        flag_values=flag_values,
-    )
+    for rule in PAIRED_RULES:
+        flags.register_multi_flags_validator(
+            list(rule.names), rule.holds, message=rule.message, flag_values=flag_values
+        )
     _define_launch_flags(flag_values)
 
 
-def _check_bounds(config: TrainConfig) -> None:
-    """The declared bounds, for configs built in code (flags check their own)."""
+def _check_declared(config: TrainConfig) -> None:
+    """The declared bounds and choices, for configs built in code.
+
+    The flags check the same declaration (absl's bounds and enums), so a
+    config read from flags passes here; a config built in code or read from
+    a run.json is refused with the flag's name. A field's `check` judges the
+    flag's text (`--conv_filters=32,64`), so only the flag applies it.
+    """
     for field in FIELDS:
         value = getattr(config, field.name)
+        if field.kind == "enum" and value not in field.option.choices:
+            raise ConfigError(
+                f"--{field.name}={value} must be one of "
+                + ", ".join(field.option.choices)
+            )
         if field.kind not in ("integer", "float") or value is None:
             continue
         lower, upper = field.option.lower, field.option.upper
@@ -764,12 +799,17 @@ def _check_bounds(config: TrainConfig) -> None:
 
 
 def validate(config: TrainConfig) -> TrainConfig:
-    """Checks rules that span several values; raises ConfigError naming the flags.
+    """Checks a whole config; raises ConfigError naming the flags.
 
-    Flag validators already cover single flags; this catches what only the
-    whole config can tell (and configs built in code rather than from flags).
+    The one place for rules that only the whole config can tell; the
+    declared per-field rules and PAIRED_RULES are applied again here (the
+    flags already applied them) for configs built in code rather than from
+    flags.
     """
-    _check_bounds(config)
+    _check_declared(config)
+    for rule in PAIRED_RULES:
+        if not rule.holds({name: getattr(config, name) for name in rule.names}):
+            raise ConfigError(rule.message)
     if config.model == "cnn":
         size = 28
         paddings = config.conv_padding
@@ -785,13 +825,6 @@ def validate(config: TrainConfig) -> TrainConfig:
                     "image to nothing; use fewer conv layers, 'same' padding or "
                     "a smaller pool"
                 )
-    if config.dense_units and len(config.dense_dropout) not in (
-        1,
-        len(config.dense_units),
-    ):
-        raise ConfigError(
-            "--dense_dropout must have one rate or one per --dense_units entry"
-        )
     if config.profile_steps and config.profile_steps[1] > config.steps:
         raise ConfigError(
             f"--profile_steps={','.join(map(str, config.profile_steps))} ends "
@@ -821,17 +854,6 @@ def validate(config: TrainConfig) -> TrainConfig:
         raise ConfigError(
             "--data_dir is not used with --dataset=mnist_sample (the data ships "
             "with the package); drop it or pick --dataset=mnist/fashion_mnist"
-        )
-    if config.steps_per_loop < 1:
-        raise ConfigError(f"--steps_per_loop={config.steps_per_loop} must be >= 1")
-    if config.jit_compile not in JIT_COMPILE:
-        raise ConfigError(
-            f"--jit_compile={config.jit_compile} must be one of "
-            + ", ".join(JIT_COMPILE)
-        )
-    if config.summary_budget_mb < 0:
-        raise ConfigError(
-            f"--summary_budget_mb={config.summary_budget_mb} must be >= 0"
         )
     return config
 
@@ -886,15 +908,19 @@ def _choose_alternatives(
 def config_from_flags(
     flag_values: flags.FlagValues = flags.FLAGS,
     argv: Sequence[str] | None = None,
+    *,
+    refuse_both_on_command_line: bool = True,
 ) -> TrainConfig:
     """Reads the parsed flags once and returns the frozen, validated config.
 
     `argv` is the program's command line as parsed (flagfiles unexpanded):
     it says which of `--steps`/`--epochs` (and the other EPOCH_ALTERNATIVES)
-    came last when both were given; without it, both given is an error.
+    came last when both were given; without it, both given is an error, and
+    so is both written on the command line itself unless
+    `refuse_both_on_command_line` is False (an argument list a program built).
     """
     values = {f.name: f.from_flag(flag_values[f.name].value) for f in FIELDS}
-    _choose_alternatives(values, flag_values, argv, refuse_on_command_line=True)
+    _choose_alternatives(values, flag_values, argv, refuse_both_on_command_line)
     return validate(TrainConfig(**values))
 
 
@@ -951,11 +977,9 @@ def config_from_args(argv: Sequence[str]) -> TrainConfig:
     define_flags(flag_values)
     args = ["pipeline-train", *argv]
     flag_values(args)
-    values = {f.name: f.from_flag(flag_values[f.name].value) for f in FIELDS}
     # Built argument lists (a sweep's base flags plus its grid values) let a
     # later --epochs replace an earlier --steps.
-    _choose_alternatives(values, flag_values, args, refuse_on_command_line=False)
-    return validate(TrainConfig(**values))
+    return config_from_flags(flag_values, args, refuse_both_on_command_line=False)
 
 
 def use_jit_compile(config: TrainConfig) -> bool:
