@@ -113,3 +113,42 @@ def test_course_cnn_flagfile_builds_665738_parameters():
         parse(f"--flagfile={REPO / 'flags/cnn_course.cfg'}")
     )
     assert build_model(cfg).count_params() == 665_738
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        # A two-flag rule (PairedRule): the flag validator and validate share it.
+        (
+            {"conv_padding": ("same", "valid", "same")},
+            "--conv_padding must have one value or one per --conv_filters entry",
+        ),
+        (
+            {"dense_units": (), "dense_dropout": (0.1, 0.2)},
+            "--dense_dropout must have one rate or one per --dense_units entry",
+        ),
+        # A declared choice, checked for every enum field alike.
+        ({"optimizer": "nadam"}, "--optimizer=nadam must be one of sgd, momentum"),
+    ],
+)
+def test_configs_built_in_code_meet_the_rules_the_flags_check(changes, message):
+    config = dataclasses.replace(config_lib.TrainConfig(), **changes)
+    with pytest.raises(config_lib.ConfigError, match=message):
+        config_lib.validate(config)
+    argv = [
+        f"--{k}={','.join(map(str, v)) if isinstance(v, tuple) else v}"
+        for k, v in changes.items()
+    ]
+    with pytest.raises(flags.IllegalFlagValueError):
+        config_lib.config_from_args(argv)
+
+
+def test_config_from_args_is_config_from_flags_on_a_built_list():
+    argv = ["--steps=50", "--epochs=2", "--model=mlp"]
+    built = config_lib.config_from_args(argv)
+    assert built == config_lib.config_from_flags(
+        parse(*argv), ["pipeline-train", *argv], refuse_both_on_command_line=False
+    )
+    assert (built.steps, built.epochs, built.model) == (50, 2, "mlp")
+    with pytest.raises(config_lib.ConfigError, match="one setting given two ways"):
+        config_lib.config_from_flags(parse(*argv), ["pipeline-train", *argv])
