@@ -56,7 +56,7 @@ def train_flagfile(name: str, precision: str, logdir: pathlib.Path):
     from pipeline import config as config_lib
     from pipeline import data
     from pipeline.runs import rundir
-    from pipeline.training import loop as train
+    from pipeline.training import loop
 
     # Parsed as pipeline-train parses it: a later --eval_every replaces a
     # flagfile's --eval_every_epochs.
@@ -84,7 +84,7 @@ def train_flagfile(name: str, precision: str, logdir: pathlib.Path):
     if config.model == "cnn" and _CNN_STEPS.value:
         config = dataclasses.replace(config, steps=min(config.steps, _CNN_STEPS.value))
     run_dir = rundir.create_run_dir(logdir, f"{name}-{precision}")
-    result = train.train_and_evaluate(config, run_dir, dataset, print_fn=lambda _: None)
+    result = loop.train_and_evaluate(config, run_dir, dataset, print_fn=lambda _: None)
     return config, config.steps == flagfile_steps, result
 
 

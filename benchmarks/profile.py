@@ -49,7 +49,7 @@ def trace(family: str, precision: str, logdir: pathlib.Path) -> tuple[float, lis
     from xprof.convert import raw_to_tool_data
 
     from pipeline import data, models
-    from pipeline.training import precision as precision_lib
+    from pipeline import precision as precision_lib
     from pipeline.training import steps
 
     config = dataclasses.replace(common.family_config(family), precision=precision)

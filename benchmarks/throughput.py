@@ -252,7 +252,7 @@ def window_timer(
 def pipeline_worker(config, dataset, window: int, windows: int, workdir, results):
     """One real training run, timed over one window per turn."""
     from pipeline.runs import rundir
-    from pipeline.training import loop as train
+    from pipeline.training import loop
 
     def work(name: str, schedule: Schedule, rates: list[float]) -> None:
         run_config = dataclasses.replace(
@@ -265,7 +265,7 @@ def pipeline_worker(config, dataset, window: int, windows: int, workdir, results
         run_dir = rundir.create_run_dir(workdir, name)
         timer = window_timer(name, schedule, window, windows, config.batch_size, rates)
         results.append(
-            train.train_and_evaluate(
+            loop.train_and_evaluate(
                 run_config,
                 run_dir,
                 dataset,
@@ -546,9 +546,9 @@ def print_family(res: FamilyResult) -> list[str]:
 def main(argv: list[str]) -> None:
     del argv
     sys.stdout.reconfigure(line_buffering=True)
-    from pipeline.training import loop as train
+    from pipeline.training import loop
 
-    train.seed_everything(0, deterministic=True)
+    loop.seed_everything(0, deterministic=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         for family in FLAGS.families:

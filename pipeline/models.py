@@ -14,8 +14,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from pipeline.config import TrainConfig
-from pipeline.training import precision as precision_lib
+from pipeline import precision as precision_lib
+from pipeline.config import MODELS, TrainConfig
 
 INPUT_SHAPE = (28, 28, 1)
 DEFAULT_KERNEL_INIT = "glorot_uniform"
@@ -227,9 +227,11 @@ def build_model(config: TrainConfig) -> keras.Model:
     return precision_lib.apply_policy(_build_float32(config), policy)
 
 
-# The builder of each `--model`. Every builder's parameters are named after
+# The builder of each `--model`, derived from the one list of families,
+# `config.MODELS`: family NAME is built by `build_NAME` (a family without
+# one fails here, at import). Every builder's parameters are named after
 # the config fields they take, so a new model's flags reach it by name.
-BUILDERS = {"logreg": build_logreg, "mlp": build_mlp, "cnn": build_cnn}
+BUILDERS = {name: globals()[f"build_{name}"] for name in MODELS}
 
 
 def _build_float32(config: TrainConfig) -> keras.Model:
@@ -259,6 +261,13 @@ def probabilities(logits):
     if logits.shape[-1] == 1:
         return tf.sigmoid(logits)[:, 0]
     return tf.nn.softmax(logits, axis=-1)
+
+
+def predicted_class(logits: tf.Tensor) -> tf.Tensor:
+    """Class index per example (threshold 0 on a single logit = p > 0.5)."""
+    if logits.shape[-1] == 1:
+        return tf.cast(logits[:, 0] > 0, tf.int32)
+    return tf.argmax(logits, axis=-1, output_type=tf.int32)
 
 
 def summary_text(model: keras.Model) -> str:

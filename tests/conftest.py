@@ -113,7 +113,7 @@ def train_run(
     Raises what training raises (the run directory is kept).
     """
     from pipeline.runs import rundir
-    from pipeline.training import loop as train
+    from pipeline.training import loop
 
     config = dataclasses.replace(config, logdir=str(logdir), run_name=name)
     if resume:
@@ -122,7 +122,7 @@ def train_run(
         run_dir = rundir.create_run_dir(logdir, name)
     lines: list[str] = []
     dataset = _dataset(config.data_dir, config.validation_split, config.binary_class)
-    result = train.train_and_evaluate(
+    result = loop.train_and_evaluate(
         config,
         run_dir,
         dataset,

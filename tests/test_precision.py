@@ -10,9 +10,8 @@ import pytest
 import tensorflow as tf
 from conftest import TINY, read_events, train_run
 
-from pipeline import models
-from pipeline.training import loop as train
-from pipeline.training import precision, steps
+from pipeline import models, precision
+from pipeline.training import loop, steps
 
 CNN = dataclasses.replace(TINY, model="cnn")
 
@@ -96,7 +95,7 @@ def test_bf16_checkpoint_restores_into_a_float32_model(bf16_run):
     float32 = dataclasses.replace(bf16_run.config, precision="float32")
     model = models.restore_model(float32, bf16_run.result.checkpoint)
     assert {layer.compute_dtype for layer in model.layers} == {"float32"}
-    assert train.weights_digest(model) == bf16_run.result.weights_digest
+    assert loop.weights_digest(model) == bf16_run.result.weights_digest
 
 
 def test_float16_scales_the_loss_and_its_checkpoint_restores_in_float32(tmp_path):
@@ -116,4 +115,4 @@ def test_float16_scales_the_loss_and_its_checkpoint_restores_in_float32(tmp_path
         run.result.checkpoint
     ).expect_partial().assert_existing_objects_matched()
     assert int(optimizer.iterations.numpy()) == run.config.steps
-    assert train.weights_digest(model) == run.result.weights_digest
+    assert loop.weights_digest(model) == run.result.weights_digest

@@ -45,12 +45,12 @@ TINY = TrainConfig(
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """An uninterrupted run, and the same run stopped by SIGTERM at 20 and resumed."""
-    from pipeline.training import loop as train
+    from pipeline.training import loop
 
     logdir = tmp_path_factory.mktemp("resume")
     whole = train_run(logdir, TINY, "whole")
 
-    with pytest.raises(train.TrainingInterruptedError) as interrupted:
+    with pytest.raises(loop.TrainingInterruptedError) as interrupted:
         train_run(logdir, TINY, "split", extra_actions=[signal_at(20, signal.SIGTERM)])
     after_signal = record(logdir / "split")
     split = train_run(logdir, TINY, "split", resume=True)
@@ -119,7 +119,7 @@ def test_checkpoint_with_iterator_state_from_older_runs_resumes_exactly(runs, tm
     the data iterator; they resume from their step all the same."""
     import tensorflow as tf
 
-    from pipeline.training import loop as train
+    from pipeline.training import loop
     from pipeline.training.actions import Action
 
     class CheckpointTheIterator(Action):
@@ -128,7 +128,7 @@ def test_checkpoint_with_iterator_state_from_older_runs_resumes_exactly(runs, tm
         def start(self, state) -> None:
             state.checkpoint.iterator = state.iterator
 
-    with pytest.raises(train.TrainingInterruptedError):
+    with pytest.raises(loop.TrainingInterruptedError):
         train_run(
             tmp_path,
             TINY,

@@ -30,12 +30,12 @@ EARLY = TrainConfig(
 @pytest.fixture(scope="module")
 def early_runs(tmp_path_factory):
     """An early-stopped run, and the same run interrupted at step 50 and resumed."""
-    from pipeline.training import loop as train
+    from pipeline.training import loop
 
     logdir = tmp_path_factory.mktemp("early")
     whole = train_run(logdir, EARLY, "whole")
 
-    with pytest.raises(train.TrainingInterruptedError):
+    with pytest.raises(loop.TrainingInterruptedError):
         train_run(logdir, EARLY, "split", extra_actions=[signal_at(50, signal.SIGINT)])
     split = train_run(logdir, EARLY, "split", resume=True)
     return {"whole": whole.path, "split": split.path, "result": whole.result}

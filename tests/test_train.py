@@ -9,8 +9,7 @@ import pytest
 from conftest import LOGREG, TINY, scalar_series, train_run
 
 from pipeline import data, models
-from pipeline.training import actions
-from pipeline.training import loop as train
+from pipeline.training import actions, loop
 
 
 @pytest.mark.parametrize(
@@ -34,7 +33,7 @@ def test_is_due(step, every, due):
 )
 def test_next_boundary_never_skips_an_interval(step, intervals, expected):
     periodic = [actions.EveryNSteps(every) for every in intervals]
-    assert train.chunk_end(step, 1000, 100, periodic) == expected
+    assert loop.chunk_end(step, 1000, 100, periodic) == expected
 
 
 def test_run_record_completed_with_final_metrics(trained_runs):
@@ -119,8 +118,8 @@ def test_batch_larger_than_train_split_is_an_error(tmp_path):
         data.Split(np.zeros((4, 28, 28), np.uint8), np.zeros(4, np.int32)),
         data.Split(np.zeros((4, 28, 28), np.uint8), np.zeros(4, np.int32)),
     )
-    with pytest.raises(train.TrainingError, match="--batch_size=32 is larger"):
-        train.train_and_evaluate(TINY, rundir.create_run_dir(tmp_path, "x"), tiny)
+    with pytest.raises(loop.TrainingError, match="--batch_size=32 is larger"):
+        loop.train_and_evaluate(TINY, rundir.create_run_dir(tmp_path, "x"), tiny)
 
 
 def test_progress_says_when_it_compiles_and_which_step_test_accuracy_is_from(

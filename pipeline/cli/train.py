@@ -75,16 +75,16 @@ def _train_from_flags() -> None:
     strategy = distribute.make_strategy(
         config.strategy, config.cpu_devices, launch.peer_timeout
     )
-    from pipeline.training import loop as train
+    from pipeline.training import loop
 
-    train.check_data_fits(config, dataset)
+    loop.check_data_fits(config, dataset)
     scratch = None
     if run_dir is None:
         run_dir, scratch = _new_run_dir(config, strategy, chief)
     print(f"run directory: {run_dir.path}", flush=True)
     extra_actions = _study_actions(launch, chief)
     try:
-        result = train.train_and_evaluate(
+        result = loop.train_and_evaluate(
             config,
             run_dir,
             dataset,

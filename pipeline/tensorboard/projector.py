@@ -40,7 +40,7 @@ from PIL import Image
 from tensorboard.plugins import projector
 
 from pipeline import data as data_lib
-from pipeline.training import steps
+from pipeline import models
 
 MAX_EXAMPLES = 2_000
 CHECKPOINT_NAME = "embedding"
@@ -83,7 +83,7 @@ def embed(
             data_lib.model_input(images, input_scale), training=False
         )
         features.append(np.reshape(batch_features.numpy(), (len(images), -1)))
-        predicted.append(steps.predicted_class(logits).numpy())
+        predicted.append(models.predicted_class(logits).numpy())
     return np.concatenate(features), np.concatenate(predicted)
 
 

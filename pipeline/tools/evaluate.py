@@ -51,7 +51,7 @@ class Outputs:
     @functools.cached_property
     def predicted(self) -> np.ndarray:
         """Predicted class per example (threshold 0 on a single logit)."""
-        return steps.predicted_class(tf.constant(self.logits)).numpy()
+        return models.predicted_class(tf.constant(self.logits)).numpy()
 
     @functools.cached_property
     def probabilities(self) -> np.ndarray:

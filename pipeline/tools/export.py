@@ -65,7 +65,7 @@ def serving_archive(
         logits = steps.model_logits(model, images, input_scale)
         return {
             "probabilities": models.probabilities(logits),
-            "classes": steps.predicted_class(logits),
+            "classes": models.predicted_class(logits),
         }
 
     archive = keras.export.ExportArchive()

@@ -18,8 +18,7 @@ from pipeline import data as data_lib
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.runs import rundir
-from pipeline.training import distribute, recovery
-from pipeline.training import loop as train
+from pipeline.training import distribute, loop, recovery
 
 
 class ReplayMismatchError(TrainingError):
@@ -76,7 +75,7 @@ def replay_run(
         replay_config = dataclasses.replace(config, logdir=tmp, run_name="replay")
         replay_dir = rundir.create_run_dir(tmp, "replay")
         print_fn(f"replaying {original.path} for {config.steps} steps in {tmp}")
-        train.train_and_evaluate(
+        loop.train_and_evaluate(
             replay_config,
             replay_dir,
             dataset,

@@ -23,12 +23,12 @@ import tensorflow as tf
 
 from pipeline import data as data_lib
 from pipeline import models
+from pipeline import precision as precision_lib
 from pipeline.config import TrainConfig, use_jit_compile
 from pipeline.errors import NonFiniteLossError, RunDirError, WorkerPreemptedError
 from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir
 from pipeline.tensorboard.summaries import SummaryLogger
 from pipeline.training import distribute, recovery, steps, stopping
-from pipeline.training import precision as precision_lib
 
 
 @dataclasses.dataclass(frozen=True)

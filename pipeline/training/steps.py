@@ -14,6 +14,7 @@ import keras
 import tensorflow as tf
 
 from pipeline import data as data_lib
+from pipeline import models
 
 # Examples per batch of an evaluation (memory, not results: sums are exact).
 EVAL_BATCH_SIZE = 1000
@@ -77,17 +78,10 @@ def per_example_loss(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     )
 
 
-def predicted_class(logits: tf.Tensor) -> tf.Tensor:
-    """Class index per example (threshold 0 on a single logit = p > 0.5)."""
-    if logits.shape[-1] == 1:
-        return tf.cast(logits[:, 0] > 0, tf.int32)
-    return tf.argmax(logits, axis=-1, output_type=tf.int32)
-
-
 def correct(labels: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
     """1.0 where the prediction is right, else 0.0."""
     return tf.cast(
-        tf.equal(predicted_class(logits), tf.cast(labels, tf.int32)), tf.float32
+        tf.equal(models.predicted_class(logits), tf.cast(labels, tf.int32)), tf.float32
     )
 
 

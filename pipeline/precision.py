@@ -12,7 +12,7 @@ needs none.
 hardware computes it natively (a GPU of compute capability 8.0 or newer, or a
 CPU that reports `avx512_bf16` or `amx_bf16` in /proc/cpuinfo) and only for the
 model families whose training bfloat16 made faster at equal accuracy in
-`benchmarks/throughput.py` (`AUTO_MODELS`); float32 everywhere else. A
+`benchmarks/throughput.py` (`config.BF16_AUTO_MODELS`); float32 everywhere else. A
 resolved policy is a pure function of the flag, the model family and the
 hardware, so a run's numbers stay deterministic for a given machine.
 """
@@ -25,12 +25,9 @@ import pathlib
 
 import tensorflow as tf
 
-from pipeline.config import PRECISIONS
+from pipeline.config import BF16_AUTO_MODELS, PRECISIONS
 from pipeline.runs import provenance
 
-# Families whose training mixed_bfloat16 made faster on the benchmark CPU
-# (AVX512_BF16) at test accuracy within 0.5 points of float32 (`make bench`).
-AUTO_MODELS: tuple[str, ...] = ("cnn",)
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
@@ -104,12 +101,12 @@ def resolve(requested: str, model: str) -> Precision:
         raise ValueError(f"unknown precision {requested!r}")
     if requested != "auto":
         return Precision(requested, requested, "--precision")
-    if model not in AUTO_MODELS:
+    if model not in BF16_AUTO_MODELS:
         return Precision(
             requested,
             "float32",
             f"auto: bfloat16 measured no faster for {model} (only "
-            + ", ".join(AUTO_MODELS)
+            + ", ".join(BF16_AUTO_MODELS)
             + ")",
         )
     gpu = gpu_bf16()
