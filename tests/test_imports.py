@@ -3,48 +3,18 @@
 Bad flags, missing runs and corrupt data files are reported in well under a
 second because the entry points, the config, the errors, the run records and
 the data readers import no TensorFlow (or Keras) until training starts. A new
-module-level import that pulls TensorFlow into one of them fails here.
+module-level import that pulls TensorFlow into one of them fails here. Which
+modules may import TensorFlow is declared by folder in `test_layers.py`
+(`TF_AT_IMPORT`): every other module is checked.
 """
 
 from __future__ import annotations
 
-import ast
-import pathlib
-import pkgutil
 import subprocess
 import sys
 
 from conftest import REPO
-
-import pipeline
-
-# Whole packages that must import without TensorFlow, and single modules.
-TF_FREE_PACKAGES = ("pipeline.cli", "pipeline.runs")
-TF_FREE_MODULES = (
-    "pipeline",
-    "pipeline.config",
-    "pipeline.errors",
-    "pipeline.data",
-    "pipeline.tensorboard.board",
-    "pipeline.tensorboard.budget",
-    "pipeline.tensorboard.hparams",
-    "pipeline.tensorboard.notes",
-    "pipeline.tools.compare",
-    "pipeline.tools.predict",
-    "pipeline.sweep",
-    "pipeline.sweep.driver",
-    "pipeline.sweep.link",
-    "pipeline.sweep.optuna_adapter",
-    "pipeline.sweep.runs",
-    "pipeline.sweep.space",
-    "pipeline.sweep.storage",
-    "pipeline.sweep.study",
-    "pipeline.sweep.summary",
-    "pipeline.sweep.worker",
-    "pipeline.training.distribute",
-    "pipeline.training.recovery",
-    "pipeline.variants",
-)
+from test_layers import imported_modules, module_files, tf_free_modules
 
 # Runs in a fresh interpreter: a finder ahead of every other one refuses
 # `tensorflow` and `keras` (and records the attempt, in case a caller
@@ -63,15 +33,6 @@ for module in sys.argv[1:]:
     importlib.import_module(module)
 print("attempted:", ",".join(attempts))
 """
-
-
-def tf_free_modules() -> list[str]:
-    names = list(TF_FREE_MODULES)
-    for package in TF_FREE_PACKAGES:
-        names.append(package)
-        path = REPO / package.replace(".", "/")
-        names += [f"{package}.{m.name}" for m in pkgutil.iter_modules([str(path)])]
-    return names
 
 
 def test_tf_free_modules_import_with_tensorflow_blocked():
@@ -98,25 +59,12 @@ def test_the_blocker_catches_a_tensorflow_import():
     assert "tensorflow is blocked" in proc.stderr or "keras is blocked" in proc.stderr
 
 
-def _imports(path: pathlib.Path, known: set[str]) -> set[str]:
-    """Pipeline modules that `path` imports anywhere (deferred imports too)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {alias.name for alias in node.names} & known
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            found |= {node.module} & known
-            found |= {f"{node.module}.{alias.name}" for alias in node.names} & known
-    return found
-
-
 def test_no_import_circle():
-    root = pathlib.Path(pipeline.__file__).parent
-    files = {}
-    for path in root.rglob("*.py"):
-        parts = path.relative_to(root.parent).with_suffix("").parts
-        files[".".join(p for p in parts if p != "__init__")] = path
-    graph = {name: _imports(path, set(files)) - {name} for name, path in files.items()}
+    files = module_files()
+    graph = {
+        name: imported_modules(path, set(files)) - {name}
+        for name, path in files.items()
+    }
     circles = []
     done: set[str] = set()
 
