@@ -199,6 +199,12 @@ def _rate(help: str, **kwargs: Any) -> Any:
     )
 
 
+def _every(default: int, help: str, **kwargs: Any) -> Any:
+    """How often to write, print, evaluate or save (0 turns it off or to the
+    end): a count of steps or epochs, never an hparam (it changes no math)."""
+    return option(default, help, lower=0, hparam=False, **kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run, as plain values."""
@@ -392,58 +398,44 @@ class TrainConfig:
         "Enable TensorFlow op determinism: same flags + seed -> same metrics.",
         group="training",
     )
-    log_every: int = option(
+    log_every: int = _every(
         1,
         "Write train scalars every N steps (0: never).",
-        lower=0,
-        hparam=False,
         group="logging",
     )
-    print_every: int = option(
+    print_every: int = _every(
         100,
         "Print a progress line every N steps (0: only the final line).",
-        lower=0,
-        hparam=False,
         resume=MAY_CHANGE,
         group="logging",
     )
-    eval_every: int = option(
+    eval_every: int = _every(
         500,
         "Evaluate the full test split every N steps and at the end "
         "(0: only at the end).",
-        lower=0,
-        hparam=False,
         group="logging",
     )
-    eval_every_epochs: int = option(
+    eval_every_epochs: int = _every(
         0,
         "Evaluate every N epochs instead of every --eval_every steps (0: use "
         "--eval_every); one setting with --eval_every, like --steps/--epochs.",
-        lower=0,
-        hparam=False,
         group="logging",
     )
-    histogram_every: int = option(
+    histogram_every: int = _every(
         100,
         "Write weight and gradient histograms every N steps (0: never).",
-        lower=0,
-        hparam=False,
         group="logging",
     )
-    checkpoint_every: int = option(
+    checkpoint_every: int = _every(
         1000,
         "Save a checkpoint every N steps; one is always saved at the end "
         "(0: only then).",
-        lower=0,
-        hparam=False,
         group="run management",
     )
-    checkpoint_every_epochs: int = option(
+    checkpoint_every_epochs: int = _every(
         0,
         "Save a checkpoint every N epochs instead of every --checkpoint_every "
         "steps (0: use --checkpoint_every); one setting with --checkpoint_every.",
-        lower=0,
-        hparam=False,
         group="run management",
     )
     image_count: int = option(
