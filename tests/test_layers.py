@@ -69,7 +69,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 
 # Modules (or whole folders) that may import TensorFlow or Keras when they
-# are imported; every other module of pipeline/ must not.
+# are imported; every other module of pipeline/ must not. training/'s
+# TensorFlow-free modules (distribute, recovery) stay checked through the
+# checked modules that import them at the top (cli.train, sweep.runs).
 TF_AT_IMPORT = (
     "pipeline.models",
     "pipeline.precision",
