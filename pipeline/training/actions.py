@@ -37,6 +37,7 @@ import tensorflow as tf
 
 from pipeline import data as data_lib
 from pipeline import streams
+from pipeline.cadence import is_due, next_due
 from pipeline.config import epoch_of, steps_per_epoch
 from pipeline.errors import NonFiniteLossError, TrainingInterruptedError
 from pipeline.tensorboard import budget, projector
@@ -47,16 +48,6 @@ from pipeline.training.state import Chunk, TrainState
 
 # Shown as they are by the progress bar (not averaged over updates).
 PROGRESS_METRICS = ["loss", "accuracy", "test_accuracy", "examples/s"]
-
-
-def next_multiple(step: int, every: int) -> int | None:
-    """The first multiple of `every` after `step` (None when `every` is 0: never)."""
-    return (step // every + 1) * every if every > 0 else None
-
-
-def is_due(step: int, every: int) -> bool:
-    """True when a periodic action (every N steps; 0 = never) falls on `step`."""
-    return every > 0 and step % every == 0
 
 
 class Action:
@@ -92,10 +83,7 @@ class EveryNSteps(Action):
         self.every = every
 
     def next_boundary(self, step: int) -> int | None:
-        return next_multiple(step, self.every)
-
-    def due(self, chunk: Chunk) -> bool:
-        return is_due(chunk.step, self.every) or chunk.is_last
+        return next_due(step, self.every)
 
 
 class RunStartSummaries(Action):
@@ -184,7 +172,7 @@ class WriteHistograms(Action):
         self.measuring: list = []  # (step, future bytes on disk)
 
     def next_boundary(self, step: int) -> int | None:
-        return next_multiple(step, self.every)
+        return next_due(step, self.every)
 
     def start(self, state: TrainState) -> None:
         if state.step == 0 and state.is_chief and self.schedule.due(0):
@@ -241,7 +229,7 @@ class Evaluate(EveryNSteps):
         # benchmarks.startup), and the per-chunk examples/s never included it.
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
-        if not self.due(chunk):
+        if not is_due(chunk.step, self.every, chunk.last_step):
             return
         step = chunk.step
         for name, values in state.evaluate_splits().items():
@@ -274,7 +262,7 @@ class SaveCheckpoint(EveryNSteps):
     """A checkpoint every `every` steps, at the end, and where the run stops early."""
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
-        if self.due(chunk) or state.stop_reason:
+        if is_due(chunk.step, self.every, chunk.last_step) or state.stop_reason:
             state.save_checkpoint(chunk.step)
 
 
@@ -352,7 +340,7 @@ class PrintProgress(EveryNSteps):
                 chunk.step - self.first_step, values, finalize=chunk.is_last
             )
             return
-        if not self.due(chunk):
+        if not is_due(chunk.step, self.every, chunk.last_step):
             return
         # What the progress line reports reaches the charts right after it:
         # the flush is queued behind the chunk's writes (the writer thread).

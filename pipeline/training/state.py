@@ -23,6 +23,7 @@ import tensorflow as tf
 
 from pipeline import data as data_lib
 from pipeline import models
+from pipeline.cadence import is_due
 from pipeline.config import TrainConfig, use_jit_compile
 from pipeline.errors import NonFiniteLossError, RunDirError, WorkerPreemptedError
 from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir
@@ -161,7 +162,7 @@ class TrainState:
         # and the last step run the histogram variant, whatever the budget
         # thinned out (it only decides what the chief writes).
         every = self.config.histogram_every
-        histograms = every > 0 and (end % every == 0 or end == self.config.steps)
+        histograms = every > 0 and is_due(end, every, self.config.steps)
         train_loop = self.train_loop.with_histograms if histograms else self.train_loop
         with self.step_marker(end):
             if self.profiling and end == self.step + 1 and not histograms:
