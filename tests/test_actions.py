@@ -97,3 +97,29 @@ def test_a_finding_an_action_does_not_declare_is_refused():
     assert call_actions([StopAt(13)], None, chunk).stop.reason == "stopped at step 13"
     with pytest.raises(ValueError, match="SilentStop added \\['stop'\\]"):
         call_actions([SilentStop(13)], None, chunk)
+
+
+class WantGradientsAt(Action):
+    """Asks for the histogram variant of the chunk ending at `at`."""
+
+    def __init__(self, at):
+        self.at = at
+        self.gradients = {}
+
+    def wants(self, step, end):
+        from pipeline.training.chunks import Wants
+
+        return Wants(histograms=end == self.at)
+
+    def __call__(self, state, chunk):
+        self.gradients[chunk.step] = len(chunk.gradients)
+
+
+def test_the_chunk_does_what_an_action_wants_of_it(tmp_path):
+    config = dataclasses.replace(
+        TINY, model="logreg", steps=6, steps_per_loop=3, histogram_every=0
+    )
+    want = WantGradientsAt(3)
+    train_run(tmp_path, config, "wants", extra_actions=[want])
+    # logreg: a kernel and a bias; histograms are off, so only step 3 has them.
+    assert want.gradients == {3: 2, 6: 0}

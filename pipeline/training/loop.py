@@ -3,9 +3,12 @@
 `train_and_evaluate` is Orbit's `Controller` cut to what this project needs:
 it trains up to `--steps_per_loop` steps per compiled call
 (`TrainState.train_until`), ends each call exactly on the next step any
-action asked for, and then calls every action (`pipeline.training.actions`)
-with the chunk: train scalars at their own steps, histograms, evaluation,
-early stopping, checkpoints, progress, preemption, SIGINT/SIGTERM. What
+action asked for, doing what they want of the call (`plan_chunk`), and then
+calls every action (`pipeline.training.actions`) with the chunk: train
+scalars at their own steps, histograms, evaluation, early stopping,
+checkpoints, progress, preemption, SIGINT/SIGTERM. What an action finds (an
+evaluation, a stop request) travels on the chunk to the actions after it
+(`pipeline.training.chunks`). What
 outlives a chunk is one `TrainState` (`pipeline.training.state`); how a run is
 recorded (run.json status, the HParams session) is one context manager,
 `RunRecord`. `pipeline.training.steps` owns the math.
