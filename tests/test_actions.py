@@ -9,6 +9,7 @@ from conftest import TINY, train_run
 
 from pipeline.runs import rundir
 from pipeline.training.actions import Action
+from pipeline.training.chunks import StopRequest
 
 
 class Observe(Action):
@@ -25,8 +26,8 @@ class Observe(Action):
 
     def __call__(self, state, chunk):
         self.chunks.append((chunk.first_step, chunk.step, len(chunk.outputs["loss"])))
-        if state.last_evaluated == chunk.step:
-            self.evaluated.append((chunk.step, sorted(state.last_test)))
+        if chunk.evaluated:
+            self.evaluated.append((chunk.step, sorted(chunk.evaluation.test)))
 
     def close(self, state):
         self.closed = True
@@ -34,6 +35,8 @@ class Observe(Action):
 
 class StopAt(Action):
     """Ends the run cleanly after step `at`."""
+
+    produces = frozenset({"stop"})
 
     def __init__(self, at):
         self.at = at
@@ -43,7 +46,8 @@ class StopAt(Action):
 
     def __call__(self, state, chunk):
         if chunk.step == self.at:
-            state.stop_reason = f"stopped at step {self.at}"
+            return chunk.found(stop=StopRequest(f"stopped at step {self.at}"))
+        return None
 
 
 def test_an_action_sees_every_chunk_and_can_stop_the_run(tmp_path):
@@ -63,3 +67,59 @@ def test_an_action_sees_every_chunk_and_can_stop_the_run(tmp_path):
     record = json.loads((run.path / "run.json").read_text())
     assert (record["status"], record["step"]) == ("completed", 13)
     assert (run.path / rundir.CHECKPOINT_DIR / "ckpt-13.index").exists()
+
+
+def test_an_action_before_the_one_whose_finding_it_reads_is_refused():
+    import pytest
+
+    from pipeline.training.actions import Evaluate, SaveCheckpoint, check_order
+    from pipeline.training.early_stopping import EarlyStopping
+    from pipeline.training.loop import run_actions
+
+    check_order(run_actions(TINY, [StopAt(13)]))  # the run's own order holds
+    with pytest.raises(ValueError, match="EarlyStopping reads \\['evaluation'\\]"):
+        check_order([EarlyStopping(2), Evaluate(10)])
+    with pytest.raises(ValueError, match="SaveCheckpoint reads \\['stop'\\]"):
+        check_order([SaveCheckpoint(10), StopAt(13)])
+
+
+def test_a_finding_an_action_does_not_declare_is_refused():
+    import numpy as np
+    import pytest
+
+    from pipeline.training.actions import call_actions
+    from pipeline.training.chunks import Chunk
+
+    class SilentStop(StopAt):
+        produces = frozenset()
+
+    chunk = Chunk(1, 13, 40, {"loss": np.zeros(13)}, 1.0, 13)
+    assert call_actions([StopAt(13)], None, chunk).stop.reason == "stopped at step 13"
+    with pytest.raises(ValueError, match="SilentStop added \\['stop'\\]"):
+        call_actions([SilentStop(13)], None, chunk)
+
+
+class WantGradientsAt(Action):
+    """Asks for the histogram variant of the chunk ending at `at`."""
+
+    def __init__(self, at):
+        self.at = at
+        self.gradients = {}
+
+    def wants(self, step, end):
+        from pipeline.training.chunks import Wants
+
+        return Wants(histograms=end == self.at)
+
+    def __call__(self, state, chunk):
+        self.gradients[chunk.step] = len(chunk.gradients)
+
+
+def test_the_chunk_does_what_an_action_wants_of_it(tmp_path):
+    config = dataclasses.replace(
+        TINY, model="logreg", steps=6, steps_per_loop=3, histogram_every=0
+    )
+    want = WantGradientsAt(3)
+    train_run(tmp_path, config, "wants", extra_actions=[want])
+    # logreg: a kernel and a bias; histograms are off, so only step 3 has them.
+    assert want.gradients == {3: 2, 6: 0}

@@ -98,10 +98,10 @@ def test_interrupted_early_stopping_run_stops_at_the_same_step(early_runs):
 
 
 def test_graceful_stop_records_the_signal_and_restores_handlers():
-    from pipeline.training import stopping
+    from pipeline.training import signals
 
     before = signal.getsignal(signal.SIGTERM)
-    with stopping.GracefulStop() as stop:
+    with signals.GracefulStop() as stop:
         assert not stop.requested
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested
@@ -121,9 +121,9 @@ def test_graceful_stop_records_the_signal_and_restores_handlers():
     ],
 )
 def test_early_stopping_patience(losses, stops_after, best_step):
-    from pipeline.training import stopping
+    from pipeline.training.early_stopping import EarlyStopping
 
-    es = stopping.EarlyStopping(patience=2)
+    es = EarlyStopping(patience=2)
     stopped = None
     for i, loss in enumerate(losses, start=1):
         es.update(i, loss)

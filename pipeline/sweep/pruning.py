@@ -12,11 +12,15 @@ import math
 
 from pipeline.sweep.link import RunEnd, TrialLink
 from pipeline.training.actions import Action
-from pipeline.training.state import Chunk, TrainState
+from pipeline.training.chunks import Chunk, StopRequest
+from pipeline.training.state import TrainState
 
 
 class ReportToStudy(Action):
     """Reports each evaluation of the sweep's metric; stops when pruned."""
+
+    consumes = frozenset({"evaluation"})
+    produces = frozenset({"stop"})
 
     def __init__(self, link: TrialLink):
         self.link = link
@@ -28,24 +32,24 @@ class ReportToStudy(Action):
         # The run record names its trial from the first step on.
         state.run_dir.update_record(trial=self.link.record())
 
-    def __call__(self, state: TrainState, chunk: Chunk) -> None:
-        if state.last_evaluated != chunk.step:
-            return
-        values = {"test": state.last_test, "validation": state.last_validation}
-        value = values.get(self.split, {}).get(self.name)
+    def __call__(self, state: TrainState, chunk: Chunk) -> Chunk | None:
+        if not chunk.evaluated:
+            return None
+        value = chunk.evaluation.splits.get(self.split, {}).get(self.name)
         if value is None or not math.isfinite(value):
-            return
+            return None
         pruned_by = self.worker.ask(chunk.step, float(value))
         if not pruned_by or chunk.is_last:
-            return  # go on; or trained to the end anyway: completed
-        state.stop_reason = (
+            return None  # go on; or trained to the end anyway: completed
+        stop = StopRequest(
             f"pruned at step {chunk.step} by the study's {pruned_by} "
             f"({self.link.metric}={value:.4f}, trial {self.link.number} "
-            f"of {self.link.study})"
+            f"of {self.link.study})",
+            status="pruned",
         )
-        state.end_status = "pruned"
         if chunk.step > state.last_saved:
             state.save_checkpoint(chunk.step)
-        state.logger.text("train", chunk.step, "pruned", state.stop_reason)
+        state.logger.text("train", chunk.step, "pruned", stop.reason)
         state.logger.scalars("train", chunk.step, {"events/pruned": float(chunk.step)})
-        state.print_fn(state.stop_reason)
+        state.print_fn(stop.reason)
+        return chunk.found(stop=stop)

@@ -17,6 +17,8 @@ import pathlib
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
 
+from pipeline.cadence import is_due
+
 EVENT_FILE_GLOB = "events.out.tfevents.*"
 # TFRecord framing around each event: length (8) + two masked CRCs (4 + 4).
 RECORD_OVERHEAD = 16
@@ -136,10 +138,10 @@ class ThinningSchedule:
 
     def due(self, step: int) -> bool:
         """True if a write falls on `step` (also the first due step after a resume)."""
-        if not self.enabled:
-            return False
-        on_interval = step >= self._next and step % self.interval == 0
-        return on_interval or step == self.total_steps
+        # The interval only widens; the rule is the loop's (`cadence.is_due`).
+        return self.enabled and is_due(
+            step, self.interval, self.total_steps, not_before=self._next
+        )
 
     def next_stop(self, step: int) -> int | None:
         """The next step after `step` that is due (None if none)."""

@@ -1,28 +1,34 @@
-"""Actions: what the loop does after each compiled chunk, one behaviour each.
+"""Actions: what the loop does around each compiled chunk, one behaviour each.
 
 Orbit's idea (`orbit/actions`): side effects of the outer loop are small
 objects called with what the inner loop returned. Here each action also says
-which steps it needs, so a chunk always ends exactly on them.
+which steps it needs (a chunk always ends exactly on them) and what it needs
+of the compiled call (`wants`: histograms, the op graph, a profiled step).
 
 How to add a behaviour to training: subclass `Action`, override what you
-need, and pass an instance in `train_and_evaluate(..., extra_actions=[...])`
-(or add it to `run_actions` to make it part of every run). Extra actions run
-after evaluation and early stopping and before the checkpoint, the progress
-line and the signal handling (`run_actions` has the order). To act before
-step A runs (a profiler window A..B), ask for a boundary at A - 1.
+need, and pass an instance in `train_and_evaluate(..., extra_actions=[...])`.
+Extra actions run after evaluation and early stopping and before the
+checkpoint, the progress line and the signal handling
+(`pipeline.training.loop.run_actions` has the order). To act before step A
+runs (a profiler window A..B), ask for a boundary at A - 1.
 
     class StopAtStep(Action):
+        produces = frozenset({"stop"})
         def __init__(self, at): self.at = at
         def next_boundary(self, step): return self.at if step < self.at else None
         def __call__(self, state, chunk):
             if chunk.step == self.at:
-                state.stop_reason = f"stopped at step {self.at}"
+                return chunk.found(stop=StopRequest(f"stopped at step {self.at}"))
 
-An action may read or change the shared `TrainState` (the model, the logger,
-`state.last_test`, ...), stop the run cleanly by setting `state.stop_reason`
-(a checkpoint is saved at that step and the run completes), or raise to end
-it (the run is recorded `interrupted` for `TrainingInterruptedError` and
-`KeyboardInterrupt`, `failed` for anything else).
+What an action finds for the others travels on the chunk: it returns a copy
+with its findings (`chunk.found(evaluation=...)`, `stop=StopRequest(...)`: a
+checkpoint is saved at that step and the run completes), declared in
+`produces`; what it reads of earlier actions' findings is declared in
+`consumes`, and `check_order` refuses an order where a consumer comes first.
+An action may use the run's `TrainState` (the model, the logger, a
+checkpoint save), or raise to end the run (recorded `interrupted` for
+`TrainingInterruptedError` and `KeyboardInterrupt`, `failed` for anything
+else).
 """
 
 from __future__ import annotations
@@ -37,26 +43,18 @@ import tensorflow as tf
 
 from pipeline import data as data_lib
 from pipeline import streams
+from pipeline.cadence import is_due, next_due
 from pipeline.config import epoch_of, steps_per_epoch
 from pipeline.errors import NonFiniteLossError, TrainingInterruptedError
 from pipeline.tensorboard import budget, projector
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard.summaries import variable_name
-from pipeline.training import recovery, stopping
-from pipeline.training.state import Chunk, TrainState
+from pipeline.training import recovery, signals
+from pipeline.training.chunks import FINDINGS, Chunk, Evaluation, Wants
+from pipeline.training.state import TrainState
 
 # Shown as they are by the progress bar (not averaged over updates).
 PROGRESS_METRICS = ["loss", "accuracy", "test_accuracy", "examples/s"]
-
-
-def next_multiple(step: int, every: int) -> int | None:
-    """The first multiple of `every` after `step` (None when `every` is 0: never)."""
-    return (step // every + 1) * every if every > 0 else None
-
-
-def is_due(step: int, every: int) -> bool:
-    """True when a periodic action (every N steps; 0 = never) falls on `step`."""
-    return every > 0 and step % every == 0
 
 
 class Action:
@@ -65,11 +63,26 @@ class Action:
     The loop calls, in this order:
       `start(state)` once, before the first chunk (`state.step` is where the
         run starts: 0, or the restored step);
-      `next_boundary(step)` before each chunk: the first step after `step`
-        this action must see a chunk end on, or None (no need);
-      `action(state, chunk)` after each chunk, in list order;
+      before each chunk, `next_boundary(step)`: the first step after `step`
+        this action must see a chunk end on, or None (no need); then
+        `wants(step, end)`: what it needs of the call that trains to `end`;
+      `action(state, chunk)` after each chunk, in list order: returns the
+        chunk with its findings added (`chunk.found(...)`), or None;
+      `completed(state, chunk)` once at a clean end, with the last chunk:
+        returns it with a final evaluation or run record entries, or None;
       `close(state)` once when the loop ends, however it ends.
+    `checkpointed()` names what it adds to the run's checkpoint (saved and
+    restored with the run).
     """
+
+    # Chunk findings (`chunks.FINDINGS`) it adds, and those of earlier
+    # actions it reads: `check_order` refuses a consumer before its producer.
+    produces: frozenset[str] = frozenset()
+    consumes: frozenset[str] = frozenset()
+
+    def checkpointed(self) -> dict[str, object]:
+        """Trackables to save in the run's checkpoint, by name. Default: none."""
+        return {}
 
     def start(self, state: TrainState) -> None:
         """Before the first chunk. Default: nothing."""
@@ -78,11 +91,66 @@ class Action:
         """The next step after `step` a chunk must end on. Default: none."""
         return None
 
-    def __call__(self, state: TrainState, chunk: Chunk) -> None:
+    def wants(self, step: int, end: int) -> Wants:
+        """What the call training `step + 1`..`end` must do. Default: nothing."""
+        return Wants()
+
+    def __call__(self, state: TrainState, chunk: Chunk) -> Chunk | None:
         """After each chunk. Default: nothing."""
+        return None
+
+    def completed(self, state: TrainState, chunk: Chunk) -> Chunk | None:
+        """At a clean end of the run. Default: nothing."""
+        return None
 
     def close(self, state: TrainState) -> None:
         """When the loop ends (also on errors). Default: nothing."""
+
+
+def check_order(actions: Sequence[Action]) -> None:
+    """Raises ValueError when an action reads a finding that only a later one
+    produces (it would see the previous chunk's, or none)."""
+    for index, action in enumerate(actions):
+        unknown = (action.produces | action.consumes) - set(FINDINGS)
+        if unknown:
+            raise ValueError(
+                f"{type(action).__name__}: unknown findings {sorted(unknown)}"
+            )
+        for later in actions[index + 1 :]:
+            early_read = action.consumes & later.produces
+            if early_read:
+                raise ValueError(
+                    f"{type(action).__name__} reads {sorted(early_read)} before "
+                    f"{type(later).__name__} produces it: put it after"
+                )
+
+
+def call_actions(
+    actions: Sequence[Action], state: TrainState, chunk: Chunk, completed: bool = False
+) -> Chunk:
+    """Calls each action (its `completed` hook at a clean end) with the chunk
+    as the previous ones left it; returns the chunk with every finding.
+
+    After a chunk, an action that adds a finding it does not declare in
+    `produces` is refused (`check_order` could not see it). At the end
+    nothing reads after another action, so any finding goes (the best
+    model's evaluation, run record entries).
+    """
+    for action in actions:
+        call = action.completed if completed else action
+        found = call(state, chunk) or chunk
+        added = {
+            name
+            for name in FINDINGS
+            if getattr(found, name) is not getattr(chunk, name)
+        }
+        if not completed and added - action.produces:
+            raise ValueError(
+                f"{type(action).__name__} added {sorted(added - action.produces)} to "
+                "the chunk without declaring it in `produces`"
+            )
+        chunk = found
+    return chunk
 
 
 class EveryNSteps(Action):
@@ -92,21 +160,22 @@ class EveryNSteps(Action):
         self.every = every
 
     def next_boundary(self, step: int) -> int | None:
-        return next_multiple(step, self.every)
-
-    def due(self, chunk: Chunk) -> bool:
-        return is_due(chunk.step, self.every) or chunk.is_last
+        return next_due(step, self.every)
 
 
 class RunStartSummaries(Action):
     """The model graph, summary text and input images at step 0; the resume marker.
 
     Written after the first chunk (by the writer thread), so they never delay
-    the first step; they still carry step 0 (or the resumed step + 1).
+    the first step; they still carry step 0 (or the resumed step + 1). The
+    first chunk of a new run writes its op graph (`Wants.graph`).
     """
 
     def __init__(self) -> None:
         self.written = False
+
+    def wants(self, step: int, end: int) -> Wants:
+        return Wants(graph=step == 0)
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
         if self.written:
@@ -158,18 +227,15 @@ class WriteTrainScalars(Action):
                     "examples_per_sec": np.array([chunk.examples_per_sec]),
                 },
             )
-        state.last_train = {
-            "loss": float(chunk.outputs["loss"][-1]),
-            "accuracy": float(chunk.outputs["accuracy"][-1]),
-        }
 
 
 class WriteHistograms(Action):
     """Weights and their gradients, thinned to fit `--summary_budget_mb`.
 
     Chunks end on every multiple of `every`, on every worker alike
-    (collectives need equal chunks); such a chunk runs the histogram variant
-    of the train loop (`TrainState.train_until`), which hands back the
+    (collectives need equal chunks); such a chunk, and the last, runs the
+    histogram variant of the train loop (`Wants.histograms`, whatever the
+    budget thinned out: it only decides what the chief writes), which hands back the
     weights after its last step and the gradients that step applied, so no
     second gradient pass is needed. The budget only decides whether a
     histogram is written there (thinned steps are multiples). The initial
@@ -184,7 +250,13 @@ class WriteHistograms(Action):
         self.measuring: list = []  # (step, future bytes on disk)
 
     def next_boundary(self, step: int) -> int | None:
-        return next_multiple(step, self.every)
+        return next_due(step, self.every)
+
+    def wants(self, step: int, end: int) -> Wants:
+        return Wants(
+            histograms=self.every > 0
+            and is_due(end, self.every, self.schedule.total_steps)
+        )
 
     def start(self, state: TrainState) -> None:
         if state.step == 0 and state.is_chief and self.schedule.due(0):
@@ -224,11 +296,18 @@ class WriteHistograms(Action):
 
 
 class Evaluate(EveryNSteps):
-    """Test (and validation) loss and accuracy, and the running best test metrics."""
+    """Test (and validation) loss and accuracy, and the running best test metrics.
+
+    Every chunk leaves with the latest evaluation (`chunk.evaluation`, at its
+    own step; `chunk.evaluated` when it is this chunk's).
+    """
+
+    produces = frozenset({"evaluation"})
 
     def __init__(self, every: int):
         super().__init__(every)
         self.best = hparams_lib.BestMetrics()
+        self.latest: Evaluation | None = None
 
     def start(self, state: TrainState) -> None:
         # A resumed run's running best starts from what its earlier lives logged.
@@ -240,41 +319,24 @@ class Evaluate(EveryNSteps):
         # before the first step delayed that step by ~1.3 s (logreg,
         # benchmarks.startup), and the per-chunk examples/s never included it.
 
-    def __call__(self, state: TrainState, chunk: Chunk) -> None:
-        if not self.due(chunk):
-            return
-        step = chunk.step
-        for name, values in state.evaluate_splits().items():
-            state.logger.scalars(name, step, values)
-            if name == "test":
-                state.logger.scalars(name, step, self.best.update(step, values))
-        state.last_evaluated = step
-
-
-class EarlyStop(Action):
-    """Stops when the validation loss stopped improving; keeps the best model."""
-
-    def __call__(self, state: TrainState, chunk: Chunk) -> None:
-        early = state.early_stopping
-        if not early.enabled or state.last_evaluated != chunk.step:
-            return
-        if early.update(chunk.step, state.last_validation["loss"]):
-            state.best_manager.save(checkpoint_number=chunk.step)
-        if early.should_stop:
-            state.stop_reason = early.reason(chunk.step)
-            state.logger.text("train", chunk.step, "early_stopping", state.stop_reason)
-            best_step = float(early.best_step.numpy())
-            state.logger.scalars(
-                "train", chunk.step, {"events/early_stopped": best_step}
-            )
-            state.print_fn(state.stop_reason)
+    def __call__(self, state: TrainState, chunk: Chunk) -> Chunk:
+        if is_due(chunk.step, self.every, chunk.last_step):
+            step = chunk.step
+            self.latest = state.evaluate_splits(step)
+            for name, values in self.latest.splits.items():
+                state.logger.scalars(name, step, values)
+                if name == "test":
+                    state.logger.scalars(name, step, self.best.update(step, values))
+        return chunk.found(evaluation=self.latest)
 
 
 class SaveCheckpoint(EveryNSteps):
     """A checkpoint every `every` steps, at the end, and where the run stops early."""
 
+    consumes = frozenset({"stop"})
+
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
-        if self.due(chunk) or state.stop_reason:
+        if is_due(chunk.step, self.every, chunk.last_step) or chunk.stop:
             state.save_checkpoint(chunk.step)
 
 
@@ -297,12 +359,12 @@ class _Progbar(keras.utils.Progbar):
         super().update(current, numbers, finalize)
 
 
-def test_accuracy_text(state: TrainState) -> str:
+def test_accuracy_text(evaluation: Evaluation | None) -> str:
     """The last test accuracy with the step it is from (`0.9625 (step 63)`)."""
-    accuracy = state.last_test.get("accuracy")
-    if accuracy is None or state.last_evaluated < 0:
+    accuracy = evaluation.test.get("accuracy") if evaluation else None
+    if accuracy is None:
         return "-"
-    return f"{accuracy:.4f} (step {state.last_evaluated})"
+    return f"{accuracy:.4f} (step {evaluation.step})"
 
 
 class PrintProgress(EveryNSteps):
@@ -316,6 +378,8 @@ class PrintProgress(EveryNSteps):
     at the end, so a log holds no redraws. Before the first step it says that
     the train step is compiling, the seconds it takes are not silent.
     """
+
+    consumes = frozenset({"evaluation"})
 
     def __init__(self, every: int):
         super().__init__(every)
@@ -341,24 +405,25 @@ class PrintProgress(EveryNSteps):
             )
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
+        train = chunk.train_metrics
         if self.bar is not None:
             values = [
-                ("loss", state.last_train.get("loss", float("nan"))),
-                ("accuracy", state.last_train.get("accuracy", float("nan"))),
-                ("test_accuracy", test_accuracy_text(state)),
+                ("loss", train.get("loss", float("nan"))),
+                ("accuracy", train.get("accuracy", float("nan"))),
+                ("test_accuracy", test_accuracy_text(chunk.evaluation)),
                 ("examples/s", f"{chunk.examples_per_sec:,.0f}"),
             ]
             self.bar.update(
                 chunk.step - self.first_step, values, finalize=chunk.is_last
             )
             return
-        if not self.due(chunk):
+        if not is_due(chunk.step, self.every, chunk.last_step):
             return
         # What the progress line reports reaches the charts right after it:
         # the flush is queued behind the chunk's writes (the writer thread).
         state.logger.flush(wait=False)
-        test_text = test_accuracy_text(state)
-        train_text = " ".join(f"{k}={v:.4f}" for k, v in state.last_train.items())
+        test_text = test_accuracy_text(chunk.evaluation)
+        train_text = " ".join(f"{k}={v:.4f}" for k, v in train.items())
         config = state.config
         epoch_text = ""
         if config.epochs:
@@ -381,8 +446,10 @@ class WriteProjector(Action):
     for models with a learned embedding (`projector.has_learned_embedding`).
     """
 
+    consumes = frozenset({"stop"})
+
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
-        if not (state.is_chief and (chunk.is_last or state.stop_reason)):
+        if not (state.is_chief and (chunk.is_last or chunk.stop)):
             return
         if not projector.has_learned_embedding(state.model):
             return
@@ -404,7 +471,7 @@ class RecordProfile(Action):
     A chunk ends at step A - 1, the trace starts after everything done there,
     steps A..B then run one per compiled call outside the compiled loop
     (`train_loop.one_step`), each marked as a training step
-    (`TrainState.step_marker`), so the Profile tab's Overview shows their step
+    (`Wants.profiled_step`), so the Profile tab's Overview shows their step
     time, and the trace stops once step B and its actions are done.
     It goes to the run's `train/` directory
     (`plugins/profile/<time>/<host>.xplane.pb`), where TensorBoard's Profile
@@ -423,6 +490,9 @@ class RecordProfile(Action):
             if step < boundary:
                 return boundary
         return None
+
+    def wants(self, step: int, end: int) -> Wants:
+        return Wants(profiled_step=self.tracing_from is not None)
 
     def start(self, state: TrainState) -> None:
         self._maybe_start(state, state.step)
@@ -444,11 +514,9 @@ class RecordProfile(Action):
             state.train_loop.one_step.get_concrete_function(state.iterator)
             tf.profiler.experimental.start(str(state.run_dir.path / "train"))
             self.tracing_from = step + 1
-            state.profiling = True
 
     def _stop(self, state: TrainState, step: int) -> None:
         tf.profiler.experimental.stop()
-        state.profiling = False
         state.print_fn(
             f"profile: steps {self.tracing_from}-{step} traced into "
             f"{state.run_dir.path / 'train'} (TensorBoard's Profile tab)"
@@ -477,16 +545,18 @@ class StopOnSignal(Action):
     every worker at the same step; SIGINT still stops only this process.
     """
 
+    consumes = frozenset({"stop"})
+
     def __init__(self) -> None:
-        self.stop: stopping.GracefulStop | None = None
+        self.stop: signals.GracefulStop | None = None
 
     def start(self, state: TrainState) -> None:
-        signals = (signal.SIGINT,) if state.preemption else stopping.STOP_SIGNALS
-        self.stop = stopping.GracefulStop(signals).install()
+        handled = (signal.SIGINT,) if state.preemption else signals.STOP_SIGNALS
+        self.stop = signals.GracefulStop(handled).install()
 
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
         stop = self.stop
-        if chunk.is_last or state.stop_reason:
+        if chunk.is_last or chunk.stop:
             return
         if stop.requested:
             cause, signum = f"by {stop.signal_name}", stop.signum
@@ -509,33 +579,3 @@ class StopOnSignal(Action):
     def close(self, state: TrainState) -> None:
         if self.stop is not None:
             self.stop.uninstall()
-
-
-def run_actions(state: TrainState, extra: Sequence[Action] = ()) -> list[Action]:
-    """Every action of a run, in the order they are called after each chunk.
-
-    `extra` actions come after evaluation and early stopping (they see this
-    chunk's metrics in `state.last_test` / `state.last_validation` when
-    `state.last_evaluated == chunk.step`) and before the checkpoint, so a stop
-    they ask for (`state.stop_reason`) is saved; the signal handling comes last.
-    """
-    config = state.config
-    return [
-        RunStartSummaries(),
-        CheckFinite(),
-        WriteTrainScalars(config.log_every),
-        WriteHistograms(
-            config.histogram_every,
-            config.steps,
-            round(config.summary_budget_mb * 1e6),
-        ),
-        Evaluate(config.eval_every),
-        EarlyStop(),
-        *extra,
-        SaveCheckpoint(config.checkpoint_every),
-        *([WriteProjector()] if config.projector else []),
-        PrintProgress(config.print_every),
-        RecordProfile(config.profile_steps),
-        SaveIfPreempted(),
-        StopOnSignal(),
-    ]

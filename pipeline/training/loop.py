@@ -3,9 +3,12 @@
 `train_and_evaluate` is Orbit's `Controller` cut to what this project needs:
 it trains up to `--steps_per_loop` steps per compiled call
 (`TrainState.train_until`), ends each call exactly on the next step any
-action asked for, and then calls every action (`pipeline.training.actions`)
-with the chunk: train scalars at their own steps, histograms, evaluation,
-early stopping, checkpoints, progress, preemption, SIGINT/SIGTERM. What
+action asked for, doing what they want of the call (`plan_chunk`), and then
+calls every action (`pipeline.training.actions`) with the chunk: train
+scalars at their own steps, histograms, evaluation, early stopping,
+checkpoints, progress, preemption, SIGINT/SIGTERM. What an action finds (an
+evaluation, a stop request) travels on the chunk to the actions after it
+(`pipeline.training.chunks`). What
 outlives a chunk is one `TrainState` (`pipeline.training.state`); how a run is
 recorded (run.json status, the HParams session) is one context manager,
 `RunRecord`. `pipeline.training.steps` owns the math.
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
+import operator
 import pathlib
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,7 +45,24 @@ from pipeline.tensorboard import budget
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard import notes as notes_lib
 from pipeline.training import distribute
-from pipeline.training.actions import Action, run_actions
+from pipeline.training.actions import (
+    Action,
+    CheckFinite,
+    Evaluate,
+    PrintProgress,
+    RecordProfile,
+    RunStartSummaries,
+    SaveCheckpoint,
+    SaveIfPreempted,
+    StopOnSignal,
+    WriteHistograms,
+    WriteProjector,
+    WriteTrainScalars,
+    call_actions,
+    check_order,
+)
+from pipeline.training.chunks import Chunk, ChunkRequest, Wants
+from pipeline.training.early_stopping import EarlyStopping
 from pipeline.training.state import (
     RestorePoint,
     TrainState,
@@ -98,7 +120,7 @@ def train_and_evaluate(
     continues from the run's latest checkpoint (model, optimizer, step, data
     position, dropout RNG, early-stopping state); a non-chief worker passes
     the chief's checkpoint directory as `restore_dir`. `extra_actions` are
-    called after each chunk too (`pipeline.training.actions.run_actions`).
+    called after each chunk too (`run_actions`).
     The run's record is kept by `RunRecord`.
     """
     strategy = strategy or tf.distribute.get_strategy()
@@ -116,19 +138,77 @@ def train_and_evaluate(
             # Said once the record has the resume: a process killed after
             # this line has left its restart in `run.json`.
             print_fn(f"resuming {run_dir.name} from step {restore_point.step}")
+        actions = run_actions(config, extra_actions)
         state = record.state = build_train_state(
-            config, run_dir, dataset, strategy, restore_point, print_fn
+            config,
+            run_dir,
+            dataset,
+            strategy,
+            restore_point,
+            print_fn,
+            checkpointed=checkpointed(actions),
         )
-        actions = run_actions(state, extra_actions)
+        chunk = None  # the last one, with what the actions found there
         with started(actions, state):
-            while state.step < config.steps and not state.stop_reason:
-                chunk = state.train_until(
-                    chunk_end(state.step, config.steps, config.steps_per_loop, actions)
-                )
-                for action in actions:
-                    action(state, chunk)
+            while state.step < config.steps and not (chunk and chunk.stop):
+                request = plan_chunk(state.step, config, actions)
+                chunk = call_actions(actions, state, state.train_until(request))
                 state.step = chunk.step
-        return record.completed(finish(state))
+        return record.completed(finish(state, actions, chunk))
+
+
+def run_actions(config: TrainConfig, extra: Sequence[Action] = ()) -> list[Action]:
+    """Every action of a run, in the order they are called after each chunk.
+
+    `extra` actions come after evaluation and early stopping (they see this
+    chunk's evaluation as `chunk.evaluation` when `chunk.evaluated`) and
+    before the checkpoint, so a stop they ask for (`chunk.found(stop=...)`)
+    is saved; the signal handling comes last. `check_order` refuses a list
+    in which an action reads a finding before the action producing it.
+    """
+    actions = [
+        RunStartSummaries(),
+        CheckFinite(),
+        WriteTrainScalars(config.log_every),
+        WriteHistograms(
+            config.histogram_every,
+            config.steps,
+            round(config.summary_budget_mb * 1e6),
+        ),
+        Evaluate(config.eval_every),
+        EarlyStopping(config.early_stopping_patience, config.early_stopping_min_delta),
+        *extra,
+        SaveCheckpoint(config.checkpoint_every),
+        *([WriteProjector()] if config.projector else []),
+        PrintProgress(config.print_every),
+        RecordProfile(config.profile_steps),
+        SaveIfPreempted(),
+        StopOnSignal(),
+    ]
+    check_order(actions)
+    return actions
+
+
+def checkpointed(actions: Sequence[Action]) -> dict[str, object]:
+    """What the actions add to the run's checkpoint, by name (each name once)."""
+    items: dict[str, object] = {}
+    for action in actions:
+        for name, trackable in action.checkpointed().items():
+            if name in items:
+                raise ValueError(f"two actions checkpoint {name!r}")
+            items[name] = trackable
+    return items
+
+
+def plan_chunk(
+    step: int, config: TrainConfig, actions: Sequence[Action]
+) -> ChunkRequest:
+    """The next compiled call: where it ends and what the actions want of it."""
+    end = chunk_end(step, config.steps, config.steps_per_loop, actions)
+    wants = functools.reduce(
+        operator.or_, (action.wants(step, end) for action in actions), Wants()
+    )
+    return ChunkRequest(end, wants)
 
 
 def chunk_end(
@@ -182,43 +262,41 @@ class RunOutcome:
 
     result: TrainResult
     record: dict[str, object]
+    status: str = "completed"  # or `pruned` (a sweep's pruner stopped it)
 
 
-def finish(state: TrainState) -> RunOutcome:
+def finish(
+    state: TrainState, actions: Sequence[Action], chunk: Chunk | None
+) -> RunOutcome:
     """Final metrics (the best model's, after early stopping) and the result."""
-    record: dict[str, object] = {}
-    best_checkpoint = state.restore_best_model()
-    if best_checkpoint is not None:
-        # Final metrics are the best model's, as Keras' EarlyStopping
-        # (restore_best_weights=True) reports them.
-        state.evaluate_splits()
-        early = state.early_stopping
-        record = {
-            "stopped_early": bool(state.stop_reason),
-            "stop_reason": state.stop_reason or f"reached --steps={state.config.steps}",
-            "best_step": int(early.best_step.numpy()),
-            "best_validation_loss": float(early.best_loss.numpy()),
-            "best_checkpoint": best_checkpoint,
-        }
+    if chunk is None:  # nothing left to train: an empty chunk at the restored step
+        chunk = Chunk(state.step + 1, state.step, state.config.steps, {}, 0.0, 0)
+    chunk = call_actions(actions, state, chunk, completed=True)
+    record = dict(chunk.record)
+    stop = chunk.stop
+    status = stop.status if stop else "completed"
+    if status != "completed":
+        record["stop_reason"] = stop.reason
     wall = time.perf_counter() - state.started_at
     state.logger.close()
     plugin_bytes = budget.bytes_per_plugin(state.run_dir.path)
     disk_bytes = budget.disk_bytes(state.run_dir.path, state.run_dir.checkpoint_dir)
     state.print_fn("on disk: " + budget.describe(disk_bytes))
     state.print_fn("event files: " + budget.describe(plugin_bytes))
+    trained_examples = (state.step - state.restore_point.step) * state.config.batch_size
     result = TrainResult(
         step=state.step,
-        test=state.last_test,
-        train=state.last_train,
+        test=chunk.evaluation.test if chunk.evaluation else {},
+        train=chunk.train_metrics,
         wall_time_s=wall,
-        examples_per_sec=state.trained_examples / wall,
-        checkpoint=best_checkpoint or state.manager.latest_checkpoint,
+        examples_per_sec=trained_examples / wall,
+        checkpoint=record.get("best_checkpoint") or state.manager.latest_checkpoint,
         weights_digest=weights_digest(state.model),
         trace_counts=trace_counts(state),
         event_bytes=plugin_bytes,
         disk_bytes=disk_bytes,
     )
-    return RunOutcome(result, record)
+    return RunOutcome(result, record, status)
 
 
 class RunRecord:
@@ -270,10 +348,8 @@ class RunRecord:
         with its final metrics; returns the result."""
         result = outcome.result
         per_epoch = steps_per_epoch(self.config.batch_size, len(self.dataset.train))
-        status = self.state.end_status if self.state else "completed"
+        status = outcome.status
         extra = dict(outcome.record)
-        if status != "completed":
-            extra["stop_reason"] = self.state.stop_reason
         self.run_dir.finish(
             status,
             step=result.step,

@@ -2,9 +2,10 @@
 
 The loop (`pipeline.training.loop`) and its actions (`pipeline.training.actions`)
 share this object: the model, optimizer and step variable, the data iterator,
-the checkpoint and its managers, the summary logger, the evaluation arrays and
-the compiled functions, plus the few facts a chunk leaves for the next one
-(the step reached, the last metrics, the last saved step, a stop reason).
+the checkpoint and its manager, the summary logger, the evaluation arrays and
+the compiled functions, plus the step reached and the last step saved. What
+an action finds (an evaluation, a stop request) is not kept here: it travels
+on the chunk (`pipeline.training.chunks`).
 Which checkpoint a run continues from is chosen in one place,
 `choose_restore_point`, and restored in one place, `build_train_state`.
 """
@@ -15,10 +16,10 @@ import contextlib
 import dataclasses
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
@@ -28,7 +29,8 @@ from pipeline.config import TrainConfig, use_jit_compile
 from pipeline.errors import NonFiniteLossError, RunDirError, WorkerPreemptedError
 from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir
 from pipeline.tensorboard.summaries import SummaryLogger
-from pipeline.training import distribute, recovery, steps, stopping
+from pipeline.training import distribute, recovery, steps
+from pipeline.training.chunks import Chunk, ChunkRequest, Evaluation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,35 +80,6 @@ def choose_restore_point(
     return RestorePoint(step, checkpoint, resumed=True)
 
 
-@dataclasses.dataclass(frozen=True)
-class Chunk:
-    """What one compiled call trained: steps `first_step`..`step`.
-
-    `outputs[name][i]` is the value of metric `name` (loss, accuracy) at step
-    `first_step + i`.
-    """
-
-    first_step: int
-    step: int
-    last_step: int  # --steps: the run's final step
-    outputs: dict[str, np.ndarray]
-    seconds: float
-    examples: int
-    # On a histogram chunk (`train_loop.with_histograms`): the trainable
-    # variables after its last step and the gradients that step applied.
-    weights: tuple = ()
-    gradients: tuple = ()
-
-    @property
-    def is_last(self) -> bool:
-        """True for the chunk that ends at the run's final step."""
-        return self.step == self.last_step
-
-    @property
-    def examples_per_sec(self) -> float:
-        return self.examples / self.seconds
-
-
 @dataclasses.dataclass
 class TrainState:
     """Everything a run keeps between chunks (see the module docstring)."""
@@ -123,51 +96,36 @@ class TrainState:
     iterator: object
     checkpoint: tf.train.Checkpoint
     manager: tf.train.CheckpointManager
-    # The best model (by validation loss) has its own manager, so the rotation
-    # of the regular checkpoints can never delete it.
-    best_manager: tf.train.CheckpointManager | None
-    early_stopping: stopping.EarlyStopping
     logger: SummaryLogger
     eval_arrays: dict[str, tuple[tf.Tensor, tf.Tensor]]
     train_loop: Callable
     evaluate: Callable
     model_summary: str
     preemption: object | None = None
-    # What a chunk leaves for the next one. `step` is where the last chunk
-    # whose actions all ran ended (a failure is recorded at that step).
+    # Where the last chunk whose actions all ran ended (a failure is recorded
+    # at that step), and the last step saved.
     step: int = 0
     last_saved: int = 0
-    last_test: dict[str, float] = dataclasses.field(default_factory=dict)
-    last_validation: dict[str, float] = dataclasses.field(default_factory=dict)
-    last_train: dict[str, float] = dataclasses.field(default_factory=dict)
-    last_evaluated: int = -1
-    trained_examples: int = 0
-    stop_reason: str = ""
-    # How a run that stops without an error is recorded: `completed`, or
-    # `pruned` when a sweep's pruner stopped it (`pipeline.sweep.pruning`).
-    end_status: str = "completed"
-    profiling: bool = False  # a tf.profiler trace is recording (RecordProfile)
     started_at: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
     def is_chief(self) -> bool:
         return distribute.is_chief(self.strategy)
 
-    def train_until(self, end: int) -> Chunk:
-        """Runs steps `step + 1`..`end` in one compiled call; returns what they did."""
+    def train_until(self, request: ChunkRequest) -> Chunk:
+        """Runs steps `step + 1`..`request.end` in one compiled call, as the
+        actions asked (`request.wants`); returns what they did."""
+        end, wants = request.end, request.wants
         chunk = tf.constant(end - self.step, tf.int32)
         started = time.perf_counter()
-        # Every worker alike (collectives): each multiple of the base interval
-        # and the last step run the histogram variant, whatever the budget
-        # thinned out (it only decides what the chief writes).
-        every = self.config.histogram_every
-        histograms = every > 0 and (end % every == 0 or end == self.config.steps)
-        train_loop = self.train_loop.with_histograms if histograms else self.train_loop
-        with self.step_marker(end):
-            if self.profiling and end == self.step + 1 and not histograms:
+        train_loop = (
+            self.train_loop.with_histograms if wants.histograms else self.train_loop
+        )
+        with self.step_marker(end, wants.profiled_step):
+            if wants.profiled_step and end == self.step + 1 and not wants.histograms:
                 # A histogram loop of one step runs no loop iteration either.
                 outputs = self.train_loop.one_step(self.iterator)
-            elif self.step == 0:
+            elif wants.graph:
                 outputs = self.logger.trace_graph(
                     "train", train_loop, self.iterator, chunk
                 )
@@ -178,37 +136,35 @@ class TrainState:
         series = {name: value.numpy() for name, value in outputs.items()}
         seconds = time.perf_counter() - started
         self.step_var.assign(end)
-        examples = (end - self.step) * self.config.batch_size
-        self.trained_examples += examples
         return Chunk(
             self.step + 1,
             end,
             self.config.steps,
             series,
             seconds,
-            examples,
+            (end - self.step) * self.config.batch_size,
             weights,
             gradients,
         )
 
-    def step_marker(self, step: int) -> contextlib.AbstractContextManager:
+    @staticmethod
+    def step_marker(step: int, profiled: bool) -> contextlib.AbstractContextManager:
         """While profiling, marks the call as training step `step` in the trace
         (the Profile tab's step-time views need these markers)."""
-        if not self.profiling:
+        if not profiled:
             return contextlib.nullcontext()
         return tf.profiler.experimental.Trace("train", step_num=step, _r=1)
 
-    def evaluate_splits(self) -> dict[str, dict[str, float]]:
-        """Loss and accuracy on every held-out split (test, validation)."""
+    def evaluate_splits(self, step: int) -> Evaluation:
+        """Loss and accuracy on every held-out split (test, validation) now,
+        recorded as at `step`."""
         results = {}
         for name, (images, labels) in self.eval_arrays.items():
             metrics = self.evaluate(images, labels)
             results[name] = {
                 k: float(metrics[k].numpy()) for k in steps.EVAL_METRICS if k in metrics
             }
-        self.last_test = results["test"]
-        self.last_validation = results.get("validation", {})
-        return results
+        return Evaluation(step, results)
 
     def save_checkpoint(self, step: int) -> None:
         """Saves the run at `step`; refuses NaN/Inf weights; marks the save."""
@@ -250,16 +206,6 @@ class TrainState:
             f"preempted: a worker got SIGTERM; every worker saved step "
             f"{self.last_saved}; restart each one with --resume"
         )
-
-    def restore_best_model(self) -> str | None:
-        """Puts the best model's weights back (early stopping); its prefix or None."""
-        if self.best_manager is None or not self.best_manager.latest_checkpoint:
-            return None
-        best = self.best_manager.latest_checkpoint
-        tf.train.Checkpoint(model=self.model).restore(
-            best
-        ).assert_existing_objects_matched()
-        return best
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -320,28 +266,19 @@ def _eval_arrays(dataset: data_lib.Dataset) -> dict[str, tuple[tf.Tensor, tf.Ten
     }
 
 
-def _checkpoint_managers(
+def _checkpoint_manager(
     config: TrainConfig,
     run_dir: RunDir,
     checkpoint: tf.train.Checkpoint,
     step_var: tf.Variable,
-    keep_best: bool,
-) -> tuple[tf.train.CheckpointManager, tf.train.CheckpointManager | None]:
-    """The run's checkpoint manager (by step) and, to keep it, the best model's."""
-    manager = tf.train.CheckpointManager(
+) -> tf.train.CheckpointManager:
+    """The run's checkpoint manager (checkpoints named by step)."""
+    return tf.train.CheckpointManager(
         checkpoint,
         str(run_dir.checkpoint_dir),
         max_to_keep=config.max_checkpoints,
         step_counter=step_var,
     )
-    best_manager = None
-    if keep_best:
-        best_manager = tf.train.CheckpointManager(
-            tf.train.Checkpoint(model=checkpoint.model),
-            str(run_dir.checkpoint_dir / "best"),
-            max_to_keep=1,
-        )
-    return manager, best_manager
 
 
 def build_train_state(
@@ -351,9 +288,13 @@ def build_train_state(
     strategy: tf.distribute.Strategy,
     restore_point: RestorePoint,
     print_fn: Callable[[str], None],
+    checkpointed: Mapping[str, object] = MappingProxyType({}),
 ) -> TrainState:
     """Builds the model, data, checkpointing and logging of a run, and restores
-    `restore_point` into them. Every worker of a distributed run builds the same."""
+    `restore_point` into them. Every worker of a distributed run builds the same.
+
+    `checkpointed` is what the actions add to the checkpoint (trackables by
+    name, `Action.checkpointed`): saved and restored with the run."""
     restored_step = restore_point.step
     is_chief = distribute.is_chief(strategy)
     writers_not_before = 0.0
@@ -371,19 +312,14 @@ def build_train_state(
     iterator = _train_iterator(config, dataset, strategy, restored_step)
     eval_arrays = _eval_arrays(dataset)
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="global_step")
-    early_stopping = stopping.EarlyStopping(
-        config.early_stopping_patience, config.early_stopping_min_delta
-    )
     checkpoint = tf.train.Checkpoint(
         model=model,
         **steps.optimizer_trackables(optimizer),
         step=step_var,
         rng=recovery.rng_state_variables(model),
-        early_stopping=early_stopping,
+        **checkpointed,
     )
-    manager, best_manager = _checkpoint_managers(
-        config, run_dir, checkpoint, step_var, early_stopping.enabled
-    )
+    manager = _checkpoint_manager(config, run_dir, checkpoint, step_var)
     state = TrainState(
         config=config,
         run_dir=run_dir,
@@ -397,8 +333,6 @@ def build_train_state(
         iterator=iterator,
         checkpoint=checkpoint,
         manager=manager,
-        best_manager=best_manager,
-        early_stopping=early_stopping,
         # Summaries are written by a background thread, off the training path.
         logger=SummaryLogger(run_dir.path, enabled=is_chief, background=True),
         eval_arrays=eval_arrays,
