@@ -4,13 +4,12 @@ import dataclasses
 import pathlib
 
 import pytest
-from conftest import LOGREG, train_run
-from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+from conftest import LOGREG, read_events, train_run
 from tensorboard.plugins.hparams import api_pb2, metadata
 from tensorboard.util import tensor_util
 
 from pipeline import config as config_lib
-from pipeline.tensorboard import board, hparams
+from pipeline.tensorboard import board, events, hparams
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +22,11 @@ def runs(tmp_path_factory):
     return logdir, ok, logdir / "nan"
 
 
-def _accumulator(path: pathlib.Path) -> pea.EventAccumulator:
-    acc = pea.EventAccumulator(str(path), size_guidance={pea.TENSORS: 0})
-    acc.Reload()
-    return acc
+def _accumulator(path: pathlib.Path):
+    return read_events(path)
 
 
-def _values(acc: pea.EventAccumulator, tag: str) -> list[tuple[int, float]]:
+def _values(acc, tag: str) -> list[tuple[int, float]]:
     return [
         (e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
         for e in acc.Tensors(tag)
@@ -78,8 +75,7 @@ def test_experiment_config_is_written_once_and_replaced_only_when_stale(tmp_path
     # A config from an older version of the flags is replaced, not appended to.
     stale = hparams.hp.hparams_config_pb([hparams.hp.HParam("model")], [])
     path.unlink()
-    hparams._write(tmp_path, stale, "")
-    next(tmp_path.glob("events.out.tfevents.*")).rename(path)
+    events.replace_event_file(path, [events.summary_event(stale)])
     assert len(hparams.read_experiment(tmp_path).hparam_infos) == 1
     assert hparams.write_experiment_config(tmp_path) is True
     assert hparams.read_experiment(tmp_path) is not None

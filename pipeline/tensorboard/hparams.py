@@ -26,9 +26,9 @@ Each run's session carries its variant's defining flags and a group name
 shared by its repeats (`EXPERIMENT/VARIANT`, the run name without its
 `seed=N`): TensorBoard shows a session group as one row, its metrics averaged.
 
-Everything here writes raw `Event` protos with TensorBoard's own
-`EventFileWriter`, so the sweep driver can mark an interrupted run as failed
-without importing TensorFlow.
+Everything here writes raw `Event` protos through `tensorboard.events`, so
+the sweep driver can mark an interrupted run as failed without importing
+TensorFlow.
 """
 
 from __future__ import annotations
@@ -38,12 +38,10 @@ import json
 import math
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 
-from tensorboard.backend.event_processing import event_file_loader
-from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
 # `tensorboard.plugins.hparams.api` re-exports these names from summary_v2, but
@@ -51,14 +49,14 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 # sweep driver and the tests of this module do not need.
 from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.plugins.text import summary_v2 as text_summary
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from pipeline import config as config_lib
 from pipeline import variants as variants_lib
 from pipeline.runs import rundir
+from pipeline.tensorboard import events
 
 # The experiment config's file name; "tfevents" makes it an event file to TensorBoard.
-CONFIG_FILENAME = "events.out.tfevents.hparams_config"
+CONFIG_FILENAME = events.FILE_PREFIX + "hparams_config"
 # The dashboard checks the first five hparams (tensorflow/tensorboard#4770).
 VISIBLE_HPARAMS = 5
 STATUS_TAG = "run_status"
@@ -250,18 +248,12 @@ def _summary(
     return summary
 
 
-def _write(directory: pathlib.Path, summary: summary_pb2.Summary, suffix: str) -> None:
-    writer = EventFileWriter(str(directory), filename_suffix=suffix)
-    writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
-    writer.close()
-
-
 def read_experiment(experiment_dir: str | os.PathLike) -> api_pb2.Experiment | None:
     """The experiment config stored in `experiment_dir`, or None."""
     path = pathlib.Path(experiment_dir) / CONFIG_FILENAME
     if not path.is_file():
         return None
-    for event in event_file_loader.EventFileLoader(str(path)).Load():
+    for event in events.load(path):
         for value in event.summary.value:
             if value.tag == metadata.EXPERIMENT_TAG:
                 return metadata.parse_experiment_plugin_data(
@@ -312,15 +304,9 @@ def _replace_config(experiment_dir: pathlib.Path, wanted: api_pb2.Experiment) ->
     summary = _summary(
         metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=wanted)
     )
-    staging = pathlib.Path(tempfile.mkdtemp(dir=experiment_dir, prefix=".hparams-"))
-    try:
-        _write(staging, summary, "")
-        (written,) = staging.iterdir()
-        os.replace(written, experiment_dir / CONFIG_FILENAME)
-    finally:
-        for leftover in staging.iterdir():
-            leftover.unlink()
-        staging.rmdir()
+    events.replace_event_file(
+        experiment_dir / CONFIG_FILENAME, [events.summary_event(summary)]
+    )
 
 
 def ensure_experiment_config(experiment_dir: str | os.PathLike) -> None:
@@ -372,7 +358,7 @@ def write_session_start(
     summary = hp.hparams_pb(
         session_hparams(config), trial_id=trial_id, start_time_secs=time.time()
     )
-    _write(run_dir, summary, ".session_start")
+    events.write_event_file(run_dir, [events.summary_event(summary)], ".session_start")
 
 
 def rewrite_session_start(
@@ -385,8 +371,8 @@ def rewrite_session_start(
     rather than a second one added. False when the run has no session.
     """
     run_dir = pathlib.Path(run_dir)
-    for path in sorted(run_dir.glob("events.out.tfevents.*.session_start")):
-        for event in event_file_loader.EventFileLoader(str(path)).Load():
+    for path in events.event_files(run_dir, ".session_start"):
+        for event in events.load(path):
             for value in event.summary.value:
                 if value.tag != metadata.SESSION_START_INFO_TAG:
                     continue
@@ -399,7 +385,9 @@ def rewrite_session_start(
                     metadata.SESSION_START_INFO_TAG,
                     plugin_data_pb2.HParamsPluginData(session_start_info=data),
                 )
-                replace_event_file(path, summary, event.wall_time)
+                events.replace_event_file(
+                    path, [events.summary_event(summary, wall_time=event.wall_time)]
+                )
                 return True
     return False
 
@@ -412,24 +400,6 @@ def _set_value(proto, value: bool | float | str) -> None:
         proto.number_value = float(value)
     else:
         proto.string_value = str(value)
-
-
-def replace_event_file(
-    path: pathlib.Path, summary: summary_pb2.Summary, wall_time: float
-) -> None:
-    """Writes one event holding `summary` over the event file at `path`, atomically
-    (written beside it, then renamed), so a reader never sees half a file."""
-    staging = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=".hparams-"))
-    try:
-        writer = EventFileWriter(str(staging))
-        writer.add_event(event_pb2.Event(wall_time=wall_time, step=0, summary=summary))
-        writer.close()
-        (written,) = staging.iterdir()
-        os.replace(written, path)
-    finally:
-        for leftover in staging.iterdir():
-            leftover.unlink()
-        staging.rmdir()
 
 
 def write_session_end(
@@ -462,7 +432,7 @@ def write_session_end(
     if reason:
         text = text_summary.text_pb(STATUS_TAG, f"**{status}**: {reason}")
         summary.value.extend(text.value)
-    _write(pathlib.Path(run_dir), summary, ".session_end")
+    events.write_event_file(run_dir, [events.summary_event(summary)], ".session_end")
 
 
 def start_run(run_dir: str | os.PathLike, config: config_lib.TrainConfig) -> None:

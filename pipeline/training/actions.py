@@ -39,10 +39,10 @@ from pipeline import data as data_lib
 from pipeline import streams
 from pipeline.config import epoch_of, steps_per_epoch
 from pipeline.errors import NonFiniteLossError, TrainingInterruptedError
-from pipeline.tensorboard import budget, projector
+from pipeline.tensorboard import budget, events, projector
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard.summaries import variable_name
-from pipeline.training import recovery, stopping
+from pipeline.training import stopping
 from pipeline.training.state import Chunk, TrainState
 
 # Shown as they are by the progress bar (not averaged over updates).
@@ -232,7 +232,7 @@ class Evaluate(EveryNSteps):
 
     def start(self, state: TrainState) -> None:
         # A resumed run's running best starts from what its earlier lives logged.
-        for logged_step, values in recovery.logged_evaluations(
+        for logged_step, values in events.logged_evaluations(
             state.run_dir.path / "test", state.step
         ):
             self.best.update(logged_step, values)
