@@ -31,7 +31,6 @@ import fcntl
 import json
 import math
 import pathlib
-import statistics
 import time
 from collections.abc import Sequence
 
@@ -64,8 +63,7 @@ def aggregate(series: Sequence[dict[int, float]]) -> dict[int, dict[str, float]]
     out = {}
     for step in steps:
         values = [s[step] for s in series]
-        mean = statistics.fmean(values)
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        mean, std = variants_lib.mean_and_std(values)
         out[step] = {
             "mean": mean,
             "mean_minus_std": mean - std,

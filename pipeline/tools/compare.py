@@ -22,7 +22,6 @@ import math
 import os
 import pathlib
 import re
-import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -106,8 +105,7 @@ class Variant:
         values = [v for v in values if not math.isnan(v)]
         if not values:
             return math.nan, math.nan
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return statistics.fmean(values), std
+        return variants_lib.mean_and_std(values)
 
     @property
     def commits(self) -> str:

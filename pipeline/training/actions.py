@@ -386,13 +386,11 @@ class WriteProjector(Action):
             return
         if not projector.has_learned_embedding(state.model):
             return
-        binary = state.config.binary_class
-        names = [f"not {binary}", str(binary)] if binary is not None else None
         projector.write_projector(
             state.run_dir.path / "test",
             state.model,
             state.dataset.test,
-            names or [str(k) for k in range(data_lib.NUM_CLASSES)],
+            data_lib.class_names(state.config.binary_class),
             chunk.step,
             input_scale=state.config.input_scale,
         )
