@@ -18,9 +18,13 @@ serves a directory holding several configs (a logdir and a sweep inside it),
 the served root's wins (checked with both loaders), so each directory's
 config describes everything under it.
 
-A run's start only makes sure a config exists (no scan of sibling runs); its
-end refreshes the configs of its logdir and of every ancestor holding one;
-`pipeline-board` refreshes the one at the directory it serves.
+Neither a run's start nor its end reads another run, so neither grows with
+the logdir. The start only makes sure a config exists; the end adds the run
+(`add_run`) to the configs of its logdir and of every ancestor holding one:
+each config file also carries the runs it was made from (`ConfigFile`), so
+the marks follow from those and the new run alone. Where the config is read
+it is rebuilt from every run (`write_experiment_config`): `pipeline-board`'s
+start for the directory it serves, a sweep's start for the sweep.
 
 Each run's session carries its variant's defining flags and a group name
 shared by its repeats (`EXPERIMENT/VARIANT`, the run name without its
