@@ -1,4 +1,4 @@
-"""Surviving kills: which run to resume, restart markers, checkpoint hygiene.
+"""Surviving kills: which run to resume, and checkpoint hygiene.
 
 A resumed run continues from its latest checkpoint under its *saved* config:
 flags that would change the math are refused, so a resumed run computes what
