@@ -1,6 +1,7 @@
 """HParams records: the config's domains come from the flags; runs log sessions."""
 
 import dataclasses
+import json
 import pathlib
 
 import pytest
@@ -95,6 +96,34 @@ def test_flags_that_differ_between_runs_are_marked_and_never_unmarked(runs):
         "learning_rate",
     ]
     assert hparams.write_experiment_config(logdir) is False
+
+
+def test_a_runs_end_reads_no_other_run_and_the_boards_start_reads_all(runs, tmp_path):
+    """Issue 20: a run's end adds only itself to the config, so its cost does
+    not grow with the logdir; `pipeline-board`'s start rebuilds it from every
+    run (here a run the config was never told about)."""
+    _, ok, _ = runs
+    record = json.loads((ok / "run.json").read_text())
+
+    def run(name: str, **flags) -> pathlib.Path:
+        path = tmp_path / name
+        path.mkdir()
+        config = {**record["config"], **flags}
+        (path / "run.json").write_text(json.dumps({**record, "config": config}))
+        return path
+
+    run("first")
+    assert hparams.write_experiment_config(tmp_path) is True
+    run("unseen", batch_size=64)
+    assert hparams.add_run(tmp_path, run("ended", learning_rate=0.5)) is True
+    infos = hparams.read_experiment(tmp_path).hparam_infos
+    assert sorted(i.name for i in infos if i.differs) == ["learning_rate"]
+    assert hparams.write_experiment_config(tmp_path) is True  # the board's start
+    infos = hparams.read_experiment(tmp_path).hparam_infos
+    assert sorted(i.name for i in infos if i.differs) == [
+        "batch_size",
+        "learning_rate",
+    ]
 
 
 def test_session_values_are_the_defining_flags():
