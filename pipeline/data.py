@@ -40,6 +40,14 @@ LABEL_MAGIC = 0x00000801
 NUM_CLASSES = 10
 
 
+def class_names(binary_class: int | None = None) -> list[str]:
+    """Display names of the classes a model predicts: the digits (Fashion-MNIST
+    too is labelled 0-9 here), or `not K`/`K` for a `--binary_class=K` run."""
+    if binary_class is not None:
+        return [f"not {binary_class}", str(binary_class)]
+    return [str(k) for k in range(NUM_CLASSES)]
+
+
 # What `model_input` divides uint8 pixels by, per input scale
 # (`--input_scale`): [0, 1], or the raw 0-255 values as floats.
 INPUT_SCALE_DIVISORS = {"unit": 255.0, "raw": 1.0}

@@ -13,6 +13,8 @@ still does.
 
 from __future__ import annotations
 
+import os
+
 # TensorFlow's restart code for preempted workers (tf.distribute's
 # `failure_handling` and cluster managers restart a worker that exits with it).
 PREEMPTED_EXIT_CODE = 42
@@ -105,3 +107,8 @@ def one_line(text: str, limit: int = ONE_LINE_LIMIT) -> str:
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     first = " ".join(first.split())
     return first if len(first) <= limit else first[: limit - 3].rstrip() + "..."
+
+
+def os_reason(err: OSError) -> str:
+    """`No space left on device`: the OS's words for an OSError."""
+    return err.strerror or (os.strerror(err.errno) if err.errno else str(err))

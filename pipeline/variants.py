@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -131,6 +132,13 @@ def most_telling(
         return field not in within, -len(values), order.index(field)
 
     return sorted(set(fields), key=key)
+
+
+def mean_and_std(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, sample std) of a variant's values over its repeats (seeds); std 0
+    for one repeat. `pipeline-compare`'s cells and the seed bands both use it."""
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), std
 
 
 def variant_label(run_name: str) -> str:

@@ -331,21 +331,16 @@ def tree_digest(path: pathlib.Path) -> dict[str, bytes]:
 
 def read_events(split_dir: pathlib.Path):
     """TensorBoard's own loader over one split directory, every event kept."""
-    from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+    from pipeline.tensorboard import events
 
-    acc = pea.EventAccumulator(str(split_dir), size_guidance={pea.TENSORS: 0})
-    acc.Reload()
-    return acc
+    return events.accumulate(split_dir)
 
 
 def scalar_series(split_dir: pathlib.Path, tag: str) -> list[tuple[int, float]]:
     """(step, value) of a TF2 scalar tag, read back with TensorBoard's loader."""
-    import tensorflow as tf
+    from pipeline.tensorboard import events
 
-    return [
-        (e.step, float(tf.make_ndarray(e.tensor_proto)))
-        for e in read_events(split_dir).Tensors(tag)
-    ]
+    return [(p.step, p.value) for p in events.read_scalars(split_dir, [tag])[tag]]
 
 
 def tensor_series(split_dir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
@@ -367,11 +362,11 @@ def tensor_series(split_dir: pathlib.Path) -> dict[str, list[tuple[int, float]]]
 
 def raw_step_counts(split_dir: pathlib.Path) -> collections.Counter:
     """(tag, step) -> how many times it is in the files, before any purging."""
-    from tensorboard.backend.event_processing import event_file_loader
+    from pipeline.tensorboard import events
 
     counts: collections.Counter = collections.Counter()
-    for path in sorted(split_dir.glob("events.out.tfevents.*")):
-        for event in event_file_loader.EventFileLoader(str(path)).Load():
+    for path in events.event_files(split_dir):
+        for event in events.load(path):
             if event.HasField("summary"):
                 for value in event.summary.value:
                     counts[(value.tag, event.step)] += 1

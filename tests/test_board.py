@@ -12,9 +12,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import LOGREG, run_cli, train_run
-from tensorboard.backend.event_processing import plugin_event_accumulator as pea
-from tensorboard.util import tensor_util
+from conftest import LOGREG, run_cli, scalar_series, train_run
 
 from pipeline.runs import restore
 from pipeline.tensorboard import board
@@ -41,9 +39,7 @@ def server(logdir):
 
 
 def _last_test_accuracy(run_path):
-    acc = pea.EventAccumulator(str(run_path / "test"), size_guidance={pea.TENSORS: 0})
-    acc.Reload()
-    return float(tensor_util.make_ndarray(acc.Tensors("accuracy")[-1].tensor_proto))
+    return scalar_series(run_path / "test", "accuracy")[-1][1]
 
 
 def test_server_binds_loopback_on_a_free_port(server):

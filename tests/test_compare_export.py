@@ -6,9 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import LOGREG, train_run
-from tensorboard.backend.event_processing import plugin_event_accumulator as pea
-from tensorboard.util import tensor_util
+from conftest import LOGREG, scalar_series, train_run
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +51,7 @@ def test_export_writes_every_scalar_in_long_form(logdir, tmp_path):
         ]
 
     # Exactly what TensorBoard's loader reads, every point kept.
-    acc = pea.EventAccumulator(
-        str(logdir / "lr=0.1,seed=1" / "test"), size_guidance={pea.TENSORS: 0}
-    )
-    acc.Reload()
-    expected = [
-        (e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
-        for e in acc.Tensors("accuracy")
-    ]
+    expected = scalar_series(logdir / "lr=0.1,seed=1" / "test", "accuracy")
     assert series("lr=0.1,seed=1", "test", "accuracy") == expected
     assert [s for s, _ in expected] == [10, 20]
     assert [s for s, _ in series("lr=0.1,seed=0", "train", "loss")] == [5, 10, 15, 20]

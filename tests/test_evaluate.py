@@ -3,8 +3,14 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CHECKPOINT_STEPS, copy_run, error_lines, run_cli, snapshot
-from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+from conftest import (
+    CHECKPOINT_STEPS,
+    copy_run,
+    error_lines,
+    read_events,
+    run_cli,
+    snapshot,
+)
 
 from pipeline.runs import restore
 from pipeline.tools import evaluate, predict
@@ -22,9 +28,7 @@ MLP_TAGS = {
 
 
 def load_events(directory):
-    acc = pea.EventAccumulator(str(directory), size_guidance={pea.TENSORS: 0})
-    acc.Reload()
-    return acc
+    return read_events(directory)
 
 
 def logged_value(directory, tag, step):

@@ -1,16 +1,16 @@
 """HParams records: the config's domains come from the flags; runs log sessions."""
 
 import dataclasses
+import json
 import pathlib
 
 import pytest
-from conftest import LOGREG, train_run
-from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+from conftest import LOGREG, read_events, train_run
 from tensorboard.plugins.hparams import api_pb2, metadata
 from tensorboard.util import tensor_util
 
 from pipeline import config as config_lib
-from pipeline.tensorboard import board, hparams
+from pipeline.tensorboard import board, events, hparams
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +23,11 @@ def runs(tmp_path_factory):
     return logdir, ok, logdir / "nan"
 
 
-def _accumulator(path: pathlib.Path) -> pea.EventAccumulator:
-    acc = pea.EventAccumulator(str(path), size_guidance={pea.TENSORS: 0})
-    acc.Reload()
-    return acc
+def _accumulator(path: pathlib.Path):
+    return read_events(path)
 
 
-def _values(acc: pea.EventAccumulator, tag: str) -> list[tuple[int, float]]:
+def _values(acc, tag: str) -> list[tuple[int, float]]:
     return [
         (e.step, float(tensor_util.make_ndarray(e.tensor_proto)))
         for e in acc.Tensors(tag)
@@ -78,8 +76,7 @@ def test_experiment_config_is_written_once_and_replaced_only_when_stale(tmp_path
     # A config from an older version of the flags is replaced, not appended to.
     stale = hparams.hp.hparams_config_pb([hparams.hp.HParam("model")], [])
     path.unlink()
-    hparams._write(tmp_path, stale, "")
-    next(tmp_path.glob("events.out.tfevents.*")).rename(path)
+    events.replace_event_file(path, [events.summary_event(stale)])
     assert len(hparams.read_experiment(tmp_path).hparam_infos) == 1
     assert hparams.write_experiment_config(tmp_path) is True
     assert hparams.read_experiment(tmp_path) is not None
@@ -99,6 +96,34 @@ def test_flags_that_differ_between_runs_are_marked_and_never_unmarked(runs):
         "learning_rate",
     ]
     assert hparams.write_experiment_config(logdir) is False
+
+
+def test_a_runs_end_reads_no_other_run_and_the_boards_start_reads_all(runs, tmp_path):
+    """Issue 20: a run's end adds only itself to the config, so its cost does
+    not grow with the logdir; `pipeline-board`'s start rebuilds it from every
+    run (here a run the config was never told about)."""
+    _, ok, _ = runs
+    record = json.loads((ok / "run.json").read_text())
+
+    def run(name: str, **flags) -> pathlib.Path:
+        path = tmp_path / name
+        path.mkdir()
+        config = {**record["config"], **flags}
+        (path / "run.json").write_text(json.dumps({**record, "config": config}))
+        return path
+
+    run("first")
+    assert hparams.write_experiment_config(tmp_path) is True
+    run("unseen", batch_size=64)
+    assert hparams.add_run(tmp_path, run("ended", learning_rate=0.5)) is True
+    infos = hparams.read_experiment(tmp_path).hparam_infos
+    assert sorted(i.name for i in infos if i.differs) == ["learning_rate"]
+    assert hparams.write_experiment_config(tmp_path) is True  # the board's start
+    infos = hparams.read_experiment(tmp_path).hparam_infos
+    assert sorted(i.name for i in infos if i.differs) == [
+        "batch_size",
+        "learning_rate",
+    ]
 
 
 def test_session_values_are_the_defining_flags():

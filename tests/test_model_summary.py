@@ -1,5 +1,5 @@
 import tensorflow as tf
-from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+from conftest import read_events
 
 from pipeline.runs import rundir
 
@@ -13,8 +13,7 @@ def test_model_summary_in_run_directory_and_text_tab(mlp_run):
     assert "(None, 32)" in saved
     assert "Total params: 25,450" in saved
 
-    acc = pea.EventAccumulator(str(run / "train"), size_guidance={pea.TENSORS: 0})
-    acc.Reload()
+    acc = read_events(run / "train")
     assert acc.SummaryMetadata("model_summary").plugin_data.plugin_name == "text"
     (event,) = acc.Tensors("model_summary")
     assert event.step == 0

@@ -90,7 +90,7 @@ def test_a_bigger_split_is_capped(mlp_run, tmp_path):
         tmp_path,
         restored.load_model(),
         test,
-        evaluate.class_names(None),
+        data.class_names(None),
         step=30,
         max_examples=100,
     )
@@ -109,7 +109,7 @@ def test_rewriting_keeps_one_embedding_named_by_step(mlp_run, tmp_path):
     restored = restore.open_run(mlp_run)
     _, test = data.load_mnist_sample()
     model = restored.load_model()
-    names = evaluate.class_names(None)
+    names = data.class_names(None)
     projector.write_projector(tmp_path, model, test, names, step=20, max_examples=50)
     projector.write_projector(tmp_path, model, test, names, step=30, max_examples=50)
     assert tf.train.latest_checkpoint(str(tmp_path)).endswith("embedding-30")

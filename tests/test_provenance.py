@@ -17,8 +17,8 @@ import sys
 import pytest
 from conftest import REPO, cli_env, record
 
+from pipeline.files import write_atomic
 from pipeline.runs import provenance
-from pipeline.runs.rundir import write_bytes_atomic
 
 GIT = shutil.which("git")
 pytestmark = pytest.mark.skipif(GIT is None, reason="git is not installed")
@@ -63,7 +63,7 @@ def test_clean_and_dirty_trees_with_a_diff_that_reapplies(tmp_path):
     (repo / "model.py").write_text("units = 30\n")
     (repo / "data.bin").write_bytes(b"\0\1\2")
     head = commit_all(repo, "first")
-    clean = provenance.code_state(repo, tmp_path / "clean.diff", write_bytes_atomic)
+    clean = provenance.code_state(repo, tmp_path / "clean.diff", write_atomic)
     assert clean["git"] == {
         "commit": head,
         "branch": "main",
@@ -78,7 +78,7 @@ def test_clean_and_dirty_trees_with_a_diff_that_reapplies(tmp_path):
     (repo / "new_untracked.py").write_text("x = 1\n")
     saved = tmp_path / "run" / "code.diff"
     saved.parent.mkdir()
-    dirty = provenance.code_state(repo / "model.py", saved, write_bytes_atomic)
+    dirty = provenance.code_state(repo / "model.py", saved, write_atomic)
     assert dirty["git"]["commit"] == head
     assert dirty["git"]["dirty"] is True
     assert dirty["untracked"] == 1
@@ -96,7 +96,7 @@ def test_a_diff_over_the_cap_is_cut_and_says_so(tmp_path):
     commit_all(repo, "first")
     (repo / "big.txt").write_text("".join(f"line {i}\n" for i in range(5000)))
     saved = tmp_path / "code.diff"
-    state = provenance.code_state(repo, saved, write_bytes_atomic, cap=4096)
+    state = provenance.code_state(repo, saved, write_atomic, cap=4096)
     diff = state["diff"]
     assert diff["truncated"] is True
     assert diff["cap_bytes"] == 4096

@@ -25,6 +25,7 @@ from pipeline import config as config_lib
 from pipeline.config import ConfigError, TrainConfig
 from pipeline.runs import checkpoints, rundir
 from pipeline.runs.rundir import RunDirError
+from pipeline.tensorboard import events
 from pipeline.training import recovery
 
 TINY = TrainConfig(
@@ -162,11 +163,9 @@ def test_dropout_rng_state_is_checkpointed_and_advances(runs):
 
 
 def test_every_start_writes_a_session_start_marker(runs):
-    from tensorboard.backend.event_processing import event_file_loader
-
     steps = []
-    for path in sorted((runs["split"] / "train").glob("events.out.tfevents.*")):
-        for event in event_file_loader.EventFileLoader(str(path)).Load():
+    for path in events.event_files(runs["split"] / "train"):
+        for event in events.load(path):
             if event.HasField("session_log"):
                 steps.append(event.step)
     assert steps == [0, 21]
@@ -177,14 +176,12 @@ def test_session_start_marker_drops_orphaned_points(tmp_path):
     import tensorflow as tf
 
     split = tmp_path / "train"
-    recovery.wait_until(recovery.write_session_start(tmp_path, ["train"], 0))
+    events.wait_until(events.write_session_start(tmp_path, ["train"], 0))
     with tf.summary.create_file_writer(str(split)).as_default():
         for step in range(1, 9):  # checkpoint at 5, then killed after 8
             tf.summary.scalar("loss", 1.0, step=step)
-    recovery.wait_until(
-        recovery.write_session_start(
-            tmp_path, ["train"], recovery.session_start_step(5)
-        )
+    events.wait_until(
+        events.write_session_start(tmp_path, ["train"], events.session_start_step(5))
     )
     with tf.summary.create_file_writer(str(split)).as_default():
         for step in range(6, 11):
@@ -197,7 +194,7 @@ def test_session_start_marker_drops_orphaned_points(tmp_path):
 
 @pytest.mark.parametrize(("restored", "marker"), [(0, 0), (20, 21), (1, 2)])
 def test_session_start_step(restored, marker):
-    assert recovery.session_start_step(restored) == marker
+    assert events.session_start_step(restored) == marker
 
 
 def test_latest_step_comes_from_the_files_not_the_state_file(tmp_path):

@@ -6,8 +6,7 @@ import sys
 import time
 
 import pytest
-from conftest import LOGREG_FLAGS
-from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+from conftest import LOGREG_FLAGS, read_events
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 from tensorboard.util import tensor_util
@@ -69,9 +68,7 @@ def sweep(logdir, trials):
 
 
 def read(directory):
-    acc = pea.EventAccumulator(str(directory), size_guidance={pea.TENSORS: 0})
-    acc.Reload()
-    return acc
+    return read_events(directory)
 
 
 def series(acc, tag):

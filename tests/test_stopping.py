@@ -6,7 +6,7 @@ import os
 import signal
 
 import pytest
-from conftest import record, signal_at, tensor_series, train_run
+from conftest import read_events, record, signal_at, tensor_series, train_run
 
 from pipeline.config import TrainConfig
 
@@ -66,12 +66,7 @@ def test_early_stopping_records_why_and_when(early_runs):
 
 
 def test_early_stopping_text_summary(early_runs):
-    from tensorboard.backend.event_processing import plugin_event_accumulator as ea
-
-    acc = ea.EventAccumulator(
-        str(early_runs["whole"] / "train"), size_guidance={ea.TENSORS: 0}
-    )
-    acc.Reload()
+    acc = read_events(early_runs["whole"] / "train")
     events = acc.Tensors("early_stopping")
     assert [e.step for e in events] == [record(early_runs["whole"])["step"]]
     assert acc.SummaryMetadata("early_stopping").plugin_data.plugin_name == "text"

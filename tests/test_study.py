@@ -3,7 +3,7 @@
 import socket
 import subprocess
 
-from conftest import kill_once_started, record, run_cli, run_sweep
+from conftest import kill_once_started, read_events, record, run_cli, run_sweep
 from optuna.trial import TrialState
 from study_fixtures import (
     SEARCH,
@@ -208,11 +208,7 @@ def test_a_study_with_another_space_or_direction_is_refused(tmp_path):
 
 
 def _plugin_content(run_dir):
-    from tensorboard.backend.event_processing import plugin_event_accumulator as pea
-
-    acc = pea.EventAccumulator(str(run_dir), size_guidance={pea.TENSORS: 0})
-    acc.Reload()
-    return acc
+    return read_events(run_dir)
 
 
 def _sweep_pruning_the_hopeless_second_trial(tmp_path, pruner: str, *flags: str):

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
-from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+from conftest import read_events
 
+from pipeline.tensorboard import events
 from pipeline.tensorboard.summaries import SummaryLogger
 
 
 def _read(path):
-    acc = pea.EventAccumulator(str(path), size_guidance={pea.TENSORS: 0})
-    acc.Reload()
-    return acc
+    return read_events(path)
 
 
 def test_scalar_series_writes_due_steps_with_plain_tags(tmp_path):
@@ -57,12 +56,10 @@ def test_bulk_scalar_events_read_back_as_tf_summary_scalar_writes_them(tmp_path)
             assert tf.make_ndarray(a.tensor_proto).dtype == np.float32
             assert tf.make_ndarray(a.tensor_proto) == tf.make_ndarray(b.tensor_proto)
         assert bulk.SummaryMetadata(tag) == reference.SummaryMetadata(tag)
-    (path,) = (tmp_path / "bulk" / "train").glob("events.out.tfevents.*.records.v2")
-    from tensorboard.backend.event_processing import event_file_loader
-
-    events = list(event_file_loader.EventFileLoader(str(path)).Load())
-    assert events[0].file_version == "brain.Event:2"
-    assert [len(e.summary.value) for e in events[1:]] == [2] * 4
+    (path,) = events.event_files(tmp_path / "bulk" / "train", ".records.v2")
+    loaded = list(events.load(path))
+    assert loaded[0].file_version == "brain.Event:2"
+    assert [len(e.summary.value) for e in loaded[1:]] == [2] * 4
 
 
 def test_histograms_compiled_once(tmp_path):
@@ -82,7 +79,7 @@ def test_disabled_logger_writes_nothing(tmp_path):
     with SummaryLogger(tmp_path, enabled=False) as logger:
         logger.scalar_series("train", 1, {"loss": np.ones(4, np.float32)})
         logger.histograms("train", 1, [("w", np.ones(3))])
-    assert not list(tmp_path.rglob("events.out.tfevents.*"))
+    assert not events.all_event_files(tmp_path)
 
 
 def test_histogram_buckets_match_tf_summary_histogram(tmp_path):

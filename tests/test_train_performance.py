@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from conftest import MULTI_STEP
-from tensorboard.backend.event_processing import plugin_event_accumulator as pea
+from conftest import MULTI_STEP, read_events
 
 
 def _steps(path, tag):
-    acc = pea.EventAccumulator(str(path), size_guidance={pea.TENSORS: 0})
-    acc.Reload()
+    acc = read_events(path)
     return [e.step for e in acc.Tensors(tag)], acc
 
 

@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.errors import RecordError, RunDirError
+from pipeline.errors import RecordError, RunDirError, os_reason
 from pipeline.runs import rundir
 
 MANIFEST_NAME = "archived-runs.json"
@@ -128,7 +128,7 @@ def archive(
             shutil.move(str(path), str(target))
         except OSError as err:
             raise RunDirError(
-                f"{path}: cannot move to {target} ({rundir.os_reason(err)})"
+                f"{path}: cannot move to {target} ({os_reason(err)})"
             ) from None
     return target
 
@@ -149,7 +149,5 @@ def delete(path: str | os.PathLike) -> list[pathlib.Path]:
         try:
             shutil.rmtree(path)
         except OSError as err:
-            raise RunDirError(
-                f"{path}: cannot delete ({rundir.os_reason(err)})"
-            ) from None
+            raise RunDirError(f"{path}: cannot delete ({os_reason(err)})") from None
     return runs

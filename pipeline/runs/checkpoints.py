@@ -22,8 +22,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from pipeline import files
 from pipeline.errors import CheckpointError, NoCheckpointError
-from pipeline.runs.rundir import warn, write_text_atomic
+from pipeline.runs.rundir import warn
 
 STATE_NAME = "checkpoint"
 _FILE = re.compile(r"^ckpt-(\d+)\.(?:index|data-(\d+)-of-(\d+))$")
@@ -243,4 +244,4 @@ def write_state(directory: str | os.PathLike, chosen: Checkpoint) -> None:
         for c in kept
     ]
     lines.append(f"last_preserved_timestamp: {time.time():.6f}")
-    write_text_atomic(directory / STATE_NAME, "\n".join(lines) + "\n")
+    files.write_atomic(directory / STATE_NAME, "\n".join(lines) + "\n")

@@ -67,7 +67,7 @@ KERNEL_FLAGS = (
 )
 PACKAGE = "tb-pipeline"
 GIT_TIMEOUT_S = 20
-# How files are written into the run directory (`rundir.write_bytes_atomic`,
+# How files are written into the run directory (`files.write_atomic`,
 # passed in: the run record owns its files and this module is below it).
 Writer = Callable[[pathlib.Path, bytes], None]
 _URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]+):[^@\s]+@")

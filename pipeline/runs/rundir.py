@@ -48,8 +48,15 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from pipeline import config as config_lib
+from pipeline import files
 from pipeline.config import TrainConfig, config_to_dict, unused_alternatives
-from pipeline.errors import RecordError, RunDirError, RunLockedError, one_line
+from pipeline.errors import (
+    RecordError,
+    RunDirError,
+    RunLockedError,
+    one_line,
+    os_reason,
+)
 from pipeline.runs import provenance
 
 RECORD_NAME = "run.json"
@@ -99,11 +106,6 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def os_reason(err: OSError) -> str:
-    """`No space left on device`: the OS's words for an OSError."""
-    return err.strerror or (os.strerror(err.errno) if err.errno else str(err))
-
-
 # errno values that mean "this write cannot happen here" (not a bug).
 _WRITE_ERRNOS = frozenset(
     {
@@ -144,53 +146,9 @@ def write_failure(err: BaseException) -> RunDirError | None:
     return None
 
 
-def remove_empty_files(directory: pathlib.Path, pattern: str) -> list[pathlib.Path]:
-    """Deletes zero-byte files matching `pattern` under `directory` (a failed
-    writer's leftovers, which a reader would trip over)."""
-    removed = []
-    for path in pathlib.Path(directory).rglob(pattern):
-        with contextlib.suppress(OSError):
-            if path.is_file() and path.stat().st_size == 0:
-                path.unlink()
-                removed.append(path)
-    return removed
-
-
-def write_bytes_atomic(path: pathlib.Path, payload: bytes) -> None:
-    """Writes `payload` to a temporary sibling, fsyncs it and renames it over `path`.
-
-    Raises:
-      RunDirError: naming `path` and the OS reason; no temporary file is left.
-    """
-    path = pathlib.Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(
-            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-        )
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        if tmp is not None:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-        raise RunDirError(f"{path}: cannot write ({os_reason(err)})") from None
-    except BaseException:
-        if tmp is not None:
-            pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: pathlib.Path, text: str) -> None:
-    """`write_bytes_atomic` for UTF-8 text."""
-    write_bytes_atomic(path, text.encode())
-
-
 def write_json_atomic(path: pathlib.Path, data: Any) -> None:
-    """Writes JSON (indented, sorted keys) atomically; see `write_bytes_atomic`."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    """Writes JSON (indented, sorted keys) atomically (`files.write_atomic`)."""
+    files.write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def config_to_flagfile(config: TrainConfig) -> str:
@@ -601,7 +559,7 @@ class RunDir:
     def write_file(self, name: str, text: str) -> pathlib.Path:
         """Writes a side file of the run (e.g. model_summary.txt) atomically."""
         path = self.path / name
-        write_text_atomic(path, text)
+        files.write_atomic(path, text)
         return path
 
     def start(self, config: TrainConfig, dataset_info: dict[str, Any]) -> None:
@@ -631,7 +589,7 @@ class RunDir:
             host=socket.gethostname(),
             pid=os.getpid(),
             sessions=[
-                provenance.record_session(self.path, [], now, write_bytes_atomic)
+                provenance.record_session(self.path, [], now, files.write_atomic)
             ],
         )
 
@@ -656,7 +614,7 @@ class RunDir:
         now = utc_now()
         sessions = list(record.get("sessions") or [])
         sessions.append(
-            provenance.record_session(self.path, sessions, now, write_bytes_atomic)
+            provenance.record_session(self.path, sessions, now, files.write_atomic)
         )
         resumes = list(record.get("resumes") or [])
         resumes.append(
@@ -697,7 +655,7 @@ class RunDir:
     def reserve_space(self) -> None:
         """Holds back `RESERVE_BYTES` (best effort) for the run's final record."""
         with contextlib.suppress(RunDirError):
-            write_bytes_atomic(self.path / RESERVE_NAME, b"\0" * RESERVE_BYTES)
+            files.write_atomic(self.path / RESERVE_NAME, b"\0" * RESERVE_BYTES)
 
     def release_reserve(self) -> bool:
         """Frees the reserved space; False if there was none."""

@@ -28,6 +28,7 @@ from typing import Any
 
 from pipeline import processes
 from pipeline.runs import rundir
+from pipeline.tensorboard import events
 
 URL_PATTERN = re.compile(r"TensorBoard \S+ at (http://\S+?)/? ")
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
@@ -490,9 +491,9 @@ def check_run(
         # loader has finished: an empty tab is then really empty.
         runs = set(server.get("/data/runs"))
         subdirs = {
-            f"{run}/{p.name}" for p in run_path.iterdir() if any(p.glob("*tfevents*"))
+            f"{run}/{p.name}" for p in run_path.iterdir() if events.has_event_files(p)
         }
-        if any(run_path.glob("*tfevents*")):
+        if events.has_event_files(run_path):
             subdirs.add(run)
         loaded = subdirs <= runs and snapshot == previous
         done = all(c.ok for c in checks)

@@ -18,8 +18,8 @@ from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
 
 from pipeline.cadence import is_due
+from pipeline.tensorboard import events
 
-EVENT_FILE_GLOB = "events.out.tfevents.*"
 # TFRecord framing around each event: length (8) + two masked CRCs (4 + 4).
 RECORD_OVERHEAD = 16
 # Histogram writes between two measurements of the event files on disk.
@@ -28,7 +28,7 @@ MEASURE_EVERY = 8
 
 def event_bytes(run_dir: str | os.PathLike) -> int:
     """Total size on disk of every event file under `run_dir`."""
-    return sum(p.stat().st_size for p in pathlib.Path(run_dir).rglob(EVENT_FILE_GLOB))
+    return sum(p.stat().st_size for p in events.all_event_files(run_dir))
 
 
 def disk_bytes(
@@ -47,7 +47,7 @@ def disk_bytes(
     for path in run_dir.rglob("*"):
         if path.name.startswith(".") or not path.is_file() or path.is_symlink():
             continue
-        if path.match(EVENT_FILE_GLOB):
+        if events.is_event_file(path):
             part = "events"
         elif path.is_relative_to(checkpoint_dir):
             part = "checkpoints"
@@ -220,7 +220,7 @@ def bytes_per_plugin(run_dir: str | os.PathLike) -> dict[str, int]:
     session logs).
     """
     totals: collections.Counter[str] = collections.Counter()
-    for path in sorted(pathlib.Path(run_dir).rglob(EVENT_FILE_GLOB)):
+    for path in events.all_event_files(run_dir):
         plugin_of_tag: dict[str, str] = {}
         loader = event_file_loader.RawEventFileLoader(str(path))
         for record in loader.Load():

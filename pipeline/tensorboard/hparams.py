@@ -18,31 +18,35 @@ serves a directory holding several configs (a logdir and a sweep inside it),
 the served root's wins (checked with both loaders), so each directory's
 config describes everything under it.
 
-A run's start only makes sure a config exists (no scan of sibling runs); its
-end refreshes the configs of its logdir and of every ancestor holding one;
-`pipeline-board` refreshes the one at the directory it serves.
+Neither a run's start nor its end reads another run, so neither grows with
+the logdir. The start only makes sure a config exists; the end adds the run
+(`add_run`) to the configs of its logdir and of every ancestor holding one:
+each config file also carries the runs it was made from (`ConfigFile`), so
+the marks follow from those and the new run alone. Where the config is read
+it is rebuilt from every run (`write_experiment_config`): `pipeline-board`'s
+start for the directory it serves, a sweep's start for the sweep.
 
 Each run's session carries its variant's defining flags and a group name
 shared by its repeats (`EXPERIMENT/VARIANT`, the run name without its
 `seed=N`): TensorBoard shows a session group as one row, its metrics averaged.
 
-Everything here writes raw `Event` protos with TensorBoard's own
-`EventFileWriter`, so the sweep driver can mark an interrupted run as failed
-without importing TensorFlow.
+Everything here writes raw `Event` protos through `tensorboard.events`, so
+the sweep driver can mark an interrupted run as failed without importing
+TensorFlow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
 import pathlib
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 
-from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
@@ -51,14 +55,16 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 # sweep driver and the tests of this module do not need.
 from tensorboard.plugins.hparams import summary_v2 as hp
 from tensorboard.plugins.text import summary_v2 as text_summary
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from pipeline import config as config_lib
 from pipeline import variants as variants_lib
 from pipeline.runs import rundir
+from pipeline.tensorboard import events
 
 # The experiment config's file name; "tfevents" makes it an event file to TensorBoard.
-CONFIG_FILENAME = "events.out.tfevents.hparams_config"
+CONFIG_FILENAME = events.FILE_PREFIX + "hparams_config"
+# The key of the runs a config was made from, in its `log_message` event.
+RUNS_KEY = "pipeline_hparams_runs"
 # The dashboard checks the first five hparams (tensorflow/tensorboard#4770).
 VISIBLE_HPARAMS = 5
 STATUS_TAG = "run_status"
@@ -157,16 +163,6 @@ def experiment_pb(
     return experiment
 
 
-def _configs_by_directory(experiment_dir: str | os.PathLike) -> dict[str, list[dict]]:
-    """The configs of the runs under `experiment_dir` at any depth, by the
-    directory holding them (a sweep, or the logdir itself); readable ones only."""
-    run_paths = rundir.find_run_paths(experiment_dir)
-    out: dict[str, list[dict]] = {}
-    for record in rundir.scan_records(run_paths, report=lambda _: None):
-        out.setdefault(str(record.path.parent.parent), []).append(record.config)
-    return out
-
-
 # Fields shown as HParams columns without defining a variant (the run's tags).
 COLUMN_ONLY = tuple(
     f.name for f in config_lib.FIELDS if f.option.hparams_column and not f.option.hparam
@@ -250,36 +246,97 @@ def _summary(
     return summary
 
 
-def _write(directory: pathlib.Path, summary: summary_pb2.Summary, suffix: str) -> None:
-    writer = EventFileWriter(str(directory), filename_suffix=suffix)
-    writer.add_event(event_pb2.Event(wall_time=time.time(), step=0, summary=summary))
-    writer.close()
+def run_entry(config: Mapping) -> dict:
+    """What the `differs` marks need of a run's recorded config: the flags that
+    define its variant (the model among them) and its columns (its tags)."""
+    entry = variants_lib.defining_config(config)
+    entry.update({name: config.get(name) for name in COLUMN_ONLY})
+    return entry
+
+
+def _with_entry(entries: Iterable[dict], entry: dict) -> list[dict]:
+    """`entries` and `entry`, each once, sorted: equal lists for equal sets."""
+    texts = {json.dumps(e, sort_keys=True) for e in [*entries, entry]}
+    return [json.loads(text) for text in sorted(texts)]
+
+
+def scan_runs(experiment_dir: str | os.PathLike) -> dict[str, list[dict]]:
+    """The `run_entry` of every readable run under `experiment_dir`, at any
+    depth, by the directory holding it (relative: `.`, or a sweep's name)."""
+    experiment_dir = pathlib.Path(experiment_dir)
+    runs: dict[str, list[dict]] = {}
+    paths = rundir.find_run_paths(experiment_dir)
+    for record in rundir.scan_records(paths, report=lambda _: None):
+        key = os.path.relpath(record.path.parent.parent, experiment_dir)
+        runs[key] = _with_entry(runs.get(key, []), run_entry(record.config))
+    return dict(sorted(runs.items()))
+
+
+@dataclasses.dataclass
+class ConfigFile:
+    """An experiment config file: the experiment, and the runs it was made from.
+
+    The runs (`scan_runs`' form) ride in the same file as a `log_message`
+    event, which TensorBoard's loaders ignore: a run's end adds itself to
+    them instead of reading every other run, and no second file appears
+    beside the runs. None where the file has none (written by an older
+    version, or at a run's start).
+    """
+
+    experiment: api_pb2.Experiment | None = None
+    runs: dict[str, list[dict]] | None = None
+
+
+def read_config_file(experiment_dir: str | os.PathLike) -> ConfigFile:
+    """The config file at `experiment_dir` (both parts None when there is none)."""
+    path = pathlib.Path(experiment_dir) / CONFIG_FILENAME
+    found = ConfigFile()
+    if not path.is_file():
+        return found
+    for event in events.load(path):
+        if event.HasField("log_message") and found.runs is None:
+            with contextlib.suppress(ValueError, AttributeError):
+                found.runs = json.loads(event.log_message.message)[RUNS_KEY]
+        for value in event.summary.value:
+            if value.tag == metadata.EXPERIMENT_TAG and found.experiment is None:
+                found.experiment = metadata.parse_experiment_plugin_data(
+                    value.metadata.plugin_data.content
+                )
+    return found
 
 
 def read_experiment(experiment_dir: str | os.PathLike) -> api_pb2.Experiment | None:
     """The experiment config stored in `experiment_dir`, or None."""
-    path = pathlib.Path(experiment_dir) / CONFIG_FILENAME
-    if not path.is_file():
-        return None
-    for event in event_file_loader.EventFileLoader(str(path)).Load():
-        for value in event.summary.value:
-            if value.tag == metadata.EXPERIMENT_TAG:
-                return metadata.parse_experiment_plugin_data(
-                    value.metadata.plugin_data.content
-                )
-    return None
+    return read_config_file(experiment_dir).experiment
+
+
+@contextlib.contextmanager
+def _locked(experiment_dir: pathlib.Path):
+    """One writer of the directory's config at a time (sweep workers end runs
+    side by side): a lock on the directory itself, so no lock file appears."""
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(experiment_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def write_experiment_config(
     experiment_dir: str | os.PathLike, differing: Iterable[str] = ()
 ) -> bool:
-    """Writes the experiment config at `experiment_dir` unless an equal one is there.
+    """Writes the experiment config at `experiment_dir` from every run under it,
+    unless an equal one is there.
 
-    The config lives in one file with a fixed name, replaced atomically when
-    the flag definitions changed or more flags differ between runs
-    (TensorBoard keeps the *first* metadata it reads for a tag, so appending a
-    second config would be ignored). The flags marked `differs` are
-    `marked_flags`': those marked before stay marked while there is room.
+    Reads every run's `run.json` below: where the config is read
+    (`pipeline-board`'s start, a sweep's start), not at each run's end
+    (`add_run`). The config lives in one file with a fixed name, replaced
+    atomically when the flag definitions changed or more flags differ
+    between runs (TensorBoard keeps the *first* metadata it reads for a tag,
+    so appending a second config would be ignored). The flags marked
+    `differs` are `marked_flags`': those marked before stay marked while
+    there is room.
 
     Args:
       experiment_dir: The experiment root; runs are its subdirectories.
@@ -290,37 +347,82 @@ def write_experiment_config(
       True if the file was (re)written.
     """
     experiment_dir = pathlib.Path(experiment_dir)
-    by_directory = _configs_by_directory(experiment_dir)
-    models = {c.get("model") for cs in by_directory.values() for c in cs}
-    existing = read_experiment(experiment_dir)
+    with _locked(experiment_dir):
+        current = read_config_file(experiment_dir)
+        return _write_marks(
+            experiment_dir, current, scan_runs(experiment_dir), differing
+        )
+
+
+def add_run(experiment_dir: str | os.PathLike, run_dir: str | os.PathLike) -> bool:
+    """Adds the run's config to the experiment config at `experiment_dir` (the
+    directory above it, or an ancestor), reading no other run.
+
+    A config without its runs (an older version's, or a start's) is rebuilt
+    from every run once. Returns True if the file was (re)written.
+    """
+    experiment_dir = pathlib.Path(experiment_dir)
+    run_dir = pathlib.Path(run_dir)
+    with _locked(experiment_dir):
+        current = read_config_file(experiment_dir)
+        if current.runs is None:
+            runs = scan_runs(experiment_dir)
+        else:
+            runs = dict(current.runs)
+            for record in rundir.scan_records([run_dir], report=lambda _: None):
+                key = os.path.relpath(
+                    run_dir.resolve().parent, experiment_dir.resolve()
+                )
+                runs[key] = _with_entry(runs.get(key, []), run_entry(record.config))
+            runs = dict(sorted(runs.items()))
+        return _write_marks(experiment_dir, current, runs)
+
+
+def _write_marks(
+    experiment_dir: pathlib.Path,
+    current: ConfigFile,
+    runs: dict[str, list[dict]],
+    differing: Iterable[str] = (),
+) -> bool:
+    """Writes the config `runs` call for, unless `current` already is it."""
+    models = {c.get("model") for cs in runs.values() for c in cs}
+    existing = current.experiment
     before = set()
     if existing is not None:
         before = {info.name for info in existing.hparam_infos if info.differs}
         existing.ClearField("time_created_secs")
-    marked = marked_flags(by_directory, differing, before)
+    marked = marked_flags(runs, differing, before)
     wanted = experiment_pb(marked, models & set(config_lib.MODELS) or config_lib.MODELS)
-    if existing == wanted:
+    if existing == wanted and current.runs == runs:
         return False
-    _replace_config(experiment_dir, wanted)
+    _replace_config(experiment_dir, wanted, runs)
     return True
 
 
-def _replace_config(experiment_dir: pathlib.Path, wanted: api_pb2.Experiment) -> None:
-    """Writes `wanted` as the directory's config file, atomically."""
+def _replace_config(
+    experiment_dir: pathlib.Path,
+    wanted: api_pb2.Experiment,
+    runs: dict[str, list[dict]] | None,
+) -> None:
+    """Writes `wanted` (and the runs it was made from) as the directory's
+    config file, atomically."""
     wanted.time_created_secs = time.time()
     experiment_dir.mkdir(parents=True, exist_ok=True)
     summary = _summary(
         metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=wanted)
     )
-    staging = pathlib.Path(tempfile.mkdtemp(dir=experiment_dir, prefix=".hparams-"))
-    try:
-        _write(staging, summary, "")
-        (written,) = staging.iterdir()
-        os.replace(written, experiment_dir / CONFIG_FILENAME)
-    finally:
-        for leftover in staging.iterdir():
-            leftover.unlink()
-        staging.rmdir()
+    written = [events.summary_event(summary)]
+    if runs is not None:
+        message = json.dumps({RUNS_KEY: runs}, sort_keys=True)
+        written.append(
+            event_pb2.Event(
+                wall_time=time.time(),
+                log_message=event_pb2.LogMessage(
+                    level=event_pb2.LogMessage.INFO, message=message
+                ),
+            )
+        )
+    events.replace_event_file(experiment_dir / CONFIG_FILENAME, written)
 
 
 def ensure_experiment_config(experiment_dir: str | os.PathLike) -> None:
@@ -331,23 +433,21 @@ def ensure_experiment_config(experiment_dir: str | os.PathLike) -> None:
     """
     experiment_dir = pathlib.Path(experiment_dir)
     if not (experiment_dir / CONFIG_FILENAME).is_file():
-        experiment_dir.mkdir(parents=True, exist_ok=True)
-        wanted = experiment_pb()
-        wanted.time_created_secs = time.time()
-        _replace_config(experiment_dir, wanted)
+        _replace_config(experiment_dir, experiment_pb(), None)
 
 
 def refresh_experiment_configs(run_dir: str | os.PathLike) -> None:
-    """Refreshes the config of the run's logdir and of every ancestor holding one.
+    """Adds the run to the config of its logdir and of every ancestor holding one.
 
     A sweep's run lives in `LOGDIR/SWEEP/RUN`: the sweep's config and, when
-    the logdir above it has one (the README's layout), the logdir's.
+    the logdir above it has one (the README's layout), the logdir's. Reads
+    no other run (`add_run`).
     """
     directory = pathlib.Path(run_dir).resolve().parent
-    write_experiment_config(directory)
+    add_run(directory, run_dir)
     for ancestor in directory.parents:
         if (ancestor / CONFIG_FILENAME).is_file():
-            write_experiment_config(ancestor)
+            add_run(ancestor, run_dir)
 
 
 def group_name(run_dir: str | os.PathLike) -> str:
@@ -372,7 +472,7 @@ def write_session_start(
     summary = hp.hparams_pb(
         session_hparams(config), trial_id=trial_id, start_time_secs=time.time()
     )
-    _write(run_dir, summary, ".session_start")
+    events.write_event_file(run_dir, [events.summary_event(summary)], ".session_start")
 
 
 def rewrite_session_start(
@@ -385,8 +485,8 @@ def rewrite_session_start(
     rather than a second one added. False when the run has no session.
     """
     run_dir = pathlib.Path(run_dir)
-    for path in sorted(run_dir.glob("events.out.tfevents.*.session_start")):
-        for event in event_file_loader.EventFileLoader(str(path)).Load():
+    for path in events.event_files(run_dir, ".session_start"):
+        for event in events.load(path):
             for value in event.summary.value:
                 if value.tag != metadata.SESSION_START_INFO_TAG:
                     continue
@@ -399,7 +499,9 @@ def rewrite_session_start(
                     metadata.SESSION_START_INFO_TAG,
                     plugin_data_pb2.HParamsPluginData(session_start_info=data),
                 )
-                replace_event_file(path, summary, event.wall_time)
+                events.replace_event_file(
+                    path, [events.summary_event(summary, wall_time=event.wall_time)]
+                )
                 return True
     return False
 
@@ -412,24 +514,6 @@ def _set_value(proto, value: bool | float | str) -> None:
         proto.number_value = float(value)
     else:
         proto.string_value = str(value)
-
-
-def replace_event_file(
-    path: pathlib.Path, summary: summary_pb2.Summary, wall_time: float
-) -> None:
-    """Writes one event holding `summary` over the event file at `path`, atomically
-    (written beside it, then renamed), so a reader never sees half a file."""
-    staging = pathlib.Path(tempfile.mkdtemp(dir=path.parent, prefix=".hparams-"))
-    try:
-        writer = EventFileWriter(str(staging))
-        writer.add_event(event_pb2.Event(wall_time=wall_time, step=0, summary=summary))
-        writer.close()
-        (written,) = staging.iterdir()
-        os.replace(written, path)
-    finally:
-        for leftover in staging.iterdir():
-            leftover.unlink()
-        staging.rmdir()
 
 
 def write_session_end(
@@ -462,7 +546,7 @@ def write_session_end(
     if reason:
         text = text_summary.text_pb(STATUS_TAG, f"**{status}**: {reason}")
         summary.value.extend(text.value)
-    _write(pathlib.Path(run_dir), summary, ".session_end")
+    events.write_event_file(run_dir, [events.summary_event(summary)], ".session_end")
 
 
 def start_run(run_dir: str | os.PathLike, config: config_lib.TrainConfig) -> None:

@@ -3,21 +3,20 @@
 The note lives in `RUN/events.out.tfevents.note` (tag `note`, step 0): one
 file with a fixed name, replaced atomically when the note changes, so the Text
 tab shows the current note (and the run's tags) rather than every edit.
-Written with TensorBoard's own `EventFileWriter`: no TensorFlow.
+Written through `tensorboard.events`: no TensorFlow.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-import time
 from collections.abc import Sequence
 
 from tensorboard.plugins.text import summary_v2 as text_summary
 
-from pipeline.tensorboard import hparams as hparams_lib
+from pipeline.tensorboard import events
 
-NOTE_FILENAME = "events.out.tfevents.note"
+NOTE_FILENAME = events.FILE_PREFIX + "note"
 NOTE_TAG = "note"
 
 
@@ -39,5 +38,5 @@ def write_note(run_dir: str | os.PathLike, note: str, tags: Sequence[str]) -> bo
         target.unlink(missing_ok=True)
         return False
     summary = text_summary.text_pb(NOTE_TAG, text)
-    hparams_lib.replace_event_file(target, summary, time.time())
+    events.replace_event_file(target, [events.summary_event(summary)])
     return True

@@ -28,10 +28,10 @@ browser's t-SNE to stay interactive.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import pathlib
-import tempfile
 
 import keras
 import numpy as np
@@ -40,7 +40,7 @@ from PIL import Image
 from tensorboard.plugins import projector
 
 from pipeline import data as data_lib
-from pipeline import models
+from pipeline import files, models
 
 MAX_EXAMPLES = 2_000
 CHECKPOINT_NAME = "embedding"
@@ -112,18 +112,6 @@ def metadata_rows(
     return rows
 
 
-def _write_atomically(path: pathlib.Path, write) -> None:
-    fd, staging = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(staging)
-        os.chmod(staging, 0o644)
-        os.replace(staging, path)
-    except BaseException:
-        pathlib.Path(staging).unlink(missing_ok=True)
-        raise
-
-
 def write_projector(
     directory: str | os.PathLike,
     model: keras.Model,
@@ -147,14 +135,10 @@ def write_projector(
     labels = np.asarray(shown.labels, np.int64)
 
     rows = metadata_rows(labels, predicted, class_names)
-    _write_atomically(
-        directory / METADATA_NAME,
-        lambda path: pathlib.Path(path).write_text("\n".join(rows) + "\n"),
-    )
-    _write_atomically(
-        directory / SPRITE_NAME,
-        lambda path: Image.fromarray(sprite(shown.images)).save(path, format="PNG"),
-    )
+    files.write_atomic(directory / METADATA_NAME, "\n".join(rows) + "\n")
+    png = io.BytesIO()
+    Image.fromarray(sprite(shown.images)).save(png, format="PNG")
+    files.write_atomic(directory / SPRITE_NAME, png.getvalue())
     checkpoint = tf.train.Checkpoint(embedding=tf.Variable(features, name="embedding"))
     manager = tf.train.CheckpointManager(
         checkpoint, str(directory), max_to_keep=1, checkpoint_name=CHECKPOINT_NAME

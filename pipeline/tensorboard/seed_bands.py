@@ -31,19 +31,17 @@ import fcntl
 import json
 import math
 import pathlib
-import statistics
 import time
 from collections.abc import Sequence
 
-from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 from tensorboard.plugins.scalar import metadata as scalar_metadata
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from tensorboard.util import tensor_util
 
 from pipeline import variants as variants_lib
+from pipeline.tensorboard import events
 
 BANDS_DIR = "seed_bands"
 SPLIT = "test"
@@ -65,8 +63,7 @@ def aggregate(series: Sequence[dict[int, float]]) -> dict[int, dict[str, float]]
     out = {}
     for step in steps:
         values = [s[step] for s in series]
-        mean = statistics.fmean(values)
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        mean, std = variants_lib.mean_and_std(values)
         out[step] = {
             "mean": mean,
             "mean_minus_std": mean - std,
@@ -79,19 +76,9 @@ def aggregate(series: Sequence[dict[int, float]]) -> dict[int, dict[str, float]]
 
 
 def _read_series(run: pathlib.Path) -> dict[str, dict[int, float]]:
-    split_dir = run / SPLIT
-    if not split_dir.is_dir():
-        return {}
-    accumulator = pea.EventAccumulator(str(split_dir), size_guidance={pea.TENSORS: 0})
-    accumulator.Reload()
-    tags = accumulator.Tags().get("tensors", [])
     return {
-        metric: {
-            event.step: float(tensor_util.make_ndarray(event.tensor_proto))
-            for event in accumulator.Tensors(metric)
-        }
-        for metric in METRICS
-        if metric in tags
+        metric: {point.step: point.value for point in points}
+        for metric, points in events.read_scalars(run / SPLIT, METRICS).items()
     }
 
 
@@ -164,25 +151,19 @@ def _scalar_value(name: str, value: float) -> summary_pb2.Summary.Value:
     )
 
 
-def _rewrite(directory: pathlib.Path, events: list[event_pb2.Event]) -> None:
-    """Writes `events` as the directory's only event file (after a START)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    before = set(directory.glob("events.out.tfevents.*"))
-    writer = EventFileWriter(str(directory), filename_suffix=".seed_bands")
-    start = event_pb2.Event(wall_time=time.time(), step=0)
-    start.session_log.status = event_pb2.SessionLog.START
-    writer.add_event(start)
-    for event in events:
-        writer.add_event(event)
-    writer.close()
-    for old in before:
+def _rewrite(directory: pathlib.Path, series: list[event_pb2.Event]) -> None:
+    """Writes `series` as the directory's only event file (after a START)."""
+    before = set(events.event_files(directory))
+    start = events.session_start_event(0)
+    written = events.write_event_file(directory, [start, *series], ".seed_bands")
+    for old in before - {written}:
         old.unlink(missing_ok=True)
 
 
 def _variant_events(runs: list[pathlib.Path]) -> list[event_pb2.Event]:
     per_run = [_read_series(run) for run in runs]
     now = time.time()
-    events = []
+    out = []
     for metric in METRICS:
         series = [s[metric] for s in per_run if metric in s]
         if len(series) < len(runs):
@@ -193,12 +174,12 @@ def _variant_events(runs: list[pathlib.Path]) -> list[event_pb2.Event]:
                 for stat in STATS
                 if math.isfinite(stats[stat])
             ]
-            events.append(
+            out.append(
                 event_pb2.Event(
                     wall_time=now, step=step, summary=summary_pb2.Summary(value=values)
                 )
             )
-    return events
+    return out
 
 
 def update(experiment_dir: str | pathlib.Path) -> dict[str, int]:

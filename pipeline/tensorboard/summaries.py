@@ -17,7 +17,8 @@ thread and flushes the files (before a checkpoint: what it covers is on disk);
 Per-step scalars (`scalar_series`: a chunk's loss and accuracy at every
 step) and histograms are written in bulk: pre-serialized events (one per
 step with every scalar tag; one per histogram) appended by one C++ record
-writer to a file of their own in the split's directory (`EventRecordFile`).
+writer to a file of their own in the split's directory
+(`events.EventRecordFile`).
 A `tf.summary` write is a TensorFlow op of ~10 us; a whole 100-step chunk's
 scalars cost ~0.5 ms of the writer thread this way, against ~2 ms before.
 TensorBoard reads every event file of a directory.
@@ -26,11 +27,8 @@ TensorBoard reads every event file of a directory.
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import pathlib
 import queue
-import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -38,20 +36,20 @@ from collections.abc import Callable, Iterable, Mapping
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorboard.compat.proto import event_pb2, summary_pb2
+from tensorboard.compat.proto import summary_pb2
 from tensorboard.plugins.histogram import metadata as histogram_metadata
 from tensorboard.plugins.pr_curve import summary as pr_summary
-from tensorboard.plugins.scalar import metadata as scalar_metadata
 
-from pipeline.runs.rundir import remove_empty_files
+from pipeline.tensorboard import events
+from pipeline.tensorboard.events import (
+    EventRecordFile,
+    scalar_event_records,
+    tensor_event_record,
+)
 
 KERAS_MODEL_PLUGIN = "graph_keras_model"
 HISTOGRAM_BUCKETS = 30  # tf.summary.histogram's default
 HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(
-    display_name=None, description=None
-).SerializeToString()
-# What tf.summary.scalar attaches: the Scalars tab lists the tag.
-SCALAR_METADATA = scalar_metadata.create_summary_metadata(
     display_name=None, description=None
 ).SerializeToString()
 
@@ -121,109 +119,6 @@ class BackgroundWriter:
         self._thread.join()
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | 0x80 if value else low)
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    """A length-delimited protobuf field (string, bytes or message)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-# A float32 scalar TensorProto up to its 4 value bytes: dtype DT_FLOAT (field
-# 1 = 1), an empty tensor_shape (field 2), packed float_val (field 5).
-_SCALAR_TENSOR_HEAD = b"\x08\x01" + _field(2, b"") + _varint(5 << 3 | 2) + b"\x04"
-_SCALAR_TENSOR_FIELD = _varint(8 << 3 | 2) + _varint(len(_SCALAR_TENSOR_HEAD) + 4)
-
-
-def scalar_event_records(
-    tags: tuple[str, ...], steps: np.ndarray, columns: tuple, wall_time: float
-) -> list[bytes]:
-    """Serialized `Event`s, one per step, each holding every tag's float32
-    value at that step, as `tf.summary.scalar` stores a value (a scalar
-    tensor with the scalars plugin's metadata).
-
-    Built from fixed byte strings per tag: ~1 us a step, no TensorFlow op.
-    """
-    heads = [
-        _field(1, tag.encode()) + _field(9, SCALAR_METADATA) + _SCALAR_TENSOR_FIELD
-        for tag in tags
-    ]
-    value_prefixes = [
-        _varint(1 << 3 | 2)
-        + _varint(len(head) + len(_SCALAR_TENSOR_HEAD) + 4)
-        + head
-        + _SCALAR_TENSOR_HEAD
-        for head in heads
-    ]
-    raw = [np.asarray(c, "<f4").tobytes() for c in columns]
-    event_head = b"\x09" + struct.pack("<d", wall_time) + b"\x10"
-    records = []
-    for i, step in enumerate(steps.tolist()):
-        summary = b"".join(
-            prefix + column[4 * i : 4 * i + 4]
-            for prefix, column in zip(value_prefixes, raw, strict=True)
-        )
-        records.append(event_head + _varint(step) + _field(5, summary))
-    return records
-
-
-def tensor_event_record(
-    step: int, wall_time: float, tag: str, metadata: bytes, array: np.ndarray
-) -> bytes:
-    """A serialized `Event` of one tensor summary, as `tf.summary.write`
-    stores it."""
-    tensor = tf.make_tensor_proto(array).SerializeToString()
-    value = _field(1, tag.encode()) + _field(9, metadata) + _field(8, tensor)
-    head = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
-    return head + _field(5, _field(1, value))
-
-
-class EventRecordFile:
-    """An event file of one split's frequent summaries (per-step scalars,
-    histograms), written in bulk as pre-serialized events.
-
-    Named like TensorFlow's (`events.out.tfevents.<second>.<host>.<pid>...`),
-    so it sorts after the session-start marker of its run's start
-    (`training.recovery.write_session_start`) and TensorBoard reads it with
-    the split's other files. Records go through TensorFlow's C++ record
-    writer (framing and CRCs), many per call of `write`; a failed write (a
-    full disk, a file-size limit) raises at once with the file's name, where
-    a `tf.summary` writer can drop events without a word.
-    """
-
-    def __init__(self, directory: pathlib.Path):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.path = directory / (
-            f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}."
-            f"{os.getpid()}.records.v2"
-        )
-        try:
-            self._records = tf.io.TFRecordWriter(str(self.path))
-            version = event_pb2.Event(
-                wall_time=time.time(), file_version="brain.Event:2"
-            )
-            self._records.write(version.SerializeToString())
-        except Exception:  # a full disk: the new file may be empty
-            remove_empty_files(directory, self.path.name)
-            raise
-
-    def write(self, records: list[bytes]) -> None:
-        for record in records:
-            self._records.write(record)
-
-    def flush(self) -> None:
-        self._records.flush()
-
-    def close(self) -> None:
-        self._records.close()
-
-
 class SummaryLogger:
     """Writes scalars, histograms, graphs, images and text for one run.
 
@@ -263,7 +158,7 @@ class SummaryLogger:
                         str(self._run_dir / split), max_queue=1000, flush_millis=60_000
                     )
                 except Exception:  # a full disk: the new file may be empty
-                    remove_empty_files(self._run_dir / split, "events.out.tfevents.*")
+                    events.remove_empty(self._run_dir / split)
                     raise
             else:
                 self._writers[split] = tf.summary.create_noop_writer()
@@ -534,7 +429,7 @@ class SummaryLogger:
                 w.close()
             except Exception as err:  # TensorFlow's errors; re-raised below
                 first_error = first_error or err
-                remove_empty_files(self._run_dir / split, "events.out.tfevents.*")
+                events.remove_empty(self._run_dir / split)
         self._writers.clear()
         self._record_files.clear()
         if first_error is not None:

@@ -1,10 +1,10 @@
 """Compare runs: one row per variant, repeats folded into mean +/- std.
 
-Runs are read with TensorBoard's own loader (`plugin_event_accumulator` with
-`size_guidance={TENSORS: 0}`, so no point is sampled away) plus their
-`run.json`. A *variant* (`pipeline.variants`) is a set of runs whose defining
-flags are equal except the seed: its repeats. Rows show only the flags that
-differ between variants and apply to a row's model.
+Runs are read with TensorBoard's own loader (`tensorboard.events`, every
+point kept) plus their `run.json`. A *variant* (`pipeline.variants`) is a
+set of runs whose defining flags are equal except the seed: its repeats.
+Rows show only the flags that differ between variants and apply to a row's
+model.
 Runs trained or evaluated on different data (their `run.json` dataset
 fingerprint or split sizes differ) are never ranked together: each data set
 gets its own table, marked not comparable, unless the user allows it.
@@ -22,17 +22,15 @@ import math
 import os
 import pathlib
 import re
-import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tensorboard.backend.event_processing import plugin_event_accumulator as pea
-from tensorboard.util import tensor_util
-
 from pipeline import config as config_lib
+from pipeline import files
 from pipeline import variants as variants_lib
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RunDirError, os_reason
 from pipeline.runs import provenance, rundir
+from pipeline.tensorboard import events
 
 METRICS = (
     "final/accuracy",
@@ -107,8 +105,7 @@ class Variant:
         values = [v for v in values if not math.isnan(v)]
         if not values:
             return math.nan, math.nan
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return statistics.fmean(values), std
+        return variants_lib.mean_and_std(values)
 
     @property
     def commits(self) -> str:
@@ -161,13 +158,14 @@ def find_runs(patterns: Sequence[str]) -> list[pathlib.Path]:
     return list(found)
 
 
-def _series(accumulator: pea.EventAccumulator, tag: str) -> list[tuple[int, float]]:
-    if tag not in accumulator.Tags().get("tensors", []):
-        return []
-    return [
-        (event.step, float(tensor_util.make_ndarray(event.tensor_proto)))
-        for event in accumulator.Tensors(tag)
-    ]
+def _series(
+    split_dir: pathlib.Path, tags: Sequence[str]
+) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of each of `tags` logged under `split_dir`."""
+    return {
+        tag: [(point.step, point.value) for point in points]
+        for tag, points in events.read_scalars(split_dir, tags).items()
+    }
 
 
 def _data_id(dataset: dict[str, Any]) -> str:
@@ -200,15 +198,9 @@ def load_runs(
 def summarize(record: rundir.RunRecord) -> RunSummary:
     """A run's summary from its record and its `test/` event files."""
     path = record.path.parent
-    accuracy: list[tuple[int, float]] = []
-    loss: list[tuple[int, float]] = []
-    if (path / "test").is_dir():
-        accumulator = pea.EventAccumulator(
-            str(path / "test"), size_guidance={pea.TENSORS: 0}
-        )
-        accumulator.Reload()
-        accuracy = _series(accumulator, "accuracy")
-        loss = _series(accumulator, "loss")
+    test = _series(path / "test", ("accuracy", "loss"))
+    accuracy = test.get("accuracy", [])
+    loss = test.get("loss", [])
     metrics: dict[str, float] = {}
     if accuracy:
         metrics["final/accuracy"] = accuracy[-1][1]
@@ -246,18 +238,11 @@ def summarize(record: rundir.RunRecord) -> RunSummary:
 
 def _eval_metrics(path: pathlib.Path) -> dict[str, float]:
     """The last value of each `pipeline-eval` scalar in the run's `eval/` writer."""
-    if not (path / "eval").is_dir():
-        return {}
-    accumulator = pea.EventAccumulator(
-        str(path / "eval"), size_guidance={pea.TENSORS: 0}
-    )
-    accumulator.Reload()
-    out = {}
-    for tag in EVAL_TAGS:
-        series = _series(accumulator, tag)
-        if series:
-            out[f"eval/{tag}"] = series[-1][1]
-    return out
+    return {
+        f"eval/{tag}": series[-1][1]
+        for tag, series in _series(path / "eval", EVAL_TAGS).items()
+        if series
+    }
 
 
 def group_variants(runs: Sequence[RunSummary]) -> tuple[list[Variant], list[str]]:
@@ -868,14 +853,11 @@ def plot_curves(
 # --- --export: every scalar series in long form --------------------------------
 
 EXPORT_COLUMNS = ("run", "split", "tag", "step", "wall_time", "value")
-SCALARS_PLUGIN = "scalars"
 
 
 def _split_dirs(run: pathlib.Path) -> list[pathlib.Path]:
     """The run's writer directories (train, test, eval, ...): those with events."""
-    return sorted(
-        p for p in run.iterdir() if p.is_dir() and any(p.glob("events.out.tfevents.*"))
-    )
+    return sorted(p for p in run.iterdir() if p.is_dir() and events.has_event_files(p))
 
 
 def scalar_rows(runs: Sequence[pathlib.Path]) -> list[tuple]:
@@ -889,16 +871,11 @@ def scalar_rows(runs: Sequence[pathlib.Path]) -> list[tuple]:
     for run in runs:
         name = run.relative_to(parent).as_posix()
         for split_dir in _split_dirs(run):
-            accumulator = pea.EventAccumulator(
-                str(split_dir), size_guidance={pea.TENSORS: 0}
-            )
-            accumulator.Reload()
-            for tag in sorted(accumulator.PluginTagToContent(SCALARS_PLUGIN)):
-                for event in accumulator.Tensors(tag):
-                    value = float(tensor_util.make_ndarray(event.tensor_proto))
-                    rows.append(
-                        (name, split_dir.name, tag, event.step, event.wall_time, value)
-                    )
+            for tag, points in events.read_scalars(split_dir).items():
+                rows.extend(
+                    (name, split_dir.name, tag, p.step, p.wall_time, p.value)
+                    for p in points
+                )
     return rows
 
 
@@ -918,17 +895,14 @@ def export_scalars(runs: Sequence[pathlib.Path], out: str | os.PathLike) -> int:
     if not out.parent.is_dir():
         raise CompareError(f"--export={out}: {out.parent} is not a directory")
     rows = scalar_rows(runs)
-    staging = out.with_name(f".{out.name}.partial")
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(EXPORT_COLUMNS)
+    for run, split, tag, step, wall_time, value in rows:
+        writer.writerow([run, split, tag, step, f"{wall_time:.6f}", repr(value)])
     try:
-        with open(staging, "w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(EXPORT_COLUMNS)
-            for run, split, tag, step, wall_time, value in rows:
-                writer.writerow(
-                    [run, split, tag, step, f"{wall_time:.6f}", repr(value)]
-                )
-        os.replace(staging, out)
-    except OSError as err:
-        staging.unlink(missing_ok=True)
-        raise CompareError(f"--export={out}: cannot write ({err.strerror})") from None
+        files.write_atomic(out, text.getvalue())
+    except RunDirError as err:
+        reason = os_reason(err.__cause__)
+        raise CompareError(f"--export={out}: cannot write ({reason})") from None
     return len(rows)

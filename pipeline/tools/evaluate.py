@@ -132,13 +132,6 @@ class EvalReport:
         }
 
 
-def class_names(binary_class: int | None) -> list[str]:
-    """Display names: the digits, or `not K`/`K` for a binary run."""
-    if binary_class is not None:
-        return [f"not {binary_class}", str(binary_class)]
-    return [str(k) for k in range(data_lib.NUM_CLASSES)]
-
-
 def predict_outputs(
     model: keras.Model,
     split: data_lib.Split,
@@ -254,7 +247,7 @@ def build_report(
 ) -> EvalReport:
     """Turns a split's outputs into the metrics `pipeline-eval` reports."""
     binary_class = restored.config.binary_class
-    names = class_names(binary_class)
+    names = data_lib.class_names(binary_class)
     confusion = confusion_matrix(outputs.labels, outputs.predicted, len(names))
     per_class = per_class_metrics(confusion, names)
     return EvalReport(

@@ -270,18 +270,12 @@ def class_table(probabilities: np.ndarray) -> np.ndarray:
     return probabilities
 
 
-def _names(binary_class: int | None, width: int) -> list[str]:
-    if binary_class is not None:
-        return [f"not {binary_class}", str(binary_class)]
-    return [str(k) for k in range(width)]
-
-
 def prediction_rows(
     examples: Sequence[Example], probabilities: np.ndarray, binary_class: int | None
 ) -> list[dict[str, Any]]:
     """One JSON-ready dict per example: source, label, top class, probabilities."""
     table = class_table(probabilities)
-    names = _names(binary_class, table.shape[1])
+    names = data_lib.class_names(binary_class)
     rows = []
     for example, probs in zip(examples, table, strict=True):
         top = int(np.argmax(probs))

@@ -46,10 +46,10 @@ from pipeline import streams
 from pipeline.cadence import is_due, next_due
 from pipeline.config import epoch_of, steps_per_epoch
 from pipeline.errors import NonFiniteLossError, TrainingInterruptedError
-from pipeline.tensorboard import budget, projector
+from pipeline.tensorboard import budget, events, projector
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard.summaries import variable_name
-from pipeline.training import recovery, signals
+from pipeline.training import signals
 from pipeline.training.chunks import FINDINGS, Chunk, Evaluation, Wants
 from pipeline.training.state import TrainState
 
@@ -311,7 +311,7 @@ class Evaluate(EveryNSteps):
 
     def start(self, state: TrainState) -> None:
         # A resumed run's running best starts from what its earlier lives logged.
-        for logged_step, values in recovery.logged_evaluations(
+        for logged_step, values in events.logged_evaluations(
             state.run_dir.path / "test", state.step
         ):
             self.best.update(logged_step, values)
@@ -453,13 +453,11 @@ class WriteProjector(Action):
             return
         if not projector.has_learned_embedding(state.model):
             return
-        binary = state.config.binary_class
-        names = [f"not {binary}", str(binary)] if binary is not None else None
         projector.write_projector(
             state.run_dir.path / "test",
             state.model,
             state.dataset.test,
-            names or [str(k) for k in range(data_lib.NUM_CLASSES)],
+            data_lib.class_names(state.config.binary_class),
             chunk.step,
             input_scale=state.config.input_scale,
         )

@@ -40,8 +40,8 @@ from pipeline.errors import (
     WorkerPreemptedError,
     one_line,
 )
-from pipeline.runs.rundir import RunDir, remove_empty_files, write_failure
-from pipeline.tensorboard import budget
+from pipeline.runs.rundir import RunDir, write_failure
+from pipeline.tensorboard import budget, events
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard import notes as notes_lib
 from pipeline.training import distribute
@@ -404,7 +404,7 @@ def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> 
     failure = write_failure(err)
     if failure:
         reason = str(failure)
-        remove_empty_files(run_dir.path, "events.out.tfevents.*")
+        events.remove_empty(run_dir.path)
     elif isinstance(err, PipelineError | KeyboardInterrupt):
         reason = f"{type(err).__name__}: {one_line(str(err))}"
     else:
@@ -425,7 +425,7 @@ def _end_session_failed(run_dir: RunDir, reason: str, status: str = "failed") ->
     except Exception as err:
         if write_failure(err) is None:
             raise
-        remove_empty_files(run_dir.path, "events.out.tfevents.*")
+        events.remove_empty(run_dir.path)
 
 
 def weights_digest(model: keras.Model) -> str:

@@ -1,4 +1,4 @@
-"""Surviving kills: which run to resume, restart markers, checkpoint hygiene.
+"""Surviving kills: which run to resume, and checkpoint hygiene.
 
 A resumed run continues from its latest checkpoint under its *saved* config:
 flags that would change the math are refused, so a resumed run computes what
@@ -10,19 +10,13 @@ bad input fails in well under a second.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import pathlib
 import shutil
 import socket
-import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 import numpy as np
-from tensorboard.backend.event_processing import plugin_event_accumulator as ea
-from tensorboard.compat.proto import event_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
-from tensorboard.util import tensor_util
 
 from pipeline import config as config_lib
 from pipeline.config import Launch, TrainConfig
@@ -331,63 +325,6 @@ def copy_chosen_checkpoint(
     checkpoints.write_state(target, checkpoints.list_checkpoints(target)[-1])
 
 
-def session_start_step(restored_step: int) -> int:
-    """Step of the `SessionLog.START` marker for a start at `restored_step`.
-
-    A checkpoint at step S covers everything logged up to and including S
-    (writers flush before each save), so the first step a killed process can
-    have orphaned is S + 1. A start from scratch marks step 0: it purges all
-    earlier output, the step-0 graph, text and images included, which the new
-    process writes again.
-    """
-    return restored_step + 1 if restored_step > 0 else 0
-
-
-def write_session_start(
-    run_path: pathlib.Path, splits: Sequence[str], step: int
-) -> float:
-    """Writes a `SessionLog.START` event at `step` into each split's directory.
-
-    TF2 summary writers never write this marker; TensorBoard's loaders use it
-    to drop points at steps >= `step` logged earlier (by a killed process), so
-    a resumed run shows no duplicated or backward steps. The first marker of
-    a run purges nothing, which is why every start writes one.
-
-    Returns:
-      The time after which a new event file sorts after these markers:
-      loaders read a directory's files in name order and the name starts with
-      the creation second, so summary writers must not open before it.
-    """
-    # The marker must also sort after every file already there (a previous
-    # life of the run may have opened its writers within this second).
-    # Capped: a file stamped in the future (clock skew) must not stall a start.
-    wait_until(min(_newest_event_second(run_path, splits) + 1.0, time.time() + 2.0))
-    for split in splits:
-        writer = EventFileWriter(str(run_path / split))
-        event = event_pb2.Event(wall_time=time.time(), step=step)
-        event.session_log.status = event_pb2.SessionLog.START
-        writer.add_event(event)
-        writer.close()
-    return math.floor(time.time()) + 1.0
-
-
-def _newest_event_second(run_path: pathlib.Path, splits: Sequence[str]) -> float:
-    newest = 0.0
-    for split in splits:
-        for path in (run_path / split).glob("events.out.tfevents.*"):
-            stamp = path.name.split(".")[3]
-            if stamp.isdigit():
-                newest = max(newest, float(stamp))
-    return newest
-
-
-def wait_until(deadline: float) -> None:
-    """Sleeps until `deadline` (a `time.time()` value), if it is in the future."""
-    remaining = deadline - time.time()
-    if remaining > 0:
-        time.sleep(remaining)
-
-
 def rng_state_variables(model) -> list:
     """The model's random-number state: Keras `SeedGenerator` state variables.
 
@@ -422,35 +359,3 @@ def check_same_data(run_dir: RunDir, dataset) -> None:
             f"trained on (fingerprint {dataset.fingerprint()[:12]}..., recorded "
             f"{recorded[:12]}...)"
         )
-
-
-def read_scalar_series(split_dir: pathlib.Path, tag: str) -> dict[int, float]:
-    """`tag`'s scalars under `split_dir` by step, as TensorBoard shows them.
-
-    The accumulator applies `SessionLog.START` purging, so a resumed run
-    yields one value per step.
-    """
-    if not split_dir.is_dir():
-        return {}
-    acc = ea.EventAccumulator(str(split_dir), size_guidance={ea.TENSORS: 0})
-    acc.Reload()
-    if tag not in acc.Tags().get(ea.TENSORS, []):
-        return {}
-    return {
-        event.step: float(tensor_util.make_ndarray(event.tensor_proto))
-        for event in acc.Tensors(tag)
-    }
-
-
-def logged_evaluations(
-    split_dir: pathlib.Path, up_to_step: int
-) -> list[tuple[int, dict[str, float]]]:
-    """(step, {"loss", "accuracy"}) of each evaluation logged at or before a step."""
-    if up_to_step <= 0:
-        return []
-    series = {tag: read_scalar_series(split_dir, tag) for tag in ("loss", "accuracy")}
-    steps = sorted({s for values in series.values() for s in values if s <= up_to_step})
-    return [
-        (step, {tag: values[step] for tag, values in series.items() if step in values})
-        for step in steps
-    ]

@@ -18,6 +18,7 @@ from pipeline import data as data_lib
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError, TrainingError
 from pipeline.runs import rundir
+from pipeline.tensorboard import events
 from pipeline.training import distribute, loop, recovery
 
 
@@ -57,9 +58,7 @@ def replay_run(
     strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
     reference = {
         step: loss
-        for step, loss in recovery.read_scalar_series(
-            original.path / "train", "loss"
-        ).items()
+        for step, loss in events.scalar_series(original.path / "train", "loss").items()
         if step <= config.steps
     }
     if not reference:
@@ -82,7 +81,7 @@ def replay_run(
             print_fn=lambda _: None,
             strategy=strategy,
         )
-        replayed = recovery.read_scalar_series(replay_dir.path / "train", "loss")
+        replayed = events.scalar_series(replay_dir.path / "train", "loss")
     step = first_difference(reference, replayed, rtol)
     if step is not None:
         raise ReplayMismatchError(

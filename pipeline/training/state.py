@@ -28,6 +28,7 @@ from pipeline import precision as precision_lib
 from pipeline.config import TrainConfig, use_jit_compile
 from pipeline.errors import NonFiniteLossError, RunDirError, WorkerPreemptedError
 from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir
+from pipeline.tensorboard import events
 from pipeline.tensorboard.summaries import SummaryLogger
 from pipeline.training import distribute, recovery, steps
 from pipeline.training.chunks import Chunk, ChunkRequest, Evaluation
@@ -299,10 +300,10 @@ def build_train_state(
     is_chief = distribute.is_chief(strategy)
     writers_not_before = 0.0
     if is_chief:
-        writers_not_before = recovery.write_session_start(
+        writers_not_before = events.write_session_start(
             run_dir.path,
             ["train", *_eval_split_names(dataset)],
-            recovery.session_start_step(restored_step),
+            events.session_start_step(restored_step),
         )
     model, optimizer, precision = _model_and_optimizer(config, strategy)
     if is_chief:
@@ -352,5 +353,5 @@ def build_train_state(
     )
     state.restore(restore_point)
     run_dir.write_file(MODEL_SUMMARY_NAME, summary.rstrip("\n") + "\n")
-    recovery.wait_until(writers_not_before)
+    events.wait_until(writers_not_before)
     return state
