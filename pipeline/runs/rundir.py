@@ -543,9 +543,19 @@ def locked(directory: str | os.PathLike, program: str) -> Iterator[pathlib.Path]
 
 @dataclasses.dataclass
 class RunDir:
-    """A run's directory: its record, flagfile, lock and checkpoint directory."""
+    """A run's directory: its record, flagfile, lock and checkpoint directory.
+
+    A RunDir keeps the record it last read or wrote and serves that until
+    `lock` (which reads afresh once held): the process holding the lock is
+    the run's only writer, so a run is read once before its lock, once after
+    it, and never again while it trains. To see another process's later
+    write, make a new RunDir.
+    """
 
     path: pathlib.Path
+    _record: RunRecord | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def name(self) -> str:
@@ -561,15 +571,23 @@ class RunDir:
 
     def record(self) -> RunRecord:
         """The strict read of this run's record (RecordError if damaged)."""
-        return load_record(self.path)
+        if self._record is None:
+            self._record = load_record(self.path)
+        return self._record
 
     def read_record(self) -> dict[str, Any]:
         """The record as a plain dict; RecordError if missing or damaged."""
         return self.record().data
 
     def lock(self, program: str) -> pathlib.Path:
-        """Holds this run's lock for the rest of the process; see `acquire_lock`."""
-        return acquire_lock(self.path, program)
+        """Holds this run's lock for the rest of the process; see `acquire_lock`.
+
+        The record is read afresh after this: another process may have
+        written it before the lock was ours.
+        """
+        path = acquire_lock(self.path, program)
+        self._record = None
+        return path
 
     def update_record(self, **fields: Any) -> dict[str, Any]:
         """Merges `fields` into the record and rewrites it atomically.
@@ -580,7 +598,8 @@ class RunDir:
         """
         if fields.get("error"):
             fields["error"] = one_line(str(fields["error"]))
-        record = self.read_record() if self.record_path.exists() else {}
+        known = self._record is not None or self.record_path.exists()
+        record = dict(self.read_record()) if known else {}
         if "status" in fields:
             current = record.get("status")
             if fields["status"] not in TRANSITIONS.get(current, frozenset()):
@@ -590,6 +609,7 @@ class RunDir:
                 )
         record.update(fields)
         write_json_atomic(self.record_path, record)
+        self._record = RunRecord(self.record_path, record)
         return record
 
     @property
@@ -604,8 +624,14 @@ class RunDir:
         write_text_atomic(path, text)
         return path
 
-    def start(self, config: TrainConfig, dataset_info: dict[str, Any]) -> None:
-        """Writes the flagfile and a `running` record before the first step."""
+    def start(
+        self, config: TrainConfig, dataset_info: dict[str, Any], **fields: Any
+    ) -> None:
+        """Writes the flagfile and a `running` record before the first step.
+
+        The record is written once: `fields` (the precision a run resolved,
+        the sweep trial it belongs to) go into that one write.
+        """
         import keras
         import numpy as np
         import tensorboard
@@ -633,6 +659,7 @@ class RunDir:
             sessions=[
                 provenance.record_session(self.path, [], now, write_bytes_atomic)
             ],
+            **fields,
         )
 
     def write_flagfile(self, config: TrainConfig) -> None:
@@ -643,12 +670,13 @@ class RunDir:
             "--run_name=NEW re-runs it.\n" + config_to_flagfile(config),
         )
 
-    def resume(self, config: TrainConfig, from_step: int) -> None:
+    def resume(self, config: TrainConfig, from_step: int, **fields: Any) -> None:
         """Marks the run `running` again, keeping its history of starts.
 
         Call only once the checkpoint to continue from is known to restore.
         The flagfile and the recorded config are rewritten because a resume
         may extend `--steps`; `resumes` lists every restart and its step.
+        One write, with `fields` in it (as `start`).
         """
         self.write_flagfile(config)
         self.reserve_space()
@@ -676,6 +704,7 @@ class RunDir:
             sessions=sessions,
             host=socket.gethostname(),
             pid=os.getpid(),
+            **fields,
         )
 
     def finish(self, status: str, **fields: Any) -> None:

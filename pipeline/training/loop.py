@@ -8,7 +8,7 @@ with the chunk: train scalars at their own steps, histograms, evaluation,
 early stopping, checkpoints, progress, preemption, SIGINT/SIGTERM. What
 outlives a chunk is one `TrainState` (`pipeline.training.state`); how a run is
 recorded (run.json status, the HParams session) is one context manager,
-`RunRecord`. `pipeline.training.steps` owns the math.
+`RunRecorder`. `pipeline.training.steps` owns the math.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from pipeline.tensorboard import budget
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard import notes as notes_lib
 from pipeline.training import distribute
+from pipeline.training import precision as precision_lib
 from pipeline.training.actions import Action, run_actions
 from pipeline.training.state import (
     RestorePoint,
@@ -51,7 +52,7 @@ from pipeline.training.state import (
 
 __all__ = [
     "NonFiniteLossError",
-    "RunRecord",
+    "RunRecorder",
     "TrainResult",
     "TrainingError",
     "TrainingInterruptedError",
@@ -88,6 +89,7 @@ def train_and_evaluate(
     resume: bool = False,
     restore_dir: pathlib.Path | None = None,
     extra_actions: Sequence[Action] = (),
+    record_fields: dict[str, object] | None = None,
 ) -> TrainResult:
     """Trains `config`'s model on `dataset`, logging into `run_dir`.
 
@@ -99,7 +101,8 @@ def train_and_evaluate(
     position, dropout RNG, early-stopping state); a non-chief worker passes
     the chief's checkpoint directory as `restore_dir`. `extra_actions` are
     called after each chunk too (`pipeline.training.actions.run_actions`).
-    The run's record is kept by `RunRecord`.
+    The run's record is kept by `RunRecorder`; `record_fields` (a sweep
+    trial's link) go into the record's first write.
     """
     strategy = strategy or tf.distribute.get_strategy()
     check_can_train(config, dataset, strategy)
@@ -109,7 +112,9 @@ def train_and_evaluate(
     # The chief's run, named the same on every worker (--run_name is required).
     run_path = pathlib.Path(config.logdir) / (config.run_name or run_dir.name)
     with (
-        RunRecord(config, run_dir, dataset, strategy, restore_point) as record,
+        RunRecorder(
+            config, run_dir, dataset, strategy, restore_point, record_fields
+        ) as record,
         distribute.peers_watched(strategy, run_path, lambda: record.step),
     ):
         if restore_point.resumed:
@@ -221,7 +226,7 @@ def finish(state: TrainState) -> RunOutcome:
     return RunOutcome(result, record)
 
 
-class RunRecord:
+class RunRecorder:
     """How a run is recorded from start to end: run.json and the HParams session.
 
     Entering marks the run `running` (a new run, or a resume that keeps its
@@ -240,7 +245,9 @@ class RunRecord:
         dataset: data_lib.Dataset,
         strategy: tf.distribute.Strategy,
         restore_point: RestorePoint,
+        record_fields: dict[str, object] | None = None,
     ):
+        self.record_fields = dict(record_fields or {})
         self.config = config
         self.run_dir = run_dir
         self.dataset = dataset
@@ -248,12 +255,15 @@ class RunRecord:
         self.restore_point = restore_point
         self.state: TrainState | None = None
 
-    def __enter__(self) -> RunRecord:
+    def __enter__(self) -> RunRecorder:
         point, run_dir = self.restore_point, self.run_dir
+        # One write of run.json before the first step, holding all it knows.
+        precision = precision_lib.resolve(self.config.precision, self.config.model)
+        fields = {"precision": precision.as_record(), **self.record_fields}
         if point.resumed and self.is_chief:
-            run_dir.resume(self.config, from_step=point.step)
+            run_dir.resume(self.config, from_step=point.step, **fields)
         else:
-            run_dir.start(self.config, dataset_record(self.dataset))
+            run_dir.start(self.config, dataset_record(self.dataset), **fields)
         if self.is_chief and point.step == 0:
             hparams_lib.start_run(run_dir.path, self.config)
         if self.is_chief:

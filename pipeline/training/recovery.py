@@ -216,7 +216,9 @@ def _check_resumable(run_dir: RunDir, launch: Launch) -> TrainConfig:
     check_not_running(run_dir)
     check_files_match_record(run_dir)
     config = merge_overrides(saved_config(run_dir), launch.config, launch.explicit)
-    step = checkpoints.latest_step(run_dir.checkpoint_dir)
+    # The latest by the one rule (`pipeline.runs.checkpoints`), the one the
+    # resume then continues from.
+    step = checkpoints.latest_restorable_step(run_dir.checkpoint_dir, config.steps)
     if config.steps <= step:
         raise ConfigError(
             f"{run_dir.path}: status {run_dir.status}, latest checkpoint at step "
@@ -227,18 +229,17 @@ def _check_resumable(run_dir: RunDir, launch: Launch) -> TrainConfig:
 
 
 def choose_resume_checkpoint(
-    run_dir: RunDir,
-    config: TrainConfig,
-    restore: Callable[[str], object],
-    report: Callable[[str], None],
+    run_dir: RunDir, config: TrainConfig, report: Callable[[str], None]
 ) -> checkpoints.Checkpoint | None:
     """The checkpoint a resume continues from: the newest that restores.
 
-    `restore(prefix)` restores the run's model (it raises if it cannot).
-    Each newer checkpoint that does not restore is skipped with one `report`
-    line; the `checkpoint` state file is then rewritten to name the chosen
-    one, so the checkpoint manager continues from it. None: the run saved no
-    checkpoint yet (it starts again from step 0).
+    Chosen by `checkpoints.choose_restorable`, which verifies it (every
+    tensor read back once); the loop then restores it once, into the run's
+    own model and optimizer. Each newer checkpoint that does not verify is
+    skipped with one `report` line; the `checkpoint` state file is then
+    rewritten to name the chosen one, so the checkpoint manager continues
+    from it. None: the run saved no checkpoint yet (it starts again from
+    step 0).
 
     Raises:
       CheckpointError: checkpoints exist but none restores (the run is left
@@ -246,7 +247,7 @@ def choose_resume_checkpoint(
     """
     try:
         chosen, _ = checkpoints.choose_restorable(
-            run_dir.checkpoint_dir, restore, max_step=config.steps, report=report
+            run_dir.checkpoint_dir, max_step=config.steps, report=report
         )
     except checkpoints.NoCheckpointError:
         return None
@@ -306,10 +307,7 @@ def prepare_rerun(launch: Launch) -> tuple[RunRecord, Launch]:
 
 
 def copy_chosen_checkpoint(
-    source: pathlib.Path,
-    target: pathlib.Path,
-    config: TrainConfig,
-    restore: Callable[[str], object],
+    source: pathlib.Path, target: pathlib.Path, config: TrainConfig
 ) -> None:
     """Copies the checkpoint the chief resumes from (same rule) into `target`.
 
@@ -319,7 +317,6 @@ def copy_chosen_checkpoint(
     try:
         chosen, _ = checkpoints.choose_restorable(
             source,
-            restore,
             max_step=config.steps,
             report=lambda _: None,  # the chief names what it skipped
         )

@@ -24,7 +24,13 @@ import tensorflow as tf
 from pipeline import data as data_lib
 from pipeline import models
 from pipeline.config import TrainConfig, use_jit_compile
-from pipeline.errors import NonFiniteLossError, RunDirError, WorkerPreemptedError
+from pipeline.errors import (
+    CheckpointError,
+    NonFiniteLossError,
+    RunDirError,
+    WorkerPreemptedError,
+)
+from pipeline.runs import checkpoints
 from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir
 from pipeline.tensorboard.summaries import SummaryLogger
 from pipeline.training import distribute, recovery, steps, stopping
@@ -49,29 +55,24 @@ def choose_restore_point(
 ) -> RestorePoint:
     """The checkpoint a run continues from (the one place that chooses it).
 
-    The newest checkpoint that restores into `config`'s model, by the rule
-    of `pipeline.runs.checkpoints.choose_restorable`; each newer one that
-    does not is named in a `warning:` line. A non-chief worker passes the
-    chief's checkpoint directory as `restore_dir`: the preemption handler
-    restores its step counter from the worker's own directory, so the worker
-    restores from a copy of the checkpoint the chief chose, and every worker
-    then agrees.
+    The newest checkpoint that restores, by the rule of
+    `pipeline.runs.checkpoints`; each newer one that does not is named in a
+    `warning:` line. It is verified here and restored once, into the run's
+    own objects, by `TrainState.restore` (no model is built to try it).
+    A non-chief worker passes the chief's checkpoint directory as
+    `restore_dir`: the preemption handler restores its step counter from the
+    worker's own directory, so the worker restores from a copy of the
+    checkpoint the chief chose, and every worker then agrees.
 
     Raises:
       CheckpointError: checkpoints exist but none restores.
     """
     if not resume:
         return RestorePoint()
-
-    def restore(prefix: str) -> keras.Model:
-        return models.restore_model(config, prefix)
-
     if restore_dir is not None and restore_dir != run_dir.checkpoint_dir:
-        recovery.copy_chosen_checkpoint(
-            restore_dir, run_dir.checkpoint_dir, config, restore
-        )
+        recovery.copy_chosen_checkpoint(restore_dir, run_dir.checkpoint_dir, config)
     chosen = recovery.choose_resume_checkpoint(
-        run_dir, config, restore, lambda line: print_fn(f"warning: {line}")
+        run_dir, config, lambda line: print_fn(f"warning: {line}")
     )
     step = chosen.step if chosen else 0
     checkpoint = str(chosen.prefix) if chosen else None
@@ -236,12 +237,19 @@ class TrainState:
     def restore(self, point: RestorePoint) -> None:
         """Restores `point`'s checkpoint into the run (the one place a run's
         checkpoint is restored); a fresh start restores nothing."""
-        if point.checkpoint is not None:
-            status = self.checkpoint.restore(point.checkpoint)
-            # Every object of the run must come back; a checkpoint from before
-            # the input position was recomputed also holds the data iterator's
-            # state, which is left unread (expect_partial: no exit warning).
+        if point.checkpoint is None:
+            return
+        status = self.checkpoint.restore(point.checkpoint)
+        # Every object of the run must come back; a checkpoint from before
+        # the input position was recomputed also holds the data iterator's
+        # state, which is left unread (expect_partial: no exit warning).
+        try:
             status.assert_existing_objects_matched().expect_partial()
+        except AssertionError as err:
+            raise CheckpointError(
+                f"{point.checkpoint}: does not fit this run's model "
+                f"({checkpoints.describe(err)})"
+            ) from None
 
     def raise_preempted(self) -> None:
         """The preemption handler's exit: every worker has saved this step."""
@@ -364,8 +372,6 @@ def build_train_state(
             recovery.session_start_step(restored_step),
         )
     model, optimizer, precision = _model_and_optimizer(config, strategy)
-    if is_chief:
-        run_dir.update_record(precision=precision.as_record())
     summary = models.summary_text(model) + "\n" + precision.describe()
     print_fn(summary)
     iterator = _train_iterator(config, dataset, strategy, restored_step)
