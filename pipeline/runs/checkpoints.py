@@ -27,6 +27,7 @@ import dataclasses
 import os
 import pathlib
 import re
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,10 @@ from pipeline.errors import CheckpointError, NoCheckpointError
 from pipeline.runs.rundir import warn, write_text_atomic
 
 STATE_NAME = "checkpoint"
+# tf.train.CheckpointManager writes `ckpt-N_temp/` and renames it when the save
+# is complete; a kill mid-save leaves the directory behind and nothing else
+# removes it.
+TEMP_CHECKPOINT_PATTERN = "*_temp*"
 _FILE = re.compile(r"^ckpt-(\d+)\.(?:index|data-(\d+)-of-(\d+))$")
 # The saved step counter inside a checkpoint written by the training loop.
 STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
@@ -276,3 +281,19 @@ def write_state(directory: str | os.PathLike, chosen: Checkpoint) -> None:
     ]
     lines.append(f"last_preserved_timestamp: {time.time():.6f}")
     write_text_atomic(directory / STATE_NAME, "\n".join(lines) + "\n")
+
+
+def clean_temp_checkpoints(checkpoint_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Removes half-written checkpoint saves left by a killed process."""
+    removed = []
+    if not checkpoint_dir.is_dir():
+        return removed
+    for path in sorted(checkpoint_dir.rglob(TEMP_CHECKPOINT_PATTERN)):
+        if not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path)
+    return removed

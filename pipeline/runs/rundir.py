@@ -752,13 +752,50 @@ class RunDir:
             return None
         return path
 
-    def mark_failed(self, reason: str) -> bool:
-        """Best effort: records `failed` with `reason`; False if even that fails."""
+    def mark_failed(
+        self,
+        reason: str,
+        *,
+        status: str = "failed",
+        step: int | None = None,
+        end_session: Callable[[pathlib.Path, str, str], None] | None = None,
+    ) -> bool:
+        """The one way a run is marked `failed` (or `diverged`), by the loop
+        that ran it or by a sweep that found its process gone.
+
+        Best effort: the record gets `status`, `reason` (and `step`), unless
+        it already tells how the run ended (`completed`, `failed`, ...); then
+        the run's HParams session, if it has one, is closed with the same
+        status through `end_session(path, status, reason)` (the writer lives
+        in `pipeline.tensorboard.hparams`, a layer above this one). A full
+        disk refusing the session's file leaves no empty event file behind.
+        Returns False if the record could not be written (or was not a run
+        left running).
+        """
         try:
-            self.finish("failed", error=reason)
-        except RunDirError:
+            current = self.record().status
+        except RecordError:
+            current, recorded = None, False
+        else:
+            recorded = True
+        if current not in (None, "running", "interrupted"):
             return False
-        return True
+        fields: dict[str, Any] = {"error": reason}
+        if step is not None:
+            fields["step"] = step
+        try:
+            if recorded:
+                self.finish(status, **fields)
+        except RunDirError:
+            recorded = False
+        if end_session is not None and any(self.path.glob("*.session_start")):
+            try:
+                end_session(self.path, status, reason)
+            except Exception as err:
+                if write_failure(err) is None:
+                    raise
+                remove_empty_files(self.path, "events.out.tfevents.*")
+        return recorded
 
 
 def create_run_dir(logdir: str | os.PathLike, run_name: str) -> RunDir:

@@ -305,15 +305,19 @@ class RunRecorder:
         state = self.state
         if isinstance(err, TrainingInterruptedError | KeyboardInterrupt):
             step = state.last_saved if state else self.restore_point.step
-            _record_end(self.run_dir, "interrupted", step, err)
+            reason = _end_reason(self.run_dir, err)
+            with contextlib.suppress(RunDirError):
+                self.run_dir.finish("interrupted", step=step, error=reason)
         elif err is not None:
             # A NaN/Inf loss or weights is the model's own outcome (a search
             # looks for where that happens), not a fault of the pipeline.
             status = "diverged" if isinstance(err, NonFiniteLossError) else "failed"
-            step = state.step if state else self.restore_point.step
-            reason = _record_end(self.run_dir, status, step, err)
-            if self.is_chief:
-                _end_session_failed(self.run_dir, reason, status)
+            self.run_dir.mark_failed(
+                _end_reason(self.run_dir, err),
+                status=status,
+                step=state.step if state else self.restore_point.step,
+                end_session=hparams_lib.end_run if self.is_chief else None,
+            )
         if state is not None:
             state.logger.close()
 
@@ -328,8 +332,8 @@ def dataset_record(dataset: data_lib.Dataset) -> dict[str, object]:
     }
 
 
-def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> str:
-    """Records how a run ended and returns the reason recorded.
+def _end_reason(run_dir: RunDir, err: BaseException) -> str:
+    """The one line run.json records for the error that ended a run.
 
     A failed write is recorded as its one line (path and OS reason) and the
     empty event files it left are removed. If even the record cannot be
@@ -347,19 +351,7 @@ def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> 
         log = run_dir.write_error_log(err)
         if log is not None:
             reason += f" (full trace: {log})"
-    with contextlib.suppress(RunDirError):
-        run_dir.finish(status, step=step, error=reason)
     return reason
-
-
-def _end_session_failed(run_dir: RunDir, reason: str, status: str = "failed") -> None:
-    """Marks the HParams session failed (or diverged), unless the disk refuses."""
-    try:
-        hparams_lib.end_run(run_dir.path, status, reason)
-    except Exception as err:
-        if write_failure(err) is None:
-            raise
-        remove_empty_files(run_dir.path, "events.out.tfevents.*")
 
 
 def weights_digest(model: keras.Model) -> str:

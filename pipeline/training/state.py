@@ -15,7 +15,7 @@ import contextlib
 import dataclasses
 import pathlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import keras
 import numpy as np
@@ -213,7 +213,7 @@ class TrainState:
 
     def save_checkpoint(self, step: int) -> None:
         """Saves the run at `step`; refuses NaN/Inf weights; marks the save."""
-        if not recovery.all_finite(self.model.variables + self.optimizer.variables):
+        if not all_finite(self.model.variables + self.optimizer.variables):
             raise NonFiniteLossError(
                 f"weights are NaN/Inf at step {step}; not saved; last good "
                 f"checkpoint: {self.manager.latest_checkpoint or 'none'}"
@@ -268,6 +268,27 @@ class TrainState:
             best
         ).assert_existing_objects_matched()
         return best
+
+
+def rng_state_variables(model) -> list:
+    """The model's random-number state: Keras `SeedGenerator` state variables.
+
+    Keras 3 dropout draws from per-layer seed generators whose state lives in
+    variables that `model.variables` lists but `tf.train.Checkpoint(model=...)`
+    does not save; checkpointing them makes a resumed run draw the same
+    dropout masks as an uninterrupted one.
+    """
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def all_finite(variables: Iterable) -> bool:
+    """True when no floating-point variable holds NaN or Inf."""
+    for variable in variables:
+        value = np.asarray(variable.numpy())
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            return False
+    return True
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -384,7 +405,7 @@ def build_train_state(
         model=model,
         **steps.optimizer_trackables(optimizer),
         step=step_var,
-        rng=recovery.rng_state_variables(model),
+        rng=rng_state_variables(model),
         early_stopping=early_stopping,
     )
     manager, best_manager = _checkpoint_managers(
