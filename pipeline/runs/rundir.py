@@ -759,12 +759,15 @@ class RunDir:
         status: str = "failed",
         step: int | None = None,
         end_session: Callable[[pathlib.Path, str, str], None] | None = None,
+        keep_ended: bool = True,
     ) -> bool:
         """The one way a run is marked `failed` (or `diverged`), by the loop
         that ran it or by a sweep that found its process gone.
 
         Best effort: the record gets `status`, `reason` (and `step`), unless
-        it already tells how the run ended (`completed`, `failed`, ...); then
+        it already tells how the run ended (`completed`, `failed`, ...) and
+        `keep_ended` (a sweep judging a run it did not run; the loop that
+        failed after recording its end passes False); then
         the run's HParams session, if it has one, is closed with the same
         status through `end_session(path, status, reason)` (the writer lives
         in `pipeline.tensorboard.hparams`, a layer above this one). A full
@@ -778,7 +781,7 @@ class RunDir:
             current, recorded = None, False
         else:
             recorded = True
-        if current not in (None, "running", "interrupted"):
+        if keep_ended and current not in (None, "running", "interrupted"):
             return False
         fields: dict[str, Any] = {"error": reason}
         if step is not None:

@@ -317,6 +317,7 @@ class RunRecorder:
                 status=status,
                 step=state.step if state else self.restore_point.step,
                 end_session=hparams_lib.end_run if self.is_chief else None,
+                keep_ended=False,
             )
         if state is not None:
             state.logger.close()
