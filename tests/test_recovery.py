@@ -211,7 +211,7 @@ def test_clean_temp_checkpoints_removes_only_unfinished_saves(tmp_path):
     (tmp_path / "ckpt-20_temp" / "part-00000-of-00001").mkdir(parents=True)
     (tmp_path / "best" / "ckpt-10_temp").mkdir(parents=True)
     (tmp_path / "ckpt-10.index").write_text("x")
-    removed = recovery.clean_temp_checkpoints(tmp_path)
+    removed = checkpoints.clean_temp_checkpoints(tmp_path)
     assert sorted(p.name for p in removed) == ["ckpt-10_temp", "ckpt-20_temp"]
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["best", "ckpt-10.index"]
 
@@ -316,9 +316,11 @@ def test_divergence_stops_with_one_line_and_keeps_finite_checkpoints(tmp_path):
 def test_all_finite():
     import tensorflow as tf
 
-    assert recovery.all_finite([tf.Variable([1.0, 2.0]), tf.Variable(3)])
-    assert not recovery.all_finite([tf.Variable([1.0, np.inf])])
-    assert not recovery.all_finite([tf.Variable([np.nan])])
+    from pipeline.training import state as train_state
+
+    assert train_state.all_finite([tf.Variable([1.0, 2.0]), tf.Variable(3)])
+    assert not train_state.all_finite([tf.Variable([1.0, np.inf])])
+    assert not train_state.all_finite([tf.Variable([np.nan])])
 
 
 @pytest.mark.slow

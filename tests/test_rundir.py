@@ -66,3 +66,48 @@ def test_a_record_from_before_a_field_took_a_list_still_loads(tmp_path):
     )
     record = rundir.load_record(tmp_path)
     assert config_lib.config_from_dict(record.config).dense_dropout == (0.25,)
+
+
+def test_mark_failed_records_the_failure_and_closes_the_session_once(tmp_path):
+    """One "mark failed" for the loop and the sweep: the record and the HParams
+    session say `failed`; a sweep never turns a run that ended into a failure."""
+    from pipeline.tensorboard import hparams
+
+    run = rundir.create_run_dir(tmp_path, "r")
+    run.update_record(status="running", pid=1)
+    hparams.write_session_start(run.path, TINY)
+    closed = []
+
+    def end_session(path, status, reason):
+        closed.append((path, status, reason))
+        hparams.write_session_end(path, status, reason)
+
+    assert run.mark_failed("it died", step=7, end_session=end_session)
+    saved = json.loads((run.path / "run.json").read_text())
+    assert (saved["status"], saved["error"], saved["step"]) == ("failed", "it died", 7)
+    assert closed == [(run.path, "failed", "it died")]
+    assert list(run.path.glob("*.session_end"))
+
+    done = rundir.create_run_dir(tmp_path, "done")
+    done.update_record(status="running")
+    done.finish("completed")
+    assert not rundir.RunDir(done.path).mark_failed("late", end_session=end_session)
+    assert rundir.load_record(done.path).status == "completed"
+    assert len(closed) == 1
+
+
+def test_a_lock_holder_reads_its_record_once(tmp_path):
+    """The lock holder is the record's only writer: after the read that
+    follows `lock`, what it wrote is what it reads (no re-read of run.json)."""
+    run = rundir.create_run_dir(tmp_path, "r")
+    run.lock("test")
+    try:
+        run.start(TINY, {"name": "mnist_sample"}, precision={"policy": "float32"})
+        (run.path / "run.json").write_text("[]")  # only a rogue writer does this
+        assert run.record().status == "running"
+        assert run.record().data["precision"] == {"policy": "float32"}
+        run.lock("test")  # held already: still re-reads afterwards
+        with pytest.raises(rundir.RecordError, match="not a run record"):
+            run.record()
+    finally:
+        rundir.release_lock(run.path)

@@ -246,6 +246,34 @@ def test_resume_skips_a_truncated_latest_checkpoint_and_continues(
     assert saved_steps(run)[-2:] == [30, 40]
 
 
+def test_finished_run_with_a_garbled_latest_resumes_by_the_same_rule(
+    mlp_run, binary_run, tmp_path
+):
+    """One rule for "the latest checkpoint": the pre-check of `--resume`, the
+    resume itself and eval all take ckpt-20 when a finished run's ckpt-30 is
+    garbled, so the same --steps trains 20 -> 30 again instead of being
+    refused as "nothing to train"."""
+    run = damaged_copy(mlp_run, binary_run, tmp_path, "garbled_data")
+    before = run_cli(
+        "pipeline-eval", f"--run={run}", "--format=json", "--nowrite_summaries"
+    )
+    assert json.loads(before.stdout)["step"] == EARLIER, before.stderr
+    result = run_cli("pipeline-train", "--resume", f"--run={run}", f"--steps={LATEST}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    warning = only_line(result.stdout, "warning: ")
+    assert warning.startswith(f"warning: skipped checkpoint {run}/checkpoints/ckpt-30")
+    assert f"resuming mlp from step {EARLIER}" in result.stdout
+    assert record(run)["status"] == "completed"
+    assert record(run)["resumes"][-1]["from_step"] == EARLIER
+    assert saved_steps(run)[-1] == LATEST
+    after = run_cli(
+        "pipeline-eval", f"--run={run}", "--format=json", "--nowrite_summaries"
+    )
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["step"] == LATEST
+    assert "warning" not in after.stderr
+
+
 @pytest.mark.parametrize(
     "state",
     [None, b"\x00\xffgarbage{{{", b'model_checkpoint_path: "ckpt-0"\n'],

@@ -82,7 +82,8 @@ def _train_from_flags() -> None:
     if run_dir is None:
         run_dir, scratch = _new_run_dir(config, strategy, chief)
     print(f"run directory: {run_dir.path}", flush=True)
-    extra_actions = _study_actions(launch, chief)
+    link = _study_link(launch, chief)
+    extra_actions = _study_actions(link)
     try:
         result = loop.train_and_evaluate(
             config,
@@ -92,6 +93,8 @@ def _train_from_flags() -> None:
             resume=launch.mode == "resume",
             restore_dir=restore_dir,
             extra_actions=extra_actions,
+            # The record names its trial from its first write on.
+            record_fields={"trial": link.record()} if link else None,
         )
     finally:
         if scratch:
@@ -151,11 +154,18 @@ def _new_run_dir(
     return rundir.create_run_dir(scratch, run_name), scratch
 
 
-def _study_actions(launch: config_lib.Launch, chief: bool) -> list:
-    """The loop actions a sweep worker asks for when it started this run for
-    one of its study's trials (reporting to the pruner), else none."""
+def _study_link(launch: config_lib.Launch, chief: bool) -> trial_link.TrialLink | None:
+    """The sweep trial a worker started this run for (on the chief), else None."""
     link = trial_link.TrialLink.from_env()
     if link is None or not chief or launch.mode == "replay":
+        return None
+    return link
+
+
+def _study_actions(link: trial_link.TrialLink | None) -> list:
+    """The loop actions a sweep worker asks for when it started this run for
+    one of its study's trials (reporting to the pruner), else none."""
+    if link is None:
         return []
     from pipeline.sweep import pruning  # TensorFlow import
 

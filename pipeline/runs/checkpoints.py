@@ -6,9 +6,18 @@ when the save is complete) and a `checkpoint` state file naming the latest.
 The state file can be missing, stale or garbled while good checkpoints sit
 beside it, so nothing here trusts it: the checkpoints are the files.
 
-`choose_restorable` is the one rule every program uses (resume, eval,
-predict, export): the newest checkpoint that restores, each newer one skipped
-with one line saying why; an error naming the directory when none does.
+The one rule for "the latest checkpoint", used by every program (the
+`--resume` pre-check, resume, eval, predict, export): the newest checkpoint
+that restores. Newer ones whose files are incomplete, whose tensors do not
+read back (a checksum, a short read), whose step counter disagrees with their
+name, or that do not fit the run's model are skipped, each with one line
+saying why; an error names the directory when none restores. Checkpoints
+after the run's `--steps` are not the run's (`max_step`). `choose_restorable`
+applies the rule; `latest_restorable_step` answers "is the latest at or after
+step N?" with the same rule, verifying only the checkpoints that can change
+the answer, so a resume that extends a run needs no TensorFlow to be checked.
+`latest_step` (newest complete-looking, no TensorFlow) is only an upper bound
+on the rule's answer.
 Listing needs no TensorFlow; verifying a checkpoint imports it lazily.
 """
 
@@ -18,6 +27,7 @@ import dataclasses
 import os
 import pathlib
 import re
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +37,10 @@ from pipeline.errors import CheckpointError, NoCheckpointError
 from pipeline.runs.rundir import warn
 
 STATE_NAME = "checkpoint"
+# tf.train.CheckpointManager writes `ckpt-N_temp/` and renames it when the save
+# is complete; a kill mid-save leaves the directory behind and nothing else
+# removes it.
+TEMP_CHECKPOINT_PATTERN = "*_temp*"
 _FILE = re.compile(r"^ckpt-(\d+)\.(?:index|data-(\d+)-of-(\d+))$")
 # The saved step counter inside a checkpoint written by the training loop.
 STEP_KEY = "step/.ATTRIBUTES/VARIABLE_VALUE"
@@ -91,9 +105,32 @@ def complete_steps(directory: str | os.PathLike) -> list[int]:
 
 
 def latest_step(directory: str | os.PathLike) -> int:
-    """Step of the newest complete-looking checkpoint, 0 if none."""
+    """Step of the newest complete-looking checkpoint, 0 if none (no TensorFlow).
+
+    An upper bound on the rule's latest (module docstring), not the rule.
+    """
     steps = complete_steps(directory)
     return steps[-1] if steps else 0
+
+
+def latest_restorable_step(directory: str | os.PathLike, at_least: int) -> int:
+    """The rule's latest step (0: none restores) wherever it is >= `at_least`.
+
+    Below `at_least` the answer is only known to be below it: checkpoints
+    there are not verified (the caller asks "is anything left to do after
+    the latest?"), so a resume to a larger `--steps` imports no TensorFlow.
+    """
+    for checkpoint in reversed(list_checkpoints(directory)):
+        if checkpoint.problem() is not None:
+            continue
+        if checkpoint.step < at_least:
+            return checkpoint.step
+        try:
+            verify(checkpoint)
+        except CheckpointError:
+            continue
+        return checkpoint.step
+    return 0
 
 
 def verify(checkpoint: Checkpoint) -> None:
@@ -245,3 +282,19 @@ def write_state(directory: str | os.PathLike, chosen: Checkpoint) -> None:
     ]
     lines.append(f"last_preserved_timestamp: {time.time():.6f}")
     files.write_atomic(directory / STATE_NAME, "\n".join(lines) + "\n")
+
+
+def clean_temp_checkpoints(checkpoint_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Removes half-written checkpoint saves left by a killed process."""
+    removed = []
+    if not checkpoint_dir.is_dir():
+        return removed
+    for path in sorted(checkpoint_dir.rglob(TEMP_CHECKPOINT_PATTERN)):
+        if not path.exists():
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+        removed.append(path)
+    return removed

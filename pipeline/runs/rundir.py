@@ -501,9 +501,19 @@ def locked(directory: str | os.PathLike, program: str) -> Iterator[pathlib.Path]
 
 @dataclasses.dataclass
 class RunDir:
-    """A run's directory: its record, flagfile, lock and checkpoint directory."""
+    """A run's directory: its record, flagfile, lock and checkpoint directory.
+
+    A RunDir keeps the record it last read or wrote and serves that until
+    `lock` (which reads afresh once held): the process holding the lock is
+    the run's only writer, so a run is read once before its lock, once after
+    it, and never again while it trains. To see another process's later
+    write, make a new RunDir.
+    """
 
     path: pathlib.Path
+    _record: RunRecord | None = dataclasses.field(
+        default=None, repr=False, compare=False
+    )
 
     @property
     def name(self) -> str:
@@ -519,15 +529,23 @@ class RunDir:
 
     def record(self) -> RunRecord:
         """The strict read of this run's record (RecordError if damaged)."""
-        return load_record(self.path)
+        if self._record is None:
+            self._record = load_record(self.path)
+        return self._record
 
     def read_record(self) -> dict[str, Any]:
         """The record as a plain dict; RecordError if missing or damaged."""
         return self.record().data
 
     def lock(self, program: str) -> pathlib.Path:
-        """Holds this run's lock for the rest of the process; see `acquire_lock`."""
-        return acquire_lock(self.path, program)
+        """Holds this run's lock for the rest of the process; see `acquire_lock`.
+
+        The record is read afresh after this: another process may have
+        written it before the lock was ours.
+        """
+        path = acquire_lock(self.path, program)
+        self._record = None
+        return path
 
     def update_record(self, **fields: Any) -> dict[str, Any]:
         """Merges `fields` into the record and rewrites it atomically.
@@ -538,7 +556,8 @@ class RunDir:
         """
         if fields.get("error"):
             fields["error"] = one_line(str(fields["error"]))
-        record = self.read_record() if self.record_path.exists() else {}
+        known = self._record is not None or self.record_path.exists()
+        record = dict(self.read_record()) if known else {}
         if "status" in fields:
             current = record.get("status")
             if fields["status"] not in TRANSITIONS.get(current, frozenset()):
@@ -548,6 +567,7 @@ class RunDir:
                 )
         record.update(fields)
         write_json_atomic(self.record_path, record)
+        self._record = RunRecord(self.record_path, record)
         return record
 
     @property
@@ -562,8 +582,14 @@ class RunDir:
         files.write_atomic(path, text)
         return path
 
-    def start(self, config: TrainConfig, dataset_info: dict[str, Any]) -> None:
-        """Writes the flagfile and a `running` record before the first step."""
+    def start(
+        self, config: TrainConfig, dataset_info: dict[str, Any], **fields: Any
+    ) -> None:
+        """Writes the flagfile and a `running` record before the first step.
+
+        The record is written once: `fields` (the precision a run resolved,
+        the sweep trial it belongs to) go into that one write.
+        """
         import keras
         import numpy as np
         import tensorboard
@@ -591,6 +617,7 @@ class RunDir:
             sessions=[
                 provenance.record_session(self.path, [], now, files.write_atomic)
             ],
+            **fields,
         )
 
     def write_flagfile(self, config: TrainConfig) -> None:
@@ -601,12 +628,13 @@ class RunDir:
             "--run_name=NEW re-runs it.\n" + config_to_flagfile(config),
         )
 
-    def resume(self, config: TrainConfig, from_step: int) -> None:
+    def resume(self, config: TrainConfig, from_step: int, **fields: Any) -> None:
         """Marks the run `running` again, keeping its history of starts.
 
         Call only once the checkpoint to continue from is known to restore.
         The flagfile and the recorded config are rewritten because a resume
         may extend `--steps`; `resumes` lists every restart and its step.
+        One write, with `fields` in it (as `start`).
         """
         self.write_flagfile(config)
         self.reserve_space()
@@ -634,6 +662,7 @@ class RunDir:
             sessions=sessions,
             host=socket.gethostname(),
             pid=os.getpid(),
+            **fields,
         )
 
     def finish(self, status: str, **fields: Any) -> None:
@@ -681,13 +710,48 @@ class RunDir:
             return None
         return path
 
-    def mark_failed(self, reason: str) -> bool:
-        """Best effort: records `failed` with `reason`; False if even that fails."""
+    def mark_failed(
+        self,
+        reason: str,
+        *,
+        status: str = "failed",
+        step: int | None = None,
+        end_session: Callable[[pathlib.Path, str, str], None] | None = None,
+        keep_ended: bool = True,
+    ) -> bool:
+        """The one way a run is marked `failed` (or `diverged`), by the loop
+        that ran it or by a sweep that found its process gone.
+
+        Best effort: the record gets `status`, `reason` (and `step`), unless
+        it already tells how the run ended (`completed`, `failed`, ...) and
+        `keep_ended` (a sweep judging a run it did not run; the loop that
+        failed after recording its end passes False); then
+        the run's HParams session, if it has one, is closed with the same
+        status through `end_session(path, status, reason)` (the writer lives
+        in `pipeline.tensorboard.hparams`, a layer above this one; it must
+        survive a full disk: `hparams.end_failed_run`).
+        Returns False if the record could not be written (or was not a run
+        left running).
+        """
         try:
-            self.finish("failed", error=reason)
-        except RunDirError:
+            current = self.record().status
+        except RecordError:
+            current, recorded = None, False
+        else:
+            recorded = True
+        if keep_ended and current not in (None, "running", "interrupted"):
             return False
-        return True
+        fields: dict[str, Any] = {"error": reason}
+        if step is not None:
+            fields["step"] = step
+        try:
+            if recorded:
+                self.finish(status, **fields)
+        except RunDirError:
+            recorded = False
+        if end_session is not None and any(self.path.glob("*.session_start")):
+            end_session(self.path, status, reason)
+        return recorded
 
 
 def create_run_dir(logdir: str | os.PathLike, run_name: str) -> RunDir:

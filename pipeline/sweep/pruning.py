@@ -28,9 +28,9 @@ class ReportToStudy(Action):
         self.worker: RunEnd | None = None
 
     def start(self, state: TrainState) -> None:
+        # The run record names its trial from its first write on: the
+        # loop's begin write (`record_fields` of `train_and_evaluate`).
         self.worker = RunEnd(self.link.fd)
-        # The run record names its trial from the first step on.
-        state.run_dir.update_record(trial=self.link.record())
 
     def __call__(self, state: TrainState, chunk: Chunk) -> Chunk | None:
         if not chunk.evaluated:

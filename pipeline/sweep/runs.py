@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import itertools
 import os
 import pathlib
@@ -21,12 +22,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pipeline import config as config_lib
-from pipeline import variants
+from pipeline import processes, variants
 from pipeline.runs import checkpoints, rundir
 from pipeline.runs.rundir import config_to_flagfile
 from pipeline.sweep import SweepError, space
 from pipeline.tensorboard import hparams as hparams_lib
-from pipeline.training import recovery
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,21 +112,18 @@ def resumable(path: pathlib.Path) -> bool:
     `interrupted` (or `running`, its process gone) with a checkpoint."""
     record = read_record(path)
     status = record.get("status")
-    if status == "running" and recovery.owner_alive(record):
+    if status == "running" and processes.owner_alive(record):
         return False
     has_checkpoint = checkpoints.latest_step(path / rundir.CHECKPOINT_DIR) > 0
     return status in ("interrupted", "running") and has_checkpoint
 
 
 def mark_failed(path: pathlib.Path, reason: str) -> None:
-    """Marks a run whose process is gone `failed` (record and HParams session)."""
-    record = read_record(path)
-    if record.get("status") not in (None, "running", "interrupted"):
-        return
-    if record:
-        rundir.RunDir(path).update_record(status="failed", error=reason)
-    if any(path.glob("*.session_start")) and not any(path.glob("*.session_end")):
-        hparams_lib.write_session_end(path, "failed", reason)
+    """Marks a run whose process is gone `failed` (record and HParams session),
+    by `RunDir.mark_failed`, the rule the training loop uses too."""
+    rundir.RunDir(path).mark_failed(
+        reason, end_session=functools.partial(hparams_lib.end_failed_run, refresh=False)
+    )
 
 
 def move_aside(path: pathlib.Path, record: dict) -> pathlib.Path:
@@ -175,7 +172,7 @@ def triage(
                 )
             done.append(run)
             continue
-        if record.get("status") == "running" and recovery.owner_alive(record):
+        if record.get("status") == "running" and processes.owner_alive(record):
             raise SweepError(
                 f"{run.path}: still running (pid {record['pid']}); "
                 "wait for it or stop it"

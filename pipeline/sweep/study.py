@@ -25,9 +25,9 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from pipeline import processes
 from pipeline.sweep import SweepError, optuna_adapter, space
 from pipeline.sweep.storage import safe_url
-from pipeline.training import recovery
 
 # Metric -> the direction it implies.
 METRICS = {"test/accuracy": "maximize", "test/loss": "minimize"}
@@ -263,7 +263,7 @@ def fail_dead_trials(
         worker = trial.user_attrs.get("worker")
         if not worker or worker.get("host") != socket.gethostname():
             continue
-        if recovery.owner_alive(worker):
+        if processes.owner_alive(worker):
             continue
         dead = optuna_adapter.fail_running_trial(
             storage, study.study_name, trial.number

@@ -564,6 +564,25 @@ def end_run(run_dir: str | os.PathLike, status: str, reason: str | None) -> None
     refresh_experiment_configs(run_dir)
 
 
+def end_failed_run(
+    run_dir: str | os.PathLike, status: str, reason: str, *, refresh: bool = True
+) -> None:
+    """Ends a failed run's session (`end_run`; `refresh=False`: the session only).
+
+    A disk too full for the session's file is no second failure: the run's
+    record already says what went wrong, and the empty event file the
+    refused write left is removed (a reader would trip over it).
+    """
+    try:
+        write_session_end(run_dir, status, reason)
+        if refresh:
+            refresh_experiment_configs(run_dir)
+    except Exception as err:
+        if rundir.write_failure(err) is None:
+            raise
+        events.remove_empty(pathlib.Path(run_dir))
+
+
 @dataclasses.dataclass
 class BestMetrics:
     """Running best test accuracy (max) and loss (min), with their steps.

@@ -11,7 +11,7 @@ evaluation, a stop request) travels on the chunk to the actions after it
 (`pipeline.training.chunks`). What
 outlives a chunk is one `TrainState` (`pipeline.training.state`); how a run is
 recorded (run.json status, the HParams session) is one context manager,
-`RunRecord`. `pipeline.training.steps` owns the math.
+`RunRecorder`. `pipeline.training.steps` owns the math.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
+from pipeline import precision as precision_lib
 from pipeline.config import TrainConfig, epoch_of, resolve_epochs, steps_per_epoch
 from pipeline.errors import (
     NonFiniteLossError,
@@ -73,7 +74,7 @@ from pipeline.training.state import (
 
 __all__ = [
     "NonFiniteLossError",
-    "RunRecord",
+    "RunRecorder",
     "TrainResult",
     "TrainingError",
     "TrainingInterruptedError",
@@ -110,6 +111,7 @@ def train_and_evaluate(
     resume: bool = False,
     restore_dir: pathlib.Path | None = None,
     extra_actions: Sequence[Action] = (),
+    record_fields: dict[str, object] | None = None,
 ) -> TrainResult:
     """Trains `config`'s model on `dataset`, logging into `run_dir`.
 
@@ -121,7 +123,8 @@ def train_and_evaluate(
     position, dropout RNG, early-stopping state); a non-chief worker passes
     the chief's checkpoint directory as `restore_dir`. `extra_actions` are
     called after each chunk too (`run_actions`).
-    The run's record is kept by `RunRecord`.
+    The run's record is kept by `RunRecorder`; `record_fields` (a sweep
+    trial's link) go into the record's first write.
     """
     strategy = strategy or tf.distribute.get_strategy()
     check_can_train(config, dataset, strategy)
@@ -131,7 +134,9 @@ def train_and_evaluate(
     # The chief's run, named the same on every worker (--run_name is required).
     run_path = pathlib.Path(config.logdir) / (config.run_name or run_dir.name)
     with (
-        RunRecord(config, run_dir, dataset, strategy, restore_point) as record,
+        RunRecorder(
+            config, run_dir, dataset, strategy, restore_point, record_fields
+        ) as record,
         distribute.peers_watched(strategy, run_path, lambda: record.step),
     ):
         if restore_point.resumed:
@@ -299,7 +304,7 @@ def finish(
     return RunOutcome(result, record, status)
 
 
-class RunRecord:
+class RunRecorder:
     """How a run is recorded from start to end: run.json and the HParams session.
 
     Entering marks the run `running` (a new run, or a resume that keeps its
@@ -318,7 +323,9 @@ class RunRecord:
         dataset: data_lib.Dataset,
         strategy: tf.distribute.Strategy,
         restore_point: RestorePoint,
+        record_fields: dict[str, object] | None = None,
     ):
+        self.record_fields = dict(record_fields or {})
         self.config = config
         self.run_dir = run_dir
         self.dataset = dataset
@@ -326,12 +333,15 @@ class RunRecord:
         self.restore_point = restore_point
         self.state: TrainState | None = None
 
-    def __enter__(self) -> RunRecord:
+    def __enter__(self) -> RunRecorder:
         point, run_dir = self.restore_point, self.run_dir
+        # One write of run.json before the first step, holding all it knows.
+        precision = precision_lib.resolve(self.config.precision, self.config.model)
+        fields = {"precision": precision.as_record(), **self.record_fields}
         if point.resumed and self.is_chief:
-            run_dir.resume(self.config, from_step=point.step)
+            run_dir.resume(self.config, from_step=point.step, **fields)
         else:
-            run_dir.start(self.config, dataset_record(self.dataset))
+            run_dir.start(self.config, dataset_record(self.dataset), **fields)
         if self.is_chief and point.step == 0:
             hparams_lib.start_run(run_dir.path, self.config)
         if self.is_chief:
@@ -371,15 +381,20 @@ class RunRecord:
         state = self.state
         if isinstance(err, TrainingInterruptedError | KeyboardInterrupt):
             step = state.last_saved if state else self.restore_point.step
-            _record_end(self.run_dir, "interrupted", step, err)
+            reason = _end_reason(self.run_dir, err)
+            with contextlib.suppress(RunDirError):
+                self.run_dir.finish("interrupted", step=step, error=reason)
         elif err is not None:
             # A NaN/Inf loss or weights is the model's own outcome (a search
             # looks for where that happens), not a fault of the pipeline.
             status = "diverged" if isinstance(err, NonFiniteLossError) else "failed"
-            step = state.step if state else self.restore_point.step
-            reason = _record_end(self.run_dir, status, step, err)
-            if self.is_chief:
-                _end_session_failed(self.run_dir, reason, status)
+            self.run_dir.mark_failed(
+                _end_reason(self.run_dir, err),
+                status=status,
+                step=state.step if state else self.restore_point.step,
+                end_session=hparams_lib.end_failed_run if self.is_chief else None,
+                keep_ended=False,
+            )
         if state is not None:
             state.logger.close()
 
@@ -394,8 +409,8 @@ def dataset_record(dataset: data_lib.Dataset) -> dict[str, object]:
     }
 
 
-def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> str:
-    """Records how a run ended and returns the reason recorded.
+def _end_reason(run_dir: RunDir, err: BaseException) -> str:
+    """The one line run.json records for the error that ended a run.
 
     A failed write is recorded as its one line (path and OS reason) and the
     empty event files it left are removed. If even the record cannot be
@@ -413,19 +428,7 @@ def _record_end(run_dir: RunDir, status: str, step: int, err: BaseException) -> 
         log = run_dir.write_error_log(err)
         if log is not None:
             reason += f" (full trace: {log})"
-    with contextlib.suppress(RunDirError):
-        run_dir.finish(status, step=step, error=reason)
     return reason
-
-
-def _end_session_failed(run_dir: RunDir, reason: str, status: str = "failed") -> None:
-    """Marks the HParams session failed (or diverged), unless the disk refuses."""
-    try:
-        hparams_lib.end_run(run_dir.path, status, reason)
-    except Exception as err:
-        if write_failure(err) is None:
-            raise
-        events.remove_empty(run_dir.path)
 
 
 def weights_digest(model: keras.Model) -> str:

@@ -1,10 +1,15 @@
-"""Surviving kills: which run to resume, and checkpoint hygiene.
+"""Surviving kills: which run to resume, and with which config.
 
 A resumed run continues from its latest checkpoint under its *saved* config:
 flags that would change the math are refused, so a resumed run computes what
 the uninterrupted run would have. Everything here that runs before training
 (finding the run, checking it, cleaning it) avoids importing TensorFlow, so
-bad input fails in well under a second.
+bad input fails in well under a second. Which checkpoint it continues from
+is `pipeline.runs.checkpoints`' rule; whether a run's process lives is
+`pipeline.processes`'.
+
+The `SessionLog.START` writer and the scalar reader below are event-file
+code, left here for the event-file owner (issue 20b) to move.
 """
 
 from __future__ import annotations
@@ -13,21 +18,14 @@ import dataclasses
 import os
 import pathlib
 import shutil
-import socket
 from collections.abc import Callable, Iterable
 
-import numpy as np
-
 from pipeline import config as config_lib
+from pipeline import processes
 from pipeline.config import Launch, TrainConfig
 from pipeline.errors import ConfigError, DataError, RunDirError
 from pipeline.runs import checkpoints
 from pipeline.runs.rundir import RunDir, RunRecord, open_run_dir
-
-# tf.train.CheckpointManager writes `ckpt-N_temp/` and renames it when the save
-# is complete; a kill mid-save leaves the directory behind and nothing else
-# removes it.
-TEMP_CHECKPOINT_PATTERN = "*_temp*"
 
 
 def resolve_run(launch: Launch) -> RunDir:
@@ -87,38 +85,6 @@ def merge_overrides(
     return dataclasses.replace(saved, **updates)
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie (killed, not yet reaped) is dead; an unrelated process that
-    # reused the pid does not mention the pipeline on its command line.
-    proc = pathlib.Path(f"/proc/{pid}")
-    try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        cmdline = (proc / "cmdline").read_bytes()
-    except (OSError, IndexError):
-        return True
-    if state == "Z":
-        return False
-    return not cmdline or b"pipeline" in cmdline
-
-
-def owner_alive(record: RunRecord | dict) -> bool:
-    """Whether the process a run record names is alive on this host.
-
-    Used by `--resume` and by sweeps to tell a live run from one whose process
-    died (`kill -9`, a crash, a reboot).
-    """
-    pid = record.get("pid")
-    if record.get("host") != socket.gethostname() or not isinstance(pid, int):
-        return False
-    return _process_alive(pid)
-
-
 def check_not_running(run_dir: RunDir) -> None:
     """Refuses to resume a run whose recorded process is still alive.
 
@@ -129,27 +95,11 @@ def check_not_running(run_dir: RunDir) -> None:
     if record.status != "running":
         return
     pid = record.pid
-    if pid != os.getpid() and owner_alive(record):
+    if pid != os.getpid() and processes.owner_alive(record):
         raise RunDirError(
             f"{run_dir.path}: still being trained by pid {pid}; stop it first "
             "(SIGINT/SIGTERM saves a checkpoint) or wait for it"
         )
-
-
-def clean_temp_checkpoints(checkpoint_dir: pathlib.Path) -> list[pathlib.Path]:
-    """Removes half-written checkpoint saves left by a killed process."""
-    removed = []
-    if not checkpoint_dir.is_dir():
-        return removed
-    for path in sorted(checkpoint_dir.rglob(TEMP_CHECKPOINT_PATTERN)):
-        if not path.exists():
-            continue
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-        removed.append(path)
-    return removed
 
 
 def _refuse_multi_worker(config: TrainConfig, action: str) -> None:
@@ -176,7 +126,7 @@ def prepare_resume(launch: Launch) -> tuple[RunDir, TrainConfig]:
     _check_resumable(run_dir, launch)
     run_dir.lock("pipeline-train --resume")
     config = _check_resumable(run_dir, launch)
-    clean_temp_checkpoints(run_dir.checkpoint_dir)
+    checkpoints.clean_temp_checkpoints(run_dir.checkpoint_dir)
     return run_dir, config
 
 
@@ -210,7 +160,9 @@ def _check_resumable(run_dir: RunDir, launch: Launch) -> TrainConfig:
     check_not_running(run_dir)
     check_files_match_record(run_dir)
     config = merge_overrides(saved_config(run_dir), launch.config, launch.explicit)
-    step = checkpoints.latest_step(run_dir.checkpoint_dir)
+    # The latest by the one rule (`pipeline.runs.checkpoints`), the one the
+    # resume then continues from.
+    step = checkpoints.latest_restorable_step(run_dir.checkpoint_dir, config.steps)
     if config.steps <= step:
         raise ConfigError(
             f"{run_dir.path}: status {run_dir.status}, latest checkpoint at step "
@@ -221,18 +173,17 @@ def _check_resumable(run_dir: RunDir, launch: Launch) -> TrainConfig:
 
 
 def choose_resume_checkpoint(
-    run_dir: RunDir,
-    config: TrainConfig,
-    restore: Callable[[str], object],
-    report: Callable[[str], None],
+    run_dir: RunDir, config: TrainConfig, report: Callable[[str], None]
 ) -> checkpoints.Checkpoint | None:
     """The checkpoint a resume continues from: the newest that restores.
 
-    `restore(prefix)` restores the run's model (it raises if it cannot).
-    Each newer checkpoint that does not restore is skipped with one `report`
-    line; the `checkpoint` state file is then rewritten to name the chosen
-    one, so the checkpoint manager continues from it. None: the run saved no
-    checkpoint yet (it starts again from step 0).
+    Chosen by `checkpoints.choose_restorable`, which verifies it (every
+    tensor read back once); the loop then restores it once, into the run's
+    own model and optimizer. Each newer checkpoint that does not verify is
+    skipped with one `report` line; the `checkpoint` state file is then
+    rewritten to name the chosen one, so the checkpoint manager continues
+    from it. None: the run saved no checkpoint yet (it starts again from
+    step 0).
 
     Raises:
       CheckpointError: checkpoints exist but none restores (the run is left
@@ -240,7 +191,7 @@ def choose_resume_checkpoint(
     """
     try:
         chosen, _ = checkpoints.choose_restorable(
-            run_dir.checkpoint_dir, restore, max_step=config.steps, report=report
+            run_dir.checkpoint_dir, max_step=config.steps, report=report
         )
     except checkpoints.NoCheckpointError:
         return None
@@ -300,10 +251,7 @@ def prepare_rerun(launch: Launch) -> tuple[RunRecord, Launch]:
 
 
 def copy_chosen_checkpoint(
-    source: pathlib.Path,
-    target: pathlib.Path,
-    config: TrainConfig,
-    restore: Callable[[str], object],
+    source: pathlib.Path, target: pathlib.Path, config: TrainConfig
 ) -> None:
     """Copies the checkpoint the chief resumes from (same rule) into `target`.
 
@@ -313,7 +261,6 @@ def copy_chosen_checkpoint(
     try:
         chosen, _ = checkpoints.choose_restorable(
             source,
-            restore,
             max_step=config.steps,
             report=lambda _: None,  # the chief names what it skipped
         )
@@ -323,27 +270,6 @@ def copy_chosen_checkpoint(
     for path in chosen.files:
         shutil.copy2(path, target / path.name)
     checkpoints.write_state(target, checkpoints.list_checkpoints(target)[-1])
-
-
-def rng_state_variables(model) -> list:
-    """The model's random-number state: Keras `SeedGenerator` state variables.
-
-    Keras 3 dropout draws from per-layer seed generators whose state lives in
-    variables that `model.variables` lists but `tf.train.Checkpoint(model=...)`
-    does not save; checkpointing them makes a resumed run draw the same
-    dropout masks as an uninterrupted one.
-    """
-    weights = {id(w) for w in model.weights}
-    return [v for v in model.variables if id(v) not in weights]
-
-
-def all_finite(variables: Iterable) -> bool:
-    """True when no floating-point variable holds NaN or Inf."""
-    for variable in variables:
-        value = np.asarray(variable.numpy())
-        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-            return False
-    return True
 
 
 def check_same_data(run_dir: RunDir, dataset) -> None:

@@ -16,17 +16,24 @@ import contextlib
 import dataclasses
 import pathlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from pipeline import data as data_lib
 from pipeline import models
 from pipeline import precision as precision_lib
 from pipeline.config import TrainConfig, use_jit_compile
-from pipeline.errors import NonFiniteLossError, RunDirError, WorkerPreemptedError
+from pipeline.errors import (
+    CheckpointError,
+    NonFiniteLossError,
+    RunDirError,
+    WorkerPreemptedError,
+)
+from pipeline.runs import checkpoints
 from pipeline.runs.rundir import MODEL_SUMMARY_NAME, RunDir
 from pipeline.tensorboard import events
 from pipeline.tensorboard.summaries import SummaryLogger
@@ -52,29 +59,24 @@ def choose_restore_point(
 ) -> RestorePoint:
     """The checkpoint a run continues from (the one place that chooses it).
 
-    The newest checkpoint that restores into `config`'s model, by the rule
-    of `pipeline.runs.checkpoints.choose_restorable`; each newer one that
-    does not is named in a `warning:` line. A non-chief worker passes the
-    chief's checkpoint directory as `restore_dir`: the preemption handler
-    restores its step counter from the worker's own directory, so the worker
-    restores from a copy of the checkpoint the chief chose, and every worker
-    then agrees.
+    The newest checkpoint that restores, by the rule of
+    `pipeline.runs.checkpoints`; each newer one that does not is named in a
+    `warning:` line. It is verified here and restored once, into the run's
+    own objects, by `TrainState.restore` (no model is built to try it).
+    A non-chief worker passes the chief's checkpoint directory as
+    `restore_dir`: the preemption handler restores its step counter from the
+    worker's own directory, so the worker restores from a copy of the
+    checkpoint the chief chose, and every worker then agrees.
 
     Raises:
       CheckpointError: checkpoints exist but none restores.
     """
     if not resume:
         return RestorePoint()
-
-    def restore(prefix: str) -> keras.Model:
-        return models.restore_model(config, prefix)
-
     if restore_dir is not None and restore_dir != run_dir.checkpoint_dir:
-        recovery.copy_chosen_checkpoint(
-            restore_dir, run_dir.checkpoint_dir, config, restore
-        )
+        recovery.copy_chosen_checkpoint(restore_dir, run_dir.checkpoint_dir, config)
     chosen = recovery.choose_resume_checkpoint(
-        run_dir, config, restore, lambda line: print_fn(f"warning: {line}")
+        run_dir, config, lambda line: print_fn(f"warning: {line}")
     )
     step = chosen.step if chosen else 0
     checkpoint = str(chosen.prefix) if chosen else None
@@ -169,7 +171,7 @@ class TrainState:
 
     def save_checkpoint(self, step: int) -> None:
         """Saves the run at `step`; refuses NaN/Inf weights; marks the save."""
-        if not recovery.all_finite(self.model.variables + self.optimizer.variables):
+        if not all_finite(self.model.variables + self.optimizer.variables):
             raise NonFiniteLossError(
                 f"weights are NaN/Inf at step {step}; not saved; last good "
                 f"checkpoint: {self.manager.latest_checkpoint or 'none'}"
@@ -193,12 +195,19 @@ class TrainState:
     def restore(self, point: RestorePoint) -> None:
         """Restores `point`'s checkpoint into the run (the one place a run's
         checkpoint is restored); a fresh start restores nothing."""
-        if point.checkpoint is not None:
-            status = self.checkpoint.restore(point.checkpoint)
-            # Every object of the run must come back; a checkpoint from before
-            # the input position was recomputed also holds the data iterator's
-            # state, which is left unread (expect_partial: no exit warning).
+        if point.checkpoint is None:
+            return
+        status = self.checkpoint.restore(point.checkpoint)
+        # Every object of the run must come back; a checkpoint from before
+        # the input position was recomputed also holds the data iterator's
+        # state, which is left unread (expect_partial: no exit warning).
+        try:
             status.assert_existing_objects_matched().expect_partial()
+        except AssertionError as err:
+            raise CheckpointError(
+                f"{point.checkpoint}: does not fit this run's model "
+                f"({checkpoints.describe(err)})"
+            ) from None
 
     def raise_preempted(self) -> None:
         """The preemption handler's exit: every worker has saved this step."""
@@ -207,6 +216,27 @@ class TrainState:
             f"preempted: a worker got SIGTERM; every worker saved step "
             f"{self.last_saved}; restart each one with --resume"
         )
+
+
+def rng_state_variables(model) -> list:
+    """The model's random-number state: Keras `SeedGenerator` state variables.
+
+    Keras 3 dropout draws from per-layer seed generators whose state lives in
+    variables that `model.variables` lists but `tf.train.Checkpoint(model=...)`
+    does not save; checkpointing them makes a resumed run draw the same
+    dropout masks as an uninterrupted one.
+    """
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
+def all_finite(variables: Iterable) -> bool:
+    """True when no floating-point variable holds NaN or Inf."""
+    for variable in variables:
+        value = np.asarray(variable.numpy())
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            return False
+    return True
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -306,8 +336,6 @@ def build_train_state(
             events.session_start_step(restored_step),
         )
     model, optimizer, precision = _model_and_optimizer(config, strategy)
-    if is_chief:
-        run_dir.update_record(precision=precision.as_record())
     summary = models.summary_text(model) + "\n" + precision.describe()
     print_fn(summary)
     iterator = _train_iterator(config, dataset, strategy, restored_step)
@@ -317,7 +345,7 @@ def build_train_state(
         model=model,
         **steps.optimizer_trackables(optimizer),
         step=step_var,
-        rng=recovery.rng_state_variables(model),
+        rng=rng_state_variables(model),
         **checkpointed,
     )
     manager = _checkpoint_manager(config, run_dir, checkpoint, step_var)
