@@ -40,6 +40,7 @@ TF_FREE_MODULES = (
     "pipeline.sweep.storage",
     "pipeline.sweep.study",
     "pipeline.sweep.summary",
+    "pipeline.sweep.trainer",
     "pipeline.sweep.worker",
     "pipeline.training.distribute",
     "pipeline.training.recovery",
