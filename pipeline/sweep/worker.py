@@ -377,12 +377,14 @@ class Worker:
         self.process = trainer.process
         with ours:
             end = link_lib.WorkerEnd(ours)
-            while (returncode := trainer.poll()) is None:
-                question = end.question(timeout=0.2)
+            # Short waits: the run's end is seen within 50 ms of it.
+            returncode = None
+            while returncode is None:
+                question = None if end.closed else end.question(timeout=0.05)
                 if question is not None:
                     end.answer(self.judge(trial, question, run.repeat))
-                elif end.closed:
-                    time.sleep(0.2)
+                else:
+                    returncode = trainer.poll(timeout=0.05 if end.closed else 0)
         self.process = None
         if not trainer.alive:  # killed or crashed: the next run gets a new one
             self.close_trainer()
@@ -392,8 +394,9 @@ class Worker:
         """The training process for a run of `config`: the one already
         started when it has the process-wide settings the run needs."""
         settings = trainer_lib.process_settings(config)
-        if self.trainer is not None and self.trainer.settings != settings:
-            self.close_trainer()
+        trainer = self.trainer
+        if trainer is not None and (trainer.settings != settings or not trainer.alive):
+            self.close_trainer()  # another kind of run, or killed between runs
         if self.trainer is None:
             self.trainer = trainer_lib.Trainer(self.env, settings, _die_with_parent)
         return self.trainer
