@@ -141,7 +141,10 @@ def serve(control_fd: int) -> int:
         with run_output(log_fd):
             status = train_one(request["argv"], request["link"], link_fd)
         fresh_state(link_fd)
-        control.send(json.dumps({"exit": status}).encode())
+        try:
+            control.send(json.dumps({"exit": status}).encode())
+        except OSError:  # the worker is gone (its run said `interrupted`)
+            return status
 
 
 def streams_ready() -> None:
