@@ -60,7 +60,7 @@ bench: venv fashion-mnist
 	  failed=""; \
 	  for bench in "flops" "throughput --json_out=$(BENCH_OUT)/throughput.json" \
 	      "input_pipeline --throughput_json=$(BENCH_OUT)/throughput.json" \
-	      profile startup accuracy footprint; do \
+	      profile startup sweep accuracy footprint; do \
 	    $(BIN)/python -m benchmarks.$$bench || failed="$$failed $${bench%% *}"; \
 	  done; \
 	  echo "load average at the end $$(cut -d' ' -f1-3 /proc/loadavg)"; \

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import read_events, scalar_series
 
+from pipeline.tensorboard.events import tensor_proto_bytes
 from pipeline.tensorboard.summaries import BackgroundWriter, tile_images
 
 FAMILIES = ("logreg", "mlp", "cnn")
@@ -89,6 +90,25 @@ def test_learning_rate_scalar_is_the_configured_rate(trained_runs):
 
 def test_no_validation_writer_without_validation_split(trained_runs):
     assert not (trained_runs["cnn"].path / "validation").exists()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.linspace(-1, 1, 90).reshape(30, 3),  # a histogram
+        np.linspace(-1, 1, 90).reshape(3, 30).T,  # not C-contiguous
+        np.zeros((0, 3)),
+        np.float64(3.0),
+        np.ones((1, 1), np.float32),
+        np.arange(6, dtype=np.int64).reshape(2, 3),
+    ],
+)
+def test_tensor_proto_bytes_are_tensorflows(array):
+    """The writer's hand-built TensorProto is the one TensorFlow serializes."""
+    import tensorflow as tf
+
+    expected = tf.make_tensor_proto(np.asarray(array)).SerializeToString()
+    assert tensor_proto_bytes(array) == expected
 
 
 def test_tile_images_lays_out_a_grid_with_borders():

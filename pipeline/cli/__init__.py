@@ -194,6 +194,26 @@ def _one_line_usage_errors(
     return run_main
 
 
+def run_in_process(
+    prog: str, main: Callable[[list[str]], None], argv: list[str]
+) -> int:
+    """Runs an entry point's `main` on `argv` as `start` does, in this
+    process, and returns its exit status instead of exiting with it: a sweep
+    worker's warm training process (`pipeline.cli.sweep_trainer`) trains run
+    after run this way. The flags are parsed afresh (every flag back at its
+    default first); `sys.argv` is `argv` while it runs.
+    """
+    sys.argv = list(argv)
+    flags.FLAGS.unparse_flags()
+    try:
+        rest = one_line_flags_parser(prog)(sys.argv)
+        _one_line_usage_errors(prog, main)(rest)
+    except SystemExit as done:
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 0
+
+
 def _flagfile_args(args: list[str]) -> list[str]:
     """The files `--flagfile=F` / `--flagfile F` arguments name, in order."""
     found = []

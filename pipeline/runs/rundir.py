@@ -484,6 +484,13 @@ def release_lock(directory: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def release_all_locks() -> None:
+    """Drops every lock this process holds: a process that trains run after
+    run (a sweep's warm trainer) lets go of each run when it ends."""
+    for key in list(_HELD):
+        os.close(_HELD.pop(key))
+
+
 @contextlib.contextmanager
 def locked(directory: str | os.PathLike, program: str) -> Iterator[pathlib.Path]:
     """`acquire_lock` for the body of a `with`, released after it."""

@@ -29,7 +29,6 @@ from pipeline.sweep.worker import (
     run_workers,
     seeds,
 )
-from pipeline.tensorboard import hparams as hparams_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,9 +205,8 @@ def _run(sweep: Sweep, workers: int) -> int:
     differing = {axis.flag for axis in sweep.axes} | (
         {"seed"} if sweep.repeats > 1 else set()
     )
-    hparams_lib.write_experiment_config(sweep.experiment, differing)
     try:
-        outcomes = run_workers(sweep, storage, workers, progress)
+        outcomes = run_workers(sweep, storage, workers, progress, differing)
     except KeyboardInterrupt:
         print(
             "pipeline-sweep: interrupted; run the same command again to finish",

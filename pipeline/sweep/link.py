@@ -65,7 +65,9 @@ class RunEnd:
     """The training process's end: asks whether to go on after an evaluation."""
 
     def __init__(self, fd: int):
-        self.sock = socket.socket(fileno=fd)
+        # A copy of the descriptor: the process that passed `fd` closes its
+        # own (a warm trainer, after the run), never one reused meanwhile.
+        self.sock = socket.socket(fileno=os.dup(fd))
 
     def ask(self, step: int, value: float) -> str:
         """ "" to go on, or what says stop (`median pruner`).

@@ -193,8 +193,12 @@ def metric_value(record: dict[str, Any], metric: str) -> float | None:
 def train_command(run: PlannedRun, resume: bool = False) -> list[str]:
     """The `pipeline-train` command line of `run` (its full resolved flags),
     or the one that continues it from its checkpoint."""
-    program = [sys.executable, "-m", "pipeline.cli.train"]
+    return [sys.executable, "-m", "pipeline.cli.train", *train_flags(run, resume)]
+
+
+def train_flags(run: PlannedRun, resume: bool = False) -> list[str]:
+    """The flags of `train_command` (what a warm trainer parses)."""
     if resume:
-        return [*program, "--resume", f"--run={run.path}"]
+        return ["--resume", f"--run={run.path}"]
     lines = config_to_flagfile(run.config).splitlines()
-    return [*program, *lines, f"--run_name={run.name}"]
+    return [*lines, f"--run_name={run.name}"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import json
 import os
 import pathlib
 import signal
@@ -43,6 +44,7 @@ from pipeline.sweep import runs as runs_lib
 from pipeline.sweep import space
 from pipeline.sweep import storage as storage_lib
 from pipeline.sweep import study as study_lib
+from pipeline.sweep import trainer as trainer_lib
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard import seed_bands
 
@@ -177,10 +179,14 @@ class Worker:
         )
         if sweep.sampler == "grid":  # a grid takes unvisited points: seed once
             self.study.sampler = self.sampler(sweep.base.seed)
-        self.process: subprocess.Popen | None = None
+        self.process: subprocess.Popen | None = None  # training a run now
         self.lost: BaseException | None = None  # the storage's error, once lost
         level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
         self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level)
+        # Started now, so that TensorFlow's import overlaps the sweep's set-up.
+        self.trainer: trainer_lib.Trainer | None = trainer_lib.Trainer(
+            self.env, trainer_lib.process_settings(sweep.base), _die_with_parent
+        )
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         sweep = self.sweep
@@ -190,14 +196,17 @@ class Worker:
 
     def run(self) -> list[TrialOutcome]:
         outcomes = []
-        while not self.stop.is_set():
-            outcome = self.take_trial()
-            if outcome is None:
-                break
-            outcomes.append(outcome)
-            hparams_lib.write_experiment_config(self.sweep.experiment)
-            seed_bands.update(self.sweep.experiment)
-            self.progress.trial_finished(outcome)
+        try:
+            while not self.stop.is_set():
+                outcome = self.take_trial()
+                if outcome is None:
+                    break
+                outcomes.append(outcome)
+                hparams_lib.write_experiment_config(self.sweep.experiment)
+                seed_bands.update(self.sweep.experiment)
+                self.progress.trial_finished(outcome)
+        finally:
+            self.close_trainer()
         return outcomes
 
     def take_trial(self) -> TrialOutcome | None:
@@ -348,35 +357,54 @@ class Worker:
         return RunOutcome(run.name, seed, "failed", None, message)
 
     def train_process(self, trial, run, resume: bool) -> tuple[int, pathlib.Path]:
-        """Runs `pipeline-train` for `run`, answering its reports.
+        """Trains `run` in the worker's warm training process (`trainer`),
+        answering its reports.
 
         Returns:
-          (exit status, its log file).
+          (its exit status as `pipeline-train`'s, its log file).
         """
         fd, log_name = tempfile.mkstemp(
             prefix=f".{run.name}.", suffix=".log", dir=run.path.parent
         )
         ours, theirs = socket.socketpair()
-        link = _link(self.sweep, trial.number, run.repeat, theirs.fileno())
+        link = _link(self.sweep, trial.number, run.repeat).to_env()
+        trainer = self.warm_trainer(run.config)
         with theirs, os.fdopen(fd, "w") as log:
-            self.process = subprocess.Popen(
-                runs_lib.train_command(run, resume),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**self.env, **link.to_env()},
-                pass_fds=(theirs.fileno(),),
-                preexec_fn=_die_with_parent,
+            argv = ["pipeline-train", *runs_lib.train_flags(run, resume)]
+            trainer.start_run(
+                argv, json.loads(link[link_lib.ENV_VAR]), log.fileno(), theirs.fileno()
             )
+        self.process = trainer.process
         with ours:
             end = link_lib.WorkerEnd(ours)
-            while self.process.poll() is None:
-                question = end.question(timeout=0.2)
+            # Short waits: the run's end is seen within 50 ms of it.
+            returncode = None
+            while returncode is None:
+                question = None if end.closed else end.question(timeout=0.05)
                 if question is not None:
                     end.answer(self.judge(trial, question, run.repeat))
-                elif end.closed:
-                    time.sleep(0.2)
-        returncode, self.process = self.process.returncode, None
+                else:
+                    returncode = trainer.poll(timeout=0.05 if end.closed else 0)
+        self.process = None
+        if not trainer.alive:  # killed or crashed: the next run gets a new one
+            self.close_trainer()
         return returncode, pathlib.Path(log_name)
+
+    def warm_trainer(self, config) -> trainer_lib.Trainer:
+        """The training process for a run of `config`: the one already
+        started when it has the process-wide settings the run needs."""
+        settings = trainer_lib.process_settings(config)
+        trainer = self.trainer
+        if trainer is not None and (trainer.settings != settings or not trainer.alive):
+            self.close_trainer()  # another kind of run, or killed between runs
+        if self.trainer is None:
+            self.trainer = trainer_lib.Trainer(self.env, settings, _die_with_parent)
+        return self.trainer
+
+    def close_trainer(self) -> None:
+        if self.trainer is not None:
+            self.trainer.close()
+            self.trainer = None
 
     def judge(self, trial: optuna.Trial, question: dict, repeat: int) -> dict:
         """Reports a run's evaluation to the trial; the answer for the run."""
@@ -496,9 +524,13 @@ def _storage_errors_quiet_in_threads() -> None:
 
 
 def run_workers(
-    sweep: Sweep, storage, workers: int, progress: Progress
+    sweep: Sweep, storage, workers: int, progress: Progress, differing=frozenset()
 ) -> list[TrialOutcome]:
     """Runs `workers` workers in threads until the study's total is reached.
+
+    The experiment's HParams config (`differing`: the flags the sweep varies)
+    is written once the workers' training processes are starting: its
+    writer imports TensorFlow here while they import it there.
 
     Ctrl-C (or SIGTERM, turned into KeyboardInterrupt by the entry point)
     interrupts every training process; each records `interrupted`, its trial
@@ -507,6 +539,7 @@ def run_workers(
     stop = threading.Event()
     _storage_errors_quiet_in_threads()
     pool = [Worker(sweep, storage, progress, stop) for _ in range(workers)]
+    hparams_lib.write_experiment_config(sweep.experiment, differing)
     results: list[list[TrialOutcome]] = [[] for _ in pool]
     errors: list[BaseException] = []
 
