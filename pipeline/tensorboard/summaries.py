@@ -222,9 +222,18 @@ class SummaryLogger:
         return [*self._writers.values(), *self._record_files.values()]
 
     def histograms(
-        self, split: str, step: int, named_tensors: Iterable[tuple[str, tf.Tensor]]
+        self,
+        split: str,
+        step: int,
+        named_tensors: Iterable[tuple[str, tf.Tensor]],
+        bucketed: bool = False,
     ) -> None:
-        """One histogram per named tensor (weights, gradients) at `step`."""
+        """One histogram per named tensor (weights, gradients) at `step`.
+
+        With `bucketed`, the tensors are already `histogram_buckets_many`'s
+        `[buckets, 3]` tensors (a histogram chunk computes them in its own
+        compiled call) and are only written.
+        """
         if not self._enabled:
             return
         named = list(named_tensors)
@@ -235,7 +244,9 @@ class SummaryLogger:
         tensors = tuple(tf.convert_to_tensor(tensor) for _, tensor in named)
 
         def work() -> None:
-            buckets = self._compiled_buckets(split, names)(tensors)
+            buckets = (
+                tensors if bucketed else self._compiled_buckets(split, names)(tensors)
+            )
             wall_time = time.time()
             self._record_file(split).write(
                 [

@@ -265,22 +265,20 @@ class WriteHistograms(Action):
     def __call__(self, state: TrainState, chunk: Chunk) -> None:
         if self.initial is not None:
             initial, self.initial = self.initial, None
-            self._write(state, 0, initial, ())
-        if chunk.gradients and state.is_chief and self.schedule.due(chunk.step):
-            self._write(state, chunk.step, chunk.weights, chunk.gradients)
+            self._write(state, 0, initial)
+        if chunk.histograms and state.is_chief and self.schedule.due(chunk.step):
+            self._write(state, chunk.step, chunk.histograms, with_gradients=True)
 
-    def _write(self, state: TrainState, step: int, weights, gradients) -> None:
-        variables = state.model.trainable_variables
-        named = [(variable_name(v), w) for v, w in zip(variables, weights, strict=True)]
-        named += (
-            [
-                (f"gradients/{variable_name(v)}", g)
-                for v, g in zip(variables, gradients, strict=True)
-            ]
-            if gradients
-            else []
-        )
-        state.logger.histograms("train", step, named)
+    def _write(
+        self, state: TrainState, step: int, tensors, with_gradients: bool = False
+    ) -> None:
+        """Writes weights (and gradients) or, from a histogram chunk, their
+        buckets (`chunk.histograms`, weights then gradients)."""
+        names = [variable_name(v) for v in state.model.trainable_variables]
+        if with_gradients:
+            names += [f"gradients/{name}" for name in names]
+        named = list(zip(names, tensors, strict=True))
+        state.logger.histograms("train", step, named, bucketed=with_gradients)
         if self.measuring:  # the last measurement, taken behind its write
             measured_step, spent = self.measuring.pop()
             self.schedule.measure(measured_step, spent.result())

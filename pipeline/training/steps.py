@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from pipeline import data as data_lib
 from pipeline import models
+from pipeline.tensorboard.summaries import histogram_buckets_many
 
 # Examples per batch of an evaluation (memory, not results: sums are exact).
 EVAL_BATCH_SIZE = 1000
@@ -248,8 +249,9 @@ def _make_histogram_loop(
     It runs the same steps as the plain loop, the last one through
     `train_step.with_gradients`, and also returns `weights` (the trainable
     variables after the last step, read inside the call) and `gradients`
-    (what that step applied, summed over replicas): the chunk that ends on a
-    histogram step computes its histograms' inputs itself, with no extra
+    (what that step applied, summed over replicas), and `histograms`, their
+    TensorBoard buckets (weights first, then gradients): the chunk that ends
+    on a histogram step computes its histograms itself, with no extra
     gradient pass and nothing read from live variables afterwards.
     """
     gradient_fn = tf.function(
@@ -265,11 +267,16 @@ def _make_histogram_loop(
         metrics, grads = _sum_over_replicas(per_replica, strategy)
         losses = losses.write(num_steps - 1, metrics["loss"])
         accuracies = accuracies.write(num_steps - 1, metrics["accuracy"])
+        weights = [tf.identity(v) for v in variables]
         return {
             "loss": losses.stack(),
             "accuracy": accuracies.stack(),
-            "weights": [tf.identity(v) for v in variables],
+            "weights": weights,
             "gradients": grads,
+            # Bucketed here, in the same call: a few fused ops on values
+            # already at hand, where the writer thread's separate compiled
+            # call cost an MLP's 44 histograms ~3 ms of CPU beside training.
+            "histograms": histogram_buckets_many([*weights, *grads]),
         }
 
     train_loop_with_histograms.gradient_fn = gradient_fn
