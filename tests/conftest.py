@@ -275,7 +275,9 @@ def _entry_module(program: str):
     return importlib.import_module(entry.value.partition(":")[0])
 
 
-def main_in_process(program: str, *args: str) -> subprocess.CompletedProcess:
+def main_in_process(
+    program: str, *args: str, cwd: pathlib.Path | None = None
+) -> subprocess.CompletedProcess:
     """Runs `program ARGS` as `run_cli` does, but in this process: no
     subprocess, no second TensorFlow import (~5 s each on this machine).
 
@@ -286,8 +288,9 @@ def main_in_process(program: str, *args: str) -> subprocess.CompletedProcess:
     filter on fd 2, the output guard, the `ulimit -v` check, `--help`) stays
     out: keep one `run_cli` per program and exit path to prove those, and
     use this for the rules behind them (checkpoint choice, run records, bad
-    flags). A lock a program takes stays held by this process until its
-    file is closed: use it on private copies of runs.
+    flags). `cwd`: the working directory while it runs. A lock a program
+    takes stays held by this process until its file is closed: use it on
+    private copies of runs.
     """
     import contextlib
     import io
@@ -312,6 +315,7 @@ def main_in_process(program: str, *args: str) -> subprocess.CompletedProcess:
     argv = [program, *args]
     stdout, stderr = io.StringIO(), io.StringIO()
     code = 0
+    old_cwd = os.getcwd()
     with (
         mock.patch.object(flags, "FLAGS", fresh),
         mock.patch.object(module, "FLAGS", fresh),
@@ -320,6 +324,8 @@ def main_in_process(program: str, *args: str) -> subprocess.CompletedProcess:
         contextlib.redirect_stderr(stderr),
     ):
         try:
+            if cwd is not None:
+                os.chdir(cwd)
             remaining = cli.one_line_flags_parser(entry["prog"])(argv)
             cli._one_line_usage_errors(entry["prog"], entry["main"])(remaining)
         except SystemExit as done:
@@ -327,6 +333,7 @@ def main_in_process(program: str, *args: str) -> subprocess.CompletedProcess:
                 print(done.code, file=sys.stderr)
             code = done.code if isinstance(done.code, int) else int(bool(done.code))
         finally:
+            os.chdir(old_cwd)
             fresh.unparse_flags()
     return subprocess.CompletedProcess(
         argv, int(code), stdout.getvalue(), stderr.getvalue()

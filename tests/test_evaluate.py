@@ -3,7 +3,14 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import CHECKPOINT_STEPS, copy_run, error_lines, run_cli, snapshot
+from conftest import (
+    CHECKPOINT_STEPS,
+    copy_run,
+    error_lines,
+    main_in_process,
+    run_cli,
+    snapshot,
+)
 from tensorboard.backend.event_processing import plugin_event_accumulator as pea
 
 from pipeline.runs import restore
@@ -254,7 +261,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(
     mlp_run, tmp_path, make_args, message
 ):
     before = snapshot(mlp_run)
-    result = run_cli("pipeline-eval", *make_args(mlp_run, tmp_path))
+    result = main_in_process("pipeline-eval", *make_args(mlp_run, tmp_path))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     (line,) = error_lines(result.stderr, "pipeline-eval")

@@ -3,7 +3,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from conftest import error_lines, run_cli, snapshot
+from conftest import error_lines, main_in_process, run_cli, snapshot
 from PIL import Image
 
 from pipeline import data
@@ -236,7 +236,9 @@ def test_cli_bad_file_is_one_line(mlp_run, tmp_path, make_file, message):
     path = tmp_path / "input.png"
     make_file(path)
     target = path if path.exists() else path.with_suffix(".npy")
-    result = run_cli("pipeline-predict", f"--run={mlp_run}", f"--image={target}")
+    result = main_in_process(
+        "pipeline-predict", f"--run={mlp_run}", f"--image={target}"
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     (line,) = error_lines(result.stderr, "pipeline-predict")

@@ -20,6 +20,7 @@ from conftest import (
     REPO,
     error_lines,
     kill_once_started,
+    main_in_process,
     record,
     run_cli,
     run_sweep,
@@ -131,7 +132,7 @@ def test_a_run_being_trained_is_refused_in_one_line(logdir):
 def test_bad_input_is_one_line_and_changes_nothing(logdir, args, message):
     before = (logdir / "base" / "run.json").read_bytes()
     args = [str(logdir / "base") if a == "BASE" else a for a in args]
-    proc = runs(*args)
+    proc = main_in_process("pipeline-runs", *args)
     assert proc.returncode == 1
     (line,) = error_lines(proc.stderr, "pipeline-runs")
     assert message in line

@@ -8,8 +8,8 @@ from conftest import (
     LOGREG,
     LOGREG_FLAGS,
     kill_once_started,
+    main_in_process,
     record,
-    run_cli,
     run_sweep,
     sweep_command,
 )
@@ -159,7 +159,7 @@ def test_a_sweep_flag_error_leaves_nothing_on_disk(tmp_path, args, names):
     logdir or lock files exist (here or in the current directory)."""
     cwd, logdir = tmp_path / "cwd", tmp_path / "logs"
     cwd.mkdir()
-    result = run_cli(
+    result = main_in_process(
         "pipeline-sweep",
         *LOGREG_FLAGS,
         f"--logdir={logdir}",
