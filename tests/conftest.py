@@ -340,6 +340,29 @@ def main_in_process(
     )
 
 
+def parse_train_flags(*argv: str):
+    """`pipeline-train ARGV`'s flags, defined on a fresh `FlagValues` and
+    parsed (flagfiles expanded), without touching absl's FLAGS."""
+    from absl import flags
+
+    from pipeline import config as config_lib
+
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    flag_values(["pipeline-train", *argv])
+    return flag_values
+
+
+def config_from_argv(*argv: str) -> TrainConfig:
+    """The config `pipeline-train ARGV` trains (the command line read as the
+    program reads it: given last wins over a flagfile's `--steps`/`--epochs`)."""
+    from pipeline import config as config_lib
+
+    return config_lib.config_from_flags(
+        parse_train_flags(*argv), ["pipeline-train", *argv]
+    )
+
+
 def sweep_command(logdir: pathlib.Path, *args: str) -> list[str]:
     """`pipeline-sweep` on the tiny logreg runs; `args` say what to sweep."""
     return [*cli_command("pipeline-sweep"), *LOGREG_FLAGS, f"--logdir={logdir}", *args]
