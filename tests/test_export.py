@@ -7,7 +7,14 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import MLP_RUN, error_lines, run_cli, snapshot, train_run
+from conftest import (
+    MLP_RUN,
+    error_lines,
+    main_in_process,
+    run_cli,
+    snapshot,
+    train_run,
+)
 
 from pipeline import data
 from pipeline.runs import restore
@@ -127,7 +134,7 @@ def test_cli_refuses_non_empty_out_and_keeps_it(mlp_run, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = run_cli("pipeline-export", f"--run={mlp_run}", f"--out={out}")
+    result = main_in_process("pipeline-export", f"--run={mlp_run}", f"--out={out}")
     assert result.returncode == 1
     (line,) = error_lines(result.stderr, "pipeline-export")
     assert line == (
@@ -153,7 +160,7 @@ def test_a_file_at_out_is_named_as_a_file_and_kept(tmp_path, content):
 
 def test_cli_unknown_step_writes_nothing(mlp_run, tmp_path):
     out = tmp_path / "model"
-    result = run_cli(
+    result = main_in_process(
         "pipeline-export", f"--run={mlp_run}", "--checkpoint=7", f"--out={out}"
     )
     assert result.returncode == 1
@@ -196,7 +203,7 @@ def test_cli_format_tflite_writes_model_tflite_beside_the_saved_model(
     mlp_run, test_images, tmp_path
 ):
     out = tmp_path / "model"
-    result = run_cli(
+    result = main_in_process(
         "pipeline-export", f"--run={mlp_run}", f"--out={out}", "--format=tflite"
     )
     assert result.returncode == 0, result.stderr
