@@ -227,6 +227,7 @@ def test_archive_moves_out_of_the_logdir_and_delete_removes(tmp_path):
     assert f"{target}: already in an archive folder" in again.stderr
 
 
+@pytest.mark.slow
 def test_an_archived_trial_is_not_trained_again_and_the_study_counts_it(tmp_path):
     experiment = tmp_path / "swept"
     args = ["--grid=learning_rate=0.1,0.05", "--sweep_name=swept", "--tag=swept"]

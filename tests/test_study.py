@@ -3,6 +3,7 @@
 import socket
 import subprocess
 
+import pytest
 from conftest import kill_once_started, record, run_cli, run_sweep
 from optuna.trial import TrialState
 from study_fixtures import (
@@ -12,6 +13,9 @@ from study_fixtures import (
     run_dirs,
     start_worker,
 )
+
+# Sweeps of real training processes (the two bad-input tests ride along).
+pytestmark = pytest.mark.slow
 
 
 def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):

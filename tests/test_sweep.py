@@ -74,6 +74,7 @@ def test_plan_rejects_values_the_flag_rejects():
         sweep_runs.grid_runs(LOGREG, space.parse_grid(["seed=1,2"]), 2, "s")
 
 
+@pytest.mark.slow
 def test_sweep_runs_the_grid_then_skips_completed_runs(tmp_path):
     args = ["--grid=learning_rate=0.1,0.5", "--sweep_name=grid", "--parallel=2"]
     first = run_sweep(tmp_path, *args)
@@ -105,6 +106,7 @@ def test_sweep_runs_the_grid_then_skips_completed_runs(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_and_moves_the_half_done_run_aside(tmp_path):
     experiment = tmp_path / "killed"
     first_run = experiment / "learning_rate=0.1,seed=0"

@@ -164,6 +164,7 @@ def test_damaged_latest_checkpoint_is_skipped_with_one_line(
     assert DAMAGES[damage][1] in line
 
 
+@pytest.mark.slow
 def test_eval_predict_and_export_choose_the_same_checkpoint(
     mlp_run, binary_run, tmp_path
 ):
@@ -292,6 +293,7 @@ def test_resume_with_no_restorable_checkpoint_leaves_the_run_as_it_was(
 # --- the lock -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_resumes_started_together_train_the_run_once(mlp_run, tmp_path):
     run = copy_run(mlp_run, tmp_path)
     env = cli_env()
@@ -610,6 +612,7 @@ def train_writing_histograms_every_step(
     )
 
 
+@pytest.mark.slow
 def test_full_disk_during_event_writes_is_one_line_and_leaves_no_empty_file(
     tmp_path,
 ):
@@ -631,6 +634,7 @@ def _limit_file_size(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_file_size_limit_during_event_writes_records_the_run_failed(tmp_path):
     result = train_writing_histograms_every_step(
         tmp_path, "limited", preexec_fn=_limit_file_size(1_500_000)
@@ -644,6 +648,7 @@ def test_file_size_limit_during_event_writes_records_the_run_failed(tmp_path):
     assert empty_files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(mlp_run, tmp_path):
     with tmpfs(tmp_path / "disk", "256k") as disk:
         fill(disk, leave=8192)
@@ -663,6 +668,7 @@ def test_eval_into_a_read_only_run_is_one_line_and_changes_nothing(mlp_run, tmp_
         assert not (run / "eval").exists()
 
 
+@pytest.mark.slow
 def test_eval_onto_a_full_disk_leaves_no_empty_event_file(mlp_run, tmp_path):
     with tmpfs(tmp_path / "disk", "16m") as disk:
         run = copy_run(mlp_run, disk)
