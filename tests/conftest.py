@@ -137,9 +137,25 @@ def train_run(
 # file's module fixtures are built once, on one worker) in collection order
 # (`--no-loadscope-reorder`). The files that take longest go first, so the
 # short ones fill the gaps at the end instead of one long file running alone
-# on one worker while the other idles. Longest first, from `--durations=0`
-# of `make test` (see the commit that last changed this list).
-LONGEST_FIRST = ()
+# on one worker while the other idles. Longest first: the files that start
+# the most training processes (sweeps, workers, faults), as counted in the
+# commit that last changed this list; re-sort it from `--durations=0`.
+LONGEST_FIRST = (
+    "test_study.py",
+    "test_study_postgres.py",
+    "test_distribute.py",
+    "test_trusted_runs.py",
+    "test_fault.py",
+    "test_study_outcomes.py",
+    "test_study_pruning.py",
+    "test_provenance.py",
+    "test_sweep.py",
+    "test_recovery.py",
+    "test_board.py",
+    "test_run_management.py",
+    "test_seed_bands.py",
+    "test_hparams.py",
+)
 
 
 def pytest_collection_modifyitems(config, items):
