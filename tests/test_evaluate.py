@@ -232,7 +232,7 @@ def test_cli_json_report_and_eval_summaries(mlp_run, tmp_path):
 
 def test_cli_text_report_without_summaries_writes_nothing(mlp_run):
     before = snapshot(mlp_run)
-    result = run_cli("pipeline-eval", f"--run={mlp_run}", "--nowrite_summaries")
+    result = main_in_process("pipeline-eval", f"--run={mlp_run}", "--nowrite_summaries")
     assert result.returncode == 0, result.stderr
     assert f"checkpoint  {mlp_run}/checkpoints/ckpt-30 (step 30)" in result.stdout
     assert "macro  " in result.stdout

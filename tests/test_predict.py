@@ -211,7 +211,9 @@ def test_cli_png_and_index_agree(mlp_run, digit_png, tmp_path):
 def test_cli_text_prints_one_row_per_image(mlp_run, tmp_path, test_digits):
     for i in range(3):
         Image.fromarray(test_digits.images[i]).save(tmp_path / f"d{i}.png")
-    result = run_cli("pipeline-predict", f"--run={mlp_run}", f"--image={tmp_path}")
+    result = main_in_process(
+        "pipeline-predict", f"--run={mlp_run}", f"--image={tmp_path}"
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"{mlp_run} at step 30"
