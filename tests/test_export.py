@@ -89,7 +89,8 @@ def test_cli_export_serves_what_pipeline_predict_prints(mlp_run, test_images, tm
 
     served = reload_in_fresh_process(out, test_images, tmp_path)
     np.save(tmp_path / "digits.npy", test_images)
-    predicted = run_cli(
+    # pipeline-predict's main here (test_predict.py runs the real program).
+    predicted = main_in_process(
         "pipeline-predict",
         f"--run={mlp_run}",
         f"--image={tmp_path / 'digits.npy'}",
