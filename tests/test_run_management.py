@@ -266,7 +266,7 @@ def test_an_archived_trial_is_not_trained_again_and_the_study_counts_it(tmp_path
     assert record(experiment / second)["status"] == "completed"
     # A tag given to the sweep is on every run it trains.
     assert record(experiment / second)["config"]["tag"] == ["swept"]
-    summary = run_cli("pipeline-compare", str(experiment))
+    summary = main_in_process("pipeline-compare", str(experiment))
     assert summary.returncode == 0, summary.stderr
     # The killed trial's retry failed (archived), the other completed; the
     # first, retried attempt is not counted again.

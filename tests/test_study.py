@@ -4,7 +4,7 @@ import socket
 import subprocess
 
 import pytest
-from conftest import kill_once_started, record, run_cli, run_sweep
+from conftest import kill_once_started, main_in_process, record, run_sweep
 from optuna.trial import TrialState
 from study_fixtures import (
     SEARCH,
@@ -53,7 +53,7 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
     )
 
     # pipeline-compare adds the study's view below the runs table.
-    compared = run_cli("pipeline-compare", str(experiment))
+    compared = main_in_process("pipeline-compare", str(experiment))
     assert compared.returncode == 0, compared.stderr
     assert (
         f"study shared (sqlite:///{experiment}/study.db): 4 trials: 4 completed, "
@@ -77,7 +77,7 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
     best_run = best.user_attrs["runs"][0]
     shutil.rmtree(experiment / best_run)
     runner_up = max(v for k, v in accuracies.items() if k != best_run)
-    compared = run_cli("pipeline-compare", str(experiment))
+    compared = main_in_process("pipeline-compare", str(experiment))
     assert compared.returncode == 0, compared.stderr
     assert f"best trial {best.number}:" not in compared.stdout
     assert f"test/accuracy={runner_up:.4f}" in compared.stdout

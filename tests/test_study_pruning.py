@@ -5,7 +5,7 @@ each file goes to one worker.
 """
 
 import pytest
-from conftest import record, run_cli, run_sweep
+from conftest import main_in_process, record, run_sweep
 from optuna.trial import TrialState
 from study_fixtures import check_study_and_runs_agree, load
 
@@ -79,7 +79,7 @@ def test_the_median_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
         .startswith("**pruned**: pruned at step 10")
     )
 
-    compared = run_cli("pipeline-compare", str(experiment))
+    compared = main_in_process("pipeline-compare", str(experiment))
     assert compared.returncode == 0, compared.stderr
     assert (
         "pruned (stopped early by the study's pruner, not ranked): 1\n"
