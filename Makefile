@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: venv demo test lint fmt bench board e2e clean fashion-mnist mlp-tuning postgresql seeds
+.PHONY: venv demo test test-fast lint fmt bench board e2e clean fashion-mnist mlp-tuning postgresql seeds
 
 venv: $(STAMP)
 
@@ -27,7 +27,12 @@ demo: venv
 # tests/test_study_postgres.py starts a private PostgreSQL server (Debian's
 # package) for two sweep workers sharing one study.
 test: venv postgresql
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+
+# The edit loop: everything but the tests marked `slow` (real multi-process
+# sweeps, distributed workers, kills, full disks, servers); CI runs `make test`.
+test-fast: venv
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
 
 postgresql:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql; }

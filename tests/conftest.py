@@ -133,6 +133,41 @@ def train_run(
     return TrainedRun(config, run_dir.path, result, lines)
 
 
+# `make test` hands whole files to its two workers (`--dist loadfile`: a
+# file's module fixtures are built once, on one worker) in collection order
+# (`--no-loadscope-reorder`). The files that take longest go first, so the
+# short ones fill the gaps at the end instead of one long file running alone
+# on one worker while the other idles. Longest first, from `make test
+# --durations=0` on 4cc5742 (53 min under a load of ~9; test_study
+# 1,216 s of worker time, test_trusted_runs 670, test_study_outcomes 550 ...),
+# less what later commits moved in-process or split off.
+LONGEST_FIRST = (
+    "test_study.py",
+    "test_study_outcomes.py",
+    "test_distribute.py",
+    "test_run_management.py",
+    "test_study_pruning.py",
+    "test_sweep.py",
+    "test_trusted_runs.py",
+    "test_board.py",
+    "test_seed_bands.py",
+    "test_provenance.py",
+    "test_export.py",
+    "test_fault.py",
+    "test_closed_streams.py",
+    "test_console.py",
+    "test_study_postgres.py",
+    "test_projector.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Orders the collected files as `LONGEST_FIRST` says (the rest after,
+    in their own order); the tests within a file keep theirs."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session")
 def sample_dataset():
     """The bundled digits, loaded once."""
@@ -262,6 +297,104 @@ def run_cli(
         timeout=timeout,
         check=False,
         **kwargs,
+    )
+
+
+@functools.cache
+def _entry_module(program: str):
+    """The `pipeline.cli` module whose `run()` is console script `program`."""
+    import importlib
+    from importlib import metadata
+
+    (entry,) = metadata.entry_points(group="console_scripts", name=program)
+    return importlib.import_module(entry.value.partition(":")[0])
+
+
+def main_in_process(
+    program: str, *args: str, cwd: pathlib.Path | None = None
+) -> subprocess.CompletedProcess:
+    """Runs `program ARGS` as `run_cli` does, but in this process: no
+    subprocess, no second TensorFlow import (~5 s each on this machine).
+
+    The program defines its flags on a fresh `FlagValues` (absl's FLAGS is
+    swapped for it while it runs), parses ARGS with its own one-line parser
+    and runs its `main`; stdout, stderr and the exit status come back as a
+    `CompletedProcess`. What `cli.start` does to the process (the stderr
+    filter on fd 2, the output guard, the `ulimit -v` check, `--help`) stays
+    out: keep one `run_cli` per program and exit path to prove those, and
+    use this for the rules behind them (checkpoint choice, run records, bad
+    flags). `cwd`: the working directory while it runs. A lock a program
+    takes stays held by this process until its file is closed: use it on
+    private copies of runs.
+    """
+    import contextlib
+    import io
+    from unittest import mock
+
+    from absl import flags
+
+    from pipeline import cli
+
+    module = _entry_module(program)
+    entry = {}
+
+    def capture(prog, define_flags, main, doc, full_only=()):
+        entry.update(prog=prog, define_flags=define_flags, main=main)
+
+    with mock.patch.object(cli, "start", capture):
+        module.run()
+    fresh = flags.FlagValues()
+    # absl.logging's --verbosity & co., which every program reads.
+    fresh.append_flag_values(flags.FLAGS)
+    entry["define_flags"](fresh)
+    argv = [program, *args]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    code = 0
+    old_cwd = os.getcwd()
+    with (
+        mock.patch.object(flags, "FLAGS", fresh),
+        mock.patch.object(module, "FLAGS", fresh),
+        mock.patch.object(sys, "argv", argv),
+        contextlib.redirect_stdout(stdout),
+        contextlib.redirect_stderr(stderr),
+    ):
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            remaining = cli.one_line_flags_parser(entry["prog"])(argv)
+            cli._one_line_usage_errors(entry["prog"], entry["main"])(remaining)
+        except SystemExit as done:
+            if isinstance(done.code, str):  # sys.exit(message): printed, status 1
+                print(done.code, file=sys.stderr)
+            code = done.code if isinstance(done.code, int) else int(bool(done.code))
+        finally:
+            os.chdir(old_cwd)
+            fresh.unparse_flags()
+    return subprocess.CompletedProcess(
+        argv, int(code), stdout.getvalue(), stderr.getvalue()
+    )
+
+
+def parse_train_flags(*argv: str):
+    """`pipeline-train ARGV`'s flags, defined on a fresh `FlagValues` and
+    parsed (flagfiles expanded), without touching absl's FLAGS."""
+    from absl import flags
+
+    from pipeline import config as config_lib
+
+    flag_values = flags.FlagValues()
+    config_lib.define_flags(flag_values)
+    flag_values(["pipeline-train", *argv])
+    return flag_values
+
+
+def config_from_argv(*argv: str) -> TrainConfig:
+    """The config `pipeline-train ARGV` trains (the command line read as the
+    program reads it: given last wins over a flagfile's `--steps`/`--epochs`)."""
+    from pipeline import config as config_lib
+
+    return config_lib.config_from_flags(
+        parse_train_flags(*argv), ["pipeline-train", *argv]
     )
 
 

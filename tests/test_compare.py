@@ -7,7 +7,7 @@ import shutil
 import statistics
 
 import pytest
-from conftest import LOGREG, run_cli, train_run
+from conftest import LOGREG, main_in_process, run_cli, train_run
 from PIL import Image
 
 from pipeline.runs import restore
@@ -207,7 +207,7 @@ def test_readme_layout_names_each_row_and_fits_120_columns(readme_layout, tmp_pa
     restored = restore.open_run(layout / "mlp-1")
     report, outputs, split = evaluate.evaluate_run(restored)
     evaluate.write_summaries(restored, report, outputs, split)
-    result = run_cli("pipeline-compare", str(layout), timeout=120)
+    result = main_in_process("pipeline-compare", str(layout))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert max(len(line) for line in lines) <= 120, result.stdout
@@ -236,7 +236,7 @@ def test_readme_layout_names_each_row_and_fits_120_columns(readme_layout, tmp_pa
     assert rows["logreg-1"].split()[-3:-2] == ["completed"]
     assert re.search(r"completed  \d\d-\d\d \d\d:\d\d$", rows["mlp-1"])
 
-    each = run_cli(
+    each = main_in_process(
         "pipeline-compare", str(layout / "s"), "--runs", "--columns=final/loss"
     )
     assert each.returncode == 0, each.stderr

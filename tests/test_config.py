@@ -4,16 +4,11 @@ import dataclasses
 
 import pytest
 from absl import flags
-from conftest import REPO
+from conftest import REPO, parse_train_flags
 
 from pipeline import config as config_lib
 
-
-def parse(*argv: str) -> flags.FlagValues:
-    flag_values = flags.FlagValues()
-    config_lib.define_flags(flag_values)
-    flag_values(["pipeline-train", *argv])
-    return flag_values
+parse = parse_train_flags
 
 
 def test_defaults_match_the_dataclass():

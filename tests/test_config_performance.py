@@ -6,15 +6,11 @@ import dataclasses
 
 import pytest
 from absl import flags
+from conftest import config_from_argv
 
 from pipeline import config as config_lib
 
-
-def _parse(*argv):
-    flag_values = flags.FlagValues()
-    config_lib.define_flags(flag_values)
-    flag_values(["prog", *argv])
-    return config_lib.config_from_flags(flag_values)
+_parse = config_from_argv
 
 
 def test_defaults():

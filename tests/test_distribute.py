@@ -67,6 +67,7 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+@pytest.mark.slow
 def test_mirrored_on_two_cpu_devices_matches_the_default_strategy(tmp_path):
     default = train_cli(f"--logdir={tmp_path}", "--run_name=default")
     mirrored = train_cli(
@@ -88,6 +89,7 @@ def test_mirrored_on_two_cpu_devices_matches_the_default_strategy(tmp_path):
     assert [v for _, v in acc_m] == pytest.approx([v for _, v in acc_d], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_two_workers_on_loopback_agree_and_write_one_run(tmp_path):
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
@@ -185,6 +187,7 @@ def wait_all(workers, timeout=300):
     return codes
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_worker_saves_everywhere_and_resume_finishes(tmp_path):
     logdir = tmp_path / "logs"
     steps = [
@@ -349,6 +352,7 @@ def test_wrong_tf_config_is_one_line_before_tensorflow(
     assert not (tmp_path / "logs").exists()
 
 
+@pytest.mark.slow
 def test_a_worker_alone_gives_up_naming_its_peer_and_honours_signals(tmp_path):
     """Start one of two workers: it says whom it waits for, gives up after
     --peer_timeout, and SIGINT/SIGTERM end the wait at once; nothing is written."""
@@ -383,6 +387,7 @@ def test_a_worker_alone_gives_up_naming_its_peer_and_honours_signals(tmp_path):
     assert not logdir.exists()
 
 
+@pytest.mark.slow
 def test_a_lost_worker_is_one_line_and_the_printed_command_continues(tmp_path):
     """kill -9 one of two workers mid-run: the other names it and the command
     that continues the run; run.json says interrupted with that one line;

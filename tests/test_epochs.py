@@ -10,8 +10,7 @@ import dataclasses
 import json
 
 import pytest
-from absl import flags
-from conftest import REPO, TINY, scalar_series, train_run
+from conftest import REPO, TINY, config_from_argv, scalar_series, train_run
 
 from pipeline import config as config_lib
 
@@ -29,13 +28,7 @@ SPLIT = dataclasses.replace(
 )
 
 
-def parse(*argv: str) -> config_lib.TrainConfig:
-    """argv as pipeline-train reads it (flagfiles expanded in place)."""
-    flag_values = flags.FlagValues()
-    config_lib.define_flags(flag_values)
-    args = ["pipeline-train", *argv]
-    flag_values(args)
-    return config_lib.config_from_flags(flag_values, args)
+parse = config_from_argv
 
 
 def test_an_epoch_is_ceil_of_train_examples_over_batch():

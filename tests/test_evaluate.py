@@ -7,6 +7,7 @@ from conftest import (
     CHECKPOINT_STEPS,
     copy_run,
     error_lines,
+    main_in_process,
     read_events,
     run_cli,
     snapshot,
@@ -229,7 +230,7 @@ def test_cli_json_report_and_eval_summaries(mlp_run, tmp_path):
 
 def test_cli_text_report_without_summaries_writes_nothing(mlp_run):
     before = snapshot(mlp_run)
-    result = run_cli("pipeline-eval", f"--run={mlp_run}", "--nowrite_summaries")
+    result = main_in_process("pipeline-eval", f"--run={mlp_run}", "--nowrite_summaries")
     assert result.returncode == 0, result.stderr
     assert f"checkpoint  {mlp_run}/checkpoints/ckpt-30 (step 30)" in result.stdout
     assert "macro  " in result.stdout
@@ -258,7 +259,7 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(
     mlp_run, tmp_path, make_args, message
 ):
     before = snapshot(mlp_run)
-    result = run_cli("pipeline-eval", *make_args(mlp_run, tmp_path))
+    result = main_in_process("pipeline-eval", *make_args(mlp_run, tmp_path))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     (line,) = error_lines(result.stderr, "pipeline-eval")

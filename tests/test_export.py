@@ -7,7 +7,14 @@ import textwrap
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import MLP_RUN, error_lines, run_cli, snapshot, train_run
+from conftest import (
+    MLP_RUN,
+    error_lines,
+    main_in_process,
+    run_cli,
+    snapshot,
+    train_run,
+)
 
 from pipeline import data
 from pipeline.runs import restore
@@ -82,7 +89,8 @@ def test_cli_export_serves_what_pipeline_predict_prints(mlp_run, test_images, tm
 
     served = reload_in_fresh_process(out, test_images, tmp_path)
     np.save(tmp_path / "digits.npy", test_images)
-    predicted = run_cli(
+    # pipeline-predict's main here (test_predict.py runs the real program).
+    predicted = main_in_process(
         "pipeline-predict",
         f"--run={mlp_run}",
         f"--image={tmp_path / 'digits.npy'}",
@@ -127,7 +135,7 @@ def test_cli_refuses_non_empty_out_and_keeps_it(mlp_run, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = run_cli("pipeline-export", f"--run={mlp_run}", f"--out={out}")
+    result = main_in_process("pipeline-export", f"--run={mlp_run}", f"--out={out}")
     assert result.returncode == 1
     (line,) = error_lines(result.stderr, "pipeline-export")
     assert line == (
@@ -153,7 +161,7 @@ def test_a_file_at_out_is_named_as_a_file_and_kept(tmp_path, content):
 
 def test_cli_unknown_step_writes_nothing(mlp_run, tmp_path):
     out = tmp_path / "model"
-    result = run_cli(
+    result = main_in_process(
         "pipeline-export", f"--run={mlp_run}", "--checkpoint=7", f"--out={out}"
     )
     assert result.returncode == 1
@@ -196,7 +204,7 @@ def test_cli_format_tflite_writes_model_tflite_beside_the_saved_model(
     mlp_run, test_images, tmp_path
 ):
     out = tmp_path / "model"
-    result = run_cli(
+    result = main_in_process(
         "pipeline-export", f"--run={mlp_run}", f"--out={out}", "--format=tflite"
     )
     assert result.returncode == 0, result.stderr

@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import TINY, run_cli, train_run
+from conftest import TINY, main_in_process, train_run
 
 from pipeline import data, models
 from pipeline.runs import restore
@@ -58,7 +58,7 @@ def test_the_run_records_its_input_scale(raw_run):
 
 
 def test_pipeline_eval_reproduces_the_training_evaluation(raw_run):
-    result = run_cli("pipeline-eval", f"--run={raw_run.path}", "--format=json")
+    result = main_in_process("pipeline-eval", f"--run={raw_run.path}", "--format=json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["accuracy"] == pytest.approx(raw_run.result.test["accuracy"])
@@ -66,7 +66,7 @@ def test_pipeline_eval_reproduces_the_training_evaluation(raw_run):
 
 
 def test_pipeline_predict_feeds_raw_pixels(raw_run, test_split):
-    result = run_cli(
+    result = main_in_process(
         "pipeline-predict",
         f"--run={raw_run.path}",
         "--index=0",
@@ -90,7 +90,7 @@ def test_exported_model_serves_raw_pixels(raw_run, test_split, tmp_path):
     import tensorflow as tf
 
     out = tmp_path / "model"
-    result = run_cli("pipeline-export", f"--run={raw_run.path}", f"--out={out}")
+    result = main_in_process("pipeline-export", f"--run={raw_run.path}", f"--out={out}")
     assert result.returncode == 0, result.stderr
     served = tf.saved_model.load(str(out)).signatures["serving_default"](
         images=tf.constant(test_split.images[:8])

@@ -3,7 +3,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from conftest import error_lines, run_cli, snapshot
+from conftest import error_lines, main_in_process, run_cli, snapshot
 from PIL import Image
 
 from pipeline import data
@@ -211,7 +211,9 @@ def test_cli_png_and_index_agree(mlp_run, digit_png, tmp_path):
 def test_cli_text_prints_one_row_per_image(mlp_run, tmp_path, test_digits):
     for i in range(3):
         Image.fromarray(test_digits.images[i]).save(tmp_path / f"d{i}.png")
-    result = run_cli("pipeline-predict", f"--run={mlp_run}", f"--image={tmp_path}")
+    result = main_in_process(
+        "pipeline-predict", f"--run={mlp_run}", f"--image={tmp_path}"
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"{mlp_run} at step 30"
@@ -236,7 +238,9 @@ def test_cli_bad_file_is_one_line(mlp_run, tmp_path, make_file, message):
     path = tmp_path / "input.png"
     make_file(path)
     target = path if path.exists() else path.with_suffix(".npy")
-    result = run_cli("pipeline-predict", f"--run={mlp_run}", f"--image={target}")
+    result = main_in_process(
+        "pipeline-predict", f"--run={mlp_run}", f"--image={target}"
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     (line,) = error_lines(result.stderr, "pipeline-predict")

@@ -8,7 +8,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import LOGREG, MLP_RUN, copy_run, run_cli, train_run
+from conftest import LOGREG, MLP_RUN, copy_run, main_in_process, train_run
 from PIL import Image
 
 from pipeline import data
@@ -21,7 +21,7 @@ from pipeline.tools import evaluate
 def evaluated_run(mlp_run, tmp_path_factory):
     """An mlp run (32 hidden units) after `pipeline-eval` on its test split."""
     run = copy_run(mlp_run, tmp_path_factory.mktemp("projector"))
-    result = run_cli("pipeline-eval", f"--run={run}")
+    result = main_in_process("pipeline-eval", f"--run={run}")
     assert result.returncode == 0, result.stderr
     assert (
         "Projector: penultimate-layer embeddings of 2,000 of 2,000 examples "

@@ -340,10 +340,10 @@ def test_rerun_warns_when_the_code_differs(two_commits):
 
 
 def test_compare_shows_the_commit_when_runs_ran_different_code(two_commits):
-    from conftest import run_cli
+    from conftest import main_in_process
 
     _, logdir, first, second = two_commits
-    proc = run_cli(
+    proc = main_in_process(
         "pipeline-compare", str(logdir / "dirty"), str(logdir / "clean"), "--top=5"
     )
     assert proc.returncode == 0, proc.stderr
@@ -354,6 +354,6 @@ def test_compare_shows_the_commit_when_runs_ran_different_code(two_commits):
     assert row.split()[-1] == f"{first[:7]}+{diff_digest[:6]},{second[:7]}"
     (note,) = [ln for ln in proc.stderr.splitlines() if "different code" in ln]
     assert note.startswith(f"these runs ran different code ({first[:7]}+")
-    same_code = run_cli("pipeline-compare", str(logdir / "clean"))
+    same_code = main_in_process("pipeline-compare", str(logdir / "clean"))
     assert "commit" not in same_code.stdout
     assert "different code" not in same_code.stderr

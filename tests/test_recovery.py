@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import (
+    parse_train_flags,
     raw_step_counts,
     record,
     run_cli,
@@ -250,9 +251,7 @@ def test_resume_refuses_a_run_whose_process_is_alive(tmp_path):
 
 
 def test_launch_from_flags_modes():
-    fv = config_lib.flags.FlagValues()
-    config_lib.define_flags(fv)
-    fv(["prog", "--resume", "--run=logs/x", "--steps=50"])
+    fv = parse_train_flags("--resume", "--run=logs/x", "--steps=50")
     launch = config_lib.launch_from_flags(fv)
     assert (launch.mode, launch.run_path, launch.config.steps) == (
         "resume",

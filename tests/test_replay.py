@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import copy_run, run_cli, train_run
+from conftest import copy_run, parse_train_flags, run_cli, train_run
 
 from pipeline import config as config_lib
 from pipeline.config import TrainConfig
@@ -35,10 +35,7 @@ def original(tmp_path_factory):
 
 
 def _launch(*argv: str) -> config_lib.Launch:
-    fv = config_lib.flags.FlagValues()
-    config_lib.define_flags(fv)
-    fv(["prog", *argv])
-    return config_lib.launch_from_flags(fv)
+    return config_lib.launch_from_flags(parse_train_flags(*argv))
 
 
 def test_replay_cli_matches_its_original(original):

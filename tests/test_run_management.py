@@ -20,6 +20,7 @@ from conftest import (
     REPO,
     error_lines,
     kill_once_started,
+    main_in_process,
     record,
     run_cli,
     run_sweep,
@@ -41,7 +42,10 @@ def logdir(tmp_path_factory):
 
 
 def runs(*args: str) -> subprocess.CompletedProcess:
-    return run_cli("pipeline-runs", *args, timeout=120)
+    """`pipeline-runs ARGS`, its main in this process (it is TensorFlow-free;
+    test_a_run_being_trained_is_refused_in_one_line and test_provenance.py
+    run the real program)."""
+    return main_in_process("pipeline-runs", *args)
 
 
 def listed(proc: subprocess.CompletedProcess) -> dict[str, list[str]]:
@@ -76,7 +80,7 @@ def test_notes_and_tags_set_after_training_show_everywhere(logdir, tmp_path):
     with_notes = runs("list", str(logdir), "--tag=exp1", "--notes").stdout
     assert "    note: lr 0.05: does the smaller step help?" in with_notes
 
-    compared = run_cli("pipeline-compare", str(logdir), "--filter=tag==exp1")
+    compared = main_in_process("pipeline-compare", str(logdir), "--filter=tag==exp1")
     assert compared.returncode == 0, compared.stderr
     table = compared.stdout.splitlines()
     assert len(table) == 3  # header, rule, one row
@@ -104,8 +108,8 @@ def test_a_run_being_trained_is_refused_in_one_line(logdir):
     run = logdir / "base"
     before = (run / "run.json").read_bytes()
     with rundir.locked(run, "pipeline-train"):
-        proc = runs("note", str(run), "a note")
-        archived = runs("archive", str(run))
+        proc = run_cli("pipeline-runs", "note", str(run), "a note", timeout=120)
+        archived = run_cli("pipeline-runs", "archive", str(run), timeout=120)
     assert proc.returncode == 1
     (line,) = error_lines(proc.stderr, "pipeline-runs")
     assert f"{run}: in use by pid" in line
@@ -131,7 +135,7 @@ def test_a_run_being_trained_is_refused_in_one_line(logdir):
 def test_bad_input_is_one_line_and_changes_nothing(logdir, args, message):
     before = (logdir / "base" / "run.json").read_bytes()
     args = [str(logdir / "base") if a == "BASE" else a for a in args]
-    proc = runs(*args)
+    proc = main_in_process("pipeline-runs", *args)
     assert proc.returncode == 1
     (line,) = error_lines(proc.stderr, "pipeline-runs")
     assert message in line
@@ -194,7 +198,7 @@ def test_runs_from_before_these_fields_load_list_diff_and_compare(logdir, tmp_pa
     assert "A: not recorded (run made before code was recorded)" in diff.stdout
     assert "A: no environment recorded" in diff.stdout
     assert "--learning_rate: 0.05 -> 0.1" in diff.stdout
-    compared = run_cli("pipeline-compare", str(old))
+    compared = main_in_process("pipeline-compare", str(old))
     assert compared.returncode == 0, compared.stderr
     tagged = runs("tag", str(old / "legacy"), "rescued")
     assert tagged.returncode == 0, tagged.stderr
@@ -226,6 +230,7 @@ def test_archive_moves_out_of_the_logdir_and_delete_removes(tmp_path):
     assert f"{target}: already in an archive folder" in again.stderr
 
 
+@pytest.mark.slow
 def test_an_archived_trial_is_not_trained_again_and_the_study_counts_it(tmp_path):
     experiment = tmp_path / "swept"
     args = ["--grid=learning_rate=0.1,0.05", "--sweep_name=swept", "--tag=swept"]
@@ -261,7 +266,7 @@ def test_an_archived_trial_is_not_trained_again_and_the_study_counts_it(tmp_path
     assert record(experiment / second)["status"] == "completed"
     # A tag given to the sweep is on every run it trains.
     assert record(experiment / second)["config"]["tag"] == ["swept"]
-    summary = run_cli("pipeline-compare", str(experiment))
+    summary = main_in_process("pipeline-compare", str(experiment))
     assert summary.returncode == 0, summary.stderr
     # The killed trial's retry failed (archived), the other completed; the
     # first, retried attempt is not counted again.

@@ -3,8 +3,7 @@
 import json
 
 import pytest
-from absl import flags
-from conftest import TINY
+from conftest import TINY, parse_train_flags
 
 from pipeline import config as config_lib
 from pipeline.runs import rundir
@@ -31,9 +30,7 @@ def test_saved_flagfile_reruns_the_same_config(tmp_path):
     )
     run = rundir.create_run_dir(tmp_path, "r")
     (run.path / rundir.FLAGFILE_NAME).write_text(rundir.config_to_flagfile(config))
-    flag_values = flags.FlagValues()
-    config_lib.define_flags(flag_values)
-    flag_values(["prog", f"--flagfile={run.path / rundir.FLAGFILE_NAME}"])
+    flag_values = parse_train_flags(f"--flagfile={run.path / rundir.FLAGFILE_NAME}")
     assert config_lib.config_from_flags(flag_values) == config_lib.TrainConfig(
         model="cnn", conv_filters=(8, 16), binary_class=3
     )

@@ -88,6 +88,7 @@ def grown_sweep(tmp_path_factory):
     return experiment, first
 
 
+@pytest.mark.slow
 def test_each_variant_gets_its_bands_over_seeds(grown_sweep):
     experiment, first = grown_sweep
     assert len(first) == 1  # one trial done: one variant's bands
@@ -131,6 +132,7 @@ def test_each_variant_gets_its_bands_over_seeds(grown_sweep):
         assert len(list((bands_dir / f"learning_rate={lr}").glob("events.*"))) == 1
 
 
+@pytest.mark.slow
 def test_layout_has_margin_charts_of_mean_std_and_range(grown_sweep):
     experiment, _ = grown_sweep
     acc = read(experiment / "seed_bands")
@@ -153,6 +155,7 @@ def test_layout_has_margin_charts_of_mean_std_and_range(grown_sweep):
     )
 
 
+@pytest.mark.slow
 def test_tensorboard_serves_the_layout_and_the_bands(grown_sweep):
     experiment, _ = grown_sweep
     with board.TensorBoardServer(experiment) as server:

@@ -23,6 +23,7 @@ from study_fixtures import (
 from pipeline.sweep import SweepError, optuna_adapter, storage, study
 
 
+@pytest.mark.slow
 def test_a_diverged_trial_is_a_result_and_the_sweep_exits_0(tmp_path):
     # 1e38 makes the tiny logreg's loss NaN within a few steps.
     result = run_sweep(
@@ -56,6 +57,7 @@ def test_a_diverged_trial_is_a_result_and_the_sweep_exits_0(tmp_path):
     assert "error" not in result.stderr
 
 
+@pytest.mark.slow
 def test_a_crashed_trial_fails_the_sweep_naming_it(tmp_path):
     # A batch larger than the data passes the flags' checks but cannot train.
     result = run_sweep(tmp_path, "--grid=batch_size=32,20000", "--sweep_name=crash")
@@ -71,6 +73,7 @@ def test_a_crashed_trial_fails_the_sweep_naming_it(tmp_path):
     assert "sweep crash: 1/2 completed, 0 diverged, 0 pruned, 1 failed" in result.stdout
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_journal_study(tmp_path):
     journal = tmp_path / "shared-fs" / "studies.log"
     args = [*SEARCH, "--sweep_name=j", "--trials=4", f"--storage=journal:{journal}"]
@@ -156,6 +159,7 @@ def _alive(pid: int) -> bool:
     return stat.rpartition(")")[2].split()[0] != "Z"
 
 
+@pytest.mark.slow
 def test_a_killed_sweep_takes_its_training_process_with_it(tmp_path):
     """`kill -9` of pipeline-sweep alone: its pipeline-train gets SIGTERM
     (the parent-death signal) and ends instead of training on unseen."""
@@ -184,6 +188,7 @@ def test_a_killed_sweep_takes_its_training_process_with_it(tmp_path):
             os.killpg(sweep.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_continues_its_runs_from_their_checkpoints(tmp_path):
     """SIGTERM to a two-worker sweep: each run saves and records
     `interrupted`; the same command continues those runs from their

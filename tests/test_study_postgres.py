@@ -30,6 +30,9 @@ from study_fixtures import (
 
 from pipeline.sweep import runs as runs_lib
 
+# A private PostgreSQL server and sweeps of real training processes.
+pytestmark = pytest.mark.slow
+
 PASSWORD = "s3cret-sweep"
 
 

@@ -8,8 +8,8 @@ from conftest import (
     LOGREG,
     LOGREG_FLAGS,
     kill_once_started,
+    main_in_process,
     record,
-    run_cli,
     run_sweep,
     sweep_command,
 )
@@ -74,6 +74,7 @@ def test_plan_rejects_values_the_flag_rejects():
         sweep_runs.grid_runs(LOGREG, space.parse_grid(["seed=1,2"]), 2, "s")
 
 
+@pytest.mark.slow
 def test_sweep_runs_the_grid_then_skips_completed_runs(tmp_path):
     args = ["--grid=learning_rate=0.1,0.5", "--sweep_name=grid", "--parallel=2"]
     first = run_sweep(tmp_path, *args)
@@ -105,6 +106,7 @@ def test_sweep_runs_the_grid_then_skips_completed_runs(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_and_moves_the_half_done_run_aside(tmp_path):
     experiment = tmp_path / "killed"
     first_run = experiment / "learning_rate=0.1,seed=0"
@@ -159,7 +161,7 @@ def test_a_sweep_flag_error_leaves_nothing_on_disk(tmp_path, args, names):
     logdir or lock files exist (here or in the current directory)."""
     cwd, logdir = tmp_path / "cwd", tmp_path / "logs"
     cwd.mkdir()
-    result = run_cli(
+    result = main_in_process(
         "pipeline-sweep",
         *LOGREG_FLAGS,
         f"--logdir={logdir}",

@@ -2,10 +2,13 @@
 
 A fault-injection layer over the real programs. Each test damages a copy of a
 real run (checkpoints, state file, record, lock, disk) the way a crash, a
-full disk or a careless user would, runs the real console script, and checks
-the outcome from the outside: the exit code, the one line it prints, the
-run's recorded status, the TensorBoard series read back with TensorBoard's
-own loader, and that no checkpoint was lost.
+full disk or a careless user would, runs the program, and checks the outcome
+from the outside: the exit code, the one line it prints, the run's recorded
+status, the TensorBoard series read back with TensorBoard's own loader, and
+that no checkpoint was lost. Rules (which checkpoint, which record) run the
+program's main in this process (`conftest.main_in_process`); each program's
+warning and error exits, locks, disk faults and kills run the real console
+script in a subprocess.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from conftest import (
     cli_command,
     cli_env,
     copy_run,
+    main_in_process,
     raw_step_counts,
     record,
     run_cli,
@@ -148,7 +152,7 @@ def test_damaged_latest_checkpoint_is_skipped_with_one_line(
     mlp_run, binary_run, tmp_path, damage
 ):
     run = damaged_copy(mlp_run, binary_run, tmp_path, damage)
-    result = run_cli(
+    result = main_in_process(
         "pipeline-eval", f"--run={run}", "--format=json", "--nowrite_summaries"
     )
     assert result.returncode == 0, result.stderr
@@ -160,6 +164,7 @@ def test_damaged_latest_checkpoint_is_skipped_with_one_line(
     assert DAMAGES[damage][1] in line
 
 
+@pytest.mark.slow
 def test_eval_predict_and_export_choose_the_same_checkpoint(
     mlp_run, binary_run, tmp_path
 ):
@@ -195,7 +200,7 @@ def test_checkpoint_beyond_the_runs_steps_is_not_the_runs(mlp_run, tmp_path):
         suffix = path.name.split(".", 1)[1]
         shutil.copy(path, run / "checkpoints" / f"ckpt-90.{suffix}")
     (run / "checkpoints" / "ckpt-40_temp").mkdir()
-    result = run_cli("pipeline-eval", f"--run={run}", "--format=json")
+    result = main_in_process("pipeline-eval", f"--run={run}", "--format=json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["step"] == LATEST
     line = only_line(result.stderr, "pipeline-eval: warning: ")
@@ -233,7 +238,7 @@ def test_resume_skips_a_truncated_latest_checkpoint_and_continues(
     mlp_run, binary_run, tmp_path
 ):
     run = damaged_copy(mlp_run, binary_run, tmp_path, "truncated_data")
-    result = run_cli("pipeline-train", "--resume", f"--run={run}", "--steps=40")
+    result = main_in_process("pipeline-train", "--resume", f"--run={run}", "--steps=40")
     assert result.returncode == 0, result.stderr
     warning = only_line(result.stdout, "warning: ")
     assert warning.startswith(f"warning: skipped checkpoint {run}/checkpoints/ckpt-30")
@@ -288,7 +293,7 @@ def test_resume_without_a_trustworthy_state_file_continues_from_the_files(
     if state is not None:
         state_file.write_bytes(state)
     (run / "flags.cfg").write_bytes(b"--no_such_flag=\xff\n\x00garbage")
-    result = run_cli("pipeline-train", "--resume", f"--run={run}", "--steps=40")
+    result = main_in_process("pipeline-train", "--resume", f"--run={run}", "--steps=40")
     assert result.returncode == 0, result.stderr
     assert f"resuming mlp from step {LATEST}" in result.stdout
     assert record(run)["status"] == "completed"
@@ -303,7 +308,7 @@ def test_resume_with_no_restorable_checkpoint_leaves_the_run_as_it_was(
     for step in (10, 20, 30):
         (run / "checkpoints" / f"ckpt-{step}.index").unlink()
     before = snapshot(run)
-    result = run_cli("pipeline-train", "--resume", f"--run={run}", "--steps=40")
+    result = main_in_process("pipeline-train", "--resume", f"--run={run}", "--steps=40")
     assert_one_error(
         result, "pipeline-train", f"{run}/checkpoints: none of its 3 checkpoint(s)"
     )
@@ -316,6 +321,7 @@ def test_resume_with_no_restorable_checkpoint_leaves_the_run_as_it_was(
 # --- the lock -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_resumes_started_together_train_the_run_once(mlp_run, tmp_path):
     run = copy_run(mlp_run, tmp_path)
     env = cli_env()
@@ -393,11 +399,15 @@ RECORDS = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(RECORDS))
-@pytest.mark.parametrize(
-    "prog", ["pipeline-eval", "pipeline-export", "pipeline-predict", "pipeline-train"]
-)
-def test_malformed_record_is_one_line_for_strict_readers(mlp_run, tmp_path, kind, prog):
+STRICT_READERS = [
+    "pipeline-eval",
+    "pipeline-export",
+    "pipeline-predict",
+    "pipeline-train",
+]
+
+
+def _read_malformed_record(run_program, mlp_run, tmp_path, kind, prog) -> None:
     run = copy_run(mlp_run, tmp_path)
     payload, words = RECORDS[kind]
     (run / "run.json").write_bytes(payload)
@@ -407,16 +417,40 @@ def test_malformed_record_is_one_line_for_strict_readers(mlp_run, tmp_path, kind
         "pipeline-predict": ["--index=0"],
         "pipeline-train": ["--resume", "--steps=40"],
     }[prog]
-    result = run_cli(prog, f"--run={run}", *args)
+    result = run_program(prog, f"--run={run}", *args)
     assert_one_error(result, prog, f"{run}/run.json: {words}")
     assert (run / "run.json").read_bytes() == payload
+
+
+@pytest.mark.parametrize("kind", sorted(RECORDS))
+@pytest.mark.parametrize("prog", STRICT_READERS)
+def test_malformed_record_is_one_line_for_strict_readers(mlp_run, tmp_path, kind, prog):
+    """Every damage x every reader, through each program's main in this process."""
+    _read_malformed_record(main_in_process, mlp_run, tmp_path, kind, prog)
+
+
+@pytest.mark.parametrize(
+    ("prog", "kind"),
+    list(
+        zip(
+            STRICT_READERS,
+            ["a_list", "empty", "unknown_status", "steps_a_string"],
+            strict=True,
+        )
+    ),
+)
+def test_malformed_record_in_the_real_program_exits_1_with_one_line(
+    mlp_run, tmp_path, kind, prog
+):
+    """Each reader once as its own process: exit 1, the line past the stderr filter."""
+    _read_malformed_record(run_cli, mlp_run, tmp_path, kind, prog)
 
 
 def test_record_that_is_a_directory(mlp_run, tmp_path):
     run = copy_run(mlp_run, tmp_path)
     (run / "run.json").unlink()
     (run / "run.json").mkdir()
-    result = run_cli("pipeline-eval", f"--run={run}")
+    result = main_in_process("pipeline-eval", f"--run={run}")
     assert_one_error(result, "pipeline-eval", "is a directory, not a run record")
 
 
@@ -425,7 +459,7 @@ def test_compare_skips_a_damaged_run_and_tables_the_rest(mlp_run, tmp_path):
     good = copy_run(mlp_run, logdir)
     bad = copy_run(mlp_run, logdir / "more")
     (bad / "run.json").write_text("[]\n")
-    result = run_cli("pipeline-compare", str(logdir), "--format=csv")
+    result = main_in_process("pipeline-compare", str(logdir), "--format=csv")
     assert result.returncode == 0, result.stderr
     line = only_line(result.stderr, "pipeline-compare: warning: ")
     assert line == (
@@ -443,7 +477,9 @@ def test_compare_skips_a_damaged_run_and_tables_the_rest(mlp_run, tmp_path):
 
 def test_run_name_longer_than_the_filesystem_allows_is_one_line(tmp_path):
     name = "a" * 300
-    result = run_cli("pipeline-train", f"--logdir={tmp_path}", f"--run_name={name}")
+    result = main_in_process(
+        "pipeline-train", f"--logdir={tmp_path}", f"--run_name={name}"
+    )
     limit = os.pathconf(tmp_path, "PC_NAME_MAX") - 24
     assert_one_error(
         result, "pipeline-train", f"--run_name: 300 bytes long; at most {limit} fit"
@@ -453,7 +489,7 @@ def test_run_name_longer_than_the_filesystem_allows_is_one_line(tmp_path):
 
 def test_sweep_whose_run_names_would_not_fit_is_refused(tmp_path):
     long_value = "1" + "0" * 240
-    result = run_cli(
+    result = main_in_process(
         "pipeline-sweep",
         f"--logdir={tmp_path}",
         "--sweep_name=long",
@@ -470,7 +506,7 @@ def test_sweep_whose_run_names_would_not_fit_is_refused(tmp_path):
 
 
 def test_sweep_name_too_long_is_one_line(tmp_path):
-    result = run_cli(
+    result = main_in_process(
         "pipeline-sweep",
         f"--logdir={tmp_path}",
         f"--sweep_name={'s' * 260}",
@@ -509,7 +545,7 @@ def _png_header_only(path: pathlib.Path, width: int, height: int) -> None:
 def test_oversized_image_is_refused_before_decoding(mlp_run, tmp_path, side, words):
     image = tmp_path / "bomb.png"
     _png_header_only(image, side, side)
-    result = run_cli("pipeline-predict", f"--run={mlp_run}", f"--image={image}")
+    result = main_in_process("pipeline-predict", f"--run={mlp_run}", f"--image={image}")
     assert_one_error(result, "pipeline-predict", f"{image}: {words}")
 
 
@@ -521,7 +557,7 @@ def test_weights_diverging_between_histograms_are_one_line_not_a_graph_error(
 ):
     """Histograms at every step see the weights turn Inf/NaN before the loss
     does; the run still ends with the pipeline's own line."""
-    result = run_cli(
+    result = main_in_process(
         "pipeline-train",
         "--flagfile=flags/mlp_relu_10x30.cfg",
         "--learning_rate=5",
@@ -604,6 +640,7 @@ def train_writing_histograms_every_step(
     )
 
 
+@pytest.mark.slow
 def test_full_disk_during_event_writes_is_one_line_and_leaves_no_empty_file(
     tmp_path,
 ):
@@ -625,6 +662,7 @@ def _limit_file_size(limit: int):
     return apply
 
 
+@pytest.mark.slow
 def test_file_size_limit_during_event_writes_records_the_run_failed(tmp_path):
     result = train_writing_histograms_every_step(
         tmp_path, "limited", preexec_fn=_limit_file_size(1_500_000)
@@ -638,6 +676,7 @@ def test_file_size_limit_during_event_writes_records_the_run_failed(tmp_path):
     assert empty_files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_export_onto_a_full_disk_is_one_line_and_leaves_nothing(mlp_run, tmp_path):
     with tmpfs(tmp_path / "disk", "256k") as disk:
         fill(disk, leave=8192)
@@ -657,6 +696,7 @@ def test_eval_into_a_read_only_run_is_one_line_and_changes_nothing(mlp_run, tmp_
         assert not (run / "eval").exists()
 
 
+@pytest.mark.slow
 def test_eval_onto_a_full_disk_leaves_no_empty_event_file(mlp_run, tmp_path):
     with tmpfs(tmp_path / "disk", "16m") as disk:
         run = copy_run(mlp_run, disk)
