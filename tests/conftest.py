@@ -138,26 +138,32 @@ def train_run(
 # (`--no-loadscope-reorder`). The files that take longest go first, so the
 # short ones fill the gaps at the end instead of one long file running alone
 # on one worker while the other idles. Longest first, from `make test
-# --durations=0` on 4cc5742 (53 min under a load of ~9; test_study
-# 1,216 s of worker time, test_trusted_runs 670, test_study_outcomes 550 ...),
-# less what later commits moved in-process or split off.
+# --durations=0` on d72200d (issue-25b: 704 passed in 13 min 09 s, load 2-4;
+# test_study 193 s of worker time, test_study_postgres 164, ...), with
+# test_sweep_warm (three small sweeps) placed by its own measure.
 LONGEST_FIRST = (
     "test_study.py",
+    "test_study_postgres.py",
     "test_study_outcomes.py",
     "test_distribute.py",
-    "test_run_management.py",
-    "test_study_pruning.py",
-    "test_sweep.py",
     "test_trusted_runs.py",
-    "test_board.py",
-    "test_seed_bands.py",
-    "test_provenance.py",
-    "test_export.py",
-    "test_fault.py",
+    "test_run_management.py",
     "test_closed_streams.py",
-    "test_console.py",
-    "test_study_postgres.py",
+    "test_study_pruning.py",
+    "test_sweep_warm.py",
+    "test_bad_input.py",
+    "test_board.py",
+    "test_fault.py",
+    "test_compare.py",
+    "test_recovery.py",
+    "test_seed_bands.py",
+    "test_sweep.py",
     "test_projector.py",
+    "test_provenance.py",
+    "test_compare_export.py",
+    "test_profile.py",
+    "test_console.py",
+    "test_export.py",
 )
 
 

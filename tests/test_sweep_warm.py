@@ -9,12 +9,16 @@ import signal
 import subprocess
 import time
 
+import pytest
 from conftest import read_events, record, run_cli, run_sweep
 from study_fixtures import check_study_and_runs_agree, load, run_dirs, start_worker
 
 # A two-hidden-layer MLP: Keras names its layers, so a name counter left over
 # from an earlier run would rename the next run's tags.
 MLP = ["--model=mlp", "--hidden_layers=2", "--hidden_units=8"]
+
+# Each test runs a sweep of real training processes.
+pytestmark = pytest.mark.slow
 
 
 def _trained_order(experiment: pathlib.Path, name: str) -> list[pathlib.Path]:
