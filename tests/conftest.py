@@ -434,6 +434,24 @@ def kill_once_started(
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
+        # The session's other processes (a sweep's training process) die
+        # too, but a large one takes a moment to exit: what a user would see
+        # after a crash is the state once they are gone.
+        deadline = time.monotonic() + 30
+        while _session_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def _session_alive(pgid: int) -> bool:
+    """Whether a process of process group `pgid` is still alive (not a zombie)."""
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
 
 
 def error_lines(stderr: str, prog: str) -> list[str]:

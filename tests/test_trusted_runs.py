@@ -279,6 +279,27 @@ def test_finished_run_with_a_garbled_latest_resumes_by_the_same_rule(
     assert "warning" not in after.stderr
 
 
+def test_an_intact_checkpoint_of_another_model_stops_eval_and_resume_alike(
+    mlp_run, binary_run, tmp_path
+):
+    """Not damage to skip: eval and the resume both name it, in one line."""
+    run = copy_run(mlp_run, tmp_path)
+    for path in ckpt_files(run, LATEST) + ckpt_files(run, EARLIER):
+        path.unlink()
+    for path in ckpt_files(binary_run, EARLIER):  # the same step, another model
+        suffix = path.name.split(".", 1)[1]
+        shutil.copy(path, run / "checkpoints" / f"ckpt-{EARLIER}.{suffix}")
+    misfit = f"{run}/checkpoints/ckpt-{EARLIER}: does not fit this run's model ("
+    evaluated = main_in_process("pipeline-eval", f"--run={run}", "--nowrite_summaries")
+    assert evaluated.returncode == 1
+    assert misfit in only_line(evaluated.stderr, "pipeline-eval: error: ")
+    resumed = run_cli("pipeline-train", "--resume", f"--run={run}", "--steps=40")
+    assert resumed.returncode == 1
+    assert misfit in only_line(resumed.stderr, "pipeline-train: error: ")
+    assert "Traceback" not in resumed.stderr
+    assert saved_steps(run) == [10, EARLIER]
+
+
 @pytest.mark.parametrize(
     "state",
     [None, b"\x00\xffgarbage{{{", b'model_checkpoint_path: "ckpt-0"\n'],

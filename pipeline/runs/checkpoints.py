@@ -9,9 +9,11 @@ beside it, so nothing here trusts it: the checkpoints are the files.
 The one rule for "the latest checkpoint", used by every program (the
 `--resume` pre-check, resume, eval, predict, export): the newest checkpoint
 that restores. Newer ones whose files are incomplete, whose tensors do not
-read back (a checksum, a short read), whose step counter disagrees with their
-name, or that do not fit the run's model are skipped, each with one line
-saying why; an error names the directory when none restores. Checkpoints
+read back (a checksum, a short read) or whose step counter disagrees with
+their name are skipped, each with one line saying why; an error names the
+directory when none restores. An intact checkpoint that does not fit the
+run's model (another model's, copied in) is an error naming it, in every
+program alike: nothing is trained or reported from an older one past it. Checkpoints
 after the run's `--steps` are not the run's (`max_step`). `choose_restorable`
 applies the rule; `latest_restorable_step` answers "is the latest at or after
 step N?" with the same rule, verifying only the checkpoints that can change
@@ -187,7 +189,10 @@ def choose_restorable(
     Tries newest first: a checkpoint is skipped (one `report` line naming it
     and why) if its files are incomplete, it lies beyond `max_step` (the
     run's --steps: not this run's), a tensor does not read back, or
-    `restore(prefix)` raises (e.g. a checkpoint of another model family).
+    `restore(prefix)` raises on a checkpoint that is damaged too. An intact
+    checkpoint that `restore` refuses (another model family's) raises
+    `CheckpointError` naming it: the resume, which restores after choosing,
+    stops there as well.
 
     Args:
       directory: The run's checkpoint directory.
@@ -253,9 +258,16 @@ def _why_not(
     except CheckpointError as err:
         return str(err)
     except (AssertionError, ValueError, TypeError, KeyError) as err:
-        return f"does not fit this run's model ({describe(err)})"
+        misfit = f"does not fit this run's model ({describe(err)})"
     except Exception as err:  # TensorFlow's OpError family, raised on restore
         return describe(err)
+    # An intact checkpoint of another model is not damage to skip: a resume,
+    # which verifies before it restores into the run, stops at it too.
+    try:
+        verify(checkpoint)
+    except CheckpointError:
+        return misfit
+    raise CheckpointError(f"{checkpoint.prefix}: {misfit}")
 
 
 def write_state(directory: str | os.PathLike, chosen: Checkpoint) -> None:

@@ -64,7 +64,9 @@ def process_settings(config: config_lib.TrainConfig) -> tuple:
 class Trainer:
     """The worker's end: starts the process, hands it runs, sees it end."""
 
-    def __init__(self, env: Mapping[str, str], settings: tuple, preexec_fn: Callable):
+    def __init__(
+        self, env: Mapping[str, str], settings: tuple, preexec_fn: Callable | None
+    ):
         self.settings = settings
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:

@@ -18,7 +18,6 @@ number of workers. The objective trains the trial's runs one after another
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import json
 import os
@@ -37,6 +36,7 @@ from typing import Any
 import optuna
 
 from pipeline import config as config_lib
+from pipeline import processes
 from pipeline.runs import archive
 from pipeline.runs.rundir import RECORD_NAME, RunDir
 from pipeline.sweep import link as link_lib
@@ -47,9 +47,6 @@ from pipeline.sweep import study as study_lib
 from pipeline.sweep import trainer as trainer_lib
 from pipeline.tensorboard import hparams as hparams_lib
 from pipeline.tensorboard import seed_bands
-
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,13 +122,6 @@ class TrialOutcome:
     seconds: float = 0.0
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when the worker thread that started
-    it ends (a killed sweep), so no run trains on unseen."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
 def dead_trial_runs_failed(
     sweep: Sweep, trial: optuna.trial.FrozenTrial, progress: Progress
 ) -> None:
@@ -185,7 +175,9 @@ class Worker:
         self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level)
         # Started now, so that TensorFlow's import overlaps the sweep's set-up.
         self.trainer: trainer_lib.Trainer | None = trainer_lib.Trainer(
-            self.env, trainer_lib.process_settings(sweep.base), _die_with_parent
+            self.env,
+            trainer_lib.process_settings(sweep.base),
+            processes.die_with_parent(),
         )
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
@@ -398,7 +390,9 @@ class Worker:
         if trainer is not None and (trainer.settings != settings or not trainer.alive):
             self.close_trainer()  # another kind of run, or killed between runs
         if self.trainer is None:
-            self.trainer = trainer_lib.Trainer(self.env, settings, _die_with_parent)
+            self.trainer = trainer_lib.Trainer(
+                self.env, settings, processes.die_with_parent()
+            )
         return self.trainer
 
     def close_trainer(self) -> None:

@@ -199,13 +199,14 @@ class TrainState:
         checkpoint is restored); a fresh start restores nothing."""
         if point.checkpoint is None:
             return
-        status = self.checkpoint.restore(point.checkpoint)
         # Every object of the run must come back; a checkpoint from before
         # the input position was recomputed also holds the data iterator's
         # state, which is left unread (expect_partial: no exit warning).
+        # Another model's variables fail on restore (shapes) or on the match.
         try:
+            status = self.checkpoint.restore(point.checkpoint)
             status.assert_existing_objects_matched().expect_partial()
-        except AssertionError as err:
+        except (AssertionError, ValueError, TypeError, KeyError) as err:
             raise CheckpointError(
                 f"{point.checkpoint}: does not fit this run's model "
                 f"({checkpoints.describe(err)})"
