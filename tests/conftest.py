@@ -235,6 +235,23 @@ def binary_run(tmp_path_factory) -> pathlib.Path:
     return train_run(logdir, BINARY_RUN, "binary").path
 
 
+# The session's shared runs, as trained: a test that writes into one (an
+# eval's summaries, a resume) changes what every later test on its worker
+# reads, and which tests those are depends on the scheduling.
+SHARED_RUNS = ("mlp_run", "binary_run")
+
+
+@pytest.fixture(autouse=True)
+def shared_runs_stay_as_trained(request):
+    """Fails the test that changed a shared run (work on `copy_run` instead)."""
+    used = [name for name in SHARED_RUNS if name in request.fixturenames]
+    before = {name: snapshot(request.getfixturevalue(name)) for name in used}
+    yield
+    for name in used:
+        changed = snapshot(request.getfixturevalue(name)) != before[name]
+        assert not changed, f"the test wrote into the shared {name}: use copy_run"
+
+
 # 37 steps with chunks of 10 and eval every 15: chunk lengths 10, 5, 10, 10,
 # 2 ... nothing divides evenly, so a retrace on a new length would show.
 MULTI_STEP = dataclasses.replace(

@@ -92,7 +92,10 @@ def test_progress_output_passes_as_it_is_written():
 
 
 def test_a_program_prints_no_tensorflow_startup_lines(mlp_run):
-    result = run_cli("pipeline-eval", f"--run={mlp_run}", "--format=json")
+    # --nowrite_summaries: the session's shared run stays as trained.
+    result = run_cli(
+        "pipeline-eval", f"--run={mlp_run}", "--format=json", "--nowrite_summaries"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert json.loads(result.stdout)["step"] == 30
@@ -100,7 +103,11 @@ def test_a_program_prints_no_tensorflow_startup_lines(mlp_run):
 
 def test_with_verbosity_everything_reaches_stderr(mlp_run):
     result = run_cli(
-        "pipeline-eval", f"--run={mlp_run}", "--format=json", "--verbosity=0"
+        "pipeline-eval",
+        f"--run={mlp_run}",
+        "--format=json",
+        "--verbosity=0",
+        "--nowrite_summaries",
     )
     assert result.returncode == 0, result.stderr
     assert "absl::InitializeLog() is called" in result.stderr
