@@ -451,24 +451,30 @@ def kill_once_started(
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        # The session's other processes (a sweep's training process) die
-        # too, but a large one takes a moment to exit: what a user would see
-        # after a crash is the state once they are gone.
-        deadline = time.monotonic() + 30
-        while _session_alive(process.pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        # Its training process dies with it, but a large multi-threaded
+        # process lets go of its files (the run's lock) only once its last
+        # thread has exited, a moment after its pid reads as a zombie: what a
+        # user sees after a crash is the state once the lock is free.
+        _wait_until_unlocked(run_path / "run.lock", timeout=30)
 
 
-def _session_alive(pgid: int) -> bool:
-    """Whether a process of process group `pgid` is still alive (not a zombie)."""
-    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+def _wait_until_unlocked(lock: pathlib.Path, timeout: float) -> None:
+    """Returns once no process holds `lock` (a run's `flock`), or at `timeout`."""
+    import fcntl
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+            fd = os.open(lock, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.1)
+        finally:
+            os.close(fd)
 
 
 def error_lines(stderr: str, prog: str) -> list[str]:
