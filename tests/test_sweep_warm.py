@@ -28,6 +28,18 @@ def _trained_order(experiment: pathlib.Path, name: str) -> list[pathlib.Path]:
     return [experiment / t.user_attrs["runs"][0] for t in trials]
 
 
+def _trained_alone(run: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    """The same flags (the run's flags.cfg) trained by `pipeline-train` alone."""
+    result = run_cli(
+        "pipeline-train",
+        f"--flagfile={run / 'flags.cfg'}",
+        f"--logdir={tmp_path / 'alone'}",
+        "--run_name=alone",
+    )
+    assert result.returncode == 0, result.stderr
+    return tmp_path / "alone" / "alone"
+
+
 def _tags(run: pathlib.Path) -> set[str]:
     tags = read_events(run / "train").Tags()
     return {tag for kind in ("tensors", "histograms") for tag in tags.get(kind, [])}
@@ -49,16 +61,9 @@ def test_a_warm_trial_has_the_weights_of_the_same_run_trained_alone(tmp_path):
     # A trial the process trained 2nd or 3rd must equal a run trained alone.
     warm = [run for run in order[1:] if record(run)["status"] == "completed"]
     last = warm[-1]
-    alone = run_cli(
-        "pipeline-train",
-        f"--flagfile={last / 'flags.cfg'}",
-        f"--logdir={tmp_path / 'alone'}",
-        "--run_name=alone",
-    )
-    assert alone.returncode == 0, alone.stderr
-    by_itself = record(tmp_path / "alone" / "alone")
-    assert record(last)["weights_digest"] == by_itself["weights_digest"]
-    assert _tags(last) == _tags(tmp_path / "alone" / "alone")
+    alone = _trained_alone(last, tmp_path)
+    assert record(last)["weights_digest"] == record(alone)["weights_digest"]
+    assert _tags(last) == _tags(alone)
     check_study_and_runs_agree(
         load(f"sqlite:///{experiment / 'study.db'}", "warm"), experiment
     )
@@ -80,17 +85,8 @@ def test_a_crashed_trial_leaves_the_next_one_clean(tmp_path):
     after = [b for b in ("32", "16") if numbers[b] > numbers["20000"]]
     assert after, f"no trial came after the crash: {numbers}"
     run = experiment / f"batch_size={after[0]},seed=0"
-    alone = run_cli(
-        "pipeline-train",
-        f"--flagfile={run / 'flags.cfg'}",
-        f"--logdir={tmp_path / 'alone'}",
-        "--run_name=alone",
-    )
-    assert alone.returncode == 0, alone.stderr
-    assert (
-        record(run)["weights_digest"]
-        == record(tmp_path / "alone" / "alone")["weights_digest"]
-    )
+    alone = _trained_alone(run, tmp_path)
+    assert record(run)["weights_digest"] == record(alone)["weights_digest"]
 
 
 def test_a_killed_training_process_fails_its_trial_and_a_new_one_trains_on(
