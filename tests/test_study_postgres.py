@@ -131,6 +131,28 @@ def test_two_workers_join_one_postgresql_study(tmp_path, postgres_url):
         check_study_and_runs_agree(study, logdir / "pg", local_only=True)
 
 
+def _stop_server_when(server, worker, wait, run) -> str:
+    """Stops `server` once `wait(run, worker)` returns, lets the worker end,
+    starts the server again; returns the worker's stderr."""
+    try:
+        wait(run, worker)
+        server.stop()
+        _, stderr = worker.communicate(timeout=300)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        server.start()
+    return stderr
+
+
+def _wait_for_completed(run, worker) -> None:
+    deadline = time.monotonic() + 180
+    while runs_lib.read_record(run).get("status") != "completed":
+        if time.monotonic() > deadline or worker.poll() is not None:
+            pytest.fail(f"{run} did not complete: {worker.poll()=}")
+        time.sleep(0.02)
+
+
 def _error_line(stderr: str) -> str:
     """The sweep's one line on stderr: no traceback, no password."""
     assert "Traceback" not in stderr, stderr
@@ -157,14 +179,8 @@ def test_postgresql_stopped_mid_sweep_is_one_line_and_the_rerun_continues(
             f"--storage={postgres_server.url}"]  # fmt: skip
     first = tmp_path / "stopped" / "trial=0000,seed=0"
     worker = start_worker(tmp_path, *args)
-    try:
-        _wait_for_checkpoint(first, worker)
-        postgres_server.stop()  # while trial 0 trains
-        _, stderr = worker.communicate(timeout=300)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        postgres_server.start()
+    # Stopped while trial 0 trains.
+    stderr = _stop_server_when(postgres_server, worker, _wait_for_checkpoint, first)
     assert worker.returncode == 1
     line = _error_line(stderr)
     assert "stopped answering" in line
@@ -209,18 +225,7 @@ def test_postgresql_stopped_as_a_trial_ends_trains_nothing_twice(
             f"--storage={postgres_server.url}"]  # fmt: skip
     first = tmp_path / "between" / "trial=0000,seed=0"
     worker = start_worker(tmp_path, *args)
-    try:
-        deadline = time.monotonic() + 180
-        while runs_lib.read_record(first).get("status") != "completed":
-            if time.monotonic() > deadline or worker.poll() is not None:
-                pytest.fail(f"{first} did not complete: {worker.poll()=}")
-            time.sleep(0.02)
-        postgres_server.stop()
-        _, stderr = worker.communicate(timeout=300)
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        postgres_server.start()
+    stderr = _stop_server_when(postgres_server, worker, _wait_for_completed, first)
     assert worker.returncode == 1
     assert "stopped answering" in _error_line(stderr)
 
