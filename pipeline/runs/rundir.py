@@ -42,6 +42,7 @@ import re
 import socket
 import sys
 import tempfile
+import time
 import types
 import typing
 from collections.abc import Callable, Iterable, Iterator
@@ -431,10 +432,17 @@ _HELD: dict[str, int] = {}
 
 
 def _holder(lock_path: pathlib.Path) -> str:
-    try:
-        text = lock_path.read_text().strip()
-    except OSError:
-        text = ""
+    """Who holds the lock, as its holder wrote it. The holder writes that
+    just after it took the lock, so an empty file is read again briefly."""
+    text = ""
+    for _ in range(20):
+        try:
+            text = lock_path.read_text().strip()
+        except OSError:
+            break
+        if text:
+            break
+        time.sleep(0.01)
     return text or "another process"
 
 
