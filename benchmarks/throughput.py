@@ -97,6 +97,11 @@ LOGGING_KINDS = ("pipe_default", "pipe_scalars", "pipe_histograms")
 # window, as % of the window's wall time (what logging takes from training
 # on a machine with few cores).
 WRITER_SHARES: dict[str, list[float]] = {}
+# Per pipeline variant: the process's CPU seconds per 1,000 examples in each
+# window (every thread: training, the writer, the loop). Load on other cores
+# stretches wall time far more than CPU time, so logging's CPU cost is the
+# steadier figure on a shared machine.
+CPU_PER_1000: dict[str, list[float]] = {}
 
 
 class Schedule:
@@ -218,6 +223,7 @@ def window_timer(
 
     class WindowTimer(Action):
         window_start = 0.0
+        cpu_start = 0.0
         busy_start = 0.0
 
         def next_boundary(self, step: int) -> int | None:
@@ -233,17 +239,22 @@ def window_timer(
             # variant's window.
             state.logger.flush()
             now = time.perf_counter()
+            cpu = time.process_time()
             busy = state.logger.writer_busy_seconds
             if done > 0:
                 rates.append(window * batch / (now - self.window_start))
                 share = (busy - self.busy_start) / (now - self.window_start)
                 WRITER_SHARES.setdefault(name, []).append(share * 100)
+                CPU_PER_1000.setdefault(name, []).append(
+                    (cpu - self.cpu_start) * 1000 / (window * batch)
+                )
                 report(name, done - 1, rates[-1], share)
                 if done == windows:
                     return  # keep the turn through the run's end-of-run work
             schedule.release(name)  # the warm-up turn, or the window just timed
             schedule.acquire(name)
             self.window_start = time.perf_counter()
+            self.cpu_start = time.process_time()
             self.busy_start = state.logger.writer_busy_seconds
 
     return WindowTimer()
@@ -305,6 +316,7 @@ class FamilyResult:
     trace_counts: dict[str, int]
     load_average: tuple[float, float]
     writer_shares: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    cpu_per_1000: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
 
 def variant_config(family: str, name: str):
@@ -397,6 +409,7 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
             )
     ceiling: dict[str, list[float]] = {"float32": [], "bfloat16": []}
     WRITER_SHARES.clear()
+    CPU_PER_1000.clear()
     load_before = os.getloadavg()[0]
     rates = run_schedule(workers, rounds, ceiling)
     load_after = os.getloadavg()[0]
@@ -437,6 +450,7 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
         traces,
         (load_before, load_after),
         {name: list(shares) for name, shares in WRITER_SHARES.items()},
+        {name: list(cpu) for name, cpu in CPU_PER_1000.items()},
     )
 
 
@@ -490,6 +504,19 @@ def print_family(res: FamilyResult) -> list[str]:
         label = "logging cost" if logged == "pipe_default" else "  of it"
         print(
             f"  {label} ({logged} vs pipe_off, per round): "
+            f"{spread([c * 100 for c in cost], '{:+.1f}')} %"
+        )
+    for logged in LOGGING_KINDS:
+        if not {"pipe_off", logged} <= res.cpu_per_1000.keys():
+            continue
+        cost = [
+            d / o - 1
+            for d, o in zip(
+                res.cpu_per_1000[logged], res.cpu_per_1000["pipe_off"], strict=True
+            )
+        ]
+        print(
+            f"  logging CPU ({logged} vs pipe_off, CPU s per example, per round): "
             f"{spread([c * 100 for c in cost], '{:+.1f}')} %"
         )
     for logged in LOGGING_KINDS:

@@ -20,6 +20,7 @@ No TensorFlow at import: the sweep driver and `pipeline-board` use this.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -310,6 +311,14 @@ _SCALAR_TENSOR_HEAD = b"\x08\x01" + _field(2, b"") + _varint(5 << 3 | 2) + b"\x0
 _SCALAR_TENSOR_FIELD = _varint(8 << 3 | 2) + _varint(len(_SCALAR_TENSOR_HEAD) + 4)
 
 
+def _varint_columns(steps: np.ndarray, length: int) -> np.ndarray:
+    """`[len(steps), length]` bytes: each step as a varint of `length` bytes."""
+    shifts = np.arange(length, dtype=np.int64) * 7
+    columns = (steps[:, None] >> shifts) & 0x7F
+    columns[:, :-1] |= 0x80
+    return columns.astype(np.uint8)
+
+
 def scalar_event_records(
     tags: tuple[str, ...], steps: np.ndarray, columns: tuple, wall_time: float
 ) -> list[bytes]:
@@ -317,28 +326,48 @@ def scalar_event_records(
     value at that step, as `tf.summary.scalar` stores a value (a scalar
     tensor with the scalars plugin's metadata).
 
-    Built from fixed byte strings per tag: ~1 us a step, no TensorFlow op.
+    Every step's event has the same bytes but for its step (a varint) and its
+    values (4 bytes each), so the events of the steps whose varints are
+    equally long are one NumPy array filled column-wise from a template:
+    ~0.5 us a step where building each event in Python took ~4.5 us, no
+    TensorFlow op.
     """
-    heads = [
-        _field(1, tag.encode()) + _field(9, SCALAR_METADATA) + _SCALAR_TENSOR_FIELD
-        for tag in tags
-    ]
+    steps = np.asarray(steps, np.int64)
     value_prefixes = [
         _varint(1 << 3 | 2)
         + _varint(len(head) + len(_SCALAR_TENSOR_HEAD) + 4)
         + head
         + _SCALAR_TENSOR_HEAD
-        for head in heads
-    ]
-    raw = [np.asarray(c, "<f4").tobytes() for c in columns]
-    event_head = b"\x09" + struct.pack("<d", wall_time) + b"\x10"
-    records = []
-    for i, step in enumerate(steps.tolist()):
-        summary = b"".join(
-            prefix + column[4 * i : 4 * i + 4]
-            for prefix, column in zip(value_prefixes, raw, strict=True)
+        for head in (
+            _field(1, tag.encode()) + _field(9, SCALAR_METADATA) + _SCALAR_TENSOR_FIELD
+            for tag in tags
         )
-        records.append(event_head + _varint(step) + _field(5, summary))
+    ]
+    values = [np.asarray(c, "<f4").view(np.uint8).reshape(-1, 4) for c in columns]
+    summary_size = sum(len(prefix) + 4 for prefix in value_prefixes)
+    event_head = b"\x09" + struct.pack("<d", wall_time) + b"\x10"
+    summary_head = _varint(5 << 3 | 2) + _varint(summary_size)
+    lengths = np.ones(len(steps), np.int64)
+    for bits in (7, 14, 21, 28, 35, 42, 49, 56):
+        lengths += steps >= (1 << bits)
+    records: list[bytes] = [b""] * len(steps)
+    for length in np.unique(lengths).tolist():
+        rows = np.flatnonzero(lengths == length)
+        template = bytearray(event_head + bytes(length) + summary_head)
+        value_at = []
+        for prefix in value_prefixes:
+            template += prefix
+            value_at.append(len(template))
+            template += bytes(4)
+        block = np.tile(np.frombuffer(bytes(template), np.uint8), (len(rows), 1))
+        step_at = len(event_head)
+        block[:, step_at : step_at + length] = _varint_columns(steps[rows], length)
+        for at, value in zip(value_at, values, strict=True):
+            block[:, at : at + 4] = value[rows]
+        size = len(template)
+        flat = block.tobytes()
+        for i, row in enumerate(rows.tolist()):
+            records[row] = flat[i * size : (i + 1) * size]
     return records
 
 
@@ -367,10 +396,53 @@ def tensor_event_record(
 ) -> bytes:
     """A serialized `Event` of one tensor summary, as `tf.summary.write`
     stores it."""
-    tensor = tensor_proto_bytes(array)
-    value = _field(1, tag.encode()) + _field(9, metadata) + _field(8, tensor)
+    return tensor_event_records(step, wall_time, (tag,), metadata, [array])[0]
+
+
+def tensor_event_records(
+    step: int,
+    wall_time: float,
+    tags: Sequence[str],
+    metadata: bytes,
+    arrays: Iterable[np.ndarray],
+) -> list[bytes]:
+    """One serialized tensor-summary `Event` per (tag, array), all at `step`.
+
+    The bytes before an array's content depend only on its tag, dtype and
+    shape: built once per tag (`_tensor_value_head`), so a histogram step's
+    events cost ~2 us each instead of ~13 us.
+    """
     head = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
-    return head + _field(5, _field(1, value))
+    records = []
+    for tag, array in zip(tags, arrays, strict=True):
+        array = np.asarray(array)
+        if array.size <= 1:  # a single value goes in a typed field
+            value = (
+                _field(1, tag.encode())
+                + _field(9, metadata)
+                + _field(8, tensor_proto_bytes(array))
+            )
+        else:
+            value = _tensor_value_head(tag, metadata, array.dtype.str, array.shape)
+            value += array.tobytes()
+        records.append(head + _field(5, _field(1, value)))
+    return records
+
+
+@functools.lru_cache(maxsize=4096)
+def _tensor_value_head(
+    tag: str, metadata: bytes, dtype: str, shape: tuple[int, ...]
+) -> bytes:
+    """A `Summary.Value` of a tensor with more than one value, up to its
+    content bytes: they come last (the tensor is the value's last field, its
+    content the tensor's), so the head is a zero array's value without them."""
+    zeros = np.zeros(shape, dtype)
+    value = (
+        _field(1, tag.encode())
+        + _field(9, metadata)
+        + _field(8, tensor_proto_bytes(zeros))
+    )
+    return value[: len(value) - zeros.nbytes]
 
 
 class EventRecordFile:

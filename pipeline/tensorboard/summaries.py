@@ -44,7 +44,7 @@ from pipeline.tensorboard import events
 from pipeline.tensorboard.events import (
     EventRecordFile,
     scalar_event_records,
-    tensor_event_record,
+    tensor_event_records,
 )
 
 KERAS_MODEL_PLUGIN = "graph_keras_model"
@@ -222,18 +222,10 @@ class SummaryLogger:
         return [*self._writers.values(), *self._record_files.values()]
 
     def histograms(
-        self,
-        split: str,
-        step: int,
-        named_tensors: Iterable[tuple[str, tf.Tensor]],
-        bucketed: bool = False,
+        self, split: str, step: int, named_tensors: Iterable[tuple[str, tf.Tensor]]
     ) -> None:
-        """One histogram per named tensor (weights, gradients) at `step`.
-
-        With `bucketed`, the tensors are already `histogram_buckets_many`'s
-        `[buckets, 3]` tensors (a histogram chunk computes them in its own
-        compiled call) and are only written.
-        """
+        """One histogram per named tensor (weights, gradients) at `step`,
+        bucketed by the writer thread in one compiled call."""
         if not self._enabled:
             return
         named = list(named_tensors)
@@ -242,20 +234,27 @@ class SummaryLogger:
         names = tuple(name for name, _ in named)
         # Read variables now: the thread must see this step's values.
         tensors = tuple(tf.convert_to_tensor(tensor) for _, tensor in named)
+        self._write_buckets(
+            split, step, names, lambda: self._compiled_buckets(split, names)(tensors)
+        )
 
+    def bucketed_histograms(
+        self, split: str, step: int, names: Iterable[str], buckets: tf.Tensor
+    ) -> None:
+        """Writes `buckets`, `histogram_buckets_stacked`'s `[len(names),
+        buckets, 3]` tensor (a histogram chunk computes it in its own compiled
+        call), as one histogram per name at `step`."""
+        if self._enabled:
+            self._write_buckets(split, step, tuple(names), lambda: buckets)
+
+    def _write_buckets(
+        self, split: str, step: int, names: tuple[str, ...], buckets: Callable
+    ) -> None:
         def work() -> None:
-            buckets = (
-                tensors if bucketed else self._compiled_buckets(split, names)(tensors)
+            records = tensor_event_records(
+                step, time.time(), names, HISTOGRAM_METADATA, buckets().numpy()
             )
-            wall_time = time.time()
-            self._record_file(split).write(
-                [
-                    tensor_event_record(
-                        step, wall_time, name, HISTOGRAM_METADATA, bucket.numpy()
-                    )
-                    for name, bucket in zip(names, buckets, strict=True)
-                ]
-            )
+            self._record_file(split).write(records)
 
         self._write(work)
 
@@ -269,7 +268,8 @@ class SummaryLogger:
         if key not in self._compiled:
             # A Python loop over fixed tensors: nothing for AutoGraph to convert.
             self._compiled[key] = tf.function(
-                lambda tensors: histogram_buckets_many(list(tensors)), autograph=False
+                lambda tensors: histogram_buckets_stacked(list(tensors)),
+                autograph=False,
             )
         return self._compiled[key]
 
@@ -489,24 +489,33 @@ def histogram_buckets(
 def histogram_buckets_many(
     tensors: list[tf.Tensor], bucket_count: int = HISTOGRAM_BUCKETS
 ) -> list[tf.Tensor]:
-    """One `[bucket_count, 3]` histogram tensor (left, right, count) per tensor.
+    """One `[bucket_count, 3]` histogram tensor (left, right, count) per
+    tensor: `histogram_buckets_stacked`, unstacked."""
+    return tf.unstack(histogram_buckets_stacked(tensors, bucket_count), len(tensors))
+
+
+def histogram_buckets_stacked(
+    tensors: list[tf.Tensor], bucket_count: int = HISTOGRAM_BUCKETS
+) -> tf.Tensor:
+    """The `[len(tensors), bucket_count, 3]` histograms (left, right, count)
+    of `tensors`, one tensor: a compiled call returns one output, not one
+    per tensor.
 
     Same buckets as `tf.summary.histogram` (equal widths from min to max, the
     max in the last bucket, one value -> all edges at it, counts in the last
-    bucket), counted with one `bincount` over all the tensors at once instead
-    of its one-hot `[N, 30]` float64 matrix each: a 590k-weight kernel needs
-    no 140 MB temporary, and an 11-layer MLP's 44 weights and gradients cost
-    ~20 ops instead of ~700 (per-tensor ops made writing them slower than
-    training the 100 steps between them, benchmarks.profile). Shapes must be
-    static (weights and gradients always are; the compiled writer traces
-    with concrete shapes).
+    bucket; an empty tensor's rows are zeros), counted with one `bincount`
+    over all the tensors at once instead of its one-hot `[N, 30]` float64
+    matrix each: a 590k-weight kernel needs no 140 MB temporary, and an
+    11-layer MLP's 44 weights and gradients cost ~20 ops instead of ~700
+    (per-tensor ops made writing them slower than training the 100 steps
+    between them, benchmarks.profile). Shapes must be static (weights and
+    gradients always are; the compiled writer traces with concrete shapes).
     """
     flat = [tf.cast(tf.reshape(t, [-1]), tf.float64) for t in tensors]
     sizes = [int(f.shape[0]) for f in flat]
     filled = [i for i, n in enumerate(sizes) if n > 0]
-    result = [tf.zeros([bucket_count, 3], tf.float64)] * len(flat)
     if not filled:
-        return result
+        return tf.zeros([len(flat), bucket_count, 3], tf.float64)
     k = len(filled)
     data = tf.concat([flat[i] for i in filled], 0)
     segment = tf.repeat(tf.range(k), [sizes[i] for i in filled])
@@ -544,6 +553,6 @@ def histogram_buckets_many(
         tf.stack([edges[:, :-1], edges[:, 1:], counts], axis=2),
         tf.stack([single, single, single_counts], axis=2),
     )
-    for j, i in enumerate(filled):
-        result[i] = stacked[j]
-    return result
+    if k == len(flat):
+        return stacked
+    return tf.scatter_nd([[i] for i in filled], stacked, [len(flat), bucket_count, 3])

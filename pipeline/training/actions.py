@@ -266,24 +266,26 @@ class WriteHistograms(Action):
         if self.initial is not None:
             initial, self.initial = self.initial, None
             self._write(state, 0, initial)
-        if chunk.histograms and state.is_chief and self.schedule.due(chunk.step):
-            self._write(state, chunk.step, chunk.histograms, with_gradients=True)
+        due = chunk.histograms is not None and self.schedule.due(chunk.step)
+        if due and state.is_chief:
+            self._write(state, chunk.step, chunk.histograms, bucketed=True)
 
     def _write(
-        self, state: TrainState, step: int, tensors, with_gradients: bool = False
+        self, state: TrainState, step: int, tensors, bucketed: bool = False
     ) -> None:
-        """Writes weights (and gradients) or, from a histogram chunk, their
-        buckets (`chunk.histograms`, weights then gradients)."""
+        """Writes the weights, or from a histogram chunk the buckets of its
+        weights and gradients (`chunk.histograms`, weights first)."""
         names = [variable_name(v) for v in state.model.trainable_variables]
-        if with_gradients:
+        if bucketed:
             names += [f"gradients/{name}" for name in names]
-        named = list(zip(names, tensors, strict=True))
-        state.logger.histograms("train", step, named, bucketed=with_gradients)
+            state.logger.bucketed_histograms("train", step, names, tensors)
+        else:
+            state.logger.histograms("train", step, zip(names, tensors, strict=True))
         if self.measuring:  # the last measurement, taken behind its write
             measured_step, spent = self.measuring.pop()
             self.schedule.measure(measured_step, spent.result())
         self.schedule.wrote(
-            step, sum(budget.histogram_event_bytes(n) for n, _ in named)
+            step, sum(budget.histogram_event_bytes(name) for name in names)
         )
         if self.schedule.wants_measurement():
             # The first write after step 0 and every few after, by the writer

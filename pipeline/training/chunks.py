@@ -94,9 +94,10 @@ class Chunk:
     # its last step and the gradients that step applied.
     weights: tuple = ()
     gradients: tuple = ()
-    # Their TensorBoard histogram buckets, weights then gradients (computed in
-    # the compiled call: `steps._make_histogram_loop`).
-    histograms: tuple = ()
+    # Their TensorBoard histogram buckets, one `[weights + gradients, buckets,
+    # 3]` tensor, weights first (computed in the compiled call:
+    # `steps._make_histogram_loop`); None on other chunks.
+    histograms: object = None
     # Findings (`FINDINGS`). The latest evaluation, at its own step (`Evaluate`
     # puts it on every chunk; `evaluated` says whether it is this chunk's).
     evaluation: Evaluation | None = None

@@ -136,7 +136,7 @@ class TrainState:
                 outputs = train_loop(self.iterator, chunk)
         weights = tuple(outputs.pop("weights", ()))
         gradients = tuple(outputs.pop("gradients", ()))
-        histograms = tuple(outputs.pop("histograms", ()))
+        histograms = outputs.pop("histograms", None)
         series = {name: value.numpy() for name, value in outputs.items()}
         seconds = time.perf_counter() - started
         self.step_var.assign(end)

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from pipeline import data as data_lib
 from pipeline import models
-from pipeline.tensorboard.summaries import histogram_buckets_many
+from pipeline.tensorboard.summaries import histogram_buckets_stacked
 
 # Examples per batch of an evaluation (memory, not results: sums are exact).
 EVAL_BATCH_SIZE = 1000
@@ -250,7 +250,8 @@ def _make_histogram_loop(
     `train_step.with_gradients`, and also returns `weights` (the trainable
     variables after the last step, read inside the call) and `gradients`
     (what that step applied, summed over replicas), and `histograms`, their
-    TensorBoard buckets (weights first, then gradients): the chunk that ends
+    TensorBoard buckets as one `[weights + gradients, buckets, 3]` tensor
+    (weights first, then gradients): the chunk that ends
     on a histogram step computes its histograms itself, with no extra
     gradient pass and nothing read from live variables afterwards.
     """
@@ -276,7 +277,7 @@ def _make_histogram_loop(
             # Bucketed here, in the same call: a few fused ops on values
             # already at hand, where the writer thread's separate compiled
             # call cost an MLP's 44 histograms ~3 ms of CPU beside training.
-            "histograms": histogram_buckets_many([*weights, *grads]),
+            "histograms": histogram_buckets_stacked([*weights, *grads]),
         }
 
     train_loop_with_histograms.gradient_fn = gradient_fn
