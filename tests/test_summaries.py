@@ -175,6 +175,24 @@ def test_tile_images_lays_out_a_grid_with_borders():
     assert grid[0, 0] == 128
 
 
+def test_writes_wait_for_the_hand_over_and_waiting_hands_them_over():
+    """The thread starts on a chunk's writes when the loop hands them over
+    (as the next compiled chunk starts), not while the actions run; a caller
+    waiting for a write never waits on one the thread was not given."""
+    writer = BackgroundWriter()
+    ran = threading.Event()
+    writer.submit(ran.set)
+    assert not ran.wait(timeout=0.2)
+    writer.hand_over()
+    assert ran.wait(timeout=30)
+    held = writer.submit(lambda: "measured")
+    assert held.result(timeout=30) == "measured"
+    late = threading.Event()
+    writer.submit(late.set)
+    writer.stop()  # writes what is held, then ends
+    assert late.is_set()
+
+
 def test_writes_queued_behind_a_failed_write_fail_with_its_error():
     """A full disk mid-queue: nothing queued behind the failure is left
     waiting (a measurement the thread skipped would hang the run)."""

@@ -6,9 +6,10 @@ Writers flush at boundaries the loop chooses (checkpoints, the end), not on
 every scalar.
 
 With `background=True` every write is handed to one writer thread
-(`BackgroundWriter`), in call order, so the training loop's next compiled
-chunk runs while the last chunk's summaries are serialized and written: the
-compiled writers release the GIL like any TensorFlow call. Arguments are
+(`BackgroundWriter`), in call order, as the training loop's next compiled
+chunk starts (`hand_over`), so that chunk runs while the last chunk's
+summaries are serialized and written: the compiled call releases the GIL,
+which the thread's Python work holds. Arguments are
 values (NumPy arrays, floats, tensors read before the hand-off), never live
 variables, so what is written is what the caller saw. `flush()` waits for the
 thread and flushes the files (before a checkpoint: what it covers is on disk);
@@ -63,10 +64,20 @@ class BackgroundWriter:
     the run with its own message. Writes queued behind a failed one are not
     run: their futures fail with that same error, so no caller waits forever
     on a measurement the thread skipped.
+
+    Submitted writes are held until `hand_over()` (or until anything waits
+    for them: `wait`, a future's `result`, `stop`). Serializing events is
+    Python work that holds the GIL; started while the training thread runs
+    the actions between two compiled chunks, which need the GIL too, it
+    delayed them (~0.8 ms a chunk for logreg, measured). The loop hands the
+    writes over as the next compiled chunk starts: that call releases the
+    GIL, and the thread writes beside it.
     """
 
     def __init__(self):
         self._queue: queue.Queue = queue.Queue()
+        self._held: list = []
+        self._held_lock = threading.Lock()
         self._error: BaseException | None = None
         # CPU seconds the thread spent writing: what logging takes from
         # training on a machine with few cores (the benchmarks show it).
@@ -103,20 +114,48 @@ class BackgroundWriter:
             raise err
 
     def submit(self, work: Callable[[], object]) -> concurrent.futures.Future:
-        """Queues `work`; the future holds what it returns or raises."""
+        """Holds `work` until the next `hand_over`; the future holds what it
+        returns or raises (asking for its result hands it over)."""
         self._raise_pending()
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._queue.put((work, future))
+        future = _HeldWrite(self)
+        with self._held_lock:
+            self._held.append((work, future))
         return future
+
+    def hand_over(self) -> None:
+        """Starts the thread on every write held so far, in order."""
+        with self._held_lock:
+            held, self._held = self._held, []
+            for item in held:
+                self._queue.put(item)
 
     def wait(self) -> None:
         """Returns once everything submitted so far has been written."""
+        self.hand_over()
         self._queue.join()
         self._raise_pending()
 
     def stop(self) -> None:
+        self.hand_over()
         self._queue.put(None)
         self._thread.join()
+
+
+class _HeldWrite(concurrent.futures.Future):
+    """A submitted write's future: waiting for it hands the held writes over,
+    so no caller waits on a write the thread has not been given."""
+
+    def __init__(self, writer: BackgroundWriter):
+        super().__init__()
+        self._writer = writer
+
+    def result(self, timeout: float | None = None) -> object:
+        self._writer.hand_over()
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._writer.hand_over()
+        return super().exception(timeout)
 
 
 class SummaryLogger:
@@ -148,6 +187,12 @@ class SummaryLogger:
         future: concurrent.futures.Future = concurrent.futures.Future()
         future.set_result(work())  # an error is raised here, in the caller
         return future
+
+    def hand_over(self) -> None:
+        """Starts the writer thread on the writes handed to it so far; the
+        loop calls it as each compiled chunk starts (`BackgroundWriter`)."""
+        if self._background is not None:
+            self._background.hand_over()
 
     def writer(self, split: str) -> tf.summary.SummaryWriter:
         """The writer for `split`, created on first use."""

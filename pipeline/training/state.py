@@ -120,10 +120,12 @@ class TrainState:
         actions asked (`request.wants`); returns what they did."""
         end, wants = request.end, request.wants
         chunk = tf.constant(end - self.step, tf.int32)
-        started = time.perf_counter()
         train_loop = (
             self.train_loop.with_histograms if wants.histograms else self.train_loop
         )
+        # The last chunk's summaries are written while this one trains.
+        self.logger.hand_over()
+        started = time.perf_counter()
         with self.step_marker(end, wants.profiled_step):
             if wants.profiled_step and end == self.step + 1 and not wants.histograms:
                 # A histogram loop of one step runs no loop iteration either.
