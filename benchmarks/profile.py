@@ -35,7 +35,9 @@ flags.DEFINE_list("precisions", ["float32", "mixed_bfloat16"], "Precisions.")
 flags.DEFINE_integer("steps", 20, "Profiled steps.")
 flags.DEFINE_string("logdir", "build/bench/profile", "Where the traces go.")
 flags.DEFINE_list(
-    "loop_families", ["logreg"], "Families whose loop is profiled with cProfile."
+    "loop_families",
+    ["logreg", "mlp"],
+    "Families whose loop is profiled with cProfile and timed per chunk.",
 )
 flags.DEFINE_integer("loop_steps", 5000, "Steps of each cProfile'd run.")
 TOP = 10
@@ -119,6 +121,7 @@ def main(argv: list[str]) -> None:
             print(f"  {other:40s} {rest / 1e3:9.1f} ms {rest / busy * 100:5.1f}%")
     for family in FLAGS.loop_families:
         profile_loop(family)
+        loop_costs(family)
 
 
 def profile_loop(family: str) -> None:
@@ -169,6 +172,97 @@ def profile_loop(family: str) -> None:
     )
     for label, seconds in sorted(parts.items(), key=lambda kv: -kv[1]):
         print(f"  {label:48s} {seconds:7.2f} s {seconds / wall * 100:5.1f}%")
+
+
+def loop_costs(family: str) -> None:
+    """Per chunk, without a profiler: the compiled call, each action and each
+    kind of the summary writer thread's jobs (its CPU), at the default
+    logging. Medians over the chunks after the first few (tracing, the
+    step-0 summaries); what logging adds to a chunk is the actions that write
+    plus the writer thread's CPU, beside the compiled call."""
+    import dataclasses
+    import inspect
+    import statistics
+    import tempfile
+    from unittest import mock
+
+    from pipeline import data
+    from pipeline.runs import rundir
+    from pipeline.tensorboard import summaries
+    from pipeline.training import actions, loop
+    from pipeline.training import state as state_lib
+
+    config = common.family_config(family, "--eval_every=0", "--checkpoint_every=0")
+    config = dataclasses.replace(config, steps=FLAGS.loop_steps)
+    dataset = data.load_dataset(config.dataset)
+    wall: dict[str, list[float]] = collections.defaultdict(list)
+    writer_cpu: dict[str, list[float]] = collections.defaultdict(list)
+
+    def timed(name, call):
+        def wrapper(*args):
+            start = time.perf_counter()
+            result = call(*args)
+            wall[name].append(time.perf_counter() - start)
+            return result
+
+        return wrapper
+
+    write = summaries.SummaryLogger._write
+
+    def write_timed(self, work):
+        def job():
+            start = time.thread_time()
+            result = work()
+            writer_cpu[work.__qualname__.split(".")[1]].append(
+                time.thread_time() - start
+            )
+            return result
+
+        return write(self, job)
+
+    patches = [
+        mock.patch.object(cls, "__call__", timed(f"action {name}", cls.__call__))
+        for name, cls in inspect.getmembers(actions, inspect.isclass)
+        if issubclass(cls, actions.Action) and "__call__" in vars(cls)
+    ]
+    patches.append(
+        mock.patch.object(
+            state_lib.TrainState,
+            "train_until",
+            timed("compiled chunk", state_lib.TrainState.train_until),
+        )
+    )
+    patches.append(mock.patch.object(summaries.SummaryLogger, "_write", write_timed))
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = rundir.create_run_dir(tmp, "costs")
+        for patch in patches:
+            patch.start()
+        try:
+            loop.train_and_evaluate(config, run_dir, dataset, print_fn=lambda _: None)
+        finally:
+            for patch in patches:
+                patch.stop()
+    chunks = len(wall["compiled chunk"])
+    steady = slice(3, -1)  # not the first chunks, not the last (end of run)
+    chunk_ms = statistics.median(wall["compiled chunk"][steady]) * 1e3
+    print(
+        f"{family} loop per chunk ({FLAGS.loop_steps} steps in {chunks} chunks, "
+        "default logging, periodic evaluation off), median ms of the steady "
+        f"chunks; compiled call {chunk_ms:.2f} ms:"
+    )
+    rows = [
+        (name, statistics.median(values[steady]) * 1e3)
+        for name, values in wall.items()
+        if name != "compiled chunk" and len(values) == chunks
+    ]
+    for kind, values in writer_cpu.items():
+        if len(values) >= chunks - 1:  # a job every chunk: steady work
+            # Without the 3 longest jobs (the first ones trace), per chunk.
+            per_chunk = sum(sorted(values)[:-3]) / (chunks - 3)
+            rows.append((f"writer thread CPU: {kind}", per_chunk * 1e3))
+    for name, ms in sorted(rows, key=lambda row: -row[1]):
+        if ms >= 0.005:
+            print(f"  {name:48s} {ms:7.3f} ms {ms / chunk_ms * 100:5.1f}%")
 
 
 if __name__ == "__main__":
