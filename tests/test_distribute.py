@@ -295,7 +295,8 @@ def test_two_workers_survive_sigterm_and_a_lost_worker_and_finish_as_one_run(
     record = json.loads((run / "run.json").read_text())
     assert record["status"] == "interrupted"
     preempted = int(record["step"])
-    assert 200 <= preempted < 1000
+    # (A save past 800 would leave the kill below no checkpoint to wait for.)
+    assert 200 <= preempted < 800, "SIGTERM acted too late for the kill"
     assert (run / "checkpoints" / f"ckpt-{preempted}.index").exists()
 
     command = (
