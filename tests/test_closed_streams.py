@@ -12,7 +12,16 @@ import os
 import subprocess
 
 import pytest
-from conftest import LOGREG_FLAGS, REPO, cli_command, cli_env, record, run_cli
+from conftest import (
+    LOGREG,
+    LOGREG_FLAGS,
+    REPO,
+    cli_command,
+    cli_env,
+    main_in_process,
+    record,
+    train_run,
+)
 
 
 def closed_pipe() -> int:
@@ -75,7 +84,11 @@ def test_training_whose_reader_quits_stops_interrupted_and_resumes(tmp_path):
     )
     assert saved["error"] == f"TrainingInterruptedError: {message}"
     assert err.strip().splitlines()[-1] == f"pipeline-train: error: {message}"
-    resumed = run_cli("pipeline-train", "--resume", f"--run={run}", "--steps=20000")
+    # The printed command continues the run (in this process: the resume is
+    # the rule here, not the process; 10 more steps, not the 20,000).
+    resumed = main_in_process(
+        "pipeline-train", "--resume", f"--run={run}", f"--steps={step + 10}"
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming piped from step {step}" in resumed.stdout
     assert record(run)["status"] == "completed"
@@ -83,13 +96,9 @@ def test_training_whose_reader_quits_stops_interrupted_and_resumes(tmp_path):
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
-    """A small completed run, trained by the real CLI."""
-    logdir = tmp_path_factory.mktemp("closed_streams")
-    done = run_cli(
-        "pipeline-train", *LOGREG_FLAGS, f"--logdir={logdir}", "--run_name=done"
-    )
-    assert done.returncode == 0, done.stderr
-    return logdir / "done"
+    """A small completed run (trained in this process: the programs under
+    test are the readers of it)."""
+    return train_run(tmp_path_factory.mktemp("closed_streams"), LOGREG, "done").path
 
 
 @pytest.mark.parametrize(

@@ -2,16 +2,15 @@
 
 import json
 import os
-import pathlib
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import REPO, cli_command, cli_env, scalar_series
+from conftest import REPO, cli_command, cli_env, scalar_series, train_run
 
+from pipeline import config as config_lib
 from pipeline.training import distribute
 
 JOB = [
@@ -69,15 +68,16 @@ def free_ports(n: int) -> list[int]:
 
 @pytest.mark.slow
 def test_mirrored_on_two_cpu_devices_matches_the_default_strategy(tmp_path):
-    default = train_cli(f"--logdir={tmp_path}", "--run_name=default")
+    # The default strategy in this process; the two logical CPU devices need
+    # a process of their own (they are set before TensorFlow starts).
     mirrored = train_cli(
         f"--logdir={tmp_path}",
         "--run_name=mirrored",
         "--strategy=mirrored",
         "--cpu_devices=2",
     )
-    (rc_d, _, err_d), (rc_m, _, err_m) = finish(default), finish(mirrored)
-    assert rc_d == 0, err_d
+    train_run(tmp_path, config_lib.config_from_args(JOB), "default")
+    rc_m, _, err_m = finish(mirrored)
     assert rc_m == 0, err_m
     loss_d = [v for _, v in scalar_series(tmp_path / "default" / "train", "loss")]
     loss_m = [v for _, v in scalar_series(tmp_path / "mirrored" / "train", "loss")]
@@ -87,43 +87,6 @@ def test_mirrored_on_two_cpu_devices_matches_the_default_strategy(tmp_path):
     acc_m = scalar_series(tmp_path / "mirrored" / "test", "accuracy")
     assert [s for s, _ in acc_m] == [15, 30]
     assert [v for _, v in acc_m] == pytest.approx([v for _, v in acc_d], abs=1e-3)
-
-
-@pytest.mark.slow
-def test_two_workers_on_loopback_agree_and_write_one_run(tmp_path):
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    workers = [
-        train_cli(
-            f"--logdir={tmp_path / 'logs'}",
-            "--run_name=mw",
-            "--strategy=multi_worker",
-            env_extra={
-                "TF_CONFIG": json.dumps(
-                    {"cluster": cluster, "task": {"type": "worker", "index": i}}
-                )
-            },
-        )
-        for i in range(2)
-    ]
-    results = [finish(w, timeout=300) for w in workers]
-    for rc, _, err in results:
-        assert rc == 0, err
-    assert digest(results[0][1]) == digest(results[1][1])
-    # One run, and the HParams experiment config the chief wrote beside it.
-    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == [
-        "events.out.tfevents.hparams_config",
-        "mw",
-    ]
-    run = tmp_path / "logs" / "mw"
-    assert [s for s, _ in scalar_series(run / "train", "loss")] == list(range(1, 31))
-    assert [s for s, _ in scalar_series(run / "test", "accuracy")] == [15, 30]
-    assert json.loads((run / "run.json").read_text())["status"] == "completed"
-    assert (run / "checkpoints" / "ckpt-30.index").exists()
-    # The non-chief's scratch directory is gone.
-    assert "run directory: /tmp/pipeline-worker-1-" in results[1][1]
-    scratch = results[1][1].split("run directory: ", 1)[1].split()[0]
-    assert not os.path.exists(scratch)
 
 
 def test_multi_worker_without_tf_config_is_one_line(tmp_path, monkeypatch):
@@ -136,98 +99,6 @@ def test_bad_tf_config_is_named(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(distribute.DistributeError, match="TF_CONFIG is not valid"):
         distribute.make_strategy("multi_worker")
-
-
-def start_workers(logdir, *args, stdout_dir):
-    ports = free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    workers, logs = [], []
-    for i in range(2):
-        log = open(stdout_dir / f"worker{i}-{ports[0]}.log", "w+")  # noqa: SIM115
-        env = dict(
-            os.environ,
-            TF_CPP_MIN_LOG_LEVEL="2",
-            TF_CONFIG=json.dumps(
-                {"cluster": cluster, "task": {"type": "worker", "index": i}}
-            ),
-        )
-        workers.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "pipeline.cli.train",
-                    *JOB,
-                    f"--logdir={logdir}",
-                    "--run_name=pre",
-                    "--strategy=multi_worker",
-                    *args,
-                ],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        )
-        logs.append(log)
-    return workers, logs
-
-
-def wait_all(workers, timeout=300):
-    deadline = time.monotonic() + timeout
-    codes = []
-    for w in workers:
-        try:
-            codes.append(w.wait(timeout=max(1, deadline - time.monotonic())))
-        except subprocess.TimeoutExpired:
-            for other in workers:
-                other.kill()
-            pytest.fail("workers did not stop in time")
-    return codes
-
-
-@pytest.mark.slow
-def test_sigterm_to_one_worker_saves_everywhere_and_resume_finishes(tmp_path):
-    logdir = tmp_path / "logs"
-    steps = [
-        "--steps=300",
-        "--print_every=10",
-        "--checkpoint_every=1000",
-        "--eval_every=100",
-    ]
-    workers, logs = start_workers(logdir, *steps, stdout_dir=tmp_path)
-    deadline = time.monotonic() + 240
-    while "step     20/300" not in pathlib.Path(logs[1].name).read_text():
-        assert time.monotonic() < deadline, pathlib.Path(logs[1].name).read_text()
-        assert workers[1].poll() is None, pathlib.Path(logs[1].name).read_text()
-        time.sleep(0.2)
-    workers[1].send_signal(signal.SIGTERM)
-    assert wait_all(workers) == [42, 42], [
-        pathlib.Path(f.name).read_text() for f in logs
-    ]
-    chief_log = pathlib.Path(logs[0].name).read_text()
-    assert (
-        "pipeline-train: error: preempted: a worker got SIGTERM; every worker "
-        "saved step" in chief_log
-    )
-    run = logdir / "pre"
-    record = json.loads((run / "run.json").read_text())
-    assert record["status"] == "interrupted"
-    saved = int(record["step"])
-    assert 20 <= saved < 300
-    assert (run / "checkpoints" / f"ckpt-{saved}.index").exists()
-
-    workers, logs = start_workers(logdir, *steps, "--resume", stdout_dir=tmp_path)
-    assert wait_all(workers) == [0, 0], [pathlib.Path(f.name).read_text() for f in logs]
-    outs = [pathlib.Path(f.name).read_text() for f in logs]
-    assert f"resuming pre from step {saved}" in outs[0]
-    assert digest(outs[0]) == digest(outs[1])
-    record = json.loads((run / "run.json").read_text())
-    assert record["status"] == "completed"
-    assert [r["from_step"] for r in record["resumes"]] == [saved]
-    assert [s for s, _ in scalar_series(run / "train", "loss")] == list(range(1, 301))
-    assert sorted(p.name for p in logdir.iterdir() if p.is_dir()) == ["pre"]
 
 
 # --- workers that wait, peers that are lost, TF_CONFIG that is wrong -------
@@ -387,29 +258,70 @@ def test_a_worker_alone_gives_up_naming_its_peer_and_honours_signals(tmp_path):
     assert not logdir.exists()
 
 
-@pytest.mark.slow
-def test_a_lost_worker_is_one_line_and_the_printed_command_continues(tmp_path):
-    """kill -9 one of two workers mid-run: the other names it and the command
-    that continues the run; run.json says interrupted with that one line;
-    running the command on both workers finishes the run."""
-    logdir = tmp_path / "logs"
-    ports = free_ports(2)
-    workers = [one_worker(logdir, ports, i, "--steps=3000") for i in range(2)]
+def wait_for_checkpoint(workers, run, step: int) -> None:
+    """Returns once the chief has saved `step` (printed lines lag behind)."""
     deadline = time.monotonic() + 240
-    # Wait for the chief's checkpoint at step 400 (printed lines lag behind).
-    while not (logdir / "mw" / "checkpoints" / "ckpt-400.index").exists():
-        assert time.monotonic() < deadline, "no checkpoint at step 400"
-        assert all(w.poll() is None for w in workers)
+    while not (run / "checkpoints" / f"ckpt-{step}.index").exists():
+        assert time.monotonic() < deadline, f"no checkpoint at step {step}"
+        assert all(w.poll() is None for w in workers), [finish(w) for w in workers]
         time.sleep(0.1)
-    workers[1].kill()
-    finish(workers[1])
-    rc, out, err = finish(workers[0], timeout=120)
-    assert rc == 1, err
-    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_two_workers_survive_sigterm_and_a_lost_worker_and_finish_as_one_run(
+    tmp_path,
+):
+    """Two workers on loopback, one run. SIGTERM to one: every worker saves
+    the same step and exits 42. Resumed, kill -9 one: the other names it and
+    the command that continues the run, and run.json says interrupted with
+    that one line. That command on both workers finishes the run: they agree,
+    and only the chief's run is left (the non-chief's scratch is gone).
+    800 steps after each wait are several seconds of training: time enough to
+    signal or kill mid-run, and little to redo."""
+    logdir = tmp_path / "logs"
+    run = logdir / "mw"
+    ports = free_ports(2)
+    job = ["--steps=1000", "--eval_every=500"]
+    workers = [one_worker(logdir, ports, i, *job) for i in range(2)]
+    wait_for_checkpoint(workers, run, 200)
+    workers[1].send_signal(signal.SIGTERM)
+    results = [finish(w, timeout=120) for w in workers]
+    assert [r[0] for r in results] == [42, 42], results
+    assert "Traceback" not in results[0][2]
+    assert (
+        "pipeline-train: error: preempted: a worker got SIGTERM; every worker "
+        "saved step" in results[0][2]
+    )
+    record = json.loads((run / "run.json").read_text())
+    assert record["status"] == "interrupted"
+    preempted = int(record["step"])
+    # (A save past 800 would leave the kill below no checkpoint to wait for.)
+    assert 200 <= preempted < 800, "SIGTERM acted too late for the kill"
+    assert (run / "checkpoints" / f"ckpt-{preempted}.index").exists()
+
     command = (
         "pipeline-train --resume --strategy=multi_worker "
         f"--logdir={logdir} --run_name=mw"
     )
+
+    def resume_both():
+        return [
+            train_cli(
+                *command.split()[1:],
+                env_extra={"TF_CONFIG": tf_config(ports, i)},
+                job=[],
+            )
+            for i in range(2)
+        ]
+
+    workers = resume_both()
+    wait_for_checkpoint(workers, run, (preempted // 200 + 1) * 200)
+    workers[1].kill()
+    finish(workers[1])
+    rc, out, err = finish(workers[0], timeout=120)
+    assert rc == 1, err
+    assert f"resuming mw from step {preempted}" in out
+    assert "Traceback" not in err
     [line] = error_lines(err)
     assert line.startswith(
         f"pipeline-train: error: worker 1 at 127.0.0.1:{ports[1]} is gone (at step "
@@ -418,23 +330,31 @@ def test_a_lost_worker_is_one_line_and_the_printed_command_continues(tmp_path):
         "the run stops at its last checkpoint; continue it by running on every "
         f"worker, each with its own TF_CONFIG: {command}"
     ), line
-    saved = json.loads((logdir / "mw" / "run.json").read_text())
+    saved = json.loads((run / "run.json").read_text())
     assert saved["status"] == "interrupted"
     assert saved["error"] == "PeerLostError: " + line.split("error: ", 1)[1]
-    assert saved["step"] >= 400
-    assert (logdir / "mw" / "checkpoints" / f"ckpt-{saved['step']}.index").exists()
+    lost = saved["step"]
+    assert lost > preempted
+    assert (run / "checkpoints" / f"ckpt-{lost}.index").exists()
 
-    resumed = [
-        train_cli(
-            *command.split()[1:],
-            env_extra={"TF_CONFIG": tf_config(ports, i)},
-            job=[],
-        )
-        for i in range(2)
-    ]
-    results = [finish(w, timeout=300) for w in resumed]
+    results = [finish(w, timeout=300) for w in resume_both()]
     assert [r[0] for r in results] == [0, 0], results
-    assert f"resuming mw from step {saved['step']}" in results[0][1]
-    done = json.loads((logdir / "mw" / "run.json").read_text())
+    outs = [r[1] for r in results]
+    assert f"resuming mw from step {lost}" in outs[0]
+    assert digest(outs[0]) == digest(outs[1])
+    done = json.loads((run / "run.json").read_text())
     assert done["status"] == "completed"
-    assert done["step"] == 3000
+    assert done["step"] == 1000
+    assert [r["from_step"] for r in done["resumes"]] == [preempted, lost]
+    assert [s for s, _ in scalar_series(run / "train", "loss")] == list(range(1, 1001))
+    assert [s for s, _ in scalar_series(run / "test", "accuracy")] == [500, 1000]
+    assert (run / "checkpoints" / "ckpt-1000.index").exists()
+    # One run, and the HParams experiment config the chief wrote beside it.
+    assert sorted(p.name for p in logdir.iterdir()) == [
+        "events.out.tfevents.hparams_config",
+        "mw",
+    ]
+    # The non-chief's scratch directory is gone.
+    assert "run directory: /tmp/pipeline-worker-1-" in outs[1]
+    scratch = outs[1].split("run directory: ", 1)[1].split()[0]
+    assert not os.path.exists(scratch)

@@ -23,6 +23,13 @@ def profiled(tmp_path_factory):
     return train_run(tmp_path_factory.mktemp("logs"), config, "profiled")
 
 
+@pytest.fixture(scope="module")
+def server(profiled):
+    """One TensorBoard on the profiled run's logdir, for the tests that ask it."""
+    with board.TensorBoardServer(profiled.path.parent) as tensorboard:
+        yield tensorboard
+
+
 def get(server, path):
     """The profile plugin answers gzip-compressed JSON."""
     with urllib.request.urlopen(server.url + path, timeout=30) as response:
@@ -43,13 +50,12 @@ def test_the_trace_lands_in_the_train_directory(profiled):
     assert profiled.result.step == 20
 
 
-def test_the_profile_tab_lists_the_run(profiled):
-    with board.TensorBoardServer(profiled.path.parent) as server:
-        assert server.get("/data/plugins_listing")["profile"]["enabled"] is True
-        deadline = time.monotonic() + 60
-        while "profiled/train/" not in get(server, "/data/plugin/profile/runs"):
-            assert time.monotonic() < deadline, "the Profile tab lists no run"
-            time.sleep(0.5)
+def test_the_profile_tab_lists_the_run(server):
+    assert server.get("/data/plugins_listing")["profile"]["enabled"] is True
+    deadline = time.monotonic() + 60
+    while "profiled/train/" not in get(server, "/data/plugin/profile/runs"):
+        assert time.monotonic() < deadline, "the Profile tab lists no run"
+        time.sleep(0.5)
 
 
 def test_no_trace_by_default(tmp_path):
@@ -62,19 +68,16 @@ def test_a_window_past_the_last_step_is_refused():
         validate(dataclasses.replace(TINY, steps=20, profile_steps=(5, 30)))
 
 
-def test_the_overview_page_shows_the_step_time(profiled):
+def test_the_overview_page_shows_the_step_time(server):
     """Its default tool: a step time, not "No step marker observed" (issue 19)."""
-    with board.TensorBoardServer(profiled.path.parent) as server:
-        deadline = time.monotonic() + 60
-        while "profiled/train/" not in (
-            runs := get(server, "/data/plugin/profile/runs")
-        ):
-            assert time.monotonic() < deadline, "the Profile tab lists no run"
-            time.sleep(0.5)
-        (run,) = json.loads(runs)
-        (host,) = json.loads(get(server, f"/data/plugin/profile/hosts?{_query(run)}"))
-        query = _query(run, host=host["hostname"])
-        overview = get(server, f"/data/plugin/profile/data?{query}")
+    deadline = time.monotonic() + 60
+    while "profiled/train/" not in (runs := get(server, "/data/plugin/profile/runs")):
+        assert time.monotonic() < deadline, "the Profile tab lists no run"
+        time.sleep(0.5)
+    (run,) = json.loads(runs)
+    (host,) = json.loads(get(server, f"/data/plugin/profile/hosts?{_query(run)}"))
+    query = _query(run, host=host["hostname"])
+    overview = get(server, f"/data/plugin/profile/data?{query}")
     assert "No step marker observed" not in overview
     (average,) = re.findall(r'"steptime_ms_average": ?"([\d.]+)"', overview)
     assert float(average) > 0

@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import pytest
 from conftest import (
+    REPO,
+    cli_env,
     parse_train_flags,
     raw_step_counts,
     record,
@@ -322,12 +324,31 @@ def test_all_finite():
     assert not train_state.all_finite([tf.Variable([np.nan])])
 
 
+# Three runs in one process with two logical CPU devices (they must be set
+# before TensorFlow starts, so not in the test's process): one of 40 steps,
+# one of 20 extended to 40 by a resume.
+MIRRORED_RUNS = """
+import dataclasses, sys
+from conftest import train_run
+from pipeline import config as config_lib
+from pipeline.training import distribute
+
+logdir = sys.argv[1]
+config = config_lib.config_from_args(sys.argv[2:])
+strategy = distribute.make_strategy(config.strategy, config.cpu_devices)
+train_run(logdir, dataclasses.replace(config, steps=40), "whole", strategy=strategy)
+short = dataclasses.replace(config, steps=20)
+train_run(logdir, short, "split", strategy=strategy)
+longer = dataclasses.replace(config, steps=40)
+train_run(logdir, longer, "split", resume=True, strategy=strategy)
+"""
+
+
 @pytest.mark.slow
 def test_mirrored_run_extended_by_resume_equals_one_long_run(tmp_path):
     """Under MirroredStrategy the iterator is not checkpointable: the data
     position comes back through dataset.skip(step); weights must still match."""
     flags = [
-        f"--logdir={tmp_path}",
         "--model=mlp",
         "--dropout=0.3",
         "--batch_size=32",
@@ -338,19 +359,19 @@ def test_mirrored_run_extended_by_resume_equals_one_long_run(tmp_path):
         "--strategy=mirrored",
         "--cpu_devices=2",
     ]
-    assert (
-        run_cli("pipeline-train", *flags, "--run_name=whole", "--steps=40").returncode
-        == 0
+    env = {**cli_env(), "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
+    done = subprocess.run(
+        [sys.executable, "-c", MIRRORED_RUNS, str(tmp_path), *flags],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+        check=False,
     )
-    assert (
-        run_cli("pipeline-train", *flags, "--run_name=split", "--steps=20").returncode
-        == 0
-    )
-    resumed = run_cli(
-        "pipeline-train", "--resume", f"--run={tmp_path / 'split'}", "--steps=40"
-    )
-    assert resumed.returncode == 0, resumed.stderr
+    assert done.returncode == 0, done.stderr
     whole, split = record(tmp_path / "whole"), record(tmp_path / "split")
+    assert whole["config"]["strategy"] == split["config"]["strategy"] == "mirrored"
     assert split["resumes"][0]["previous_status"] == "completed"
     assert split["weights_digest"] == whole["weights_digest"]
     assert split["final_metrics"] == whole["final_metrics"]

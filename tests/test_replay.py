@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import copy_run, parse_train_flags, run_cli, train_run
+from conftest import copy_run, main_in_process, parse_train_flags, train_run
 
 from pipeline import config as config_lib
 from pipeline.config import TrainConfig
@@ -39,7 +39,8 @@ def _launch(*argv: str) -> config_lib.Launch:
 
 
 def test_replay_cli_matches_its_original(original):
-    result = run_cli("pipeline-train", f"--replay={original}", "--steps=20")
+    # In this process: --replay is a mode of pipeline-train, not an exit path.
+    result = main_in_process("pipeline-train", f"--replay={original}", "--steps=20")
     assert result.returncode == 0, result.stderr
     assert (
         f"replay matches {original}: 20 logged train losses (steps 1..20) "

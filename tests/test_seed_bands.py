@@ -1,12 +1,10 @@
 """Seed bands: each variant's mean, std and range over seeds, in TensorBoard itself."""
 
 import statistics
-import subprocess
-import sys
 import time
 
 import pytest
-from conftest import LOGREG_FLAGS, read_events
+from conftest import LOGREG_FLAGS, main_in_process, read_events
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 from tensorboard.util import tensor_util
@@ -46,22 +44,16 @@ def test_variant_label_drops_the_seed(name, label):
 
 
 def sweep(logdir, trials):
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pipeline.cli.sweep",
-            *LOGREG_FLAGS,
-            f"--logdir={logdir}",
-            "--sweep_name=bands",
-            "--grid=learning_rate=0.1,0.5",
-            "--repeats=2",
-            f"--trials={trials}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    """`pipeline-sweep` in this process (its trainer is still a process of its
+    own): what is tested is what the sweep writes, not how it exits."""
+    result = main_in_process(
+        "pipeline-sweep",
+        *LOGREG_FLAGS,
+        f"--logdir={logdir}",
+        "--sweep_name=bands",
+        "--grid=learning_rate=0.1,0.5",
+        "--repeats=2",
+        f"--trials={trials}",
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return logdir / "bands"
