@@ -5,10 +5,12 @@ real run (checkpoints, state file, record, lock, disk) the way a crash, a
 full disk or a careless user would, runs the program, and checks the outcome
 from the outside: the exit code, the one line it prints, the run's recorded
 status, the TensorBoard series read back with TensorBoard's own loader, and
-that no checkpoint was lost. Rules (which checkpoint, which record) run the
-program's main in this process (`conftest.main_in_process`); each program's
-warning and error exits, locks, disk faults and kills run the real console
-script in a subprocess.
+that no checkpoint was lost. Rules (which checkpoint, which record, a
+read-only or full disk under eval) run the program's main in this process
+(`conftest.main_in_process`); each program's error exit (once before
+TensorFlow loads, and for eval, export and train once after), a lock held
+by another process, the lock race, the training disk faults, the file-size
+limit and the kill run the real console script in a subprocess.
 """
 
 from __future__ import annotations
@@ -167,10 +169,10 @@ def test_damaged_latest_checkpoint_is_skipped_with_one_line(
 def test_eval_predict_and_export_choose_the_same_checkpoint(
     mlp_run, binary_run, tmp_path
 ):
-    """The rule, through each program's main; eval runs as its own process
-    too, to prove a warning's line passes the stderr filter with exit 0."""
+    """The rule, through each program's main in this process (each exits 0
+    in a real process in test_console.py, test_predict.py, test_export.py)."""
     run = damaged_copy(mlp_run, binary_run, tmp_path, "truncated_data")
-    evaluated = run_cli(
+    evaluated = main_in_process(
         "pipeline-eval", f"--run={run}", "--format=json", "--nowrite_summaries"
     )
     predicted = main_in_process(
