@@ -2,11 +2,9 @@
 
 import csv
 import dataclasses
-import subprocess
-import sys
 
 import pytest
-from conftest import LOGREG, scalar_series, train_run
+from conftest import LOGREG, main_in_process, scalar_series, train_run
 
 
 @pytest.fixture(scope="module")
@@ -19,13 +17,9 @@ def logdir(tmp_path_factory):
 
 
 def compare(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli.compare", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    """`pipeline-compare ARGS`, its main in this process (test_compare.py
+    runs the real program, its table and its error exit)."""
+    return main_in_process("pipeline-compare", *args)
 
 
 def read_csv(path):

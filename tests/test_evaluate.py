@@ -213,7 +213,9 @@ def test_binary_run_uses_true_false_positive_definitions(binary_run, tmp_path):
 
 def test_cli_json_report_and_eval_summaries(mlp_run, tmp_path):
     run = copy_run(mlp_run, tmp_path)
-    result = run_cli(
+    # pipeline-eval's main in this process (test_console.py runs the real
+    # program to exit 0, test_cli_run_without_checkpoint to exit 1).
+    result = main_in_process(
         "pipeline-eval", f"--run={run}", "--checkpoint=10", "--format=json"
     )
     assert result.returncode == 0, result.stderr

@@ -218,6 +218,9 @@ def test_cli_format_tflite_writes_model_tflite_beside_the_saved_model(
     assert json.loads((out / export.METADATA_NAME).read_text())["tflite"] == (
         "model.tflite"
     )
-    served = reload_in_fresh_process(out, test_images, tmp_path)
+    # The SavedModel beside it, loaded here (a fresh process loads one in
+    # test_cli_export_serves_what_pipeline_predict_prints).
+    saved = tf.saved_model.load(str(out)).signatures["serving_default"]
+    expected = saved(images=tf.constant(test_images))["probabilities"].numpy()
     got = tflite_probabilities((out / "model.tflite").read_bytes(), test_images)
-    np.testing.assert_allclose(got, served["probabilities"], atol=1e-5)
+    np.testing.assert_allclose(got, expected, atol=1e-5)

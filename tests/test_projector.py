@@ -134,10 +134,11 @@ def test_training_ends_with_the_test_split_in_the_projector(tmp_path):
     assert (test_dir / "projector_config.pbtxt").is_file()
 
 
-def test_noprojector_writes_none(tmp_path):
-    run = train_run(tmp_path, dataclasses.replace(MLP_RUN, steps=10), "plain")
-    assert not (run.path / "test" / "projector_config.pbtxt").exists()
-    assert tf.train.latest_checkpoint(str(run.path / "test")) is None
+def test_noprojector_writes_none(mlp_run):
+    """The session's MLP run was trained with --noprojector (MLP_RUN)."""
+    assert MLP_RUN.projector is False
+    assert not (mlp_run / "test" / "projector_config.pbtxt").exists()
+    assert tf.train.latest_checkpoint(str(mlp_run / "test")) is None
 
 
 def test_no_projector_for_a_model_without_a_learned_embedding(tmp_path):

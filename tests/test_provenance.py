@@ -206,7 +206,8 @@ def project_repo(path: pathlib.Path) -> pathlib.Path:
 
 
 def train_in(repo: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
-    """`python -m pipeline.cli.train ARGS` with the repository's copy of the code."""
+    """`python -m pipeline.cli.train ARGS` with the repository's copy of the
+    code, as its own process: the record names the code that really ran."""
     env = {**cli_env(), "PYTHONPATH": str(repo)}
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.cli.train", *TRAIN_FLAGS, *args],
@@ -217,6 +218,20 @@ def train_in(repo: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
         timeout=300,
         check=False,
     )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc
+
+
+def train_here_as_in(repo: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+    """`pipeline-train ARGS`, its main in this process (no TensorFlow import
+    of its own), recording `repo` as the checkout of the code that runs:
+    `train_in`'s run proves that a real process records its own checkout;
+    the rules on top of that (sessions, diffs, reruns) are tested here."""
+    from conftest import main_in_process
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(provenance, "source_root", lambda: repo)
+        proc = main_in_process("pipeline-train", *TRAIN_FLAGS, *args, cwd=repo)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc
 
@@ -234,9 +249,13 @@ def two_commits(tmp_path_factory):
     models.write_text(models.read_text() + "\n# an experiment in progress\n")
     logdir = tmp / "logs"
     train_in(repo, f"--logdir={logdir}", "--run_name=dirty", "--steps=10")
-    train_in(repo, f"--logdir={logdir}", "--run_name=dirty", "--resume", "--steps=20")
+    train_here_as_in(
+        repo, f"--logdir={logdir}", "--run_name=dirty", "--resume", "--steps=20"
+    )
     second = commit_all(repo, "keep the experiment")
-    train_in(repo, f"--logdir={logdir}", "--run_name=clean", "--steps=20", "--tag=v2")
+    train_here_as_in(
+        repo, f"--logdir={logdir}", "--run_name=clean", "--steps=20", "--tag=v2"
+    )
     return repo, logdir, first, second
 
 
@@ -317,7 +336,7 @@ def test_list_shows_short_commits_dirty_marked(two_commits):
 
 def test_rerun_warns_when_the_code_differs(two_commits):
     repo, logdir, _, _ = two_commits
-    proc = train_in(
+    proc = train_here_as_in(
         repo,
         f"--rerun={logdir / 'dirty'}",
         f"--logdir={logdir}",
@@ -330,7 +349,7 @@ def test_rerun_warns_when_the_code_differs(two_commits):
     again = record(logdir / "again")
     assert again["config"]["steps"] == 20
     assert again["config"]["run_name"] == "again"
-    same = train_in(
+    same = train_here_as_in(
         repo, f"--rerun={logdir / 'clean'}", f"--logdir={logdir}", "--run_name=same"
     )
     assert "warning" not in same.stderr

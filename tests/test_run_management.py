@@ -205,11 +205,11 @@ def test_runs_from_before_these_fields_load_list_diff_and_compare(logdir, tmp_pa
     assert record(old / "legacy")["config"]["tag"] == ["rescued"]
 
 
-def test_archive_moves_out_of_the_logdir_and_delete_removes(tmp_path):
-    logdir = tmp_path / "logs"
-    train_run(logdir, LOGREG, "keep")
-    train_run(logdir, LOGREG, "old")
-    train_run(logdir, LOGREG, "gone")
+def test_archive_moves_out_of_the_logdir_and_delete_removes(logdir, tmp_path):
+    # Three finished runs of its own: copies of `other` (a run is its folder).
+    source, logdir = logdir / "other", tmp_path / "logs"
+    for name in ("keep", "old", "gone"):
+        shutil.copytree(source, logdir / name)
     proc = runs("archive", str(logdir / "old"))
     assert proc.returncode == 0, proc.stderr
     target = tmp_path / "logs.archive" / "old"

@@ -1,12 +1,17 @@
-"""`pipeline-train` as a user runs it: a real subprocess."""
+"""`pipeline-train` as a user runs it.
+
+Its rules (flagfiles, refusals) run its parser and main in this process
+(`conftest.main_in_process`); help and a warning before an error run the real
+program, whose exit status and stderr filter only a process shows.
+"""
 
 import json
 
-from conftest import REPO, run_cli, scalar_series
+from conftest import REPO, main_in_process, run_cli, scalar_series
 
 
 def test_flagfile_with_override_trains_and_saves_a_rerunnable_flagfile(tmp_path):
-    proc = run_cli(
+    proc = main_in_process(
         "pipeline-train",
         f"--flagfile={REPO / 'flags/logreg_is_one.cfg'}",
         "--steps=30",
@@ -39,7 +44,7 @@ def test_flagfile_with_override_trains_and_saves_a_rerunnable_flagfile(tmp_path)
 def test_existing_run_is_refused_and_left_untouched(tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "run.json").write_text('{"status": "completed"}')
-    proc = run_cli(
+    proc = main_in_process(
         "pipeline-train", f"--logdir={tmp_path}", "--run_name=taken", "--steps=1"
     )
     assert proc.returncode == 1
