@@ -13,6 +13,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 from test_layers import imported_modules, module_files, tf_free_modules
 
@@ -57,6 +58,41 @@ def test_the_blocker_catches_a_tensorflow_import():
     )
     assert proc.returncode != 0
     assert "tensorflow is blocked" in proc.stderr or "keras is blocked" in proc.stderr
+
+
+# `pipeline-train ARGS` with TensorFlow blocked: a user error found before
+# training must be said without it (exit 1, its one line, no attempt).
+_TRAIN_BLOCKED = _BLOCKED_IMPORT.replace(
+    "for module in sys.argv[1:]:\n    importlib.import_module(module)\n",
+    "sys.argv[0] = 'pipeline-train'\n"
+    "try:\n"
+    "    importlib.import_module('pipeline.cli.train').run()\n"
+    "except SystemExit as done:\n"
+    "    print('exit', done.code)\n",
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--run_name=taken"], "{logdir}/taken: run already exists"),
+        (["--run_name=a/b"], "--run_name"),
+        (["--resume", "--run_name=missing"], "{logdir}/missing"),
+    ],
+    ids=["taken_run_name", "bad_run_name", "resume_missing_run"],
+)
+def test_run_errors_are_said_before_tensorflow_loads(tmp_path, args, line):
+    (tmp_path / "taken").mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRAIN_BLOCKED, f"--logdir={tmp_path}", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    lines = [x.strip() for x in proc.stdout.splitlines()[-2:]]
+    assert lines == ["exit 1", "attempted:"], proc.stderr
+    (error,) = [x for x in proc.stderr.splitlines() if "pipeline-train: error" in x]
+    assert line.format(logdir=tmp_path) in error
 
 
 def test_no_import_circle():

@@ -63,6 +63,8 @@ def _train_from_flags() -> None:
         return
     chief = distribute.chief_from_tf_config(launch.config.strategy)
     run_dir, restore_dir, config = _resume_target(launch, chief)
+    if run_dir is None and chief and config.run_name:
+        rundir.refuse_existing(config.logdir, config.run_name)
     dataset = data_lib.load_dataset(
         config.dataset,
         config.data_dir,

@@ -769,8 +769,11 @@ class RunDir:
         return recorded
 
 
-def create_run_dir(logdir: str | os.PathLike, run_name: str) -> RunDir:
-    """Creates `logdir/run_name`; refuses to touch an existing run."""
+def refuse_existing(logdir: str | os.PathLike, run_name: str) -> pathlib.Path:
+    """`logdir/run_name` if that is a valid name no run has taken; else
+    `RunDirError` (an existing run is never overwritten). `pipeline-train`
+    asks before it loads TensorFlow, so a taken name is said at once;
+    `create_run_dir` asks again as it creates the run."""
     logdir = pathlib.Path(logdir)
     check_name(logdir, run_name, "--run_name")
     path = logdir / run_name
@@ -785,6 +788,13 @@ def create_run_dir(logdir: str | os.PathLike, run_name: str) -> RunDir:
             + "; choose another --run_name, or pass --resume to continue it "
             "(runs are never overwritten)"
         )
+    return path
+
+
+def create_run_dir(logdir: str | os.PathLike, run_name: str) -> RunDir:
+    """Creates `logdir/run_name`; refuses to touch an existing run."""
+    logdir = pathlib.Path(logdir)
+    path = refuse_existing(logdir, run_name)
     try:
         logdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
