@@ -37,6 +37,9 @@ def sweep_in_process(logdir: pathlib.Path, *args: str) -> subprocess.CompletedPr
     thread excepthook that keeps a lost storage to one line) is set back
     afterwards. Keep one `run_sweep` per exit path to prove what `cli.start`
     does to the process; use this for reruns, refusals and continuations.
+    One worker only: trials name their worker's pid, and this process's
+    command line does not name the pipeline, so a second worker here would
+    take the first's running trial for a dead worker's and fail it.
     """
     sigterm, excepthook = signal.getsignal(signal.SIGTERM), threading.excepthook
     try:

@@ -11,7 +11,7 @@ import time
 
 import optuna
 import pytest
-from conftest import record
+from conftest import record, run_sweep
 from optuna.trial import TrialState
 from study_fixtures import (
     SEARCH,
@@ -19,7 +19,6 @@ from study_fixtures import (
     load,
     run_dirs,
     start_worker,
-    sweep_in_process,
 )
 
 from pipeline.sweep import SweepError, optuna_adapter, storage, study
@@ -146,7 +145,10 @@ def test_an_interrupted_sweep_continues_its_runs_from_their_checkpoints(tmp_path
     `interrupted`; the same command continues those runs from their
     checkpoints (no run trained again from step 0, none left behind)."""
     args = [*SEARCH, "--sweep_name=again", "--trials=2", "--workers=2"]
-    args += ["--steps=4000", "--checkpoint_every=50", "--eval_every=1000"]
+    # Long enough that the first run is still training when the second saves
+    # its first checkpoint (they start a few hundred steps apart here); the
+    # rerun trains the rest of both.
+    args += ["--steps=2000", "--checkpoint_every=50", "--eval_every=1000"]
     sweep = start_worker(tmp_path, *args)
     experiment = tmp_path / "again"
     runs = [experiment / f"trial={n:04d},seed=0" for n in range(2)]
@@ -154,15 +156,16 @@ def test_an_interrupted_sweep_continues_its_runs_from_their_checkpoints(tmp_path
     while not all(list((r / "checkpoints").glob("ckpt-*.index")) for r in runs):
         assert time.monotonic() < deadline, "no checkpoint in time"
         assert sweep.poll() is None, sweep.communicate()
-        time.sleep(0.2)
+        time.sleep(0.05)
     sweep.send_signal(signal.SIGTERM)
     _, stderr = sweep.communicate(timeout=120)
     assert sweep.returncode == 130, stderr
     interrupted = {r.name: record(r) for r in runs}
     assert {r["status"] for r in interrupted.values()} == {"interrupted"}
 
-    # The same command again (in this process: the interrupted one was a process).
-    again = sweep_in_process(tmp_path, *args)
+    # Two workers: a process (in this one, each would take the other's trial
+    # for a dead worker's: this process's command line does not name the pipeline).
+    again = run_sweep(tmp_path, *args)
     assert again.returncode == 0, again.stderr
     for run in runs:
         assert f"{run}: interrupted; continuing it" in again.stdout
