@@ -10,12 +10,18 @@ import os
 import pathlib
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
 from conftest import read_events, record, run_cli, run_sweep
 from optuna.trial import TrialState
-from study_fixtures import check_study_and_runs_agree, load, run_dirs, start_worker
+from study_fixtures import (
+    check_study_and_runs_agree,
+    load,
+    run_dirs,
+    sweep_in_process,
+)
 
 # A two-hidden-layer MLP: Keras names its layers, so a name counter left over
 # from an earlier run would rename the next run's tags.
@@ -33,7 +39,9 @@ def diverged_sweep(
     tests below: 1e38 makes the loss NaN within a few steps, and the grid's
     seeded order trains it first."""
     logdir = tmp_path_factory.mktemp("sweeps")
-    result = run_sweep(
+    # In this process (the crashed sweep below is a process): the trials
+    # still train in the worker's one training process.
+    result = sweep_in_process(
         logdir,
         *MLP,
         "--grid=learning_rate=0.1,0.05,1e38",
@@ -167,27 +175,39 @@ def test_a_killed_training_process_fails_its_trial_and_a_new_one_trains_on(
     tmp_path,
 ):
     """SIGKILL to the worker's training process mid-run: that trial fails,
-    the sweep goes on in a new process, the study and the runs agree."""
+    the sweep goes on in a new process, the study and the runs agree.
+
+    The sweep runs in this process (its training processes are real); a
+    thread here kills the long run's training process once it trains."""
     args = ["--grid=steps=1000000,20", "--eval_every=0", "--sweep_name=kill"]
-    sweep = start_worker(tmp_path, *args)
     experiment = tmp_path / "kill"
     long_run = experiment / "steps=1000000,seed=0"
-    deadline = time.monotonic() + 180
-    while not ((long_run / "run.json").is_file() and (long_run / "train").is_dir()):
-        assert time.monotonic() < deadline, "the long run never started"
-        assert sweep.poll() is None, sweep.communicate()
-        time.sleep(0.2)
-    time.sleep(1)  # into the training loop
-    killed = record(long_run)["pid"]
-    assert killed != sweep.pid
-    os.kill(killed, signal.SIGKILL)
+    killed: list[int] = []
+    sweep_done = threading.Event()
+
+    def kill_the_long_runs_process() -> None:
+        deadline = time.monotonic() + 180
+        while not ((long_run / "run.json").is_file() and (long_run / "train").is_dir()):
+            if sweep_done.wait(0.2):
+                return
+            if time.monotonic() > deadline:  # the sweep saves and stops (130)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+        time.sleep(1)  # into the training loop
+        killed.append(record(long_run)["pid"])
+        os.kill(killed[0], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_long_runs_process, daemon=True)
+    killer.start()
     try:
-        out, err = sweep.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        sweep.kill()
-        raise
-    assert sweep.returncode == 1, err
-    assert "1 trials failed" in err
+        result = sweep_in_process(tmp_path, *args)
+    finally:
+        sweep_done.set()
+        killer.join()
+    assert killed, f"the long run never started: {result.stderr}"
+    assert killed[0] != os.getpid()
+    assert result.returncode == 1, result.stderr
+    assert "1 trials failed" in result.stderr
     assert record(long_run)["status"] == "failed"
     short = experiment / "steps=20,seed=0"
     assert record(short)["status"] == "completed"
