@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pathlib
+import signal
 import subprocess
+import threading
 
 import optuna
-from conftest import cli_env, record, sweep_command
+from conftest import LOGREG_FLAGS, cli_env, main_in_process, record, sweep_command
 
 from pipeline.sweep import study as study_lib
 
@@ -24,6 +26,29 @@ def start_worker(logdir: pathlib.Path, *args: str, **kwargs) -> subprocess.Popen
         text=True,
         **kwargs,
     )
+
+
+def sweep_in_process(logdir: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
+    """`run_sweep(logdir, *args)` in this process: no `pipeline-sweep` process,
+    whose own TensorFlow import (its HParams writer) costs as much as a
+    trainer's. The trials still train in a real training process.
+
+    What the sweep sets for its whole process (its SIGTERM handler, the
+    thread excepthook that keeps a lost storage to one line) is set back
+    afterwards. Keep one `run_sweep` per exit path to prove what `cli.start`
+    does to the process; use this for reruns, refusals and continuations.
+    One worker only: trials name their worker's pid, and this process's
+    command line does not name the pipeline, so a second worker here would
+    take the first's running trial for a dead worker's and fail it.
+    """
+    sigterm, excepthook = signal.getsignal(signal.SIGTERM), threading.excepthook
+    try:
+        return main_in_process(
+            "pipeline-sweep", *LOGREG_FLAGS, f"--logdir={logdir}", *args
+        )
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+        threading.excepthook = excepthook
 
 
 def load(storage: str, name: str) -> optuna.Study:

@@ -1,5 +1,8 @@
 """Sweeps on an Optuna study in SQLite: workers, a killed worker, bad input."""
 
+import dataclasses
+import pathlib
+import shutil
 import socket
 import subprocess
 
@@ -12,21 +15,55 @@ from study_fixtures import (
     load,
     run_dirs,
     start_worker,
+    sweep_in_process,
 )
 
 # Sweeps of real training processes (the two bad-input tests ride along).
 pytestmark = pytest.mark.slow
 
 
-def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
+@dataclasses.dataclass
+class SharedStudy:
+    """What two workers on one study left: its logdir, their flags and output."""
+
+    logdir: pathlib.Path
+    args: list[str]
+    workers: list[subprocess.Popen]
+    outputs: list[tuple[str, str]]
+
+    @property
+    def experiment(self) -> pathlib.Path:
+        return self.logdir / "shared"
+
+    @property
+    def storage(self) -> str:
+        return f"sqlite:///{self.experiment / 'study.db'}"
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> SharedStudy:
+    """Two `pipeline-sweep` processes on one study of four trials, run once
+    for the tests below (they read it; one that changes it works on a copy)."""
+    logdir = tmp_path_factory.mktemp("sweeps")
     args = [*SEARCH, "--sweep_name=shared", "--trials=4"]
-    workers = [start_worker(tmp_path, *args) for _ in range(2)]
+    workers = [start_worker(logdir, *args) for _ in range(2)]
     outputs = [w.communicate(timeout=600) for w in workers]
+    return SharedStudy(logdir, args, workers, outputs)
+
+
+def _accuracies(experiment: pathlib.Path) -> dict[str, float]:
+    return {
+        p.name: record(p)["final_metrics"]["test"]["accuracy"]
+        for p in run_dirs(experiment)
+    }
+
+
+def test_two_workers_share_one_study_and_train_each_trial_once(shared):
+    workers, outputs, experiment = shared.workers, shared.outputs, shared.experiment
     for worker, (_, stderr) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, stderr
 
-    experiment = tmp_path / "shared"
-    study = load(f"sqlite:///{experiment / 'study.db'}", "shared")
+    study = load(shared.storage, "shared")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
     assert [t.number for t in study.trials] == [0, 1, 2, 3]
     # Two processes, one study: four different configurations, not two twice.
@@ -39,10 +76,7 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
     ]
     check_study_and_runs_agree(study, experiment)
     # The study's best is the best run on disk, and the workers say so.
-    accuracies = {
-        p.name: record(p)["final_metrics"]["test"]["accuracy"]
-        for p in run_dirs(experiment)
-    }
+    accuracies = _accuracies(experiment)
     best = study.best_trial
     assert best.value == max(accuracies.values())
     assert accuracies[best.user_attrs["runs"][0]] == best.value
@@ -63,17 +97,21 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
         f"best trial {best.number}: test/accuracy={best.value:.4f} (learning_rate="
     ) in compared.stdout
 
-    # The study is complete: running the command again trains nothing.
-    again = run_sweep(tmp_path, *args)
+
+def test_a_complete_study_run_again_trains_nothing(shared):
+    again = sweep_in_process(shared.logdir, *shared.args)
     assert again.returncode == 0, again.stderr
     assert "4 already completed, 0 to run" in again.stdout
     assert "started" not in again.stdout
-    assert len(load(f"sqlite:///{experiment / 'study.db'}", "shared").trials) == 4
+    assert len(load(shared.storage, "shared").trials) == 4
 
-    # The best trial's run deleted: compare names the best run still there,
-    # and says why the study's best is not counted.
-    import shutil
 
+def test_compare_names_the_best_run_still_there_when_the_best_is_gone(shared, tmp_path):
+    """The best trial's run deleted: compare names the best run still there,
+    and says why the study's best is not counted."""
+    experiment = pathlib.Path(shutil.copytree(shared.experiment, tmp_path / "shared"))
+    best = load(f"sqlite:///{experiment / 'study.db'}", "shared").best_trial
+    accuracies = _accuracies(experiment)
     best_run = best.user_attrs["runs"][0]
     shutil.rmtree(experiment / best_run)
     runner_up = max(v for k, v in accuracies.items() if k != best_run)
@@ -87,24 +125,27 @@ def test_two_workers_share_one_study_and_train_each_trial_once(tmp_path):
     ) in compared.stdout
 
 
-def test_a_continued_study_draws_what_one_command_would_have(tmp_path):
+def test_a_continued_study_draws_what_one_command_would_have(tmp_path, shared):
     """Each trial is drawn with a seed of its own (the sweep's seed and the
     trial's number): continuing a study, or joining it from another process,
     never replays the first process's draws."""
-    # Two trials, the second drawn by a second command: half the training
-    # of the four (two + two) this test once ran, the same rule.
-    once = run_sweep(tmp_path, *SEARCH, "--sweep_name=once", "--trials=2")
-    first = run_sweep(tmp_path, *SEARCH, "--sweep_name=continued", "--trials=1")
-    second = run_sweep(tmp_path, *SEARCH, "--sweep_name=continued", "--trials=2")
-    for result in (once, first, second):
+    # Two trials, the second drawn by a second command (in this process: the
+    # draws are the sweep's; each trial still trains in a training process).
+    first = sweep_in_process(tmp_path, *SEARCH, "--sweep_name=continued", "--trials=1")
+    second = sweep_in_process(tmp_path, *SEARCH, "--sweep_name=continued", "--trials=2")
+    for result in (first, second):
         assert result.returncode == 0, result.stderr
 
-    def drawn(name):
-        study = load(f"sqlite:///{tmp_path / name / 'study.db'}", name)
+    def drawn(logdir, name):
+        study = load(f"sqlite:///{logdir / name / 'study.db'}", name)
         return [t.params["learning_rate"] for t in study.trials]
 
-    assert len(set(drawn("once"))) == 2
-    assert drawn("continued") == drawn("once")
+    # The reference: the shared study's first two trials, drawn by the same
+    # flags (its name is not part of the draw); its two processes drew four
+    # different rates (test_two_workers_...), as one command would have.
+    reference = drawn(shared.logdir, "shared")[:2]
+    assert len(set(reference)) == 2
+    assert drawn(tmp_path, "continued") == reference
 
 
 def test_a_worker_killed_mid_trial_leaves_study_and_runs_agreeing(tmp_path):
@@ -119,7 +160,7 @@ def test_a_worker_killed_mid_trial_leaves_study_and_runs_agreeing(tmp_path):
     assert [t.state for t in load(storage, "killed").trials] == [TrialState.RUNNING]
     assert record(first_run)["status"] == "running"
 
-    resumed = run_sweep(tmp_path, *args)
+    resumed = sweep_in_process(tmp_path, *args)
     assert resumed.returncode == 0, resumed.stderr
     assert "trial 0: its worker died; failed, queued again" in resumed.stdout
     study = load(storage, "killed")
@@ -151,13 +192,15 @@ def _one_line_error(result: subprocess.CompletedProcess) -> str:
 
 
 def test_bad_search_space_is_one_line(tmp_path):
+    # As a process, once; the second refusal's rule needs no process of its own
+    # (test_sweep.py: test_sweep_flag_errors_are_one_line is another).
     unknown = run_sweep(
         tmp_path, "--sweep_name=bad", "--trials=2", "--search=nope=int:1:3"
     )
     assert _one_line_error(unknown) == (
         "pipeline-sweep: error: --search=nope=int:1:3: 'nope' is not a training flag"
     )
-    malformed = run_sweep(
+    malformed = sweep_in_process(
         tmp_path, "--sweep_name=bad", "--trials=2", "--search=hidden_layers=int:5:1"
     )
     assert _one_line_error(malformed) == (
@@ -173,9 +216,11 @@ def _closed_port() -> int:
 
 
 def test_unreachable_storage_names_the_host_not_the_password(tmp_path):
+    # In this process: test_study_postgres.py's server stopped before the
+    # sweep proves the same exit path as a process.
     port = _closed_port()
     url = f"postgresql://sweep:hunter2@127.0.0.1:{port}/studies"
-    result = run_sweep(
+    result = sweep_in_process(
         tmp_path, *SEARCH, "--sweep_name=away", "--trials=2", f"--storage={url}"
     )
     line = _one_line_error(result)
@@ -186,28 +231,31 @@ def test_unreachable_storage_names_the_host_not_the_password(tmp_path):
     assert "hunter2" not in result.stderr + result.stdout
 
 
-def test_a_study_with_another_space_or_direction_is_refused(tmp_path):
-    first = run_sweep(tmp_path, *SEARCH, "--sweep_name=fixed", "--trials=1")
-    assert first.returncode == 0, first.stderr
-    storage = f"sqlite:///{tmp_path / 'fixed' / 'study.db'}"
-
-    other_space = run_sweep(
-        tmp_path,
+def test_a_study_with_another_space_or_direction_is_refused(shared):
+    """Refused before any trial (in this process: a refusal starts no
+    training process), the study left as it was."""
+    storage = shared.storage
+    other_space = sweep_in_process(
+        shared.logdir,
         *SEARCH,
-        "--sweep_name=fixed",
+        "--sweep_name=shared",
         "--trials=1",
         "--search=hidden_layers=int:1:3",
     )
     assert _one_line_error(other_space) == (
-        f"pipeline-sweep: error: study 'fixed' in {storage} has another search "
+        f"pipeline-sweep: error: study 'shared' in {storage} has another search "
         "space (learning_rate=log:0.01:0.5 there, learning_rate=log:0.01:0.5 "
         "hidden_layers=int:1:3 now); use another --sweep_name"
     )
-    other_direction = run_sweep(
-        tmp_path, *SEARCH, "--sweep_name=fixed", "--trials=1", "--direction=minimize"
+    other_direction = sweep_in_process(
+        shared.logdir,
+        *SEARCH,
+        "--sweep_name=shared",
+        "--trials=1",
+        "--direction=minimize",
     )
     assert _one_line_error(other_direction) == (
-        f"pipeline-sweep: error: --direction=minimize: study 'fixed' in {storage} "
+        f"pipeline-sweep: error: --direction=minimize: study 'shared' in {storage} "
         "is maximize; use another --sweep_name"
     )
-    assert len(load(storage, "fixed").trials) == 1
+    assert len(load(storage, "shared").trials) == 4

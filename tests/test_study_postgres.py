@@ -26,6 +26,7 @@ from study_fixtures import (
     load,
     run_dirs,
     start_worker,
+    sweep_in_process,
 )
 
 from pipeline.sweep import runs as runs_lib
@@ -174,7 +175,8 @@ def _wait_for_checkpoint(run: pathlib.Path, worker: subprocess.Popen) -> None:
 def test_postgresql_stopped_mid_sweep_is_one_line_and_the_rerun_continues(
     tmp_path, postgres_server
 ):
-    args = [*SEARCH, "--sweep_name=stopped", "--trials=2", "--steps=1000",
+    # One trial: what is proven is its run, stopped and continued.
+    args = [*SEARCH, "--sweep_name=stopped", "--trials=1", "--steps=1000",
             "--eval_every=20", "--checkpoint_every=50",
             f"--storage={postgres_server.url}"]  # fmt: skip
     first = tmp_path / "stopped" / "trial=0000,seed=0"
@@ -191,13 +193,14 @@ def test_postgresql_stopped_mid_sweep_is_one_line_and_the_rerun_continues(
     assert stopped["error"] == f"StorageLostError: {line}"
     assert 0 < stopped["step"] < 1000
 
-    rerun = run_sweep(tmp_path, *args)
+    # The same command again (in this process: the stopped one was a process).
+    rerun = sweep_in_process(tmp_path, *args)
     assert rerun.returncode == 0, rerun.stderr
     assert f"{first}: interrupted; continuing it" in rerun.stdout
     study = load(postgres_server.url, "stopped")
-    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 2
+    assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 1
     check_study_and_runs_agree(study, tmp_path / "stopped")
-    assert len(run_dirs(tmp_path / "stopped")) == 2  # trial 0's run trained once
+    assert len(run_dirs(tmp_path / "stopped")) == 1  # trial 0's run trained once
     assert record(first)["status"] == "completed"
     assert record(first)["step"] == 1000
 
@@ -229,7 +232,7 @@ def test_postgresql_stopped_as_a_trial_ends_trains_nothing_twice(
     assert worker.returncode == 1
     assert "stopped answering" in _error_line(stderr)
 
-    rerun = run_sweep(tmp_path, *args)
+    rerun = sweep_in_process(tmp_path, *args)
     assert rerun.returncode == 0, rerun.stderr
     study = load(postgres_server.url, "between")
     assert [t.state for t in study.trials].count(TrialState.COMPLETE) == 2

@@ -1,13 +1,15 @@
 """Sweeps whose pruner (median, Hyperband, a floor) stops a hopeless trial.
 
 Split from test_study.py so that `make test`'s two workers share the sweeps:
-each file goes to one worker.
+each file goes to one worker. The sweeps run in this process
+(`sweep_in_process`: no `pipeline-sweep` process and its TensorFlow import);
+their trials train, and are pruned, in a real training process.
 """
 
 import pytest
-from conftest import main_in_process, read_events, record, run_sweep
+from conftest import main_in_process, read_events, record
 from optuna.trial import TrialState
-from study_fixtures import check_study_and_runs_agree, load
+from study_fixtures import check_study_and_runs_agree, load, sweep_in_process
 
 # Each test runs a sweep of real training processes.
 pytestmark = pytest.mark.slow
@@ -21,7 +23,7 @@ def _sweep_pruning_the_hopeless_second_trial(tmp_path, pruner: str, *flags: str)
     """Two 20-step trials of a grid: 0.3 (Optuna's grid order for seed 0) then
     the hopeless 0.00001, which `pruner` must stop at its first evaluation
     (step 10). Returns the experiment, its study and the pruned run's record."""
-    result = run_sweep(
+    result = sweep_in_process(
         tmp_path,
         "--grid=learning_rate=0.5,0.00001,0.3",
         "--trials=2",
@@ -92,7 +94,7 @@ def test_the_hyperband_pruner_stops_a_hopeless_trial_as_pruned(tmp_path):
 
 def test_a_floor_prunes_a_trial_at_chance_without_completed_trials(tmp_path):
     # No pruner and nothing completed yet: only the floor judges, from step 10.
-    result = run_sweep(
+    result = sweep_in_process(
         tmp_path,
         "--grid=learning_rate=0.00001,0.5",
         "--trials=2",

@@ -13,6 +13,7 @@ from conftest import (
     run_sweep,
     sweep_command,
 )
+from study_fixtures import sweep_in_process
 
 from pipeline.sweep import SweepError, space
 from pipeline.sweep import runs as sweep_runs
@@ -91,14 +92,15 @@ def test_sweep_runs_the_grid_then_skips_completed_runs(tmp_path):
     assert "best 0." in first.stdout
     starts = {n: record(experiment / n)["start_time"] for n in names}
 
-    again = run_sweep(tmp_path, *args)
+    # Run again (in this process: the sweep's own process is proven above).
+    again = sweep_in_process(tmp_path, *args)
     assert again.returncode == 0, again.stderr
     assert "2 already completed, 0 to run" in again.stdout
     assert "started" not in again.stdout
     assert {n: record(experiment / n)["start_time"] for n in names} == starts
 
     # Same sweep name, other base flags: refuse rather than mix two experiments.
-    changed = run_sweep(tmp_path, *args, "--steps=30")
+    changed = sweep_in_process(tmp_path, *args, "--steps=30")
     assert changed.returncode == 1
     assert changed.stderr.strip().splitlines()[-1] == (
         f"pipeline-sweep: error: {experiment / names[0]}: completed with other flags "
@@ -120,7 +122,7 @@ def test_killed_sweep_resumes_and_moves_the_half_done_run_aside(tmp_path):
     kill_once_started(process, first_run, "the first run")
     assert record(first_run)["status"] == "running"
 
-    resumed = run_sweep(tmp_path, *args)
+    resumed = sweep_in_process(tmp_path, *args)
     assert resumed.returncode == 0, resumed.stderr
     assert f"moved half-done {first_run} aside to {first_run.name}.incomplete-1" in (
         resumed.stdout

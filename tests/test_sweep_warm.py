@@ -1,17 +1,27 @@
 """A sweep worker trains its trials in one warm process (`pipeline.sweep.trainer`):
 a trial trained after others there gets the weights it gets trained alone;
 a trial that diverges or crashes, or whose process is killed, fails alone,
-and the next trial trains with clean state (a new process after a kill)."""
+and the next trial trains with clean state (a new process after a kill).
+
+What the sweep's exit status says is proven on the same sweeps: a diverged
+trial is a result (exit 0), a crashed trial is not (exit 1, named)."""
 
 import os
 import pathlib
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
 from conftest import read_events, record, run_cli, run_sweep
-from study_fixtures import check_study_and_runs_agree, load, run_dirs, start_worker
+from optuna.trial import TrialState
+from study_fixtures import (
+    check_study_and_runs_agree,
+    load,
+    run_dirs,
+    sweep_in_process,
+)
 
 # A two-hidden-layer MLP: Keras names its layers, so a name counter left over
 # from an earlier run would rename the next run's tags.
@@ -19,6 +29,37 @@ MLP = ["--model=mlp", "--hidden_layers=2", "--hidden_units=8"]
 
 # Each test runs a sweep of real training processes.
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def diverged_sweep(
+    tmp_path_factory,
+) -> tuple[pathlib.Path, subprocess.CompletedProcess]:
+    """A grid of three learning rates, two seeds each, trained once for the
+    tests below: 1e38 makes the loss NaN within a few steps, and the grid's
+    seeded order trains it first."""
+    logdir = tmp_path_factory.mktemp("sweeps")
+    # In this process (the crashed sweep below is a process): the trials
+    # still train in the worker's one training process.
+    result = sweep_in_process(
+        logdir,
+        *MLP,
+        "--grid=learning_rate=0.1,0.05,1e38",
+        "--repeats=2",
+        "--sweep_name=warm",
+    )
+    return logdir / "warm", result
+
+
+@pytest.fixture(scope="module")
+def crashed_sweep(tmp_path_factory) -> tuple[pathlib.Path, subprocess.CompletedProcess]:
+    """A grid whose batch of 20000 (larger than the data) passes the flags'
+    checks but cannot train, trained once for the tests below."""
+    logdir = tmp_path_factory.mktemp("sweeps")
+    result = run_sweep(
+        logdir, *MLP, "--grid=batch_size=16,32,20000", "--sweep_name=crash"
+    )
+    return logdir / "crash", result
 
 
 def _trained_order(experiment: pathlib.Path, name: str) -> list[pathlib.Path]:
@@ -45,15 +86,14 @@ def _tags(run: pathlib.Path) -> set[str]:
     return {tag for kind in ("tensors", "histograms") for tag in tags.get(kind, [])}
 
 
-def test_a_warm_trial_has_the_weights_of_the_same_run_trained_alone(tmp_path):
-    result = run_sweep(
-        tmp_path, *MLP, "--grid=learning_rate=0.1,0.05,1e38", "--sweep_name=warm"
-    )
+def test_a_warm_trial_has_the_weights_of_the_same_run_trained_alone(
+    diverged_sweep, tmp_path
+):
+    experiment, result = diverged_sweep
     assert result.returncode == 0, result.stderr
-    experiment = tmp_path / "warm"
     order = _trained_order(experiment, "warm")
-    # One process trained all three: TensorFlow was imported once.
-    assert len({record(run)["pid"] for run in order}) == 1
+    # One process trained all five runs: TensorFlow was imported once.
+    assert len({record(run)["pid"] for run in run_dirs(experiment)}) == 1
     statuses = [record(run)["status"] for run in order]
     # The grid's seeded order puts the diverging rate first: the trials after
     # it train in the process its NaN-loss exception went through.
@@ -69,15 +109,57 @@ def test_a_warm_trial_has_the_weights_of_the_same_run_trained_alone(tmp_path):
     )
 
 
-def test_a_crashed_trial_leaves_the_next_one_clean(tmp_path):
+def test_a_diverged_trial_is_a_result_and_the_sweep_exits_0(diverged_sweep):
+    # Moved from test_study_outcomes.py: it shares the warm trials' sweep.
+    experiment, result = diverged_sweep
+    assert result.returncode == 0, result.stderr
+    diverged = experiment / "learning_rate=1e38,seed=0"
+    run = record(diverged)
+    assert run["status"] == "diverged"
+    assert run["error"].startswith("NonFiniteLossError: loss is nan at step")
+    # Its second seed is not trained: the variant diverged.
+    assert not (experiment / "learning_rate=1e38,seed=1").exists()
+    trials = load(f"sqlite:///{experiment / 'study.db'}", "warm").trials
+    by_lr = {t.params["learning_rate"]: t for t in trials}
+    # Optuna's rule for a NaN objective: the trial FAILs, the study goes on.
+    assert by_lr["1e38"].state == TrialState.FAIL
+    assert by_lr["1e38"].user_attrs["outcome"] == "diverged"
+    assert by_lr["1e38"].user_attrs["error"].startswith("loss is nan at step")
+    assert by_lr["0.1"].state == TrialState.COMPLETE
+    out = result.stdout
+    assert "finished  run learning_rate=0.1,seed=1 (seed 1): test/accuracy=" in out
+    assert "(learning_rate=0.1): test/accuracy=" in out
+    assert ", mean of 2 seeds" in out
+    assert "diverged  trial" in out
+    assert "(learning_rate=1e38): diverged: loss is nan" in out
+    assert (
+        "sweep warm: 2/3 completed, 1 diverged, 0 pruned, 0 failed, 0 running;" in out
+    )
+    assert "error" not in result.stderr
+
+
+def test_a_crashed_trial_fails_the_sweep_naming_it(crashed_sweep):
+    # Moved from test_study_outcomes.py: it shares the crashed trial's sweep.
+    experiment, result = crashed_sweep
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("pipeline-sweep: error: 1 trials failed: trial "), (
+        result.stderr
+    )
+    assert "(batch_size=20000,seed=0): " in last
+    trials = load(f"sqlite:///{experiment / 'study.db'}", "crash").trials
+    assert {t.params["batch_size"]: t.state for t in trials}["20000"] == (
+        TrialState.FAIL
+    )
+    assert "sweep crash: 2/3 completed, 0 diverged, 0 pruned, 1 failed" in result.stdout
+
+
+def test_a_crashed_trial_leaves_the_next_one_clean(crashed_sweep, tmp_path):
     """A run that raises while training (a batch larger than the data) fails
     its trial only; the trial after it trains in the same process, with the
     weights it gets alone."""
-    result = run_sweep(
-        tmp_path, *MLP, "--grid=batch_size=16,32,20000", "--sweep_name=crash"
-    )
+    experiment, result = crashed_sweep
     assert result.returncode == 1
-    experiment = tmp_path / "crash"
     study = load(f"sqlite:///{experiment / 'study.db'}", "crash")
     states = {t.params["batch_size"]: t.state.name for t in study.trials}
     assert states == {"20000": "FAIL", "32": "COMPLETE", "16": "COMPLETE"}
@@ -93,27 +175,39 @@ def test_a_killed_training_process_fails_its_trial_and_a_new_one_trains_on(
     tmp_path,
 ):
     """SIGKILL to the worker's training process mid-run: that trial fails,
-    the sweep goes on in a new process, the study and the runs agree."""
+    the sweep goes on in a new process, the study and the runs agree.
+
+    The sweep runs in this process (its training processes are real); a
+    thread here kills the long run's training process once it trains."""
     args = ["--grid=steps=1000000,20", "--eval_every=0", "--sweep_name=kill"]
-    sweep = start_worker(tmp_path, *args)
     experiment = tmp_path / "kill"
     long_run = experiment / "steps=1000000,seed=0"
-    deadline = time.monotonic() + 180
-    while not ((long_run / "run.json").is_file() and (long_run / "train").is_dir()):
-        assert time.monotonic() < deadline, "the long run never started"
-        assert sweep.poll() is None, sweep.communicate()
-        time.sleep(0.2)
-    time.sleep(1)  # into the training loop
-    killed = record(long_run)["pid"]
-    assert killed != sweep.pid
-    os.kill(killed, signal.SIGKILL)
+    killed: list[int] = []
+    sweep_done = threading.Event()
+
+    def kill_the_long_runs_process() -> None:
+        deadline = time.monotonic() + 180
+        while not ((long_run / "run.json").is_file() and (long_run / "train").is_dir()):
+            if sweep_done.wait(0.2):
+                return
+            if time.monotonic() > deadline:  # the sweep saves and stops (130)
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+        time.sleep(1)  # into the training loop
+        killed.append(record(long_run)["pid"])
+        os.kill(killed[0], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_long_runs_process, daemon=True)
+    killer.start()
     try:
-        out, err = sweep.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        sweep.kill()
-        raise
-    assert sweep.returncode == 1, err
-    assert "1 trials failed" in err
+        result = sweep_in_process(tmp_path, *args)
+    finally:
+        sweep_done.set()
+        killer.join()
+    assert killed, f"the long run never started: {result.stderr}"
+    assert killed[0] != os.getpid()
+    assert result.returncode == 1, result.stderr
+    assert "1 trials failed" in result.stderr
     assert record(long_run)["status"] == "failed"
     short = experiment / "steps=20,seed=0"
     assert record(short)["status"] == "completed"
