@@ -30,7 +30,6 @@ from absl import flags
 from pipeline import cli
 from pipeline import config as config_lib
 from pipeline.sweep import SweepError, driver
-from pipeline.tensorboard import events
 
 FLAGS = flags.FLAGS
 _INT = flags.DEFINE_integer
@@ -138,9 +137,13 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """Console-script entry point."""
     # A worker trains in its training process; it only reads small files.
-    events.read_without_tensorflow()
     cli.start(
-        "pipeline-sweep", define_flags, main, __doc__, full_only=config_lib.HELP_GROUPS
+        "pipeline-sweep",
+        define_flags,
+        main,
+        __doc__,
+        full_only=config_lib.HELP_GROUPS,
+        trains=False,
     )
 
 
