@@ -361,7 +361,7 @@ def main_in_process(
     module = _entry_module(program)
     entry = {}
 
-    def capture(prog, define_flags, main, doc, full_only=()):
+    def capture(prog, define_flags, main, doc, full_only=(), trains=True):
         entry.update(prog=prog, define_flags=define_flags, main=main)
 
     with mock.patch.object(cli, "start", capture):

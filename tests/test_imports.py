@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO
+from conftest import LOGREG_FLAGS, REPO, cli_env
 from test_layers import imported_modules, module_files, tf_free_modules
 
 # Runs in a fresh interpreter: a finder ahead of every other one refuses
@@ -93,6 +93,40 @@ def test_run_errors_are_said_before_tensorflow_loads(tmp_path, args, line):
     assert lines == ["exit 1", "attempted:"], proc.stderr
     (error,) = [x for x in proc.stderr.splitlines() if "pipeline-train: error" in x]
     assert line.format(logdir=tmp_path) in error
+
+
+@pytest.mark.slow
+def test_a_sweep_worker_runs_a_sweep_without_tensorflow(tmp_path):
+    """The worker process orchestrates; its training process imports
+    TensorFlow. Its own reads (the HParams config, seed bands over the test
+    split) go through TensorBoard's TensorFlow-free reader."""
+    script = _BLOCKED_IMPORT.replace(
+        "for module in sys.argv[1:]:\n    importlib.import_module(module)\n",
+        "sys.argv[0] = 'pipeline-sweep'\n"
+        "try:\n"
+        "    importlib.import_module('pipeline.cli.sweep').run()\n"
+        "except SystemExit as done:\n"
+        "    print('exit', done.code)\n",
+    )
+    args = [*LOGREG_FLAGS, f"--logdir={tmp_path}", "--steps=5", "--repeats=2"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            script,
+            *args,
+            "--sweep_name=s",
+            "--grid=learning_rate=0.1",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=cli_env(),
+        timeout=300,
+    )
+    lines = [x.strip() for x in proc.stdout.splitlines()[-2:]]
+    assert lines == ["exit 0", "attempted:"], proc.stderr
+    assert (tmp_path / "s" / "seed_bands").is_dir()
 
 
 def test_no_import_circle():

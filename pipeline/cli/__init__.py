@@ -251,6 +251,7 @@ def start(
     main: Callable[[list[str]], None],
     doc: str,
     full_only: Sequence[str] = (),
+    trains: bool = True,
 ) -> None:
     """Console-script entry point shared by every `pipeline-*` program.
 
@@ -261,8 +262,14 @@ def start(
     `doc` (the program module's docstring: what it does, usage, examples)
     opens `--help`, which lists the flags by help group and exits 0;
     `full_only` names groups that only `--helpfull` lists (a sweep's
-    training flags).
+    training flags). A program that never `trains` in its own process (a
+    sweep worker) reads event files without TensorFlow
+    (`events.read_without_tensorflow`).
     """
+    if not trains:
+        from pipeline.tensorboard import events
+
+        events.read_without_tensorflow()
     streams.guard_output()
     check_address_space(prog)
     quiet_tensorflow(sys.argv)

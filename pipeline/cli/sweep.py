@@ -136,8 +136,14 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
+    # A worker trains in its training process; it only reads small files.
     cli.start(
-        "pipeline-sweep", define_flags, main, __doc__, full_only=config_lib.HELP_GROUPS
+        "pipeline-sweep",
+        define_flags,
+        main,
+        __doc__,
+        full_only=config_lib.HELP_GROUPS,
+        trains=False,
     )
 
 

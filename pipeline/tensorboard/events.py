@@ -27,7 +27,9 @@ import os
 import pathlib
 import socket
 import struct
+import sys
 import time
+import types
 from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -114,6 +116,26 @@ def remove_empty(
 
 
 # --- reading -------------------------------------------------------------------
+
+
+def read_without_tensorflow() -> None:
+    """Makes TensorBoard's loaders in this process read event files with its
+    own TensorFlow-free record reader (`tensorboard.compat.notf`, TensorBoard's
+    switch for running without TensorFlow), unless TensorFlow is loaded.
+
+    For a process that orchestrates and never trains (a sweep worker): what
+    it reads is a few small files (the HParams config and sessions, the test
+    split's evaluations for seed bands), and TensorBoard's loader would import
+    all of TensorFlow to read them (~3.5 s of CPU and ~0.5 GB per worker). The
+    pure-Python reader checks CRCs byte by byte (~0.3 MB/s here): not for a
+    process that reads whole logdirs. Call it before anything reads an event
+    file.
+    """
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault(_NO_TENSORFLOW, types.ModuleType(_NO_TENSORFLOW))
+
+
+_NO_TENSORFLOW = "tensorboard.compat.notf"
 
 
 def load(path: str | os.PathLike) -> Iterator[event_pb2.Event]:
