@@ -206,7 +206,11 @@ def _run(sweep: Sweep, workers: int) -> int:
         {"seed"} if sweep.repeats > 1 else set()
     )
     try:
-        outcomes = run_workers(sweep, storage, workers, progress, differing)
+        # Nothing to run: no worker, so no training process (a TensorFlow
+        # import) is started only to be closed.
+        outcomes = run_workers(
+            sweep, storage, workers if to_run else 0, progress, differing
+        )
     except KeyboardInterrupt:
         print(
             "pipeline-sweep: interrupted; run the same command again to finish",

@@ -520,11 +520,11 @@ def _storage_errors_quiet_in_threads() -> None:
 def run_workers(
     sweep: Sweep, storage, workers: int, progress: Progress, differing=frozenset()
 ) -> list[TrialOutcome]:
-    """Runs `workers` workers in threads until the study's total is reached.
+    """Runs `workers` workers in threads until the study's total is reached
+    (none: only the experiment's HParams config is written).
 
     The experiment's HParams config (`differing`: the flags the sweep varies)
-    is written once the workers' training processes are starting: its
-    writer imports TensorFlow here while they import it there.
+    is written once the workers' training processes are starting.
 
     Ctrl-C (or SIGTERM, turned into KeyboardInterrupt by the entry point)
     interrupts every training process; each records `interrupted`, its trial
