@@ -138,32 +138,32 @@ def train_run(
 # (`--no-loadscope-reorder`). The files that take longest go first, so the
 # short ones fill the gaps at the end instead of one long file running alone
 # on one worker while the other idles. Longest first, from `make test
-# --durations=0` on d72200d (issue-25b: 704 passed in 13 min 09 s, load 2-4;
-# test_study 193 s of worker time, test_study_postgres 164, ...), with
-# test_sweep_warm (three small sweeps) placed by its own measure.
+# --durations=0` on main 81d5bd9 (752 passed in 6 min 52 s on the idle
+# machine; test_distribute 66 s of worker time, test_trusted_runs 65, ...).
 LONGEST_FIRST = (
-    "test_study.py",
-    "test_study_postgres.py",
-    "test_study_outcomes.py",
     "test_distribute.py",
     "test_trusted_runs.py",
-    "test_run_management.py",
-    "test_closed_streams.py",
-    "test_study_pruning.py",
-    "test_sweep_warm.py",
-    "test_bad_input.py",
+    "test_study_postgres.py",
+    "test_study.py",
     "test_board.py",
+    "test_sweep_warm.py",
+    "test_study_outcomes.py",
     "test_fault.py",
-    "test_compare.py",
     "test_recovery.py",
+    "test_study_pruning.py",
+    "test_run_management.py",
     "test_seed_bands.py",
+    "test_compare.py",
+    "test_closed_streams.py",
     "test_sweep.py",
+    "test_hparams.py",
+    "test_console.py",
+    "test_train.py",
+    "test_profile.py",
+    "test_export.py",
+    "test_imports.py",
     "test_projector.py",
     "test_provenance.py",
-    "test_compare_export.py",
-    "test_profile.py",
-    "test_console.py",
-    "test_export.py",
 )
 
 
