@@ -19,6 +19,9 @@ optimizer and tf.data pipeline:
   pipe_scalars, pipe_histograms
                 pipe_default with only that kind of logging (not run by
                 default: they take the logging cost apart)
+  pipe_off_twin a second pipe_off run (not run by default): how far two
+                identical runs in one process differ, the control for a
+                logging cost
 
 Windows are equal: every variant of a family is timed over the same number of
 steps. A round runs the matmul ceilings, one `fit` window, then one window of
@@ -96,6 +99,8 @@ PIPELINE_VARIANTS = {
     # The logging cost taken apart (not run by default): one kind at a time.
     "pipe_scalars": (("--histogram_every=0", "--image_count=0"), "float32"),
     "pipe_histograms": (("--log_every=0", "--image_count=0"), "float32"),
+    # A control (not run by default): a second, identical pipe_off run.
+    "pipe_off_twin": (LOGGING_OFF, "float32"),
 }
 LOGGING_KINDS = ("pipe_default", "pipe_scalars", "pipe_histograms")
 # Per pipeline variant: the summary writer thread's CPU seconds in each
