@@ -421,6 +421,48 @@ def config_from_argv(*argv: str) -> TrainConfig:
     )
 
 
+# A fresh interpreter where importing TensorFlow or Keras fails (and is
+# recorded, in case the program swallows the ImportError); at exit it prints
+# the attempts as its last line.
+_WITHOUT_TENSORFLOW = """
+import atexit, importlib, sys
+from importlib import metadata
+attempts = []
+class RefuseTensorFlow:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("tensorflow", "keras"):
+            attempts.append(name)
+            raise ImportError(f"{name} is blocked")
+        return None
+sys.meta_path.insert(0, RefuseTensorFlow())
+atexit.register(lambda: print("\\ntensorflow imports:", ",".join(attempts)))
+sys.argv = sys.argv[1:]
+(entry,) = metadata.entry_points(group="console_scripts", name=sys.argv[0])
+importlib.import_module(entry.module).run()
+"""
+
+
+def run_without_tensorflow(
+    program: str, *args: str, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Runs console script `program ARGS` as `run_cli` does, in a process
+    where TensorFlow and Keras cannot be imported; returns the process and
+    the imports it attempted (none: what it did needs no TensorFlow)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_TENSORFLOW, program, *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+    )
+    last = proc.stdout.rstrip().splitlines()[-1:] or [""]
+    assert last[0].startswith("tensorflow imports:"), proc.stderr
+    attempted = last[0].partition(":")[2].strip()
+    return proc, attempted.split(",") if attempted else []
+
+
 def sweep_command(logdir: pathlib.Path, *args: str) -> list[str]:
     """`pipeline-sweep` on the tiny logreg runs; `args` say what to sweep."""
     return [*cli_command("pipeline-sweep"), *LOGREG_FLAGS, f"--logdir={logdir}", *args]

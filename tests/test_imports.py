@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import LOGREG_FLAGS, REPO, cli_env
+from conftest import LOGREG_FLAGS, REPO, run_without_tensorflow
 from test_layers import imported_modules, module_files, tf_free_modules
 
 # Runs in a fresh interpreter: a finder ahead of every other one refuses
@@ -60,18 +60,6 @@ def test_the_blocker_catches_a_tensorflow_import():
     assert "tensorflow is blocked" in proc.stderr or "keras is blocked" in proc.stderr
 
 
-# `pipeline-train ARGS` with TensorFlow blocked: a user error found before
-# training must be said without it (exit 1, its one line, no attempt).
-_TRAIN_BLOCKED = _BLOCKED_IMPORT.replace(
-    "for module in sys.argv[1:]:\n    importlib.import_module(module)\n",
-    "sys.argv[0] = 'pipeline-train'\n"
-    "try:\n"
-    "    importlib.import_module('pipeline.cli.train').run()\n"
-    "except SystemExit as done:\n"
-    "    print('exit', done.code)\n",
-)
-
-
 @pytest.mark.parametrize(
     ("args", "line"),
     [
@@ -83,16 +71,12 @@ _TRAIN_BLOCKED = _BLOCKED_IMPORT.replace(
 )
 def test_run_errors_are_said_before_tensorflow_loads(tmp_path, args, line):
     (tmp_path / "taken").mkdir()
-    proc = subprocess.run(
-        [sys.executable, "-c", _TRAIN_BLOCKED, f"--logdir={tmp_path}", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
+    proc, attempted = run_without_tensorflow(
+        "pipeline-train", f"--logdir={tmp_path}", *args
     )
-    lines = [x.strip() for x in proc.stdout.splitlines()[-2:]]
-    assert lines == ["exit 1", "attempted:"], proc.stderr
-    (error,) = [x for x in proc.stderr.splitlines() if "pipeline-train: error" in x]
-    assert line.format(logdir=tmp_path) in error
+    assert (proc.returncode, attempted) == (1, []), proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("pipeline-train: error:")
+    assert line.format(logdir=tmp_path) in proc.stderr
 
 
 @pytest.mark.slow
@@ -100,32 +84,16 @@ def test_a_sweep_worker_runs_a_sweep_without_tensorflow(tmp_path):
     """The worker process orchestrates; its training process imports
     TensorFlow. Its own reads (the HParams config, seed bands over the test
     split) go through TensorBoard's TensorFlow-free reader."""
-    script = _BLOCKED_IMPORT.replace(
-        "for module in sys.argv[1:]:\n    importlib.import_module(module)\n",
-        "sys.argv[0] = 'pipeline-sweep'\n"
-        "try:\n"
-        "    importlib.import_module('pipeline.cli.sweep').run()\n"
-        "except SystemExit as done:\n"
-        "    print('exit', done.code)\n",
+    proc, attempted = run_without_tensorflow(
+        "pipeline-sweep",
+        *LOGREG_FLAGS,
+        f"--logdir={tmp_path}",
+        "--steps=5",
+        "--repeats=2",
+        "--sweep_name=s",
+        "--grid=learning_rate=0.1",
     )
-    args = [*LOGREG_FLAGS, f"--logdir={tmp_path}", "--steps=5", "--repeats=2"]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            script,
-            *args,
-            "--sweep_name=s",
-            "--grid=learning_rate=0.1",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=cli_env(),
-        timeout=300,
-    )
-    lines = [x.strip() for x in proc.stdout.splitlines()[-2:]]
-    assert lines == ["exit 0", "attempted:"], proc.stderr
+    assert (proc.returncode, attempted) == (0, []), proc.stderr
     assert (tmp_path / "s" / "seed_bands").is_dir()
 
 

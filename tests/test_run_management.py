@@ -11,19 +11,18 @@ import dataclasses
 import json
 import shutil
 import subprocess
-import sys
 import time
 
 import pytest
 from conftest import (
     LOGREG,
-    REPO,
     error_lines,
     kill_once_started,
     main_in_process,
     record,
     run_cli,
     run_sweep,
+    run_without_tensorflow,
     sweep_command,
     train_run,
 )
@@ -153,33 +152,10 @@ def test_list_filters_by_status_and_time(logdir):
     assert listed(runs("list", str(logdir), "--since=2999-01-01")) == {}
 
 
-_LIST_WITHOUT_TENSORFLOW = """
-import sys
-import time
-class RefuseTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("tensorflow", "keras"):
-            print("attempted:", name)
-            raise ImportError(f"{name} is blocked")
-sys.meta_path.insert(0, RefuseTensorFlow())
-sys.argv = ["pipeline-runs", *sys.argv[1:]]
-from pipeline.cli import runs
-runs.run()
-"""
-
-
 def test_list_and_diff_never_import_tensorflow(logdir):
     for args in (["list", str(logdir)], ["diff", *map(str, [logdir / "base"] * 2)]):
-        proc = subprocess.run(
-            [sys.executable, "-c", _LIST_WITHOUT_TENSORFLOW, *args],
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-            timeout=60,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr
-        assert "attempted" not in proc.stdout
+        proc, attempted = run_without_tensorflow("pipeline-runs", *args, timeout=60)
+        assert (proc.returncode, attempted) == (0, []), proc.stderr
         assert "base" in proc.stdout
 
 
