@@ -311,8 +311,16 @@ def run_cli(
 
     `kwargs` go to `subprocess.run` (e.g. `preexec_fn` to set a limit).
     """
+    return _run_to_completion(
+        [*cli_command(program), *args], timeout=timeout, cwd=cwd, **kwargs
+    )
+
+
+def _run_to_completion(
+    argv: list[str], timeout: float, cwd: pathlib.Path = REPO, **kwargs
+) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*cli_command(program), *args],
+        argv,
         capture_output=True,
         text=True,
         env=cli_env(),
@@ -422,9 +430,10 @@ def config_from_argv(*argv: str) -> TrainConfig:
 
 
 # A fresh interpreter where importing TensorFlow or Keras fails (and is
-# recorded, in case the program swallows the ImportError); at exit it prints
-# the attempts as its last line.
-_WITHOUT_TENSORFLOW = """
+# recorded, in case the code swallows the ImportError); at exit it prints the
+# attempts as its last line. Then either a console script runs
+# (`run_without_tensorflow`) or modules are imported (`import_without_tensorflow`).
+_REFUSE_TENSORFLOW = """
 import atexit, importlib, sys
 from importlib import metadata
 attempts = []
@@ -436,9 +445,15 @@ class RefuseTensorFlow:
         return None
 sys.meta_path.insert(0, RefuseTensorFlow())
 atexit.register(lambda: print("\\ntensorflow imports:", ",".join(attempts)))
+"""
+_PROGRAM = """
 sys.argv = sys.argv[1:]
 (entry,) = metadata.entry_points(group="console_scripts", name=sys.argv[0])
 importlib.import_module(entry.module).run()
+"""
+_MODULES = """
+for module in sys.argv[1:]:
+    importlib.import_module(module)
 """
 
 
@@ -448,15 +463,21 @@ def run_without_tensorflow(
     """Runs console script `program ARGS` as `run_cli` does, in a process
     where TensorFlow and Keras cannot be imported; returns the process and
     the imports it attempted (none: what it did needs no TensorFlow)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _WITHOUT_TENSORFLOW, program, *args],
-        capture_output=True,
-        text=True,
-        env=cli_env(),
-        cwd=REPO,
-        timeout=timeout,
-        check=False,
-    )
+    return _without_tensorflow(_PROGRAM, [program, *args], timeout)
+
+
+def import_without_tensorflow(
+    *modules: str,
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Imports `modules` in such a process; returns it and the attempts."""
+    return _without_tensorflow(_MODULES, list(modules), timeout=300)
+
+
+def _without_tensorflow(
+    then: str, args: list[str], timeout: float
+) -> tuple[subprocess.CompletedProcess, list[str]]:
+    script = _REFUSE_TENSORFLOW + then
+    proc = _run_to_completion([sys.executable, "-c", script, *args], timeout)
     last = proc.stdout.rstrip().splitlines()[-1:] or [""]
     assert last[0].startswith("tensorflow imports:"), proc.stderr
     attempted = last[0].partition(":")[2].strip()

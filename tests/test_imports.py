@@ -10,54 +10,23 @@ modules may import TensorFlow is declared by folder in `test_layers.py`
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
-from conftest import LOGREG_FLAGS, REPO, run_without_tensorflow
+from conftest import LOGREG_FLAGS, import_without_tensorflow, run_without_tensorflow
 from test_layers import imported_modules, module_files, tf_free_modules
-
-# Runs in a fresh interpreter: a finder ahead of every other one refuses
-# `tensorflow` and `keras` (and records the attempt, in case a caller
-# swallows the ImportError), then imports each module named on argv.
-_BLOCKED_IMPORT = """
-import importlib, sys
-attempts = []
-class RefuseTensorFlow:
-    def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in ("tensorflow", "keras"):
-            attempts.append(name)
-            raise ImportError(f"{name} is blocked")
-        return None
-sys.meta_path.insert(0, RefuseTensorFlow())
-for module in sys.argv[1:]:
-    importlib.import_module(module)
-print("attempted:", ",".join(attempts))
-"""
 
 
 def test_tf_free_modules_import_with_tensorflow_blocked():
     modules = tf_free_modules()
     assert "pipeline.cli.train" in modules
-    proc = subprocess.run(
-        [sys.executable, "-c", _BLOCKED_IMPORT, *modules],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "attempted:"
+    proc, attempted = import_without_tensorflow(*modules)
+    assert (proc.returncode, attempted) == (0, []), proc.stderr
 
 
 def test_the_blocker_catches_a_tensorflow_import():
-    proc = subprocess.run(
-        [sys.executable, "-c", _BLOCKED_IMPORT, "pipeline.training.loop"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    proc, attempted = import_without_tensorflow("pipeline.training.loop")
     assert proc.returncode != 0
-    assert "tensorflow is blocked" in proc.stderr or "keras is blocked" in proc.stderr
+    assert attempted[0] in ("tensorflow", "keras")
+    assert f"{attempted[0]} is blocked" in proc.stderr
 
 
 @pytest.mark.parametrize(
