@@ -112,7 +112,9 @@ class WantGradientsAt(Action):
         return Wants(histograms=end == self.at)
 
     def __call__(self, state, chunk):
-        self.gradients[chunk.step] = len(chunk.gradients)
+        # The chunk's histograms: every weight, then its gradient.
+        count = 0 if chunk.histograms is None else chunk.histograms.shape[0] // 2
+        self.gradients[chunk.step] = count
 
 
 def test_the_chunk_does_what_an_action_wants_of_it(tmp_path):

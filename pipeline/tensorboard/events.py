@@ -9,7 +9,7 @@ are written here:
   atomically (`write_event_file`, `replace_event_file`);
 - a split's frequent summaries (per-step scalars, histograms) as
   pre-serialized records appended by TensorFlow's C++ record writer
-  (`EventRecordFile`, `scalar_event_records`, `tensor_event_record`);
+  (`EventRecordFile`, `scalar_event_records`, `tensor_event_records`);
 - everything else through `tf.summary` (`tensorboard/summaries.py`).
 
 They are read back with TensorBoard's own loaders (`accumulate`,
@@ -411,14 +411,6 @@ def tensor_proto_bytes(array: np.ndarray) -> bytes:
     )
     content = _field(4, array.tobytes()) if array.size else b""
     return b"\x08" + _varint(dtype) + _field(2, dims) + content
-
-
-def tensor_event_record(
-    step: int, wall_time: float, tag: str, metadata: bytes, array: np.ndarray
-) -> bytes:
-    """A serialized `Event` of one tensor summary, as `tf.summary.write`
-    stores it."""
-    return tensor_event_records(step, wall_time, (tag,), metadata, [array])[0]
 
 
 def tensor_event_records(

@@ -241,12 +241,13 @@ class WriteHistograms(Action):
     Chunks end on every multiple of `every`, on every worker alike
     (collectives need equal chunks); such a chunk, and the last, runs the
     histogram variant of the train loop (`Wants.histograms`, whatever the
-    budget thinned out: it only decides what the chief writes), which hands back the
-    weights after its last step and the gradients that step applied, so no
-    second gradient pass is needed. The budget only decides whether a
-    histogram is written there (thinned steps are multiples). The initial
-    weights (step 0) are read before the first chunk and written after it, by
-    the writer thread, so they never delay the first step.
+    budget thinned out: it only decides what the chief writes), which hands
+    back the histograms of the weights after its last step and of the
+    gradients that step applied, so no second gradient pass is needed. The
+    budget only decides whether a histogram is written there (thinned steps
+    are multiples). The initial weights (step 0) are read before the first
+    chunk and written after it, by the writer thread, so they never delay the
+    first step.
     """
 
     def __init__(self, every: int, total_steps: int, budget_bytes: int):

@@ -26,7 +26,8 @@ FINDINGS = ("evaluation", "stop", "record")
 class Wants:
     """What one action needs of the next compiled call."""
 
-    # The weights after its last step and the gradients that step applied.
+    # Histograms of the weights after its last step and of the gradients that
+    # step applied.
     histograms: bool = False
     # Its op graph written as the run graph (`SummaryLogger.trace_graph`).
     graph: bool = False
@@ -90,12 +91,10 @@ class Chunk:
     outputs: dict[str, np.ndarray]
     seconds: float
     examples: int
-    # On a histogram chunk (`Wants.histograms`): the trainable variables after
-    # its last step and the gradients that step applied.
-    weights: tuple = ()
-    gradients: tuple = ()
-    # Their TensorBoard histogram buckets, one `[weights + gradients, buckets,
-    # 3]` tensor, weights first (computed in the compiled call:
+    # On a histogram chunk (`Wants.histograms`): the TensorBoard histogram
+    # buckets of the trainable variables after its last step and of the
+    # gradients that step applied, one `[weights + gradients, buckets, 3]`
+    # tensor, weights first (computed in the compiled call:
     # `steps._make_histogram_loop`); None on other chunks.
     histograms: object = None
     # Findings (`FINDINGS`). The latest evaluation, at its own step (`Evaluate`

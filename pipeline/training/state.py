@@ -136,8 +136,6 @@ class TrainState:
                 )
             else:
                 outputs = train_loop(self.iterator, chunk)
-        weights = tuple(outputs.pop("weights", ()))
-        gradients = tuple(outputs.pop("gradients", ()))
         histograms = outputs.pop("histograms", None)
         series = {name: value.numpy() for name, value in outputs.items()}
         seconds = time.perf_counter() - started
@@ -149,8 +147,6 @@ class TrainState:
             series,
             seconds,
             (end - self.step) * self.config.batch_size,
-            weights,
-            gradients,
             histograms,
         )
 
