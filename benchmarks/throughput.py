@@ -13,7 +13,7 @@ optimizer and tf.data pipeline:
   fit_tb        fit + keras.callbacks.TensorBoard(update_freq=1, histogram_freq=1)
   pipe_off      pipeline.training.loop.train_and_evaluate, logging off
   pipe_default  the real loop at the default logging (scalars every step, weight
-                and gradient histograms every 100 steps, graph, images, progress
+                and gradient histograms every 500 steps, graph, images, progress
                 lines and their flushes) with periodic evaluation off
   pipe_bf16     pipe_default with --precision=mixed_bfloat16
   pipe_scalars, pipe_histograms
@@ -76,13 +76,12 @@ flags.DEFINE_list(
 flags.DEFINE_integer("rounds", 0, "Paired rounds (0: per-family default).")
 flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
 
-# Equal windows per family, a multiple of the default --histogram_every and
-# --print_every (100), so each window holds the same periodic work.
-WINDOW = {"logreg": 10000, "mlp": 5000, "cnn": 100}
+# Equal windows per family, a multiple of the default --histogram_every (500)
+# and --print_every (100), so each window holds the same periodic work.
+WINDOW = {"logreg": 10000, "mlp": 5000, "cnn": 500}
 ROUNDS = {"logreg": 7, "mlp": 7, "cnn": 5}
 # Before the first window: the first chunks' tracing and compilation, and the
-# writer thread's one-off tracing of the step-0 histogram writer, which the
-# loop waits for at the histograms' first size measurement (step 200). One-off
+# writer thread's one-off tracing of the step-0 histogram writer. One-off
 # start-up costs are benchmarks.startup's; the windows measure steady state.
 WARMUP_STEPS = 300
 PRINT_EVERY = 100  # the default progress interval (a flush each time)
