@@ -10,6 +10,8 @@ modules may import TensorFlow is declared by folder in `test_layers.py`
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 from conftest import LOGREG_FLAGS, import_without_tensorflow, run_without_tensorflow
 from test_layers import imported_modules, module_files, tf_free_modules
@@ -86,3 +88,26 @@ def test_no_import_circle():
     for name in sorted(graph):
         visit(name, [name])
     assert circles == []
+
+
+def test_a_deferred_module_runs_on_first_use_only(tmp_path, monkeypatch):
+    """`cli.defer_pyplot`'s stand-in: an `import ... as` binds it without
+    running the module; the first attribute read runs it, once."""
+    import types
+
+    from pipeline import cli
+
+    (tmp_path / "late_module.py").write_text(
+        "import sys\nsys.late_module_runs = getattr(sys, 'late_module_runs', 0) + 1\n"
+        "value = 42\n"
+    )
+    monkeypatch.syspath_prepend(tmp_path)
+    monkeypatch.setitem(sys.modules, "late_module", cli.DeferredModule("late_module"))
+    monkeypatch.setattr(sys, "late_module_runs", 0, raising=False)
+
+    import late_module as bound
+
+    assert sys.late_module_runs == 0
+    assert (bound.value, bound.value) == (42, 42)
+    assert sys.late_module_runs == 1
+    assert type(sys.modules["late_module"]) is types.ModuleType

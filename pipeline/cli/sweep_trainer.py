@@ -56,6 +56,7 @@ def streams_ready() -> None:
     streams.guard_output()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    cli.defer_pyplot()
 
 
 @contextlib.contextmanager
