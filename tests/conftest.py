@@ -311,19 +311,26 @@ def run_cli(
 
     `kwargs` go to `subprocess.run` (e.g. `preexec_fn` to set a limit).
     """
-    return _run_to_completion(
+    return run_to_completion(
         [*cli_command(program), *args], timeout=timeout, cwd=cwd, **kwargs
     )
 
 
-def _run_to_completion(
-    argv: list[str], timeout: float, cwd: pathlib.Path = REPO, **kwargs
+def run_to_completion(
+    argv: list[str],
+    timeout: float = 300,
+    cwd: pathlib.Path = REPO,
+    pythonpath: str = str(REPO),
+    **kwargs,
 ) -> subprocess.CompletedProcess:
+    """Runs `argv` to completion in `cli_env()` (with `pythonpath` as its
+    PYTHONPATH), its output captured; the exit status is the caller's to
+    check."""
     return subprocess.run(
         argv,
         capture_output=True,
         text=True,
-        env=cli_env(),
+        env={**cli_env(), "PYTHONPATH": pythonpath},
         cwd=cwd,
         timeout=timeout,
         check=False,
@@ -477,7 +484,7 @@ def _without_tensorflow(
     then: str, args: list[str], timeout: float
 ) -> tuple[subprocess.CompletedProcess, list[str]]:
     script = _REFUSE_TENSORFLOW + then
-    proc = _run_to_completion([sys.executable, "-c", script, *args], timeout)
+    proc = run_to_completion([sys.executable, "-c", script, *args], timeout)
     last = proc.stdout.rstrip().splitlines()[-1:] or [""]
     assert last[0].startswith("tensorflow imports:"), proc.stderr
     attempted = last[0].partition(":")[2].strip()

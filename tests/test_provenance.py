@@ -15,7 +15,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, cli_env, record
+from conftest import REPO, record, run_to_completion
 
 from pipeline.files import write_atomic
 from pipeline.runs import provenance
@@ -208,15 +208,10 @@ def project_repo(path: pathlib.Path) -> pathlib.Path:
 def train_in(repo: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
     """`python -m pipeline.cli.train ARGS` with the repository's copy of the
     code, as its own process: the record names the code that really ran."""
-    env = {**cli_env(), "PYTHONPATH": str(repo)}
-    proc = subprocess.run(
+    proc = run_to_completion(
         [sys.executable, "-m", "pipeline.cli.train", *TRAIN_FLAGS, *args],
-        capture_output=True,
-        text=True,
         cwd=repo,
-        env=env,
-        timeout=300,
-        check=False,
+        pythonpath=str(repo),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc

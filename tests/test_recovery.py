@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from conftest import (
     REPO,
-    cli_env,
     parse_train_flags,
     raw_step_counts,
     record,
     run_cli,
+    run_to_completion,
     signal_at,
     tensor_series,
     train_run,
@@ -359,15 +359,9 @@ def test_mirrored_run_extended_by_resume_equals_one_long_run(tmp_path):
         "--strategy=mirrored",
         "--cpu_devices=2",
     ]
-    env = {**cli_env(), "PYTHONPATH": f"{REPO / 'tests'}{os.pathsep}{REPO}"}
-    done = subprocess.run(
+    done = run_to_completion(
         [sys.executable, "-c", MIRRORED_RUNS, str(tmp_path), *flags],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=300,
-        check=False,
+        pythonpath=f"{REPO / 'tests'}{os.pathsep}{REPO}",
     )
     assert done.returncode == 0, done.stderr
     whole, split = record(tmp_path / "whole"), record(tmp_path / "split")
