@@ -85,7 +85,8 @@ ROUNDS = {"logreg": 7, "mlp": 7, "cnn": 5}
 # writer thread's one-off tracing of the step-0 histogram writer, and the
 # first histogram chunk (step 500 at the default --histogram_every), whose
 # loop traces and compiles at its first call: inside the first window, it
-# made that round's pipe_default 20-27% slower (make bench at 694577d).
+# gave round 1 a logging cost of 22% (logreg) and 27% (MLP), where the
+# medians were 2.9% and 8.0% (make bench at 694577d).
 # One-off start-up costs are benchmarks.startup's; the windows measure steady
 # state.
 WARMUP_STEPS = 600
