@@ -174,6 +174,17 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def warm_sweep_trainers():
+    """Sweeps run in this process (`study_fixtures.sweep_in_process`) hand
+    their idle training process on to the next one: one TensorFlow import
+    per pytest worker instead of one per sweep. Ended with the session."""
+    from pipeline.sweep import trainer
+
+    with trainer.kept_between_sweeps():
+        yield
+
+
 @pytest.fixture(scope="session")
 def sample_dataset():
     """The bundled digits, loaded once."""

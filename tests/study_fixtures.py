@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import signal
 import subprocess
 import threading
+from unittest import mock
 
 import optuna
 from conftest import LOGREG_FLAGS, cli_env, main_in_process, record, sweep_command
@@ -29,9 +31,12 @@ def start_worker(logdir: pathlib.Path, *args: str, **kwargs) -> subprocess.Popen
 
 
 def sweep_in_process(logdir: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
-    """`run_sweep(logdir, *args)` in this process: no `pipeline-sweep` process,
-    whose own TensorFlow import (its HParams writer) costs as much as a
-    trainer's. The trials still train in a real training process.
+    """`run_sweep(logdir, *args)` in this process: no `pipeline-sweep` process.
+    The trials still train in a real training process, kept warm from the
+    previous in-process sweep on this pytest worker (conftest's
+    `warm_sweep_trainers`): one TensorFlow import per worker, not per sweep.
+    The variable pytest sets per test is left out of the sweep's environment,
+    so that the next test's sweep finds the same one and takes the process.
 
     What the sweep sets for its whole process (its SIGTERM handler, the
     thread excepthook that keeps a lost storage to one line) is set back
@@ -43,9 +48,11 @@ def sweep_in_process(logdir: pathlib.Path, *args: str) -> subprocess.CompletedPr
     """
     sigterm, excepthook = signal.getsignal(signal.SIGTERM), threading.excepthook
     try:
-        return main_in_process(
-            "pipeline-sweep", *LOGREG_FLAGS, f"--logdir={logdir}", *args
-        )
+        with mock.patch.dict(os.environ):
+            os.environ.pop("PYTEST_CURRENT_TEST", None)
+            return main_in_process(
+                "pipeline-sweep", *LOGREG_FLAGS, f"--logdir={logdir}", *args
+            )
     finally:
         signal.signal(signal.SIGTERM, sigterm)
         threading.excepthook = excepthook

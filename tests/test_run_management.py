@@ -21,11 +21,11 @@ from conftest import (
     main_in_process,
     record,
     run_cli,
-    run_sweep,
     run_without_tensorflow,
     sweep_command,
     train_run,
 )
+from study_fixtures import sweep_in_process
 
 from pipeline.runs import archive, rundir
 from pipeline.tensorboard.board import TensorBoardServer
@@ -230,7 +230,9 @@ def test_an_archived_trial_is_not_trained_again_and_the_study_counts_it(tmp_path
     assert proc.returncode == 0, proc.stderr
     assert not first.exists()
 
-    resumed = run_sweep(tmp_path, *args)
+    # In this process (test_sweep_warm's crashed sweep is the process that
+    # exits 1 for a failed trial).
+    resumed = sweep_in_process(tmp_path, *args)
     # The sweep says which trial ended without a value, and why, as it does
     # for every failed trial (exit 1): the user's archive, not a crash.
     assert resumed.returncode == 1

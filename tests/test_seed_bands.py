@@ -4,7 +4,8 @@ import statistics
 import time
 
 import pytest
-from conftest import LOGREG_FLAGS, main_in_process, read_events
+from conftest import read_events
+from study_fixtures import sweep_in_process
 from tensorboard.plugins.custom_scalar import layout_pb2
 from tensorboard.plugins.custom_scalar import metadata as layout_metadata
 from tensorboard.util import tensor_util
@@ -46,10 +47,8 @@ def test_variant_label_drops_the_seed(name, label):
 def sweep(logdir, trials):
     """`pipeline-sweep` in this process (its trainer is still a process of its
     own): what is tested is what the sweep writes, not how it exits."""
-    result = main_in_process(
-        "pipeline-sweep",
-        *LOGREG_FLAGS,
-        f"--logdir={logdir}",
+    result = sweep_in_process(
+        logdir,
         "--sweep_name=bands",
         "--grid=learning_rate=0.1,0.5",
         "--repeats=2",

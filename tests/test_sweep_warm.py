@@ -12,6 +12,7 @@ import signal
 import subprocess
 import threading
 import time
+from unittest import mock
 
 import pytest
 from conftest import read_events, record, run_cli, run_sweep
@@ -22,6 +23,8 @@ from study_fixtures import (
     run_dirs,
     sweep_in_process,
 )
+
+from pipeline.sweep import trainer
 
 # A two-hidden-layer MLP: Keras names its layers, so a name counter left over
 # from an earlier run would rename the next run's tags.
@@ -215,3 +218,34 @@ def test_a_killed_training_process_fails_its_trial_and_a_new_one_trains_on(
     assert sorted(t.state.name for t in study.trials) == ["COMPLETE", "FAIL"]
     check_study_and_runs_agree(study, experiment)
     assert len(run_dirs(experiment)) == 2
+
+
+def test_sweeps_in_turn_take_the_training_process_the_last_one_kept(tmp_path):
+    """Inside `kept_between_sweeps`, a sweep takes the idle training process
+    the previous sweep left (its run has the same pid: TensorFlow was
+    imported once); a sweep in another environment gets a process of its
+    own; on leaving, every kept process is ended."""
+
+    def trained_by(name: str) -> int:
+        result = sweep_in_process(
+            tmp_path, "--grid=learning_rate=0.1", f"--sweep_name={name}"
+        )
+        assert result.returncode == 0, result.stderr
+        (run,) = run_dirs(tmp_path / name)
+        return record(run)["pid"]
+
+    with trainer.kept_between_sweeps():
+        first, second = trained_by("first"), trained_by("second")
+        with mock.patch.dict(os.environ, {"PIPELINE_TEST_OTHER_ENV": "1"}):
+            other = trained_by("other")
+        assert first == second != other
+        assert [_alive(first), _alive(other)] == [True, True]
+    assert [_alive(first), _alive(other)] == [False, False]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -31,6 +31,14 @@ What stays contained, and how:
   `interrupted`, as before); between runs they end the process. The
   parent-death signal is set by the worker as before.
 
+A process that runs several sweeps in turn (a notebook, a test session) can
+keep the idle training processes of one sweep for the next, inside
+`kept_between_sweeps()`: `start` takes a kept one with the same settings,
+environment and working directory, and `release` keeps a process that is
+idle, alive and was started by the main thread (the parent-death signal
+follows the starting thread, so one a worker thread started would die with
+that thread). Outside it, and on leaving it, `release` ends them.
+
 The protocol, on a SOCK_SEQPACKET socket pair (one message per datagram):
 the worker sends `{"argv": [...], "link": {...}}` with two file descriptors
 (the run's log, its end of the run's `link` socket); the process answers
@@ -41,11 +49,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import select
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 
 from pipeline import config as config_lib
 
@@ -54,6 +64,8 @@ from pipeline import config as config_lib
 # op determinism (TensorFlow has no public switch back).
 PROCESS_WIDE = ("strategy", "cpu_devices", "deterministic")
 MAX_MESSAGE = 1 << 20
+# Idle training processes kept between sweeps, at most this many per process.
+KEPT_AT_MOST = 2
 
 
 def process_settings(config: config_lib.TrainConfig) -> tuple:
@@ -68,6 +80,9 @@ class Trainer:
         self, env: Mapping[str, str], settings: tuple, preexec_fn: Callable | None
     ):
         self.settings = settings
+        self.key = _key(env, settings)
+        self.busy = False  # a run handed over and its status not yet read
+        self.in_main_thread = threading.current_thread() is threading.main_thread()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self.process = subprocess.Popen(
@@ -89,6 +104,7 @@ class Trainer:
     def start_run(self, argv: list[str], link: dict, log_fd: int, link_fd: int) -> None:
         """Hands the process one run (returns at once; `poll` says when it ends)."""
         message = json.dumps({"argv": argv, "link": link}).encode()
+        self.busy = True
         with contextlib.suppress(OSError):  # gone: `poll` reports its status
             socket.send_fds(self.control, [message], [log_fd, link_fd])
 
@@ -102,6 +118,7 @@ class Trainer:
             except OSError:
                 answer = b""
             if answer:
+                self.busy = False
                 return int(json.loads(answer)["exit"])
             return self.process.wait()
         return self.process.poll()
@@ -118,3 +135,54 @@ class Trainer:
         if self.process.poll() is None:
             self.process.terminate()
         self.process.wait()
+
+
+def _key(env: Mapping[str, str], settings: tuple) -> tuple:
+    """What a kept process must share with the sweep that takes it."""
+    return settings, tuple(sorted(env.items())), os.getcwd()
+
+
+_kept: list[Trainer] | None = None  # None: not inside kept_between_sweeps()
+_kept_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def kept_between_sweeps() -> Iterator[None]:
+    """Within it, `release` keeps idle training processes for the next
+    sweep of this process; on leaving, every kept one is ended."""
+    global _kept
+    with _kept_lock:
+        outer, _kept = _kept, []
+    try:
+        yield
+    finally:
+        with _kept_lock:
+            kept, _kept = _kept, outer
+        for trainer in kept:
+            trainer.close()
+
+
+def start(env: Mapping[str, str], settings: tuple, preexec_fn: Callable | None):
+    """A training process for runs of `settings`: a kept one that matches
+    (see `kept_between_sweeps`), else a new one."""
+    key = _key(env, settings)
+    with _kept_lock:
+        for trainer in list(_kept or ()):
+            if trainer.key == key:
+                _kept.remove(trainer)
+                if trainer.alive:
+                    return trainer
+                trainer.close()
+    return Trainer(env, settings, preexec_fn)
+
+
+def release(trainer: Trainer) -> None:
+    """Ends the training process, or keeps it (see `kept_between_sweeps`)."""
+    keep = trainer.in_main_thread and not trainer.busy and trainer.alive
+    with _kept_lock:
+        if _kept is not None and keep:
+            _kept.append(trainer)
+            if len(_kept) <= KEPT_AT_MOST:
+                return
+            trainer = _kept.pop(0)  # the one kept longest goes
+    trainer.close()

@@ -174,7 +174,7 @@ class Worker:
         level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
         self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level)
         # Started now, so that TensorFlow's import overlaps the sweep's set-up.
-        self.trainer: trainer_lib.Trainer | None = trainer_lib.Trainer(
+        self.trainer: trainer_lib.Trainer | None = trainer_lib.start(
             self.env,
             trainer_lib.process_settings(sweep.base),
             processes.die_with_parent(),
@@ -390,14 +390,14 @@ class Worker:
         if trainer is not None and (trainer.settings != settings or not trainer.alive):
             self.close_trainer()  # another kind of run, or killed between runs
         if self.trainer is None:
-            self.trainer = trainer_lib.Trainer(
+            self.trainer = trainer_lib.start(
                 self.env, settings, processes.die_with_parent()
             )
         return self.trainer
 
     def close_trainer(self) -> None:
         if self.trainer is not None:
-            self.trainer.close()
+            trainer_lib.release(self.trainer)
             self.trainer = None
 
     def judge(self, trial: optuna.Trial, question: dict, repeat: int) -> dict:
