@@ -57,6 +57,7 @@ def streams_ready() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     cli.defer_pyplot()
+    cli.collect_less_often()
 
 
 @contextlib.contextmanager
