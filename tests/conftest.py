@@ -33,12 +33,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-from pipeline import cli
+from pipeline import processes
 from pipeline.config import TrainConfig
 from pipeline.runs.rundir import config_to_flagfile
 
 # The tests train in this process too: with the collector as the programs set it.
-cli.collect_less_often()
+processes.collect_less_often()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

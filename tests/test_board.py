@@ -213,7 +213,8 @@ def test_tensorboard_dies_with_pipeline_board(logdir, signum):
         servers = [
             p
             for p in servers
-            if b"tensorboard.main" in pathlib.Path(f"/proc/{p}/cmdline").read_bytes()
+            if b"pipeline.cli.tensorboard_server"
+            in pathlib.Path(f"/proc/{p}/cmdline").read_bytes()
         ]
         assert len(servers) == 1
         process.send_signal(signum)

@@ -128,11 +128,11 @@ sys.argv = sys.argv[1:]
 (entry,) = metadata.entry_points(group="console_scripts", name=sys.argv[0])
 importlib.import_module(entry.module).run()
 """
-# TensorFlow's import after `collect_less_often`: how many collector passes.
+# TensorFlow's import after `processes.collect_less_often`: the collector's passes.
 _GC_PASSES = """
 import gc
-from pipeline import cli
-cli.collect_less_often()
+from pipeline import processes
+processes.collect_less_often()
 import tensorflow
 print("passes:", sum(generation["collections"] for generation in gc.get_stats()))
 """
@@ -142,13 +142,13 @@ def test_programs_collect_garbage_less_often_from_their_start():
     """Every `pipeline-*` program raises the collector's first threshold at
     its start, before TensorFlow loads: TensorFlow's import then takes a few
     dozen passes over its ~570,000 objects, not Python's ~800 (measured)."""
-    from pipeline import cli
+    from pipeline import processes
 
     program = run_to_completion(
         [sys.executable, "-c", _GC_AT_EXIT, "pipeline-train", "--batch_size=0"]
     )
     assert program.returncode == 1, program.stderr
-    assert f"gc threshold: {cli.GC_FIRST_GENERATION}" in program.stdout
+    assert f"gc threshold: {processes.GC_FIRST_GENERATION}" in program.stdout
     imported = run_to_completion([sys.executable, "-c", _GC_PASSES])
     assert imported.returncode == 0, imported.stderr
     passes = int(imported.stdout.split("passes:")[1])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import importlib
 import logging
 import os
@@ -14,7 +13,7 @@ from collections.abc import Callable, Sequence
 from absl import app, flags
 from absl import logging as absl_logging
 
-from pipeline import streams
+from pipeline import processes, streams
 from pipeline.cli import stderr_filter
 from pipeline.cli.usage import help_request, help_text
 from pipeline.errors import PipelineError, one_line
@@ -68,29 +67,6 @@ def defer_pyplot() -> None:
     """
     if "matplotlib.pyplot" not in sys.modules:
         sys.modules["matplotlib.pyplot"] = DeferredModule("matplotlib.pyplot")
-
-
-# Python's cyclic garbage collector, first generation: collect after this many
-# new container objects (Python's default is 700; the older generations keep
-# theirs). TensorFlow and Keras leave ~570,000 objects after their import, and
-# with the default every tenth first-generation pass walks older objects,
-# every hundredth all of them: 828 passes while the training loop imports,
-# 1,050 in a 200-step MLP run. Measured on the 2-core machine: the import
-# took 3.0-3.2 s of CPU and 2.7-2.8 s with this (21 passes); `pipeline-train
-# --model=mlp --dataset=mnist_sample --steps=200` 6.3 s and 5.3 s (22 passes).
-# A pass is then due every 100,000 objects, some MB: memory stays bounded.
-GC_FIRST_GENERATION = 100_000
-
-
-def collect_less_often() -> None:
-    """Has Python's garbage collector walk TensorFlow's objects less often.
-
-    Every program that loads TensorFlow calls it before the import (and
-    the test session, which trains in its own process, as they do).
-    Garbage is still collected: only how often is changed.
-    """
-    _, second, third = gc.get_threshold()
-    gc.set_threshold(GC_FIRST_GENERATION, second, third)
 
 
 def default_to_warnings(flag_values) -> None:
@@ -328,7 +304,7 @@ def start(
     check_address_space(prog)
     quiet_tensorflow(sys.argv)
     defer_pyplot()
-    collect_less_often()
+    processes.collect_less_often()
     define_flags(flags.FLAGS)
     wanted = help_request(sys.argv)
     if wanted:

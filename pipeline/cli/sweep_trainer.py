@@ -18,7 +18,7 @@ import traceback
 
 from absl import flags
 
-from pipeline import cli, streams
+from pipeline import cli, processes, streams
 from pipeline import config as config_lib
 from pipeline.cli import train
 from pipeline.runs import rundir
@@ -57,7 +57,7 @@ def streams_ready() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
     cli.defer_pyplot()
-    cli.collect_less_often()
+    processes.collect_less_often()
 
 
 @contextlib.contextmanager

@@ -1,8 +1,10 @@
 """The real TensorBoard server as a child process, and checks through its data API.
 
-`TensorBoardServer` runs `python -m tensorboard.main` on a free port (the OS
-picks one: `--port=0`), reads the address TensorBoard prints, and stops it with
-SIGTERM (then SIGKILL) so no server outlives its caller. `check_run` asks the
+`TensorBoardServer` runs TensorBoard's own program (`tensorboard.main`, through
+`pipeline.cli.tensorboard_server`, which sets the garbage collector as the
+pipeline's programs do) on a free port (the OS picks one: `--port=0`), reads
+the address TensorBoard prints, and stops it with SIGTERM (then SIGKILL) so no
+server outlives its caller. `check_run` asks the
 server's HTTP data API -- the same endpoints the dashboard's tabs call --
 whether every tab a run should fill is filled, which is how "empty tab" bugs
 show up for users.
@@ -61,7 +63,7 @@ class TensorBoardServer:
         self.command = [
             sys.executable,
             "-m",
-            "tensorboard.main",
+            "pipeline.cli.tensorboard_server",
             f"--logdir={self.logdir}",
             f"--host={host}",
             f"--port={port}",
