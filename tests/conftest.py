@@ -39,6 +39,11 @@ from pipeline.runs.rundir import config_to_flagfile
 
 # The tests train in this process too: with the collector as the programs set it.
 processes.collect_less_often()
+# The tests press Ctrl-C (SIGINT) on their programs. A shell starts a
+# background command (`make test &` in a script) with SIGINT ignored, which
+# every child would inherit: the suite runs with Python's own handler.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
