@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import os
 import pathlib
 import socket
@@ -53,16 +52,27 @@ SCALAR_METADATA = scalar_metadata.create_summary_metadata(
 ).SerializeToString()
 
 _file_numbers = itertools.count()
+# After the pid in a file name: sorts before any digit (`new_file_name`).
+FIRST_OF_SECOND = ".-start"
 
 
 # --- names ---------------------------------------------------------------------
 
 
-def new_file_name(suffix: str = "", numbered: bool = True) -> str:
+def new_file_name(
+    suffix: str = "", numbered: bool = True, first_of_second: bool = False
+) -> str:
     """A fresh event file name, as TensorFlow's writers make them: the
     creation second first (loaders read a directory in name order), then
-    host and pid, a per-process number unless `numbered` is False, `suffix`."""
+    host and pid, a per-process number unless `numbered` is False, `suffix`.
+
+    With `first_of_second`, the name sorts before every file this process's
+    TensorFlow writers open in the same second (`...PID.N.v2`: the `-`
+    after the pid sorts before their digits).
+    """
     name = f"{FILE_PREFIX}{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}"
+    if first_of_second:
+        name += FIRST_OF_SECOND
     if numbered:
         name += f".{next(_file_numbers)}"
     return name + suffix
@@ -234,12 +244,16 @@ def _serialized(events: Iterable[event_pb2.Event]) -> bytes:
 
 
 def write_event_file(
-    directory: str | os.PathLike, events: Iterable[event_pb2.Event], suffix: str = ""
+    directory: str | os.PathLike,
+    events: Iterable[event_pb2.Event],
+    suffix: str = "",
+    first_of_second: bool = False,
 ) -> pathlib.Path:
-    """Writes `events` as a new event file in `directory`, atomically; returns it."""
+    """Writes `events` as a new event file in `directory`, atomically; returns
+    it (`first_of_second`: see `new_file_name`)."""
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / new_file_name(suffix)
+    path = directory / new_file_name(suffix, first_of_second=first_of_second)
     files.write_atomic(path, _serialized(events))
     return path
 
@@ -280,7 +294,7 @@ def session_start_step(restored_step: int) -> int:
 
 def write_session_start(
     run_path: pathlib.Path, splits: Sequence[str], step: int
-) -> float:
+) -> None:
     """Writes a `SessionLog.START` event at `step` into each split's directory.
 
     TF2 summary writers never write this marker; TensorBoard's loaders use it
@@ -288,19 +302,20 @@ def write_session_start(
     a resumed run shows no duplicated or backward steps. The first marker of
     a run purges nothing, which is why every start writes one.
 
-    Returns:
-      The time after which a new event file sorts after these markers:
-      loaders read a directory's files in name order and the name starts with
-      the creation second, so summary writers must not open before it.
+    Loaders read a directory's files in name order, and a name starts with
+    its creation second: the marker must sort after every file already there
+    and before the files this process's writers open next. Those it opens
+    in the marker's second sort after it by name (`first_of_second`), so a
+    start waits for the next second only when a previous life of the run
+    (killed within this second) left a file stamped with it.
     """
-    # The marker must also sort after every file already there (a previous
-    # life of the run may have opened its writers within this second).
     # Capped: a file stamped in the future (clock skew) must not stall a start.
     newest = newest_second(run_path / split for split in splits)
     wait_until(min(newest + 1.0, time.time() + 2.0))
     for split in splits:
-        write_event_file(run_path / split, [session_start_event(step)])
-    return math.floor(time.time()) + 1.0
+        write_event_file(
+            run_path / split, [session_start_event(step)], first_of_second=True
+        )
 
 
 def wait_until(deadline: float) -> None:

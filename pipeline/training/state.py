@@ -329,9 +329,8 @@ def build_train_state(
     name, `Action.checkpointed`): saved and restored with the run."""
     restored_step = restore_point.step
     is_chief = distribute.is_chief(strategy)
-    writers_not_before = 0.0
     if is_chief:
-        writers_not_before = events.write_session_start(
+        events.write_session_start(
             run_dir.path,
             ["train", *_eval_split_names(dataset)],
             events.session_start_step(restored_step),
@@ -382,5 +381,4 @@ def build_train_state(
     )
     state.restore(restore_point)
     run_dir.write_file(MODEL_SUMMARY_NAME, summary.rstrip("\n") + "\n")
-    events.wait_until(writers_not_before)
     return state
