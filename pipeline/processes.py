@@ -37,10 +37,11 @@ PR_SET_PDEATHSIG = 1
 # theirs). TensorFlow and Keras leave ~570,000 objects after their import, and
 # with the default every tenth first-generation pass walks older objects,
 # every hundredth all of them: 828 passes while the training loop imports,
-# 1,050 in a 200-step MLP run. Measured on the 2-core machine: the import
-# took 3.0-3.2 s of CPU and 2.7-2.8 s with this (21 passes); `pipeline-train
-# --model=mlp --dataset=mnist_sample --steps=200` 6.3 s and 5.3 s (22 passes).
-# A pass is then due every 100,000 objects, some MB: memory stays bounded.
+# 1,050 in a 200-step MLP run. Measured on the 2-core machine, in alternation
+# (docs/performance.md): the import 3.58 s of CPU by default, 2.96 s with
+# this (21 passes); `pipeline-train --model=mlp --dataset=mnist_sample
+# --steps=200` 6.55 s and 6.27 s (84 passes); a TensorBoard server 4.59 s and
+# 3.93 s. A pass is then due every 100,000 objects: memory stays bounded.
 GC_FIRST_GENERATION = 100_000
 
 

@@ -162,7 +162,9 @@ def kept_between_sweeps() -> Iterator[None]:
             trainer.close()
 
 
-def start(env: Mapping[str, str], settings: tuple, preexec_fn: Callable | None):
+def start(
+    env: Mapping[str, str], settings: tuple, preexec_fn: Callable | None
+) -> Trainer:
     """A training process for runs of `settings`: a kept one that matches
     (see `kept_between_sweeps`), else a new one."""
     key = _key(env, settings)
