@@ -4,7 +4,7 @@ Each family is its flagfile under flags/ (the same values a user runs), on
 full-size Fashion-MNIST with a full-size shuffle buffer, so Keras `fit` and
 the pipeline see the same model, batch size, optimizer and input pipeline.
 Importing it sets the process up as the pipeline's programs set theirs
-(`cli.start`): pyplot deferred, the garbage collector's pace. Keras `fit` in
+(`cli.before_tensorflow`): pyplot deferred, the garbage collector's pace. Keras `fit` in
 the same process runs under the same settings.
 """
 
@@ -14,11 +14,10 @@ import dataclasses
 import pathlib
 import statistics
 
-from pipeline import cli, processes
+from pipeline import cli
 from pipeline import config as config_lib
 
-cli.defer_pyplot()
-processes.collect_less_often()
+cli.before_tensorflow()
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FAMILIES = {

@@ -33,12 +33,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-from pipeline import processes
+from pipeline import cli
 from pipeline.config import TrainConfig
 from pipeline.runs.rundir import config_to_flagfile
 
-# The tests train in this process too: with the collector as the programs set it.
-processes.collect_less_often()
+# The tests train in this process too: set up as the programs set theirs.
+cli.before_tensorflow()
 # The tests press Ctrl-C (SIGINT) on their programs. A shell starts a
 # background command (`make test &` in a script) with SIGINT ignored, which
 # every child would inherit: the suite runs with Python's own handler.
@@ -462,7 +462,6 @@ def config_from_argv(*argv: str) -> TrainConfig:
 # (`run_without_tensorflow`) or modules are imported (`import_without_tensorflow`).
 _REFUSE_TENSORFLOW = """
 import atexit, importlib, sys
-from importlib import metadata
 attempts = []
 class RefuseTensorFlow:
     def find_spec(self, name, path=None, target=None):
@@ -473,7 +472,11 @@ class RefuseTensorFlow:
 sys.meta_path.insert(0, RefuseTensorFlow())
 atexit.register(lambda: print("\\ntensorflow imports:", ",".join(attempts)))
 """
-_PROGRAM = """
+# `python -c SETUP + RUN_PROGRAM NAME ARGS` runs console script NAME as its
+# entry point does, after SETUP.
+RUN_PROGRAM = """
+import importlib, sys
+from importlib import metadata
 sys.argv = sys.argv[1:]
 (entry,) = metadata.entry_points(group="console_scripts", name=sys.argv[0])
 importlib.import_module(entry.module).run()
@@ -490,7 +493,7 @@ def run_without_tensorflow(
     """Runs console script `program ARGS` as `run_cli` does, in a process
     where TensorFlow and Keras cannot be imported; returns the process and
     the imports it attempted (none: what it did needs no TensorFlow)."""
-    return _without_tensorflow(_PROGRAM, [program, *args], timeout)
+    return _without_tensorflow(RUN_PROGRAM, [program, *args], timeout)
 
 
 def import_without_tensorflow(

@@ -15,6 +15,7 @@ import sys
 import pytest
 from conftest import (
     LOGREG_FLAGS,
+    RUN_PROGRAM,
     import_without_tensorflow,
     run_to_completion,
     run_without_tensorflow,
@@ -121,12 +122,8 @@ def test_a_deferred_module_runs_on_first_use_only(tmp_path, monkeypatch):
 # A program started as its console script, which prints the garbage
 # collector's first threshold as it exits (here: refused before TensorFlow).
 _GC_AT_EXIT = """
-import atexit, gc, importlib, sys
-from importlib import metadata
+import atexit, gc
 atexit.register(lambda: print("gc threshold:", gc.get_threshold()[0]))
-sys.argv = sys.argv[1:]
-(entry,) = metadata.entry_points(group="console_scripts", name=sys.argv[0])
-importlib.import_module(entry.module).run()
 """
 # TensorFlow's import after `processes.collect_less_often`: the collector's passes.
 _GC_PASSES = """
@@ -145,7 +142,13 @@ def test_programs_collect_garbage_less_often_from_their_start():
     from pipeline import processes
 
     program = run_to_completion(
-        [sys.executable, "-c", _GC_AT_EXIT, "pipeline-train", "--batch_size=0"]
+        [
+            sys.executable,
+            "-c",
+            _GC_AT_EXIT + RUN_PROGRAM,
+            "pipeline-train",
+            "--batch_size=0",
+        ]
     )
     assert program.returncode == 1, program.stderr
     assert f"gc threshold: {processes.GC_FIRST_GENERATION}" in program.stdout

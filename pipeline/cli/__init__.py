@@ -69,6 +69,16 @@ def defer_pyplot() -> None:
         sys.modules["matplotlib.pyplot"] = DeferredModule("matplotlib.pyplot")
 
 
+def before_tensorflow() -> None:
+    """Sets up a process that is about to import TensorFlow: pyplot deferred
+    (`defer_pyplot`), the garbage collector's pace
+    (`processes.collect_less_often`). `start` calls it for every program;
+    the sweep trainer, the TensorBoard server program, the benchmarks and the
+    test session call it too, so they run as the programs do."""
+    defer_pyplot()
+    processes.collect_less_often()
+
+
 def default_to_warnings(flag_values) -> None:
     """Call after parsing: absl's app.run logs INFO; keep WARNING unless --verbosity."""
     if not flag_values["verbosity"].present:
@@ -303,8 +313,7 @@ def start(
     streams.guard_output()
     check_address_space(prog)
     quiet_tensorflow(sys.argv)
-    defer_pyplot()
-    processes.collect_less_often()
+    before_tensorflow()
     define_flags(flags.FLAGS)
     wanted = help_request(sys.argv)
     if wanted:

@@ -18,7 +18,7 @@ import traceback
 
 from absl import flags
 
-from pipeline import cli, processes, streams
+from pipeline import cli, streams
 from pipeline import config as config_lib
 from pipeline.cli import train
 from pipeline.runs import rundir
@@ -56,8 +56,7 @@ def streams_ready() -> None:
     streams.guard_output()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
-    cli.defer_pyplot()
-    processes.collect_less_often()
+    cli.before_tensorflow()
 
 
 @contextlib.contextmanager
