@@ -230,13 +230,14 @@ def test_a_worker_alone_gives_up_naming_its_peer_and_honours_signals(tmp_path):
     logdir = tmp_path / "logs"
     ports = free_ports(2)
     peer = f"worker 1 at 127.0.0.1:{ports[1]}"
-    alone = one_worker(logdir, ports, 0, "--peer_timeout=8")
+    # 6 s: past the first "waiting for" line (at 5 s), no longer.
+    alone = one_worker(logdir, ports, 0, "--peer_timeout=6")
     rc, _, err = finish(alone, timeout=120)
     assert rc == 1, err
     assert "Traceback" not in err
     assert f"worker 0: waiting for {peer} to start" in err
     assert error_lines(err) == [
-        f"pipeline-train: error: gave up after 8 s (--peer_timeout) waiting for "
+        f"pipeline-train: error: gave up after 6 s (--peer_timeout) waiting for "
         f"{peer}: start it with the same flags and its own TF_CONFIG task, or "
         "check that address; nothing was trained or written"
     ]
