@@ -156,7 +156,7 @@ def collect_what_a_run_left(generation: int = 2) -> None:
     its autotuning thread (`tf_data_model`), which sleeps ever longer
     between tunings (up to a minute). Collected at some later test, long
     after its run, that wait took 15-40 s in `make test` (a garbage
-    collection 15-40 s long, the process idle, in 6 of 8 runs watched; gdb showed
+    collection 15-40 s long, the process idle, in 5 of 6 runs watched; gdb showed
     the thread in `Model::OptimizeLoop`'s timed wait). Collected soon after
     its run, it is at most about as long as the run was.
 
