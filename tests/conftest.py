@@ -146,30 +146,17 @@ def train_run(
 
 
 def collect_what_a_run_left(generation: int = 2) -> None:
-    """Collects the reference cycles a run in this process left, now, as the
-    sweep trainer does between trials (`sweep_trainer.fresh_state`): the
-    whole heap after each in-process run, the young generations (where a
-    test's garbage is) after each test (`collected_after_each_test`).
+    """`processes.collect_what_a_run_left`, as the sweep trainer calls it
+    between trials: the whole heap after each in-process run, the young
+    generations (where a test's garbage is) after each test
+    (`collected_after_each_test`). Without it a `tf.data` iterator was
+    collected at some later test and held it up for 15-40 s (a garbage
+    collection that long, the process idle, in 5 of 6 runs watched; gdb
+    showed the iterator's autotuning thread in `Model::OptimizeLoop`'s timed
+    wait)."""
+    from pipeline import processes
 
-    A run's `tf.data` iterator is in such cycles (the functions TensorFlow
-    traced hold the frames that built it). Destroying an iterator waits for
-    its autotuning thread (`tf_data_model`), which sleeps ever longer
-    between tunings (up to a minute). Collected at some later test, long
-    after its run, that wait took 15-40 s in `make test` (a garbage
-    collection 15-40 s long, the process idle, in 5 of 6 runs watched; gdb showed
-    the thread in `Model::OptimizeLoop`'s timed wait). Collected soon after
-    its run, it is at most about as long as the run was.
-
-    The first call after TensorFlow's import also freezes what is left
-    (`gc.freeze`: the ~300,000 objects of TensorFlow's and Keras' imports),
-    so a collection walks only what the tests made: ~0.03 s instead of
-    ~0.17 s after a tiny run.
-    """
-    import gc
-
-    gc.collect(generation)
-    if "tensorflow" in sys.modules and not gc.get_freeze_count():
-        gc.freeze()
+    processes.collect_what_a_run_left(generation)
 
 
 # `make test` hands whole files to its two workers (`--dist loadfile`: a

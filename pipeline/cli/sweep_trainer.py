@@ -8,7 +8,6 @@ clears what each left behind (how runs stay contained: the docstring of
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import traceback
 
 from absl import flags
 
-from pipeline import cli, streams
+from pipeline import cli, processes, streams
 from pipeline import config as config_lib
 from pipeline.cli import train
 from pipeline.runs import rundir
@@ -99,7 +98,8 @@ def fresh_state(link_fd: int) -> None:
 
     keras.backend.clear_session(free_memory=True)
     rundir.release_all_locks()
-    gc.collect()  # a run's objects that still hold files or sockets
+    # A run's objects that still hold files, sockets, an input pipeline.
+    processes.collect_what_a_run_left()
     with contextlib.suppress(OSError):
         os.close(link_fd)
 
