@@ -156,3 +156,33 @@ def test_programs_collect_garbage_less_often_from_their_start():
     assert imported.returncode == 0, imported.stderr
     passes = int(imported.stdout.split("passes:")[1])
     assert passes < 100, passes
+
+
+def test_what_a_run_left_is_collected_and_the_imports_frozen(tiny_run):
+    """After a run in this process (`tiny_run`), TensorFlow's import objects
+    are frozen out of every later collection; a young cycle goes at the
+    young collection after a test, one that aged goes at the full one after
+    a run."""
+    import gc
+    import weakref
+
+    from pipeline import processes
+
+    class Left:
+        pass
+
+    assert "tensorflow" in sys.modules
+    assert gc.get_freeze_count() > 100_000
+    old = Left()
+    old.cycle = old
+    old_gone = weakref.ref(old)
+    gc.collect(1)  # `old` survives it: into the oldest generation
+    young = Left()
+    young.cycle = young
+    young_gone = weakref.ref(young)
+    del young, old
+    processes.collect_what_a_run_left(generation=1)
+    assert young_gone() is None
+    assert old_gone() is not None
+    processes.collect_what_a_run_left()
+    assert old_gone() is None
