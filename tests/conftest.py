@@ -33,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
-from pipeline import cli
+from pipeline import cli, processes
 from pipeline.config import TrainConfig
 from pipeline.runs.rundir import config_to_flagfile
 
@@ -141,22 +141,10 @@ def train_run(
             **kwargs,
         )
     finally:
-        collect_what_a_run_left()
+        # As the sweep trainer does between trials: see
+        # `collected_after_each_test`.
+        processes.collect_what_a_run_left()
     return TrainedRun(config, run_dir.path, result, lines)
-
-
-def collect_what_a_run_left(generation: int = 2) -> None:
-    """`processes.collect_what_a_run_left`, as the sweep trainer calls it
-    between trials: the whole heap after each in-process run, the young
-    generations (where a test's garbage is) after each test
-    (`collected_after_each_test`). Without it a `tf.data` iterator was
-    collected at some later test and held it up for 15-40 s (a garbage
-    collection that long, the process idle, in 5 of 6 runs watched; gdb
-    showed the iterator's autotuning thread in `Model::OptimizeLoop`'s timed
-    wait)."""
-    from pipeline import processes
-
-    processes.collect_what_a_run_left(generation)
 
 
 # `make test` hands whole files to its two workers (`--dist loadfile`: a
@@ -280,10 +268,15 @@ SHARED_RUNS = ("mlp_run", "binary_run")
 
 @pytest.fixture(autouse=True)
 def collected_after_each_test():
-    """What a test trained outside `train_run` (a program's main, a fixture's
-    iterator) is collected before the next test (`collect_what_a_run_left`)."""
+    """Collects the young generations, where a test's garbage is, after each
+    test, as `train_run` collects the whole heap after each run
+    (`processes.collect_what_a_run_left`, which the sweep trainer calls
+    between trials). Without them a run's `tf.data` iterator was collected
+    at some later test and held it up for 15-40 s (a garbage collection that
+    long, the process idle, in 5 of 6 runs watched; gdb showed the
+    iterator's autotuning thread in `Model::OptimizeLoop`'s timed wait)."""
     yield
-    collect_what_a_run_left(generation=1)
+    processes.collect_what_a_run_left(generation=1)
 
 
 @pytest.fixture(autouse=True)
