@@ -35,7 +35,7 @@ PR_SET_PDEATHSIG = 1
 
 # Python's cyclic garbage collector, first generation: collect after this many
 # new container objects (Python's default is 700; the older generations keep
-# theirs). TensorFlow and Keras leave ~570,000 objects after their import, and
+# theirs). TensorFlow and Keras leave ~340,000 objects after their import, and
 # with the default every tenth first-generation pass walks older objects,
 # every hundredth all of them: 828 passes while the training loop imports,
 # 1,050 in a 200-step MLP run. Measured on the 2-core machine, in alternation

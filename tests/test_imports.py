@@ -138,7 +138,7 @@ print("passes:", sum(generation["collections"] for generation in gc.get_stats())
 def test_programs_collect_garbage_less_often_from_their_start():
     """Every `pipeline-*` program raises the collector's first threshold at
     its start, before TensorFlow loads: TensorFlow's import then takes a few
-    dozen passes over its ~570,000 objects, not Python's ~800 (measured)."""
+    dozen passes over its ~340,000 objects, not Python's ~800 (measured)."""
     from pipeline import processes
 
     program = run_to_completion(
