@@ -12,7 +12,7 @@ from pipeline.tensorboard.events import (
     tensor_event_records,
     tensor_proto_bytes,
 )
-from pipeline.tensorboard.summaries import BackgroundWriter, tile_images
+from pipeline.tensorboard.summaries import BackgroundWriter, SummaryLogger, tile_images
 
 FAMILIES = ("logreg", "mlp", "cnn")
 
@@ -213,3 +213,24 @@ def test_writes_queued_behind_a_failed_write_fail_with_its_error():
     with pytest.raises(OSError, match="No space left"):  # and in the caller
         writer.wait()
     writer.stop()
+
+
+def test_a_flush_puts_every_write_before_it_on_disk(tmp_path):
+    """A progress line's flush (queued behind the writes, `wait=False`)
+    reaches each file written since the last flush: per-step scalars in the
+    split's record file and `tf.summary` writes alike, in every split, and
+    again after a flush that found nothing new for a split."""
+    logger = SummaryLogger(tmp_path, background=True)
+    logger.scalar_series("train", 1, {"loss": np.array([0.5, 0.25], np.float32)})
+    logger.scalars("test", 2, {"accuracy": 0.75})
+    logger.flush(wait=False)
+    logger.hand_over()
+    logger.after_flush(lambda: None).result(timeout=30)
+    assert scalar_series(tmp_path / "train", "loss") == [(1, 0.5), (2, 0.25)]
+    assert scalar_series(tmp_path / "test", "accuracy") == [(2, 0.75)]
+
+    logger.scalar_series("train", 3, {"loss": np.array([0.125], np.float32)})
+    logger.flush(wait=False)
+    logger.after_flush(lambda: None).result(timeout=30)
+    assert scalar_series(tmp_path / "train", "loss")[-1] == (3, 0.125)
+    logger.close()
