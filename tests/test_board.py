@@ -181,6 +181,9 @@ def test_pipeline_board_prints_a_loopback_address_and_stops_on_ctrl_c(logdir):
             f"{url}/data/plugins_listing", timeout=30
         ) as answer:
             assert {"scalars", "hparams"} <= set(json.load(answer))
+        # TensorBoard's own process loads TensorFlow; pipeline-board does not.
+        maps = pathlib.Path(f"/proc/{process.pid}/maps").read_text()
+        assert "libtensorflow" not in maps
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
     finally:

@@ -80,7 +80,9 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point."""
-    cli.start("pipeline-board", define_flags, main, __doc__)
+    # TensorBoard serves from a process of its own; this one only reads the
+    # HParams config (`trains=False`: without TensorFlow, ~1.8 s of CPU less).
+    cli.start("pipeline-board", define_flags, main, __doc__, trains=False)
 
 
 if __name__ == "__main__":
