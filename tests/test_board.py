@@ -115,16 +115,6 @@ def test_hparams_dashboard_lists_both_runs_with_status_and_metrics(server, logdi
     assert "run_status" in reason["diverged"]
 
 
-def test_stop_ends_the_process_and_frees_the_port(logdir):
-    tensorboard = board.TensorBoardServer(logdir)
-    url = tensorboard.start()
-    port = int(url.rsplit(":", 1)[1])
-    tensorboard.stop()
-    assert not tensorboard.running
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", port))  # would raise if still held
-
-
 def _inspect(*args):
     return run_cli("pipeline-inspect", *args, timeout=180)
 
@@ -171,26 +161,6 @@ def _start_board(logdir) -> subprocess.Popen:
     )
 
 
-def test_pipeline_board_prints_a_loopback_address_and_stops_on_ctrl_c(logdir):
-    process = _start_board(logdir)
-    try:
-        line = process.stdout.readline()
-        assert line.startswith("TensorBoard: http://127.0.0.1:"), line
-        url = line.split()[1].rstrip("/")
-        with urllib.request.urlopen(
-            f"{url}/data/plugins_listing", timeout=30
-        ) as answer:
-            assert {"scalars", "hparams"} <= set(json.load(answer))
-        # TensorBoard's own process loads TensorFlow; pipeline-board does not.
-        maps = pathlib.Path(f"/proc/{process.pid}/maps").read_text()
-        assert "libtensorflow" not in maps
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=30) == 0
-    finally:
-        process.kill()
-        process.wait()
-
-
 def _children(pid: int) -> list[int]:
     with open(f"/proc/{pid}/task/{pid}/children") as children:
         return [int(p) for p in children.read().split()]
@@ -204,6 +174,43 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _tensorboard_servers(pid: int) -> list[int]:
+    """The live TensorBoard server processes that `pid` started."""
+    return [
+        child
+        for child in _children(pid)
+        if _alive(child)
+        and b"pipeline.cli.tensorboard_server"
+        in pathlib.Path(f"/proc/{child}/cmdline").read_bytes()
+    ]
+
+
+def test_pipeline_board_prints_a_loopback_address_and_stops_on_ctrl_c(logdir):
+    """Ctrl-C stops pipeline-board, whose `TensorBoardServer.stop` ends the
+    server and frees its port."""
+    process = _start_board(logdir)
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("TensorBoard: http://127.0.0.1:"), line
+        url = line.split()[1].rstrip("/")
+        with urllib.request.urlopen(
+            f"{url}/data/plugins_listing", timeout=30
+        ) as answer:
+            assert {"scalars", "hparams"} <= set(json.load(answer))
+        # TensorBoard's own process loads TensorFlow; pipeline-board does not.
+        maps = pathlib.Path(f"/proc/{process.pid}/maps").read_text()
+        assert "libtensorflow" not in maps
+        [server] = _tensorboard_servers(process.pid)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0
+        assert not _alive(server)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", int(url.rsplit(":", 1)[1])))  # raises if held
+    finally:
+        process.kill()
+        process.wait()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 def test_tensorboard_dies_with_pipeline_board(logdir, signum):
     """kill -9 (or a plain SIGTERM, which skips every `finally`) of
@@ -212,13 +219,7 @@ def test_tensorboard_dies_with_pipeline_board(logdir, signum):
     try:
         line = process.stdout.readline()
         assert line.startswith("TensorBoard: http://127.0.0.1:"), line
-        servers = [p for p in _children(process.pid) if _alive(p)]
-        servers = [
-            p
-            for p in servers
-            if b"pipeline.cli.tensorboard_server"
-            in pathlib.Path(f"/proc/{p}/cmdline").read_bytes()
-        ]
+        servers = _tensorboard_servers(process.pid)
         assert len(servers) == 1
         process.send_signal(signum)
         process.wait(timeout=30)

@@ -187,11 +187,13 @@ def environment_text() -> str:
     """Installed distributions as `pip freeze` writes them: `name==version`."""
     seen: dict[str, str] = {}
     for dist in importlib.metadata.distributions():
-        name = dist.metadata["Name"]
+        # Parsed once: `dist.version` would read and parse METADATA again.
+        metadata = dist.metadata
+        name = metadata["Name"]
         if not name:
             continue
         key = re.sub(r"[-_.]+", "-", name).lower()
-        seen.setdefault(key, f"{name}=={dist.version}")
+        seen.setdefault(key, f"{name}=={metadata['Version']}")
     return "".join(line + "\n" for _, line in sorted(seen.items()))
 
 
