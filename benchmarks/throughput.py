@@ -90,7 +90,7 @@ ROUNDS = {"logreg": 7, "mlp": 7, "cnn": 5}
 # One-off start-up costs are benchmarks.startup's; the windows measure steady
 # state.
 WARMUP_STEPS = 600
-PRINT_EVERY = 100  # the default progress interval (a flush each time)
+PRINT_EVERY = 100  # the default progress interval (a flush at most every --flush_secs)
 EVAL_EVERY = 500  # the default --eval_every, for the evaluation share
 BF16 = "mixed_bfloat16"
 # Checkpoints are not logging and fit saves none: only the final one, after

@@ -409,6 +409,16 @@ class TrainConfig:
         resume=MAY_CHANGE,
         group="logging",
     )
+    flush_secs: float = option(
+        1.0,
+        "Write the summaries to disk with a progress line at most every N "
+        "seconds (0: with every one), as tf.summary's flush_millis; checkpoints "
+        "and the run's end always write them.",
+        lower=0.0,
+        hparam=False,
+        resume=MAY_CHANGE,
+        group="logging",
+    )
     eval_every: int = _every(
         500,
         "Evaluate the full test split every N steps and at the end "

@@ -47,6 +47,9 @@ FLAGS = [
     f"--checkpoint_every={CHECKPOINT_EVERY}",
     "--eval_every=200",
     "--print_every=20",
+    # A flush with every progress line (the default, at most one a second,
+    # would seldom write any point past the last checkpoint of this short run).
+    "--flush_secs=0",
     "--histogram_every=200",
     "--image_count=4",
     "--seed=3",
@@ -96,8 +99,9 @@ class Life:
 def _progress_at_least(step: int):
     """A progress line at or after `step`, well before the next checkpoint.
 
-    Writers flush before each progress line, so the points after the last
-    checkpoint are on disk when the kill comes: the kill leaves orphans.
+    Writers flush with each progress line (`--flush_secs=0`), so the points
+    after the last checkpoint are on disk when the kill comes: the kill
+    leaves orphans.
     """
 
     def check(line: str) -> bool:

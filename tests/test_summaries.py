@@ -1,11 +1,13 @@
 """What a training run shows in TensorBoard, read back with TensorBoard's loader."""
 
 import threading
+import time
 
 import numpy as np
 import pytest
 from conftest import read_events, scalar_series
 
+from pipeline.tensorboard import events
 from pipeline.tensorboard.events import (
     SCALAR_METADATA,
     scalar_event_records,
@@ -233,4 +235,50 @@ def test_a_flush_puts_every_write_before_it_on_disk(tmp_path):
     logger.flush(wait=False)
     logger.after_flush(lambda: None).result(timeout=30)
     assert scalar_series(tmp_path / "train", "loss")[-1] == (3, 0.125)
+    logger.close()
+
+
+def _tags_on_disk(split_dir) -> set[str]:
+    """The tags TensorBoard's loader finds in `split_dir`'s files now."""
+    if not split_dir.is_dir():
+        return set()
+    return set(read_events(split_dir).Tags()["tensors"])
+
+
+def test_progress_flushes_come_at_most_every_flush_secs(tmp_path):
+    """Progress lines many times a second (logreg prints ~30): the per-step
+    scalars are held and flushed with a later line, a checkpoint's flush
+    (`after_flush` here) or the end, never lost and in step order."""
+    logger = SummaryLogger(tmp_path, background=True, flush_secs=3600)
+    for first in (1, 3, 5):
+        losses = np.array([first, first + 1], np.float32)
+        logger.scalar_series("train", first, {"loss": losses})
+        logger.scalar_series("train", first + 1, {"lr": np.array([0.5], np.float32)})
+        logger.flush(wait=False)  # a progress line: the last flush was just now
+        logger.hand_over()
+    logger.hand_over()
+    assert _tags_on_disk(tmp_path / "train") == set()
+    logger.after_flush(lambda: None).result(timeout=30)
+    assert scalar_series(tmp_path / "train", "loss") == [(s, s) for s in range(1, 7)]
+    assert scalar_series(tmp_path / "train", "lr") == [(2, 0.5), (4, 0.5), (6, 0.5)]
+    steps = [
+        event.step
+        for path in events.event_files(tmp_path / "train")
+        for event in events.load(path)
+        if event.HasField("summary")
+    ]
+    assert steps == sorted(steps)
+    logger.close()
+
+
+def test_with_flush_secs_0_every_progress_line_flushes(tmp_path):
+    logger = SummaryLogger(tmp_path, background=True, flush_secs=0)
+    logger.scalar_series("train", 1, {"loss": np.array([0.5], np.float32)})
+    logger.flush(wait=False)
+    logger.hand_over()
+    deadline = time.monotonic() + 30  # the writer thread's flush, no other
+    while "loss" not in _tags_on_disk(tmp_path / "train"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert scalar_series(tmp_path / "train", "loss") == [(1, 0.5)]
     logger.close()

@@ -357,11 +357,15 @@ def _varint_columns(steps: np.ndarray, length: int) -> np.ndarray:
 
 
 def scalar_event_records(
-    tags: tuple[str, ...], steps: np.ndarray, columns: tuple, wall_time: float
+    tags: tuple[str, ...],
+    steps: np.ndarray,
+    columns: tuple,
+    wall_time: float | np.ndarray,
 ) -> list[bytes]:
     """Serialized `Event`s, one per step, each holding every tag's float32
     value at that step, as `tf.summary.scalar` stores a value (a scalar
-    tensor with the scalars plugin's metadata).
+    tensor with the scalars plugin's metadata). `wall_time` is one time for
+    every event or one per step.
 
     Every step's event has the same bytes but for its step (a varint) and its
     values (4 bytes each), so the events of the steps whose varints are
@@ -370,6 +374,7 @@ def scalar_event_records(
     TensorFlow op.
     """
     steps = np.asarray(steps, np.int64)
+    wall_times = np.broadcast_to(np.asarray(wall_time, "<f8"), steps.shape)
     value_prefixes = [
         _varint(1 << 3 | 2)
         + _varint(len(head) + len(_SCALAR_TENSOR_HEAD) + 4)
@@ -382,7 +387,7 @@ def scalar_event_records(
     ]
     values = [np.asarray(c, "<f4").view(np.uint8).reshape(-1, 4) for c in columns]
     summary_size = sum(len(prefix) + 4 for prefix in value_prefixes)
-    event_head = b"\x09" + struct.pack("<d", wall_time) + b"\x10"
+    event_head = b"\x09" + bytes(8) + b"\x10"  # the wall time's 8 bytes: per row
     summary_head = _varint(5 << 3 | 2) + _varint(summary_size)
     lengths = np.ones(len(steps), np.int64)
     for bits in (7, 14, 21, 28, 35, 42, 49, 56):
@@ -397,6 +402,8 @@ def scalar_event_records(
             value_at.append(len(template))
             template += bytes(4)
         block = np.tile(np.frombuffer(bytes(template), np.uint8), (len(rows), 1))
+        walls = np.ascontiguousarray(wall_times[rows])
+        block[:, 1:9] = walls.view(np.uint8).reshape(-1, 8)
         step_at = len(event_head)
         block[:, step_at : step_at + length] = _varint_columns(steps[rows], length)
         for at, value in zip(value_at, values, strict=True):

@@ -426,8 +426,9 @@ class PrintProgress(EveryNSteps):
             return
         if not is_due(chunk.step, self.every, chunk.last_step):
             return
-        # What the progress line reports reaches the charts right after it:
-        # the flush is queued behind the chunk's writes (the writer thread).
+        # What the progress line reports reaches the charts within
+        # --flush_secs: the flush is queued behind the chunk's writes (the
+        # writer thread), at most once in that time.
         state.logger.flush(wait=False)
         test_text = test_accuracy_text(chunk.evaluation)
         train_text = " ".join(f"{k}={v:.4f}" for k, v in train.items())

@@ -363,7 +363,12 @@ def build_train_state(
         checkpoint=checkpoint,
         manager=manager,
         # Summaries are written by a background thread, off the training path.
-        logger=SummaryLogger(run_dir.path, enabled=is_chief, background=True),
+        logger=SummaryLogger(
+            run_dir.path,
+            enabled=is_chief,
+            background=True,
+            flush_secs=config.flush_secs,
+        ),
         eval_arrays=eval_arrays,
         train_loop=steps.make_train_loop(
             steps.make_train_step(model, optimizer, config.batch_size),
