@@ -22,6 +22,10 @@ optimizer and tf.data pipeline:
   pipe_off_twin a second pipe_off run (not run by default): how far two
                 identical runs in one process differ, the control for a
                 logging cost
+  pipe_flush_every_line
+                pipe_default with --flush_secs=0 (not run by default): per-step
+                scalars handed to the writer, and flushed, with every progress
+                line instead of at most once a second
 
 Windows are equal: every variant of a family is timed over the same number of
 steps. A round runs the matmul ceilings, one `fit` window, then one window of
@@ -106,8 +110,16 @@ PIPELINE_VARIANTS = {
     "pipe_histograms": (("--log_every=0", "--image_count=0"), "float32"),
     # A control (not run by default): a second, identical pipe_off run.
     "pipe_off_twin": (LOGGING_OFF, "float32"),
+    # The default logging flushed with every progress line (not run by
+    # default): what holding per-step scalars for --flush_secs saves.
+    "pipe_flush_every_line": (("--flush_secs=0",), "float32"),
 }
-LOGGING_KINDS = ("pipe_default", "pipe_scalars", "pipe_histograms")
+LOGGING_KINDS = (
+    "pipe_default",
+    "pipe_scalars",
+    "pipe_histograms",
+    "pipe_flush_every_line",
+)
 # Per pipeline variant: the summary writer thread's CPU seconds in each
 # window, as % of the window's wall time (what logging takes from training
 # on a machine with few cores).
