@@ -266,7 +266,8 @@ class SummaryLogger:
         length = len(next(iter(values.values())))
         steps = np.arange(first_step, first_step + length, dtype=np.int64)
         tags = tuple(values)
-        series = tuple(np.asarray(values[tag], np.float32) for tag in tags)
+        # Copies: held past this call, they must not follow the caller's arrays.
+        series = tuple(np.array(values[tag], np.float32) for tag in tags)
         if every > 1:
             keep = steps % every == 0
             if not keep.any():
