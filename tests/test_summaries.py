@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from conftest import read_events, scalar_series
 
-from pipeline.tensorboard import events
 from pipeline.tensorboard.events import (
     SCALAR_METADATA,
+    event_files,
+    load,
     scalar_event_records,
     tensor_event_records,
     tensor_proto_bytes,
@@ -218,10 +219,10 @@ def test_writes_queued_behind_a_failed_write_fail_with_its_error():
 
 
 def test_a_flush_puts_every_write_before_it_on_disk(tmp_path):
-    """A progress line's flush (queued behind the writes, `wait=False`)
-    reaches each file written since the last flush: per-step scalars in the
-    split's record file and `tf.summary` writes alike, in every split, and
-    again after a flush that found nothing new for a split."""
+    """A flush (`after_flush`'s, as a checkpoint's) reaches each file written
+    since the last flush: per-step scalars in the split's record file and
+    `tf.summary` writes alike, in every split, and again after a flush that
+    found nothing new for a split."""
     logger = SummaryLogger(tmp_path, background=True)
     logger.scalar_series("train", 1, {"loss": np.array([0.5, 0.25], np.float32)})
     logger.scalars("test", 2, {"accuracy": 0.75})
@@ -256,15 +257,15 @@ def test_progress_flushes_come_at_most_every_flush_secs(tmp_path):
         logger.scalar_series("train", first + 1, {"lr": np.array([0.5], np.float32)})
         logger.flush(wait=False)  # a progress line: the last flush was just now
         logger.hand_over()
-    logger.hand_over()
+    logger._background.wait()  # all the thread was given is done, no flush
     assert _tags_on_disk(tmp_path / "train") == set()
     logger.after_flush(lambda: None).result(timeout=30)
     assert scalar_series(tmp_path / "train", "loss") == [(s, s) for s in range(1, 7)]
     assert scalar_series(tmp_path / "train", "lr") == [(2, 0.5), (4, 0.5), (6, 0.5)]
     steps = [
         event.step
-        for path in events.event_files(tmp_path / "train")
-        for event in events.load(path)
+        for path in event_files(tmp_path / "train")
+        for event in load(path)
         if event.HasField("summary")
     ]
     assert steps == sorted(steps)

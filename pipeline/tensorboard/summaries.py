@@ -31,6 +31,7 @@ TensorBoard reads every event file of a directory.
 from __future__ import annotations
 
 import concurrent.futures
+import itertools
 import pathlib
 import queue
 import threading
@@ -53,11 +54,11 @@ from pipeline.tensorboard.events import (
 
 KERAS_MODEL_PLUGIN = "graph_keras_model"
 HISTOGRAM_BUCKETS = 30  # tf.summary.histogram's default
-# Per-step scalars held at most this many steps before they go to the writer.
-MAX_HELD_STEPS = 10_000
 HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(
     display_name=None, description=None
 ).SerializeToString()
+# Per-step scalars held at most this many steps before they go to the writer.
+MAX_HELD_STEPS = 10_000
 
 
 class BackgroundWriter:
@@ -292,35 +293,31 @@ class SummaryLogger:
         """Hands the held per-step scalars to the writer thread, one job."""
         if self._held_series:
             held, self._held_series, self._held_steps = self._held_series, [], 0
-            # No compiled loop here, so a profiled one-step chunk keeps its step
-            # markers (the profiler takes a loop's iterations for the steps).
             self._background.submit(lambda: self._write_series(held))
 
     def _write_series(self, entries: list[tuple]) -> None:
-        """Writes `scalar_series` entries in the order they came, each
-        (split, tags) built as one block (`scalar_event_records`)."""
-        members: dict[tuple, list[int]] = {}
-        for i, (split, tags, *_) in enumerate(entries):
-            members.setdefault((split, tags), []).append(i)
-        built: list[list[bytes]] = [[] for _ in entries]
-        for (_, tags), indices in members.items():
-            group = [entries[i] for i in indices]
+        """Writes `scalar_series` entries in the order they came (so each
+        split's events stay in step order), each (split, tags) built as one
+        block (`scalar_event_records`). No compiled writer: a profiled
+        one-step chunk keeps its step markers (the profiler takes a loop's
+        iterations for the steps)."""
+        groups: dict[tuple, list[tuple]] = {}
+        for entry in entries:
+            groups.setdefault(entry[:2], []).append(entry)
+        built = {}
+        for (split, tags), group in groups.items():
+            _, _, steps, columns, wall_times = zip(*group, strict=True)
             records = scalar_event_records(
                 tags,
-                np.concatenate([steps for _, _, steps, _, _ in group]),
-                tuple(
-                    np.concatenate([columns[k] for _, _, _, columns, _ in group])
-                    for k in range(len(tags))
-                ),
-                np.concatenate([np.full(len(s), t) for _, _, s, _, t in group]),
+                np.concatenate(steps),
+                tuple(np.concatenate(c) for c in zip(*columns, strict=True)),
+                np.repeat(wall_times, [len(s) for s in steps]),
             )
-            at = 0
-            for i, (_, _, steps, _, _) in zip(indices, group, strict=True):
-                built[i] = records[at : at + len(steps)]
-                at += len(steps)
+            built[split, tags] = iter(records)
         by_split: dict[str, list[bytes]] = {}
-        for (split, *_), records in zip(entries, built, strict=True):
-            by_split.setdefault(split, []).extend(records)
+        for split, tags, steps, _, _ in entries:
+            ordered = itertools.islice(built[split, tags], len(steps))
+            by_split.setdefault(split, []).extend(ordered)
         for split, records in by_split.items():
             self._record_file(split).write(records)
 
