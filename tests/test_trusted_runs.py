@@ -678,8 +678,9 @@ def train_writing_histograms_every_step(
 def test_full_disk_during_event_writes_is_one_line_and_leaves_no_empty_file(
     tmp_path,
 ):
-    with tmpfs(tmp_path / "disk", "1m") as disk:
-        # Histograms at every step fill 1 MiB long before the only checkpoint.
+    with tmpfs(tmp_path / "disk", "384k") as disk:
+        # Histograms at every step fill 384 KiB long before the only checkpoint
+        # (the run's other files take ~100 KiB; the fuller, the sooner it fails).
         result = train_writing_histograms_every_step(disk, "full")
         line = assert_one_error(
             result, "pipeline-train", "cannot write (No space left on device)"
@@ -699,7 +700,7 @@ def _limit_file_size(limit: int):
 @pytest.mark.slow
 def test_file_size_limit_during_event_writes_records_the_run_failed(tmp_path):
     result = train_writing_histograms_every_step(
-        tmp_path, "limited", preexec_fn=_limit_file_size(1_500_000)
+        tmp_path, "limited", preexec_fn=_limit_file_size(500_000)
     )
     line = assert_one_error(result, "pipeline-train", "cannot write (File too large)")
     assert f"{tmp_path}/limited/train/events.out.tfevents." in line
