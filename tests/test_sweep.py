@@ -151,6 +151,7 @@ def test_sweep_flag_errors_are_one_line(tmp_path):
         (["--seed=4294967295", "--repeats=2"], "--repeats=2 with --seed=4294967295"),
         (["--prune_worse_than=nan"], "--prune_worse_than=nan"),
         (["--trials=3"], "--trials=3"),
+        (["--trainer_growth_mb=-1"], "--trainer_growth_mb=-1"),
         (["--storage=sqlite://relative.db"], "--storage=sqlite://relative.db"),
         (["--storage=mysql://u@127.0.0.1/d"], "--storage=mysql://u@127.0.0.1/d"),
         (["--grid=seed=4294967296"], "--grid (seed=4294967296)"),

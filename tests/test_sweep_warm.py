@@ -112,6 +112,37 @@ def test_a_warm_trial_has_the_weights_of_the_same_run_trained_alone(
     )
 
 
+def test_a_process_past_its_growth_bound_is_replaced_and_trains_the_same(
+    diverged_sweep, tmp_path
+):
+    """With --trainer_growth_mb=0 every run outgrows the bound: its process
+    says so with the run's status and exits, and the next run gets a new
+    one. The runs complete with the weights the warm process gave the same
+    flags, the study counts every trial, and no process is left behind."""
+    experiment, _ = diverged_sweep
+    result = sweep_in_process(
+        tmp_path,
+        *MLP,
+        "--grid=learning_rate=0.1,0.05",
+        "--sweep_name=fresh",
+        "--trainer_growth_mb=0",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "sweep fresh: 2/2 completed" in result.stdout
+    runs = run_dirs(tmp_path / "fresh")
+    assert [run.name for run in runs] == [
+        "learning_rate=0.05,seed=0",
+        "learning_rate=0.1,seed=0",
+    ]
+    pids = [record(run)["pid"] for run in runs]
+    assert len(set(pids)) == 2
+    assert not any(_alive(pid) for pid in pids)
+    for run in runs:
+        warm = record(experiment / run.name)
+        assert warm["pid"] not in pids
+        assert record(run)["weights_digest"] == warm["weights_digest"]
+
+
 def test_a_diverged_trial_is_a_result_and_the_sweep_exits_0(diverged_sweep):
     # Moved from test_study_outcomes.py: it shares the warm trials' sweep.
     experiment, result = diverged_sweep

@@ -29,7 +29,7 @@ from absl import flags
 
 from pipeline import cli
 from pipeline import config as config_lib
-from pipeline.sweep import SweepError, driver
+from pipeline.sweep import SweepError, driver, trainer
 
 FLAGS = flags.FLAGS
 _INT = flags.DEFINE_integer
@@ -69,6 +69,10 @@ _SWEEP_FLAGS = (
      "and the study's name (required).", {}),
     (_INT, "workers", 1, "Local workers (each trains one run at a time).",
      {"lower_bound": 1, "upper_bound": 64}),
+    (_INT, "trainer_growth_mb", trainer.GROWTH_MB, "A worker trains its runs in "
+     "one process; once that process has grown by more than this many MB since "
+     "its first run (TensorFlow keeps every graph it traced), the next run gets "
+     "a new one. 0: a new process for every run.", {"lower_bound": 0}),
     (flags.DEFINE_boolean, "dry_run", False, "Print the plan and exit.", {}),
 )  # fmt: skip
 _HELP_GROUPS = {
@@ -77,10 +81,13 @@ _HELP_GROUPS = {
         "metric", "direction", "pruner", "startup_trials", "prune_worse_than",
         "prune_from_step",
     ],
-    "sweep: name, storage and workers": ["sweep_name", "storage", "workers", "dry_run"],
+    "sweep: name, storage and workers": [
+        "sweep_name", "storage", "workers", "trainer_growth_mb", "dry_run",
+    ],
 }  # fmt: skip
 _REQUEST_FLAGS = ("sampler", "trials", "repeats", "pruner", "startup_trials")
 _REQUEST_FLAGS += ("prune_worse_than", "prune_from_step", "metric", "direction")
+_REQUEST_FLAGS += ("trainer_growth_mb",)
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:

@@ -25,13 +25,16 @@ from pipeline.sweep import link as link_lib
 from pipeline.sweep.trainer import MAX_MESSAGE
 
 
-def serve(control_fd: int) -> int:
-    """Trains the runs the worker sends until it closes the socket."""
+def serve(control_fd: int, growth_mb: int) -> int:
+    """Trains the runs the worker sends until it closes the socket, or until
+    the process has grown by more than `growth_mb` since its first run
+    (0: after one run); see `pipeline.sweep.trainer` on memory."""
     streams_ready()
     config_lib.define_flags(flags.FLAGS)
     import tensorflow  # noqa: F401  (the import every run shares)
 
     control = socket.socket(fileno=control_fd)
+    first_run_mb = None
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(control, MAX_MESSAGE, 2)
@@ -44,10 +47,28 @@ def serve(control_fd: int) -> int:
         with run_output(log_fd):
             status = train_one(request["argv"], request["link"], link_fd)
         fresh_state(link_fd)
+        resident = resident_mb()
+        first_run_mb = resident if first_run_mb is None else first_run_mb
+        retiring = growth_mb == 0 or resident - first_run_mb > growth_mb
         try:
-            control.send(json.dumps({"exit": status}).encode())
+            control.send(json.dumps({"exit": status, "retiring": retiring}).encode())
         except OSError:  # the worker is gone (its run said `interrupted`)
             return status
+        if retiring:
+            return 0
+
+
+def resident_mb() -> float:
+    """This process's resident memory in MB (its peak where the system has
+    no /proc)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
+    except OSError:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 1e6 if sys.platform == "darwin" else peak / 1e3
 
 
 def streams_ready() -> None:
@@ -105,4 +126,4 @@ def fresh_state(link_fd: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(serve(int(sys.argv[1])))
+    sys.exit(serve(int(sys.argv[1]), int(sys.argv[2])))

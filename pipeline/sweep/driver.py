@@ -22,6 +22,7 @@ from pipeline.runs import rundir
 from pipeline.sweep import SweepError, runs, space
 from pipeline.sweep import storage as storage_lib
 from pipeline.sweep import study as study_lib
+from pipeline.sweep import trainer as trainer_lib
 from pipeline.sweep.worker import (
     Progress,
     Sweep,
@@ -49,6 +50,7 @@ class Request:
     metric: str = "test/accuracy"
     direction: str | None = None
     storage: str | None = None
+    trainer_growth_mb: int = trainer_lib.GROWTH_MB
 
 
 def _total(request: Request, sampler: str, axes: list[space.Axis]) -> int:
@@ -106,6 +108,7 @@ def plan(request: Request) -> Sweep:
             direction=direction,
         ),
         startup_trials=request.startup_trials,
+        trainer_growth_mb=request.trainer_growth_mb,
     )
 
 

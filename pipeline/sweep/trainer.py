@@ -30,6 +30,12 @@ What stays contained, and how:
 - SIGINT/SIGTERM reach the run being trained (it saves and records
   `interrupted`, as before); between runs they end the process. The
   parent-death signal is set by the worker as before.
+- Memory: TensorFlow keeps every graph it traced, also after Keras' session
+  is cleared and the heap collected (tensorflow/tensorflow#124972): a
+  process grows by ~4 MB a 20-step logreg run, ~6 MB an MLP run, ~23 MB a
+  CNN run (`python -m benchmarks.warm_memory`). Once it has grown by more
+  than `--trainer_growth_mb` since its first run, it says so with that run's
+  status and exits; the next run gets a new process.
 
 A process that runs several sweeps in turn (a notebook, a test session) can
 keep the idle training processes of one sweep for the next, inside
@@ -42,7 +48,8 @@ that thread). Outside it, and on leaving it, `release` ends them.
 The protocol, on a SOCK_SEQPACKET socket pair (one message per datagram):
 the worker sends `{"argv": [...], "link": {...}}` with two file descriptors
 (the run's log, its end of the run's `link` socket); the process answers
-`{"exit": STATUS}` when the run ended. End of file: the process exits.
+`{"exit": STATUS, "retiring": BOOL}` when the run ended (retiring: it exits
+now, having outgrown its bound). End of file: the process exits.
 """
 
 from __future__ import annotations
@@ -66,6 +73,9 @@ PROCESS_WIDE = ("strategy", "cpu_devices", "deterministic")
 MAX_MESSAGE = 1 << 20
 # Idle training processes kept between sweeps, at most this many per process.
 KEPT_AT_MOST = 2
+# `pipeline-sweep --trainer_growth_mb`'s default: with 4-23 MB a run, a new
+# process (a TensorFlow import, a few seconds) every 20-130 runs.
+GROWTH_MB = 512
 
 
 def process_settings(config: config_lib.TrainConfig) -> tuple:
@@ -77,11 +87,16 @@ class Trainer:
     """The worker's end: starts the process, hands it runs, sees it end."""
 
     def __init__(
-        self, env: Mapping[str, str], settings: tuple, preexec_fn: Callable | None
+        self,
+        env: Mapping[str, str],
+        settings: tuple,
+        preexec_fn: Callable | None,
+        growth_mb: int = GROWTH_MB,
     ):
         self.settings = settings
-        self.key = _key(env, settings)
+        self.key = _key(env, settings, growth_mb)
         self.busy = False  # a run handed over and its status not yet read
+        self.retiring = False  # it said it exits after its run
         self.in_main_thread = threading.current_thread() is threading.main_thread()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
@@ -91,6 +106,7 @@ class Trainer:
                     "-m",
                     "pipeline.cli.sweep_trainer",
                     str(theirs.fileno()),
+                    str(growth_mb),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -119,13 +135,16 @@ class Trainer:
                 answer = b""
             if answer:
                 self.busy = False
-                return int(json.loads(answer)["exit"])
+                reply = json.loads(answer)
+                self.retiring = bool(reply.get("retiring"))
+                return int(reply["exit"])
             return self.process.wait()
         return self.process.poll()
 
     @property
     def alive(self) -> bool:
-        return self.process.poll() is None
+        """Whether it can take another run (not dead, not retiring)."""
+        return not self.retiring and self.process.poll() is None
 
     def close(self) -> None:
         """Ends the process between runs: nothing of a run is left to write
@@ -137,9 +156,9 @@ class Trainer:
         self.process.wait()
 
 
-def _key(env: Mapping[str, str], settings: tuple) -> tuple:
+def _key(env: Mapping[str, str], settings: tuple, growth_mb: int) -> tuple:
     """What a kept process must share with the sweep that takes it."""
-    return settings, tuple(sorted(env.items())), os.getcwd()
+    return settings, tuple(sorted(env.items())), os.getcwd(), growth_mb
 
 
 _kept: list[Trainer] | None = None  # None: not inside kept_between_sweeps()
@@ -163,11 +182,15 @@ def kept_between_sweeps() -> Iterator[None]:
 
 
 def start(
-    env: Mapping[str, str], settings: tuple, preexec_fn: Callable | None
+    env: Mapping[str, str],
+    settings: tuple,
+    preexec_fn: Callable | None,
+    growth_mb: int = GROWTH_MB,
 ) -> Trainer:
-    """A training process for runs of `settings`: a kept one that matches
+    """A training process for runs of `settings` that exits once it has grown
+    by more than `growth_mb` (0: after every run): a kept one that matches
     (see `kept_between_sweeps`), else a new one."""
-    key = _key(env, settings)
+    key = _key(env, settings, growth_mb)
     with _kept_lock:
         for trainer in list(_kept or ()):
             if trainer.key == key:
@@ -175,7 +198,7 @@ def start(
                 if trainer.alive:
                     return trainer
                 trainer.close()
-    return Trainer(env, settings, preexec_fn)
+    return Trainer(env, settings, preexec_fn, growth_mb)
 
 
 def release(trainer: Trainer) -> None:

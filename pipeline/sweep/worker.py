@@ -65,6 +65,8 @@ class Sweep:
     sampler: str
     pruner: study_lib.PrunerSpec
     startup_trials: int = 5
+    # A worker's training process is replaced once it grew by this (MB).
+    trainer_growth_mb: int = trainer_lib.GROWTH_MB
 
     @property
     def named_by_values(self) -> bool:
@@ -178,6 +180,7 @@ class Worker:
             self.env,
             trainer_lib.process_settings(sweep.base),
             processes.die_with_parent(),
+            sweep.trainer_growth_mb,
         )
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
@@ -378,7 +381,7 @@ class Worker:
                 else:
                     returncode = trainer.poll(timeout=0.05 if end.closed else 0)
         self.process = None
-        if not trainer.alive:  # killed or crashed: the next run gets a new one
+        if not trainer.alive:  # killed, crashed or outgrown: a new one for the next
             self.close_trainer()
         return returncode, pathlib.Path(log_name)
 
@@ -391,7 +394,10 @@ class Worker:
             self.close_trainer()  # another kind of run, or killed between runs
         if self.trainer is None:
             self.trainer = trainer_lib.start(
-                self.env, settings, processes.die_with_parent()
+                self.env,
+                settings,
+                processes.die_with_parent(),
+                self.sweep.trainer_growth_mb,
             )
         return self.trainer
 
