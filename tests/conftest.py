@@ -194,6 +194,32 @@ LONGEST_FIRST = (
 )
 
 
+# Files that read the same session fixture go to the same worker, so that
+# it is built once, not once per worker: `readme_layout` (6 runs),
+# `trained_runs` (3 runs). The file named on the right brings the other one.
+SAME_WORKER_AS = {
+    "test_hparams.py": "test_compare.py",
+    "test_summaries.py": "test_train.py",
+}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, with the files of `SAME_WORKER_AS` one unit each."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesSharingFixtures(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            head, _, name = file.rpartition("/")
+            partner = SAME_WORKER_AS.get(name)
+            return f"{head}/{partner}" if partner else file
+
+    return FilesSharingFixtures(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
     """Orders the collected files as `LONGEST_FIRST` says (the rest after,
     in their own order); the tests within a file keep theirs."""
