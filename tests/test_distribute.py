@@ -318,7 +318,7 @@ def test_two_workers_survive_sigterm_and_a_lost_worker_and_finish_as_one_run(
     workers = resume_both()
     wait_for_checkpoint(workers, run, (preempted // 200 + 1) * 200)
     workers[1].kill()
-    finish(workers[1])
+    killed_scratch = finish(workers[1])[1].split("run directory: ", 1)[1].split()[0]
     rc, out, err = finish(workers[0], timeout=120)
     assert rc == 1, err
     assert f"resuming mw from step {preempted}" in out
@@ -338,7 +338,9 @@ def test_two_workers_survive_sigterm_and_a_lost_worker_and_finish_as_one_run(
     assert lost > preempted
     assert (run / "checkpoints" / f"ckpt-{lost}.index").exists()
 
-    results = [finish(w, timeout=300) for w in resume_both()]
+    resumed = resume_both()
+    resumed_pids = [w.pid for w in resumed]
+    results = [finish(w, timeout=300) for w in resumed]
     assert [r[0] for r in results] == [0, 0], results
     outs = [r[1] for r in results]
     assert f"resuming mw from step {lost}" in outs[0]
@@ -355,7 +357,10 @@ def test_two_workers_survive_sigterm_and_a_lost_worker_and_finish_as_one_run(
         "events.out.tfevents.hparams_config",
         "mw",
     ]
-    # The non-chief's scratch directory is gone.
-    assert "run directory: /tmp/pipeline-worker-1-" in outs[1]
+    # The non-chief's scratch directory is gone, and so is the one its killed
+    # life left (the resumed worker removed it: its process was gone).
+    assert f"run directory: /tmp/pipeline-worker-1-{resumed_pids[1]}-" in outs[1]
     scratch = outs[1].split("run directory: ", 1)[1].split()[0]
     assert not os.path.exists(scratch)
+    assert killed_scratch.startswith("/tmp/pipeline-worker-1-")
+    assert not os.path.exists(killed_scratch)
