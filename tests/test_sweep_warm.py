@@ -255,7 +255,8 @@ def test_sweeps_in_turn_take_the_training_process_the_last_one_kept(tmp_path):
     """Inside `kept_between_sweeps`, a sweep takes the idle training process
     the previous sweep left (its run has the same pid: TensorFlow was
     imported once); a sweep in another environment gets a process of its
-    own; on leaving, every kept process is ended."""
+    own; on leaving, every kept process is ended and its temporary folder
+    (AutoGraph's generated files, which SIGTERM would leave) removed."""
 
     def trained_by(name: str) -> int:
         result = sweep_in_process(
@@ -271,7 +272,18 @@ def test_sweeps_in_turn_take_the_training_process_the_last_one_kept(tmp_path):
             other = trained_by("other")
         assert first == second != other
         assert [_alive(first), _alive(other)] == [True, True]
+        folders = [_tmpdir_of(first), _tmpdir_of(other)]
+        for folder in folders:
+            assert list(folder.glob("__autograph_generated_file*.py")), folder
     assert [_alive(first), _alive(other)] == [False, False]
+    assert [folder.exists() for folder in folders] == [False, False]
+
+
+def _tmpdir_of(pid: int) -> pathlib.Path:
+    """The TMPDIR process `pid` was started with."""
+    environ = pathlib.Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    (value,) = [v for v in environ if v.startswith(b"TMPDIR=")]
+    return pathlib.Path(value.removeprefix(b"TMPDIR=").decode())
 
 
 def _alive(pid: int) -> bool:

@@ -36,6 +36,9 @@ What stays contained, and how:
   CNN run (`python -m benchmarks.warm_memory`). Once it has grown by more
   than `--trainer_growth_mb` since its first run, it says so with that run's
   status and exits; the next run gets a new process.
+- Temporary files: the process's TMPDIR is a folder of its own, removed
+  once the process ended (SIGTERM, SIGKILL and crashes skip the exit
+  handlers that remove AutoGraph's generated modules).
 
 A process that runs several sweeps in turn (a notebook, a test session) can
 keep the idle training processes of one sweep for the next, inside
@@ -58,9 +61,11 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 
@@ -98,6 +103,10 @@ class Trainer:
         self.busy = False  # a run handed over and its status not yet read
         self.retiring = False  # it said it exits after its run
         self.in_main_thread = threading.current_thread() is threading.main_thread()
+        # Its temporary files (AutoGraph's generated modules, removed at a
+        # normal exit) go in a folder of its own, removed after it ended:
+        # `close` ends it with SIGTERM, which skips Python's exit handlers.
+        self.tmpdir = tempfile.mkdtemp(prefix="pipeline-trainer-")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self.process = subprocess.Popen(
@@ -111,7 +120,7 @@ class Trainer:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
-                env=dict(env),
+                env=dict(env, TMPDIR=self.tmpdir),
                 pass_fds=(theirs.fileno(),),
                 preexec_fn=preexec_fn,
             )
@@ -154,6 +163,7 @@ class Trainer:
         if self.process.poll() is None:
             self.process.terminate()
         self.process.wait()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
 
 
 def _key(env: Mapping[str, str], settings: tuple, growth_mb: int) -> tuple:
