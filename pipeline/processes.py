@@ -20,14 +20,18 @@ No TensorFlow; usable by any program of the pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import gc
 import os
 import pathlib
+import re
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
@@ -121,6 +125,48 @@ def process_alive(pid: int) -> bool:
     if state == "Z":
         return False
     return not cmdline or b"pipeline" in cmdline
+
+
+# `pipeline-KIND-PID-XXXXXXXX`: a folder `temp_folder` made for process PID.
+_TEMP_FOLDER = re.compile(r"pipeline-[a-z0-9_-]+?-(\d+)-[a-z0-9_]{8}")
+
+
+def temp_folder(kind: str) -> str:
+    """A new folder `pipeline-KIND-PID-...` in the temporary directory for
+    this process (PID) to write into and remove when done.
+
+    A process killed (SIGKILL, a crash, its parent's death) cannot remove
+    its folder: first this removes the ones, of any kind, that this user
+    owns and whose PID no process has (a process of any program: a notebook
+    that runs sweeps does not name the pipeline on its command line).
+    """
+    root = pathlib.Path(tempfile.gettempdir())
+    for old in root.glob("pipeline-*"):
+        owner = _TEMP_FOLDER.fullmatch(old.name)
+        with contextlib.suppress(OSError):
+            if (
+                owner
+                and old.is_dir()
+                and old.stat().st_uid == os.getuid()
+                and not _pid_in_use(int(owner.group(1)))
+            ):
+                shutil.rmtree(old)
+    return tempfile.mkdtemp(prefix=f"pipeline-{kind}-{os.getpid()}-")
+
+
+def _pid_in_use(pid: int) -> bool:
+    """Whether any process (not a zombie) has `pid` on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def owner_alive(record: Any) -> bool:

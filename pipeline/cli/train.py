@@ -13,13 +13,9 @@ the runs with pipeline-board. docs/resilience.md: resume, replay, signals.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pathlib
-import re
 import shutil
 import sys
-import tempfile
 from typing import TYPE_CHECKING
 
 from absl import flags
@@ -155,31 +151,9 @@ def _new_run_dir(
         run_dir = rundir.create_run_dir(config.logdir, run_name)
         run_dir.lock(PROG)
         return run_dir, None
-    scratch = _scratch_dir(distribute.worker_label(strategy))
+    # `main` removes it; one a killed worker left goes when the next starts.
+    scratch = processes.temp_folder(distribute.worker_label(strategy))
     return rundir.create_run_dir(scratch, run_name), scratch
-
-
-# `pipeline-worker-1-PID-XXXXXXXX`: a non-chief worker's scratch folder.
-_SCRATCH = re.compile(r"pipeline-[a-z_]+-\d+-(\d+)-")
-
-
-def _scratch_dir(label: str) -> str:
-    """A new scratch folder `pipeline-LABEL-PID-...` in the temporary
-    directory, once the folders of workers that are gone are removed: a worker
-    killed (SIGKILL, a crash) cannot remove its own, and the run goes on
-    without it (the chief holds every checkpoint)."""
-    root = pathlib.Path(tempfile.gettempdir())
-    for old in root.glob("pipeline-*-*-*-*"):
-        owner = _SCRATCH.match(old.name)
-        with contextlib.suppress(OSError):
-            if (
-                owner
-                and old.is_dir()
-                and old.stat().st_uid == os.getuid()
-                and not processes.process_alive(int(owner.group(1)))
-            ):
-                shutil.rmtree(old)
-    return tempfile.mkdtemp(prefix=f"pipeline-{label}-{os.getpid()}-")
 
 
 def _study_link(launch: config_lib.Launch, chief: bool) -> trial_link.TrialLink | None:

@@ -65,11 +65,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 
 from pipeline import config as config_lib
+from pipeline import processes
 
 # What a run sets for the whole process and cannot set back: the strategy and
 # its logical CPU devices (configured before TensorFlow's runtime starts),
@@ -106,7 +106,9 @@ class Trainer:
         # Its temporary files (AutoGraph's generated modules, removed at a
         # normal exit) go in a folder of its own, removed after it ended:
         # `close` ends it with SIGTERM, which skips Python's exit handlers.
-        self.tmpdir = tempfile.mkdtemp(prefix="pipeline-trainer-")
+        # (Named by this process: if it is killed, the training process dies
+        # with it, and the next `temp_folder` call removes the folder.)
+        self.tmpdir = processes.temp_folder("trainer")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs:
             self.process = subprocess.Popen(
