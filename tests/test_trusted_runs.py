@@ -776,9 +776,11 @@ def test_resume_killed_at_a_random_moment_loses_no_checkpoint(mlp_run, tmp_path)
 
     seed = int(os.environ.get("FAULT_SEED", random.randrange(10**6)))
     rng = random.Random(seed)
-    # Long enough that the killed life cannot finish before its kill (it
-    # trains at most a few seconds), short enough that the last resume's
-    # training stays a few seconds.
+    # Long enough that the killed life cannot finish before its kill, short
+    # enough that the last resume's training stays a few seconds. Here a
+    # life starts in ~4.5 s and trains 2,000 steps in ~7.5 s: the kill, 1-6 s
+    # in, lands in start-up, restore or training even on a machine twice as
+    # fast (kills up to 8 s in could come after a fast life had ended).
     total = 2000
     run = copy_run(mlp_run, tmp_path)
     args = ["--resume", f"--run={run}", f"--steps={total}", "--print_every=100"]
@@ -789,7 +791,7 @@ def test_resume_killed_at_a_random_moment_loses_no_checkpoint(mlp_run, tmp_path)
         stderr=subprocess.DEVNULL,
         env=cli_env(),
     )
-    time.sleep(rng.uniform(1.0, 8.0))
+    time.sleep(rng.uniform(1.0, 6.0))
     assert proc.poll() is None, f"FAULT_SEED={seed}: finished before the kill"
     proc.kill()
     proc.wait(timeout=30)
