@@ -108,23 +108,31 @@ def die_with_parent(signum: int = signal.SIGTERM) -> Callable[[], None] | None:
 
 def process_alive(pid: int) -> bool:
     """Whether process `pid` (of the pipeline) is alive on this host."""
+    if not _pid_in_use(pid):
+        return False
+    # An unrelated process that reused the pid does not mention the pipeline
+    # on its command line.
+    try:
+        cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return not cmdline or b"pipeline" in cmdline
+
+
+def _pid_in_use(pid: int) -> bool:
+    """Whether any process has `pid` on this host (a zombie, killed and not
+    yet reaped, does not count)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    # A zombie (killed, not yet reaped) is dead; an unrelated process that
-    # reused the pid does not mention the pipeline on its command line.
-    proc = pathlib.Path(f"/proc/{pid}")
     try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        cmdline = (proc / "cmdline").read_bytes()
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
-    if state == "Z":
-        return False
-    return not cmdline or b"pipeline" in cmdline
 
 
 # `pipeline-KIND-PID-XXXXXXXX`: a folder `temp_folder` made for process PID.
@@ -152,21 +160,6 @@ def temp_folder(kind: str) -> str:
             ):
                 shutil.rmtree(old)
     return tempfile.mkdtemp(prefix=f"pipeline-{kind}-{os.getpid()}-")
-
-
-def _pid_in_use(pid: int) -> bool:
-    """Whether any process (not a zombie) has `pid` on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def owner_alive(record: Any) -> bool:
