@@ -25,6 +25,7 @@ import time
 from absl import app, flags
 
 from benchmarks import common
+from pipeline import processes
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("long_steps", 10_000, "Steps of the long MLP run.")
@@ -34,14 +35,10 @@ TRAIN = pathlib.Path(sys.executable).parent / "pipeline-train"
 
 
 def rss_mb(pid: int) -> float | None:
-    """Current resident memory of `pid` in MB (None once it has exited)."""
-    try:
-        for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None
+    """Current resident memory of `pid` in MB (MiB, as before; None once it
+    has exited)."""
+    resident = processes.resident_bytes(pid)
+    return None if resident is None else resident / 2**20
 
 
 def run_train(args: list[str], sample_every: float | None = None) -> dict:

@@ -27,6 +27,7 @@ import gc
 import os
 import pathlib
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -117,6 +118,19 @@ def process_alive(pid: int) -> bool:
     except OSError:
         return True
     return not cmdline or b"pipeline" in cmdline
+
+
+def resident_bytes(pid: int | None = None) -> int | None:
+    """Resident memory of process `pid` (this one by default) in bytes; None
+    once it has exited. Without /proc: this process's peak instead."""
+    try:
+        statm = pathlib.Path(f"/proc/{pid or 'self'}/statm").read_text()
+        return int(statm.split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (FileNotFoundError, ProcessLookupError):
+        if pid is not None:
+            return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _pid_in_use(pid: int) -> bool:

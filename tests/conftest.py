@@ -152,8 +152,8 @@ def collect_after_a_run() -> None:
     freezes what survives.
 
     What survives a run's collection stays: the session's fixtures, and the
-    graphs TensorFlow traced, which it never frees (~5,000 objects a tiny
-    run; tensorflow/tensorflow#124972). Walked again by every later
+    graphs TensorFlow traced, which it never frees (5,000-8,000 objects a
+    tiny run; tensorflow/tensorflow#124972). Walked again by every later
     collection, they made each one slower as the session went on.
     """
     processes.collect_what_a_run_left()

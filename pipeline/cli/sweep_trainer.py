@@ -59,16 +59,8 @@ def serve(control_fd: int, growth_mb: int) -> int:
 
 
 def resident_mb() -> float:
-    """This process's resident memory in MB (its peak where the system has
-    no /proc)."""
-    try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
-    except OSError:
-        import resource
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 1e6 if sys.platform == "darwin" else peak / 1e3
+    """This process's resident memory in MB (`--trainer_growth_mb`'s unit)."""
+    return processes.resident_bytes() / 1e6
 
 
 def streams_ready() -> None:

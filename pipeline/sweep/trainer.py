@@ -79,7 +79,7 @@ MAX_MESSAGE = 1 << 20
 # Idle training processes kept between sweeps, at most this many per process.
 KEPT_AT_MOST = 2
 # `pipeline-sweep --trainer_growth_mb`'s default: with 4-23 MB a run, a new
-# process (a TensorFlow import, a few seconds) every 20-130 runs.
+# process (a TensorFlow import, a few seconds) every 20-140 runs.
 GROWTH_MB = 512
 
 

@@ -526,10 +526,10 @@ class SummaryLogger:
         if wait:
             self._wait()
             self._flush_written()
-        elif time.monotonic() - self._last_flush >= self._flush_secs:
-            self._write(self._flush_written)
-        else:
+        elif time.monotonic() - self._last_flush < self._flush_secs:
             return
+        else:
+            self._write(self._flush_written)
         self._last_flush = time.monotonic()
 
     def after_flush(self, measure: Callable[[], object]) -> concurrent.futures.Future:
