@@ -355,7 +355,10 @@ def make_dataset(
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = ds.repeat().skip(start_step)
-    normalise = functools.partial(_normalise, scale=input_scale)
+    # Nothing for AutoGraph to rewrite (`gathered_batches` says why to skip it).
+    normalise = tf.autograph.experimental.do_not_convert(
+        functools.partial(_normalise, scale=input_scale)
+    )
     ds = ds.map(normalise, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     options = tf.data.Options()
     # In-memory arrays have no files to shard: each worker takes its share of

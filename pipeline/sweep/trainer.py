@@ -38,7 +38,8 @@ What stays contained, and how:
   status and exits; the next run gets a new process.
 - Temporary files: the process's TMPDIR is a folder of its own, removed
   once the process ended (SIGTERM, SIGKILL and crashes skip the exit
-  handlers that remove AutoGraph's generated modules).
+  handlers that remove what TensorFlow and the libraries under it put in
+  the temporary directory).
 
 A process that runs several sweeps in turn (a notebook, a test session) can
 keep the idle training processes of one sweep for the next, inside
@@ -103,8 +104,8 @@ class Trainer:
         self.busy = False  # a run handed over and its status not yet read
         self.retiring = False  # it said it exits after its run
         self.in_main_thread = threading.current_thread() is threading.main_thread()
-        # Its temporary files (AutoGraph's generated modules, removed at a
-        # normal exit) go in a folder of its own, removed after it ended:
+        # Its temporary files (removed at a normal exit by the exit handlers
+        # of whatever made them) go in a folder of its own, removed after it ended:
         # `close` ends it with SIGTERM, which skips Python's exit handlers.
         # (Named by this process: if it is killed, the training process dies
         # with it, and the next `temp_folder` call removes the folder.)

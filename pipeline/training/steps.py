@@ -152,16 +152,18 @@ def make_train_loop(
     strategy = strategy or tf.distribute.get_strategy()
     # No Python control flow on tensors in a step: AutoGraph would only
     # rewrite Keras' layer code (it is not on AutoGraph's do-not-convert
-    # list), which cost 0.6-0.8 s of the first chunk's tracing here.
+    # list), which cost 0.6-0.8 s of the first chunk's tracing here. The
+    # loops around it are written as `tf.while_loop`, for the same reason
+    # (`_make_step_runner`).
     step_fn = tf.function(train_step, jit_compile=jit_compile, autograph=False)
     run_steps = _make_step_runner(step_fn, strategy)
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_loop(iterator, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
         losses, accuracies = run_steps(iterator, num_steps, *_metric_arrays(num_steps))
         return {"loss": losses.stack(), "accuracy": accuracies.stack()}
 
-    @tf.function
+    @tf.function(autograph=False)
     def one_step(iterator) -> dict[str, tf.Tensor]:
         """One step, outside any compiled loop (for a profiled step).
 
@@ -205,14 +207,30 @@ def _metric_arrays(num_steps: tf.Tensor) -> tuple[tf.TensorArray, tf.TensorArray
 def _make_step_runner(step_fn: Callable, strategy: tf.distribute.Strategy):
     """`run_steps(iterator, num_steps, losses, accuracies)`: runs `step_fn` on
     the next `num_steps` batches, writing each step's summed metrics at its
-    index (called inside a compiled loop)."""
+    index (called inside a compiled loop).
+
+    A `tf.while_loop`, not a `for` over `tf.range` for AutoGraph to rewrite:
+    AutoGraph parses, transforms and writes out as a module (a file in the
+    temporary directory) every function it converts, Keras' layer code
+    included, which cost each training process ~1 s of CPU at its first
+    chunk.
+    """
 
     def run_steps(iterator, num_steps, losses, accuracies):
-        for i in tf.range(num_steps):
+        def one_more(i, losses, accuracies):
             per_replica = strategy.run(step_fn, args=next(iterator))
             metrics = _sum_over_replicas(per_replica, strategy)
-            losses = losses.write(i, metrics["loss"])
-            accuracies = accuracies.write(i, metrics["accuracy"])
+            return (
+                i + 1,
+                losses.write(i, metrics["loss"]),
+                accuracies.write(i, metrics["accuracy"]),
+            )
+
+        _, losses, accuracies = tf.while_loop(
+            lambda i, *_: i < num_steps,
+            one_more,
+            (tf.constant(0, num_steps.dtype), losses, accuracies),
+        )
         return losses, accuracies
 
     return run_steps
@@ -260,7 +278,7 @@ def _make_histogram_loop(
     )
     variables = train_step.variables
 
-    @tf.function
+    @tf.function(autograph=False)
     def train_loop_with_histograms(iterator, num_steps: tf.Tensor) -> dict:
         losses, accuracies = _metric_arrays(num_steps)
         losses, accuracies = run_steps(iterator, num_steps - 1, losses, accuracies)
@@ -317,16 +335,15 @@ def make_eval_fn(
         input_signature=[
             tf.TensorSpec([None, 28, 28], tf.uint8),
             tf.TensorSpec([None], tf.int32),
-        ]
+        ],
+        # Batches in a `tf.while_loop`: nothing for AutoGraph to convert but
+        # Keras' layer code (`_make_step_runner` says what that cost).
+        autograph=False,
     )
     def evaluate(images: tf.Tensor, labels: tf.Tensor) -> dict[str, tf.Tensor]:
-        total_loss = tf.constant(0.0, tf.float64)
-        total_correct = tf.constant(0.0, tf.float64)
-        all_logits = tf.TensorArray(
-            tf.float32, size=0, dynamic_size=True, element_shape=[None, classes]
-        )
         count = tf.shape(labels)[0]
-        for start in tf.range(0, count, batch_size):
+
+        def one_more_batch(start, total_loss, total_correct, all_logits):
             batch_labels = labels[start : start + batch_size]
             logits = model_logits(
                 model, images[start : start + batch_size], input_scale
@@ -341,6 +358,20 @@ def make_eval_fn(
                 all_logits = all_logits.write(
                     start // batch_size, tf.cast(logits, tf.float32)
                 )
+            return start + batch_size, total_loss, total_correct, all_logits
+
+        _, total_loss, total_correct, all_logits = tf.while_loop(
+            lambda start, *_: start < count,
+            one_more_batch,
+            (
+                tf.constant(0),
+                tf.constant(0.0, tf.float64),
+                tf.constant(0.0, tf.float64),
+                tf.TensorArray(
+                    tf.float32, size=0, dynamic_size=True, element_shape=[None, classes]
+                ),
+            ),
+        )
         n = tf.cast(count, tf.float64)
         metrics = {"loss": total_loss / n, "accuracy": total_correct / n, "count": n}
         if with_logits:
