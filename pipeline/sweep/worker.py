@@ -175,13 +175,9 @@ class Worker:
         self.lost: BaseException | None = None  # the storage's error, once lost
         level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
         self.env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level)
+        self.trainer: trainer_lib.Trainer | None = None
         # Started now, so that TensorFlow's import overlaps the sweep's set-up.
-        self.trainer: trainer_lib.Trainer | None = trainer_lib.start(
-            self.env,
-            trainer_lib.process_settings(sweep.base),
-            processes.die_with_parent(),
-            sweep.trainer_growth_mb,
-        )
+        self.warm_trainer(sweep.base)
 
     def sampler(self, seed: int) -> optuna.samplers.BaseSampler:
         sweep = self.sweep
