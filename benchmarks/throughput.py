@@ -1,8 +1,9 @@
 """Steady-state training examples/s: the pipeline against Keras `fit`, paired.
 
     python -m benchmarks.throughput [--families=logreg,mlp,cnn] [--rounds=N]
-        [--variants=pipe_off,pipe_default,pipe_bf16]  (also: fit_bf16, fit_tb,
-                                                        pipe_scalars, pipe_histograms)
+        [--variants=pipe_off,pipe_default,pipe_switched,pipe_bf16]
+        (also: fit_bf16, fit_tb, pipe_scalars, pipe_histograms, pipe_off_twin,
+        pipe_flush_every_line)
 
 For each family (benchmarks/common.py: the flagfiles users run, on full-size
 Fashion-MNIST) the variants train the same model with the same batch size,
@@ -26,6 +27,14 @@ optimizer and tf.data pipeline:
                 pipe_default with --flush_secs=0 (not run by default): per-step
                 scalars handed to the writer, and flushed, with every progress
                 line instead of at most once a second
+  pipe_switched one run at the default logging whose logging actions
+                (`WriteTrainScalars`, `WriteHistograms`) are switched off for
+                every other window: each turn times two windows back to back,
+                logging on and off (on first in even rounds, off first in odd
+                ones). The same process, run, compiled calls and memory on both
+                sides, so the pair differs only in the logging work; two
+                separate runs (pipe_off_twin against pipe_off) differ by up to
+                5% in their medians with no logging at all
 
 Windows are equal: every variant of a family is timed over the same number of
 steps. A round runs the matmul ceilings, one `fit` window, then one window of
@@ -75,8 +84,9 @@ FLAGS = flags.FLAGS
 flags.DEFINE_list("families", list(common.FAMILIES), "Model families to measure.")
 flags.DEFINE_list(
     "variants",
-    ["pipe_off", "pipe_default", "pipe_bf16"],
-    "Variants besides fit: pipe_off, pipe_default, pipe_bf16, fit_bf16, fit_tb.",
+    ["pipe_off", "pipe_default", "pipe_switched", "pipe_bf16"],
+    "Variants besides fit: pipe_off, pipe_default, pipe_switched, pipe_bf16, "
+    "fit_bf16, fit_tb.",
 )
 flags.DEFINE_integer("rounds", 0, "Paired rounds (0: per-family default).")
 flags.DEFINE_string("json_out", None, "Also write the results as JSON here.")
@@ -113,7 +123,15 @@ PIPELINE_VARIANTS = {
     # The default logging flushed with every progress line (not run by
     # default): what holding per-step scalars for --flush_secs saves.
     "pipe_flush_every_line": (("--flush_secs=0",), "float32"),
+    # The default logging switched on and off between windows of one run.
+    "pipe_switched": ((), "float32"),
 }
+SWITCHED = "pipe_switched"
+# pipe_switched's windows with its logging switched off, one per round.
+SWITCHED_OFF = "pipe_switched (off)"
+# pipe_switched's windows: at most this many steps (two histogram steps for
+# logreg, one for the MLP), in pairs filling the family's window per turn.
+SWITCHED_WINDOW = {"logreg": 1000, "mlp": 500}
 LOGGING_KINDS = (
     "pipe_default",
     "pipe_scalars",
@@ -129,6 +147,8 @@ WRITER_SHARES: dict[str, list[float]] = {}
 # stretches wall time far more than CPU time, so logging's CPU cost is the
 # steadier figure on a shared machine.
 CPU_PER_1000: dict[str, list[float]] = {}
+# pipe_switched's switch (its off rates, per-pair costs), by variant name.
+SWITCHES: dict[str, LoggingSwitch] = {}
 
 
 class Schedule:
@@ -287,21 +307,177 @@ def window_timer(
     return WindowTimer()
 
 
-def pipeline_worker(config, dataset, window: int, windows: int, workdir, results):
-    """One real training run, timed over one window per turn."""
+def switched_timer(
+    name: str,
+    schedule: Schedule,
+    window: int,
+    pairs: int,
+    rounds: int,
+    batch: int,
+    rates: list[float],
+    switch: LoggingSwitch,
+):
+    """pipe_switched's timer: a turn is `pairs` pairs of `window`-step
+    windows, logging on in one and off in the other (on first in even pairs,
+    off first in odd ones: on-off, off-on, ...). Each pair's two windows run
+    back to back, so the load around them is as alike as it gets; windows
+    are short (a fraction of a second for logreg and the MLP) for the same
+    reason. The turn's on and off rates go to `rates` and `switch.rates_off`
+    (one each per round, for the table); each pair's cost to `switch`.
+    """
+    from pipeline.training.actions import Action
+
+    per_turn = 2 * pairs
+
+    class SwitchedTimer(Action):
+        def __init__(self) -> None:
+            self.began = (0.0, 0.0)  # perf_counter, process_time
+            self.turn = {True: [0.0, 0], False: [0.0, 0]}  # seconds, windows
+            self.pair: dict[bool, tuple[float, float]] = {}  # seconds, CPU
+
+        def next_boundary(self, step: int) -> int | None:
+            done = max(step - WARMUP_STEPS, -window) // window + 1
+            return WARMUP_STEPS + done * window
+
+        def __call__(self, state, chunk) -> None:
+            done, rest = divmod(chunk.step - WARMUP_STEPS, window)
+            if chunk.step < WARMUP_STEPS or rest or done > rounds * per_turn:
+                return
+            state.logger.flush()  # the window's summaries are written in it
+            now, cpu = time.perf_counter(), time.process_time()
+            if done > 0:
+                seconds = now - self.began[0]
+                self.pair[switch.on] = (seconds, cpu - self.began[1])
+                self.turn[switch.on][0] += seconds
+                self.turn[switch.on][1] += 1
+                if len(self.pair) == 2:
+                    (on, on_cpu), (off, off_cpu) = self.pair[True], self.pair[False]
+                    switch.costs.append(1 - off / on)
+                    switch.cpu_costs.append(on_cpu / off_cpu - 1)
+                    self.pair = {}
+                if done % per_turn == 0:
+                    examples = window * batch
+                    for on, (total, count) in self.turn.items():
+                        rate = examples * count / total
+                        (rates if on else switch.rates_off).append(rate)
+                        report(name if on else SWITCHED_OFF, done // per_turn - 1, rate)
+                    self.turn = {True: [0.0, 0], False: [0.0, 0]}
+                    if done == rounds * per_turn:
+                        return  # keep the turn through the run's end-of-run work
+            if done % per_turn == 0:
+                schedule.release(name)  # the warm-up turn, or the turn just timed
+                schedule.acquire(name)
+            pair, second = divmod(done, 2)
+            switch.on = (second == 0) == (pair % 2 == 0)
+            self.began = (time.perf_counter(), time.process_time())
+
+    return SwitchedTimer()
+
+
+class LoggingSwitch:
+    """Switches a run's logging actions on and off between windows.
+
+    `actions(run_actions)` wraps the loop's action list so that
+    `WriteTrainScalars` and `WriteHistograms` act only while `on`: off, they
+    ask the chunk for nothing (no histogram chunk) and write nothing, and
+    they keep their chunk boundaries, so both sides run the same compiled
+    calls. Everything else (progress lines and their flushes, checkpoints,
+    the timer) runs either way, as in pipe_off.
+    """
+
+    def __init__(self) -> None:
+        self.on = True  # the warm-up logs, as pipe_default's does
+        self.rates_off: list[float] = []
+        # Per pair of windows: 1 - rate on / rate off, and CPU s per example
+        # on / off - 1.
+        self.costs: list[float] = []
+        self.cpu_costs: list[float] = []
+
+    def install(self, loop) -> None:
+        """Makes the next run `loop.train_and_evaluate` starts build its
+        actions with the logging ones switched (only that run: the loop
+        builds its actions as it starts, within this variant's turn)."""
+        from pipeline.training import actions as actions_lib
+        from pipeline.training.chunks import Wants
+
+        switch = self
+        logging = (actions_lib.WriteTrainScalars, actions_lib.WriteHistograms)
+        run_actions = loop.run_actions
+
+        class Switched(actions_lib.Action):
+            def __init__(self, inner):
+                self.inner = inner
+                self.produces, self.consumes = inner.produces, inner.consumes
+
+            def checkpointed(self):
+                return self.inner.checkpointed()
+
+            def start(self, state):
+                self.inner.start(state)
+
+            def next_boundary(self, step):
+                return self.inner.next_boundary(step)
+
+            def wants(self, step, end):
+                return self.inner.wants(step, end) if switch.on else Wants()
+
+            def __call__(self, state, chunk):
+                return self.inner(state, chunk) if switch.on else None
+
+            def completed(self, state, chunk):
+                return self.inner.completed(state, chunk)
+
+            def close(self, state):
+                self.inner.close(state)
+
+        def switched_run_actions(config, extra=()):
+            loop.run_actions = run_actions  # one run only
+            return [
+                Switched(a) if isinstance(a, logging) else a
+                for a in run_actions(config, extra)
+            ]
+
+        loop.run_actions = switched_run_actions
+
+
+def pipeline_worker(
+    config,
+    dataset,
+    window: int,
+    windows: int,
+    workdir,
+    results,
+    switched_window: int | None = None,
+):
+    """One real training run, timed over one window per turn (pipe_switched:
+    pairs of shorter windows, logging on and off, see `switched_timer`)."""
     from pipeline.runs import rundir
     from pipeline.training import loop
 
     def work(name: str, schedule: Schedule, rates: list[float]) -> None:
+        if switched_window:
+            short = min(window, switched_window)
+            pairs = max(1, window // short // 2)
+            steps = windows * 2 * pairs * short
+            switch = SWITCHES[name] = LoggingSwitch()
+            timer = switched_timer(
+                name, schedule, short, pairs, windows, config.batch_size, rates, switch
+            )
+        else:
+            steps = windows * window
+            timer = window_timer(
+                name, schedule, window, windows, config.batch_size, rates
+            )
         run_config = dataclasses.replace(
             config,
-            steps=WARMUP_STEPS + windows * window + 1,
+            steps=WARMUP_STEPS + steps + 1,
             print_every=PRINT_EVERY,
             logdir=str(workdir),
         )
         schedule.acquire(name)
         run_dir = rundir.create_run_dir(workdir, name)
-        timer = window_timer(name, schedule, window, windows, config.batch_size, rates)
+        if switched_window:
+            switch.install(loop)
         results.append(
             loop.train_and_evaluate(
                 run_config,
@@ -320,7 +496,7 @@ def report(
     name: str, index: int, rate: float, writer_share: float | None = None
 ) -> None:
     writer = "" if writer_share is None else f"  writer thread {writer_share:.1%}"
-    print(f"  window {index + 1} {name:14s} {rate:>10,.0f} examples/s{writer}")
+    print(f"  window {index + 1} {name:19s} {rate:>10,.0f} examples/s{writer}")
 
 
 def paired_ratios(rates: list[float], fit: list[float]) -> list[float]:
@@ -344,6 +520,11 @@ class FamilyResult:
     load_average: tuple[float, float]
     writer_shares: dict[str, list[float]] = dataclasses.field(default_factory=dict)
     cpu_per_1000: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    # pipe_switched, per pair of windows: 1 - rate on / rate off, and CPU per
+    # example on / off - 1.
+    switched_costs: list[float] = dataclasses.field(default_factory=list)
+    switched_cpu_costs: list[float] = dataclasses.field(default_factory=list)
+    switched_window: int = 0
 
 
 def variant_config(family: str, name: str):
@@ -432,13 +613,25 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
         else:
             results[name] = []
             workers[name] = pipeline_worker(
-                config, dataset, window, rounds, workdir / name, results[name]
+                config,
+                dataset,
+                window,
+                rounds,
+                workdir / name,
+                results[name],
+                switched_window=(
+                    SWITCHED_WINDOW.get(family, window) if name == SWITCHED else None
+                ),
             )
     ceiling: dict[str, list[float]] = {"float32": [], "bfloat16": []}
     WRITER_SHARES.clear()
     CPU_PER_1000.clear()
+    SWITCHES.clear()
     load_before = os.getloadavg()[0]
     rates = run_schedule(workers, rounds, ceiling)
+    switch = SWITCHES.get(SWITCHED)
+    if switch is not None:
+        rates[SWITCHED_OFF] = switch.rates_off
     load_after = os.getloadavg()[0]
     ratios = {
         name: paired_ratios(values, rates["fit"])
@@ -478,7 +671,17 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
         (load_before, load_after),
         {name: list(shares) for name, shares in WRITER_SHARES.items()},
         {name: list(cpu) for name, cpu in CPU_PER_1000.items()},
+        list(switch.costs) if switch else [],
+        list(switch.cpu_costs) if switch else [],
+        min(window, SWITCHED_WINDOW.get(family, window)) if switch else 0,
     )
+
+
+def standard_error(values: list[float]) -> float:
+    """The standard error of `values`' mean."""
+    if len(values) < 2:
+        return math.nan
+    return statistics.stdev(values) / math.sqrt(len(values))
 
 
 def spread(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -494,7 +697,7 @@ def print_family(res: FamilyResult) -> list[str]:
         f"{res.load_average[1]:.1f}"
     )
     header = (
-        f"  {'variant':13s} {'median ex/s':>12s} {'min-max':>19s}   "
+        f"  {'variant':19s} {'median ex/s':>12s} {'min-max':>19s}   "
         f"{'paired ratio vs fit (min-max)':>30s} {'% ceiling':>9s}  (bf16 variants: "
         "of the bfloat16 ceiling)"
     )
@@ -518,7 +721,7 @@ def print_family(res: FamilyResult) -> list[str]:
                     "faster or slower than fit"
                 )
         print(
-            f"  {name:13s} {median:>12,.0f} {f'{lo:,.0f}-{hi:,.0f}':>19s}   "
+            f"  {name:19s} {median:>12,.0f} {f'{lo:,.0f}-{hi:,.0f}':>19s}   "
             f"{ratio:>30s} {share:>8.1f}%"
         )
     for logged in LOGGING_KINDS:
@@ -533,6 +736,21 @@ def print_family(res: FamilyResult) -> list[str]:
             f"  {label} ({logged} vs pipe_off, per round): "
             f"{spread([c * 100 for c in cost], '{:+.1f}')} %"
         )
+    if res.switched_costs:
+        pairs = len(res.switched_costs)
+        print(
+            f"  logging cost in one run ({SWITCHED}, per pair of {res.switched_window}"
+            f"-step windows, on vs off back to back, {pairs} pairs): "
+            f"{spread([c * 100 for c in res.switched_costs], '{:+.1f}')} %; "
+            f"mean {statistics.mean(res.switched_costs) * 100:+.1f} % "
+            f"(standard error {standard_error(res.switched_costs) * 100:.1f})"
+        )
+        print(
+            f"  logging CPU in one run ({SWITCHED}, CPU s per example, per pair): "
+            f"{spread([c * 100 for c in res.switched_cpu_costs], '{:+.1f}')} %; "
+            f"mean {statistics.mean(res.switched_cpu_costs) * 100:+.1f} % "
+            f"(standard error {standard_error(res.switched_cpu_costs) * 100:.1f})"
+        )
     for logged in LOGGING_KINDS:
         if not {"pipe_off", logged} <= res.cpu_per_1000.keys():
             continue
@@ -546,7 +764,7 @@ def print_family(res: FamilyResult) -> list[str]:
             f"  logging CPU ({logged} vs pipe_off, CPU s per example, per round): "
             f"{spread([c * 100 for c in cost], '{:+.1f}')} %"
         )
-    for logged in LOGGING_KINDS:
+    for logged in (*LOGGING_KINDS, SWITCHED):
         shares = res.writer_shares.get(logged)
         if shares:
             print(
@@ -582,7 +800,7 @@ def print_family(res: FamilyResult) -> list[str]:
     print(
         f"  documented peaks of this CPU ({peak.description}): float32 "
         f"{peak.gflops('float32'):.0f}, bfloat16 {peak.gflops('bfloat16'):.0f} "
-        f"GFLOP/s at {peak.ghz:.2f} GHz; the float32 ceiling is "
+        f"GFLOP/s at {peak.ghz:.2f} GHz ({peak.clock}); the float32 ceiling is "
         f"{measured / peak.gflops('float32'):.0%} of it"
     )
     if res.event_bytes_per_1000:
