@@ -29,12 +29,13 @@ optimizer and tf.data pipeline:
                 line instead of at most once a second
   pipe_switched one run at the default logging whose logging actions
                 (`WriteTrainScalars`, `WriteHistograms`) are switched off for
-                every other window: each turn times two windows back to back,
-                logging on and off (on first in even rounds, off first in odd
-                ones). The same process, run, compiled calls and memory on both
-                sides, so the pair differs only in the logging work; two
+                every other window: each turn times pairs of windows back to
+                back, logging on and off (on-off, off-on, ...; `SWITCHED_WINDOW`).
+                The same process, run, compiled calls and memory on both
+                sides, so a pair differs only in the logging work; two
                 separate runs (pipe_off_twin against pipe_off) differ by up to
-                5% in their medians with no logging at all
+                5% in their medians with no logging at all. Its logging cost is
+                per pair: median, min-max, mean and the mean's standard error
 
 Windows are equal: every variant of a family is timed over the same number of
 steps. A round runs the matmul ceilings, one `fit` window, then one window of
@@ -129,9 +130,14 @@ PIPELINE_VARIANTS = {
 SWITCHED = "pipe_switched"
 # pipe_switched's windows with its logging switched off, one per round.
 SWITCHED_OFF = "pipe_switched (off)"
-# pipe_switched's windows: at most this many steps (two histogram steps for
-# logreg, one for the MLP), in pairs filling the family's window per turn.
-SWITCHED_WINDOW = {"logreg": 1000, "mlp": 500}
+# pipe_switched's (window steps, pairs per turn); other families: one pair
+# of the family's window. A window holds whole --histogram_every intervals
+# (500) and lasts about a second: this VM slows by 30-80% in bursts of
+# 0.2-0.5 s with or without logging, and a window much shorter than a burst
+# is either hit whole or missed (pairs of 1000-step logreg windows, 0.3 s,
+# differed by -23..+28% with only the scalars switched). Logreg's 3,000
+# steps are also 5 whole epochs of Fashion-MNIST at batch 100.
+SWITCHED_WINDOW = {"logreg": (3000, 4), "mlp": (2500, 4)}
 LOGGING_KINDS = (
     "pipe_default",
     "pipe_scalars",
@@ -447,7 +453,7 @@ def pipeline_worker(
     windows: int,
     workdir,
     results,
-    switched_window: int | None = None,
+    switched_window: tuple[int, int] | None = None,
 ):
     """One real training run, timed over one window per turn (pipe_switched:
     pairs of shorter windows, logging on and off, see `switched_timer`)."""
@@ -456,8 +462,7 @@ def pipeline_worker(
 
     def work(name: str, schedule: Schedule, rates: list[float]) -> None:
         if switched_window:
-            short = min(window, switched_window)
-            pairs = max(1, window // short // 2)
+            short, pairs = switched_window
             steps = windows * 2 * pairs * short
             switch = SWITCHES[name] = LoggingSwitch()
             timer = switched_timer(
@@ -620,7 +625,9 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
                 workdir / name,
                 results[name],
                 switched_window=(
-                    SWITCHED_WINDOW.get(family, window) if name == SWITCHED else None
+                    SWITCHED_WINDOW.get(family, (window, 1))
+                    if name == SWITCHED
+                    else None
                 ),
             )
     ceiling: dict[str, list[float]] = {"float32": [], "bfloat16": []}
@@ -673,7 +680,7 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
         {name: list(cpu) for name, cpu in CPU_PER_1000.items()},
         list(switch.costs) if switch else [],
         list(switch.cpu_costs) if switch else [],
-        min(window, SWITCHED_WINDOW.get(family, window)) if switch else 0,
+        SWITCHED_WINDOW.get(family, (window, 1))[0] if switch else 0,
     )
 
 
