@@ -651,17 +651,20 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
             dataclasses.replace(reference, precision=BF16), dataset
         ),
     }
-    logged = results.get("pipe_default") or next(iter(results.values()), [])
+    # Event bytes of pipe_default only (pipe_switched logs half its windows);
+    # trace counts of any pipeline run.
+    logged = results.get("pipe_default")
     per_1000, traces = {}, {}
     if logged:
-        steps_run = WARMUP_STEPS + rounds * window + 1
         one_time = {"graph", "graph_keras_model", "text", "images"}
         per_1000 = {
-            plugin: size * 1000 / steps_run
+            plugin: size * 1000 / logged[-1].step
             for plugin, size in logged[-1].event_bytes.items()
             if plugin not in one_time
         }
-        traces = logged[-1].trace_counts
+    ran = logged or next((r for r in results.values() if r), [])
+    if ran:
+        traces = ran[-1].trace_counts
     _, train_flops = common.train_flops_per_example(models.build_model(reference))
     return FamilyResult(
         family,
