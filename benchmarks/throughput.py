@@ -337,7 +337,9 @@ def switched_timer(
 
     class SwitchedTimer(Action):
         def __init__(self) -> None:
-            self.began = (0.0, 0.0)  # perf_counter, process_time
+            # perf_counter, process_time, writer thread's and logging
+            # actions' CPU seconds
+            self.began = (0.0, 0.0, 0.0, 0.0)
             self.turn = {True: [0.0, 0], False: [0.0, 0]}  # seconds, windows
             self.pair: dict[bool, tuple[float, float]] = {}  # seconds, CPU
 
@@ -354,6 +356,10 @@ def switched_timer(
             if done > 0:
                 seconds = now - self.began[0]
                 self.pair[switch.on] = (seconds, cpu - self.began[1])
+                if switch.on:  # logging's own work, as a share of the window
+                    writer = state.logger.writer_busy_seconds - self.began[2]
+                    acting = switch.action_seconds - self.began[3]
+                    switch.own_work.append((writer / seconds, acting / seconds))
                 self.turn[switch.on][0] += seconds
                 self.turn[switch.on][1] += 1
                 if len(self.pair) == 2:
@@ -375,7 +381,12 @@ def switched_timer(
                 schedule.acquire(name)
             pair, second = divmod(done, 2)
             switch.on = (second == 0) == (pair % 2 == 0)
-            self.began = (time.perf_counter(), time.process_time())
+            self.began = (
+                time.perf_counter(),
+                time.process_time(),
+                state.logger.writer_busy_seconds,
+                switch.action_seconds,
+            )
 
     return SwitchedTimer()
 
@@ -398,6 +409,11 @@ class LoggingSwitch:
         # on / off - 1.
         self.costs: list[float] = []
         self.cpu_costs: list[float] = []
+        # CPU seconds the logging actions took in the training thread.
+        self.action_seconds = 0.0
+        # Per on window: the writer thread's and the logging actions' CPU
+        # seconds over the window's seconds.
+        self.own_work: list[tuple[float, float]] = []
 
     def install(self, loop) -> None:
         """Makes the next run `loop.train_and_evaluate` starts build its
@@ -428,7 +444,13 @@ class LoggingSwitch:
                 return self.inner.wants(step, end) if switch.on else Wants()
 
             def __call__(self, state, chunk):
-                return self.inner(state, chunk) if switch.on else None
+                if not switch.on:
+                    return None
+                started = time.thread_time()
+                try:
+                    return self.inner(state, chunk)
+                finally:
+                    switch.action_seconds += time.thread_time() - started
 
             def completed(self, state, chunk):
                 return self.inner.completed(state, chunk)
@@ -529,6 +551,11 @@ class FamilyResult:
     # example on / off - 1.
     switched_costs: list[float] = dataclasses.field(default_factory=list)
     switched_cpu_costs: list[float] = dataclasses.field(default_factory=list)
+    # Per on window of pipe_switched: writer thread CPU, logging actions' CPU
+    # (training thread), as shares of the window.
+    switched_own_work: list[tuple[float, float]] = dataclasses.field(
+        default_factory=list
+    )
     switched_window: int = 0
 
 
@@ -683,6 +710,7 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
         {name: list(cpu) for name, cpu in CPU_PER_1000.items()},
         list(switch.costs) if switch else [],
         list(switch.cpu_costs) if switch else [],
+        list(switch.own_work) if switch else [],
         SWITCHED_WINDOW.get(family, (window, 1))[0] if switch else 0,
     )
 
@@ -754,6 +782,13 @@ def print_family(res: FamilyResult) -> list[str]:
             f"{spread([c * 100 for c in res.switched_costs], '{:+.1f}')} %; "
             f"mean {statistics.mean(res.switched_costs) * 100:+.1f} % "
             f"(standard error {standard_error(res.switched_costs) * 100:.1f})"
+        )
+        writer = [w * 100 for w, _ in res.switched_own_work]
+        acting = [a * 100 for _, a in res.switched_own_work]
+        print(
+            f"  logging's own work ({SWITCHED}, per logging window): writer thread "
+            f"CPU {spread(writer, '{:.2f}')} %, logging actions' CPU in the training "
+            f"thread {spread(acting, '{:.2f}')} % of the window"
         )
         print(
             f"  logging CPU in one run ({SWITCHED}, CPU s per example, per pair): "
