@@ -106,7 +106,12 @@ def child() -> None:
     profiler = None
 
     def on_line(line: str) -> None:
-        if line.startswith("step ") and "first step" not in marks:
+        # "step 1/2 ...", not the "step 0/2 compiling ..." line printed
+        # before the first chunk (the first step is after its compile).
+        fields = line.split()
+        trained = fields[1].split("/")[0] if len(fields) > 1 else ""
+        first = fields[:1] == ["step"] and trained.isdigit() and int(trained) > 0
+        if first and "first step" not in marks:
             marks["first step"] = time.perf_counter() - T0
             if profiler is not None:
                 profiler.disable()  # the profile covers the start-up only
