@@ -327,9 +327,9 @@ def switched_timer(
     windows, logging on in one and off in the other (on first in even pairs,
     off first in odd ones: on-off, off-on, ...). Each pair's two windows run
     back to back, so the load around them is as alike as it gets; windows
-    are short (a fraction of a second for logreg and the MLP) for the same
-    reason. The turn's on and off rates go to `rates` and `switch.rates_off`
-    (one each per round, for the table); each pair's cost to `switch`.
+    last about a second (`SWITCHED_WINDOW` says why not shorter). The
+    turn's on and off rates go to `rates` and `switch.rates_off` (one each
+    per round, for the table); each pair's cost to `switch`.
     """
     from pipeline.training.actions import Action
 
@@ -394,7 +394,7 @@ def switched_timer(
 class LoggingSwitch:
     """Switches a run's logging actions on and off between windows.
 
-    `actions(run_actions)` wraps the loop's action list so that
+    `install(loop)` has the next run wrap its actions so that
     `WriteTrainScalars` and `WriteHistograms` act only while `on`: off, they
     ask the chunk for nothing (no histogram chunk) and write nothing, and
     they keep their chunk boundaries, so both sides run the same compiled
