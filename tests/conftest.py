@@ -160,11 +160,11 @@ def collect_after_a_run() -> None:
     gc.freeze()
 
 
-# `make test` hands whole files to its two workers (`--dist loadfile`: a
+# `make test` hands whole files to its workers (`--dist loadfile`: a
 # file's module fixtures are built once, on one worker) in collection order
 # (`--no-loadscope-reorder`). The files that take longest go first, so the
 # short ones fill the gaps at the end instead of one long file running alone
-# on one worker while the other idles. Longest first, from `make test
+# on one worker while the others idle. Longest first, from `make test
 # --durations=0` on main 81d5bd9 (752 passed in 6 min 52 s on the idle
 # machine; test_distribute 66 s of worker time, test_trusted_runs 65, ...).
 LONGEST_FIRST = (
