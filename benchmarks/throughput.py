@@ -267,6 +267,13 @@ def fit_worker(config, dataset, window: int, windows: int, tensorboard_dir=None)
     return work
 
 
+def window_end(step: int, window: int) -> int:
+    """The first window end after `step`: the warm-up's end, then every
+    `window` steps after it."""
+    done = max(step - WARMUP_STEPS, -window) // window + 1
+    return WARMUP_STEPS + done * window
+
+
 def window_timer(
     name: str, schedule: Schedule, window: int, windows: int, batch, rates
 ):
@@ -280,8 +287,7 @@ def window_timer(
         busy_start = 0.0
 
         def next_boundary(self, step: int) -> int | None:
-            done = max(step - WARMUP_STEPS, -window) // window + 1
-            return WARMUP_STEPS + done * window
+            return window_end(step, window)
 
         def __call__(self, state, chunk) -> None:
             done, rest = divmod(chunk.step - WARMUP_STEPS, window)
@@ -344,8 +350,7 @@ def switched_timer(
             self.pair: dict[bool, tuple[float, float]] = {}  # seconds, CPU
 
         def next_boundary(self, step: int) -> int | None:
-            done = max(step - WARMUP_STEPS, -window) // window + 1
-            return WARMUP_STEPS + done * window
+            return window_end(step, window)
 
         def __call__(self, state, chunk) -> None:
             done, rest = divmod(chunk.step - WARMUP_STEPS, window)
@@ -402,7 +407,8 @@ class LoggingSwitch:
     the timer) runs either way, as in pipe_off.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, window: int) -> None:
+        self.window = window  # steps in each of its windows
         self.on = True  # the warm-up logs, as pipe_default's does
         self.rates_off: list[float] = []
         # Per pair of windows: 1 - rate on / rate off, and CPU s per example
@@ -486,7 +492,7 @@ def pipeline_worker(
         if switched_window:
             short, pairs = switched_window
             steps = windows * 2 * pairs * short
-            switch = SWITCHES[name] = LoggingSwitch()
+            switch = SWITCHES[name] = LoggingSwitch(short)
             timer = switched_timer(
                 name, schedule, short, pairs, windows, config.batch_size, rates, switch
             )
@@ -711,7 +717,7 @@ def measure_family(family: str, workdir: pathlib.Path) -> FamilyResult:
         list(switch.costs) if switch else [],
         list(switch.cpu_costs) if switch else [],
         list(switch.own_work) if switch else [],
-        SWITCHED_WINDOW.get(family, (window, 1))[0] if switch else 0,
+        switch.window if switch else 0,
     )
 
 
@@ -720,6 +726,16 @@ def standard_error(values: list[float]) -> float:
     if len(values) < 2:
         return math.nan
     return statistics.stdev(values) / math.sqrt(len(values))
+
+
+def per_pair(costs: list[float]) -> str:
+    """Per-pair costs (fractions) as a percent: median (min-max), then the
+    mean and its standard error."""
+    return (
+        f"{spread([c * 100 for c in costs], '{:+.1f}')} %; "
+        f"mean {statistics.mean(costs) * 100:+.1f} % "
+        f"(standard error {standard_error(costs) * 100:.1f})"
+    )
 
 
 def spread(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -779,9 +795,7 @@ def print_family(res: FamilyResult) -> list[str]:
         print(
             f"  logging cost in one run ({SWITCHED}, per pair of {res.switched_window}"
             f"-step windows, on vs off back to back, {pairs} pairs): "
-            f"{spread([c * 100 for c in res.switched_costs], '{:+.1f}')} %; "
-            f"mean {statistics.mean(res.switched_costs) * 100:+.1f} % "
-            f"(standard error {standard_error(res.switched_costs) * 100:.1f})"
+            + per_pair(res.switched_costs)
         )
         writer = [w * 100 for w, _ in res.switched_own_work]
         acting = [a * 100 for _, a in res.switched_own_work]
@@ -792,9 +806,7 @@ def print_family(res: FamilyResult) -> list[str]:
         )
         print(
             f"  logging CPU in one run ({SWITCHED}, CPU s per example, per pair): "
-            f"{spread([c * 100 for c in res.switched_cpu_costs], '{:+.1f}')} %; "
-            f"mean {statistics.mean(res.switched_cpu_costs) * 100:+.1f} % "
-            f"(standard error {standard_error(res.switched_cpu_costs) * 100:.1f})"
+            + per_pair(res.switched_cpu_costs)
         )
     for logged in LOGGING_KINDS:
         if not {"pipe_off", logged} <= res.cpu_per_1000.keys():
