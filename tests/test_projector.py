@@ -1,6 +1,8 @@
 """The Projector tab after `pipeline-eval`: embeddings, sprite and labels, served."""
 
 import dataclasses
+import pathlib
+import shutil
 import time
 import urllib.parse
 import urllib.request
@@ -10,11 +12,15 @@ import pytest
 import tensorflow as tf
 from conftest import LOGREG, MLP_RUN, copy_run, main_in_process, train_run
 from PIL import Image
+from tensorboard.plugins import projector as tb_projector
 
 from pipeline import data
 from pipeline.runs import restore
 from pipeline.tensorboard import board, projector
 from pipeline.tools import evaluate
+
+# How the Projector names a variable saved as `Checkpoint(embedding=...)`.
+CHECKPOINT_TENSOR = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +41,29 @@ def read_metadata(directory):
     return lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
 
 
+def read_embedding(directory, shape):
+    """The embedding `write_projector` left in `directory` (its one tensor file)."""
+    [path] = [directory / n for n in projector.TENSOR_NAMES if (directory / n).exists()]
+    return projector.read_tensor_file(path, shape)
+
+
 def test_eval_writes_every_test_digit_with_labels_and_predictions(evaluated_run):
     eval_dir = evaluated_run / "eval"
-    reader = tf.train.load_checkpoint(str(eval_dir))
-    embedding = reader.get_tensor(projector.TENSOR_NAME)
-    assert embedding.shape == (2000, 32)  # the hidden layer feeding the logits
+    assert sorted(p.name for p in eval_dir.glob("embedding*")) == [
+        "embedding.bytes",
+        "embedding_metadata.tsv",
+        "embedding_sprite.png",
+    ]
+    # The hidden layer feeding the logits, as the model computes it.
+    embedding = read_embedding(eval_dir, (2000, 32))
+    restored = restore.open_run(evaluated_run)
+    _, test = data.load_mnist_sample()
+    features, _ = projector.embed(restored.load_model(), test)
+    np.testing.assert_array_equal(embedding, features)
 
     header, rows = read_metadata(eval_dir)
     assert header == ["index", "label", "predicted", "correct"]
-    _, test = data.load_mnist_sample()
     assert [int(row[1]) for row in rows] == test.labels.tolist()
-    restored = restore.open_run(evaluated_run)
     outputs = evaluate.predict_outputs(restored.load_model(), test)
     assert [int(row[2]) for row in rows] == outputs.predicted.tolist()
     assert [row[3] for row in rows] == [
@@ -59,13 +77,27 @@ def test_eval_writes_every_test_digit_with_labels_and_predictions(evaluated_run)
     np.testing.assert_array_equal(first, 255 - test.images[0])
 
 
+def served_tensor(server, run, name):
+    """The Projector's tensor as the browser fetches it (float32 bytes)."""
+    deadline = time.monotonic() + 60
+    while run not in server.get("/data/plugin/projector/runs"):
+        assert time.monotonic() < deadline, "projector never listed the run"
+        time.sleep(0.5)
+    query = urllib.parse.urlencode({"run": run, "name": name})
+    with urllib.request.urlopen(
+        f"{server.url}/data/plugin/projector/tensor?{query}"
+    ) as response:
+        return np.frombuffer(response.read(), np.float32)
+
+
 def test_the_projector_plugin_serves_the_embedding(evaluated_run):
+    """Served by a TensorBoard without TensorFlow (the tensor file needs none)."""
     with board.TensorBoardServer(evaluated_run.parent) as server:
+        assert server.tensorflow is False
         run = f"{evaluated_run.name}/eval"
-        deadline = time.monotonic() + 60
-        while run not in server.get("/data/plugin/projector/runs"):
-            assert time.monotonic() < deadline, "projector never listed the run"
-            time.sleep(0.5)
+        served = served_tensor(server, run, projector.TENSOR_NAME)
+        embedding = read_embedding(evaluated_run / "eval", (2000, 32))
+        np.testing.assert_array_equal(served, embedding.ravel())
         info = server.get(f"/data/plugin/projector/info?run={run}")
         (embedding,) = info["embeddings"]
         assert embedding["tensorName"] == projector.TENSOR_NAME
@@ -91,43 +123,91 @@ def test_a_bigger_split_is_capped(mlp_run, tmp_path):
         restored.load_model(),
         test,
         data.class_names(None),
-        step=30,
         max_examples=100,
     )
     assert count == 100
     _, rows = read_metadata(tmp_path)
     assert len(rows) == 100
-    embedding = tf.train.load_checkpoint(str(tmp_path)).get_tensor(
-        projector.TENSOR_NAME
-    )
-    assert embedding.shape == (100, 32)
+    assert read_embedding(tmp_path, (100, 32)).shape == (100, 32)
     with Image.open(tmp_path / projector.SPRITE_NAME) as sprite:
         assert sprite.size == (280, 280)
 
 
-def test_rewriting_keeps_one_embedding_named_by_step(mlp_run, tmp_path):
+def write_checkpoint_embedding(directory, features):
+    """A Projector embedding as runs before the tensor files kept it: a
+    `tf.train.Checkpoint` found through the directory's `checkpoint` file,
+    and a config with no `tensor_path`."""
+    checkpoint = tf.train.Checkpoint(embedding=tf.Variable(features))
+    tf.train.CheckpointManager(
+        checkpoint, str(directory), max_to_keep=1, checkpoint_name="embedding"
+    ).save(checkpoint_number=20)
+    config = tb_projector.ProjectorConfig()
+    config.embeddings.add().tensor_name = CHECKPOINT_TENSOR
+    tb_projector.visualize_embeddings(str(directory), config)
+
+
+def test_rewriting_leaves_one_embedding_and_nothing_of_the_old_format(
+    mlp_run, tmp_path
+):
     restored = restore.open_run(mlp_run)
     _, test = data.load_mnist_sample()
     model = restored.load_model()
     names = data.class_names(None)
-    projector.write_projector(tmp_path, model, test, names, step=20, max_examples=50)
-    projector.write_projector(tmp_path, model, test, names, step=30, max_examples=50)
-    assert tf.train.latest_checkpoint(str(tmp_path)).endswith("embedding-30")
-    assert sorted(p.name for p in tmp_path.glob("embedding-*")) == [
-        "embedding-30.data-00000-of-00001",
-        "embedding-30.index",
+    write_checkpoint_embedding(tmp_path, np.ones((50, 32), np.float32))
+    projector.write_projector(tmp_path, model, test, names, max_examples=50)
+    projector.write_projector(tmp_path, model, test, names, max_examples=50)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "embedding.bytes",
+        "embedding_metadata.tsv",
+        "embedding_sprite.png",
+        "projector_config.pbtxt",
     ]
+    assert "tensor_path" in (tmp_path / "projector_config.pbtxt").read_text()
+
+
+def test_an_embedding_that_reads_as_text_is_written_as_tsv():
+    """All zeros (dead ReLUs) or 0.5s (bytes 00 00 00 3F) are valid UTF-8:
+    TensorBoard would parse the binary file as TSV and fail, so such a
+    tensor goes as TSV; 0.1 (CD CC CC 3D) is not text."""
+    assert projector.tensor_file(np.full((3, 2), 0.1, np.float32))[0] == (
+        "embedding.bytes"
+    )
+    name, payload = projector.tensor_file(np.zeros((3, 2), np.float32))
+    assert name == "embedding.tsv"
+    assert payload == b"0\t0\n0\t0\n0\t0\n"
+    halves = np.full((2, 3), 0.5, np.float32)
+    name, payload = projector.tensor_file(halves)
+    assert (name, payload) == ("embedding.tsv", b"0.5\t0.5\t0.5\n0.5\t0.5\t0.5\n")
+
+
+def test_older_runs_embedding_checkpoint_is_served_with_tensorflow(
+    evaluated_run, tmp_path
+):
+    """A log directory that also holds a run written before the tensor files
+    gets a TensorBoard with TensorFlow, which serves both."""
+    logdir = tmp_path / "logs"
+    new = copy_run(evaluated_run, logdir)
+    old = pathlib.Path(shutil.copytree(evaluated_run, logdir / "older"))
+    assert not board.needs_tensorflow(logdir)
+    for path in (old / "eval").glob("embedding.bytes"):
+        path.unlink()
+    features = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
+    write_checkpoint_embedding(old / "eval", features)
+    assert board.needs_tensorflow(logdir)
+    with board.TensorBoardServer(logdir) as server:
+        assert server.tensorflow is True
+        served = served_tensor(server, "older/eval", CHECKPOINT_TENSOR)
+        np.testing.assert_array_equal(served, features.ravel())
+        embedding = read_embedding(new / "eval", (2000, 32))
+        served = served_tensor(server, f"{new.name}/eval", projector.TENSOR_NAME)
+        np.testing.assert_array_equal(served, embedding.ravel())
 
 
 def test_training_ends_with_the_test_split_in_the_projector(tmp_path):
     config = dataclasses.replace(MLP_RUN, projector=True, steps=10)
     run = train_run(tmp_path, config, "projected")
     test_dir = run.path / "test"
-    assert tf.train.latest_checkpoint(str(test_dir)).endswith("embedding-10")
-    embedding = tf.train.load_checkpoint(str(test_dir)).get_tensor(
-        projector.TENSOR_NAME
-    )
-    assert embedding.shape == (2000, 32)
+    assert read_embedding(test_dir, (2000, 32)).shape == (2000, 32)
     header, rows = read_metadata(test_dir)
     assert header == ["index", "label", "predicted", "correct"]
     assert len(rows) == 2000
@@ -138,7 +218,7 @@ def test_noprojector_writes_none(mlp_run):
     """The session's MLP run was trained with --noprojector (MLP_RUN)."""
     assert MLP_RUN.projector is False
     assert not (mlp_run / "test" / "projector_config.pbtxt").exists()
-    assert tf.train.latest_checkpoint(str(mlp_run / "test")) is None
+    assert not list((mlp_run / "test").glob("embedding*"))
 
 
 def test_no_projector_for_a_model_without_a_learned_embedding(tmp_path):

@@ -81,7 +81,6 @@ def main(argv: list[str]) -> None:
                     model,
                     split,
                     report.class_names,
-                    report.step,
                     input_scale=restored.config.input_scale,
                 )
         if FLAGS.format == "json":

@@ -2,7 +2,8 @@
 
 `TensorBoardServer` runs TensorBoard's own program (`tensorboard.main`, through
 `pipeline.cli.tensorboard_server`, which sets the garbage collector as the
-pipeline's programs do) on a free port (the OS picks one: `--port=0`), reads
+pipeline's programs do, and without TensorFlow unless a run needs it:
+`needs_tensorflow`) on a free port (the OS picks one: `--port=0`), reads
 the address TensorBoard prints, and stops it with SIGTERM (then SIGKILL) so no
 server outlives its caller. `check_run` asks the
 server's HTTP data API -- the same endpoints the dashboard's tabs call --
@@ -32,8 +33,38 @@ from pipeline import processes
 from pipeline.runs import rundir
 from pipeline.tensorboard import events
 
+PROJECTOR_CONFIG = "projector_config.pbtxt"
 URL_PATTERN = re.compile(r"TensorBoard \S+ at (http://\S+?)/? ")
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
+
+
+# `pipeline.cli.tensorboard_server`'s one option of its own (before
+# TensorBoard's): refuse TensorFlow's import.
+WITHOUT_TENSORFLOW = "--without_tensorflow"
+# What TensorBoard says when it runs without TensorFlow, as it was asked to:
+# not news for whoever reads its last lines.
+WITHOUT_TENSORFLOW_NOTICES = (
+    "TensorFlow installation not found - running with reduced feature set.",
+    "Disabling some remote capture features as tensorflow is not available",
+)
+
+
+def needs_tensorflow(logdir: str | os.PathLike) -> bool:
+    """Whether TensorBoard must load TensorFlow to serve `logdir` whole.
+
+    Without it TensorBoard reads local files and every tab but one thing: a
+    Projector embedding kept in a checkpoint (a `projector_config.pbtxt`
+    with no `tensor_path`: runs written before `projector.write_projector`
+    wrote tensor files). Checkpoints of training runs are not embeddings
+    and need nothing.
+    """
+    for config in pathlib.Path(logdir).rglob(PROJECTOR_CONFIG):
+        try:
+            if "tensor_path" not in config.read_text(errors="replace"):
+                return True
+        except OSError:
+            return True  # unreadable here: let TensorBoard name it
+    return False
 
 
 class BoardError(rundir.RunDirError):
@@ -49,6 +80,8 @@ class TensorBoardServer:
       port: Port to bind; 0 lets the OS pick a free one.
       load_fast: TensorBoard's `--load_fast` (`false`: the Python loaders).
       extra_args: More `tensorboard` command-line arguments.
+      tensorflow: Whether the server loads TensorFlow; None decides when it
+        starts (`needs_tensorflow`).
     """
 
     def __init__(
@@ -58,12 +91,11 @@ class TensorBoardServer:
         port: int = 0,
         load_fast: str = "false",
         extra_args: tuple[str, ...] = (),
+        tensorflow: bool | None = None,
     ):
         self.logdir = pathlib.Path(logdir)
-        self.command = [
-            sys.executable,
-            "-m",
-            "pipeline.cli.tensorboard_server",
+        self.tensorflow = tensorflow
+        self.tensorboard_args = [
             f"--logdir={self.logdir}",
             f"--host={host}",
             f"--port={port}",
@@ -83,9 +115,14 @@ class TensorBoardServer:
         """Starts the server and returns its base URL, e.g. `http://127.0.0.1:4567`."""
         if not self.logdir.is_dir():
             raise BoardError(f"{self.logdir}: log directory not found")
+        if self.tensorflow is None:
+            self.tensorflow = needs_tensorflow(self.logdir)
+        command = [sys.executable, "-m", "pipeline.cli.tensorboard_server"]
+        if not self.tensorflow:
+            command.append(WITHOUT_TENSORFLOW)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         self._process = subprocess.Popen(
-            self.command,
+            [*command, *self.tensorboard_args],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -120,7 +157,8 @@ class TensorBoardServer:
         assert self._process is not None
         assert self._process.stderr is not None
         for line in self._process.stderr:
-            self._lines.append(line)
+            if not any(notice in line for notice in WITHOUT_TENSORFLOW_NOTICES):
+                self._lines.append(line)
 
     def wait(self) -> int:
         """Blocks until the server exits; returns its exit status."""
@@ -204,9 +242,7 @@ def _expectations(run_path: pathlib.Path) -> dict[str, Any]:
     config = rundir.load_record(run_path).config
     evals = [p for p in run_path.iterdir() if p.is_dir() and p.name.startswith("eval")]
     projector_dirs = [
-        p.name
-        for p in [run_path / "test", *evals]
-        if (p / "projector_config.pbtxt").is_file()
+        p.name for p in [run_path / "test", *evals] if (p / PROJECTOR_CONFIG).is_file()
     ]
     bands = run_path.parent / "seed_bands"
     return {

@@ -1,10 +1,9 @@
 """Embeddings for TensorBoard's Projector: the digits as the model sees them.
 
 `write_projector` puts, into one writer directory of a run (`eval/`, `test/`):
-  embedding-STEP.*, checkpoint
-                            a `tf.train.Checkpoint` of one variable: the
-                            penultimate layer's output for each example
-                            (the input of the `logits` layer)
+  embedding.bytes           the penultimate layer's output for each example
+                            (the input of the `logits` layer): float32, row
+                            by row, the Projector's binary tensor file
   embedding_metadata.tsv    one row per example: index, true label,
                             predicted label, correct (yes/no)
   embedding_sprite.png      the digits, tiled in the same order
@@ -13,11 +12,16 @@ so the Projector tab shows the digits clustering, coloured or searched by
 true label, prediction or correctness (mistakes are `correct: no`).
 
 Keras 3's `TensorBoard(embeddings_freq=...)` writes `.weights.h5`, which the
-Projector cannot read; this writes the TF checkpoint it can. The directory
-must hold event files (a TensorBoard run), so the Projector finds the config;
-the Projector finds the checkpoint through the directory's `checkpoint` file
-(a path in the config would be read relative to the server's working
-directory).
+Projector cannot read. A tensor file (`tensor_path` and `tensor_shape` in the
+config; TensorBoard reads binary float32 since tensorboard#3685, as the
+standalone projector does) needs no TensorFlow to serve: `pipeline-board`'s
+server runs without it (`board.needs_tensorflow`). Runs written before kept
+the embedding in a `tf.train.Checkpoint`, which only a server with
+TensorFlow reads. TensorBoard tries a tensor file as TSV first and falls back
+to binary when it is not text: an embedding whose bytes happen to be UTF-8
+(all zeros: a layer of dead ReLUs) is written as `embedding.tsv` instead.
+The directory must hold event files (a TensorBoard run), so the Projector
+finds the config.
 At most `MAX_EXAMPLES` examples are written (the first ones of the split).
 2,000: about 200 per class, enough to see the classes cluster and the
 mistakes between them; the whole bundled test split; an embedding of 1 MB for
@@ -35,7 +39,6 @@ import pathlib
 
 import keras
 import numpy as np
-import tensorflow as tf
 from PIL import Image
 from tensorboard.plugins import projector
 
@@ -43,11 +46,10 @@ from pipeline import data as data_lib
 from pipeline import files, models
 
 MAX_EXAMPLES = 2_000
-CHECKPOINT_NAME = "embedding"
+TENSOR_NAME = "embedding"
+TENSOR_NAMES = ("embedding.bytes", "embedding.tsv")  # binary; text if it reads as text
 METADATA_NAME = "embedding_metadata.tsv"
 SPRITE_NAME = "embedding_sprite.png"
-# How the Projector names a variable saved as `Checkpoint(embedding=...)`.
-TENSOR_NAME = "embedding/.ATTRIBUTES/VARIABLE_VALUE"
 IMAGE_SIZE = 28
 BATCH_SIZE = 1000
 
@@ -112,12 +114,48 @@ def metadata_rows(
     return rows
 
 
+def tensor_file(features: np.ndarray) -> tuple[str, bytes]:
+    """`features` [N, D] as the Projector's tensor file: (name, contents).
+
+    Binary float32 (4 bytes a value) unless those bytes decode as UTF-8:
+    TensorBoard would then parse them as TSV and fail, so they go as TSV.
+    """
+    values = np.ascontiguousarray(features, dtype=np.float32)
+    payload = values.tobytes()
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return TENSOR_NAMES[0], payload
+    rows = ("\t".join(f"{v:.7g}" for v in row) for row in values.tolist())
+    return TENSOR_NAMES[1], ("\n".join(rows) + "\n").encode()
+
+
+def read_tensor_file(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
+    """The embedding in a tensor file `tensor_file` wrote (tests, tools)."""
+    path = pathlib.Path(path)
+    if path.suffix == ".tsv":
+        return np.loadtxt(path, dtype=np.float32, delimiter="\t", ndmin=2)
+    return np.fromfile(path, dtype=np.float32).reshape(shape)
+
+
+def remove_stale_embeddings(directory: pathlib.Path, keep: str) -> None:
+    """Removes the other tensor file and what earlier versions wrote (an
+    `embedding-STEP` checkpoint and its `checkpoint` index) from `directory`."""
+    stale = [directory / name for name in TENSOR_NAMES if name != keep]
+    stale += directory.glob("embedding-*.index")
+    stale += directory.glob("embedding-*.data-*")
+    index = directory / "checkpoint"
+    if index.is_file() and 'model_checkpoint_path: "embedding-' in index.read_text():
+        stale.append(index)
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
 def write_projector(
     directory: str | os.PathLike,
     model: keras.Model,
     split: data_lib.Split,
     class_names: list[str],
-    step: int,
     max_examples: int = MAX_EXAMPLES,
     input_scale: str = "unit",
 ) -> int:
@@ -125,7 +163,7 @@ def write_projector(
     examples (the first `max_examples` of the split) it holds.
 
     Rewriting (another evaluation, another step) replaces the previous
-    embedding; the checkpoint is named by `step`.
+    embedding.
     """
     directory = pathlib.Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -139,17 +177,17 @@ def write_projector(
     png = io.BytesIO()
     Image.fromarray(sprite(shown.images)).save(png, format="PNG")
     files.write_atomic(directory / SPRITE_NAME, png.getvalue())
-    checkpoint = tf.train.Checkpoint(embedding=tf.Variable(features, name="embedding"))
-    manager = tf.train.CheckpointManager(
-        checkpoint, str(directory), max_to_keep=1, checkpoint_name=CHECKPOINT_NAME
-    )
-    manager.save(checkpoint_number=step)
+    tensor_name, payload = tensor_file(features)
+    files.write_atomic(directory / tensor_name, payload)
+    remove_stale_embeddings(directory, keep=tensor_name)
 
     # Asset paths are relative to the config's directory, so the run can be
     # moved or served from anywhere.
     config = projector.ProjectorConfig()
     embedding = config.embeddings.add()
     embedding.tensor_name = TENSOR_NAME
+    embedding.tensor_path = tensor_name
+    embedding.tensor_shape.extend(features.shape)
     embedding.metadata_path = METADATA_NAME
     embedding.sprite.image_path = SPRITE_NAME
     embedding.sprite.single_image_dim.extend([IMAGE_SIZE, IMAGE_SIZE])

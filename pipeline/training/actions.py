@@ -466,7 +466,6 @@ class WriteProjector(Action):
             state.model,
             state.dataset.test,
             data_lib.class_names(state.config.binary_class),
-            chunk.step,
             input_scale=state.config.input_scale,
         )
 
