@@ -25,6 +25,7 @@ from absl import app, flags
 from conftest import REPO
 
 from pipeline import cli
+from pipeline.tensorboard import board
 
 DOCS = sorted(
     [REPO / "README.md", REPO / "WORKSPACE.md", *(REPO / "docs").rglob("*.md")]
@@ -117,6 +118,8 @@ def _known_flags() -> frozenset[str]:
         names |= _defined_in_source(path)
     app.define_help_flags()  # --help, --helpfull, ... and absl.logging's flags
     names |= set(flags.FLAGS) | {"flagfile", "undefok"}
+    # The TensorBoard server program's own option (pipeline/cli/tensorboard_server.py).
+    names.add(board.WITHOUT_TENSORFLOW.removeprefix("--"))
     return frozenset(names)
 
 
