@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import pathlib
 import shutil
 import signal
@@ -45,6 +46,20 @@ def _last_test_accuracy(run_path):
 def test_server_binds_loopback_on_a_free_port(server):
     assert server.url.startswith("http://127.0.0.1:")
     assert server.running
+    assert server.tensorflow is False  # no run here needs it
+
+
+def test_many_event_bytes_ask_for_tensorflow_only_for_the_python_loaders(tmp_path):
+    """Past `EVENT_BYTES_WORTH_TENSORFLOW`, TensorFlow's record reader pays its
+    import back; the Rust loader (`--load_fast=true/auto`) reads without it."""
+    events = tmp_path / "run" / "train" / "events.out.tfevents.1.host.1.v2"
+    events.parent.mkdir(parents=True)
+    events.touch()
+    os.truncate(events, board.EVENT_BYTES_WORTH_TENSORFLOW)  # sparse: no disk
+    assert not board.needs_tensorflow(tmp_path)
+    os.truncate(events, board.EVENT_BYTES_WORTH_TENSORFLOW + 1)
+    assert board.needs_tensorflow(tmp_path)
+    assert not board.needs_tensorflow(tmp_path, python_loaders=False)
 
 
 def test_check_run_finds_every_tab_filled(server, logdir):
