@@ -16,7 +16,7 @@ import pytest
 from conftest import LOGREG, run_cli, scalar_series, train_run
 
 from pipeline.runs import restore
-from pipeline.tensorboard import board
+from pipeline.tensorboard import board, events
 from pipeline.tools import evaluate
 
 
@@ -50,14 +50,14 @@ def test_server_binds_loopback_on_a_free_port(server):
 
 
 def test_many_event_bytes_ask_for_tensorflow_only_for_the_python_loaders(tmp_path):
-    """Past `EVENT_BYTES_WORTH_TENSORFLOW`, TensorFlow's record reader pays its
+    """Past `events.EVENT_BYTES_WORTH_TENSORFLOW`, TensorFlow's record reader pays its
     import back; the Rust loader (`--load_fast=true/auto`) reads without it."""
-    events = tmp_path / "run" / "train" / "events.out.tfevents.1.host.1.v2"
-    events.parent.mkdir(parents=True)
-    events.touch()
-    os.truncate(events, board.EVENT_BYTES_WORTH_TENSORFLOW)  # sparse: no disk
+    event_file = tmp_path / "run" / "train" / "events.out.tfevents.1.host.1.v2"
+    event_file.parent.mkdir(parents=True)
+    event_file.touch()
+    os.truncate(event_file, events.EVENT_BYTES_WORTH_TENSORFLOW)  # sparse: no disk
     assert not board.needs_tensorflow(tmp_path)
-    os.truncate(events, board.EVENT_BYTES_WORTH_TENSORFLOW + 1)
+    os.truncate(event_file, events.EVENT_BYTES_WORTH_TENSORFLOW + 1)
     assert board.needs_tensorflow(tmp_path)
     assert not board.needs_tensorflow(tmp_path, python_loaders=False)
 

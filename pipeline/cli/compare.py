@@ -25,6 +25,7 @@ from absl import app, flags
 from pipeline import cli
 from pipeline.config import help_group
 from pipeline.sweep import summary as study_summary
+from pipeline.tensorboard import events
 from pipeline.tools import compare
 from pipeline.tools.compare import FORMATS, METRICS
 
@@ -104,9 +105,10 @@ def main(argv: list[str]) -> None:
 
     def body() -> int:
         predicate = compare.parse_filter(FLAGS.filter) if FLAGS.filter else None
-        runs = compare.load_runs(
-            compare.find_runs(argv[1:]), cli.warner("pipeline-compare")
-        )
+        paths = compare.find_runs(argv[1:])
+        if events.event_bytes(paths) <= events.EVENT_BYTES_WORTH_TENSORFLOW:
+            events.read_without_tensorflow()  # ~1.8 s of CPU less to start
+        runs = compare.load_runs(paths, cli.warner("pipeline-compare"))
         completed = [r for r in runs if r.status == "completed"]
         pruned = [r for r in runs if r.status == "pruned"]
         skipped = [r for r in runs if r.status not in ("completed", "pruned")]

@@ -49,14 +49,6 @@ WITHOUT_TENSORFLOW_NOTICES = (
 )
 
 
-# Event bytes above which TensorBoard's Python loaders are better off with
-# TensorFlow's record reader: it reads ~0.1 s/MB faster than TensorBoard's
-# own (pure-Python CRC), and its import costs ~1.8 s more CPU (2.2 MB of
-# logreg events: 0.40 s against 0.61 s with `EventAccumulator`; a server's
-# start: 2.5-2.7 s against 0.8 s; 2-core AMD EPYC VM, 2026-12-07).
-EVENT_BYTES_WORTH_TENSORFLOW = 20_000_000
-
-
 def needs_tensorflow(logdir: str | os.PathLike, python_loaders: bool = True) -> bool:
     """Whether TensorBoard should load TensorFlow to serve `logdir`.
 
@@ -65,23 +57,18 @@ def needs_tensorflow(logdir: str | os.PathLike, python_loaders: bool = True) -> 
     `projector_config.pbtxt` with no `tensor_path`: runs written before
     `projector.write_projector` wrote tensor files). Checkpoints of training
     runs are not embeddings and need nothing. With `python_loaders`
-    (`--load_fast=false`), more than `EVENT_BYTES_WORTH_TENSORFLOW` of event
-    files also ask for TensorFlow, whose reader is faster.
+    (`--load_fast=false`), more than `events.EVENT_BYTES_WORTH_TENSORFLOW` of
+    event files also ask for TensorFlow, whose reader is faster.
     """
-    event_bytes = 0
-    for directory, _, names in os.walk(logdir):
-        for name in names:
-            path = os.path.join(directory, name)
-            try:
-                if name == PROJECTOR_CONFIG:
-                    with open(path, errors="replace") as config:
-                        if "tensor_path" not in config.read():
-                            return True
-                elif python_loaders and "tfevents" in name:
-                    event_bytes += os.stat(path).st_size
-            except OSError:
-                continue  # gone or unreadable: TensorBoard names what it cannot read
-    return event_bytes > EVENT_BYTES_WORTH_TENSORFLOW
+    for config in pathlib.Path(logdir).rglob(PROJECTOR_CONFIG):
+        try:
+            if "tensor_path" not in config.read_text(errors="replace"):
+                return True
+        except OSError:
+            continue  # gone or unreadable: TensorBoard names what it cannot read
+    if not python_loaders:
+        return False
+    return events.event_bytes([logdir]) > events.EVENT_BYTES_WORTH_TENSORFLOW
 
 
 class BoardError(rundir.RunDirError):
