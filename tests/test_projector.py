@@ -43,7 +43,7 @@ def read_metadata(directory):
 
 def read_embedding(directory, shape):
     """The embedding `write_projector` left in `directory` (its one tensor file)."""
-    [path] = [directory / n for n in projector.TENSOR_NAMES if (directory / n).exists()]
+    [path] = [directory / n for n in projector.TENSOR_FILES if (directory / n).exists()]
     return projector.read_tensor_file(path, shape)
 
 

@@ -47,7 +47,7 @@ from pipeline import files, models
 
 MAX_EXAMPLES = 2_000
 TENSOR_NAME = "embedding"
-TENSOR_NAMES = ("embedding.bytes", "embedding.tsv")  # binary; text if it reads as text
+TENSOR_FILES = ("embedding.bytes", "embedding.tsv")  # binary; text if it reads as text
 METADATA_NAME = "embedding_metadata.tsv"
 SPRITE_NAME = "embedding_sprite.png"
 IMAGE_SIZE = 28
@@ -125,9 +125,9 @@ def tensor_file(features: np.ndarray) -> tuple[str, bytes]:
     try:
         payload.decode("utf-8")
     except UnicodeDecodeError:
-        return TENSOR_NAMES[0], payload
+        return TENSOR_FILES[0], payload
     rows = ("\t".join(f"{v:.7g}" for v in row) for row in values.tolist())
-    return TENSOR_NAMES[1], ("\n".join(rows) + "\n").encode()
+    return TENSOR_FILES[1], ("\n".join(rows) + "\n").encode()
 
 
 def read_tensor_file(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
@@ -141,7 +141,7 @@ def read_tensor_file(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndar
 def remove_stale_embeddings(directory: pathlib.Path, keep: str) -> None:
     """Removes the other tensor file and what earlier versions wrote (an
     `embedding-STEP` checkpoint and its `checkpoint` index) from `directory`."""
-    stale = [directory / name for name in TENSOR_NAMES if name != keep]
+    stale = [directory / name for name in TENSOR_FILES if name != keep]
     stale += directory.glob("embedding-*.index")
     stale += directory.glob("embedding-*.data-*")
     index = directory / "checkpoint"
@@ -177,19 +177,21 @@ def write_projector(
     png = io.BytesIO()
     Image.fromarray(sprite(shown.images)).save(png, format="PNG")
     files.write_atomic(directory / SPRITE_NAME, png.getvalue())
-    tensor_name, payload = tensor_file(features)
-    files.write_atomic(directory / tensor_name, payload)
-    remove_stale_embeddings(directory, keep=tensor_name)
+    file_name, payload = tensor_file(features)
+    files.write_atomic(directory / file_name, payload)
 
     # Asset paths are relative to the config's directory, so the run can be
     # moved or served from anywhere.
     config = projector.ProjectorConfig()
     embedding = config.embeddings.add()
     embedding.tensor_name = TENSOR_NAME
-    embedding.tensor_path = tensor_name
+    embedding.tensor_path = file_name
     embedding.tensor_shape.extend(features.shape)
     embedding.metadata_path = METADATA_NAME
     embedding.sprite.image_path = SPRITE_NAME
     embedding.sprite.single_image_dim.extend([IMAGE_SIZE, IMAGE_SIZE])
     projector.visualize_embeddings(str(directory), config)
+    # Only once the config names the new file: a crash before leaves the old
+    # embedding whole.
+    remove_stale_embeddings(directory, keep=file_name)
     return count
