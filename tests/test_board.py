@@ -16,7 +16,7 @@ import pytest
 from conftest import LOGREG, run_cli, scalar_series, train_run
 
 from pipeline.runs import restore
-from pipeline.tensorboard import board, events
+from pipeline.tensorboard import board, budget
 from pipeline.tools import evaluate
 
 
@@ -47,17 +47,20 @@ def test_server_binds_loopback_on_a_free_port(server):
     assert server.url.startswith("http://127.0.0.1:")
     assert server.running
     assert server.tensorflow is False  # no run here needs it
+    # ... and TensorFlow's library is not in the server's memory.
+    maps = pathlib.Path(f"/proc/{server.pid}/maps").read_text()
+    assert "_pywrap_tensorflow_internal" not in maps
 
 
 def test_many_event_bytes_ask_for_tensorflow_only_for_the_python_loaders(tmp_path):
-    """Past `events.EVENT_BYTES_WORTH_TENSORFLOW`, TensorFlow's record reader pays its
+    """Past `budget.EVENT_BYTES_WORTH_TENSORFLOW`, TensorFlow's record reader pays its
     import back; the Rust loader (`--load_fast=true/auto`) reads without it."""
     event_file = tmp_path / "run" / "train" / "events.out.tfevents.1.host.1.v2"
     event_file.parent.mkdir(parents=True)
     event_file.touch()
-    os.truncate(event_file, events.EVENT_BYTES_WORTH_TENSORFLOW)  # sparse: no disk
+    os.truncate(event_file, budget.EVENT_BYTES_WORTH_TENSORFLOW)  # sparse: no disk
     assert not board.needs_tensorflow(tmp_path)
-    os.truncate(event_file, events.EVENT_BYTES_WORTH_TENSORFLOW + 1)
+    os.truncate(event_file, budget.EVENT_BYTES_WORTH_TENSORFLOW + 1)
     assert board.needs_tensorflow(tmp_path)
     assert not board.needs_tensorflow(tmp_path, python_loaders=False)
 

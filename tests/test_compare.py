@@ -182,7 +182,7 @@ def test_cli_prints_the_table_and_reports_skipped_runs(logdir, tmp_path):
     record.update(status="failed", error="KeyboardInterrupt: ")
     (broken / "run.json").write_text(json.dumps(record))
     # A few MB of events: TensorBoard's own reader, no TensorFlow to import
-    # (`events.EVENT_BYTES_WORTH_TENSORFLOW`).
+    # (`budget.EVENT_BYTES_WORTH_TENSORFLOW`).
     result, attempted = run_without_tensorflow(
         "pipeline-compare",
         str(logdir),

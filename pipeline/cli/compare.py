@@ -25,7 +25,7 @@ from absl import app, flags
 from pipeline import cli
 from pipeline.config import help_group
 from pipeline.sweep import summary as study_summary
-from pipeline.tensorboard import events
+from pipeline.tensorboard import budget, events
 from pipeline.tools import compare
 from pipeline.tools.compare import FORMATS, METRICS
 
@@ -106,8 +106,9 @@ def main(argv: list[str]) -> None:
     def body() -> int:
         predicate = compare.parse_filter(FLAGS.filter) if FLAGS.filter else None
         paths = compare.find_runs(argv[1:])
-        if events.event_bytes(paths) <= events.EVENT_BYTES_WORTH_TENSORFLOW:
-            events.read_without_tensorflow()  # ~1.8 s of CPU less to start
+        if not budget.tensorflow_reads_faster(paths):
+            # 0.6-0.8 s of CPU against 3.3 s for one 20,000-step run.
+            events.read_without_tensorflow()
         runs = compare.load_runs(paths, cli.warner("pipeline-compare"))
         completed = [r for r in runs if r.status == "completed"]
         pruned = [r for r in runs if r.status == "pruned"]

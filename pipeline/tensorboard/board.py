@@ -31,7 +31,7 @@ from typing import Any
 
 from pipeline import processes
 from pipeline.runs import rundir
-from pipeline.tensorboard import events
+from pipeline.tensorboard import budget, events
 
 PROJECTOR_CONFIG = "projector_config.pbtxt"
 URL_PATTERN = re.compile(r"TensorBoard \S+ at (http://\S+?)/? ")
@@ -57,7 +57,7 @@ def needs_tensorflow(logdir: str | os.PathLike, python_loaders: bool = True) -> 
     `projector_config.pbtxt` with no `tensor_path`: runs written before
     `projector.write_projector` wrote tensor files). Checkpoints of training
     runs are not embeddings and need nothing. With `python_loaders`
-    (`--load_fast=false`), more than `events.EVENT_BYTES_WORTH_TENSORFLOW` of
+    (`--load_fast=false`), more than `budget.EVENT_BYTES_WORTH_TENSORFLOW` of
     event files also ask for TensorFlow, whose reader is faster.
     """
     for config in pathlib.Path(logdir).rglob(PROJECTOR_CONFIG):
@@ -66,9 +66,7 @@ def needs_tensorflow(logdir: str | os.PathLike, python_loaders: bool = True) -> 
                 return True
         except OSError:
             continue  # gone or unreadable: TensorBoard names what it cannot read
-    if not python_loaders:
-        return False
-    return events.event_bytes([logdir]) > events.EVENT_BYTES_WORTH_TENSORFLOW
+    return python_loaders and budget.tensorflow_reads_faster([logdir])
 
 
 class BoardError(rundir.RunDirError):
@@ -185,6 +183,11 @@ class TensorBoardServer:
             process.wait()
         if self._reader is not None:
             self._reader.join(timeout=2)
+
+    @property
+    def pid(self) -> int | None:
+        """The server process's id once started."""
+        return self._process.pid if self._process is not None else None
 
     @property
     def running(self) -> bool:

@@ -147,29 +147,6 @@ def read_without_tensorflow() -> None:
 
 _NO_TENSORFLOW = "tensorboard.compat.notf"
 
-# Event bytes above which TensorBoard's Python loaders are better off with
-# TensorFlow's record reader: it reads ~0.1 s/MB faster than TensorBoard's
-# own (pure-Python CRC), and its import costs ~1.8 s more CPU (2.2 MB of
-# logreg events: 0.40 s against 0.61 s with `EventAccumulator`; a TensorBoard
-# server's start: 2.5-2.7 s against 0.8 s; 2-core AMD EPYC VM, 2026-12-07).
-EVENT_BYTES_WORTH_TENSORFLOW = 20_000_000
-
-
-def event_bytes(directories: Iterable[str | os.PathLike]) -> int:
-    """Bytes of the event files under `directories` (each walked whole):
-    what TensorBoard's loaders would read there (see
-    `EVENT_BYTES_WORTH_TENSORFLOW`)."""
-    total = 0
-    for directory in directories:
-        for parent, _, names in os.walk(directory):
-            for name in names:
-                if "tfevents" in name:
-                    try:
-                        total += os.stat(os.path.join(parent, name)).st_size
-                    except OSError:
-                        continue  # gone: nothing to read
-    return total
-
 
 def load(path: str | os.PathLike) -> Iterator[event_pb2.Event]:
     """The events of one file, in order, as TensorBoard's loader reads them."""
