@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import pytest
 from conftest import read_events, record, signal_at, tensor_series, train_run
@@ -105,6 +106,40 @@ def test_graceful_stop_records_the_signal_and_restores_handlers():
         # signal would act at once.
         assert signal.getsignal(signal.SIGTERM) == before
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_signal_landing_while_the_handlers_go_back_is_the_same_request():
+    """A sweep's kill can bring two signals at once (the parent-death SIGTERM
+    and the group's SIGINT): one arriving while the first one's handler puts
+    the handlers back is part of the same request. (It once raised
+    "dictionary changed size during iteration" out of the training loop, and
+    the run was recorded failed instead of interrupted.) The second signal is
+    sent, for real, right after the first handler is put back."""
+    from pipeline.training import signals
+
+    pair = (signal.SIGUSR1, signal.SIGUSR2)
+    before = [signal.getsignal(s) for s in pair]
+    sent = []
+
+    def second_signal_after_first_restore(frame, event, arg):
+        if (
+            event == "return"
+            and frame.f_code is signal.signal.__code__
+            and frame.f_back.f_code.co_name == "uninstall"
+            and not sent
+        ):
+            sent.append(pair[1])
+            os.kill(os.getpid(), pair[1])
+
+    with signals.GracefulStop(pair) as stop:
+        sys.setprofile(second_signal_after_first_restore)
+        try:
+            os.kill(os.getpid(), pair[0])
+        finally:
+            sys.setprofile(None)
+    assert sent == [pair[1]]
+    assert stop.signal_name == "SIGUSR1"
+    assert [signal.getsignal(s) for s in pair] == before
 
 
 @pytest.mark.parametrize(

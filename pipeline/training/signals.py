@@ -21,8 +21,12 @@ class GracefulStop:
     The handler only records the signal, so a compiled chunk is never torn
     mid-step. It also puts the previous handlers back: a second Ctrl-C stops
     the process at once (the atomic checkpoint write keeps the last save
-    usable even then). Outside the main thread (where Python cannot install
-    handlers) it does nothing.
+    usable even then). A signal that lands while they are being put back
+    (a killed sweep's parent-death SIGTERM and its group's SIGINT come
+    together) is part of the same request: the first one is kept. The
+    handler map is replaced, never changed in place, because a handler can
+    run in the middle of any line of this class. Outside the main thread
+    (where Python cannot install handlers) it does nothing.
     """
 
     def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS) -> None:
@@ -39,21 +43,23 @@ class GracefulStop:
         return signal.Signals(self.signum).name if self.signum else ""
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
-        self.signum = signum
+        if self.signum is None:
+            self.signum = signum
         self.uninstall()
 
     def install(self) -> GracefulStop:
         """Installs the handlers (main thread only); returns self."""
         if threading.current_thread() is threading.main_thread():
             for signum in self._signals:
-                self._previous[signum] = signal.signal(signum, self._handle)
+                previous = signal.signal(signum, self._handle)
+                self._previous = {**self._previous, signum: previous}
         return self
 
     def uninstall(self) -> None:
         """Puts the previous handlers back (idempotent)."""
-        for signum, handler in self._previous.items():
+        previous, self._previous = self._previous, {}
+        for signum, handler in previous.items():
             signal.signal(signum, handler)
-        self._previous.clear()
 
     def __enter__(self) -> GracefulStop:
         return self.install()
