@@ -109,9 +109,9 @@ def test_graceful_stop_records_the_signal_and_restores_handlers():
 
 
 def test_a_signal_landing_while_the_handlers_go_back_is_the_same_request():
-    """A sweep's kill can bring two signals at once (the parent-death SIGTERM
-    and the group's SIGINT): one arriving while the first one's handler puts
-    the handlers back is part of the same request. (It once raised
+    """Two stop signals can come together (they did when a test killed a
+    sweep): one arriving while the first one's handler puts the handlers
+    back is part of the same request. (It once raised
     "dictionary changed size during iteration" out of the training loop, and
     the run was recorded failed instead of interrupted.) The second signal is
     sent, for real, right after the first handler is put back."""

@@ -22,8 +22,8 @@ class GracefulStop:
     mid-step. It also puts the previous handlers back: a second Ctrl-C stops
     the process at once (the atomic checkpoint write keeps the last save
     usable even then). A signal that lands while they are being put back
-    (a killed sweep's parent-death SIGTERM and its group's SIGINT come
-    together) is part of the same request: the first one is kept. The
+    (two came together when a test killed a sweep: its run once recorded
+    `failed` for it) is part of the same request: the first one is kept. The
     handler map is replaced, never changed in place, because a handler can
     run in the middle of any line of this class. Outside the main thread
     (where Python cannot install handlers) it does nothing.
