@@ -14,11 +14,17 @@ venv: $(STAMP)
 # uv installs the same packages as pip, from the same index, in less than half
 # the time (16 s against 37 s on a fresh clone here: unpacking ~2 GB of wheels,
 # bytecode compiled in parallel); pip does it where uv cannot be installed.
+# The virtualenv is made without pip and the system's pip puts uv in it
+# (`pip --python`, pip >= 22.3), which then installs pip with the rest:
+# 2.1 s against 4.3 s for venv's own pip and pip installing uv. Without a
+# system pip, venv's own (ensurepip) installs uv, or everything.
 $(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	{ $(BIN)/python -m pip install -q uv && \
-	  $(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[cpu,dev]'; } || \
-	  $(BIN)/python -m pip install -q -e '.[cpu,dev]'
+	test -x $(BIN)/python || $(PYTHON) -m venv --without-pip $(VENV)
+	test -x $(BIN)/uv || $(PYTHON) -m pip --python $(BIN)/python install -q uv 2>/dev/null || \
+	  { $(BIN)/python -m ensurepip --default-pip >/dev/null && $(BIN)/python -m pip install -q uv; } || true
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python pip -e '.[cpu,dev]' || \
+	  { { $(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --default-pip >/dev/null; } && \
+	    $(BIN)/python -m pip install -q -e '.[cpu,dev]'; }
 	touch $(STAMP)
 
 demo: venv
