@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 
 import pytest
@@ -266,6 +267,41 @@ def wait_for_checkpoint(workers, run, step: int) -> None:
         assert time.monotonic() < deadline, f"no checkpoint at step {step}"
         assert all(w.poll() is None for w in workers), [finish(w) for w in workers]
         time.sleep(0.1)
+
+
+def test_a_second_signal_as_the_peer_wait_ends_neither_raises_nor_stays():
+    """The peer wait's handlers raise for the first SIGINT/SIGTERM only. A
+    second signal landing while they are put back (sent, for real, right
+    after the first handler is restored) must not raise out of that, nor
+    leave its handler raising for the rest of the run."""
+    pair = (signal.SIGINT, signal.SIGTERM)
+    before = [signal.getsignal(s) for s in pair]
+    sent = []
+
+    def second_signal_after_first_restore(frame, event, arg):
+        if (
+            event == "return"
+            and frame.f_code is signal.signal.__code__
+            and frame.f_back.f_code.co_name == "_signals_raise"
+            and not sent
+        ):
+            sent.append(pair[1])
+            os.kill(os.getpid(), pair[1])
+
+    try:
+        sys.setprofile(second_signal_after_first_restore)
+        with (
+            pytest.raises(distribute._WaitStoppedError, match="^SIGINT$"),
+            distribute._signals_raise(),
+        ):
+            os.kill(os.getpid(), pair[0])
+    finally:
+        sys.setprofile(None)
+        after = [signal.getsignal(s) for s in pair]
+        for signum, handler in zip(pair, before, strict=True):
+            signal.signal(signum, handler)
+    assert sent == [pair[1]]
+    assert after == before
 
 
 @pytest.mark.slow

@@ -242,13 +242,21 @@ class _WaitStoppedError(Exception):
 
 @contextlib.contextmanager
 def _signals_raise() -> Iterator[None]:
-    """SIGINT and SIGTERM raise `_WaitStoppedError` in the main thread meanwhile."""
+    """SIGINT and SIGTERM raise `_WaitStoppedError` in the main thread meanwhile.
+
+    Only the first signal raises: one that lands while the handlers are put
+    back (after the first raised) would otherwise raise out of the middle of
+    that, leaving its own handler in place for the rest of the run.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    stopped: list[int] = []
 
     def stop(signum, frame):
-        raise _WaitStoppedError(signum)
+        if not stopped:
+            stopped.append(signum)
+            raise _WaitStoppedError(signum)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
