@@ -9,7 +9,9 @@
 - `run_cli("pipeline-train", ...)` runs an installed console script in a
   subprocess, as a user does; `cli_command`/`cli_env` start one by hand;
   `sweep_command`/`run_sweep` do so for `pipeline-sweep` on tiny runs, and
-  `kill_once_started` kills one the moment its run starts training.
+  `kill_once_started` kills one the moment its run starts training;
+  `signal_as_a_handler_goes_back` sends a second signal at the exact moment
+  a first one's handler is putting the handlers back.
 - `read_events`, `scalar_series`, `tensor_series`, `raw_step_counts` read
   event files back with TensorBoard's own loaders; `record`, `snapshot`,
   `tree_digest` and `copy_run` look at a run directory.
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import functools
 import gc
@@ -585,6 +588,31 @@ def run_sweep(logdir: pathlib.Path, *args: str) -> subprocess.CompletedProcess:
     return run_cli(
         "pipeline-sweep", *LOGREG_FLAGS, f"--logdir={logdir}", *args, timeout=600
     )
+
+
+@contextlib.contextmanager
+def signal_as_a_handler_goes_back(restorer: str, signum: int):
+    """Sends `signum` to this process, for real, right after the first
+    `signal.signal` call made by the function named `restorer` returns: the
+    moment a first signal's handler has put one handler back. Two signals
+    arriving together, made exact. Yields the list of signals it sent."""
+    sent: list[int] = []
+
+    def hook(frame, event, arg) -> None:
+        if (
+            event == "return"
+            and frame.f_code is signal.signal.__code__
+            and frame.f_back.f_code.co_name == restorer
+            and not sent
+        ):
+            sent.append(signum)
+            os.kill(os.getpid(), signum)
+
+    sys.setprofile(hook)
+    try:
+        yield sent
+    finally:
+        sys.setprofile(None)
 
 
 def kill_once_started(

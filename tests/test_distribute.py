@@ -5,11 +5,17 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import REPO, cli_command, cli_env, scalar_series, train_run
+from conftest import (
+    REPO,
+    cli_command,
+    cli_env,
+    scalar_series,
+    signal_as_a_handler_goes_back,
+    train_run,
+)
 
 from pipeline import config as config_lib
 from pipeline.training import distribute
@@ -276,27 +282,14 @@ def test_a_second_signal_as_the_peer_wait_ends_neither_raises_nor_stays():
     leave its handler raising for the rest of the run."""
     pair = (signal.SIGINT, signal.SIGTERM)
     before = [signal.getsignal(s) for s in pair]
-    sent = []
-
-    def second_signal_after_first_restore(frame, event, arg):
-        if (
-            event == "return"
-            and frame.f_code is signal.signal.__code__
-            and frame.f_back.f_code.co_name == "_signals_raise"
-            and not sent
-        ):
-            sent.append(pair[1])
-            os.kill(os.getpid(), pair[1])
-
     try:
-        sys.setprofile(second_signal_after_first_restore)
         with (
+            signal_as_a_handler_goes_back("_signals_raise", pair[1]) as sent,
             pytest.raises(distribute._WaitStoppedError, match="^SIGINT$"),
             distribute._signals_raise(),
         ):
             os.kill(os.getpid(), pair[0])
     finally:
-        sys.setprofile(None)
         after = [signal.getsignal(s) for s in pair]
         for signum, handler in zip(pair, before, strict=True):
             signal.signal(signum, handler)

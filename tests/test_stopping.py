@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 
 import pytest
-from conftest import read_events, record, signal_at, tensor_series, train_run
+from conftest import (
+    read_events,
+    record,
+    signal_as_a_handler_goes_back,
+    signal_at,
+    tensor_series,
+    train_run,
+)
 
 from pipeline.config import TrainConfig
 
@@ -119,24 +125,11 @@ def test_a_signal_landing_while_the_handlers_go_back_is_the_same_request():
 
     pair = (signal.SIGUSR1, signal.SIGUSR2)
     before = [signal.getsignal(s) for s in pair]
-    sent = []
-
-    def second_signal_after_first_restore(frame, event, arg):
-        if (
-            event == "return"
-            and frame.f_code is signal.signal.__code__
-            and frame.f_back.f_code.co_name == "uninstall"
-            and not sent
-        ):
-            sent.append(pair[1])
-            os.kill(os.getpid(), pair[1])
-
-    with signals.GracefulStop(pair) as stop:
-        sys.setprofile(second_signal_after_first_restore)
-        try:
-            os.kill(os.getpid(), pair[0])
-        finally:
-            sys.setprofile(None)
+    with (
+        signals.GracefulStop(pair) as stop,
+        signal_as_a_handler_goes_back("uninstall", pair[1]) as sent,
+    ):
+        os.kill(os.getpid(), pair[0])
     assert sent == [pair[1]]
     assert stop.signal_name == "SIGUSR1"
     assert [signal.getsignal(s) for s in pair] == before
