@@ -423,7 +423,7 @@ class LoggingSwitch:
         # on / off - 1.
         self.costs: list[float] = []
         # The same, each window's closing flush left out: a lower bound (see
-        # `print_results`).
+        # `print_family`).
         self.costs_without_closing_wait: list[float] = []
         self.cpu_costs: list[float] = []
         # CPU seconds the logging actions took in the training thread.

@@ -41,12 +41,6 @@ def read_metadata(directory):
     return lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
 
 
-def read_embedding(directory, shape):
-    """The embedding `write_projector` left in `directory` (its one tensor file)."""
-    [path] = [directory / n for n in projector.TENSOR_FILES if (directory / n).exists()]
-    return projector.read_tensor_file(path, shape)
-
-
 def test_eval_writes_every_test_digit_with_labels_and_predictions(evaluated_run):
     eval_dir = evaluated_run / "eval"
     assert sorted(p.name for p in eval_dir.glob("embedding*")) == [
@@ -55,7 +49,7 @@ def test_eval_writes_every_test_digit_with_labels_and_predictions(evaluated_run)
         "embedding_sprite.png",
     ]
     # The hidden layer feeding the logits, as the model computes it.
-    embedding = read_embedding(eval_dir, (2000, 32))
+    embedding = projector.read_embedding(eval_dir)
     restored = restore.open_run(evaluated_run)
     _, test = data.load_mnist_sample()
     features, _ = projector.embed(restored.load_model(), test)
@@ -96,7 +90,7 @@ def test_the_projector_plugin_serves_the_embedding(evaluated_run):
         assert server.tensorflow is False
         run = f"{evaluated_run.name}/eval"
         served = served_tensor(server, run, projector.TENSOR_NAME)
-        embedding = read_embedding(evaluated_run / "eval", (2000, 32))
+        embedding = projector.read_embedding(evaluated_run / "eval")
         np.testing.assert_array_equal(served, embedding.ravel())
         info = server.get(f"/data/plugin/projector/info?run={run}")
         (embedding,) = info["embeddings"]
@@ -128,7 +122,7 @@ def test_a_bigger_split_is_capped(mlp_run, tmp_path):
     assert count == 100
     _, rows = read_metadata(tmp_path)
     assert len(rows) == 100
-    assert read_embedding(tmp_path, (100, 32)).shape == (100, 32)
+    assert projector.read_embedding(tmp_path).shape == (100, 32)
     with Image.open(tmp_path / projector.SPRITE_NAME) as sprite:
         assert sprite.size == (280, 280)
 
@@ -180,6 +174,20 @@ def test_an_embedding_that_reads_as_text_is_written_as_tsv():
     assert (name, payload) == ("embedding.tsv", b"0.5\t0.5\t0.5\n0.5\t0.5\t0.5\n")
 
 
+def test_any_embedding_kept_in_a_checkpoint_asks_for_tensorflow(tmp_path):
+    """One config may list several embeddings: one without a `tensor_path`
+    (kept in a checkpoint) is enough; a damaged config asks for nothing."""
+    config = tb_projector.ProjectorConfig()
+    config.embeddings.add(tensor_name="new", tensor_path="embedding.bytes")
+    tb_projector.visualize_embeddings(str(tmp_path), config)
+    assert not board.needs_tensorflow(tmp_path)
+    config.embeddings.add(tensor_name=CHECKPOINT_TENSOR)
+    tb_projector.visualize_embeddings(str(tmp_path), config)
+    assert board.needs_tensorflow(tmp_path)
+    (tmp_path / "projector_config.pbtxt").write_text("embeddings { tensor_name: ")
+    assert not board.needs_tensorflow(tmp_path)
+
+
 def test_older_runs_embedding_checkpoint_is_served_with_tensorflow(
     evaluated_run, tmp_path
 ):
@@ -198,7 +206,7 @@ def test_older_runs_embedding_checkpoint_is_served_with_tensorflow(
         assert server.tensorflow is True
         served = served_tensor(server, "older/eval", CHECKPOINT_TENSOR)
         np.testing.assert_array_equal(served, features.ravel())
-        embedding = read_embedding(new / "eval", (2000, 32))
+        embedding = projector.read_embedding(new / "eval")
         served = served_tensor(server, f"{new.name}/eval", projector.TENSOR_NAME)
         np.testing.assert_array_equal(served, embedding.ravel())
 
@@ -207,7 +215,7 @@ def test_training_ends_with_the_test_split_in_the_projector(tmp_path):
     config = dataclasses.replace(MLP_RUN, projector=True, steps=10)
     run = train_run(tmp_path, config, "projected")
     test_dir = run.path / "test"
-    assert read_embedding(test_dir, (2000, 32)).shape == (2000, 32)
+    assert projector.read_embedding(test_dir).shape == (2000, 32)
     header, rows = read_metadata(test_dir)
     assert header == ["index", "label", "predicted", "correct"]
     assert len(rows) == 2000

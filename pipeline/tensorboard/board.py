@@ -29,11 +29,14 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from google.protobuf import text_format
+from tensorboard.plugins.projector import metadata as projector_metadata
+from tensorboard.plugins.projector import projector_config_pb2
+
 from pipeline import processes
 from pipeline.runs import rundir
 from pipeline.tensorboard import budget, events
 
-PROJECTOR_CONFIG = "projector_config.pbtxt"
 URL_PATTERN = re.compile(r"TensorBoard \S+ at (http://\S+?)/? ")
 ALL_STATUSES = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
 
@@ -53,19 +56,21 @@ def needs_tensorflow(logdir: str | os.PathLike, python_loaders: bool = True) -> 
     """Whether TensorBoard should load TensorFlow to serve `logdir`.
 
     Without it TensorBoard reads local files and fills every tab but for one
-    thing: a Projector embedding kept in a checkpoint (a
-    `projector_config.pbtxt` with no `tensor_path`: runs written before
-    `projector.write_projector` wrote tensor files). Checkpoints of training
-    runs are not embeddings and need nothing. With `python_loaders`
+    thing: a Projector embedding kept in a checkpoint (in a
+    `projector_config.pbtxt`, an embedding with no `tensor_path`: runs written
+    before `projector.write_projector` wrote tensor files). Checkpoints of
+    training runs are not embeddings and need nothing. With `python_loaders`
     (`--load_fast=false`), more than `budget.EVENT_BYTES_WORTH_TENSORFLOW` of
     event files also ask for TensorFlow, whose reader is faster.
     """
-    for config in pathlib.Path(logdir).rglob(PROJECTOR_CONFIG):
+    for path in pathlib.Path(logdir).rglob(projector_metadata.PROJECTOR_FILENAME):
+        config = projector_config_pb2.ProjectorConfig()
         try:
-            if "tensor_path" not in config.read_text(errors="replace"):
-                return True
-        except OSError:
-            continue  # gone or unreadable: TensorBoard names what it cannot read
+            text_format.Parse(path.read_text(errors="replace"), config)
+        except (OSError, text_format.ParseError):
+            continue  # gone or damaged: TensorBoard names what it cannot read
+        if any(not embedding.tensor_path for embedding in config.embeddings):
+            return True
     return python_loaders and budget.tensorflow_reads_faster([logdir])
 
 
@@ -252,7 +257,9 @@ def _expectations(run_path: pathlib.Path) -> dict[str, Any]:
     config = rundir.load_record(run_path).config
     evals = [p for p in run_path.iterdir() if p.is_dir() and p.name.startswith("eval")]
     projector_dirs = [
-        p.name for p in [run_path / "test", *evals] if (p / PROJECTOR_CONFIG).is_file()
+        p.name
+        for p in [run_path / "test", *evals]
+        if (p / projector_metadata.PROJECTOR_FILENAME).is_file()
     ]
     bands = run_path.parent / "seed_bands"
     return {

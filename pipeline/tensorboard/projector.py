@@ -39,8 +39,10 @@ import pathlib
 
 import keras
 import numpy as np
+from google.protobuf import text_format
 from PIL import Image
 from tensorboard.plugins import projector
+from tensorboard.plugins.projector.metadata import PROJECTOR_FILENAME
 
 from pipeline import data as data_lib
 from pipeline import files, models
@@ -130,12 +132,19 @@ def tensor_file(features: np.ndarray) -> tuple[str, bytes]:
     return TENSOR_FILES[1], ("\n".join(rows) + "\n").encode()
 
 
-def read_tensor_file(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarray:
-    """The embedding in a tensor file `tensor_file` wrote (tests, tools)."""
-    path = pathlib.Path(path)
+def read_embedding(directory: str | os.PathLike) -> np.ndarray:
+    """The embedding `write_projector` left in `directory`, found and shaped
+    as the Projector finds it: by the config's `tensor_path` and
+    `tensor_shape` (tests, tools)."""
+    directory = pathlib.Path(directory)
+    config = projector.ProjectorConfig()
+    text_format.Parse((directory / PROJECTOR_FILENAME).read_text(), config)
+    (embedding,) = config.embeddings
+    path = directory / embedding.tensor_path
     if path.suffix == ".tsv":
-        return np.loadtxt(path, dtype=np.float32, delimiter="\t", ndmin=2)
-    return np.fromfile(path, dtype=np.float32).reshape(shape)
+        values = np.loadtxt(path, dtype=np.float32, delimiter="\t", ndmin=2)
+        return values.reshape(tuple(embedding.tensor_shape))
+    return np.fromfile(path, dtype=np.float32).reshape(tuple(embedding.tensor_shape))
 
 
 def remove_stale_embeddings(directory: pathlib.Path, keep: str) -> None:
