@@ -452,11 +452,8 @@ def trace_counts(state: TrainState) -> dict[str, int]:
     """
     train_loop = state.train_loop
     counts = {
-        # 0 when every chunk ended on a histogram step (the default).
-        "train_loop": train_loop.experimental_get_tracing_count(),
-        "train_loop_histograms": (
-            train_loop.with_histograms.experimental_get_tracing_count()
-        ),
+        # With and without histograms alike (`steps.make_train_loop`).
+        "train_loop": train_loop.compiled.experimental_get_tracing_count(),
         "train_step": train_loop.step_fn.experimental_get_tracing_count(),
         "evaluate": state.evaluate.experimental_get_tracing_count(),
         # The train step that also returns its gradients (histogram chunks).

@@ -15,7 +15,10 @@ import tensorflow as tf
 
 from pipeline import data as data_lib
 from pipeline import models
-from pipeline.tensorboard.summaries import histogram_buckets_stacked
+from pipeline.tensorboard.summaries import (
+    HISTOGRAM_BUCKETS,
+    histogram_buckets_stacked,
+)
 
 # Examples per batch of an evaluation (memory, not results: sums are exact).
 EVAL_BATCH_SIZE = 1000
@@ -136,18 +139,25 @@ def make_train_loop(
 ) -> Callable:
     """Compiles `train_loop(iterator, num_steps) -> {metric: [num_steps]}`.
 
-    Each step runs `train_step` on every replica (`strategy.run`) and sums the
-    per-replica metrics (`strategy.reduce`); under the default strategy both
-    are no-ops. `num_steps` is a tensor, so chunks of any length share one
-    trace. The step is its own `tf.function` called from the loop, as Keras
-    does for `steps_per_execution`: that keeps the step's graph optimisable on
-    its own (measured 1.3x faster on logreg than inlining it into the while
-    loop) and lets XLA compile the step, which it cannot do for a loop that
-    reads a `tf.data` iterator (`IteratorGetNext` has no XLA kernel).
+    `train_step` comes from `make_train_step`. Each step runs it on every
+    replica (`strategy.run`) and sums the per-replica metrics
+    (`strategy.reduce`); under the default strategy both are no-ops.
+    `num_steps` is a tensor, so chunks of any length share one trace. The
+    step is its own `tf.function` called from the loop, as Keras does for
+    `steps_per_execution`: that keeps the step's graph optimisable on its own
+    (measured 1.3x faster on logreg than inlining it into the while loop) and
+    lets XLA compile the step, which it cannot do for a loop that reads a
+    `tf.data` iterator (`IteratorGetNext` has no XLA kernel).
 
-    For a step from `make_train_step`, `train_loop.with_histograms` is the
-    same loop that also returns the histograms' inputs
-    (`_make_histogram_loop`).
+    `train_loop.with_histograms(iterator, num_steps)` runs the same steps and
+    also returns `histograms`: the TensorBoard buckets of the trainable
+    variables after the last step and of the gradients that step applied
+    (summed over replicas), one `[weights + gradients, buckets, 3]` tensor,
+    weights first. Both are one compiled function (`train_loop.compiled`),
+    told by a boolean tensor: a second function, called only for the chunk
+    that ends on a histogram step (one in five at the defaults), cost each of
+    those calls ~1.5-2 ms more than a call of the warm one (a second copy of
+    the plain loop did the same), ~1.5% of logreg's training.
     """
     strategy = strategy or tf.distribute.get_strategy()
     # No Python control flow on tensors in a step: AutoGraph would only
@@ -156,12 +166,35 @@ def make_train_loop(
     # loops around it are written as `tf.while_loop`, for the same reason
     # (`_make_step_runner`).
     step_fn = tf.function(train_step, jit_compile=jit_compile, autograph=False)
+    gradient_fn = tf.function(
+        train_step.with_gradients, jit_compile=jit_compile, autograph=False
+    )
     run_steps = _make_step_runner(step_fn, strategy)
+    last_step_with_histograms = _make_last_step_with_histograms(
+        gradient_fn, train_step.variables, strategy
+    )
+    # The switch, as tensors: both values share one trace.
+    with_histograms, without = tf.constant(True), tf.constant(False)
 
     @tf.function(autograph=False)
-    def train_loop(iterator, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
-        losses, accuracies = run_steps(iterator, num_steps, *_metric_arrays(num_steps))
-        return {"loss": losses.stack(), "accuracy": accuracies.stack()}
+    def train_loop(iterator, num_steps: tf.Tensor, histograms: tf.Tensor) -> dict:
+        # A histogram chunk's last step runs after the loop, through the step
+        # that also hands back its gradients (`last_step_with_histograms`).
+        looped = num_steps - tf.cast(histograms, num_steps.dtype)
+        losses, accuracies = run_steps(iterator, looped, *_metric_arrays(num_steps))
+        losses, accuracies, buckets = last_step_with_histograms(
+            iterator, looped, num_steps, losses, accuracies
+        )
+        return {
+            "loss": losses.stack(),
+            "accuracy": accuracies.stack(),
+            "histograms": buckets,
+        }
+
+    def loop_without_histograms(iterator, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
+        outputs = train_loop(iterator, num_steps, without)
+        del outputs["histograms"]
+        return outputs
 
     @tf.function(autograph=False)
     def one_step(iterator) -> dict[str, tf.Tensor]:
@@ -175,17 +208,18 @@ def make_train_loop(
         metrics = _sum_over_replicas(per_replica, strategy)
         return {k: tf.reshape(metrics[k], [1]) for k in ("loss", "accuracy")}
 
-    train_loop.step_fn = step_fn  # for trace counts
-    train_loop.one_step = one_step
-    train_loop.step_graph = _make_step_graph(step_fn, train_loop, strategy)
-    if getattr(train_step, "with_gradients", None) is not None:
-        histogram_loop = _make_histogram_loop(
-            train_step, run_steps, strategy, jit_compile
-        )
-        histogram_loop.step_graph = train_loop.step_graph
-        train_loop.with_histograms = histogram_loop
-        train_loop.gradient_fn = histogram_loop.gradient_fn  # for trace counts
-    return train_loop
+    def loop_with_histograms(iterator, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
+        return train_loop(iterator, num_steps, with_histograms)
+
+    step_graph = _make_step_graph(step_fn, train_loop, strategy)
+    loop_with_histograms.step_graph = step_graph
+    loop_without_histograms.step_graph = step_graph
+    loop_without_histograms.with_histograms = loop_with_histograms
+    loop_without_histograms.compiled = train_loop
+    loop_without_histograms.step_fn = step_fn  # for trace counts
+    loop_without_histograms.gradient_fn = gradient_fn  # for trace counts
+    loop_without_histograms.one_step = one_step
+    return loop_without_histograms
 
 
 def _sum_over_replicas(per_replica, strategy: tf.distribute.Strategy):
@@ -248,56 +282,59 @@ def _make_step_graph(
         default = strategy is tf.distribute.get_strategy()
         if default and not tf.distribute.has_strategy():
             return step_fn.get_concrete_function(*iterator.element_spec).graph
-        num_steps = tf.TensorSpec([], tf.int32)
-        return train_loop.get_concrete_function(iterator, num_steps).graph
+        return train_loop.get_concrete_function(
+            iterator, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.bool)
+        ).graph
 
     return step_graph
 
 
-def _make_histogram_loop(
-    train_step: Callable,
-    run_steps: Callable,
-    strategy: tf.distribute.Strategy,
-    jit_compile: bool,
+def _make_last_step_with_histograms(
+    gradient_fn: Callable, variables: list, strategy: tf.distribute.Strategy
 ) -> Callable:
-    """Compiles `with_histograms(iterator, num_steps) -> {loss, accuracy,
-    histograms}`.
+    """`last_step(iterator, step, end, losses, accuracies) -> (losses,
+    accuracies, histograms)`, inside the compiled loop: when `step < end`
+    (one step is left: a histogram chunk's), it runs that step through
+    `train_step.with_gradients`, writes its metrics at index `step`, and
+    buckets (`histogram_buckets_stacked`) the variables after it and the
+    gradients it applied, weights first; otherwise it returns zeros.
 
-    It runs the same steps as the plain loop, the last one through
-    `train_step.with_gradients`, and also returns `histograms`: the
-    TensorBoard buckets of the trainable variables after the last step (read
-    inside the call) and of the gradients that step applied (summed over
-    replicas), as one `[weights + gradients, buckets, 3]` tensor, weights
-    first. The chunk that ends on a histogram step computes its histograms
-    itself, with no extra gradient pass and nothing read from live variables
-    afterwards.
+    A `tf.while_loop` of at most one iteration rather than a `tf.cond`:
+    `MirroredStrategy.run` inside a `cond` branch leaves the branch's
+    captured inputs unfed ("You must feed a value for placeholder tensor
+    'cond/then/.../Placeholder'"), inside a loop body it works, as in
+    `_make_step_runner`. The buckets are computed in the same call, only
+    they leave it: no second gradient pass, nothing read from live variables
+    afterwards, and a few fused ops where the writer thread's separate
+    compiled call cost an MLP's 44 histograms ~3 ms of CPU beside training.
     """
-    gradient_fn = tf.function(
-        train_step.with_gradients, jit_compile=jit_compile, autograph=False
-    )
-    variables = train_step.variables
+    count = 2 * len(variables)
 
-    @tf.function(autograph=False)
-    def train_loop_with_histograms(iterator, num_steps: tf.Tensor) -> dict:
-        losses, accuracies = _metric_arrays(num_steps)
-        losses, accuracies = run_steps(iterator, num_steps - 1, losses, accuracies)
-        per_replica = strategy.run(gradient_fn, args=next(iterator))
-        metrics, grads = _sum_over_replicas(per_replica, strategy)
-        losses = losses.write(num_steps - 1, metrics["loss"])
-        accuracies = accuracies.write(num_steps - 1, metrics["accuracy"])
-        weights = [tf.identity(v) for v in variables]
-        return {
-            "loss": losses.stack(),
-            "accuracy": accuracies.stack(),
-            # Bucketed here, in the same call: a few fused ops on values
-            # already at hand, where the writer thread's separate compiled
-            # call cost an MLP's 44 histograms ~3 ms of CPU beside training.
-            # Only the buckets leave the call, one output.
-            "histograms": histogram_buckets_stacked([*weights, *grads]),
-        }
+    def last_step(iterator, step, end, losses, accuracies):
+        def one_with_gradients(i, losses, accuracies, _):
+            per_replica = strategy.run(gradient_fn, args=next(iterator))
+            metrics, grads = _sum_over_replicas(per_replica, strategy)
+            weights = [tf.identity(v) for v in variables]
+            return (
+                i + 1,
+                losses.write(i, metrics["loss"]),
+                accuracies.write(i, metrics["accuracy"]),
+                histogram_buckets_stacked([*weights, *grads]),
+            )
 
-    train_loop_with_histograms.gradient_fn = gradient_fn
-    return train_loop_with_histograms
+        _, losses, accuracies, buckets = tf.while_loop(
+            lambda i, *_: i < end,
+            one_with_gradients,
+            (
+                step,
+                losses,
+                accuracies,
+                tf.zeros([count, HISTOGRAM_BUCKETS, 3], tf.float64),
+            ),
+        )
+        return losses, accuracies, buckets
+
+    return last_step
 
 
 def model_logits(
