@@ -220,13 +220,14 @@ def loop_costs(family: str) -> None:
 
         return write(self, job)
 
-    write_series = summaries.SummaryLogger._write_series
+    write_held = summaries.SummaryLogger._write_held
 
-    def write_series_timed(self, entries):
-        # Per-step scalars go to the writer thread in batches, not via `_write`.
+    def write_held_timed(self, entries):
+        # Per-step scalars and histogram chunks' records go to the writer
+        # thread in batches, not via `_write`.
         start = time.thread_time()
-        write_series(self, entries)
-        writer_cpu["scalar_series"].append(time.thread_time() - start)
+        write_held(self, entries)
+        writer_cpu["held scalars and histograms"].append(time.thread_time() - start)
 
     patches = [
         mock.patch.object(cls, "__call__", timed(f"action {name}", cls.__call__))
@@ -242,7 +243,7 @@ def loop_costs(family: str) -> None:
     )
     patches.append(mock.patch.object(summaries.SummaryLogger, "_write", write_timed))
     patches.append(
-        mock.patch.object(summaries.SummaryLogger, "_write_series", write_series_timed)
+        mock.patch.object(summaries.SummaryLogger, "_write_held", write_held_timed)
     )
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = rundir.create_run_dir(tmp, "costs")

@@ -272,6 +272,40 @@ def test_progress_flushes_come_at_most_every_flush_secs(tmp_path):
     logger.close()
 
 
+def test_histogram_steps_wait_with_the_held_scalars_and_land_in_step_order(tmp_path):
+    """A histogram chunk's buckets are held with the per-step scalars (one
+    writer job a flush, not one a histogram step) and written between them,
+    each split's events in step order."""
+    import tensorflow as tf
+
+    logger = SummaryLogger(tmp_path, background=True, flush_secs=3600)
+    # One tensor's [1, 30, 3] buckets: (left edge, right edge, count).
+    buckets = tf.constant(np.tile([0.0, 1.0, 2.0], (1, 30, 1)))
+    for first in (1, 3, 5):
+        losses = np.array([first, first + 1], np.float32)
+        logger.scalar_series("train", first, {"loss": losses})
+        logger.bucketed_histograms("train", first + 1, ["weights"], buckets)
+        logger.hand_over()
+    logger.scalars("test", 6, {"accuracy": 0.75})  # a write behind them
+    logger.after_flush(lambda: None).result(timeout=30)
+    written = [
+        (event.step, event.summary.value[0].tag)
+        for path in event_files(tmp_path / "train")
+        for event in load(path)
+        if event.HasField("summary")
+    ]
+    assert written == [
+        (step, tag)
+        for first in (1, 3, 5)
+        for step, tag in ((first, "loss"), (first + 1, "loss"), (first + 1, "weights"))
+    ]
+    train = read_events(tmp_path / "train")
+    assert train.SummaryMetadata("weights").plugin_data.plugin_name == "histograms"
+    assert [e.step for e in train.Tensors("weights")] == [2, 4, 6]
+    assert scalar_series(tmp_path / "test", "accuracy") == [(6, 0.75)]
+    logger.close()
+
+
 def test_with_flush_secs_0_every_progress_line_flushes(tmp_path):
     logger = SummaryLogger(tmp_path, background=True, flush_secs=0)
     logger.scalar_series("train", 1, {"loss": np.array([0.5], np.float32)})

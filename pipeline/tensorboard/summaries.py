@@ -37,6 +37,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import NamedTuple
 
 import keras
 import numpy as np
@@ -59,6 +60,23 @@ HISTOGRAM_METADATA = histogram_metadata.create_summary_metadata(
 ).SerializeToString()
 # Per-step scalars held at most this many steps before they go to the writer.
 MAX_HELD_STEPS = 10_000
+
+
+class _HeldSeries(NamedTuple):
+    """Per-step scalars held for the writer (`SummaryLogger.scalar_series`)."""
+
+    split: str
+    tags: tuple[str, ...]
+    steps: np.ndarray
+    columns: tuple[np.ndarray, ...]
+    wall_time: float
+
+
+class _HeldRecords(NamedTuple):
+    """Events held for the writer: `build()` gives them serialized."""
+
+    split: str
+    build: Callable[[], list[bytes]]
 
 
 class BackgroundWriter:
@@ -183,10 +201,11 @@ class SummaryLogger:
         self._enabled = enabled
         self._flush_secs = flush_secs
         self._last_flush = time.monotonic()
-        # Per-step scalars held by the caller's thread, (split, tags, steps,
-        # columns, wall time) each, handed to the writer together: see
-        # `scalar_series`.
-        self._held_series: list[tuple] = []
+        # Frequent summaries held by the caller's thread, in the order they
+        # came, handed to the writer as one job: per-step scalars
+        # (`_HeldSeries`, see `scalar_series`) and a histogram chunk's records
+        # (`_HeldRecords`, see `bucketed_histograms`).
+        self._held_series: list[_HeldSeries | _HeldRecords] = []
         self._held_since = 0.0
         self._held_steps = 0
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
@@ -274,15 +293,21 @@ class SummaryLogger:
             if not keep.any():
                 return
             steps, series = steps[keep], tuple(column[keep] for column in series)
-        entry = (split, tags, steps, series, time.time())
+        entry = _HeldSeries(split, tags, steps, series, time.time())
         if self._background is None:
-            self._write(lambda: self._write_series([entry]))
+            self._write(lambda: self._write_held([entry]))
             return
+        self._hold(entry, len(steps))
+
+    def _hold(self, entry: _HeldSeries | _HeldRecords, steps: int = 0) -> None:
+        """Holds `entry` for the writer thread; hands every held one over
+        once `flush_secs` passed since the first, or `MAX_HELD_STEPS` steps
+        of scalars are held."""
         now = time.monotonic()
         if not self._held_series:
             self._held_since = now
         self._held_series.append(entry)
-        self._held_steps += len(steps)
+        self._held_steps += steps
         if (
             now - self._held_since >= self._flush_secs
             or self._held_steps >= MAX_HELD_STEPS
@@ -290,34 +315,42 @@ class SummaryLogger:
             self._submit_held_series()
 
     def _submit_held_series(self) -> None:
-        """Hands the held per-step scalars to the writer thread, one job."""
+        """Hands the held frequent summaries to the writer thread, one job."""
         if self._held_series:
             held, self._held_series, self._held_steps = self._held_series, [], 0
-            self._background.submit(lambda: self._write_series(held))
+            self._background.submit(lambda: self._write_held(held))
 
-    def _write_series(self, entries: list[tuple]) -> None:
-        """Writes `scalar_series` entries in the order they came (so each
-        split's events stay in step order), each (split, tags) built as one
+    def _write_held(self, entries: list[_HeldSeries | _HeldRecords]) -> None:
+        """Writes held entries in the order they came (so each split's events
+        stay in step order), the scalars of each (split, tags) built as one
         block (`scalar_event_records`). No compiled writer: a profiled
         one-step chunk keeps its step markers (the profiler takes a loop's
         iterations for the steps)."""
-        groups: dict[tuple, list[tuple]] = {}
+        groups: dict[tuple, list[_HeldSeries]] = {}
         for entry in entries:
-            groups.setdefault(entry[:2], []).append(entry)
+            if isinstance(entry, _HeldSeries):
+                groups.setdefault((entry.split, entry.tags), []).append(entry)
         built = {}
         for (split, tags), group in groups.items():
-            _, _, steps, columns, wall_times = zip(*group, strict=True)
             records = scalar_event_records(
                 tags,
-                np.concatenate(steps),
-                tuple(np.concatenate(c) for c in zip(*columns, strict=True)),
-                np.repeat(wall_times, [len(s) for s in steps]),
+                np.concatenate([e.steps for e in group]),
+                tuple(
+                    np.concatenate(c)
+                    for c in zip(*(e.columns for e in group), strict=True)
+                ),
+                np.repeat([e.wall_time for e in group], [len(e.steps) for e in group]),
             )
             built[split, tags] = iter(records)
         by_split: dict[str, list[bytes]] = {}
-        for split, tags, steps, _, _ in entries:
-            ordered = itertools.islice(built[split, tags], len(steps))
-            by_split.setdefault(split, []).extend(ordered)
+        for entry in entries:
+            if isinstance(entry, _HeldSeries):
+                ordered = itertools.islice(
+                    built[entry.split, entry.tags], len(entry.steps)
+                )
+            else:
+                ordered = entry.build()
+            by_split.setdefault(entry.split, []).extend(ordered)
         for split, records in by_split.items():
             self._record_file(split).write(records)
 
@@ -369,9 +402,27 @@ class SummaryLogger:
     ) -> None:
         """Writes `buckets`, `histogram_buckets_stacked`'s `[len(names),
         buckets, 3]` tensor (a histogram chunk computes it in its own compiled
-        call), as one histogram per name at `step`."""
-        if self._enabled:
-            self._write_buckets(split, step, tuple(names), lambda: buckets)
+        call), as one histogram per name at `step`.
+
+        With a writer thread they are held with the per-step scalars and
+        written in their job (`_hold`): handing the held scalars over at each
+        histogram step made a logreg job of ~500 steps instead of a second's
+        (~5,000), ~1.6 instead of ~1.0 us of the writer's CPU a step.
+        """
+        if not self._enabled:
+            return
+        names = tuple(names)
+        if self._background is None:
+            self._write_buckets(split, step, names, lambda: buckets)
+            return
+        wall_time = time.time()
+
+        def build() -> list[bytes]:
+            return tensor_event_records(
+                step, wall_time, names, HISTOGRAM_METADATA, buckets.numpy()
+            )
+
+        self._hold(_HeldRecords(split, build))
 
     def _write_buckets(
         self, split: str, step: int, names: tuple[str, ...], buckets: Callable
