@@ -196,18 +196,6 @@ def make_train_loop(
         del outputs["histograms"]
         return outputs
 
-    @tf.function(autograph=False)
-    def one_step(iterator) -> dict[str, tf.Tensor]:
-        """One step, outside any compiled loop (for a profiled step).
-
-        The profiler's Overview takes the iterations of a compiled while loop
-        as the steps (xprof's `ProcessTensorFlowLoop`) and then finds none of
-        the loop's step markers: "No step marker observed", 0.0 ms.
-        """
-        per_replica = strategy.run(step_fn, args=next(iterator))
-        metrics = _sum_over_replicas(per_replica, strategy)
-        return {k: tf.reshape(metrics[k], [1]) for k in ("loss", "accuracy")}
-
     def loop_with_histograms(iterator, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
         return train_loop(iterator, num_steps, with_histograms)
 
@@ -218,8 +206,26 @@ def make_train_loop(
     loop_without_histograms.compiled = train_loop
     loop_without_histograms.step_fn = step_fn  # for trace counts
     loop_without_histograms.gradient_fn = gradient_fn  # for trace counts
-    loop_without_histograms.one_step = one_step
+    loop_without_histograms.one_step = _make_one_step(step_fn, strategy)
     return loop_without_histograms
+
+
+def _make_one_step(step_fn: Callable, strategy: tf.distribute.Strategy) -> Callable:
+    """Compiles `one_step(iterator) -> {loss: [1], accuracy: [1]}`: one step,
+    outside any compiled loop (for a profiled step).
+
+    The profiler's Overview takes the iterations of a compiled while loop as
+    the steps (xprof's `ProcessTensorFlowLoop`) and then finds none of the
+    loop's step markers: "No step marker observed", 0.0 ms.
+    """
+
+    @tf.function(autograph=False)
+    def one_step(iterator) -> dict[str, tf.Tensor]:
+        per_replica = strategy.run(step_fn, args=next(iterator))
+        metrics = _sum_over_replicas(per_replica, strategy)
+        return {k: tf.reshape(metrics[k], [1]) for k in ("loss", "accuracy")}
+
+    return one_step
 
 
 def _sum_over_replicas(per_replica, strategy: tf.distribute.Strategy):
