@@ -206,7 +206,7 @@ class SummaryLogger:
         # came, handed to the writer as one job: per-step scalars
         # (`_HeldSeries`, see `scalar_series`) and a histogram chunk's records
         # (`_HeldRecords`, see `bucketed_histograms`).
-        self._held_series: list[_HeldSeries | _HeldRecords] = []
+        self._held: list[_HeldSeries | _HeldRecords] = []
         self._held_since = 0.0
         self._held_steps = 0
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
@@ -224,7 +224,7 @@ class SummaryLogger:
         per-step scalars held so far); the future holds what it returned or
         raised."""
         if self._background is not None:
-            self._submit_held_series()
+            self._submit_held()
             return self._background.submit(work)
         future: concurrent.futures.Future = concurrent.futures.Future()
         future.set_result(work())  # an error is raised here, in the caller
@@ -305,20 +305,20 @@ class SummaryLogger:
         once `flush_secs` passed since the first, or `MAX_HELD_STEPS` steps
         of scalars are held."""
         now = time.monotonic()
-        if not self._held_series:
+        if not self._held:
             self._held_since = now
-        self._held_series.append(entry)
+        self._held.append(entry)
         self._held_steps += steps
         if (
             now - self._held_since >= self._flush_secs
             or self._held_steps >= MAX_HELD_STEPS
         ):
-            self._submit_held_series()
+            self._submit_held()
 
-    def _submit_held_series(self) -> None:
+    def _submit_held(self) -> None:
         """Hands the held frequent summaries to the writer thread, one job."""
-        if self._held_series:
-            held, self._held_series, self._held_steps = self._held_series, [], 0
+        if self._held:
+            held, self._held, self._held_steps = self._held, [], 0
             self._background.submit(lambda: self._write_held(held))
 
     def _write_held(self, entries: list[_HeldSeries | _HeldRecords]) -> None:
@@ -358,7 +358,7 @@ class SummaryLogger:
     def _wait(self) -> None:
         """Returns once everything handed to the writer thread, and the
         per-step scalars held, are written."""
-        self._submit_held_series()
+        self._submit_held()
         self._background.wait()
 
     @property
@@ -402,8 +402,8 @@ class SummaryLogger:
         self, split: str, step: int, names: Iterable[str], buckets: tf.Tensor
     ) -> None:
         """Writes `buckets`, `histogram_buckets_stacked`'s `[len(names),
-        buckets, 3]` tensor (a histogram chunk computes it in its own compiled
-        call), as one histogram per name at `step`.
+        buckets, 3]` tensor (a histogram chunk's compiled call computes it),
+        as one histogram per name at `step`.
 
         With a writer thread they are held with the per-step scalars and
         written in their job (`_hold`): handing the held scalars over at each

@@ -240,7 +240,7 @@ class WriteHistograms(Action):
 
     Chunks end on every multiple of `every`, on every worker alike
     (collectives need equal chunks); such a chunk, and the last, runs the
-    histogram variant of the train loop (`Wants.histograms`, whatever the
+    train loop with histograms (`Wants.histograms`, whatever the
     budget thinned out: it only decides what the chief writes), which hands
     back the histograms of the weights after its last step and of the
     gradients that step applied, so no second gradient pass is needed. The

@@ -94,8 +94,8 @@ class Chunk:
     # On a histogram chunk (`Wants.histograms`): the TensorBoard histogram
     # buckets of the trainable variables after its last step and of the
     # gradients that step applied, one `[weights + gradients, buckets, 3]`
-    # tensor, weights first (computed in the compiled call:
-    # `steps._make_histogram_loop`); None on other chunks.
+    # tensor, weights first (computed in the chunk's compiled call:
+    # `steps.make_train_loop`'s `with_histograms`); None on other chunks.
     histograms: object = None
     # Findings (`FINDINGS`). The latest evaluation, at its own step (`Evaluate`
     # puts it on every chunk; `evaluated` says whether it is this chunk's).
