@@ -286,6 +286,8 @@ def test_histogram_steps_wait_with_the_held_scalars_and_land_in_step_order(tmp_p
         logger.scalar_series("train", first, {"loss": losses})
         logger.bucketed_histograms("train", first + 1, ["weights"], buckets)
         logger.hand_over()
+    logger._background.wait()  # all the thread was given is done
+    assert event_files(tmp_path / "train") == []  # nothing was: all held
     logger.scalars("test", 6, {"accuracy": 0.75})  # a write behind them
     logger.after_flush(lambda: None).result(timeout=30)
     written = [

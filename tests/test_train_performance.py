@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from conftest import MULTI_STEP, read_events
+import dataclasses
+
+from conftest import MULTI_STEP, TINY, read_events, train_run
 
 
 def _steps(path, tag):
@@ -38,3 +40,12 @@ def test_histograms_span_first_and_last_step(tiny_run):
 def test_eval_at_interval_and_end(tiny_run):
     steps, _ = _steps(tiny_run.path / "test", "loss")
     assert steps == [15, 30, 37]
+
+
+def test_a_run_without_histograms_never_traces_the_histogram_step(tmp_path):
+    """`--histogram_every=0`: the step that hands back its gradients is not
+    in the compiled loop (tracing it only slowed the first chunk)."""
+    config = dataclasses.replace(TINY, histogram_every=0, steps=3)
+    counts = train_run(tmp_path, config, "no_histograms").result.trace_counts
+    assert counts["train_loop"] == counts["train_step"] == 1
+    assert counts["gradients"] == 0

@@ -143,8 +143,9 @@ def read_embedding(directory: str | os.PathLike) -> np.ndarray:
     path = directory / embedding.tensor_path
     if path.suffix == ".tsv":
         values = np.loadtxt(path, dtype=np.float32, delimiter="\t", ndmin=2)
-        return values.reshape(tuple(embedding.tensor_shape))
-    return np.fromfile(path, dtype=np.float32).reshape(tuple(embedding.tensor_shape))
+    else:
+        values = np.fromfile(path, dtype=np.float32)
+    return values.reshape(tuple(embedding.tensor_shape))
 
 
 def remove_stale_embeddings(directory: pathlib.Path, keep: str) -> None:

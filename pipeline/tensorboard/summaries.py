@@ -394,9 +394,10 @@ class SummaryLogger:
         names = tuple(name for name, _ in named)
         # Read variables now: the thread must see this step's values.
         tensors = tuple(tf.convert_to_tensor(tensor) for _, tensor in named)
-        self._write_buckets(
+        records = self._histogram_records(
             split, step, names, lambda: self._compiled_buckets(split, names)(tensors)
         )
+        self._write(lambda: self._write_held([records]))
 
     def bucketed_histograms(
         self, split: str, step: int, names: Iterable[str], buckets: tf.Tensor
@@ -412,29 +413,25 @@ class SummaryLogger:
         """
         if not self._enabled:
             return
-        names = tuple(names)
+        records = self._histogram_records(split, step, tuple(names), lambda: buckets)
         if self._background is None:
-            self._write_buckets(split, step, names, lambda: buckets)
-            return
+            self._write(lambda: self._write_held([records]))
+        else:
+            self._hold(records)
+
+    @staticmethod
+    def _histogram_records(
+        split: str, step: int, names: tuple[str, ...], buckets: Callable
+    ) -> _HeldRecords:
+        """The histogram events of `names` at `step` from `buckets()`
+        (`[len(names), buckets, 3]`), built when the writer writes them."""
         wall_time = time.time()
-
-        def build() -> list[bytes]:
-            return tensor_event_records(
-                step, wall_time, names, HISTOGRAM_METADATA, buckets.numpy()
-            )
-
-        self._hold(_HeldRecords(split, build))
-
-    def _write_buckets(
-        self, split: str, step: int, names: tuple[str, ...], buckets: Callable
-    ) -> None:
-        def work() -> None:
-            records = tensor_event_records(
-                step, time.time(), names, HISTOGRAM_METADATA, buckets().numpy()
-            )
-            self._record_file(split).write(records)
-
-        self._write(work)
+        return _HeldRecords(
+            split,
+            lambda: tensor_event_records(
+                step, wall_time, names, HISTOGRAM_METADATA, buckets().numpy()
+            ),
+        )
 
     def _compiled_buckets(self, split: str, tags: tuple[str, ...]) -> Callable:
         """A `tf.function` computing every histogram of a step at once.

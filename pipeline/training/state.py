@@ -374,6 +374,7 @@ def build_train_state(
             steps.make_train_step(model, optimizer, config.batch_size),
             strategy,
             jit_compile=use_jit_compile(config),
+            histograms=config.histogram_every > 0,
         ),
         evaluate=steps.make_eval_fn(model, input_scale=config.input_scale),
         model_summary=summary,

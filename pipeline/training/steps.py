@@ -136,12 +136,12 @@ def make_train_loop(
     train_step: Callable[[tf.Tensor, tf.Tensor], dict[str, tf.Tensor]],
     strategy: tf.distribute.Strategy | None = None,
     jit_compile: bool = False,
+    histograms: bool = True,
 ) -> Callable:
     """Compiles `train_loop(iterator, num_steps) -> {metric: [num_steps]}`.
 
-    `train_step` comes from `make_train_step`. Each step runs it on every
-    replica (`strategy.run`) and sums the per-replica metrics
-    (`strategy.reduce`); under the default strategy both are no-ops.
+    Each step runs `train_step` (from `make_train_step`) on every replica
+    (`strategy.run`) and sums the per-replica metrics (`strategy.reduce`).
     `num_steps` is a tensor, so chunks of any length share one trace. The
     step is its own `tf.function` called from the loop, as Keras does for
     `steps_per_execution`: that keeps the step's graph optimisable on its own
@@ -154,25 +154,21 @@ def make_train_loop(
     variables after the last step and of the gradients that step applied
     (summed over replicas), one `[weights + gradients, buckets, 3]` tensor,
     weights first. Both are one compiled function (`train_loop.compiled`),
-    told by a boolean tensor: a second function, called only for the chunk
-    that ends on a histogram step (one in five at the defaults), cost each of
-    those calls ~1.5-2 ms more than a call of the warm one (a second copy of
-    the plain loop did the same), ~1.5% of logreg's training.
+    told by a boolean tensor: a second one, called for one chunk in five,
+    paid ~1.5-2 ms a call for being cold (~1.5% of logreg's training). With
+    `histograms=False` (no histograms written) the histogram step is left
+    out until a chunk asks for it (an action's `Wants`; one more trace then):
+    tracing it cost the first chunk of an MLP or CNN run 0.4-0.7 s.
     """
     strategy = strategy or tf.distribute.get_strategy()
-    # No Python control flow on tensors in a step: AutoGraph would only
-    # rewrite Keras' layer code (it is not on AutoGraph's do-not-convert
-    # list), which cost 0.6-0.8 s of the first chunk's tracing here. The
-    # loops around it are written as `tf.while_loop`, for the same reason
-    # (`_make_step_runner`).
+    # No AutoGraph: it would only rewrite Keras' layer code (0.6-0.8 s of the
+    # first chunk's tracing here); the loops are `tf.while_loop`s instead.
     step_fn = tf.function(train_step, jit_compile=jit_compile, autograph=False)
     gradient_fn = tf.function(
         train_step.with_gradients, jit_compile=jit_compile, autograph=False
     )
     run_steps = _make_step_runner(step_fn, strategy)
-    last_step_with_histograms = _make_last_step_with_histograms(
-        gradient_fn, train_step.variables, strategy
-    )
+    built = {"histogram_step": histograms}  # read as `train_loop` traces
     # The switch, as tensors: both values share one trace.
     with_histograms, without = tf.constant(True), tf.constant(False)
 
@@ -182,6 +178,9 @@ def make_train_loop(
         # that also hands back its gradients (`last_step_with_histograms`).
         looped = num_steps - tf.cast(histograms, num_steps.dtype)
         losses, accuracies = run_steps(iterator, looped, *_metric_arrays(num_steps))
+        last_step_with_histograms = _make_last_step_with_histograms(
+            gradient_fn, train_step.variables, strategy, built["histogram_step"]
+        )
         losses, accuracies, buckets = last_step_with_histograms(
             iterator, looped, num_steps, losses, accuracies
         )
@@ -192,12 +191,17 @@ def make_train_loop(
         }
 
     def loop_without_histograms(iterator, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs = train_loop(iterator, num_steps, without)
+        outputs = loop_without_histograms.compiled(iterator, num_steps, without)
         del outputs["histograms"]
         return outputs
 
     def loop_with_histograms(iterator, num_steps: tf.Tensor) -> dict[str, tf.Tensor]:
-        return train_loop(iterator, num_steps, with_histograms)
+        if not built["histogram_step"]:  # a fresh trace, used from now on
+            built["histogram_step"] = True
+            loop_without_histograms.compiled = tf.function(
+                train_loop.python_function, autograph=False
+            )
+        return loop_without_histograms.compiled(iterator, num_steps, with_histograms)
 
     step_graph = _make_step_graph(step_fn, train_loop, strategy)
     loop_with_histograms.step_graph = step_graph
@@ -296,7 +300,10 @@ def _make_step_graph(
 
 
 def _make_last_step_with_histograms(
-    gradient_fn: Callable, variables: list, strategy: tf.distribute.Strategy
+    gradient_fn: Callable,
+    variables: list,
+    strategy: tf.distribute.Strategy,
+    enabled: bool = True,
 ) -> Callable:
     """`last_step(iterator, step, end, losses, accuracies) -> (losses,
     accuracies, histograms)`, inside the compiled loop: when `step < end`
@@ -313,8 +320,16 @@ def _make_last_step_with_histograms(
     they leave it: no second gradient pass, nothing read from live variables
     afterwards, and a few fused ops where the writer thread's separate
     compiled call cost an MLP's 44 histograms ~3 ms of CPU beside training.
+    Not `enabled`, it hands the arrays back with no histograms and traces
+    nothing of the step.
     """
     count = 2 * len(variables)
+    if not enabled:
+        return lambda iterator, step, end, losses, accuracies: (
+            losses,
+            accuracies,
+            tf.zeros([count, HISTOGRAM_BUCKETS, 3], tf.float64),
+        )
 
     def last_step(iterator, step, end, losses, accuracies):
         def one_with_gradients(i, losses, accuracies, _):
